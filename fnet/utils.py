@@ -1,0 +1,143 @@
+"""Run plumbing shared by the entry points: the task wrapper, logger/callback instantiation, provenance.
+
+The task wrapper follows lightning-hydra-template: it logs a failure with its traceback, writes ``failure.json``
+into the job's output folder, and always finishes the W&B run. In a Hydra *multirun* the failure is recorded and
+the job returns ``None`` so that the remaining jobs of the sweep still run; in a single run it re-raises, so the
+command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("fnet")
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # outside Hydra
+        return False
+
+
+def output_dir_of(cfg: Any) -> Path:
+    try:
+        return Path(cfg.paths.output_dir)
+    except Exception:
+        return Path.cwd()
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close the W&B run if one is open, so the next job of a sweep starts a new run."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            log.info("closing W&B run %s", wandb.run.name)
+            wandb.finish(exit_code=exit_code)
+
+
+def task_wrapper(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap an entry point's ``run(cfg)`` (see module docstring)."""
+
+    @functools.wraps(task)
+    def wrapped(cfg):
+        started = time.time()
+        try:
+            result = task(cfg)
+        except Exception as err:  # noqa: BLE001 - every failure is recorded, then re-raised or swallowed
+            out = output_dir_of(cfg)
+            out.mkdir(parents=True, exist_ok=True)
+            record = {
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(),
+                "seconds": round(time.time() - started, 2),
+                "overrides": _overrides(),
+            }
+            (out / "failure.json").write_text(json.dumps(record, indent=1))
+            log.error("job failed: %s (recorded in %s)", record["error"], out / "failure.json")
+            finish_wandb(exit_code=1)
+            if _is_multirun():
+                return None
+            raise
+        finish_wandb(exit_code=0)
+        log.info("job finished in %.1f s; outputs in %s", time.time() - started, output_dir_of(cfg))
+        return result
+
+    return wrapped
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:
+        return []
+
+
+def instantiate_loggers(logger_cfg: Any) -> list:
+    """Lightning loggers from the ``logger`` config group (a dict of ``_target_`` entries; empty = none)."""
+    from hydra.utils import instantiate
+
+    loggers = []
+    if not logger_cfg:
+        return loggers
+    for name, conf in logger_cfg.items():
+        if conf is not None and "_target_" in conf:
+            log.info("instantiating logger %s <%s>", name, conf._target_)
+            loggers.append(instantiate(conf))
+    return loggers
+
+
+def instantiate_callbacks(callbacks_cfg: Any) -> list:
+    from hydra.utils import instantiate
+
+    callbacks = []
+    if not callbacks_cfg:
+        return callbacks
+    for name, conf in callbacks_cfg.items():
+        if conf is not None and "_target_" in conf:
+            log.info("instantiating callback %s <%s>", name, conf._target_)
+            callbacks.append(instantiate(conf))
+    return callbacks
+
+
+def log_hyperparameters(loggers: list, cfg: Any, extra: dict | None = None) -> None:
+    """The resolved config (and anything extra, e.g. mask statistics) into every logger."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    params = dict(params, **(extra or {}))
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
+def provenance(**fields: Any) -> dict:
+    """A result file's provenance: what the caller gives plus fnet version, torch version, host and time."""
+    import torch
+
+    import fnet
+
+    return dict(
+        fields,
+        fnet_version=fnet.__version__,
+        torch_version=torch.__version__,
+        python=platform.python_version(),
+        host=platform.node(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        cuda=torch.cuda.is_available(),
+        pid=os.getpid(),
+    )

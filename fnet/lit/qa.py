@@ -1,0 +1,211 @@
+"""Extractive question answering (SQuAD) on a causal LM: a start/end span head, span decoding and EM/F1.
+
+The input is the question, then a window of the context (:class:`fnet.lit.datamodules.SquadDataModule`), so each
+context token's final hidden state has seen the question. A linear head gives every token a start and an end
+logit. Decoding (:func:`best_spans`) picks, per window, the span ``start <= end < start + max_answer_length``
+over **context tokens only** with the highest ``start_logit + end_logit``; an example's answer is the best span
+over its windows, cut from the context string with the tokenizer's character offsets (:func:`span_text`).
+Scores are SQuAD v1.1's exact match and F1 in percent, with the official normalisation (lowercase, no
+punctuation, no articles a/an/the, collapsed whitespace) from ``torchmetrics.functional.text.squad``; the maximum
+over the gold answers counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fnet.lit.classification import CausalLMTaskModule
+from fnet.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+NEG_INF = -1e4  # logit given to positions that cannot start or end an answer (fits fp16/bf16)
+
+
+def best_spans(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    context_mask: torch.Tensor,
+    max_answer_length: int = 30,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best span of every window.
+
+    Args:
+        start_logits, end_logits: ``[batch, seq]``.
+        context_mask: ``[batch, seq]`` bool, True at context tokens (not question, separator or padding).
+        max_answer_length: longest answer in tokens.
+
+    Returns ``start [batch]``, ``end [batch]`` (token indices, inclusive) and ``score [batch]`` =
+    ``start_logit + end_logit`` (``-inf`` where a window has no context token)."""
+    seq = start_logits.shape[-1]
+    scores = start_logits.float()[:, :, None] + end_logits.float()[:, None, :]  # [batch, start, end]
+    index = torch.arange(seq, device=start_logits.device)
+    length = index[None, :] - index[:, None]  # [start, end] -> end - start
+    allowed = (length >= 0) & (length < max_answer_length)  # [start, end]
+    context = context_mask.bool()
+    allowed = allowed[None] & context[:, :, None] & context[:, None, :]  # [batch, start, end]
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    best, flat = scores.flatten(1).max(dim=-1)
+    return flat // seq, flat % seq, best
+
+
+def span_text(context: str, offsets: torch.Tensor | Sequence[Sequence[int]], start: int, end: int) -> str:
+    """The context substring from token ``start``'s first character to token ``end``'s last (offsets
+    ``[seq, 2]`` are character ``[begin, end)`` pairs into ``context``), stripped of surrounding spaces."""
+    begin = int(offsets[start][0])
+    stop = int(offsets[end][1])
+    if begin < 0 or stop < begin:
+        return ""
+    return context[begin:stop].strip()
+
+
+def squad_scores(predictions: Mapping[str, str], examples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """SQuAD v1.1 ``exact_match`` and ``f1`` (percent) of ``predictions`` (id -> text) against ``examples``
+    (dicts with ``id`` and ``answers``: a list of gold texts), with the official normalisation."""
+    from torchmetrics.functional.text import squad
+
+    if not examples:
+        return {"exact_match": float("nan"), "f1": float("nan")}
+    preds = [{"prediction_text": predictions.get(e["id"], ""), "id": e["id"]} for e in examples]
+    target = [{"answers": {"answer_start": [0] * len(e["answers"]), "text": list(e["answers"])}, "id": e["id"]}
+              for e in examples]
+    out = squad(preds, target)
+    return {"exact_match": float(out["exact_match"]), "f1": float(out["f1"])}
+
+
+class ExtractiveQAModule(CausalLMTaskModule):
+    """Start/end span head on a causal LM (``self.model``), trained with the mean of the start and end
+    cross-entropies over context tokens; logs ``{stage}/loss``, ``{stage}/exact_match`` and ``{stage}/f1``.
+
+    Batches (from :class:`~fnet.lit.datamodules.SquadDataModule`): ``input_ids``, ``attention_mask``,
+    ``offsets [batch, seq, 2]`` (-1 outside the context), ``start_positions``/``end_positions`` (-1 when the
+    window lacks the answer) and, for evaluation, ``examples`` (id, context, answers of each window's example).
+    After an evaluation epoch ``self.predictions[stage]`` maps example id -> predicted text.
+    """
+
+    def __init__(
+        self,
+        model: str | LoadedModel = "tiny:gpt2",
+        max_answer_length: int = 30,
+        task_name: str | None = "squad",
+        model_kwargs: Mapping[str, Any] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        trainable_layers: int | None = None,
+        checkpoint_frozen: bool = True,
+    ):
+        super().__init__(
+            model=model, model_kwargs=model_kwargs, optimizer=optimizer, scheduler=scheduler,
+            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen,
+        )
+        self.max_answer_length = int(max_answer_length)
+        self.task_name = task_name
+        self.metric_names = ["exact_match", "f1"]
+        self.qa_outputs = nn.Linear(self.dims["d_model"], 2)
+        nn.init.normal_(self.qa_outputs.weight, std=0.02)
+        nn.init.zeros_(self.qa_outputs.bias)
+        self._candidates: dict[str, tuple[float, str]] = {}
+        self._examples: dict[str, dict] = {}
+        self.predictions: dict[str, dict[str, str]] = {}
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ``start_logits``, ``end_logits`` ``[batch, seq]`` (float32)."""
+        hidden = self.hidden_states(input_ids, attention_mask)  # [batch, seq, d_model]
+        logits = self.qa_outputs(hidden.to(self.qa_outputs.weight.dtype)).float()  # [batch, seq, 2]
+        return logits[..., 0], logits[..., 1]
+
+    @staticmethod
+    def context_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return batch["offsets"][..., 0] >= 0  # [batch, seq]
+
+    def _loss(self, start_logits, end_logits, batch) -> torch.Tensor | None:
+        starts, ends = batch["start_positions"], batch["end_positions"]
+        has_answer = starts >= 0
+        if not bool(has_answer.any()):
+            return None
+        mask = self.context_mask(batch)
+        start_logits = start_logits.masked_fill(~mask, NEG_INF)[has_answer]
+        end_logits = end_logits.masked_fill(~mask, NEG_INF)[has_answer]
+        return (F.cross_entropy(start_logits, starts[has_answer]) + F.cross_entropy(end_logits, ends[has_answer])) / 2
+
+    def training_step(self, batch, batch_idx):
+        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"))
+        loss = self._loss(start_logits, end_logits, batch)
+        if loss is None:  # cannot happen with SquadDataModule (training windows contain their answer)
+            loss = (start_logits.sum() + end_logits.sum()) * 0.0
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    # ---- evaluation ---------------------------------------------------------------------------------------------
+    def _eval_step(self, batch, stage: str) -> None:
+        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"))
+        loss = self._loss(start_logits, end_logits, batch)
+        if loss is not None:
+            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=int((batch["start_positions"] >= 0).sum()),
+                     sync_dist=True)
+        starts, ends, scores = best_spans(start_logits, end_logits, self.context_mask(batch), self.max_answer_length)
+        offsets = batch["offsets"].cpu()
+        for i, example in enumerate(batch["examples"]):
+            self._examples[example["id"]] = example
+            score = float(scores[i])
+            text = span_text(example["context"], offsets[i], int(starts[i]), int(ends[i])) if score > float("-inf") else ""
+            best = self._candidates.get(example["id"])
+            if best is None or score > best[0]:
+                self._candidates[example["id"]] = (score, text)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        candidates, examples = self._candidates, self._examples
+        self._candidates, self._examples = {}, {}
+        if self.trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, (candidates, examples))
+            candidates, examples = {}, {}
+            for cands, exs in gathered:  # an example's windows may sit on different ranks: keep the best span
+                examples.update(exs)
+                for key, value in cands.items():
+                    if key not in candidates or value[0] > candidates[key][0]:
+                        candidates[key] = value
+        predictions = {key: text for key, (_, text) in candidates.items()}
+        scores = squad_scores(predictions, list(examples.values()))
+        self.predictions[stage] = predictions
+        for name, value in scores.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, prog_bar=True, sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._candidates, self._examples = {}, {}
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._candidates, self._examples = {}, {}
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"))
+        starts, ends, scores = best_spans(start_logits, end_logits, self.context_mask(batch), self.max_answer_length)
+        offsets = batch["offsets"].cpu()
+        return [
+            {"id": ex["id"], "score": float(scores[i]),
+             "text": span_text(ex["context"], offsets[i], int(starts[i]), int(ends[i]))}
+            for i, ex in enumerate(batch["examples"])
+        ]
+
+    def fnet_checkpoint_info(self) -> dict[str, Any]:
+        return dict(super().fnet_checkpoint_info(), task_name=self.task_name, metrics=self.metric_names,
+                    head="qa_outputs", max_answer_length=self.max_answer_length)

@@ -1,0 +1,355 @@
+"""What ``evaluate.py`` does: evaluate a (masked) language model on one task and write ``result.json``.
+
+:func:`run` composes the pieces from a Hydra config (``conf/evaluate.yaml``):
+
+1. the model (``hydra.utils.instantiate(cfg.model)`` -> :class:`fnet.models.LoadedModel`), or, when
+   ``cfg.ckpt_path`` is set, a fine-tuned checkpoint through ``fnet.finetune.evaluation_module(cfg)``;
+2. the task (``cfg.task``, :mod:`fnet.tasks`) as a :class:`fnet.lit.zeroshot.TaskDataModule`;
+3. the mask (``cfg.mask`` -> :func:`fnet.masking.build_mask`); its networks come from ``cfg.mask.networks_file``
+   or, when that is null, from ``fnet.analysis.networks_for_config(cfg, lm)`` (computed once, cached);
+4. a Lightning ``Trainer`` (``cfg.trainer``) with the callbacks (``cfg.callbacks``; the mask callback is finished
+   with the spec) and loggers (``cfg.logger``), then ``trainer.test``;
+5. the unmasked baseline of the same rows (``eval.baseline``; cached on disk per model x task x rows), so every
+   result row carries the unmasked score, its 95 % CI and whether the unmasked model is above chance;
+6. ``result.json`` (and ``predictions.jsonl``) in the job's output folder; W&B gets the config, metrics, mask
+   statistics and the result table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run", "build_mask_from_config", "result_row", "baseline_cache_key", "TABLE_COLUMNS"]
+
+#: mask modes whose mask is built from a NetworkSet
+NETSET_MODES = ("lesion", "preserve", "random", "random_preserve", "amplify", "scale")
+
+#: columns of the one-row result table logged to W&B
+TABLE_COLUMNS = ["task", "metric", "score", "ci_low", "ci_high", "mask", "networks", "seed", "K", "n_masked",
+                 "fraction", "baseline", "baseline_ci_low", "baseline_ci_high", "chance", "above_chance", "n"]
+
+
+def _container(cfg: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _json_safe(value.item())
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mask
+# --------------------------------------------------------------------------------------------------------------
+def build_mask_from_config(cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None):
+    """``(MaskSpec | None, NetworkSet | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``).
+
+    Networks: ``cfg.mask.networks_file`` when set (build_mask loads it), else -- for modes that need networks --
+    ``fnet.analysis.networks_for_config(cfg, lm)``.
+    """
+    from fnet.masking import build_mask
+
+    mask_cfg = dict(_container(cfg.mask) or {})
+    mode = mask_cfg.pop("mode", "none") or "none"
+    signal = cfg.record.signal if "record" in cfg else "mlp_out"
+    if mode == "none":
+        return None, None
+    netset = None
+    if mode in NETSET_MODES and not mask_cfg.get("networks_file"):
+        if lm is None:
+            raise ValueError(f"mask mode {mode!r} needs networks: set mask.networks_file or give the model")
+        try:
+            from fnet.analysis import networks_for_config
+        except ImportError as err:
+            raise ImportError(
+                "mask.networks_file is null, so evaluate.py computes the group networks with "
+                f"fnet.analysis.networks_for_config, which could not be imported ({err}); pass "
+                "mask.networks_file=<a NetworkSet file from analyze.py>"
+            ) from err
+        netset = networks_for_config(cfg, lm)
+    if lm is not None and (n_layers is None or width is None):
+        n_layers, width = lm.n_layers, lm.width(signal)
+    spec = build_mask(mode, netset=netset, signal=signal, n_layers=n_layers, width=width, **mask_cfg)
+    if netset is None and spec is not None and mask_cfg.get("networks_file"):
+        from fnet.networks import NetworkSet
+
+        netset = NetworkSet.load(mask_cfg["networks_file"])
+    return spec, netset
+
+
+def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
+    """JSON-able mask statistics for result.json: mode, networks, seed, counts per layer / total / fraction."""
+    mask_cfg = dict(_container(cfg.mask) or {})
+    out = {"mode": mask_cfg.get("mode", "none"), "networks": mask_cfg.get("networks"), "seed": mask_cfg.get("seed"),
+           "fraction_requested": mask_cfg.get("fraction"), "value": mask_cfg.get("value"),
+           "exclude_reference": mask_cfg.get("exclude_reference"), "networks_file": mask_cfg.get("networks_file")}
+    if spec is None:
+        out.update(n_masked=0, fraction=0.0, per_layer=None, description="no mask")
+        return out
+    summary = spec.summary()
+    out.update(description=summary.get("description"), n_masked=summary["n_masked"], fraction=summary["fraction"],
+               per_layer=summary["per_layer"], signal=summary.get("signal"), apply_mode=summary.get("mode"),
+               network_ids=summary.get("networks"), n_preserved=summary.get("n_preserved"),
+               n_neurons=int(spec.mask.numel()))
+    if netset is not None:
+        out["K"] = int(netset.n_networks)
+        out["network_sizes"] = [int(s) for s in netset.sizes()]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Baseline cache
+# --------------------------------------------------------------------------------------------------------------
+def baseline_cache_key(cfg: Any, task_dict: dict) -> str:
+    import fnet
+
+    payload = {"model": _container(cfg.model), "task": task_dict, "eval": _container(cfg.get("eval")),
+               "data_dir": str(Path(cfg.paths.data_dir).resolve()), "fnet": fnet.__version__,
+               "seed": int(cfg.get("seed", 0))}
+    payload["eval"] = {k: v for k, v in (payload["eval"] or {}).items() if k in ("max_length", "bootstrap")}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _baseline_path(cfg: Any, key: str) -> Path:
+    return Path(cfg.paths.cache_dir) / "eval_baselines" / f"{key}.json"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Result rows
+# --------------------------------------------------------------------------------------------------------------
+def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra: dict | None = None) -> dict:
+    """The content of result.json: the task's results, the mask, the unmasked baseline and provenance."""
+    from fnet.utils import provenance
+
+    K = mask.get("K")
+    if K is None and "ica" in cfg and mask.get("mode") in NETSET_MODES and not mask.get("networks_file"):
+        K = int(cfg.ica.get("n_components"))
+    row = dict(results)
+    row["mask"] = mask
+    row["mask_mode"] = mask.get("mode")
+    row["networks"] = mask.get("network_ids", mask.get("networks"))
+    row["seed"] = mask.get("seed") if mask.get("mode") in ("random", "random_preserve", "random_fraction") else None
+    row["K"] = K
+    if baseline is not None:
+        row["baseline"] = {k: baseline.get(k) for k in ("score", "ci", "above_chance", "metrics", "chance", "n")}
+        row["above_chance_unmasked"] = baseline.get("above_chance")
+        row["delta"] = None if baseline.get("score") is None else row["score"] - baseline["score"]
+    elif mask.get("mode") == "none":
+        row["baseline"] = None
+        row["above_chance_unmasked"] = results.get("above_chance")
+    else:
+        row["baseline"] = None
+        row["above_chance_unmasked"] = None
+    model_name = cfg.model.get("name") if "model" in cfg else None
+    row["provenance"] = provenance(
+        model=model_name, signal=cfg.record.signal if "record" in cfg else None,
+        data=(extra or {}).get("data"), seed=int(cfg.get("seed", 0)), K=K, task=results.get("task"),
+        ckpt_path=cfg.get("ckpt_path"), overrides=_overrides(), output_dir=str(cfg.paths.output_dir),
+    )
+    return _json_safe(row)
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # outside Hydra
+        return []
+
+
+def table_row(row: dict) -> list:
+    mask = row.get("mask") or {}
+    base = row.get("baseline") or {}
+    ci = row.get("ci") or [None, None]
+    bci = base.get("ci") or [None, None]
+    chance = (row.get("metrics", {}).get(row.get("metric"), {}) or {}).get("chance")
+    return [row.get("task"), row.get("metric"), row.get("score"), ci[0], ci[1], row.get("mask_mode"),
+            str(row.get("networks")), row.get("seed"), row.get("K"), mask.get("n_masked"), mask.get("fraction"),
+            base.get("score"), bci[0], bci[1], chance, row.get("above_chance_unmasked"), row.get("n")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------------------------
+def _model_and_data(cfg: Any):
+    """``(lm | None, module, datamodule, task_dict)`` for a plain model or a fine-tuned checkpoint."""
+    from hydra.utils import instantiate
+
+    from fnet.lit.zeroshot import TaskDataModule, ZeroShotModule
+    from fnet.tasks import get_task
+
+    ev = cfg.get("eval") or {}
+    if cfg.get("ckpt_path"):
+        try:
+            from fnet.finetune import evaluation_module
+        except ImportError as err:
+            raise ImportError(
+                f"ckpt_path={cfg.ckpt_path!r} asks for a fine-tuned checkpoint, which needs "
+                f"fnet.finetune.evaluation_module (from the fine-tuning code); it could not be imported: {err}"
+            ) from err
+        module, datamodule = evaluation_module(cfg)
+        return None, module, datamodule, {"ckpt_path": str(cfg.ckpt_path), "task": _container(cfg.get("task"))}
+    lm = instantiate(cfg.model)
+    task = get_task(cfg.task)
+    max_length = ev.get("max_length")
+    module = ZeroShotModule(lm.model, lm.tokenizer, task, max_length=max_length,
+                            bootstrap=int(ev.get("bootstrap", 1000)), ci_seed=int(cfg.get("seed", 0)))
+    datamodule = TaskDataModule(task, lm.tokenizer, data_dir=cfg.paths.data_dir,
+                                batch_size=int(ev.get("batch_size", 8)), num_workers=int(ev.get("num_workers", 0)),
+                                max_length=module.max_length)
+    return lm, module, datamodule, task.to_dict()
+
+
+def _callbacks(cfg: Any, spec: Any) -> list:
+    from hydra.utils import instantiate
+
+    callbacks = []
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        if conf is None or "_target_" not in conf:
+            continue
+        made = instantiate(conf)
+        if name == "mask":
+            made = made(spec=spec)  # the mask callback is a partial finished with this run's spec
+        callbacks.append(made)
+    if spec is not None and not any(type(c).__name__ == "MaskCallback" for c in callbacks):
+        from fnet.lit.callbacks import MaskCallback
+
+        callbacks.append(MaskCallback(spec))
+    return callbacks
+
+
+def _test(trainer: Any, module: Any, datamodule: Any) -> dict:
+    out = trainer.test(module, datamodule=datamodule, verbose=False)
+    results = getattr(module, "results", None)
+    if results is None:  # a module without fnet's result row (e.g. a fine-tuning module): Lightning's metrics
+        metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
+        name = next(iter(metrics), "metric")
+        results = {"task": getattr(getattr(module, "task", None), "name", None), "metric": name,
+                   "score": metrics.get(name), "ci": [None, None], "metrics": {k: {"value": v} for k, v in
+                                                                              metrics.items()},
+                   "above_chance": None}
+    return results
+
+
+def _baseline(cfg: Any, module: Any, datamodule: Any, task_dict: dict, loggers_off: bool = True) -> dict:
+    """The unmasked result on the same rows: from the on-disk cache, or computed with a plain trainer."""
+    from hydra.utils import instantiate
+
+    key = baseline_cache_key(cfg, task_dict)
+    path = _baseline_path(cfg, key)
+    if path.exists():
+        try:
+            cached = json.loads(path.read_text())
+            log.info("unmasked baseline from cache %s", path)
+            return cached
+        except json.JSONDecodeError:
+            log.warning("ignoring unreadable baseline cache %s", path)
+    log.info("computing the unmasked baseline (cached as %s)", path)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    results = _test(trainer, module, datamodule)
+    if trainer.is_global_zero:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(_json_safe(results), indent=1))
+        os.replace(tmp, path)
+    return results
+
+
+def run(cfg: Any) -> dict:
+    """Evaluate one (task, mask) job; returns the result row (also written to ``result.json``)."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    from fnet.utils import instantiate_loggers, log_hyperparameters
+
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lm, module, datamodule, task_dict = _model_and_data(cfg)
+    if lm is None:  # fine-tuned checkpoint: mask shape from its LM; networks need the base model
+        from fnet.masking import expected_mask_shape
+
+        from fnet.lit.callbacks import hooked_model
+
+        signal = cfg.record.signal if "record" in cfg else "mlp_out"
+        n_layers, width = expected_mask_shape(hooked_model(module), signal)
+        mode = (cfg.mask.get("mode") if "mask" in cfg else "none") or "none"
+        base_lm = instantiate(cfg.model) if mode in NETSET_MODES and not cfg.mask.get("networks_file") else None
+        spec, netset = build_mask_from_config(cfg, base_lm, n_layers=n_layers, width=width)
+    else:
+        spec, netset = build_mask_from_config(cfg, lm)
+    mask = mask_summary(spec, netset, cfg)
+    log.info("mask: %s", mask.get("description"))
+
+    baseline = None
+    ev = cfg.get("eval") or {}
+    if spec is not None and ev.get("baseline", True):
+        baseline = _baseline(cfg, module, datamodule, task_dict)
+
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg, spec), logger=loggers or False)
+    log_hyperparameters(loggers, cfg, extra={"mask_stats": {k: v for k, v in mask.items() if k != "per_layer"}})
+    results = _test(trainer, module, datamodule)
+    if spec is None and ev.get("baseline", True) and lm is not None and trainer.world_size == 1:
+        # an unmasked job is its own baseline: seed the cache so masked jobs of a sweep reuse it
+        path = _baseline_path(cfg, baseline_cache_key(cfg, task_dict))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_json_safe(results), indent=1))
+    data = getattr(datamodule, "provenance", None)
+    row = result_row(results, mask, baseline, cfg, extra={"data": data})
+    row["data"] = _json_safe(data)
+    row["world_size"] = int(trainer.world_size)
+    if trainer.is_global_zero:
+        (out_dir / "result.json").write_text(json.dumps(row, indent=1))
+        outputs = getattr(module, "outputs", None)
+        if outputs and ev.get("save_predictions", True) and trainer.world_size == 1:
+            with open(out_dir / "predictions.jsonl", "w") as handle:
+                for record in sorted(outputs, key=lambda r: r.get("index", 0)):
+                    handle.write(json.dumps(_json_safe(record)) + "\n")
+        _log_wandb(loggers, row, mask)
+        log.info("%s %s = %.4f (95%% CI %s), unmasked %s, above chance (unmasked): %s; wrote %s",
+                 row.get("task"), row.get("metric"), row.get("score") or float("nan"), row.get("ci"),
+                 (row.get("baseline") or {}).get("score"), row.get("above_chance_unmasked"), out_dir / "result.json")
+    return row
+
+
+def _log_wandb(loggers: list, row: dict, mask: dict) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        scalars = {"result/score": row.get("score"), "mask/n_masked": mask.get("n_masked"),
+                   "mask/fraction": mask.get("fraction")}
+        if row.get("baseline"):
+            scalars["result/baseline"] = row["baseline"].get("score")
+        logger.log_metrics({k: float(v) for k, v in scalars.items() if isinstance(v, (int, float))})
+        logger.log_table(key="result", columns=TABLE_COLUMNS, data=[table_row(row)])
+        if mask.get("per_layer"):
+            logger.log_table(key="mask_per_layer", columns=["layer", "n_masked"],
+                             data=[[i, c] for i, c in enumerate(mask["per_layer"])])
+        logger.experiment.summary.update({"result": {k: row.get(k) for k in ("task", "metric", "score", "ci",
+                                                                              "above_chance_unmasked")}})

@@ -223,6 +223,12 @@ class LoadedModel:
     def d_mlp(self) -> int:
         return self.dims["d_mlp"]
 
+    @property
+    def max_positions(self) -> int | None:
+        """Longest input the model takes (position embeddings / rotary range), when its config says."""
+        value = _first_attr(self.model.config, ("n_positions", "max_position_embeddings", "seq_length"))
+        return int(value) if value else None
+
     def width(self, signal: str) -> int:
         """Neurons per layer for a signal: d_model for ``mlp_out``, d_mlp for ``mlp_act``."""
         return self.d_model if check_signal(signal) == "mlp_out" else self.d_mlp

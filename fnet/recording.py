@@ -110,6 +110,11 @@ class Recorder:
         self.progress = progress
         if self.batch_size < 1 or self.max_length < 1:
             raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size}, {max_length}")
+        limit = lm.max_positions
+        if limit and self.max_length > limit:
+            log.info("max_length %d exceeds %s's %d positions; truncating texts to %d tokens",
+                     self.max_length, lm.name, limit, limit)
+            self.max_length = limit
 
     @property
     def n_layers(self) -> int:

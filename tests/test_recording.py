@@ -81,6 +81,12 @@ def test_truncation_to_max_length():
     assert acts.shape[0] == 17
 
 
+def test_max_length_is_capped_at_the_models_positions():
+    lm = load_model("tiny:gpt2")  # 128 positions
+    (acts,) = record_texts(lm, ["y" * 300], max_length=1024)
+    assert acts.shape[0] == lm.max_positions == 128
+
+
 def test_empty_text_is_an_error():
     lm = load_model("tiny:gpt2")
     with pytest.raises(ValueError, match="text 1 is empty"):

@@ -1,0 +1,404 @@
+"""The default analysis: texts -> recorder -> activation store -> decomposition -> networks -> report.
+
+``run(cfg)`` is what ``python analyze.py`` runs (``analysis=networks``, the default). For every stimulus dataset
+it records the template and individual texts (cached and resumable under ``paths.cache_dir``), runs group ICA
+over the stacked template texts (K templates, restarts and stability) and individual ICA per text, thresholds
+the spatial maps into :class:`~fnet.networks.NetworkSet` s, counts how many individual networks match each
+template (IoU > ``networks.match_threshold``, the paper's Tables 1-3), and writes ``report.md``, the network
+files and figures into the Hydra run folder. A group decomposition over all datasets' template texts together
+(``all``) is made too: it is the default network set that ``evaluate.py`` lesions.
+
+``networks_for_config(cfg, lm)`` gives the group networks of one source (a dataset name or ``all``), cached on
+disk, for the evaluation and POS code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fnet.models import LoadedModel
+from fnet.networks import NetworkSet, iou, match_templates
+from fnet.recording import Recorder
+from fnet.store import ActivationStore, text_sha1
+from fnet.utils import provenance
+
+log = logging.getLogger(__name__)
+
+# keys of an `ica` config that steer fnet, not the estimator's constructor
+_NON_ESTIMATOR_KEYS = ("restarts", "level")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model and data from config
+# --------------------------------------------------------------------------------------------------------------
+def load_lm(cfg: DictConfig) -> LoadedModel:
+    """The model of the run: ``cfg.model``, or the fine-tuned backbone of ``cfg.ckpt_path`` when given."""
+    from hydra.utils import instantiate
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        from fnet.finetune import load_finetuned_lm
+
+        return load_finetuned_lm(ckpt_path)
+    return instantiate(cfg.model)
+
+
+def load_stimuli(cfg: DictConfig) -> dict:
+    from hydra.utils import instantiate
+
+    sets = instantiate(cfg.data)
+    if not sets:
+        raise ValueError("the data config selected no datasets")
+    return sets
+
+
+def model_key(lm: LoadedModel, cfg: DictConfig) -> str:
+    return str(cfg.get("ckpt_path") or lm.name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recording into cached stores
+# --------------------------------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-60:]
+
+
+def record_dataset(
+    lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *, progress: bool = True
+) -> ActivationStore:
+    """Record ``texts`` (fnet.data.Text records) into a store keyed by model, signal, length and the texts
+    themselves, so sweeps over K or masks reuse the recording and a killed run resumes."""
+    rec = cfg.record
+    recorder = Recorder(lm, rec.signal, max_length=rec.max_length, batch_size=rec.batch_size, progress=progress)
+    key_source = json.dumps(
+        [model_key(lm, cfg), rec.signal, recorder.max_length, [(t.id, text_sha1(t.text)) for t in texts]]
+    )
+    key = hashlib.sha1(key_source.encode()).hexdigest()[:12]
+    root = Path(cfg.paths.cache_dir) / "activations" / _slug(model_key(lm, cfg)) / f"{rec.signal}-{dataset}-{key}"
+    store = recorder.open_store(root, extra={"dataset": dataset})
+    recorder.record_to_store([t.text for t in texts], store, ids=[t.id for t in texts])
+    return store
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decomposition
+# --------------------------------------------------------------------------------------------------------------
+def make_estimator(ica_cfg: DictConfig, seed: int):
+    """An unfitted estimator from the ``ica`` group, and the number of restarts asked for."""
+    from hydra.utils import instantiate
+
+    params = OmegaConf.to_container(ica_cfg, resolve=True)
+    n_init = int((params.get("restarts") or {}).get("n_init", 1) or 1)
+    for key in _NON_ESTIMATOR_KEYS:
+        params.pop(key, None)
+    # the run's `seed` drives the decomposition (restart r uses seed + r), so a seed sweep varies it
+    params["random_state"] = seed
+    return instantiate(params), n_init
+
+
+@dataclass
+class Decomposition:
+    """A fitted group or individual decomposition turned into networks."""
+
+    name: str
+    networks: NetworkSet
+    n_tokens: int
+    n_iter: int | None
+    converged: bool | None
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def _fit(estimator, arrays, n_init: int, seed: int):
+    from sklearn.base import clone
+
+    from fnet.decomposition import fit_with_restarts
+
+    if n_init > 1:
+        result = fit_with_restarts(estimator, arrays, seeds=[seed + i for i in range(n_init)])
+        return result.best, np.asarray(result.stability, dtype=np.float64)
+    return clone(estimator).fit(arrays), None
+
+
+def networks_from_estimator(
+    fitted, lm: LoadedModel, cfg: DictConfig, stability, prov: dict
+) -> NetworkSet:
+    net_cfg = cfg.networks
+    maps = np.asarray(fitted.spatial_maps_, dtype=np.float32)  # [K, n_layers*width]
+    return NetworkSet.from_maps(
+        torch.from_numpy(maps),
+        lm.n_layers,
+        lm.width(cfg.record.signal),
+        alpha=float(net_cfg.alpha),
+        rule=net_cfg.rule,
+        percentile=float(net_cfg.percentile),
+        sign=net_cfg.sign,
+        stability=None if stability is None else torch.as_tensor(stability),
+        provenance=prov,
+    )
+
+
+def group_decomposition(lm: LoadedModel, cfg: DictConfig, name: str, arrays: list, data_prov: dict) -> Decomposition:
+    started = time.time()
+    estimator, n_init = make_estimator(cfg.ica, int(cfg.seed))
+    fitted, stability = _fit(estimator, arrays, n_init, int(cfg.seed))
+    prov = _provenance(lm, cfg, level="group", data=name, data_detail=data_prov, n_init=n_init,
+                       n_tokens=int(sum(a.shape[0] for a in arrays)))
+    nets = networks_from_estimator(fitted, lm, cfg, stability, prov)
+    return Decomposition(name, nets, prov["n_tokens"], getattr(fitted, "n_iter_", None),
+                         getattr(fitted, "converged_", None), time.time() - started)
+
+
+def individual_decompositions(lm: LoadedModel, cfg: DictConfig, name: str, store: ActivationStore, ids: list[str]):
+    from fnet.decomposition import individual_decompositions as fit_each
+
+    started = time.time()
+    estimator, _ = make_estimator(cfg.ica, int(cfg.seed))
+    arrays = store.arrays(ids)
+    fitted_list = fit_each(estimator, arrays)
+    out = []
+    for text_id, array, fitted in zip(ids, arrays, fitted_list):
+        prov = _provenance(lm, cfg, level="individual", data=name, text_id=text_id, n_tokens=int(array.shape[0]))
+        nets = networks_from_estimator(fitted, lm, cfg, None, prov)
+        out.append(Decomposition(text_id, nets, int(array.shape[0]), getattr(fitted, "n_iter_", None),
+                                 getattr(fitted, "converged_", None), 0.0))
+    log.info("%s: %d individual decompositions in %.1f s", name, len(out), time.time() - started)
+    return out
+
+
+def _provenance(lm: LoadedModel, cfg: DictConfig, **fields: Any) -> dict:
+    ica = OmegaConf.to_container(cfg.ica, resolve=True)
+    max_length = min(int(cfg.record.max_length), lm.max_positions or int(cfg.record.max_length))
+    return provenance(
+        model=lm.name,
+        model_source=lm.source,
+        ckpt_path=cfg.get("ckpt_path"),
+        signal=cfg.record.signal,
+        max_length=max_length,
+        seed=int(cfg.seed),
+        K=int(ica.get("n_components", 0) or 0),
+        ica=ica,
+        **fields,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Networks for the evaluation / POS code (cached)
+# --------------------------------------------------------------------------------------------------------------
+def networks_for_config(cfg: DictConfig, lm: LoadedModel, source: str | None = None) -> NetworkSet:
+    """Group networks of ``source`` (a dataset name of ``cfg.data`` or ``all`` = every dataset's template
+    texts stacked; default ``cfg.networks.source``), computed once and cached under ``paths.cache_dir``."""
+    source = source or cfg.networks.get("source", "all")
+    stimuli = load_stimuli(cfg)
+    if source != "all" and source not in stimuli:
+        raise ValueError(f"networks.source={source!r} is not a dataset of this data config; valid: "
+                         f"{sorted(stimuli) + ['all']}")
+    chosen = stimuli if source == "all" else {source: stimuli[source]}
+    key = hashlib.sha1(json.dumps([
+        model_key(lm, cfg), source, OmegaConf.to_container(cfg.record, resolve=True),
+        OmegaConf.to_container(cfg.ica, resolve=True), OmegaConf.to_container(cfg.networks, resolve=True),
+        int(cfg.seed), {n: [text_sha1(t.text) for t in s.template] for n, s in chosen.items()},
+    ], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = Path(cfg.paths.cache_dir) / "networks" / f"{_slug(model_key(lm, cfg))}-{source}-{key}.safetensors"
+    if path.exists():
+        log.info("using cached networks %s", path)
+        return NetworkSet.load(path)
+    arrays, data_prov = [], {}
+    for name, stim in chosen.items():
+        store = record_dataset(lm, cfg, name, stim.template)
+        arrays += store.arrays([t.id for t in stim.template])
+        data_prov[name] = stim.provenance
+    nets = group_decomposition(lm, cfg, source, arrays, data_prov).networks
+    nets.save(path)
+    return nets
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The analysis run
+# --------------------------------------------------------------------------------------------------------------
+def run(cfg: DictConfig) -> dict:
+    from fnet import report
+    from fnet.utils import instantiate_loggers, log_hyperparameters
+
+    out = Path(cfg.paths.output_dir)
+    (out / "networks").mkdir(parents=True, exist_ok=True)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    log_hyperparameters(loggers, cfg)
+    torch.manual_seed(int(cfg.seed))
+
+    t0 = time.time()
+    lm = load_lm(cfg)
+    stimuli = load_stimuli(cfg)
+    timings = {"load_model_s": time.time() - t0}
+
+    results: dict[str, dict] = {}
+    group_arrays_all: list = []
+    all_prov: dict = {}
+    metrics: dict[str, float] = {}
+    for name, stim in stimuli.items():
+        t = time.time()
+        store = record_dataset(lm, cfg, name, list(stim.template) + list(stim.individual))
+        timings[f"record_{name}_s"] = time.time() - t
+        template_arrays = store.arrays([x.id for x in stim.template])
+        group_arrays_all += template_arrays
+        all_prov[name] = stim.provenance
+
+        t = time.time()
+        group = group_decomposition(lm, cfg, name, template_arrays, stim.provenance)
+        group.networks.save(out / "networks" / f"{name}_group.safetensors")
+        individuals = []
+        if cfg.get("individual", True) and stim.individual:
+            individuals = individual_decompositions(lm, cfg, name, store, [x.id for x in stim.individual])
+            ind_dir = out / "networks" / f"{name}_individual"
+            ind_dir.mkdir(exist_ok=True)
+            for ind in individuals:
+                ind.networks.save(ind_dir / f"{_slug(ind.name)}.safetensors")
+        timings[f"decompose_{name}_s"] = time.time() - t
+
+        match = (match_templates(group.networks, [i.networks for i in individuals],
+                                 threshold=float(cfg.networks.match_threshold)) if individuals else None)
+        results[name] = {"group": group, "individuals": individuals, "match": match}
+        _dataset_figures(report, fig_dir, name, group, match)
+        sizes = group.networks.sizes().double()
+        metrics.update({
+            f"{name}/n_tokens_template": float(group.n_tokens),
+            f"{name}/mean_network_size": float(sizes.mean()),
+            f"{name}/mean_network_fraction": float(group.networks.fractions().mean()),
+        })
+        if group.networks.stability is not None:
+            metrics[f"{name}/mean_stability"] = float(group.networks.stability.double().mean())
+        if match is not None:
+            metrics[f"{name}/mean_matches_per_template"] = float(match.counts.double().mean())
+
+    t = time.time()
+    combined = group_decomposition(lm, cfg, "all", group_arrays_all, all_prov)
+    combined.networks.save(out / "networks" / "all_group.safetensors")
+    report.plot_network_maps(combined.networks, fig_dir / "all_group_networks.png")
+    timings["decompose_all_s"] = time.time() - t
+
+    summary = _write_report(cfg, out, lm, stimuli, results, combined, timings)
+    for logger in loggers:
+        logger.log_metrics(metrics)
+        _log_figures(logger, fig_dir)
+        logger.finalize("success")
+    log.info("analysis report: %s", out / "report.md")
+    return summary
+
+
+def _dataset_figures(report, fig_dir: Path, name: str, group: Decomposition, match) -> None:
+    report.plot_network_maps(group.networks, fig_dir / f"{name}_group_networks.png")
+    report.plot_counts_per_layer(group.networks, fig_dir / f"{name}_counts_per_layer.png")
+    if match is not None:
+        report.plot_iou_matrix(match.iou.numpy() if hasattr(match.iou, "numpy") else match.iou,
+                               fig_dir / f"{name}_template_individual_iou.png",
+                               xlabel="individual networks (all texts)", ylabel="group template",
+                               title=f"{name}: template x individual IoU")
+
+
+def _log_figures(logger, fig_dir: Path) -> None:
+    if hasattr(logger, "log_image"):  # W&B
+        for png in sorted(fig_dir.glob("*.png")):
+            logger.log_image(key=f"figures/{png.stem}", images=[str(png)])
+
+
+def _write_report(cfg, out: Path, lm, stimuli, results, combined, timings) -> dict:
+    from fnet.report import markdown_table, provenance_header
+
+    K = int(cfg.ica.get("n_components", 0) or 0)
+    n_neurons = lm.n_neurons(cfg.record.signal)
+    lines = [
+        "# fnet functional-network analysis",
+        "",
+        provenance_header({k: v for k, v in combined.networks.provenance.items()
+                           if k not in ("data_detail", "ica", "pid", "host")}),
+        "",
+        f"Signal `{cfg.record.signal}`: {lm.n_layers} layers x {lm.width(cfg.record.signal)} = {n_neurons} neurons. "
+        f"Decomposition `{cfg.ica.get('_target_')}` with K = {K}; networks = z-scored spatial maps thresholded "
+        f"with rule `{cfg.networks.rule}` (alpha {cfg.networks.alpha}, sign policy `{cfg.networks.sign}`); "
+        f"template match = IoU > {cfg.networks.match_threshold}.",
+        "",
+        "## Data",
+        "",
+        markdown_table([
+            {"dataset": n, "source": s.provenance.get("source", ""), "template texts": len(s.template),
+             "individual texts": len(s.individual),
+             "template tokens": results[n]["group"].n_tokens} for n, s in stimuli.items()
+        ]),
+        "",
+        "## Group decompositions",
+        "",
+    ]
+    conv_rows = []
+    for name, res in list(results.items()) + [("all", {"group": combined})]:
+        g = res["group"]
+        nets = g.networks
+        conv_rows.append({
+            "dataset": name, "tokens": g.n_tokens, "n_iter": g.n_iter, "converged": g.converged,
+            "mean size": float(nets.sizes().double().mean()), "mean fraction": float(nets.fractions().mean()),
+            "mean stability": (float(nets.stability.double().mean()) if nets.stability is not None else None),
+            "seconds": round(g.seconds, 1),
+        })
+    lines += [markdown_table(conv_rows), ""]
+    if any(r["converged"] is False for r in conv_rows):
+        lines += ["**Warning:** at least one group decomposition did not converge (see `n_iter`); raise "
+                  "`ica.max_iter` or loosen `ica.tol`.", ""]
+
+    summary: dict[str, Any] = {"datasets": {}, "timings": timings}
+    for name, res in results.items():
+        nets = res["group"].networks
+        lines += [f"## {name}", "", f"Network files: `networks/{name}_group.safetensors`, individual networks in "
+                  f"`networks/{name}_individual/`. Figures: `figures/{name}_*.png`.", ""]
+        size_rows = []
+        counts = nets.counts_per_layer()
+        for k in range(len(nets)):
+            row = {"network": k, "neurons": int(nets.sizes()[k]), "fraction": float(nets.fractions()[k])}
+            if nets.stability is not None:
+                row["stability"] = float(nets.stability[k])
+            top_layers = torch.argsort(counts[k], descending=True)[:3].tolist()
+            row["top layers (count)"] = ", ".join(f"{l} ({int(counts[k, l])})" for l in top_layers)
+            size_rows.append(row)
+        lines += ["### Template networks", "", markdown_table(size_rows), ""]
+        ind = res["individuals"]
+        if ind:
+            n_conv = sum(1 for i in ind if i.converged)
+            lines += [f"Individual decompositions: {len(ind)} texts, {n_conv} converged.", ""]
+        match = res["match"]
+        if match is not None:
+            lines += [f"### Template matching (individual networks with IoU > {cfg.networks.match_threshold})", "",
+                      markdown_table(match.as_rows()), ""]
+        summary["datasets"][name] = {
+            "sizes": nets.sizes().tolist(),
+            "stability": None if nets.stability is None else nets.stability.tolist(),
+            "matches": None if match is None else match.counts.tolist(),
+        }
+
+    # cross-dataset similarity of templates: do different stimuli recruit the same networks?
+    names = list(results)
+    if len(names) > 1:
+        rows = []
+        for a in names:
+            row = {"dataset": a}
+            for b in names:
+                m = iou(results[a]["group"].networks, results[b]["group"].networks)
+                row[b] = float(m.max(dim=1).values.mean())
+            rows.append(row)
+        lines += ["## Cross-dataset template similarity", "",
+                  "Mean over the row dataset's templates of the best IoU with the column dataset's templates.", "",
+                  markdown_table(rows), ""]
+    lines += ["## Timings", "", markdown_table([{"step": k.removesuffix("_s"), "seconds": round(v, 1)}
+                                                for k, v in timings.items()]), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary

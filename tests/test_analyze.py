@@ -1,0 +1,109 @@
+"""End-to-end analysis on tiny models: report, network files, figures, determinism, failures in sweeps."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from fnet.analysis import networks_for_config, run
+from fnet.networks import NetworkSet
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = ["model=tiny_gpt2", "data.n_template=2", "data.n_individual=2", "ica.n_components=3",
+         "record.max_length=64"]
+
+
+def make_cfg(output_dir, overrides=()):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose("analyze", overrides=SMALL + [f"paths.output_dir={output_dir}", f"paths.root_dir={REPO_ROOT}", "logger=csv",
+                                                     *overrides])
+
+
+def test_analysis_writes_report_networks_and_figures(tmp_path, fnet_cache):
+    cfg = make_cfg(tmp_path / "run")
+    summary = run(cfg)
+    out = tmp_path / "run"
+    report = (out / "report.md").read_text()
+    for needle in ("Provenance", "tiny:gpt2", "Template matching", "## news", "## code", "converged"):
+        assert needle in report
+    nets = NetworkSet.load(out / "networks" / "news_group.safetensors")
+    assert nets.masks.shape == (3, 3, 32)  # K, layers, d_model
+    assert nets.provenance["model"] == "tiny:gpt2" and nets.provenance["signal"] == "mlp_out"
+    assert nets.provenance["K"] == 3 and nets.provenance["level"] == "group"
+    assert len(list((out / "networks" / "news_individual").glob("*.safetensors"))) == 2
+    assert (out / "networks" / "all_group.safetensors").exists()
+    for png in ("news_group_networks", "news_counts_per_layer", "news_template_individual_iou"):
+        assert (out / "figures" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(summary["datasets"]) == {"news", "encyclopedia", "math", "code"}
+    metrics = (out / "csv" / "metrics.csv").read_text()
+    assert "news/mean_network_size" in metrics
+
+
+def test_same_seed_gives_identical_networks_other_seed_differs(tmp_path, fnet_cache):
+    masks = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run(make_cfg(tmp_path / name, [f"seed={seed}", "data=builtin", "individual=false",
+                                       "data.datasets={news:{source:builtin:news}}"]))
+        masks.append(NetworkSet.load(tmp_path / name / "networks" / "news_group.safetensors"))
+    assert torch.equal(masks[0].masks, masks[1].masks) and torch.equal(masks[0].maps, masks[1].maps)
+    assert not torch.equal(masks[0].maps, masks[2].maps)  # seed also changes the text sample
+
+
+def test_mlp_act_signal_has_d_mlp_width(tmp_path, fnet_cache):
+    cfg = make_cfg(tmp_path / "act", ["record.signal=mlp_act", "individual=false",
+                                      "data.datasets={math:{source:builtin:math}}"])
+    run(cfg)
+    nets = NetworkSet.load(tmp_path / "act" / "networks" / "math_group.safetensors")
+    assert nets.masks.shape == (3, 3, 128) and nets.provenance["signal"] == "mlp_act"
+
+
+def test_networks_for_config_is_cached(tmp_path, fnet_cache):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(tmp_path / "x", ["data.datasets={news:{source:builtin:news}}"])
+    lm = instantiate(cfg.model)
+    first = networks_for_config(cfg, lm)
+    cached = list((fnet_cache / "networks").glob("*.safetensors"))
+    assert len(cached) == 1
+    again = networks_for_config(cfg, lm)
+    assert torch.equal(first.masks, again.masks)
+    with pytest.raises(ValueError, match="networks.source='nope'.*valid.*news.*all"):
+        networks_for_config(cfg, lm, source="nope")
+
+
+def test_too_many_components_is_a_clear_error(tmp_path, fnet_cache):
+    cfg = make_cfg(tmp_path / "k", ["ica.n_components=5000", "individual=false",
+                                    "data.datasets={news:{source:builtin:news}}"])
+    with pytest.raises(ValueError, match="5000"):
+        run(cfg)
+
+
+def test_multirun_continues_past_a_failed_job(tmp_path):
+    env = dict(os.environ, FNET_CACHE=str(tmp_path / "cache"))
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "analyze.py", "-m", *SMALL, "individual=false",
+         "data.datasets={news:{source:builtin:news}}", "ica.n_components=5000,2",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    failure = json.loads((sweep / "0" / "failure.json").read_text())
+    assert "5000" in failure["error"] and "ica.n_components=5000" in failure["overrides"]
+    assert (sweep / "1" / "report.md").exists() and not (sweep / "1" / "failure.json").exists()
+
+
+def test_single_run_failure_exits_nonzero(tmp_path):
+    env = dict(os.environ, FNET_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "analyze.py", *SMALL, "model.name=tiny:bert", f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "unknown tiny family 'bert'" in (tmp_path / "r" / "failure.json").read_text()

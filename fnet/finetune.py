@@ -145,6 +145,8 @@ def run_training(cfg: Any) -> dict[str, Any]:
     from fnet.utils import instantiate_callbacks, instantiate_loggers, log_hyperparameters, provenance
 
     started = time.time()
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))  # a shared CPU: fewer threads can be much faster
     seed = int(cfg.get("seed", 0))
     L.seed_everything(seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)

@@ -19,6 +19,15 @@ from fnet.models import find_blocks, load_model
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: one intra-op thread (two threads on an oversubscribed machine are ~20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def toy_rows(n: int = 64) -> list[dict]:
     """A learnable binary task: positive rows mention 'great', negative ones 'awful'."""
     rows = []

@@ -99,7 +99,7 @@ def fine_tuning_splits(
         pool = load_task_rows(spec, "all", data_dir)
         parts = split_rows(pool, fractions, seed, group_key)
         local = spec.local or {}
-        path = Path(resolve_data_dir(data_dir)) / str(local.get("path"))
+        path = (Path(resolve_data_dir(data_dir)) / str(local.get("path"))).resolve()
         info.update(
             source="local", path=str(path),
             rule=(f"offline: no training split exists, so the local file {path.name} ({len(pool)} rows) was split "
@@ -408,10 +408,13 @@ class SquadDataModule(TaskDataModule):
         hp = self.hparams
         if not examples:
             return []
+        stride = min(int(hp.doc_stride), hp.max_length // 2)
+        if stride < hp.doc_stride:
+            log.warning("doc_stride %d >= max_length/2; using %d", hp.doc_stride, stride)
         questions = [e["question"].strip() + hp.question_separator for e in examples]
         contexts = [e["context"] for e in examples]
         enc = self.tokenizer(
-            questions, contexts, truncation="only_second", max_length=hp.max_length, stride=hp.doc_stride,
+            questions, contexts, truncation="only_second", max_length=hp.max_length, stride=stride,
             return_overflowing_tokens=True, return_offsets_mapping=True,
         )
         features = []

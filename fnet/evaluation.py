@@ -108,8 +108,8 @@ def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
         out.update(n_masked=0, fraction=0.0, per_layer=None, description="no mask")
         return out
     summary = spec.summary()
-    out.update(description=summary.get("description"), n_masked=summary["n_masked"], fraction=summary["fraction"],
-               per_layer=summary["per_layer"], signal=summary.get("signal"), apply_mode=summary.get("mode"),
+    out.update(description=summary.get("description"), n_masked=int(spec.stats["n_masked"]),
+               fraction=float(spec.stats["fraction"]), per_layer=list(spec.stats["per_layer"]), signal=summary.get("signal"), apply_mode=summary.get("mode"),
                network_ids=summary.get("networks"), n_preserved=summary.get("n_preserved"),
                n_neurons=int(spec.mask.numel()))
     if netset is not None:
@@ -331,7 +331,7 @@ def run(cfg: Any) -> dict:
                     handle.write(json.dumps(_json_safe(record)) + "\n")
         _log_wandb(loggers, row, mask)
         log.info("%s %s = %.4f (95%% CI %s), unmasked %s, above chance (unmasked): %s; wrote %s",
-                 row.get("task"), row.get("metric"), row.get("score") or float("nan"), row.get("ci"),
+                 row.get("task"), row.get("metric"), float("nan") if row.get("score") is None else row["score"], row.get("ci"),
                  (row.get("baseline") or {}).get("score"), row.get("above_chance_unmasked"), out_dir / "result.json")
     return row
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
@@ -386,8 +387,11 @@ class ZeroShotModule(pl.LightningModule):
                    if v.get("value") is not None and math.isfinite(v["value"])}
         if "parse_failure_rate" in self.results:
             scalars[f"{self.task.name}/parse_failure_rate"] = self.results["parse_failure_rate"]
-        # values are already synced (identical on every rank): no further reduction
-        self.log_dict(scalars, sync_dist=False, rank_zero_only=True)
+        # values are already synced (identical on every rank): no further reduction, and Lightning's advice to
+        # use sync_dist=True does not apply
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+            self.log_dict(scalars, sync_dist=False, rank_zero_only=True)
 
     # ----------------------------------------------------------------------------------------------------------
     def compute_results(self) -> dict:

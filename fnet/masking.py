@@ -133,6 +133,7 @@ class MaskSpec:
     def summary(self) -> dict[str, Any]:
         """JSON-able description (no tensor) for provenance headers and hyperparameter logging."""
         return {
+            **self.meta,  # provenance first: the mask's own fields below always win
             "kind": self.kind,
             "signal": self.signal,
             "mode": self.mode,
@@ -141,7 +142,6 @@ class MaskSpec:
             "n_masked": self.n_masked,
             "fraction": self.fraction,
             "per_layer": list(self.stats["per_layer"]),
-            **{k: v for k, v in self.meta.items()},
         }
 
 
@@ -511,7 +511,7 @@ def random_fraction_mask(
         mode="zero",
         description=f"random {float(fraction):.1%} of units per layer ({per_layer}/{int(width)}, seed {int(seed)})",
         kind="random_fraction",
-        meta={"seed": int(seed), "fraction": float(fraction), "per_layer": per_layer},
+        meta={"seed": int(seed), "target_fraction": float(fraction), "units_per_layer": per_layer},
     )
 
 

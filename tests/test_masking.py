@@ -410,6 +410,22 @@ def test_build_mask_modes():
     assert set(MASK_MODES) >= {"none", "lesion", "preserve", "random", "random_fraction", "amplify"}
 
 
+@pytest.mark.parametrize("mode", sorted(MASK_MODES))
+def test_summary_keeps_mask_counts(mode):
+    """summary() (provenance for result files) carries the mask's own counts; meta never overrides them."""
+    ns = toy_netset()
+    spec = build_mask(mode, netset=ns, networks=1, fraction=0.3, seed=2, value=2.0)
+    if spec is None:
+        return
+    summary = spec.summary()
+    assert summary["per_layer"] == spec.stats["per_layer"] == spec.mask.sum(1).tolist()
+    assert summary["n_masked"] == int(spec.mask.sum()) and summary["fraction"] == spec.stats["fraction"]
+    assert summary["kind"] == mode
+    import json
+
+    json.dumps(summary)
+
+
 def test_build_mask_from_networks_file(tmp_path):
     ns = toy_netset(signal="mlp_act")
     path = ns.save(tmp_path / "nets.safetensors")

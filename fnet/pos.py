@@ -521,9 +521,10 @@ def word_log_probs(
                 rows += by_sentence[s]
             rows_arr = np.asarray(rows)
             tokens = torch.as_tensor(samples.token[rows_arr])
-            picked = logits[torch.as_tensor(b_index)]  # [n, seq, vocab]
-            targets = input_ids[torch.as_tensor(b_index), tokens]
-            out[rows_arr] = target_log_probs(picked, tokens - 1, targets).double().cpu().numpy()
+            b_index_t = torch.as_tensor(b_index)
+            picked = logits[b_index_t.to(logits.device), (tokens - 1).to(logits.device)]  # [n, vocab]
+            targets = input_ids[b_index_t, tokens]
+            out[rows_arr] = target_log_probs(picked[:, None], torch.zeros_like(tokens), targets).double().cpu().numpy()
     return out
 
 
@@ -624,6 +625,16 @@ def _get(cfg, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _max_positions(lm: LoadedModel) -> int | None:
+    """The model's context length from its config (``n_positions`` / ``max_position_embeddings`` / ``seq_length``),
+    or None when the config does not say."""
+    for key in ("n_positions", "max_position_embeddings", "seq_length"):
+        value = getattr(lm.model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _subset(sentences: list, limit: int | None, seed: int) -> list:
     """A seeded random subset of ``limit`` sentences, in file order (the files are ordered by genre)."""
     if limit is None or limit >= len(sentences):
@@ -669,6 +680,11 @@ def run_pos_analysis(cfg) -> dict:
     t = time.perf_counter()
     lm = instantiate(cfg.model) if not isinstance(cfg.model, LoadedModel) else cfg.model
     n_layers, width = lm.n_layers, lm.width(signal)
+    model_limit = _max_positions(lm)
+    if model_limit is not None and model_limit < max_length:
+        log.info("pos: record.max_length=%d exceeds the model's %d positions; sentences are cut at %d tokens",
+                 max_length, model_limit, model_limit)
+        max_length = model_limit
     t = lap("load model", t)
 
     # --- data -------------------------------------------------------------------------------------------

@@ -766,9 +766,9 @@ def run_pos_analysis(cfg) -> dict:
                                       min_samples=int(_get(a, "selection.min_samples", 5)), provenance=prov)
     net_path = netset.save(out / "pos_key_neurons.safetensors")
     key_rows = []
-    frequency, mean_score = counter.frequency(), counter.mean_score()
-    for k, tag in enumerate(net_tags):
-        for rank, neuron in enumerate(counter.key_neurons(top_k)[tag].tolist()):
+    frequency, mean_score, chosen_neurons = counter.frequency(), counter.mean_score(), counter.key_neurons(top_k)
+    for tag in net_tags:
+        for rank, neuron in enumerate(chosen_neurons[tag].tolist()):
             key_rows.append({"tag": tag_names[tag], "rank": rank, "layer": neuron // width, "unit": neuron % width,
                              "count": int(counter.counts[tag, neuron]), "frequency": float(frequency[tag, neuron]),
                              "mean_score": float(mean_score[tag, neuron])})
@@ -776,9 +776,9 @@ def run_pos_analysis(cfg) -> dict:
     counts_layer = netset.counts_per_layer()  # [K, layer]
     tag_rows = []
     for k, tag in enumerate(net_tags):
-        mask_t = counter.n_samples[tag]
         tag_rows.append({
-            "network": k, "tag": tag_names[tag], "samples": int(mask_t), "neurons": int(netset.sizes()[k]),
+            "network": k, "tag": tag_names[tag], "samples": int(counter.n_samples[tag]),
+            "neurons": int(netset.sizes()[k]),
             "mean_frequency": float(frequency[tag][netset.flat()[k]].mean()) if int(netset.sizes()[k]) else 0.0,
             "mean_logprob": float(target_lp[attr_samples.tag == tag].mean()),
             "top_layers": ",".join(str(int(x)) for x in torch.argsort(counts_layer[k], descending=True)[:3]),
@@ -853,19 +853,24 @@ def run_pos_analysis(cfg) -> dict:
 
 
 def ica_overlap(cfg, lm: LoadedModel, netset: NetworkSet, fig_dir: Path) -> tuple[list[dict], str, Path | None]:
-    """IoU of every POS network with every ICA network of ``fnet.analysis.networks_for_config(cfg, lm)``.
+    """IoU of every POS network with every ICA network of ``fnet.analysis.networks_for_config(cfg, lm)`` (or of
+    the saved NetworkSet ``analysis.ica_networks_file``, when set).
     Rows: per tag its best-matching ICA network and the IoU, plus the union of all tags. Never raises for a
     missing ICA step: the note says why it was skipped."""
     from fnet.networks import iou
 
-    try:
-        from fnet.analysis import networks_for_config
-    except ImportError as err:
-        note = (f"skipped: fnet.analysis.networks_for_config is not available ({err}); "
-                "set analysis.ica_overlap=false to turn this step off")
-        log.warning("pos: ICA overlap %s", note)
-        return [], note, None
-    ica = networks_for_config(cfg, lm)
+    networks_file = _get(cfg, "analysis.ica_networks_file", None)
+    if networks_file:
+        ica = NetworkSet.load(Path(str(networks_file)).expanduser())
+    else:
+        try:
+            from fnet.analysis import networks_for_config
+        except ImportError as err:
+            note = (f"skipped: fnet.analysis.networks_for_config is not available ({err}); "
+                    "set analysis.ica_overlap=false to turn this step off")
+            log.warning("pos: ICA overlap %s", note)
+            return [], note, None
+        ica = networks_for_config(cfg, lm)
     if (ica.n_layers, ica.width) != (netset.n_layers, netset.width):
         note = (f"skipped: ICA networks are [{ica.n_layers}, {ica.width}] but POS networks are "
                 f"[{netset.n_layers}, {netset.width}] (different signal?)")

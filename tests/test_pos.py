@@ -351,3 +351,25 @@ def test_run_pos_analysis_without_ica_or_lesion(tmp_path):
     results = run_pos_analysis(cfg)
     assert results["lesion"] == [] and "analysis.ica_overlap=false" in results["ica_note"]
     assert "all neurons" not in {r["features"] for r in results["classifier"]}
+
+
+def test_ica_overlap_from_a_saved_file_and_layout_mismatch(tmp_path):
+    from fnet.pos import ica_overlap
+
+    pos_masks = torch.zeros(2, 3, 8, dtype=torch.bool)
+    pos_masks[0, 0, :4] = True  # tag A: 4 neurons of layer 0
+    pos_masks[1, 2, :2] = True  # tag B: 2 neurons of layer 2
+    pos = NetworkSet.from_masks(pos_masks, {"tags": ["A", "B"]})
+    ica_masks = torch.zeros(2, 3, 8, dtype=torch.bool)
+    ica_masks[0, 0, 2:6] = True  # overlaps A in 2 of 6 neurons
+    ica_masks[1, 2, :2] = True  # equals B
+    NetworkSet.from_masks(ica_masks, {"data": "saved"}).save(tmp_path / "ica.safetensors")
+    cfg = OmegaConf.create({"analysis": {"ica_networks_file": str(tmp_path / "ica.safetensors")}})
+    rows, note, figure = ica_overlap(cfg, None, pos, tmp_path / "fig")
+    assert [(r["tag"], r["best_ica_network"], round(r["iou"], 4)) for r in rows] == [
+        ("A", 0, round(2 / 6, 4)), ("B", 1, 1.0), ("(union of all tags)", 1, round(2 / 6, 4))]  # union: 6 neurons
+    assert figure.is_file() and "2 ICA networks" in note
+    NetworkSet.from_masks(torch.ones(1, 3, 5, dtype=torch.bool)).save(tmp_path / "other.safetensors")
+    cfg.analysis.ica_networks_file = str(tmp_path / "other.safetensors")
+    rows, note, figure = ica_overlap(cfg, None, pos, tmp_path / "fig")
+    assert rows == [] and figure is None and note.startswith("skipped")

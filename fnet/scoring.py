@@ -39,6 +39,7 @@ __all__ = [
     "sample_shots",
     "use_chat_template",
     "score_loglik",
+    "prefix_key_values",
     "generate_greedy",
     "parse_choice",
     "perplexity_windows",
@@ -126,6 +127,7 @@ class PromptBuilder:
             raise ValueError(f"task {task.name!r}: {task.num_fewshot} shots requested but the few-shot pool has "
                              f"{len(self.pool)} rows")
         self._fixed: list[Mapping] | None = None
+        self._prefix_cache: tuple[str, list[int]] | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     def shots_for(self, row: Mapping) -> list[Mapping]:
@@ -190,12 +192,40 @@ class PromptBuilder:
     def encode_continuation(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def shares_prefix(self) -> bool:
+        """Fixed shots in a plain prompt: every row's prompt starts with the same shots block, whose tokens are
+        encoded once and whose keys/values the scorer computes once."""
+        return self.sampling == "fixed" and self.task.num_fewshot > 0 and not self.chat
+
+    def _prefix(self) -> tuple[str, list[int]]:
+        if getattr(self, "_prefix_cache", None) is None:
+            sep = self.task.prompt.get("fewshot_delimiter", "\n\n")
+            shots = self.shots_for({"index": -1})
+            text = sep.join(self.question(shot) + self.task.prompt.get("target_delimiter", " ") + self.answer(shot)
+                            for shot in shots) + sep
+            self._prefix_cache = (text, list(self.tokenizer(text, add_special_tokens=True)["input_ids"]))
+        return self._prefix_cache
+
     def request(self, row: Mapping, calibrate: bool = False) -> "Request":
-        shots = self.shots_for(row)
-        context = self.context(row, shots)
         continuations = [self.encode_continuation(c) for c in self.continuations()]
         if any(len(c) == 0 for c in continuations):
             raise ValueError(f"task {self.task.name!r}: a choice encodes to no tokens: {self.continuations()}")
+        if self.shares_prefix:
+            # shots block and question are tokenised separately and concatenated (a valid tokenisation of the
+            # prompt text), so all rows share the shots' tokens exactly
+            prefix_text, prefix = self._prefix()
+            question = self.question(row)
+            tokens = prefix + list(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+            cf = None
+            if calibrate:
+                cf_question = self.question(self.content_free(row))
+                cf = prefix + list(self.tokenizer(cf_question, add_special_tokens=False)["input_ids"])
+            return Request(index=int(row["index"]), label=int(row.get("label", -1)), context=prefix_text + question,
+                           context_tokens=tokens, continuation_tokens=continuations, content_free_tokens=cf,
+                           row=dict(row), prefix_len=len(prefix))
+        shots = self.shots_for(row)
+        context = self.context(row, shots)
         cf = self.encode_context(self.context(self.content_free(row), shots)) if calibrate else None
         return Request(index=int(row["index"]), label=int(row.get("label", -1)), context=context,
                        context_tokens=self.encode_context(context), continuation_tokens=continuations,
@@ -205,7 +235,8 @@ class PromptBuilder:
 @dataclass
 class Request:
     """One scored row, tokenised. ``continuation_tokens[i]`` are the tokens of choice i (empty list for
-    generation tasks); ``content_free_tokens`` the calibration prompt (or None)."""
+    generation tasks); ``content_free_tokens`` the calibration prompt (or None); the first ``prefix_len`` context
+    tokens are the same for every row (fixed shots), so their keys/values can be computed once."""
 
     index: int
     label: int
@@ -214,6 +245,7 @@ class Request:
     continuation_tokens: list[list[int]] = field(default_factory=list)
     content_free_tokens: list[int] | None = None
     row: dict = field(default_factory=dict)
+    prefix_len: int = 0  # leading tokens shared by every request of the task (fixed shots)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -234,23 +266,62 @@ def _left_truncate(context: list[int], continuation: list[int], max_length: int 
 
 
 @torch.no_grad()
+def prefix_key_values(model: torch.nn.Module, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) of a shared prompt prefix (e.g. a fixed set of few-shot shots), computed once.
+    Compute it under the same mask as the scoring that reuses it."""
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True)
+    cache = out.past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _supports_prefix_cache(model: torch.nn.Module) -> bool:
+    return _accepts(model, "past_key_values") and _accepts(model, "position_ids")
+
+
+@torch.no_grad()
 def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continuations: Sequence[Sequence[list[int]]],
-                 *, pad_token_id: int, max_length: int | None = None) -> torch.Tensor:
+                 *, pad_token_id: int, max_length: int | None = None, prefix_len: int = 0,
+                 kv_memo: dict | None = None) -> torch.Tensor:
     """Summed log-probabilities ``scores  # [row, choice]`` of each row's choice tokens after its context.
 
     ``contexts[r]`` are row r's prompt tokens; ``continuations[r][c]`` the tokens of choice c (rows may differ
     in their choices' tokens but not in their number). Contexts longer than ``max_length`` minus the choice are cut
     from the left. One forward pass for the batch: if every choice of every row is a single token, one sequence
     per row (the choices are read at the prompt's last position); otherwise one sequence per (row, choice).
+
+    ``prefix_len``: the first ``prefix_len`` tokens are the same in every context (fixed few-shot shots). Their
+    keys/values are computed once (kept in ``kv_memo``, a dict the caller owns and clears whenever the model or
+    its mask changes) and only the rest of each sequence goes through the model -- the same numbers, a fraction of
+    the work. Falls back to full sequences when the model takes no ``past_key_values`` or a sequence is too long.
     """
     n_rows = len(contexts)
     n_choices = len(continuations[0]) if n_rows else 0
-    device = next(model.parameters()).device
+    longest = max(len(ctx) + max(len(c) for c in conts) for ctx, conts in zip(contexts, continuations))
+    use_prefix = (prefix_len > 0 and _supports_prefix_cache(model)
+                  and all(len(ctx) > prefix_len for ctx in contexts)
+                  and (max_length is None or longest <= max_length))
+    key_values = None
+    if use_prefix:
+        prefix = tuple(contexts[0][:prefix_len])
+        if kv_memo is not None and prefix in kv_memo:
+            key_values = kv_memo[prefix]
+        else:
+            try:
+                key_values = prefix_key_values(model, prefix)
+            except (AttributeError, TypeError, ValueError):  # a model without a layered Cache: no sharing
+                key_values = None
+            if kv_memo is not None and key_values is not None:
+                kv_memo.clear()
+                kv_memo[prefix] = key_values
+        if key_values is not None:
+            contexts = [ctx[prefix_len:] for ctx in contexts]
+            max_length = None
     single_token = all(len(tokens) == 1 for conts in continuations for tokens in conts)
     if single_token:
         sequences = [_left_truncate(list(ctx), [0], max_length) for ctx in contexts]
-        targets = [[(len(seq) - 1, [conts[c][0]]) for c in range(n_choices)]
-                   for seq, conts in zip(sequences, continuations)]
+        targets = [[(r, len(seq) - 1, [conts[c][0]]) for c in range(n_choices)]
+                   for r, (seq, conts) in enumerate(zip(sequences, continuations))]
     else:
         sequences, targets = [], []
         for ctx, conts in zip(contexts, continuations):
@@ -260,35 +331,49 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
                 row_targets.append((len(sequences), len(seq) - len(cont) - 1, list(cont)))
                 sequences.append(seq)
             targets.append(row_targets)
-    lengths = torch.tensor([len(s) for s in sequences])
-    width = int(lengths.max())
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # [seq, pos], right padded
-    attention_mask = torch.zeros_like(input_ids)
-    for i, seq in enumerate(sequences):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        attention_mask[i, : len(seq)] = 1
     # only logits from the first position any target reads onwards are needed (saves the LM head's work)
-    first_read = min(t[-2] for row in targets for t in row)
-    kwargs: dict[str, Any] = {}
-    offset = 0
-    if _accepts(model, "logits_to_keep") and first_read > 0:
-        kwargs["logits_to_keep"] = width - first_read
-        offset = first_read
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs).logits
-    logits = logits.float()  # [seq, pos - offset, vocab]
+    first_read = min(t[1] for row in targets for t in row)
+    logits, offset = _forward_right_padded(model, sequences, pad_token_id, first_read, key_values)
     scores = torch.empty(n_rows, n_choices, dtype=torch.float64)
     for r in range(n_rows):
         for c in range(n_choices):
-            if single_token:
-                pos, tokens = targets[r][c]
-                seq_i = r
-            else:
-                seq_i, pos, tokens = targets[r][c]
+            seq_i, pos, tokens = targets[r][c]
             positions = torch.arange(pos, pos + len(tokens), device=logits.device) - offset  # [n_tokens]
             log_probs = F.log_softmax(logits[seq_i, positions], dim=-1)  # [n_tokens, vocab]
             picked = log_probs.gather(-1, torch.tensor(tokens, device=logits.device)[:, None])  # [n_tokens, 1]
             scores[r, c] = float(picked.sum())
     return scores
+
+
+def _forward_right_padded(model: torch.nn.Module, sequences: Sequence[list[int]], pad_token_id: int,
+                          first_read: int, key_values: list | None = None) -> tuple[torch.Tensor, int]:
+    """One forward pass of right-padded sequences (after a shared cached prefix when ``key_values`` is given).
+    Returns ``(logits  # [seq, pos - offset, vocab], offset)``."""
+    device = next(model.parameters()).device
+    width = max(len(s) for s in sequences)
+    n = len(sequences)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)  # [seq, pos], right padded
+    attention_mask = torch.zeros_like(input_ids)
+    for i, seq in enumerate(sequences):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention_mask[i, : len(seq)] = 1
+    kwargs: dict[str, Any] = {}
+    offset = 0
+    if _accepts(model, "logits_to_keep") and first_read > 0:
+        kwargs["logits_to_keep"] = width - first_read
+        offset = first_read
+    if key_values is not None:
+        from transformers.cache_utils import DynamicCache
+
+        n_prefix = key_values[0][0].shape[-2]
+        kwargs["past_key_values"] = DynamicCache(
+            ddp_cache_data=[(k.expand(n, *k.shape[1:]).contiguous(), v.expand(n, *v.shape[1:]).contiguous())
+                            for k, v in key_values], config=getattr(model, "config", None))
+        kwargs["use_cache"] = True
+        kwargs["position_ids"] = (n_prefix + torch.arange(width, device=device))[None].expand(n, -1)
+        attention_mask = torch.cat([torch.ones(n, n_prefix, dtype=attention_mask.dtype), attention_mask], dim=1)
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs).logits
+    return logits.float(), offset
 
 
 # --------------------------------------------------------------------------------------------------------------

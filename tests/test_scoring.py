@@ -77,6 +77,24 @@ def test_loglik_batched_equals_one_sequence_at_a_time(family):
                 assert single[r, c].item() == pytest.approx(first, abs=1e-4)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_shared_prefix_cache_gives_the_same_scores(family):
+    """Fixed shots: the prefix's keys/values computed once and reused = the full sequences, to float precision."""
+    lm = load_model(f"tiny:{family}")
+    prefix = list(range(60, 90))
+    contexts = [prefix + [5, 6, 7], prefix + [8], prefix + list(range(100, 112))]
+    for continuations in ([[[1], [2]]] * 3, [[[1, 2], [3]], [[4], [5, 6, 7]], [[8], [9]]]):
+        full = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
+        memo = {}
+        cached = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, prefix_len=30,
+                                      kv_memo=memo)
+        assert len(memo) == 1
+        assert torch.allclose(cached, full, atol=1e-4), (cached, full)
+        again = scoring.score_loglik(lm.model, contexts[:1], continuations[:1], pad_token_id=256, prefix_len=30,
+                                     kv_memo=memo)  # reuses the memo
+        assert torch.allclose(again, full[:1], atol=1e-4)
+
+
 def test_loglik_truncates_long_contexts_from_the_left():
     table = bigram_table()
     model = Bigram(table)

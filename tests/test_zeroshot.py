@@ -48,9 +48,8 @@ def test_fewshot_shots_are_disjoint_from_scored_rows_and_seeded(shared_data, tin
                for r in other.rows)
     # the prompt: shots with their answers, then the row's question
     context = dm.builder.context(dm.rows[0])
-    assert context.count("Answer:") == 5 and context.endswith(dm.rows[0]["text_a"] +
-                                                                "\nQuestion: Is this sentence positive or negative?\nAnswer:")
-    assert "Answer: positive" in context and "Answer: negative" in context
+    assert context.count("Sentiment:") == 5 and context.endswith("Review: " + dm.rows[0]["text_a"] + "\nSentiment:")
+    assert "Sentiment: positive" in context and "Sentiment: negative" in context
 
 
 def test_fixed_shots_are_shared(shared_data, tiny):
@@ -60,6 +59,26 @@ def test_fixed_shots_are_shared(shared_data, tiny):
     first = [s["index"] for s in dm.builder.shots_for(dm.rows[0])]
     assert all([s["index"] for s in dm.builder.shots_for(r)] == first for r in dm.rows)
     assert sorted(s["label"] for s in dm.builder.shots_for(dm.rows[0])) == [0, 1, 2]
+
+
+def test_fixed_shots_share_a_prefix_and_score_like_full_prompts(tiny):
+    task = task_cfg("sst2", num_fewshot=2, calibrate=True, fewshot={"sampling": "fixed", "seed": 3},
+                    prompt={"template": "{text_a} ->"})
+    pool = [{"index": i, "text_a": t, "label": i % 2} for i, t in enumerate(["bad", "good", "dull", "fun"])]
+    rows = [{"index": 10 + i, "text_a": t, "label": i % 2} for i, t in enumerate(["meh", "great film", "ugh", "wow"])]
+    builder = scoring.PromptBuilder(task, tiny.tokenizer, pool)
+    requests = [builder.request(row, calibrate=True) for row in rows]
+    n = requests[0].prefix_len
+    assert n > 0 and all(r.prefix_len == n and r.context_tokens[:n] == requests[0].context_tokens[:n]
+                         for r in requests)
+    assert requests[0].context == builder.context(rows[0])  # the same prompt text
+    module = ZeroShotModule(tiny.model, tiny.tokenizer, task)
+    records = module.score_batch(requests[:3]) + module.score_batch(requests[3:])
+    assert len(module._kv_memo) == 1 and len(module._cf_memo) == 1  # one prefix, one content-free prompt
+    for r, record in zip(requests, records):  # by hand, without the prefix cache, one row at a time
+        raw = scoring.score_loglik(tiny.model, [r.context_tokens], [r.continuation_tokens], pad_token_id=256)[0]
+        cf = scoring.score_loglik(tiny.model, [r.content_free_tokens], [r.continuation_tokens], pad_token_id=256)[0]
+        assert record["scores"] == pytest.approx((raw - cf).tolist(), abs=1e-4)
 
 
 def test_chat_template_multi_turn_shots(shared_data):

@@ -243,6 +243,10 @@ class ZeroShotModule(pl.LightningModule):
         self.store = ExampleStore()
         self.results: dict | None = None
         self.outputs: list[dict] = []  # this process's per-example records (texts included), for predictions.jsonl
+        # shared-prefix keys/values and content-free scores; computed under the current mask, so cleared at the
+        # start of every evaluation epoch (a mask callback enters before it)
+        self._kv_memo: dict = {}
+        self._cf_memo: dict = {}
 
     def _make_metrics(self) -> torch.nn.ModuleDict:
         task = self.task
@@ -286,15 +290,27 @@ class ZeroShotModule(pl.LightningModule):
         return self._score_generate_choice(batch)
 
     def _score_loglik(self, batch: list[Request]) -> list[dict]:
+        prefix_len = batch[0].prefix_len if all(r.prefix_len == batch[0].prefix_len for r in batch) else 0
         scores = scoring.score_loglik(self.model, [r.context_tokens for r in batch],
                                       [r.continuation_tokens for r in batch], pad_token_id=self.pad_token_id,
-                                      max_length=self.max_length)  # [row, choice]
+                                      max_length=self.max_length, prefix_len=prefix_len,
+                                      kv_memo=self._kv_memo)  # [row, choice]
         if self.task.calibrate:
-            scores = scores - scoring.score_loglik(self.model, [r.content_free_tokens for r in batch],
-                                                   [r.continuation_tokens for r in batch],
-                                                   pad_token_id=self.pad_token_id, max_length=self.max_length)
+            scores = scores - self._content_free_scores(batch, prefix_len)
         preds = scores.argmax(dim=1)
         return self._update_class(batch, preds, [None] * len(batch), scores=scores)
+
+    def _content_free_scores(self, batch: list[Request], prefix_len: int) -> torch.Tensor:
+        """Choice scores of each row's content-free prompt; identical prompts (fixed shots) are scored once."""
+        todo = [r for r in batch if tuple(r.content_free_tokens) not in self._cf_memo]
+        unique = list({tuple(r.content_free_tokens): r for r in todo}.values())
+        if unique:
+            cf = scoring.score_loglik(self.model, [r.content_free_tokens for r in unique],
+                                      [r.continuation_tokens for r in unique], pad_token_id=self.pad_token_id,
+                                      max_length=self.max_length, prefix_len=prefix_len, kv_memo=self._kv_memo)
+            for r, row_scores in zip(unique, cf):
+                self._cf_memo[tuple(r.content_free_tokens)] = row_scores
+        return torch.stack([self._cf_memo[tuple(r.content_free_tokens)] for r in batch])
 
     def _score_generate_choice(self, batch: list[Request]) -> list[dict]:
         texts = scoring.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],
@@ -368,12 +384,17 @@ class ZeroShotModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._reset()
 
+    def on_predict_epoch_start(self) -> None:
+        self._reset()
+
     def _reset(self) -> None:
         for metric in self.metrics.values():
             metric.reset()
         self.store.reset()
         self.outputs = []
         self.results = None
+        self._kv_memo.clear()
+        self._cf_memo.clear()
 
     def on_validation_epoch_end(self) -> None:
         self._finish()

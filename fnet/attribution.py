@@ -59,6 +59,7 @@ __all__ = [
     "METHODS",
     "BASELINES",
     "RANK_BY",
+    "SELECTION_RULES",
     "AttributionResult",
     "replace_signals",
     "target_log_probs",
@@ -74,6 +75,7 @@ __all__ = [
 METHODS = ("ig", "act_x_grad")
 BASELINES = ("zero", "mean")
 RANK_BY = ("abs", "signed")
+SELECTION_RULES = ("frequency", "contrast")
 
 # to_batch_first swaps axes 0 and 1 for sequence-first layouts and is the identity otherwise: an involution, so
 # the same call maps a [batch, seq, width] replacement back into the model's own layout.
@@ -420,21 +422,37 @@ class KeyNeuronCounter:
         """Mean score of each neuron over the samples that kept it: [n_tags, n_neurons] float64."""
         return self.score_sums / self.counts.clamp_min(1).to(torch.float64)
 
-    def key_neurons(self, top_k: int = 100) -> list[torch.Tensor]:
-        """Per tag, the ``top_k`` neurons kept most often (flat layer-major indices, most frequent first).
+    def contrast(self) -> torch.Tensor:
+        """Each tag's selection frequency minus the mean frequency over the *other* tags that have samples:
+        [n_tags, n_neurons] float64. High for neurons kept often for this tag and rarely for the rest."""
+        frequency = self.frequency()  # [n_tags, n_neurons]
+        has = (self.n_samples > 0).to(torch.float64)  # [n_tags]
+        total = (frequency * has[:, None]).sum(dim=0)  # [n_neurons]
+        others = (has.sum() - has).clamp_min(1.0)  # [n_tags]: tags with samples other than this one
+        return frequency - (total[None, :] - frequency * has[:, None]) / others[:, None]
 
-        Ties in the count are broken by the larger summed score, then by the lower index. Neurons never kept
-        are not selected, so a tag with few samples can get fewer than ``top_k`` (none without samples).
+    def key_neurons(self, top_k: int = 100, rule: str = "frequency") -> list[torch.Tensor]:
+        """Per tag, ``top_k`` neurons (flat layer-major indices, best first).
+
+        ``rule="frequency"`` (the paper's): the neurons kept most often for the tag. ``"contrast"``: the largest
+        :meth:`contrast` (kept often for this tag, rarely for others): with ``frequency``, neurons that matter
+        for every prediction (e.g. the last layers' large output dimensions) top every tag's list.
+
+        Ties are broken by the larger summed score, then by the lower index. Neurons never kept for the tag are
+        not selected, so a tag with few samples can get fewer than ``top_k`` (none without samples).
         """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if rule not in SELECTION_RULES:
+            raise ValueError(f"unknown selection rule {rule!r}; valid: {list(SELECTION_RULES)}")
+        primary = self.counts.to(torch.float64) if rule == "frequency" else self.contrast()  # [n_tags, n_neurons]
         out = []
         for tag in range(self.n_tags):
             # stable sorts: last key first. index order is the initial order, so ties end lowest-index first
             by_score = torch.sort(self.score_sums[tag], descending=True, stable=True).indices
-            order = by_score[torch.sort(self.counts[tag][by_score], descending=True, stable=True).indices]
-            chosen = order[:top_k]
-            out.append(chosen[self.counts[tag][chosen] > 0])
+            order = by_score[torch.sort(primary[tag][by_score], descending=True, stable=True).indices]
+            order = order[self.counts[tag][order] > 0]
+            out.append(order[:top_k])
         return out
 
 
@@ -446,6 +464,7 @@ def select_key_neurons(
     top_fraction: float = 0.05,
     top_k: int = 100,
     rank_by: str = "abs",
+    rule: str = "frequency",
 ) -> tuple[list[torch.Tensor], KeyNeuronCounter]:
     """Key neurons per tag from an in-memory ``attributions  # [samples, n_neurons]`` array (see
     :class:`KeyNeuronCounter`). Returns ``(per-tag flat neuron indices, counter)``."""
@@ -453,4 +472,4 @@ def select_key_neurons(
     counter = KeyNeuronCounter(n_tags, attributions.reshape(attributions.shape[0], -1).shape[1], top_fraction,
                                rank_by)
     counter.update(attributions, tag_ids)
-    return counter.key_neurons(top_k), counter
+    return counter.key_neurons(top_k, rule), counter

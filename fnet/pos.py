@@ -16,8 +16,10 @@ Spotting Key Neurons in Grammar Perception" (no code released), onto fnet's sign
    prefix's positions (``positions=sum``, total credit of a (layer, unit) wherever it fired).
 3. **Key neurons.** Per sample the top ``top_fraction`` (5 %) neurons by ``|attribution|`` (``rank_by=abs``;
    ``signed`` keeps only neurons that raise the word's probability); per tag the ``top_k`` (100) neurons kept
-   most often (:class:`fnet.attribution.KeyNeuronCounter`). Saved as a :class:`fnet.networks.NetworkSet`, one
-   network per tag (``maps`` = the fraction of the tag's samples that kept each neuron).
+   most often (:class:`fnet.attribution.KeyNeuronCounter`; ``rule=contrast`` ranks by that frequency minus the
+   other tags' mean instead, since the paper's rule lets neurons that matter for *every* word top every tag).
+   Saved as a :class:`fnet.networks.NetworkSet`, one network per tag (``maps`` = the fraction of the tag's
+   samples that kept each neuron).
 4. **Classifier.** Logistic regression (scikit-learn) on activations of the *union* of all tags' key neurons
    (one multiclass probe, as a tagger would be; per-tag sets are one-vs-rest by construction and would leave
    each tag's probe blind to the others' evidence), predicting the UPOS tag of each word of held-out text from
@@ -590,12 +592,13 @@ def _mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float,
 # --------------------------------------------------------------------------------------------------------------
 def key_neuron_set(
     counter: KeyNeuronCounter, top_k: int, n_layers: int, width: int, tag_names: Sequence[str],
-    *, min_samples: int = 1, provenance: dict | None = None,
+    *, min_samples: int = 1, rule: str = "frequency", provenance: dict | None = None,
 ) -> tuple[NetworkSet, list[int]]:
-    """One network per tag with at least ``min_samples`` samples: its ``top_k`` key neurons. ``maps`` hold the
-    fraction of the tag's samples that kept each neuron. Returns ``(netset, tag ids of its networks)``."""
+    """One network per tag with at least ``min_samples`` samples: its ``top_k`` key neurons (selection ``rule``,
+    see :meth:`KeyNeuronCounter.key_neurons`). ``maps`` hold the fraction of the tag's samples that kept each
+    neuron. Returns ``(netset, tag ids of its networks)``."""
     keep = [t for t in range(counter.n_tags) if int(counter.n_samples[t]) >= max(1, int(min_samples))]
-    chosen = counter.key_neurons(top_k)
+    chosen = counter.key_neurons(top_k, rule)
     masks = torch.zeros(len(keep), n_layers * width, dtype=torch.bool)
     for k, t in enumerate(keep):
         masks[k, chosen[t]] = True
@@ -607,6 +610,7 @@ def key_neuron_set(
         tags=[tag_names[t] for t in keep],
         n_samples_per_tag=[int(counter.n_samples[t]) for t in keep],
         top_k=int(top_k),
+        selection_rule=rule,
         top_fraction=counter.top_fraction,
         rank_by=counter.rank_by,
         maps="fraction of the tag's samples whose top-fraction set kept the neuron",
@@ -673,7 +677,8 @@ def run_pos_analysis(cfg) -> dict:
     fig_dir = out / "figures"
     signal = str(_get(cfg, "record.signal", "mlp_out"))
     max_length = int(_get(cfg, "record.max_length", 1024))
-    record_batch = int(_get(cfg, "record.batch_size", 8))
+    # sentences are short: batch more of them than record.batch_size (sized for 1024-token texts)
+    sentence_batch = int(_get(cfg, "analysis.sentence_batch_size", None) or _get(cfg, "record.batch_size", 8))
     progress = bool(_get(a, "progress", False))
     torch.manual_seed(seed)
 
@@ -729,7 +734,7 @@ def run_pos_analysis(cfg) -> dict:
     t = lap("data + alignment", t)
 
     # --- classifier features (recorded first: the IG mean baseline comes from the train words) ------------
-    rec = dict(signal=signal, batch_size=record_batch, position=position, progress=progress)
+    rec = dict(signal=signal, batch_size=sentence_batch, position=position, progress=progress)
     X_train = record_word_features(lm, train_aligned, train_samples, **rec)
     X_test = record_word_features(lm, test_aligned, test_samples, **rec)
     t = lap("record classifier features", t)
@@ -762,16 +767,18 @@ def run_pos_analysis(cfg) -> dict:
         method=method, steps=steps if method == "ig" else 1, baseline=baseline_name, positions=positions,
         n_layers=n_layers, width=width, per_sample_kept=n_top(n_layers * width, top_fraction),
     )
-    netset, net_tags = key_neuron_set(counter, top_k, n_layers, width, tag_names,
+    rule = str(_get(a, "selection.rule", "frequency"))
+    netset, net_tags = key_neuron_set(counter, top_k, n_layers, width, tag_names, rule=rule,
                                       min_samples=int(_get(a, "selection.min_samples", 5)), provenance=prov)
     net_path = netset.save(out / "pos_key_neurons.safetensors")
     key_rows = []
-    frequency, mean_score, chosen_neurons = counter.frequency(), counter.mean_score(), counter.key_neurons(top_k)
+    frequency, mean_score = counter.frequency(), counter.mean_score()
+    chosen_neurons, contrast = counter.key_neurons(top_k, rule), counter.contrast()
     for tag in net_tags:
         for rank, neuron in enumerate(chosen_neurons[tag].tolist()):
             key_rows.append({"tag": tag_names[tag], "rank": rank, "layer": neuron // width, "unit": neuron % width,
                              "count": int(counter.counts[tag, neuron]), "frequency": float(frequency[tag, neuron]),
-                             "mean_score": float(mean_score[tag, neuron])})
+                             "contrast": float(contrast[tag, neuron]), "mean_score": float(mean_score[tag, neuron])})
     _write_csv(key_rows, out / "pos_key_neurons.csv")
     counts_layer = netset.counts_per_layer()  # [K, layer]
     tag_rows = []
@@ -823,7 +830,7 @@ def run_pos_analysis(cfg) -> dict:
             masks_by_tag[tag] = netset.masks[k]
         lesion_rows, _ = lesion_effects(
             lm, lesion_aligned, lesion_samples, masks_by_tag, [net_tags[k] for k in chosen], signal=signal,
-            random_seeds=list(_get(a, "lesion.random_seeds", [0, 1])), batch_size=record_batch, progress=progress,
+            random_seeds=list(_get(a, "lesion.random_seeds", [0, 1])), batch_size=sentence_batch, progress=progress,
         )
         _write_csv(lesion_rows, out / "pos_lesion.csv")
     t = lap("lesion", t)

@@ -199,3 +199,21 @@ def test_key_neuron_counter_validates():
         counter.update(torch.zeros(1, 4), [2])
     with pytest.raises(ValueError, match="rank_by"):
         KeyNeuronCounter(2, 4, 0.5, rank_by="max")
+
+
+def test_contrast_rule_prefers_tag_specific_neurons():
+    # neuron 0 is in every sample's top 2 (a generic neuron); neurons 1, 2 only for tag 0; 3, 4 only for tag 1
+    attributions = torch.tensor([
+        [9.0, 8.0, 0.1, 0.2, 0.3, 0.4],
+        [9.0, 0.1, 8.0, 0.2, 0.3, 0.4],
+        [9.0, 0.1, 0.2, 8.0, 0.3, 0.4],
+        [9.0, 0.1, 0.2, 0.3, 8.0, 0.4],
+    ])
+    tags = [0, 0, 1, 1]
+    by_frequency, counter = select_key_neurons(attributions, tags, 3, top_fraction=1 / 3, top_k=2)
+    assert [c.tolist() for c in by_frequency] == [[0, 1], [0, 3], []]
+    contrast = counter.contrast()
+    torch.testing.assert_close(contrast[0, :3], torch.tensor([0.0, 0.5, 0.5], dtype=torch.float64))
+    assert [c.tolist() for c in counter.key_neurons(2, rule="contrast")] == [[1, 2], [3, 4], []]
+    with pytest.raises(ValueError, match="selection rule"):
+        counter.key_neurons(2, rule="best")

@@ -144,7 +144,7 @@ def test_calibration_subtracts_content_free_scores(shared_data, tiny):
         cf = scoring.score_loglik(tiny.model, [request.content_free_tokens], [request.continuation_tokens],
                                   pad_token_id=256, max_length=128)[0]
         assert record["scores"] == pytest.approx((raw - cf).tolist(), abs=1e-4)
-        assert tiny.tokenizer.decode(request.content_free_tokens).startswith("N/A\nQuestion")
+        assert tiny.tokenizer.decode(request.content_free_tokens) == "Review: N/A\nSentiment:"
 
 
 def test_generate_scoring_reports_parse_failures(shared_data, tiny):

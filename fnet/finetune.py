@@ -291,9 +291,9 @@ def evaluation_module(cfg: Any, **overrides: Any):
     The module is the checkpoint's (head included, ``self.model`` = the fine-tuned LM, so a MaskCallback lesions
     it). The datamodule rebuilds the checkpoint's splits (task, source, fractions, seed, max_length), so its
     ``test`` split is exactly the held-out part the run never trained on. From ``cfg`` (all optional):
-    ``paths.data_dir`` (this machine's data folder), ``task`` (must be the checkpoint's task), and
-    ``finetune_eval`` / ``overrides`` with datamodule settings such as ``eval_batch_size``, ``max_eval_rows``,
-    ``batch_size``, ``num_workers``."""
+    ``paths.data_dir`` (this machine's data folder), ``task`` (must be the checkpoint's task; its ``limit`` caps
+    the scored rows), ``eval.batch_size`` / ``eval.num_workers`` (evaluate.yaml), and ``finetune_eval`` /
+    ``overrides`` with any datamodule setting (``eval_batch_size``, ``max_eval_rows``, ``num_workers``...)."""
     checkpoint = read_checkpoint(cfg.ckpt_path)
     info = checkpoint["fnet"]
     cls = _get_class(info["module"])
@@ -315,7 +315,16 @@ def evaluation_module(cfg: Any, **overrides: Any):
         data_dir = cfg.paths.get("data_dir")
     except Exception:
         pass
-    extra = dict(_plain(cfg.get("finetune_eval") or {}), **overrides)
+    extra: dict[str, Any] = {}
+    ev = cfg.get("eval") or {}  # evaluate.yaml's eval block: rows per step, loader workers
+    if ev.get("batch_size") is not None:
+        extra["eval_batch_size"] = int(ev.get("batch_size"))
+    if ev.get("num_workers") is not None:
+        extra["num_workers"] = int(ev.get("num_workers"))
+    limit = cfg_task.get("limit") if hasattr(cfg_task, "get") else None
+    if limit:  # task.limit: score at most this many rows (a seeded subset of the held-out split)
+        extra["max_eval_rows"] = int(limit)
+    extra.update(_plain(cfg.get("finetune_eval") or {}), **overrides)
     data_hparams.update({k: v for k, v in extra.items() if v is not None})
     data_hparams["data_dir"] = data_dir if data_dir is not None else data_hparams.get("data_dir")
     target = QA_DATA if task_kind(task) == "qa" else CLASSIFICATION_DATA

@@ -194,6 +194,22 @@ def test_loss_goes_down_on_learnable_toy_task():
     assert last < 0.5 * first, rec.losses
     result = trainer.test(module, datamodule=dm, verbose=False)[0]
     assert result["test/accuracy"] > 0.8 and "test/f1" in result
+    row = module.results  # the row evaluate.py reports for a fine-tuned checkpoint
+    assert row["metric"] == "accuracy" and row["score"] == pytest.approx(result["test/accuracy"])
+    assert row["n"] == len(dm.splits["test"]) == len(module.outputs)
+    assert row["ci"][0] - 1e-9 <= row["score"] <= row["ci"][1] + 1e-9 and row["above_chance"]
+    assert sorted(r["index"] for r in module.outputs) == sorted(r["index"] for r in dm.splits["test"])
+
+
+def test_mixed_precision_and_gradient_accumulation_from_trainer_config():
+    module = SequenceClassificationModule("tiny:llama", num_labels=2)
+    dm = TaskDataModule("sst2", tokenizer=module.tokenizer, rows=toy_rows(40), batch_size=4, max_length=24,
+                        split=(0.8, 0.0, 0.2))
+    trainer = _trainer(max_epochs=1, precision="bf16-mixed", accumulate_grad_batches=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 4  # 32 rows / 4 per batch = 8 batches, 2 per optimiser step
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert module.score.weight.dtype == torch.float32  # autocast, not a cast of the weights
 
 
 def test_scheduler_partial_and_frozen_backbone_train_only_head():
@@ -273,6 +289,15 @@ def test_checkpoint_without_frozen_weights(tmp_path):
     lm = load_finetuned_lm(path)
     for key, value in lm.model.state_dict().items():
         torch.testing.assert_close(value, module.model.state_dict()[key])
+    from omegaconf import OmegaConf
+
+    from fnet.finetune import evaluation_module
+
+    cfg = OmegaConf.create({"ckpt_path": str(path), "task": {"name": "sst2", "limit": 5}, "eval": {"batch_size": 2}})
+    eval_module, eval_dm = evaluation_module(cfg)
+    assert eval_dm.hparams.max_eval_rows == 5 and eval_dm.hparams.eval_batch_size == 2
+    for key, value in eval_module.state_dict().items():
+        torch.testing.assert_close(value, module.state_dict()[key])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fnet.lit.datamodules import SquadDataModule, answer_char_span
-from fnet.lit.qa import ExtractiveQAModule, best_spans, span_text, squad_scores
+from fnet.lit.qa import ExtractiveQAModule, best_spans, span_text, squad_metrics
 from fnet.models import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -58,9 +58,16 @@ def test_squad_em_f1_hand_checked():
         "c": "1890",  # wrong
         "d": "Eiffel",  # P=1, R=1/2 -> 2/3
     }
-    scores = squad_scores(preds, examples)
-    assert scores["exact_match"] == pytest.approx(25.0)
-    assert scores["f1"] == pytest.approx(100 * (1 + 0.5 + 0 + 2 / 3) / 4, abs=1e-4)
+    scores = squad_metrics(preds, examples)
+    assert scores["exact_match"] == pytest.approx(0.25)
+    assert scores["f1"] == pytest.approx((1 + 0.5 + 0 + 2 / 3) / 4, abs=1e-6)
+    assert scores["per_example"][1] == (0.0, pytest.approx(0.5))
+    from torchmetrics.functional.text import squad  # the same numbers as torchmetrics' SQuAD (in percent)
+
+    reference = squad([{"prediction_text": preds[e["id"]], "id": e["id"]} for e in examples],
+                      [{"answers": {"answer_start": [0] * len(e["answers"]), "text": e["answers"]}, "id": e["id"]}
+                       for e in examples])
+    assert float(reference["f1"]) / 100 == pytest.approx(scores["f1"], abs=1e-6)
 
 
 def squad_rows(n: int = 12) -> list[dict]:
@@ -122,5 +129,8 @@ def test_qa_module_learns_toy_spans_and_reports_em_f1():
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
     result = trainer.test(module, datamodule=dm, verbose=False)[0]
     assert {"test/exact_match", "test/f1"} <= set(result)
-    assert 0 <= result["test/exact_match"] <= result["test/f1"] <= 100
+    assert 0 <= result["test/exact_match"] <= result["test/f1"] <= 1
     assert set(module.predictions["test"]) == {r["id"] for r in dm.splits["test"]}
+    row = module.results
+    assert row["metric"] == "exact_match" and row["n"] == len(dm.splits["test"])
+    assert row["score"] == pytest.approx(result["test/exact_match"]) and len(module.outputs) == row["n"]

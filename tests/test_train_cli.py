@@ -95,3 +95,15 @@ def test_experiment_configs_compose(experiment):
     from fnet.finetune import task_kind
 
     assert task_kind(cfg.task) in ("classification", "qa")
+
+
+@pytest.mark.parametrize("experiment", ["finetune_sst2_lesion", "finetune_sst2_preserve", "finetune_ag_news_lesion",
+                                        "finetune_ag_news_preserve"])
+def test_mask_sweep_configs_compose(experiment):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[f"experiment={experiment}", "ckpt_path=x.ckpt"],
+                      return_hydra_config=True)
+    assert cfg.ckpt_path == "x.ckpt" and cfg.task.name in experiment
+    assert "mask" in cfg.hydra.sweeper.params

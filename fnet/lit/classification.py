@@ -267,6 +267,52 @@ def classification_metrics(names: Sequence[str], num_labels: int) -> MetricColle
     return MetricCollection({name: makers[name]() for name in names})
 
 
+def gather_records(module: L.LightningModule, records: list[dict]) -> list[dict]:
+    """Per-row records of every process (DDP: all_gather_object), de-duplicated by ``index`` (the distributed
+    sampler repeats rows to even out the ranks) and sorted by it."""
+    if module.trainer is not None and module.trainer.world_size > 1 and torch.distributed.is_initialized():
+        gathered: list[Any] = [None] * module.trainer.world_size
+        torch.distributed.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in part]
+    unique = {r["index"]: r for r in records}
+    return [unique[k] for k in sorted(unique)]
+
+
+def classification_result(task_name: str | None, metric_names: Sequence[str], preds, targets, n_classes: int,
+                          bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The result row evaluate.py reports (the zero-shot module's layout): per metric its value, 95 % CI (Wilson
+    for accuracy, percentile bootstrap otherwise) and chance level (best constant predictor); the primary metric
+    (the first) as ``score``/``ci``; ``above_chance`` = its CI lies above chance."""
+    import numpy as np
+
+    from fnet import scoring
+
+    preds = np.asarray(preds, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    metrics = {}
+    for name in metric_names:
+        value = scoring.class_metric(name, torch.from_numpy(preds), torch.from_numpy(targets), n_classes)
+        if name == "accuracy":
+            lo, hi = scoring.wilson_interval(float((preds == targets).sum()), len(targets))
+            method = "wilson"
+        else:
+            lo, hi = scoring.bootstrap_interval(
+                lambda p, t, _name=name: scoring.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t), n_classes),
+                [preds, targets], n_boot=bootstrap, seed=seed)
+            method = "bootstrap"
+        metrics[name] = {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": method,
+                         "chance": scoring.metric_chance(name, targets, n_classes)}
+    primary = metrics[metric_names[0]]
+    return {
+        "task": task_name, "n": int(len(targets)), "metric": metric_names[0], "scoring": "finetuned_head",
+        "metrics": metrics, "chance": scoring.chance_levels(targets, n_classes), "n_classes": n_classes,
+        "label_counts": np.bincount(targets, minlength=n_classes).tolist(),
+        "pred_counts": np.bincount(preds, minlength=n_classes).tolist(),
+        "score": primary["value"], "ci": [primary["ci_low"], primary["ci_high"]],
+        "above_chance": bool(primary["ci_low"] > primary["chance"]),
+    }
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Sequence classification
 # --------------------------------------------------------------------------------------------------------------
@@ -280,6 +326,11 @@ class SequenceClassificationModule(CausalLMTaskModule):
         metrics: torchmetrics to compute per stage (``accuracy``, ``f1``, ``mcc``: the task config's ``metric``); the first is the task's main one.
         head_dropout: dropout on the pooled hidden state during training.
         task_name: recorded in the checkpoint and hyperparameters.
+        bootstrap: resamples for the bootstrap CIs of ``self.results`` (MCC, F1).
+
+    After a test epoch, ``self.results`` is the result row of :func:`classification_result` (what ``evaluate.py``
+    writes for a fine-tuned checkpoint) and ``self.outputs`` the per-row predictions (``index``, ``pred``,
+    ``target``, ``logits``).
     """
 
     def __init__(
@@ -289,6 +340,7 @@ class SequenceClassificationModule(CausalLMTaskModule):
         metrics: Sequence[str] = ("accuracy",),
         head_dropout: float = 0.0,
         task_name: str | None = None,
+        bootstrap: int = 1000,
         model_kwargs: Mapping[str, Any] | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -312,6 +364,10 @@ class SequenceClassificationModule(CausalLMTaskModule):
         self.train_metrics = collection.clone(prefix="train/")
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
+        self.bootstrap = int(bootstrap)
+        self._records: list[dict] = []
+        self.outputs: list[dict] = []
+        self.results: dict[str, Any] | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """-> logits ``[batch, num_labels]`` from the last real token of each sequence."""
@@ -326,7 +382,14 @@ class SequenceClassificationModule(CausalLMTaskModule):
         logits = self(batch["input_ids"], batch.get("attention_mask")).float()
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels)
-        metrics(logits.argmax(dim=-1), labels)
+        preds = logits.argmax(dim=-1)
+        metrics(preds, labels)
+        if stage == "test":
+            index = batch.get("row_index")
+            for i in range(labels.shape[0]):
+                self._records.append({"index": int(index[i]) if index is not None else len(self._records),
+                                      "pred": int(preds[i]), "target": int(labels[i]),
+                                      "logits": [round(float(x), 5) for x in logits[i]]})
         batch_size = labels.shape[0]
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=batch_size, sync_dist=stage != "train")
@@ -339,8 +402,19 @@ class SequenceClassificationModule(CausalLMTaskModule):
     def validation_step(self, batch, batch_idx):
         return self._shared_step(batch, "val", self.val_metrics)
 
+    def on_test_epoch_start(self) -> None:
+        self._records, self.outputs, self.results = [], [], None
+
     def test_step(self, batch, batch_idx):
         return self._shared_step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.outputs = gather_records(self, self._records)
+        self._records = []
+        if self.outputs:
+            self.results = classification_result(
+                self.task_name, self.metric_names, [r["pred"] for r in self.outputs],
+                [r["target"] for r in self.outputs], self.num_labels, bootstrap=self.bootstrap)
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         logits = self(batch["input_ids"], batch.get("attention_mask"))

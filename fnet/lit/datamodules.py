@@ -229,6 +229,11 @@ class TaskDataModule(L.LightningDataModule):
     def metric_names(self) -> list[str]:
         return list(self.task.metric)
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Where the rows come from and how they were split (``split_info``; evaluate.py records it)."""
+        return dict(self.split_info)
+
     def group_key(self, row: dict) -> Any:
         return (row.get("text_a"), row.get("text_b"))
 
@@ -264,7 +269,13 @@ class TaskDataModule(L.LightningDataModule):
         columns = {"text_a": [r["text_a"] for r in rows], "text_b": [r.get("text_b") for r in rows],
                    "label": [int(r["label"]) for r in rows], "index": [int(r.get("index", i)) for i, r in enumerate(rows)]}
         ds = datasets.Dataset.from_dict(columns)
-        return ds.map(self._encode_batch, batched=True, remove_columns=ds.column_names)
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # in-memory tokenisation of a few hundred rows: no bar per split
+        try:
+            return ds.map(self._encode_batch, batched=True, remove_columns=ds.column_names)
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
 
     def _encode_batch(self, batch: Mapping[str, list]) -> dict[str, list]:
         hp = self.hparams
@@ -392,8 +403,9 @@ class SquadDataModule(TaskDataModule):
             if limit is not None and len(parts[name]) > limit:
                 parts[name] = parts[name][: int(limit)]
         self.splits = parts
-        self.examples = {name: [{"id": str(r.get("id", i)), "context": r["context"], "question": r["question"],
-                                 "answers": list(r.get("answers") or [])} for i, r in enumerate(rows)]
+        self.examples = {name: [{"id": str(r.get("id", i)), "index": int(r.get("index", i)), "context": r["context"],
+                                 "question": r["question"], "answers": list(r.get("answers") or [])}
+                                for i, r in enumerate(rows)]
                          for name, rows in parts.items()}
         self.datasets = {name: self.encode_qa(self.examples[name], train=name == "train") for name in parts}
         info["sizes"] = {name: len(rows) for name, rows in parts.items()}

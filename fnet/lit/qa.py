@@ -5,9 +5,9 @@ context token's final hidden state has seen the question. A linear head gives ev
 logit. Decoding (:func:`best_spans`) picks, per window, the span ``start <= end < start + max_answer_length``
 over **context tokens only** with the highest ``start_logit + end_logit``; an example's answer is the best span
 over its windows, cut from the context string with the tokenizer's character offsets (:func:`span_text`).
-Scores are SQuAD v1.1's exact match and F1 in percent, with the official normalisation (lowercase, no
-punctuation, no articles a/an/the, collapsed whitespace) from ``torchmetrics.functional.text.squad``; the maximum
-over the gold answers counts.
+Scores are SQuAD v1.1's exact match and F1 as fractions in [0, 1] (like every fnet result), with the official
+normalisation (lowercase, no punctuation, no articles a/an/the, collapsed whitespace) of
+:func:`fnet.scoring.squad_scores`; per question the maximum over the gold answers counts.
 """
 
 from __future__ import annotations
@@ -64,18 +64,36 @@ def span_text(context: str, offsets: torch.Tensor | Sequence[Sequence[int]], sta
     return context[begin:stop].strip()
 
 
-def squad_scores(predictions: Mapping[str, str], examples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """SQuAD v1.1 ``exact_match`` and ``f1`` (percent) of ``predictions`` (id -> text) against ``examples``
-    (dicts with ``id`` and ``answers``: a list of gold texts), with the official normalisation."""
-    from torchmetrics.functional.text import squad
+def squad_metrics(predictions: Mapping[str, str], examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """SQuAD v1.1 ``exact_match`` and ``f1`` in [0, 1] of ``predictions`` (id -> text) against ``examples`` (dicts
+    with ``id`` and ``answers``: the gold texts): per question the max over its gold answers, with the official
+    normalisation (:func:`fnet.scoring.squad_scores`, the evaluation's metric), then the mean. ``per_example``
+    lists ``(em, f1)`` in the order of ``examples``."""
+    from fnet.scoring import squad_scores
 
-    if not examples:
-        return {"exact_match": float("nan"), "f1": float("nan")}
-    preds = [{"prediction_text": predictions.get(e["id"], ""), "id": e["id"]} for e in examples]
-    target = [{"answers": {"answer_start": [0] * len(e["answers"]), "text": list(e["answers"])}, "id": e["id"]}
-              for e in examples]
-    out = squad(preds, target)
-    return {"exact_match": float(out["exact_match"]), "f1": float(out["f1"])}
+    per_example = [squad_scores(predictions.get(e["id"], ""), e["answers"]) if e["answers"] else (0.0, 0.0)
+                   for e in examples]
+    n = len(per_example)
+    return {"exact_match": sum(p[0] for p in per_example) / n if n else float("nan"),
+            "f1": sum(p[1] for p in per_example) / n if n else float("nan"), "per_example": per_example}
+
+
+def qa_result(task_name: str | None, scores: Mapping[str, Any], bootstrap: int = 1000, seed: int = 0) -> dict:
+    """The result row evaluate.py reports (zero-shot layout): EM and F1 with bootstrap 95 % CIs, chance 0."""
+    import numpy as np
+
+    from fnet import scoring
+
+    per_example = np.asarray(scores["per_example"], dtype=np.float64).reshape(-1, 2)
+    metrics = {}
+    for column, name in enumerate(("exact_match", "f1")):
+        lo, hi = scoring.bootstrap_interval(np.mean, [per_example[:, column]], n_boot=bootstrap, seed=seed)
+        metrics[name] = {"value": float(scores[name]), "ci_low": lo, "ci_high": hi, "ci_method": "bootstrap",
+                         "chance": 0.0}
+    primary = metrics["exact_match"]
+    return {"task": task_name, "n": int(per_example.shape[0]), "metric": "exact_match", "scoring": "finetuned_span_head",
+            "metrics": metrics, "chance": {"majority": 0.0, "uniform": 0.0}, "score": primary["value"],
+            "ci": [primary["ci_low"], primary["ci_high"]], "above_chance": bool(primary["ci_low"] > 0.0)}
 
 
 class ExtractiveQAModule(CausalLMTaskModule):
@@ -85,7 +103,8 @@ class ExtractiveQAModule(CausalLMTaskModule):
     Batches (from :class:`~fnet.lit.datamodules.SquadDataModule`): ``input_ids``, ``attention_mask``,
     ``offsets [batch, seq, 2]`` (-1 outside the context), ``start_positions``/``end_positions`` (-1 when the
     window lacks the answer) and, for evaluation, ``examples`` (id, context, answers of each window's example).
-    After an evaluation epoch ``self.predictions[stage]`` maps example id -> predicted text.
+    After an evaluation epoch ``self.predictions[stage]`` maps example id -> predicted text; after a test epoch
+    ``self.results`` is the result row (:func:`qa_result`) and ``self.outputs`` the per-question predictions.
     """
 
     def __init__(
@@ -93,6 +112,7 @@ class ExtractiveQAModule(CausalLMTaskModule):
         model: str | LoadedModel = "tiny:gpt2",
         max_answer_length: int = 30,
         task_name: str | None = "squad",
+        bootstrap: int = 1000,
         model_kwargs: Mapping[str, Any] | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -112,6 +132,9 @@ class ExtractiveQAModule(CausalLMTaskModule):
         self._candidates: dict[str, tuple[float, str]] = {}
         self._examples: dict[str, dict] = {}
         self.predictions: dict[str, dict[str, str]] = {}
+        self.bootstrap = int(bootstrap)
+        self.outputs: list[dict] = []
+        self.results: dict[str, Any] | None = None
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -173,10 +196,16 @@ class ExtractiveQAModule(CausalLMTaskModule):
                     if key not in candidates or value[0] > candidates[key][0]:
                         candidates[key] = value
         predictions = {key: text for key, (_, text) in candidates.items()}
-        scores = squad_scores(predictions, list(examples.values()))
+        ordered = sorted(examples.values(), key=lambda e: e.get("index", 0))
+        scores = squad_metrics(predictions, ordered)
         self.predictions[stage] = predictions
-        for name, value in scores.items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, prog_bar=True, sync_dist=False)
+        if stage == "test" and ordered:
+            self.results = qa_result(self.task_name, scores, bootstrap=self.bootstrap)
+            self.outputs = [{"index": e.get("index", i), "id": e["id"], "prediction": predictions.get(e["id"], ""),
+                             "answers": e["answers"], "em": em, "f1": f1}
+                            for i, (e, (em, f1)) in enumerate(zip(ordered, scores["per_example"]))]
+        for name in ("exact_match", "f1"):
+            self.log(f"{stage}/{name}", scores[name], on_step=False, on_epoch=True, prog_bar=True, sync_dist=False)
 
     def on_validation_epoch_start(self) -> None:
         self._candidates, self._examples = {}, {}
@@ -189,6 +218,7 @@ class ExtractiveQAModule(CausalLMTaskModule):
 
     def on_test_epoch_start(self) -> None:
         self._candidates, self._examples = {}, {}
+        self.outputs, self.results = [], None
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")

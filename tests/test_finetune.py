@@ -141,7 +141,8 @@ def test_pair_task_and_prompt_inputs():
     prompt = TaskDataModule("sst2", tokenizer=load.tokenizer, rows=toy_rows(20), input_format="prompt", max_length=40)
     prompt.setup()
     decoded = load.tokenizer.decode(prompt.datasets["train"][0]["input_ids"])
-    assert decoded.endswith("Answer:") and len(prompt.datasets["train"][0]["input_ids"]) <= 40
+    suffix = prompt.task.prompt["template"].split("{text_a}")[-1]  # the question after the text, e.g. "\nSentiment:"
+    assert suffix.strip() and decoded.endswith(suffix) and len(prompt.datasets["train"][0]["input_ids"]) <= 40
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ __all__ = [
     "bootstrap_interval",
     "chance_levels",
     "class_metric",
+    "mcc_from_confusion",
     "normalize_answer",
     "squad_scores",
 ]
@@ -508,21 +509,35 @@ def class_metric(name: str, preds: torch.Tensor, targets: torch.Tensor, n_classe
     ``failure_class``: predictions may also be ``n_classes`` (a generate-mode parse failure), an extra class that
     no target has: wrong for accuracy, its own class for MCC (so constant failures give MCC 0, not -1), "not
     class 1" for binary F1."""
-    from torchmetrics.functional import accuracy, f1_score, matthews_corrcoef
+    from torchmetrics.functional import accuracy, f1_score
 
     preds, targets = torch.as_tensor(preds).long(), torch.as_tensor(targets).long()
     n_pred = n_classes + 1 if failure_class else n_classes
     if name == "accuracy":
         return float(accuracy(preds, targets, task="multiclass", num_classes=n_pred, average="micro"))
     if name == "mcc":
-        if n_pred == 2:
-            return float(matthews_corrcoef(preds, targets, task="binary"))
-        return float(matthews_corrcoef(preds, targets, task="multiclass", num_classes=n_pred))
+        from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+        return mcc_from_confusion(multiclass_confusion_matrix(preds, targets, num_classes=n_pred))
     if name == "f1":
         if n_classes != 2:
             return float(f1_score(preds, targets, task="multiclass", num_classes=n_pred, average="macro"))
         return float(f1_score((preds == 1).long(), targets, task="binary"))
     raise ValueError(f"unknown class metric {name!r}")
+
+
+def mcc_from_confusion(confusion: torch.Tensor) -> float:
+    """Matthews correlation from a confusion matrix ``[true, pred]`` (Gorodkin's K-class form; the usual binary MCC
+    for 2 classes), **0 when undefined** (a constant prediction or a single true class), as scikit-learn and GLUE
+    report it. ``torchmetrics``' MatthewsCorrCoef returns a nonzero value for a constant predictor (0.077 for all
+    "acceptable" on 68 % acceptable rows), which would make a degenerate model look above chance."""
+    cm = torch.as_tensor(confusion, dtype=torch.float64)
+    total = cm.sum()
+    correct = torch.trace(cm)
+    pred_counts, true_counts = cm.sum(dim=0), cm.sum(dim=1)
+    numerator = correct * total - (pred_counts * true_counts).sum()
+    denominator = torch.sqrt((total**2 - (pred_counts**2).sum()) * (total**2 - (true_counts**2).sum()))
+    return 0.0 if float(denominator) == 0.0 else float(numerator / denominator)
 
 
 def bootstrap_interval(statistic, arrays: Sequence[np.ndarray], *, n_boot: int = 1000, seed: int = 0,

@@ -204,6 +204,18 @@ def test_class_metrics_and_parse_failure_class():
     assert scoring.class_metric("f1", failures, targets, 2, failure_class=True) == 0.0
 
 
+def test_mcc_is_zero_for_a_constant_predictor_and_matches_sklearn():
+    from sklearn.metrics import matthews_corrcoef
+
+    targets = torch.tensor([1] * 68 + [0] * 32)
+    assert scoring.class_metric("mcc", torch.ones(100, dtype=torch.long), targets, 2) == 0.0
+    rng = np.random.default_rng(0)
+    for n_classes in (2, 3):
+        t = torch.from_numpy(rng.integers(0, n_classes, 50))
+        p = torch.from_numpy(rng.integers(0, n_classes, 50))
+        assert scoring.class_metric("mcc", p, t, n_classes) == pytest.approx(matthews_corrcoef(t, p), abs=1e-9)
+
+
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
     values = np.array([0.0, 1.0] * 50)
     a = scoring.bootstrap_interval(np.mean, [values], n_boot=300, seed=1)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import CatMetric, Metric
-from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassConfusionMatrix,
+                                         MulticlassF1Score)
 from torchmetrics.text import SQuAD
 
 from fnet import scoring
@@ -258,8 +259,8 @@ class ZeroShotModule(pl.LightningModule):
             for name in task.metric:
                 if name == "accuracy":
                     made[name] = MulticlassAccuracy(num_classes=n_pred, average="micro")
-                elif name == "mcc":
-                    made[name] = MatthewsCorrCoef(task="binary" if n_pred == 2 else "multiclass", num_classes=n_pred)
+                elif name == "mcc":  # MCC from the (synced) confusion matrix: see scoring.mcc_from_confusion
+                    made[name] = MulticlassConfusionMatrix(num_classes=n_pred)
                 elif name == "f1":  # GLUE: binary F1 of class 1; fed (pred == 1)
                     made[name] = BinaryF1Score() if n == 2 else MulticlassF1Score(num_classes=n_pred, average="macro")
             return torch.nn.ModuleDict(made)
@@ -441,7 +442,8 @@ class ZeroShotModule(pl.LightningModule):
         task = self.task
         preds, targets = ex["pred"], ex["target"]
         n_classes = task.n_choices
-        computed = {k: float(m.compute()) for k, m in self.metrics.items()}  # torchmetrics, synced
+        computed = {k: (scoring.mcc_from_confusion(m.compute()) if k == "mcc" else float(m.compute()))
+                    for k, m in self.metrics.items()}  # torchmetrics states, synced
         levels = scoring.chance_levels(targets, n_classes)
         failure = task.scoring == "generate"
         metrics = {}

@@ -30,6 +30,7 @@ parser.add_argument("--experiments", nargs="+", default=["finetune_sst2"])
 parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
 parser.add_argument("--out", default=str(REPO / "bench" / "results_finetune.md"))
 parser.add_argument("--runs-dir", default=str(REPO / "outputs" / "bench_finetune"))
+parser.add_argument("--from-json", default=None, help="re-render the report from a last_bench.json, run nothing")
 args = parser.parse_args()
 
 
@@ -65,7 +66,7 @@ def run(experiment: str) -> dict:
         sys.stderr.write(proc.stderr[-5000:])
         raise SystemExit(f"{experiment} failed (exit {proc.returncode}); see {run_dir}")
     result = json.loads((run_dir / "result.json").read_text())
-    return {"experiment": experiment, "command": " ".join(["python train.py"] + cmd[3:4] + args.overrides),
+    return {"experiment": experiment, "command": " ".join(["python train.py"] + cmd[2:3] + args.overrides),
             "run_dir": str(run_dir), "wall_s": wall, "load_before": load_before, "load_after": load_after,
             "result": result}
 
@@ -85,8 +86,10 @@ def report(info: dict, runs: list[dict]) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB RAM, {info['os']}; "
         f"Python {info['python']}, torch {info['torch']} (CUDA: {info['cuda']}).",
         "",
-        "**The machine was shared** with other jobs during these runs (load averages below, on "
-        f"{info['cores']} cores), so the times are pessimistic: an idle machine is faster.",
+        ("**The machine was shared** with other jobs during these runs (1-minute load averages below, on "
+         f"{info['cores']} cores), so the times are pessimistic: an idle machine is faster."
+         if max(max(r["load_before"][0], r["load_after"][0]) for r in runs) > 0.5 * (info["cores"] or 1)
+         else "The machine was otherwise idle (load averages below)."),
         "",
         "| experiment | task | model | train / val / test rows | trainable params | steps | test metric | "
         "95 % CI | majority rate | fit | test | wall | s/step | load (1-min) before→after |",
@@ -120,14 +123,27 @@ def report(info: dict, runs: list[dict]) -> str:
         ]
     lines += [
         "",
+        "Recipe (conf/experiment/finetune_*.yaml): the top 4 of SmolLM2's 30 blocks, the final norm and a linear head"
+        " on the last real token train (AdamW, lr 3e-4, linear warmup 10 % then decay, batch 16, fp32), lower blocks"
+        " stay pre-trained; one torch thread (`torch_threads: 1`: on this loaded 2-core machine one thread ran a step"
+        " in ~4 s, two threads in ~9 s). The same SST-2 recipe with lr 1e-4 reached 0.76 test accuracy; a logistic"
+        " probe on frozen last-token features of 320 training rows reached 0.81 (plain text) and 0.70 (task prompt).",
+        "",
         "Wall time includes Python start-up, loading the model from the cached safetensors and tokenising; `fit`"
-        " includes the validation passes and checkpoint writes. `s/step` = fit time / optimiser steps.",
+        " includes the sanity check, the validation passes (one per epoch) and checkpoint writes, so `s/step` = fit"
+        " time / optimiser steps overstates the cost of a step when the validation split is large (AG News: 400 rows).",
         "",
     ]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        text = report(saved["machine"], saved["runs"])
+        Path(args.out).write_text(text)
+        print(text)
+        raise SystemExit(0)
     info = machine()
     runs = []
     for experiment in args.experiments:

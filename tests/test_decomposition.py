@@ -58,6 +58,18 @@ def iou(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The matrices here are small: one thread is as fast and does not stall when other jobs share the cores."""
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def planted():
     # 2,000 neurons and K = 6: 4 * (6 + 10) <= 2,000, so "auto" takes the randomized whitening path
@@ -77,6 +89,11 @@ def assert_recovers(maps_true: np.ndarray, maps_found: np.ndarray, min_corr: flo
     found_sets = zscore_sets(maps_found)
     ious = [iou(true_sets[k], found_sets[index[k]]) for k in range(len(maps_true))]
     assert min(ious) >= min_iou, ious
+
+
+def assert_close_to_scale(actual: np.ndarray, expected: np.ndarray, relative: float):
+    """Entry-wise equal up to ``relative`` times the largest |entry| of ``expected``."""
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=relative * np.abs(expected).max())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,14 +132,20 @@ def test_list_of_float16_memmaps_streams_to_the_stacked_answer(planted, tmp_path
         path = tmp_path / f"text{i}.npy"
         np.save(path, X16[cuts[i] : cuts[i + 1]])
         memmaps.append(np.load(path, mmap_mode="r"))
-    streamed = FastICA(6, random_state=0, block_rows=256).fit(memmaps)  # blocks never span two texts
-    stacked = FastICA(6, random_state=0).fit(X16)
-    np.testing.assert_allclose(streamed.components_, stacked.components_, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(streamed.mixing_, stacked.mixing_, rtol=1e-8, atol=1e-10)
+    # all in float64 the only difference is the summation order over blocks: equal to ~1e-12 of the scale
+    streamed = FastICA(6, random_state=0, block_rows=256, sketch_dtype="float64").fit(memmaps)
+    stacked = FastICA(6, random_state=0, sketch_dtype="float64").fit(X16)  # blocks never span two texts
+    assert_close_to_scale(streamed.components_, stacked.components_, 1e-10)
+    assert_close_to_scale(streamed.mixing_, stacked.mixing_, 1e-10)
     assert streamed.n_iter_ == stacked.n_iter_
     assert_recovers(maps, streamed.spatial_maps_)
     # transform of the list is the transform of the stacked rows
-    np.testing.assert_allclose(streamed.transform(memmaps), stacked.transform(X16), atol=1e-8)
+    assert_close_to_scale(streamed.transform(memmaps), stacked.transform(X16), 1e-10)
+    # default float32 range finder: block order changes float32 rounding, still the same answer to ~1e-6
+    streamed32 = FastICA(6, random_state=0, block_rows=256).fit(memmaps)
+    stacked32 = FastICA(6, random_state=0).fit(X16)
+    assert_close_to_scale(streamed32.components_, stacked32.components_, 1e-5)
+    assert_close_to_scale(streamed32.mixing_, stacked32.mixing_, 1e-5)
 
 
 def test_torch_float16_input_accepted(planted, planted_fit):
@@ -365,7 +388,7 @@ def test_group_and_individual_decompositions(planted):
     estimator = FastICA(6, random_state=0)
     group = group_decomposition(estimator, texts)
     assert group is not estimator and not hasattr(estimator, "components_")
-    np.testing.assert_allclose(group.components_, FastICA(6, random_state=0).fit(X).components_, atol=1e-10)
+    assert_close_to_scale(group.components_, FastICA(6, random_state=0).fit(X).components_, 1e-5)
     individual = individual_decompositions(estimator, texts)
     assert len(individual) == 2
     for fitted in individual:

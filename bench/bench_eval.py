@@ -48,8 +48,8 @@ BASELINES = {
     "mnli": ({"num_fewshot": 0}, 200),
     "qnli": ({"num_fewshot": 0}, 200),
     "ag_news": ({"num_fewshot": 0}, 200),
-    "squad": ({"num_fewshot": 0}, 40),
-    "wikitext2": ({"perplexity": {"max_length": 512, "stride": None}}, 12),
+    "squad": ({"num_fewshot": 0, "generation": {"max_new_tokens": 16, "until": ["\n"]}}, 20),
+    "wikitext2": ({"perplexity": {"max_length": 512, "stride": None}}, 8),
 }
 
 
@@ -170,8 +170,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny limits (smoke test of the script)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared, oversubscribed machine 2 threads were 3-8x slower)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results_eval.md"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     start = time.perf_counter()
     load_start = time.perf_counter()

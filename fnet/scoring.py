@@ -283,7 +283,7 @@ def _supports_prefix_cache(model: torch.nn.Module) -> bool:
 @torch.no_grad()
 def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continuations: Sequence[Sequence[list[int]]],
                  *, pad_token_id: int, max_length: int | None = None, prefix_len: int = 0,
-                 kv_memo: dict | None = None) -> torch.Tensor:
+                 kv_memo: dict | None = None, share_context: bool = True) -> torch.Tensor:
     """Summed log-probabilities ``scores  # [row, choice]`` of each row's choice tokens after its context.
 
     ``contexts[r]`` are row r's prompt tokens; ``continuations[r][c]`` the tokens of choice c (rows may differ
@@ -295,6 +295,10 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
     keys/values are computed once (kept in ``kv_memo``, a dict the caller owns and clears whenever the model or
     its mask changes) and only the rest of each sequence goes through the model -- the same numbers, a fraction of
     the work. Falls back to full sequences when the model takes no ``past_key_values`` or a sequence is too long.
+
+    ``share_context``: with multi-token choices, each row's context goes through the model once and its
+    keys/values are repeated for the row's choices (:func:`_score_shared_context`), instead of one full sequence
+    per (row, choice) -- n_choices times less work on the context, the same numbers.
     """
     n_rows = len(contexts)
     n_choices = len(continuations[0]) if n_rows else 0
@@ -319,6 +323,11 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
             contexts = [ctx[prefix_len:] for ctx in contexts]
             max_length = None
     single_token = all(len(tokens) == 1 for conts in continuations for tokens in conts)
+    if not single_token and key_values is None and share_context and _supports_prefix_cache(model):
+        try:
+            return _score_shared_context(model, contexts, continuations, pad_token_id, max_length)
+        except (AttributeError, TypeError, NotImplementedError):  # a model whose cache cannot be expanded
+            pass
     if single_token:
         sequences = [_left_truncate(list(ctx), [0], max_length) for ctx in contexts]
         targets = [[(r, len(seq) - 1, [conts[c][0]]) for c in range(n_choices)]
@@ -343,6 +352,70 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
             log_probs = F.log_softmax(logits[seq_i, positions], dim=-1)  # [n_tokens, vocab]
             picked = log_probs.gather(-1, torch.tensor(tokens, device=logits.device)[:, None])  # [n_tokens, 1]
             scores[r, c] = float(picked.sum())
+    return scores
+
+
+@torch.no_grad()
+def _score_shared_context(model: torch.nn.Module, contexts: Sequence[list[int]],
+                          continuations: Sequence[Sequence[list[int]]], pad_token_id: int,
+                          max_length: int | None) -> torch.Tensor:
+    """Multi-token choices without repeating the context: (1) the right-padded contexts in one forward pass with
+    a cache -- the logits at each row's last real position score every choice's first token; (2) the cache is
+    repeated per choice and the choices' remaining tokens go through one more forward pass (right padded, explicit
+    positions after each row's real context length, padded context positions masked out)."""
+    from transformers.cache_utils import DynamicCache
+
+    device = next(model.parameters()).device
+    n_rows, n_choices = len(contexts), len(continuations[0])
+    longest_cont = max(len(c) for conts in continuations for c in conts)
+    contexts = [_left_truncate(list(ctx), [0] * longest_cont, max_length) for ctx in contexts]
+    lengths = [len(ctx) for ctx in contexts]
+    width = max(lengths)
+    input_ids = torch.full((n_rows, width), pad_token_id, dtype=torch.long)  # [row, pos], right padded
+    context_mask = torch.zeros_like(input_ids)
+    for r, ctx in enumerate(contexts):
+        input_ids[r, : len(ctx)] = torch.tensor(ctx)
+        context_mask[r, : len(ctx)] = 1
+    kwargs: dict[str, Any] = {}
+    offset = 0
+    if _accepts(model, "logits_to_keep"):  # only the positions from the shortest row's last token onwards
+        offset = min(lengths) - 1
+        kwargs["logits_to_keep"] = width - offset
+    out = model(input_ids=input_ids.to(device), attention_mask=context_mask.to(device), use_cache=True, **kwargs)
+    cache = out.past_key_values
+    if not isinstance(cache, DynamicCache):
+        raise NotImplementedError("shared-context scoring needs a DynamicCache")
+    last = out.logits[torch.arange(n_rows), torch.tensor(lengths) - 1 - offset].float()  # [row, vocab]
+    first_log_probs = F.log_softmax(last, dim=-1).cpu()  # [row, vocab]
+    scores = torch.empty(n_rows, n_choices, dtype=torch.float64)
+    for r in range(n_rows):
+        for c in range(n_choices):
+            scores[r, c] = float(first_log_probs[r, continuations[r][c][0]])
+    rest_width = longest_cont - 1  # tokens after the first of each choice are inputs of the second pass
+    if rest_width == 0:
+        return scores
+    cache.batch_repeat_interleave(n_choices)  # row r's cache -> rows r*n_choices .. r*n_choices + n_choices - 1
+    n = n_rows * n_choices
+    rest_ids = torch.full((n, rest_width), pad_token_id, dtype=torch.long)  # [row*choice, pos]
+    rest_mask = torch.zeros_like(rest_ids)
+    for r in range(n_rows):
+        for c in range(n_choices):
+            tokens = continuations[r][c][:-1]  # inputs predicting tokens 2..m
+            if tokens:
+                rest_ids[r * n_choices + c, : len(tokens)] = torch.tensor(tokens)
+                rest_mask[r * n_choices + c, : len(tokens)] = 1
+    attention_mask = torch.cat([context_mask.repeat_interleave(n_choices, dim=0), rest_mask], dim=1)
+    position_ids = (torch.tensor(lengths).repeat_interleave(n_choices)[:, None] + torch.arange(rest_width)[None])
+    logits = model(input_ids=rest_ids.to(device), attention_mask=attention_mask.to(device),
+                   position_ids=position_ids.to(device), past_key_values=cache, use_cache=True).logits.float()
+    for r in range(n_rows):
+        for c in range(n_choices):
+            tokens = continuations[r][c]
+            if len(tokens) < 2:
+                continue
+            log_probs = F.log_softmax(logits[r * n_choices + c, : len(tokens) - 1], dim=-1)  # [m - 1, vocab]
+            picked = log_probs.gather(-1, torch.tensor(tokens[1:], device=log_probs.device)[:, None])
+            scores[r, c] += float(picked.sum())
     return scores
 
 

@@ -64,6 +64,8 @@ def test_loglik_batched_equals_one_sequence_at_a_time(family):
     contexts = [list(range(10, 30)), [40, 41, 42], list(range(50, 57))]
     continuations = [[[1, 2], [3]], [[4], [5, 6, 7]], [[8], [9]]]
     scores = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
+    unshared = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, share_context=False)
+    assert torch.allclose(scores, unshared, atol=1e-4)  # context computed once per row = once per choice
     single = scoring.score_loglik(lm.model, contexts, [[[c[0]] for c in conts] for conts in continuations],
                                   pad_token_id=256)  # the single-token path
     with torch.no_grad():

@@ -103,8 +103,8 @@ def fine_tuning_splits(
         info.update(
             source="local", path=str(path),
             rule=(f"offline: no training split exists, so the local file {path.name} ({len(pool)} rows) was split "
-                  f"with seed {seed} into train/validation/test = {fractions}; rows sharing a text stay in one "
-                  f"part, and the test part is never trained on"),
+                  f"with seed {seed} into train/validation/test = {fractions}; rows sharing a text (SQuAD: a "
+                  f"paragraph) stay in one part, and the test part is never trained on"),
         )
     else:
         pool = load_task_rows(spec, "train", data_dir)

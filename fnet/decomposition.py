@@ -498,12 +498,12 @@ def _fastica_iterate(
     return W, max(n_iters), all_converged, worst_change
 
 
-def _warn_not_converged(name: str, n_iter: int, change: float, tol: float) -> None:
+def _warn_not_converged(name: str, n_iter: int, change: float, tol: float, stacklevel: int = 3) -> None:
     warnings.warn(
         f"{name} did not converge: stopped after {n_iter} iterations with final change {change:.3g} "
         f"> tol={tol:g}. Increase max_iter or tol; the components may be unreliable.",
         ConvergenceWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -692,7 +692,7 @@ class FastICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.whiten_solver_ = solver
         self.n_features_in_ = data.n_neurons
         if not converged:
-            _warn_not_converged("FastICA", n_iter, change, self.tol)
+            _warn_not_converged("FastICA", n_iter, change, self.tol, stacklevel=4)  # user -> fit -> _fit
         return _numpy(sources.T)
 
     def _fit_sklearn(self, data: _TokenMatrix) -> np.ndarray:
@@ -731,7 +731,7 @@ class FastICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"FastICA (backend='sklearn') did not converge: stopped after {self.n_iter_} iterations "
                 f"(tol={self.tol:g}; scikit-learn does not report the final change). Increase max_iter or tol.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return sources
 

@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 
 log = logging.getLogger(__name__)
 

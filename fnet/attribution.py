@@ -414,6 +414,39 @@ class KeyNeuronCounter:
         self.score_sums.index_add_(0, tag_ids, kept_score)
         self.n_samples += torch.bincount(tag_ids, minlength=self.n_tags)
 
+    def save(self, path, tag_names: Sequence[str] | None = None):
+        """Write the counts (safetensors; settings and tag names in the metadata), so that key neurons can be
+        re-selected with another ``top_k`` or rule without attributing again. Returns the path."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": "fnet.KeyNeuronCounter", "top_fraction": repr(self.top_fraction), "rank_by": self.rank_by,
+                "tag_names": json.dumps(list(tag_names) if tag_names is not None else None)}
+        save_file({"counts": self.counts, "score_sums": self.score_sums, "n_samples": self.n_samples}, str(path),
+                  metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path) -> tuple["KeyNeuronCounter", list[str] | None]:
+        """Read a file written by :meth:`save`: ``(counter, tag_names)``."""
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        if meta.get("format") != "fnet.KeyNeuronCounter":
+            raise ValueError(f"{path}: not a saved KeyNeuronCounter")
+        counts = tensors["counts"]
+        counter = cls(counts.shape[0], counts.shape[1], float(meta["top_fraction"]), meta["rank_by"])
+        counter.counts, counter.score_sums, counter.n_samples = counts, tensors["score_sums"], tensors["n_samples"]
+        return counter, json.loads(meta.get("tag_names", "null"))
+
     def frequency(self) -> torch.Tensor:
         """Fraction of each tag's samples that kept each neuron: [n_tags, n_neurons] float64 (0 for no samples)."""
         return self.counts.to(torch.float64) / self.n_samples.clamp_min(1)[:, None].to(torch.float64)

@@ -771,6 +771,7 @@ def run_pos_analysis(cfg) -> dict:
     netset, net_tags = key_neuron_set(counter, top_k, n_layers, width, tag_names, rule=rule,
                                       min_samples=int(_get(a, "selection.min_samples", 5)), provenance=prov)
     net_path = netset.save(out / "pos_key_neurons.safetensors")
+    counter.save(out / "pos_selection_counts.safetensors", tag_names)  # re-select without attributing again
     key_rows = []
     frequency, mean_score = counter.frequency(), counter.mean_score()
     chosen_neurons, contrast = counter.key_neurons(top_k, rule), counter.contrast()

@@ -217,3 +217,12 @@ def test_contrast_rule_prefers_tag_specific_neurons():
     assert [c.tolist() for c in counter.key_neurons(2, rule="contrast")] == [[1, 2], [3, 4], []]
     with pytest.raises(ValueError, match="selection rule"):
         counter.key_neurons(2, rule="best")
+
+
+def test_counter_save_load_roundtrip(tmp_path):
+    _, counter = select_key_neurons(torch.randn(20, 12), torch.arange(20) % 3, 3, top_fraction=0.25, top_k=3)
+    path = counter.save(tmp_path / "counts.safetensors", ["A", "B", "C"])
+    loaded, names = KeyNeuronCounter.load(path)
+    assert names == ["A", "B", "C"] and loaded.n_keep == counter.n_keep and loaded.rank_by == "abs"
+    assert torch.equal(loaded.counts, counter.counts) and torch.equal(loaded.n_samples, counter.n_samples)
+    assert [c.tolist() for c in loaded.key_neurons(3, "contrast")] == [c.tolist() for c in counter.key_neurons(3, "contrast")]

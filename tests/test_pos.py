@@ -328,7 +328,8 @@ def test_run_pos_analysis_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(fnet.analysis, "networks_for_config", fake_networks, raising=False)
     results = run_pos_analysis(cfg)
     out = tmp_path / "out"
-    for name in ("pos_report.md", "pos_key_neurons.safetensors", "pos_key_neurons.csv", "pos_tags.csv",
+    for name in ("pos_report.md", "pos_key_neurons.safetensors", "pos_selection_counts.safetensors", "pos_tags.csv",
+                 "pos_key_neurons.csv",
                  "pos_classifier.csv", "pos_lesion.csv", "pos_ica_overlap.csv",
                  "figures/pos_key_neurons_maps.png", "figures/pos_vs_ica_iou.png"):
         assert (out / name).is_file(), name

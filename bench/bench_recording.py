@@ -121,22 +121,26 @@ def memory(lm, n_texts: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer texts (a smoke run, not the target sizes)")
+    parser.add_argument("--n-memory", type=int, default=100, help="texts of 1,024 tokens for the memory run")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_recording.md"))
     args = parser.parse_args()
     lm = load_model("smollm2_135m")
-    n_speed, n_mem, reps = (8, 10, 2) if args.quick else (16, 100, 3)
+    n_speed, n_mem, reps = (8, 10, 2) if args.quick else (16, args.n_memory, 3)
     texts = long_texts(n_speed, lm.tokenizer, 512)
     sp = speed(lm, texts, batch_size=4, max_length=512, reps=reps)
     print("speed", sp)
     mem = memory(lm, n_mem)
     print("memory", mem)
     verdict_speed = "met" if sp["ratio"] <= 1.15 else "NOT met"
-    verdict_mem = "met" if mem["peak_rss_mb"] < 0.5 * mem["activations_float32_mb"] else "NOT met"
+    # the model itself sits in RAM; what recording adds must stay far below the activations it writes
+    growth_mb = mem["peak_rss_mb"] - mem["rss_after_load_mb"]
+    verdict_mem = "met" if growth_mb < 0.5 * mem["activations_on_disk_mb"] else "NOT met"
     lines = [
         "# Recording benchmarks",
         "",
         f"Machine: {machine()}. Model: SmolLM2-135M-Instruct (30 layers x 576 = 17,280 `mlp_out` neurons), fp32, CPU.",
-        f"Run: {time.strftime('%Y-%m-%d %H:%M')}, `python bench/bench_recording.py{' --quick' if args.quick else ''}`.",
+        f"Run: {time.strftime('%Y-%m-%d %H:%M')}, `python bench/bench_recording.py {' '.join(sys.argv[1:])}`, "
+        f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
         "## Recording all layers vs a plain forward pass",
         "",
@@ -154,10 +158,11 @@ def main() -> None:
         "",
         f"{mem['n_texts']} texts x 1,024 tokens ({mem['tokens']} tokens) into an ActivationStore, fresh process.",
         "",
-        "| RSS after model load (MB) | peak RSS (MB) | activations written, float16 (MB) | same in float32 (MB) | "
-        "recording time (s) | |",
-        "|---:|---:|---:|---:|---:|---|",
-        f"| {mem['rss_after_load_mb']:.0f} | {mem['peak_rss_mb']:.0f} | {mem['activations_on_disk_mb']:.0f} | "
+        "| RSS after model load (MB) | peak RSS (MB) | growth while recording (MB) | "
+        "activations written, float16 (MB) | same in float32 (MB) | recording time (s) | |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+        f"| {mem['rss_after_load_mb']:.0f} | {mem['peak_rss_mb']:.0f} | {growth_mb:.0f} | "
+        f"{mem['activations_on_disk_mb']:.0f} | "
         f"{mem['activations_float32_mb']:.0f} | {mem['seconds']:.0f} | {verdict_mem} |",
         "",
         "Each batch's activations are written to its shard and released, so peak memory is the model plus one "

@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,15 @@ def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
     if netset is not None:
         out["K"] = int(netset.n_networks)
         out["network_sizes"] = [int(s) for s in netset.sizes()]
+        out["netset"] = netset_fingerprint(netset)
     return out
+
+
+def netset_fingerprint(netset: Any) -> str:
+    """A short content hash of a NetworkSet's masks: jobs of a sweep that used different networks (a changed
+    analysis config or code recomputed them) are told apart by it, and ``fnet.sweep`` never pools them."""
+    masks = netset.masks.to(torch.uint8).contiguous().numpy()  # [K, layer, unit]
+    return hashlib.sha1(masks.tobytes() + str(masks.shape).encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------------------------

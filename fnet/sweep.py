@@ -7,7 +7,9 @@ sweep folder (and every ``failure.json``, listed as failed jobs) and writes:
   ``random`` matched control, ``random_fraction``, ``preserve`` K, ...): the mean score over the condition's jobs
   (seeds) with a 95 % CI (t interval over seeds when there are several, else the job's own CI), neuron counts
   and fractions, the unmasked score of the same rows and the change, and ``unmasked_above_chance`` -- rows whose
-  unmasked model is not above chance are marked, since a lesion cannot show anything there;
+  unmasked model is not above chance are marked, since a lesion cannot show anything there; ``netset`` is the
+  content hash of the NetworkSet a job used: jobs with different networks are never pooled, and when a sweep folder
+  mixes several, the condition names say which;
 * ``failures.csv`` (and a section in summary.md) -- the failed jobs with their overrides and error;
 * ``preservation_curve.png`` -- metric vs K for ``preserve`` rows (one line per task, the preserved-neuron fraction
   written at each point, the unmasked score and chance level as reference lines).
@@ -30,7 +32,7 @@ __all__ = ["collect", "condition_of", "summarize", "aggregate", "plot_preservati
 
 MODE_ORDER = ["none", "lesion", "random", "random_fraction", "preserve", "random_preserve", "amplify", "scale"]
 SUMMARY_COLUMNS = ["task", "condition", "mode", "networks", "K", "n_seeds", "metric", "mean", "ci_low", "ci_high",
-                   "n_masked", "fraction_masked", "unmasked", "delta", "unmasked_above_chance", "chance", "n"]
+                   "n_masked", "fraction_masked", "unmasked", "delta", "unmasked_above_chance", "chance", "n", "netset"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -134,13 +136,17 @@ def summarize(results: Sequence[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in results:
         label, mode, networks, K = condition_of(row)
-        groups.setdefault((row.get("task"), label, mode, networks, K, row.get("metric")), []).append(row)
+        netset = (row.get("mask") or {}).get("netset") or ""
+        groups.setdefault((row.get("task"), label, mode, networks, K, row.get("metric"), netset), []).append(row)
+    several = len({key[-1] for key in groups if key[-1]}) > 1  # jobs used different NetworkSets: say which
     unmasked_by_task: dict[str, dict] = {}
-    for (task, _, mode, _, _, _), rows in groups.items():
+    for (task, _, mode, _, _, _, _), rows in groups.items():
         if mode == "none":
             unmasked_by_task.setdefault(task, rows[0])
     summary = []
-    for (task, label, mode, networks, K, metric), rows in groups.items():
+    for (task, label, mode, networks, K, metric, netset), rows in groups.items():
+        if several and netset:
+            label = f"{label} [networks {netset[:6]}]"
         scores = [r.get("score") for r in rows]
         if len(rows) > 1:
             mean, lo, hi = mean_ci(scores)
@@ -170,6 +176,7 @@ def summarize(results: Sequence[dict]) -> list[dict]:
             "chance": primary.get("chance"),
             "n": rows[0].get("n"),
             "seeds": sorted({r.get("seed") for r in rows if r.get("seed") is not None}),
+            "netset": netset or None,
         })
 
     def order(row: dict) -> tuple:

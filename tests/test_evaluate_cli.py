@@ -77,6 +77,7 @@ def test_lesion_from_networks_file(tmp_path, shared_data):
                           f"mask.networks_file={path}"))
     assert row["mask"]["n_masked"] == 7 and row["mask"]["per_layer"] == [0, 6, 1]
     assert row["K"] == 3 and row["networks"] == [1] and row["mask_mode"] == "lesion"
+    assert len(row["mask"]["netset"]) == 12  # the NetworkSet's content hash
 
 
 def test_unknown_task_lists_options(tmp_path, shared_data):

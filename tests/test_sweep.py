@@ -94,6 +94,18 @@ def test_aggregate_fake_sweep(sweep):
     assert (sweep / "failures.csv").exists()
 
 
+def test_jobs_with_different_networks_are_not_pooled(tmp_path):
+    for i, (seed, netset, score) in enumerate([(0, "aaaaaa111111", 0.7), (1, "aaaaaa111111", 0.8),
+                                               (2, "bbbbbb222222", 0.5)]):
+        job = result("sst2", score, "random", networks=1, seed=seed, K=10)
+        job["mask"]["netset"] = netset
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "result.json").write_text(json.dumps(job))
+    rows = {r["condition"]: r for r in aggregate(tmp_path)["summary"]}
+    assert rows["random matched to network 1 (K=10) [networks aaaaaa]"]["n_seeds"] == 2
+    assert rows["random matched to network 1 (K=10) [networks bbbbbb]"]["mean"] == 0.5
+
+
 def test_cli(sweep, tmp_path, capsys):
     from fnet.sweep import main
 

@@ -30,6 +30,8 @@ from fnet.report import markdown_table, provenance_header
 
 __all__ = ["collect", "condition_of", "summarize", "aggregate", "plot_preservation_curve", "mean_ci", "main"]
 
+#: the range of bounded metrics (t intervals over few seeds are clipped to it)
+METRIC_RANGE = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "exact_match": (0.0, 1.0), "mcc": (-1.0, 1.0)}
 MODE_ORDER = ["none", "lesion", "random", "random_fraction", "preserve", "random_preserve", "amplify", "scale"]
 SUMMARY_COLUMNS = ["task", "condition", "mode", "networks", "K", "n_seeds", "metric", "mean", "ci_low", "ci_high",
                    "n_masked", "fraction_masked", "unmasked", "delta", "unmasked_above_chance", "chance", "n", "netset"]
@@ -150,6 +152,8 @@ def summarize(results: Sequence[dict]) -> list[dict]:
         scores = [r.get("score") for r in rows]
         if len(rows) > 1:
             mean, lo, hi = mean_ci(scores)
+            low_bound, high_bound = METRIC_RANGE.get(metric, (-math.inf, math.inf))
+            lo, hi = max(lo, low_bound), min(hi, high_bound)  # a t interval over 2-3 seeds can leave the range
         else:
             mean = scores[0]
             lo, hi = (rows[0].get("ci") or [None, None])[:2]

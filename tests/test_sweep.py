@@ -104,6 +104,7 @@ def test_jobs_with_different_networks_are_not_pooled(tmp_path):
     rows = {r["condition"]: r for r in aggregate(tmp_path)["summary"]}
     assert rows["random matched to network 1 (K=10) [networks aaaaaa]"]["n_seeds"] == 2
     assert rows["random matched to network 1 (K=10) [networks bbbbbb]"]["mean"] == 0.5
+    assert rows["random matched to network 1 (K=10) [networks aaaaaa]"]["ci_high"] == 1.0  # clipped t interval
 
 
 def test_cli(sweep, tmp_path, capsys):

@@ -352,3 +352,19 @@ def test_mask_callback_zeroes_exactly_the_masked_neurons_during_test(family, sig
         torch.testing.assert_close(after[..., ~mask[layer]], before[..., ~mask[layer]])
     # and the hooks are gone afterwards
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in signal_modules(module.model, signal))
+
+
+def test_fine_tuned_mcc_is_zero_for_a_constant_predictor_and_matches_sklearn():
+    # torchmetrics' MatthewsCorrCoef reports 0.077 for an all-'acceptable' CoLA predictor; GLUE/sklearn say 0
+    from sklearn.metrics import matthews_corrcoef
+
+    from fnet.lit.classification import classification_metrics
+
+    constant = classification_metrics(["mcc"], 2)
+    targets = torch.tensor([1] * 68 + [0] * 32)
+    constant.update(torch.ones(100, dtype=torch.long), targets)
+    assert float(constant.compute()["mcc"]) == 0.0
+    three = classification_metrics(["mcc"], 3)
+    preds, truth = torch.tensor([0, 1, 2, 2, 1, 0, 1]), torch.tensor([0, 2, 2, 1, 1, 0, 0])
+    three.update(preds, truth)
+    assert abs(float(three.compute()["mcc"]) - matthews_corrcoef(truth, preds)) < 1e-9

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
@@ -246,20 +247,26 @@ class CausalLMTaskModule(L.LightningModule):
 # --------------------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------------------
+class ConfusionMCC(MulticlassConfusionMatrix):
+    """Matthews correlation from the (DDP-synced) confusion matrix via ``scoring.mcc_from_confusion``: 0 for a
+    constant predictor, as GLUE and scikit-learn report it. torchmetrics' MatthewsCorrCoef gives 0.077 there,
+    which would make a degenerate CoLA model look above chance."""
+
+    def compute(self) -> torch.Tensor:
+        from fnet import scoring
+
+        return torch.tensor(scoring.mcc_from_confusion(super().compute()), dtype=torch.float32)
+
+
 def classification_metrics(names: Sequence[str], num_labels: int) -> MetricCollection:
     """torchmetrics for ``names`` (the task configs' metric names) among ``accuracy``, ``f1`` (binary F1 of class 1 for two labels, macro F1 otherwise)
     and ``mcc`` (Matthews correlation, CoLA's metric)."""
-    from torchmetrics.classification import (
-        BinaryF1Score,
-        MatthewsCorrCoef,
-        MulticlassAccuracy,
-        MulticlassF1Score,
-    )
+    from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassF1Score
 
     makers = {
         "accuracy": lambda: MulticlassAccuracy(num_classes=num_labels, average="micro"),
         "f1": lambda: BinaryF1Score() if num_labels == 2 else MulticlassF1Score(num_classes=num_labels, average="macro"),
-        "mcc": lambda: MatthewsCorrCoef(task="binary" if num_labels == 2 else "multiclass", num_classes=num_labels),
+        "mcc": lambda: ConfusionMCC(num_classes=num_labels),
     }
     unknown = [n for n in names if n not in makers]
     if unknown:

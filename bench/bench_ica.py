@@ -33,6 +33,8 @@ parser.add_argument("--wikitext", default="/work/shared/data/wikitext2/valid.txt
 parser.add_argument("--cache-dir", default="~/.cache/fnet/bench")
 parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_ica.md"))
 parser.add_argument("--skip-sklearn", action="store_true", help="time fnet only (no ratio)")
+parser.add_argument("--subspace-check", action="store_true",
+                    help="also compare the randomized whitening subspace with the exact one (slow: exact eigh)")
 args = parser.parse_args()
 
 # Same thread count for scikit-learn/scipy (OpenBLAS or MKL through OpenMP) and torch; must precede the imports.
@@ -183,10 +185,36 @@ def main() -> None:
         del ours, ours32
         gc.collect()
     load_after = os.getloadavg()
-    write_results(X.shape, meta, info, rows, load_before, load_after)
+    subspace = subspace_check(X) if args.subspace_check else []
+    write_results(X.shape, meta, info, rows, load_before, load_after, subspace)
 
 
-def write_results(shape, meta, info, rows, load_before, load_after) -> None:
+def subspace_check(X) -> list[dict]:
+    """Principal cosines between fnet's randomized top-K principal subspace and the exact one (fnet's eigh path),
+    for the default oversampling max(10, K) and for a constant 10."""
+    from fnet.decomposition import _column_stats, _pca, _TokenMatrix
+
+    data, f64, cpu = _TokenMatrix(X), torch.float64, torch.device("cpu")
+    mean, _ = _column_stats(data, f64, cpu, None)
+    started = time.perf_counter()
+    exact = _pca(data, max(args.ks) + 1, "eigh", mean=mean, scale=None, n_oversamples=None, n_power_iter=0,
+                 rng=np.random.RandomState(0), dtype=f64, device=cpu, block_rows=None)
+    print(f"exact PCA {time.perf_counter() - started:.0f}s", flush=True)
+    results = []
+    for K in args.ks:
+        for oversamples in (None, 10):
+            approx = _pca(data, K, "randomized", mean=mean, scale=None, n_oversamples=oversamples, n_power_iter=4,
+                          rng=np.random.RandomState(0), dtype=f64, device=cpu, block_rows=None,
+                          sketch_dtype=torch.float32)
+            cosines = torch.linalg.svdvals(exact.neuron_axes[:, :K].T @ approx.neuron_axes).numpy()
+            sv = exact.singular_values.numpy()
+            results.append({"K": K, "oversamples": "max(10, K)" if oversamples is None else str(oversamples),
+                            "min_cos": float(cosines.min()), "mean_cos2": float((cosines**2).mean()),
+                            "gap": float(sv[K - 1] / sv[K])})
+    return results
+
+
+def write_results(shape, meta, info, rows, load_before, load_after, subspace) -> None:
     lines = [
         "# fnet FastICA vs scikit-learn FastICA",
         "",
@@ -209,7 +237,8 @@ def write_results(shape, meta, info, rows, load_before, load_after) -> None:
         "- scikit-learn: `FastICA(n_components=K, random_state=0)` (defaults: parallel, logcosh, max_iter=200, "
         "tol=1e-4, whiten='unit-variance', whiten_solver='svd'); float16 input, converted to float64 by sklearn",
         "- fnet: `FastICA(n_components=K, random_state=0)` (defaults: same ICA settings, whiten_solver='auto' -> "
-        "randomized, n_oversamples=10, n_power_iter=4, float64, streamed over row blocks of the float16 matrix)",
+        "randomized, n_oversamples=None -> max(10, K), n_power_iter=4, float32 range finder, float64 Rayleigh-Ritz and "
+        "ICA, streamed over row blocks of the float16 matrix)",
         "- agreement: spatial maps (`mixing_.T`); for each scikit-learn component the best-match |corr| with any "
         "fnet component (mean / min), and after a one-to-one Hungarian matching (mean / min)",
         "",
@@ -244,6 +273,17 @@ def write_results(shape, meta, info, rows, load_before, load_after) -> None:
             a = r["agree32"]
             line += f" {a['best_mean']:.4f} / {a['best_min']:.4f} | {r['sk_s'] / r['ours32_s']:.0f}x |"
         lines.append(line)
+    if subspace:
+        lines += [
+            "",
+            "Randomized whitening subspace vs exact top-K principal subspace (principal cosines; 1 = identical):",
+            "",
+            "| K | oversamples | sigma_K / sigma_K+1 | min cosine | mean cosine^2 |",
+            "|---|---|---|---|---|",
+        ]
+        for r in subspace:
+            lines.append(f"| {r['K']} | {r['oversamples']} | {r['gap']:.4f} | {r['min_cos']:.4f} | "
+                         f"{r['mean_cos2']:.5f} |")
     lines.append("")
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))

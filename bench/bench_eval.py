@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from omegaconf import OmegaConf  # noqa: E402
 
+from fnet.utils import cpu_model  # noqa: E402
 from fnet import scoring  # noqa: E402
 from fnet.lit.zeroshot import TaskDataModule, ZeroShotModule  # noqa: E402
 from fnet.models import load_model  # noqa: E402
@@ -65,14 +66,7 @@ def published_parse(text: str, choices: list[str], order: list[int] | None = Non
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()
     return (f"{cpu}, {os.cpu_count()} cores (shared with other jobs; load average {load[0]:.1f}), "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")

@@ -120,14 +120,9 @@ def load_or_record(min_tokens: int) -> tuple[np.ndarray, dict]:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from fnet.utils import cpu_model
+
+    cpu = cpu_model()
     blas = sorted({f"{p['internal_api']} {p.get('version') or ''}".strip() for p in threadpool_info()})
     return {
         "cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),

@@ -125,6 +125,17 @@ def log_hyperparameters(loggers: list, cfg: Any, extra: dict | None = None) -> N
         logger.log_hyperparams(params)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (benchmarks describe the machine they ran on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def provenance(**fields: Any) -> dict:
     """A result file's provenance: what the caller gives plus fnet version, torch version, host and time."""
     import torch

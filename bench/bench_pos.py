@@ -55,6 +55,11 @@ def main() -> None:
               f"{tokens / seconds:8.1f} tok/s", flush=True)
         return seconds
 
+    # warm-up (first-call allocations and kernel selection), not timed
+    warm = samples.subset(np.arange(min(4, len(samples))))
+    attribute_samples(lm, aligned, warm, KeyNeuronCounter(len(UPOS_TAGS), n_neurons), signal=args.signal)
+    word_log_probs(lm, aligned[:4], word_samples(aligned[:4], UPOS_TAGS), signal=args.signal)
+
     every = word_samples(aligned, UPOS_TAGS, need_context=False)
     timed("record (forward)", lambda: record_word_features(lm, aligned, every, signal=args.signal), len(aligned),
           "sentences", n_tokens)

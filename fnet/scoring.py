@@ -19,10 +19,11 @@ Names follow TransformerLens habits: ``tokens`` are token ids, ``logits``/``log_
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 import string
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fnet.compat import accepts, cache_argument, output_cache
 from fnet.tasks import TaskSpec
 
 __all__ = [
@@ -252,13 +254,6 @@ class Request:
 # --------------------------------------------------------------------------------------------------------------
 # Log-likelihood scoring
 # --------------------------------------------------------------------------------------------------------------
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
-
-
 def _left_truncate(context: list[int], continuation: list[int], max_length: int | None) -> list[int]:
     if max_length is None or len(context) + len(continuation) <= max_length:
         return context
@@ -272,12 +267,29 @@ def prefix_key_values(model: torch.nn.Module, prefix: Sequence[int]) -> list[tup
     Compute it under the same mask as the scoring that reuses it."""
     device = next(model.parameters()).device
     out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _supports_prefix_cache(model: torch.nn.Module) -> bool:
-    return _accepts(model, "past_key_values") and _accepts(model, "position_ids")
+    return cache_argument(model) is not None and accepts(model, "position_ids")
+
+
+#: how many ``score_loglik`` batches took each path since the last reset: ``"prefix"`` (shared few-shot keys and
+#: values), ``"shared_context"`` (one context pass for multi-token choices) and ``"full"`` (whole sequences).
+#: Tests assert that a fast path ran, not only that the numbers agree (a renamed cache argument once switched
+#: both fast paths off without a word).
+PATH_COUNTS: Counter = Counter()
+_warned_slow: set[str] = set()
+
+
+def _fast_path_unavailable(model: torch.nn.Module, what: str, why: str) -> None:
+    PATH_COUNTS[f"{what}_unavailable"] += 1
+    key = f"{type(model).__name__}:{what}"
+    if key not in _warned_slow:
+        _warned_slow.add(key)
+        warnings.warn(f"{what} scoring is not available for {type(model).__name__} ({why}); scoring full "
+                      "sequences instead: same numbers, more work", RuntimeWarning, stacklevel=3)
 
 
 @torch.no_grad()
@@ -294,7 +306,7 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
     ``prefix_len``: the first ``prefix_len`` tokens are the same in every context (fixed few-shot shots). Their
     keys/values are computed once (kept in ``kv_memo``, a dict the caller owns and clears whenever the model or
     its mask changes) and only the rest of each sequence goes through the model -- the same numbers, a fraction of
-    the work. Falls back to full sequences when the model takes no ``past_key_values`` or a sequence is too long.
+    the work. Falls back to full sequences when the model takes no key/value cache (:mod:`fnet.compat`) or a sequence is too long.
 
     ``share_context``: with multi-token choices, each row's context goes through the model once and its
     keys/values are repeated for the row's choices (:func:`_score_shared_context`), instead of one full sequence
@@ -306,6 +318,8 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
     use_prefix = (prefix_len > 0 and _supports_prefix_cache(model)
                   and all(len(ctx) > prefix_len for ctx in contexts)
                   and (max_length is None or longest <= max_length))
+    if prefix_len > 0 and not _supports_prefix_cache(model):
+        _fast_path_unavailable(model, "shared-prefix", "its forward takes no key/value cache and position_ids")
     key_values = None
     if use_prefix:
         prefix = tuple(contexts[0][:prefix_len])
@@ -314,7 +328,8 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
         else:
             try:
                 key_values = prefix_key_values(model, prefix)
-            except (AttributeError, TypeError, ValueError):  # a model without a layered Cache: no sharing
+            except (AttributeError, TypeError, ValueError) as err:  # a model without a layered Cache
+                _fast_path_unavailable(model, "shared-prefix", f"{type(err).__name__}: {err}")
                 key_values = None
             if kv_memo is not None and key_values is not None:
                 kv_memo.clear()
@@ -323,11 +338,17 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
             contexts = [ctx[prefix_len:] for ctx in contexts]
             max_length = None
     single_token = all(len(tokens) == 1 for conts in continuations for tokens in conts)
-    if not single_token and key_values is None and share_context and _supports_prefix_cache(model):
-        try:
-            return _score_shared_context(model, contexts, continuations, pad_token_id, max_length)
-        except (AttributeError, TypeError, NotImplementedError):  # a model whose cache cannot be expanded
-            pass
+    if not single_token and key_values is None and share_context:
+        if not _supports_prefix_cache(model):
+            _fast_path_unavailable(model, "shared-context", "its forward takes no key/value cache and position_ids")
+        else:
+            try:
+                scores = _score_shared_context(model, contexts, continuations, pad_token_id, max_length)
+                PATH_COUNTS["shared_context"] += 1
+                return scores
+            except (AttributeError, TypeError, NotImplementedError) as err:  # a cache that cannot be expanded
+                _fast_path_unavailable(model, "shared-context", f"{type(err).__name__}: {err}")
+    PATH_COUNTS["prefix" if key_values is not None else "full"] += 1
     if single_token:
         sequences = [_left_truncate(list(ctx), [0], max_length) for ctx in contexts]
         targets = [[(r, len(seq) - 1, [conts[c][0]]) for c in range(n_choices)]
@@ -378,11 +399,11 @@ def _score_shared_context(model: torch.nn.Module, contexts: Sequence[list[int]],
         context_mask[r, : len(ctx)] = 1
     kwargs: dict[str, Any] = {}
     offset = 0
-    if _accepts(model, "logits_to_keep"):  # only the positions from the shortest row's last token onwards
+    if accepts(model, "logits_to_keep"):  # only the positions from the shortest row's last token onwards
         offset = min(lengths) - 1
         kwargs["logits_to_keep"] = width - offset
     out = model(input_ids=input_ids.to(device), attention_mask=context_mask.to(device), use_cache=True, **kwargs)
-    cache = out.past_key_values
+    cache = output_cache(out)
     if not isinstance(cache, DynamicCache):
         raise NotImplementedError("shared-context scoring needs a DynamicCache")
     last = out.logits[torch.arange(n_rows), torch.tensor(lengths) - 1 - offset].float()  # [row, vocab]
@@ -407,7 +428,7 @@ def _score_shared_context(model: torch.nn.Module, contexts: Sequence[list[int]],
     attention_mask = torch.cat([context_mask.repeat_interleave(n_choices, dim=0), rest_mask], dim=1)
     position_ids = (torch.tensor(lengths).repeat_interleave(n_choices)[:, None] + torch.arange(rest_width)[None])
     logits = model(input_ids=rest_ids.to(device), attention_mask=attention_mask.to(device),
-                   position_ids=position_ids.to(device), past_key_values=cache, use_cache=True).logits.float()
+                   position_ids=position_ids.to(device), use_cache=True, **{cache_argument(model): cache}).logits.float()
     for r in range(n_rows):
         for c in range(n_choices):
             tokens = continuations[r][c]
@@ -433,14 +454,14 @@ def _forward_right_padded(model: torch.nn.Module, sequences: Sequence[list[int]]
         attention_mask[i, : len(seq)] = 1
     kwargs: dict[str, Any] = {}
     offset = 0
-    if _accepts(model, "logits_to_keep") and first_read > 0:
+    if accepts(model, "logits_to_keep") and first_read > 0:
         kwargs["logits_to_keep"] = width - first_read
         offset = first_read
     if key_values is not None:
         from transformers.cache_utils import DynamicCache
 
         n_prefix = key_values[0][0].shape[-2]
-        kwargs["past_key_values"] = DynamicCache(
+        kwargs[cache_argument(model)] = DynamicCache(
             ddp_cache_data=[(k.expand(n, *k.shape[1:]).contiguous(), v.expand(n, *v.shape[1:]).contiguous())
                             for k, v in key_values], config=getattr(model, "config", None))
         kwargs["use_cache"] = True

@@ -63,8 +63,11 @@ def test_loglik_batched_equals_one_sequence_at_a_time(family):
     lm = load_model(f"tiny:{family}")
     contexts = [list(range(10, 30)), [40, 41, 42], list(range(50, 57))]
     continuations = [[[1, 2], [3]], [[4], [5, 6, 7]], [[8], [9]]]
+    scoring.PATH_COUNTS.clear()
     scores = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
+    assert scoring.PATH_COUNTS == {"shared_context": 1}  # the fast path ran, on this transformers release
     unshared = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, share_context=False)
+    assert scoring.PATH_COUNTS == {"shared_context": 1, "full": 1}
     assert torch.allclose(scores, unshared, atol=1e-4)  # context computed once per row = once per choice
     single = scoring.score_loglik(lm.model, contexts, [[[c[0]] for c in conts] for conts in continuations],
                                   pad_token_id=256)  # the single-token path
@@ -88,13 +91,42 @@ def test_shared_prefix_cache_gives_the_same_scores(family):
     for continuations in ([[[1], [2]]] * 3, [[[1, 2], [3]], [[4], [5, 6, 7]], [[8], [9]]]):
         full = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
         memo = {}
+        scoring.PATH_COUNTS.clear()
         cached = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, prefix_len=30,
                                       kv_memo=memo)
+        assert scoring.PATH_COUNTS == {"prefix": 1}  # the shared keys/values were used, not full sequences
         assert len(memo) == 1
         assert torch.allclose(cached, full, atol=1e-4), (cached, full)
         again = scoring.score_loglik(lm.model, contexts[:1], continuations[:1], pad_token_id=256, prefix_len=30,
                                      kv_memo=memo)  # reuses the memo
         assert torch.allclose(again, full[:1], atol=1e-4)
+
+
+def test_a_model_without_a_cache_argument_is_scored_in_full_and_says_so():
+    """The fast paths need the forward's key/value cache argument; a model without one is scored correctly, the
+    fallback is counted, and a warning says why (no silent switch-off)."""
+    table = bigram_table()
+    model = Bigram(table)  # forward(input_ids, attention_mask, ...) takes no cache
+    assert scoring.cache_argument(model) is None
+    scoring.PATH_COUNTS.clear()
+    scoring._warned_slow.clear()
+    with pytest.warns(RuntimeWarning, match="shared-prefix scoring is not available for Bigram"):
+        got = scoring.score_loglik(model, [[1, 2, 3], [1, 2, 4]], [[[4, 5], [0]]] * 2, pad_token_id=0, prefix_len=2)
+    assert scoring.PATH_COUNTS["shared-prefix_unavailable"] == 1 and scoring.PATH_COUNTS["full"] == 1
+    assert got[0, 0].item() == pytest.approx(by_hand(table, [1, 2, 3], [4, 5]), abs=1e-6)
+
+
+def test_cache_argument_names_the_installed_transformers_keyword():
+    """Whatever the installed transformers calls it, the name fnet passes is one the forward takes."""
+    import inspect
+
+    lm = load_model("tiny:llama")
+    name = scoring.cache_argument(lm.model)
+    assert name in inspect.signature(lm.model.forward).parameters
+    out = lm.model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True)
+    from fnet.compat import output_cache
+
+    assert output_cache(out).get_seq_length() == 3
 
 
 def test_loglik_truncates_long_contexts_from_the_left():

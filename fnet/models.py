@@ -206,6 +206,32 @@ class LoadedModel:
     name: str
     source: str = ""
     extra: dict = field(default_factory=dict)
+    #: content identity of weights (with dtype) and tokenizer (:func:`fnet.cache.model_fingerprint`); computed
+    #: when the handle is made. Call :meth:`refresh_fingerprint` after changing the weights in place.
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.refresh_fingerprint()
+
+    def refresh_fingerprint(self) -> str:
+        from fnet.cache import model_fingerprint
+
+        self.fingerprint = model_fingerprint(self.model, self.tokenizer)
+        return self.fingerprint
+
+    @property
+    def dtype(self) -> str:
+        """The floating dtype of the weights (``float32``, ``bfloat16``...), as a string."""
+        for param in self.model.parameters():
+            if param.is_floating_point():
+                return str(param.dtype).removeprefix("torch.")
+        return "none"
+
+    def identity(self) -> dict:
+        """Name, fingerprint, dtype and source: what result files record about the model."""
+        return {"model": self.name, "model_fingerprint": self.fingerprint, "model_dtype": self.dtype,
+                "model_source": self.source}
 
     @property
     def dims(self) -> dict[str, int]:
@@ -254,7 +280,9 @@ NAMED_MODELS = {
 
 
 def cache_dir() -> Path:
-    """User cache for converted models and recorded activations: ``$FNET_CACHE`` or ``~/.cache/fnet``."""
+    """The root of every fnet cache (converted models, activations, networks, baselines; :mod:`fnet.cache`):
+    ``$FNET_CACHE``, else ``$XDG_CACHE_HOME/fnet``, else ``~/.cache/fnet`` -- the same folder as ``paths.cache_dir``
+    of ``conf/paths/default.yaml``."""
     root = os.environ.get("FNET_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "fnet")
     return Path(root).expanduser()
 
@@ -273,31 +301,42 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
+def _gguf_to_safetensors(gguf_file: Path, out_dir: Path, digest: str = "") -> Path:
     """Convert a GGUF once into a safetensors folder (transformers dequantises GGUF to fp32 on every load, ~20 s,
-    and refuses to ``save_pretrained`` a GGUF-loaded model; a fresh model with the same state dict can)."""
+    and refuses to ``save_pretrained`` a GGUF-loaded model; a fresh model with the same state dict can). Written
+    to a unique temporary folder, then moved into place atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    from fnet.cache import atomic_path
+
     log.info("converting %s to a cached safetensors folder %s (once)", gguf_file, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     fresh = AutoModelForCausalLM.from_config(gguf_model.config)
     fresh.load_state_dict(gguf_model.state_dict(), strict=True)
-    fresh.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "fnet_source.json").write_text(json.dumps({"gguf": str(gguf_file)}))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
+    with atomic_path(out_dir) as tmp:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "fnet_source.json").write_text(json.dumps({"gguf": str(gguf_file), "gguf_xxh3_128": digest}))
     return out_dir
 
 
 def cached_gguf_dir(gguf_file: Path) -> Path:
-    stat = gguf_file.stat()
-    key = hashlib.sha1(f"{gguf_file.name}:{stat.st_size}".encode()).hexdigest()[:10]
+    """The converted safetensors folder of a GGUF file, keyed by the GGUF's *content* hash (memoised per file by
+    path, size and mtime) and the conversion code's version; converted under a lock, so concurrent first runs
+    convert once. A folder that was left incomplete is moved aside and converted again."""
+    from fnet.cache import code_version, content_key, file_digest, lock, quarantine, register
+
+    gguf_file = Path(gguf_file)
+    digest = file_digest(gguf_file)
+    key = content_key(digest, code_version("models"), length=12)
     out = cache_dir() / "models" / f"{gguf_file.stem}-{key}"
-    if not (out / "model.safetensors").exists():
-        _gguf_to_safetensors(gguf_file, out)
+    with lock(out):
+        if out.exists() and not ((out / "model.safetensors").is_file() and (out / "config.json").is_file()):
+            quarantine(out, "incomplete converted model folder (no model.safetensors / config.json)")
+        if not out.exists():
+            _gguf_to_safetensors(gguf_file, out, digest)
+            register(out, "models", model=gguf_file.name, fingerprint=digest, source=str(gguf_file))
     return out
 
 

@@ -507,7 +507,7 @@ class NetworkSet:
     # --- file -------------------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write ONE safetensors file (parent folders are created). Returns the path.
+        """Write ONE safetensors file (parent folders are created), atomically. Returns the path.
 
         Tensors: ``masks`` bool [K, L, W]; optional ``maps`` float32 [K, L, W], ``stability`` float64 [K],
         ``signs`` int8 [K]. Metadata (all strings): ``format`` = "fnet.NetworkSet", ``format_version`` = "1",
@@ -527,7 +527,10 @@ class NetworkSet:
             "format_version": FILE_FORMAT_VERSION,
             "provenance": json.dumps(self.provenance, sort_keys=True),
         }
-        save_file(tensors, str(path), metadata=metadata)
+        from fnet.cache import atomic_path
+
+        with atomic_path(path) as tmp:  # a killed save never leaves a truncated file at `path`
+            save_file(tensors, str(tmp), metadata=metadata)
         return path
 
     @classmethod

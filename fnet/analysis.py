@@ -14,7 +14,6 @@ disk, for the evaluation and POS code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -26,10 +25,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fnet.cache import code_version, content_key, lock, quarantine, register
 from fnet.models import LoadedModel
-from fnet.networks import NetworkSet, iou, match_templates
+from fnet.networks import NetworkSet, NetworkSetFormatError, iou, match_templates
 from fnet.recording import Recorder
-from fnet.store import ActivationStore, text_sha1
+from fnet.store import ActivationStore, CorruptShardError, text_sha1
 from fnet.utils import provenance
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,11 @@ def load_stimuli(cfg: DictConfig) -> dict:
     return sets
 
 
-def model_key(lm: LoadedModel, cfg: DictConfig) -> str:
-    return str(cfg.get("ckpt_path") or lm.name)
+def model_key(lm: LoadedModel, cfg: DictConfig | None = None) -> str:
+    """What identifies the model in cache keys: its content fingerprint and dtype (never a name or a path: a
+    checkpoint overwritten at the same path or a re-saved folder is another model). ``cfg`` is unused (kept for
+    callers of the old signature)."""
+    return f"{lm.fingerprint}-{lm.dtype}"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -73,19 +76,41 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-60:]
 
 
+def _open_cached_store(root: Path, recorder: Recorder, lm: LoadedModel, code: str, extra: dict) -> ActivationStore:
+    """Open (or create) a cached store; one whose manifest is unreadable is moved aside and made anew, and a
+    reused one has every shard checked (bad shards are moved aside and re-recorded)."""
+    def open_store() -> ActivationStore:
+        return ActivationStore.open(root, model=lm.name, fingerprint=lm.fingerprint, code_version=code,
+                                    signal=recorder.signal, n_layers=recorder.n_layers, width=recorder.width,
+                                    max_length=recorder.max_length, extra=extra)
+
+    reused = (root / "manifest.json").exists()
+    try:
+        store = open_store()
+    except CorruptShardError as err:
+        quarantine(root, err)
+        return open_store()
+    if reused:
+        started = time.time()
+        store.repair()
+        log.info("verified %d cached shards of %s in %.2f s", len(store), root, time.time() - started)
+    return store
+
+
 def record_dataset(
     lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *, progress: bool = True
 ) -> ActivationStore:
-    """Record ``texts`` (fnet.data.Text records) into a store keyed by model, signal, length and the texts
-    themselves, so sweeps over K or masks reuse the recording and a killed run resumes."""
+    """Record ``texts`` (fnet.data.Text records) into a store keyed by the model's fingerprint and dtype, the
+    signal, the length, the texts themselves and the recording code's version, so sweeps over K or masks reuse
+    the recording, a killed run resumes, and a changed model or code records anew."""
     rec = cfg.record
     recorder = Recorder(lm, rec.signal, max_length=rec.max_length, batch_size=rec.batch_size, progress=progress)
-    key_source = json.dumps(
-        [model_key(lm, cfg), rec.signal, recorder.max_length, [(t.id, text_sha1(t.text)) for t in texts]]
-    )
-    key = hashlib.sha1(key_source.encode()).hexdigest()[:12]
-    root = Path(cfg.paths.cache_dir) / "activations" / _slug(model_key(lm, cfg)) / f"{rec.signal}-{dataset}-{key}"
-    store = recorder.open_store(root, extra={"dataset": dataset})
+    code = code_version("activations")
+    key = content_key(model_key(lm), rec.signal, recorder.max_length,
+                      [(t.id, text_sha1(t.text)) for t in texts], code)
+    root = Path(cfg.paths.cache_dir) / "activations" / _slug(lm.name) / f"{rec.signal}-{dataset}-{key}"
+    store = _open_cached_store(root, recorder, lm, code, {"dataset": dataset, "model_dtype": lm.dtype,
+                                                          "model_source": lm.source})
     recorder.record_to_store([t.text for t in texts], store, ids=[t.id for t in texts])
     return store
 
@@ -180,8 +205,8 @@ def _provenance(lm: LoadedModel, cfg: DictConfig, **fields: Any) -> dict:
     ica = OmegaConf.to_container(cfg.ica, resolve=True)
     max_length = min(int(cfg.record.max_length), lm.max_positions or int(cfg.record.max_length))
     return provenance(
-        model=lm.name,
-        model_source=lm.source,
+        **lm.identity(),
+        code_version=code_version("networks"),
         ckpt_path=cfg.get("ckpt_path"),
         signal=cfg.record.signal,
         max_length=max_length,
@@ -204,22 +229,30 @@ def networks_for_config(cfg: DictConfig, lm: LoadedModel, source: str | None = N
         raise ValueError(f"networks.source={source!r} is not a dataset of this data config; valid: "
                          f"{sorted(stimuli) + ['all']}")
     chosen = stimuli if source == "all" else {source: stimuli[source]}
-    key = hashlib.sha1(json.dumps([
-        model_key(lm, cfg), source, OmegaConf.to_container(cfg.record, resolve=True),
+    key = content_key(
+        model_key(lm), source, OmegaConf.to_container(cfg.record, resolve=True),
         OmegaConf.to_container(cfg.ica, resolve=True), OmegaConf.to_container(cfg.networks, resolve=True),
-        int(cfg.seed), {n: [text_sha1(t.text) for t in s.template] for n, s in chosen.items()},
-    ], sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = Path(cfg.paths.cache_dir) / "networks" / f"{_slug(model_key(lm, cfg))}-{source}-{key}.safetensors"
-    if path.exists():
-        log.info("using cached networks %s", path)
-        return NetworkSet.load(path)
-    arrays, data_prov = [], {}
-    for name, stim in chosen.items():
-        store = record_dataset(lm, cfg, name, stim.template)
-        arrays += store.arrays([t.id for t in stim.template])
-        data_prov[name] = stim.provenance
-    nets = group_decomposition(lm, cfg, source, arrays, data_prov).networks
-    nets.save(path)
+        int(cfg.seed), {n: [(t.id, text_sha1(t.text)) for t in s.template] for n, s in chosen.items()},
+        code_version("networks"),
+    )
+    path = Path(cfg.paths.cache_dir) / "networks" / f"{_slug(lm.name)}-{source}-{key}.safetensors"
+    with lock(path):  # a concurrent run with the same key waits here, then reuses this one's result
+        if path.exists():
+            try:
+                nets = NetworkSet.load(path)
+                log.info("using cached networks %s", path)
+                return nets
+            except (NetworkSetFormatError, OSError) as err:
+                quarantine(path, err)
+        arrays, data_prov = [], {}
+        for name, stim in chosen.items():
+            store = record_dataset(lm, cfg, name, stim.template)
+            arrays += store.arrays([t.id for t in stim.template])
+            data_prov[name] = stim.provenance
+        nets = group_decomposition(lm, cfg, source, arrays, data_prov).networks
+        nets.save(path)
+        register(path, "networks", model=lm.name, fingerprint=lm.fingerprint, signal=cfg.record.signal,
+                 source=source, K=len(nets))
     return nets
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "build_mask_from_config", "result_row", "baseline_cache_key", "TABLE_COLUMNS"]
+__all__ = ["run", "build_mask_from_config", "mask_and_networks", "result_row", "baseline_cache_key", "TABLE_COLUMNS"]
 
 #: mask modes whose mask is built from a NetworkSet
 NETSET_MODES = ("lesion", "preserve", "random", "random_preserve", "amplify", "scale")
@@ -64,18 +63,32 @@ def _json_safe(value: Any) -> Any:
 # Mask
 # --------------------------------------------------------------------------------------------------------------
 def build_mask_from_config(cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None):
-    """``(MaskSpec | None, NetworkSet | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``).
+    """``(MaskSpec | None, NetworkSet | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``); see
+    :func:`mask_and_networks`, which also says whether the networks are foreign."""
+    spec, netset, _ = mask_and_networks(cfg, lm, n_layers=n_layers, width=width)
+    return spec, netset
 
-    Networks: ``cfg.mask.networks_file`` when set (build_mask loads it), else -- for modes that need networks --
-    ``fnet.analysis.networks_for_config(cfg, lm)``.
+
+def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None,
+                      identity: dict | None = None):
+    """``(MaskSpec | None, NetworkSet | None, foreign | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``).
+
+    Networks: ``cfg.mask.networks_file`` when set, else -- for modes that need networks --
+    ``fnet.analysis.networks_for_config(cfg, lm)``. Before a mask is built from them they are checked against the
+    model that will be masked (``identity``: ``model`` and ``model_fingerprint``, default ``lm.identity()``) with
+    :func:`fnet.cache.check_compatible`: networks of another model, signal or shape are an error, unless
+    ``cfg.mask.allow_foreign`` is true; then ``foreign`` describes both sides for result.json.
     """
+    from fnet.cache import check_compatible
     from fnet.masking import build_mask
+    from fnet.networks import NetworkSet
 
     mask_cfg = dict(_container(cfg.mask) or {})
     mode = mask_cfg.pop("mode", "none") or "none"
+    allow_foreign = bool(mask_cfg.pop("allow_foreign", False))
     signal = cfg.record.signal if "record" in cfg else "mlp_out"
     if mode == "none":
-        return None, None
+        return None, None, None
     netset = None
     if mode in NETSET_MODES and not mask_cfg.get("networks_file"):
         if lm is None:
@@ -89,14 +102,20 @@ def build_mask_from_config(cfg: Any, lm: Any = None, *, n_layers: int | None = N
                 "mask.networks_file=<a NetworkSet file from analyze.py>"
             ) from err
         netset = networks_for_config(cfg, lm)
+    elif mode in NETSET_MODES:
+        netset = NetworkSet.load(mask_cfg["networks_file"])  # a user file: unreadable is an error naming it
     if lm is not None and (n_layers is None or width is None):
         n_layers, width = lm.n_layers, lm.width(signal)
+    if identity is None and lm is not None:
+        identity = lm.identity()
+    foreign = None
+    if netset is not None and identity is not None and n_layers is not None and width is not None:
+        source = f"networks {mask_cfg['networks_file']}" if mask_cfg.get("networks_file") else "networks"
+        foreign = check_compatible(netset, model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
+                                   n_layers=n_layers, width=width, signal=signal, allow_foreign=allow_foreign,
+                                   source=source)
     spec = build_mask(mode, netset=netset, signal=signal, n_layers=n_layers, width=width, **mask_cfg)
-    if netset is None and spec is not None and mask_cfg.get("networks_file"):
-        from fnet.networks import NetworkSet
-
-        netset = NetworkSet.load(mask_cfg["networks_file"])
-    return spec, netset
+    return spec, netset, foreign
 
 
 def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
@@ -117,6 +136,7 @@ def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
         out["K"] = int(netset.n_networks)
         out["network_sizes"] = [int(s) for s in netset.sizes()]
         out["netset"] = netset_fingerprint(netset)
+        out["netset_model"] = {k: netset.provenance.get(k) for k in ("model", "model_fingerprint", "signal")}
     return out
 
 
@@ -130,25 +150,63 @@ def netset_fingerprint(netset: Any) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Baseline cache
 # --------------------------------------------------------------------------------------------------------------
-def baseline_cache_key(cfg: Any, task_dict: dict) -> str:
-    import fnet
+def baseline_cache_key(cfg: Any, task_dict: dict, identity: dict | None = None) -> str:
+    """Key of the unmasked baseline: the evaluated model's content (``identity``: fingerprint and dtype; without
+    it the ``model`` config), the task, the rows (data folder, seed), the evaluation settings and the version of
+    the code that scores them (:func:`fnet.cache.code_version`)."""
+    from fnet.cache import code_version, content_key
 
-    payload = {"model": _container(cfg.model), "task": task_dict, "eval": _container(cfg.get("eval")),
-               "data_dir": str(Path(cfg.paths.data_dir).resolve()), "fnet": fnet.__version__,
+    payload = {"task": task_dict, "eval": _container(cfg.get("eval")),
+               "data_dir": str(Path(cfg.paths.data_dir).resolve()), "code": code_version("eval_baselines"),
                "seed": int(cfg.get("seed", 0))}
+    if identity is not None:
+        payload["model"] = {k: identity.get(k) for k in ("model_fingerprint", "model_dtype")}
+    else:
+        payload["model"] = _container(cfg.model)
     payload["eval"] = {k: v for k, v in (payload["eval"] or {}).items() if k in ("max_length", "bootstrap")}
-    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_key(payload)
 
 
 def _baseline_path(cfg: Any, key: str) -> Path:
     return Path(cfg.paths.cache_dir) / "eval_baselines" / f"{key}.json"
 
 
+def _read_baseline(path: Path) -> dict | None:
+    """A cached baseline, or None; an unreadable one is moved aside (and recomputed by the caller)."""
+    from fnet.cache import quarantine
+
+    if not path.exists():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        if not isinstance(cached, dict) or "score" not in cached:
+            raise ValueError("not a baseline result (no 'score')")
+        return cached
+    except (OSError, ValueError) as err:
+        quarantine(path, err)
+        return None
+
+
+def _write_baseline(path: Path, results: dict, identity: dict | None) -> None:
+    from fnet.cache import atomic_write_text, register
+
+    record = dict(_json_safe(results), provenance=_json_safe(identity or {}))
+    atomic_write_text(path, json.dumps(record, indent=1))
+    identity = identity or {}
+    register(path, "eval_baselines", model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
+             task=results.get("task"))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Result rows
 # --------------------------------------------------------------------------------------------------------------
-def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra: dict | None = None) -> dict:
-    """The content of result.json: the task's results, the mask, the unmasked baseline and provenance."""
+def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra: dict | None = None,
+               identity: dict | None = None) -> dict:
+    """The content of result.json: the task's results, the mask, the unmasked baseline and provenance.
+
+    ``identity`` is the evaluated model's (name, fingerprint, dtype, source): the provenance records that model,
+    never a config that was not evaluated (with ``ckpt_path`` the checkpoint's model; a different ``model``
+    config is noted as ``model_config_ignored``)."""
     from fnet.utils import provenance
 
     K = mask.get("K")
@@ -171,8 +229,13 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
         row["baseline"] = None
         row["above_chance_unmasked"] = None
     model_name = cfg.model.get("name") if "model" in cfg else None
+    model_fields = dict(identity) if identity is not None else {"model": model_name}
+    if identity is not None and model_name is not None and model_name != identity.get("model"):
+        model_fields["model_config_ignored"] = model_name
+    if mask.get("foreign"):
+        model_fields["foreign_networks"] = mask["foreign"]
     row["provenance"] = provenance(
-        model=model_name, signal=cfg.record.signal if "record" in cfg else None,
+        **model_fields, signal=cfg.record.signal if "record" in cfg else None,
         data=(extra or {}).get("data"), seed=int(cfg.get("seed", 0)), K=K, task=results.get("task"),
         ckpt_path=cfg.get("ckpt_path"), overrides=_overrides(), output_dir=str(cfg.paths.output_dir),
     )
@@ -262,28 +325,41 @@ def _test(trainer: Any, module: Any, datamodule: Any) -> dict:
     return results
 
 
-def _baseline(cfg: Any, module: Any, datamodule: Any, task_dict: dict, loggers_off: bool = True) -> dict:
+def _baseline(cfg: Any, module: Any, datamodule: Any, task_dict: dict, loggers_off: bool = True,
+              identity: dict | None = None) -> dict:
     """The unmasked result on the same rows: from the on-disk cache, or computed with a plain trainer."""
     from hydra.utils import instantiate
 
-    key = baseline_cache_key(cfg, task_dict)
-    path = _baseline_path(cfg, key)
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text())
-            log.info("unmasked baseline from cache %s", path)
-            return cached
-        except json.JSONDecodeError:
-            log.warning("ignoring unreadable baseline cache %s", path)
+    from fnet.cache import lock
+
+    path = _baseline_path(cfg, baseline_cache_key(cfg, task_dict, identity))
+    cached = _read_baseline(path)
+    if cached is not None:
+        log.info("unmasked baseline from cache %s", path)
+        return cached
     log.info("computing the unmasked baseline (cached as %s)", path)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     results = _test(trainer, module, datamodule)
     if trainer.is_global_zero:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(_json_safe(results), indent=1))
-        os.replace(tmp, path)
+        with lock(path):
+            _write_baseline(path, results, identity)
     return results
+
+
+def _identity(lm: Any, module: Any, cfg: Any) -> dict:
+    """What result.json and the caches record about the evaluated model: ``lm.identity()``, or for a fine-tuned
+    checkpoint its base model, path and the fingerprint of the weights in the LightningModule."""
+    from fnet.cache import model_fingerprint
+    from fnet.lit.callbacks import hooked_model
+
+    if lm is not None:
+        return lm.identity()
+    model = hooked_model(module)
+    dtype = next((str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()), "none")
+    base = getattr(module, "model_name", None) or "?"
+    return {"model": f"{base}+finetuned@{Path(str(cfg.ckpt_path)).expanduser().resolve()}",
+            "model_fingerprint": model_fingerprint(model, getattr(module, "tokenizer", None)), "model_dtype": dtype,
+            "model_source": f"fine-tuned checkpoint {cfg.ckpt_path} of {base}", "ckpt_path": str(cfg.ckpt_path)}
 
 
 def run(cfg: Any) -> dict:
@@ -297,6 +373,7 @@ def run(cfg: Any) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lm, module, datamodule, task_dict = _model_and_data(cfg)
+    identity = _identity(lm, module, cfg)
     if lm is None:  # fine-tuned checkpoint: mask shape from its LM; networks are found in the fine-tuned LM
         from fnet.masking import expected_mask_shape
 
@@ -310,29 +387,33 @@ def run(cfg: Any) -> dict:
         from fnet.analysis import load_lm
 
         base_lm = load_lm(cfg) if mode in NETSET_MODES and not cfg.mask.get("networks_file") else None
-        spec, netset = build_mask_from_config(cfg, base_lm, n_layers=n_layers, width=width)
+        spec, netset, foreign = mask_and_networks(cfg, base_lm, n_layers=n_layers, width=width, identity=identity)
     else:
-        spec, netset = build_mask_from_config(cfg, lm)
+        spec, netset, foreign = mask_and_networks(cfg, lm, identity=identity)
     mask = mask_summary(spec, netset, cfg)
+    if foreign is not None:
+        mask["foreign"] = foreign  # mask.allow_foreign=true: result.json says so, with both identities
     log.info("mask: %s", mask.get("description"))
 
     baseline = None
     ev = cfg.get("eval") or {}
     if spec is not None and ev.get("baseline", True):
-        baseline = _baseline(cfg, module, datamodule, task_dict)
+        baseline = _baseline(cfg, module, datamodule, task_dict, identity=identity)
 
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg, spec), logger=loggers or False)
     log_hyperparameters(loggers, cfg, extra={"mask_stats": {k: v for k, v in mask.items() if k != "per_layer"}})
     results = _test(trainer, module, datamodule)
-    if spec is None and ev.get("baseline", True) and lm is not None and trainer.world_size == 1:
+    if spec is None and ev.get("baseline", True) and trainer.world_size == 1:
         # an unmasked job is its own baseline: seed the cache so masked jobs of a sweep reuse it
-        path = _baseline_path(cfg, baseline_cache_key(cfg, task_dict))
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(_json_safe(results), indent=1))
+        from fnet.cache import lock
+
+        path = _baseline_path(cfg, baseline_cache_key(cfg, task_dict, identity))
+        with lock(path):
+            if _read_baseline(path) is None:
+                _write_baseline(path, results, identity)
     data = getattr(datamodule, "provenance", None)
-    row = result_row(results, mask, baseline, cfg, extra={"data": data})
+    row = result_row(results, mask, baseline, cfg, extra={"data": data}, identity=identity)
     row["data"] = _json_safe(data)
     row["world_size"] = int(trainer.world_size)
     if trainer.is_global_zero:

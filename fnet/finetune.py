@@ -167,7 +167,7 @@ def run_training(cfg: Any) -> dict[str, Any]:
     ckpt_path = cfg.get("ckpt_path")
     start_step = 0
     if ckpt_path:
-        start_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0))
+        start_step = int(load_checkpoint_file(ckpt_path).get("global_step", 0))
         log.warning("resuming from %s (global step %d)", ckpt_path, start_step)
     fit_started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
@@ -234,13 +234,24 @@ def _overrides() -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 # Reading a fine-tuned checkpoint back
 # --------------------------------------------------------------------------------------------------------------
+def load_checkpoint_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` of a checkpoint file on the CPU; a missing, truncated or foreign file is an error naming the
+    file and the problem (torch alone says "OSError: [Errno 22]" or "UnpicklingError" without the file)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises OSError, RuntimeError, pickle/zip errors, EOFError... for bad files
+        raise ValueError(f"checkpoint {path} ({path.stat().st_size} bytes) could not be read: it is truncated, "
+                         f"corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err})") from err
+
+
 def read_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict (CPU tensors). Fails with a clear message when it was not written by an fnet module."""
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "fnet" not in checkpoint:
+    checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint, Mapping) or "fnet" not in checkpoint:
         raise ValueError(f"{path} is not an fnet fine-tuning checkpoint (no 'fnet' entry); write one with train.py")
     return checkpoint
 
@@ -251,7 +262,8 @@ def load_finetuned_lm(ckpt_path: str | os.PathLike) -> LoadedModel:
     The base model is loaded by its registry name (tokenizer and architecture entry included), then every backbone
     weight in the checkpoint replaces the base's (all of them unless the run used ``checkpoint_frozen=false``).
     The task head is not part of the LM. ``name`` identifies base, checkpoint and step (so activation caches of
-    different checkpoints never mix); ``extra`` has the task, step and head."""
+    different checkpoints never mix); ``fingerprint`` is the fine-tuned weights' content hash (what caches are keyed
+    by, so a checkpoint overwritten at the same path is a new model); ``extra`` has the task, step and head."""
     from fnet.models import load_model
 
     path = Path(ckpt_path).expanduser().resolve()
@@ -269,6 +281,7 @@ def load_finetuned_lm(ckpt_path: str | os.PathLike) -> LoadedModel:
         if untied:
             raise ValueError(f"checkpoint {path} lacks backbone weights {untied[:5]} of base {info['model_name']!r}")
     lm.model.eval()
+    lm.refresh_fingerprint()  # the fine-tuned weights' content, not the base model's (nor the path's)
     step = int(checkpoint.get("global_step", 0))
     lm.name = f"{info['model_name']}+finetuned@{path}#step{step}"
     lm.source = (f"fine-tuned checkpoint {path} (task {info.get('task_name')}, global step {step}, "

@@ -137,14 +137,18 @@ def cpu_model() -> str:
 
 
 def provenance(**fields: Any) -> dict:
-    """A result file's provenance: what the caller gives plus fnet version, torch version, host and time."""
+    """A result file's provenance: what the caller gives plus fnet version, ``fnet_code`` (a hash of every fnet
+    source file, :func:`fnet.cache.code_version`: the version number alone does not change with the code),
+    torch version, host and time."""
     import torch
 
     import fnet
+    from fnet.cache import code_version
 
     return dict(
         fields,
         fnet_version=fnet.__version__,
+        fnet_code=code_version("all"),
         torch_version=torch.__version__,
         python=platform.python_version(),
         host=platform.node(),

@@ -59,7 +59,7 @@ __all__ = [
 
 #: the cache's kinds, each a folder under the root
 KINDS = ("models", "activations", "networks", "eval_baselines")
-ENTRY_SUFFIX = ".fnet-entry.json"
+ENTRY_SUFFIX = ".fnet-entry"  # JSON; not named *.json so globs over a kind's entries never match it
 
 #: modules whose source determines each kind of result (missing ones are skipped: a module that does not exist
 #: computes nothing). ``activations`` <- hooks and recording; ``networks`` <- those + stimuli, decomposition,
@@ -250,7 +250,7 @@ def _read_json(path: Path) -> Any:
 
 
 def register(path: str | os.PathLike, kind: str, **info: Any) -> None:
-    """Describe a cache entry for ``python -m fnet.cache list`` (sidecar ``<entry>.fnet-entry.json``)."""
+    """Describe a cache entry for ``python -m fnet.cache list`` (JSON sidecar ``<entry>.fnet-entry``)."""
     path = Path(path)
     record = dict(kind=kind, created=time.strftime("%Y-%m-%dT%H:%M:%S"), **info)
     atomic_write_text(path.with_name(path.name + ENTRY_SUFFIX), json.dumps(record, indent=1, default=str))

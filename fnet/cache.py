@@ -363,9 +363,9 @@ class ForeignNetworksError(ValueError):
     """A NetworkSet was found on another model (or another signal / shape) than the one it is applied to."""
 
 
-def _describe(name: Any, fingerprint: Any, n_layers: Any, width: Any, signal: Any) -> str:
+def _describe(model: Any, fingerprint: Any, n_layers: Any, width: Any, signal: Any) -> str:
     fp = f"fingerprint {str(fingerprint)[:12]}…" if fingerprint else "no fingerprint"
-    return f"{name} ({fp}, {n_layers} layers x {width} {signal})"
+    return f"{model} ({fp}, {n_layers} layers x {width} {signal})"
 
 
 def check_compatible(netset: Any, *, model: str, fingerprint: str, n_layers: int, width: int, signal: str,

@@ -6,6 +6,7 @@ Split out of :mod:`fnet.scoring` (which re-exports these names).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -13,7 +14,8 @@ import numpy as np
 
 from fnet.tasks import TaskSpec
 
-__all__ = ["CONTENT_FREE", "PromptBuilder", "Request", "sample_shots", "use_chat_template"]
+__all__ = ["CONTENT_FREE", "PromptBuilder", "Request", "sample_shots", "use_chat_template", "common_prefix_len",
+           "align_prefixes"]
 
 CONTENT_FREE = "N/A"
 
@@ -87,6 +89,7 @@ class PromptBuilder:
                              f"{len(self.pool)} rows")
         self._fixed: list[Mapping] | None = None
         self._prefix_cache: tuple[str, list[int]] | None = None
+        self._warned_boundary: set[str] = set()
 
     # ----------------------------------------------------------------------------------------------------------
     def shots_for(self, row: Mapping) -> list[Mapping]:
@@ -149,53 +152,104 @@ class PromptBuilder:
         return list(self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"])
 
     def encode_continuation(self, text: str) -> list[int]:
+        """``text`` encoded on its own (no special tokens). Not how choices are scored: see :meth:`choice_tokens`."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def choice_tokens(self, context: str, context_tokens: Sequence[int]) -> list[list[int]]:
+        """The tokens of each choice after ``context``: the joint encoding of ``context + choice`` minus the
+        context's own tokens (lm-evaluation-harness's rule).
+
+        Encoding a choice on its own is wrong for SentencePiece tokenisers that mark the start of a text (ChatGLM3,
+        Gemma, Llama 2: ``" positive"`` alone encodes as ``["▁", "▁positive"]`` or ``["▁▁positive"]``, but after a
+        context it is ``["▁positive"]``), so the scored tokens would not be the ones the model sees in the prompt.
+        When the context's tokens are not a prefix of the joint encoding (the tokeniser merged across the
+        boundary), the harness's rule still applies, and a warning (once per choice) says the scored sequence is
+        not the joint encoding."""
+        context_tokens = list(context_tokens)
+        out = []
+        for text in self.continuations():
+            whole = self.encode_context(context + text)
+            tokens = whole[len(context_tokens):]
+            if not tokens:
+                raise ValueError(f"task {self.task.name!r}: choice {text!r} adds no tokens after the prompt "
+                                 f"{context[-40:]!r}; choices: {self.continuations()}")
+            if whole[: len(context_tokens)] != context_tokens and text not in self._warned_boundary:
+                self._warned_boundary.add(text)
+                warnings.warn(f"task {self.task.name!r}: the tokeniser merges choice {text!r} with the end of the "
+                              f"prompt {context[-20:]!r}; scoring the prompt's own tokens followed by the joint "
+                              "encoding's remainder (lm-evaluation-harness's rule)", RuntimeWarning, stacklevel=3)
+            out.append(tokens)
+        return out
 
     @property
     def shares_prefix(self) -> bool:
-        """Fixed shots in a plain prompt: every row's prompt starts with the same shots block, whose tokens are
-        encoded once and whose keys/values the scorer computes once."""
+        """Fixed shots in a plain prompt: every row's prompt starts with the same shots block, so (in the usual
+        case) the same leading tokens, whose keys/values the scorer computes once."""
         return self.sampling == "fixed" and self.task.num_fewshot > 0 and not self.chat
 
     def _prefix(self) -> tuple[str, list[int]]:
+        """The fixed shots block (text, and its tokens encoded alone)."""
         if getattr(self, "_prefix_cache", None) is None:
             sep = self.task.prompt.get("fewshot_delimiter", "\n\n")
             shots = self.shots_for({"index": -1})
             text = sep.join(self.question(shot) + self.task.prompt.get("target_delimiter", " ") + self.answer(shot)
                             for shot in shots) + sep
-            self._prefix_cache = (text, list(self.tokenizer(text, add_special_tokens=True)["input_ids"]))
+            self._prefix_cache = (text, self.encode_context(text))
         return self._prefix_cache
 
     def request(self, row: Mapping, calibrate: bool = False) -> "Request":
-        continuations = [self.encode_continuation(c) for c in self.continuations()]
-        if any(len(c) == 0 for c in continuations):
-            raise ValueError(f"task {self.task.name!r}: a choice encodes to no tokens: {self.continuations()}")
-        if self.shares_prefix:
-            # shots block and question are tokenised separately and concatenated (a valid tokenisation of the
-            # prompt text), so all rows share the shots' tokens exactly
-            prefix_text, prefix = self._prefix()
-            question = self.question(row)
-            tokens = prefix + list(self.tokenizer(question, add_special_tokens=False)["input_ids"])
-            cf = None
-            if calibrate:
-                cf_question = self.question(self.content_free(row))
-                cf = prefix + list(self.tokenizer(cf_question, add_special_tokens=False)["input_ids"])
-            return Request(index=int(row["index"]), label=int(row.get("label", -1)), context=prefix_text + question,
-                           context_tokens=tokens, continuation_tokens=continuations, content_free_tokens=cf,
-                           row=dict(row), prefix_len=len(prefix))
+        """Row -> :class:`Request`. The prompt is always encoded as a whole (shots and question together), so its
+        tokens are the ones a tokeniser gives the full text; with fixed shots, ``prefix_len`` is the length of the
+        longest common prefix of the shots block's own tokens and this prompt's tokens (the whole block when the
+        boundary does not merge, e.g. SmolLM2 encodes ``"\n\n"`` alone but ``"\n" + "Review"`` in the prompt).
+        :func:`align_prefixes` then gives every request of a task the shortest of these, a prefix of them all."""
         shots = self.shots_for(row)
         context = self.context(row, shots)
-        cf = self.encode_context(self.context(self.content_free(row), shots)) if calibrate else None
+        tokens = self.encode_context(context)
+        continuations = self.choice_tokens(context, tokens)
+        cf = cf_continuations = None
+        if calibrate:
+            cf_context = self.context(self.content_free(row), shots)
+            cf = self.encode_context(cf_context)
+            cf_continuations = self.choice_tokens(cf_context, cf)
+        prefix_len = 0
+        if self.shares_prefix:
+            prefix_len = common_prefix_len([self._prefix()[1], tokens] + ([cf] if cf is not None else []))
         return Request(index=int(row["index"]), label=int(row.get("label", -1)), context=context,
-                       context_tokens=self.encode_context(context), continuation_tokens=continuations,
-                       content_free_tokens=cf, row=dict(row))
+                       context_tokens=tokens, continuation_tokens=continuations, content_free_tokens=cf,
+                       content_free_continuation_tokens=cf_continuations, row=dict(row), prefix_len=prefix_len)
+
+
+def common_prefix_len(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token sequences (0 for none)."""
+    if not sequences:
+        return 0
+    n = min(len(s) for s in sequences)
+    first = sequences[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in sequences[1:]):
+            return i
+    return n
+
+
+def align_prefixes(requests: Sequence["Request"]) -> int:
+    """Give every request the same ``prefix_len``: the shortest of theirs, a token prefix of every prompt (and of
+    every content-free prompt), so one set of prefix keys/values serves the whole task. Returns it."""
+    if not requests:
+        return 0
+    shared = min(r.prefix_len for r in requests)
+    for r in requests:
+        r.prefix_len = shared
+    return shared
 
 
 @dataclass
 class Request:
     """One scored row, tokenised. ``continuation_tokens[i]`` are the tokens of choice i (empty list for
     generation tasks); ``content_free_tokens`` the calibration prompt (or None); the first ``prefix_len`` context
-    tokens are the same for every row (fixed shots), so their keys/values can be computed once."""
+    tokens are the same for every row (fixed shots), so their keys/values can be computed once. Choice tokens
+    depend on the prompt they follow (:meth:`PromptBuilder.choice_tokens`), hence
+    ``content_free_continuation_tokens`` for the calibration prompt."""
 
     index: int
     label: int
@@ -203,5 +257,6 @@ class Request:
     context_tokens: list[int]
     continuation_tokens: list[list[int]] = field(default_factory=list)
     content_free_tokens: list[int] | None = None
+    content_free_continuation_tokens: list[list[int]] | None = None  # the choices after the calibration prompt
     row: dict = field(default_factory=dict)
     prefix_len: int = 0  # leading tokens shared by every request of the task (fixed shots)

@@ -29,7 +29,8 @@ from fnet.compat import accepts, cache_argument, output_cache  # noqa: F401 - re
 from fnet.loglik import PATH_COUNTS, _warned_slow, prefix_key_values, score_loglik  # noqa: F401 - re-exported
 from fnet.metrics import (bootstrap_interval, chance_levels, class_metric, mcc_from_confusion,  # noqa: F401
                           metric_chance, normalize_answer, squad_scores, wilson_interval)
-from fnet.prompts import CONTENT_FREE, PromptBuilder, Request, sample_shots, use_chat_template  # noqa: F401
+from fnet.prompts import (CONTENT_FREE, PromptBuilder, Request, align_prefixes, common_prefix_len,  # noqa: F401
+                          sample_shots, use_chat_template)
 
 __all__ = [
     "CONTENT_FREE",
@@ -38,6 +39,8 @@ __all__ = [
     "Request",
     "sample_shots",
     "use_chat_template",
+    "common_prefix_len",
+    "align_prefixes",
     "score_loglik",
     "prefix_key_values",
     "generate_greedy",

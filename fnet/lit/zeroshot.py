@@ -126,6 +126,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.builder = PromptBuilder(task, self.tokenizer, pool, same_split=task.fewshot_split == task.eval_split)
         calibrate = bool(task.calibrate)
         requests = [self.builder.request(row, calibrate=calibrate) for row in self.rows]
+        scoring.align_prefixes(requests)  # one shared-prefix length for the task: a token prefix of every prompt
         if self.sort_by_length:
             requests.sort(key=lambda r: (-len(r.context_tokens), r.index))
         self.dataset = RequestDataset(requests)
@@ -303,15 +304,24 @@ class ZeroShotModule(pl.LightningModule):
 
     def _content_free_scores(self, batch: list[Request], prefix_len: int) -> torch.Tensor:
         """Choice scores of each row's content-free prompt; identical prompts (fixed shots) are scored once."""
-        todo = [r for r in batch if tuple(r.content_free_tokens) not in self._cf_memo]
-        unique = list({tuple(r.content_free_tokens): r for r in todo}.values())
+
+        def key(r: Request) -> tuple:
+            return (tuple(r.content_free_tokens), tuple(tuple(c) for c in self._cf_choices(r)))
+
+        todo = [r for r in batch if key(r) not in self._cf_memo]
+        unique = list({key(r): r for r in todo}.values())
         if unique:
             cf = scoring.score_loglik(self.model, [r.content_free_tokens for r in unique],
-                                      [r.continuation_tokens for r in unique], pad_token_id=self.pad_token_id,
+                                      [self._cf_choices(r) for r in unique], pad_token_id=self.pad_token_id,
                                       max_length=self.max_length, prefix_len=prefix_len, kv_memo=self._kv_memo)
             for r, row_scores in zip(unique, cf):
-                self._cf_memo[tuple(r.content_free_tokens)] = row_scores
-        return torch.stack([self._cf_memo[tuple(r.content_free_tokens)] for r in batch])
+                self._cf_memo[key(r)] = row_scores
+        return torch.stack([self._cf_memo[key(r)] for r in batch])
+
+    @staticmethod
+    def _cf_choices(r: Request) -> list[list[int]]:
+        """The choices' tokens after the content-free prompt (the row's own when a Request predates them)."""
+        return r.content_free_continuation_tokens or r.continuation_tokens
 
     def _score_generate_choice(self, batch: list[Request]) -> list[dict]:
         texts = scoring.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],

@@ -119,8 +119,11 @@ def normalize_answer(text: str) -> str:
 
 
 def squad_scores(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
-    """Per-question (EM, F1) in [0, 1], the max over the gold answers, with the official normalisation. (Kept for
-    per-example CIs; the reported totals come from ``torchmetrics.text.SQuAD``, which implements the same.)"""
+    """Per-question (EM, F1) in [0, 1] by the official SQuAD v1.1 script (``evaluate-v1.1.py``): answers
+    normalised by :func:`normalize_answer`, F1 from the overlap of whitespace tokens -- 0 when they share no token,
+    so a prediction and a gold answer that both normalise to empty (gold ".") get EM 1 and F1 0 -- and the max over
+    the gold answers. The reported totals are the means of these (``torchmetrics``' SQuAD gives F1 1 in the empty
+    case, so it is not used)."""
     from collections import Counter
 
     def f1(pred: str, gold: str) -> float:

@@ -28,7 +28,7 @@ from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, Mult
 
 from fnet import scoring
 from fnet.scoring import PromptBuilder, Request
-from fnet.tasks import TaskSpec, get_task, load_task_rows, split_provenance
+from fnet.tasks import TaskSpec, check_whole_number, get_task, load_task_rows, split_provenance
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ class TaskDataModule(pl.LightningDataModule):
         self.data_dir = data_dir
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self.limit = self.task.limit if limit is None else limit
-        self.seed = self.task.seed if seed is None else int(seed)
+        self.limit = self.task.limit if limit is None else check_whole_number(limit, "limit", minimum=1)
+        self.seed = self.task.seed if seed is None else check_whole_number(seed, "seed", minimum=0)
         self.max_length = max_length
         self.sort_by_length = sort_by_length
         self.rows: list[dict] = []

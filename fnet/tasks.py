@@ -46,6 +46,7 @@ __all__ = [
     "resolve_source",
     "load_task_rows",
     "split_provenance",
+    "check_whole_number",
 ]
 
 TASK_TYPES = ("multiple_choice", "generation", "perplexity")
@@ -183,13 +184,11 @@ class TaskSpec:
             raise ValueError(f"{where}: perplexity tasks are scored by scoring=perplexity")
         if self.calibrate and self.scoring != "loglik":
             raise ValueError(f"{where}: calibrate=true needs scoring=loglik")
-        if int(self.num_fewshot) < 0:
-            raise ValueError(f"{where}: num_fewshot must be >= 0")
+        self.num_fewshot = check_whole_number(self.num_fewshot, "task.num_fewshot", minimum=0, where=where)
         if self.num_fewshot and not self.fewshot_split:
             raise ValueError(f"{where}: num_fewshot > 0 needs a fewshot_split")
-        if self.limit is not None and int(self.limit) <= 0:
-            raise ValueError(f"{where}: limit must be a positive number of rows (or null)")
-        self.num_fewshot = int(self.num_fewshot)
+        self.limit = check_whole_number(self.limit, "task.limit", minimum=1, allow_none=True, where=where)
+        self.seed = check_whole_number(self.seed, "task.seed", minimum=0, where=where)
         return self
 
     # ----------------------------------------------------------------------------------------------------------
@@ -209,6 +208,22 @@ class TaskSpec:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def check_whole_number(value: Any, key: str, *, minimum: int, allow_none: bool = False, where: str = "") -> int | None:
+    """``value`` as an int, or a ValueError naming ``key`` and the valid range (``task.limit=abc`` must not surface
+    as Python's bare "invalid literal for int()"). Ints and digit strings pass; bools, floats and other text fail."""
+    if value is None and allow_none:
+        return None
+    number = None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+    if number is None or number < minimum:
+        valid = f"a whole number >= {minimum}" + (" or null (no limit)" if allow_none else "")
+        raise ValueError(f"{where + ': ' if where else ''}{key} must be {valid}, got {value!r}")
+    return number
 
 
 def get_task(task: Any) -> TaskSpec:

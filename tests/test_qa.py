@@ -132,5 +132,5 @@ def test_qa_module_learns_toy_spans_and_reports_em_f1():
     assert 0 <= result["test/exact_match"] <= result["test/f1"] <= 1
     assert set(module.predictions["test"]) == {r["id"] for r in dm.splits["test"]}
     row = module.results
-    assert row["metric"] == "exact_match" and row["n"] == len(dm.splits["test"])
-    assert row["score"] == pytest.approx(result["test/exact_match"]) and len(module.outputs) == row["n"]
+    assert row["metric"] == "f1" and row["n"] == len(dm.splits["test"])
+    assert row["score"] == pytest.approx(result["test/f1"]) and len(module.outputs) == row["n"]

@@ -277,3 +277,42 @@ def test_squad_normalisation_and_scores_agree_with_torchmetrics():
     got = metric.compute()
     assert float(got["exact_match"]) == pytest.approx(100 * np.mean(ems))
     assert float(got["f1"]) == pytest.approx(100 * np.mean(f1s), abs=1e-4)
+
+
+@pytest.mark.parametrize("prediction, answers, want", [
+    (".", ["."], (1.0, 0.0)),  # both normalise to empty: EM 1, F1 0 (official v1.1; torchmetrics says F1 1)
+    ("", ["."], (1.0, 0.0)),
+    ("", ["Paris"], (0.0, 0.0)),
+    ("Paris", ["paris."], (1.0, 1.0)),
+    ("the cat sat", ["a cat sat down"], (0.0, 0.8)),  # "cat sat" vs "cat sat down": P 1, R 2/3
+    ("cat cat", ["cat"], (0.0, 2 * 0.5 * 1 / 1.5)),  # token counts, not sets: P 1/2, R 1
+    (".", [".", "the Broncos"], (1.0, 0.0)),
+])
+def test_squad_scores_follow_the_official_v1_1_rules(prediction, answers, want):
+    assert scoring.squad_scores(prediction, answers) == pytest.approx(want)
+
+
+def test_squad_totals_and_cis_use_the_official_rule():
+    """Totals and bootstrap CIs come from the same per-question scores; F1 is the primary metric. torchmetrics'
+    SQuAD would report F1 = 1 for the '.' question, the official script 0."""
+    from torchmetrics.functional.text import squad
+
+    from fnet.lit.zeroshot import ZeroShotModule
+    from fnet.models import load_model
+
+    cases = [(".", ["."]), ("Denver Broncos", ["Denver Broncos"]), ("Broncos", ["Denver Broncos"]), ("x", ["y"])]
+    lm = load_model("tiny:gpt2")
+    module = ZeroShotModule(lm.model, lm.tokenizer, "squad", bootstrap=200)
+    ems, f1s = zip(*[scoring.squad_scores(p, a) for p, a in cases])
+    module.store.update(list(range(len(cases))), [0] * len(cases), [-1] * len(cases), value_a=ems, value_b=f1s)
+    out = module.compute_results()
+    official_f1 = (0.0 + 1.0 + 2 * 1 * 0.5 / 1.5 + 0.0) / 4
+    assert out["metric"] == "f1" and list(out["metrics"]) == ["f1", "exact_match"]
+    assert out["score"] == pytest.approx(official_f1) and out["metrics"]["exact_match"]["value"] == pytest.approx(0.5)
+    reference = squad([{"prediction_text": p, "id": str(i)} for i, (p, _) in enumerate(cases)],
+                      [{"answers": {"text": a, "answer_start": [0] * len(a)}, "id": str(i)}
+                       for i, (_, a) in enumerate(cases)])
+    assert float(reference["f1"]) / 100 == pytest.approx(official_f1 + 0.25)  # the rule it differs by
+    lo, hi = out["ci"]
+    assert 0.0 <= lo <= official_f1 <= hi <= 1.0
+    assert (lo, hi) == scoring.bootstrap_interval(np.mean, [np.asarray(f1s)], n_boot=200, seed=0)

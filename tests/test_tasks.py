@@ -1,5 +1,7 @@
 """Task configs and rows: GLUE label conventions on known rows of the offline files, splits, bad input."""
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -33,6 +35,34 @@ def test_bad_config_is_rejected():
         TaskSpec.from_config(dict(cfg, shots=3))
     with pytest.raises(ValueError, match="calibrate"):
         TaskSpec.from_config(dict(cfg, calibrate=True, scoring="generate"))
+
+
+@pytest.mark.parametrize("key, value, valid", [
+    ("limit", "abc", "a whole number >= 1 or null"), ("limit", 0, "a whole number >= 1 or null"),
+    ("limit", 2.5, "a whole number >= 1"), ("limit", True, "a whole number >= 1"),
+    ("num_fewshot", -1, "a whole number >= 0"), ("num_fewshot", "two", "a whole number >= 0"),
+    ("seed", "x", "a whole number >= 0"),
+])
+def test_bad_counts_name_the_key_and_the_valid_range(key, value, valid):
+    cfg = OmegaConf.to_container(load_task_config("sst2"))
+    pattern = f"task 'sst2': task.{key} must be {re.escape(valid)}.*, got {re.escape(repr(value))}"
+    with pytest.raises(ValueError, match=pattern):
+        TaskSpec.from_config(dict(cfg, **{key: value}))
+
+
+def test_counts_given_as_text_are_read():
+    cfg = OmegaConf.to_container(load_task_config("sst2"))
+    spec = TaskSpec.from_config(dict(cfg, limit="200", num_fewshot="2"))
+    assert spec.limit == 200 and spec.num_fewshot == 2 and spec.seed == 0
+    assert TaskSpec.from_config(dict(cfg, limit=None)).limit is None
+
+
+def test_datamodule_limit_override_is_checked():
+    from fnet.lit.zeroshot import TaskDataModule
+    from fnet.models import byte_tokenizer
+
+    with pytest.raises(ValueError, match="limit must be a whole number >= 1, got 'abc'"):
+        TaskDataModule("sst2", byte_tokenizer(), limit="abc")
 
 
 def _find(rows, **match):

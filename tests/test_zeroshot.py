@@ -77,7 +77,8 @@ def test_fixed_shots_share_a_prefix_and_score_like_full_prompts(tiny):
     assert len(module._kv_memo) == 1 and len(module._cf_memo) == 1  # one prefix, one content-free prompt
     for r, record in zip(requests, records):  # by hand, without the prefix cache, one row at a time
         raw = scoring.score_loglik(tiny.model, [r.context_tokens], [r.continuation_tokens], pad_token_id=256)[0]
-        cf = scoring.score_loglik(tiny.model, [r.content_free_tokens], [r.continuation_tokens], pad_token_id=256)[0]
+        cf = scoring.score_loglik(tiny.model, [r.content_free_tokens], [r.content_free_continuation_tokens],
+                                  pad_token_id=256)[0]
         assert record["scores"] == pytest.approx((raw - cf).tolist(), abs=1e-4)
 
 

@@ -25,11 +25,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import CatMetric, Metric
 from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassConfusionMatrix,
                                          MulticlassF1Score)
-from torchmetrics.text import SQuAD
 
 from fnet import scoring
 from fnet.scoring import PromptBuilder, Request
-from fnet.tasks import TaskSpec, get_task, load_task_rows, split_provenance
+from fnet.tasks import TaskSpec, check_whole_number, get_task, load_task_rows, split_provenance
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +101,8 @@ class TaskDataModule(pl.LightningDataModule):
         self.data_dir = data_dir
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self.limit = self.task.limit if limit is None else limit
-        self.seed = self.task.seed if seed is None else int(seed)
+        self.limit = self.task.limit if limit is None else check_whole_number(limit, "limit", minimum=1)
+        self.seed = self.task.seed if seed is None else check_whole_number(seed, "seed", minimum=0)
         self.max_length = max_length
         self.sort_by_length = sort_by_length
         self.rows: list[dict] = []
@@ -126,6 +125,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.builder = PromptBuilder(task, self.tokenizer, pool, same_split=task.fewshot_split == task.eval_split)
         calibrate = bool(task.calibrate)
         requests = [self.builder.request(row, calibrate=calibrate) for row in self.rows]
+        scoring.align_prefixes(requests)  # one shared-prefix length for the task: a token prefix of every prompt
         if self.sort_by_length:
             requests.sort(key=lambda r: (-len(r.context_tokens), r.index))
         self.dataset = RequestDataset(requests)
@@ -265,7 +265,10 @@ class ZeroShotModule(pl.LightningModule):
                     made[name] = BinaryF1Score() if n == 2 else MulticlassF1Score(num_classes=n_pred, average="macro")
             return torch.nn.ModuleDict(made)
         if task.type == "generation":
-            return torch.nn.ModuleDict({"squad": SQuAD()})
+            # SQuAD totals are the means of the per-question scores in self.store (synced across processes), not
+            # torchmetrics' SQuAD: its F1 is 1 where gold and prediction both normalise to empty (three dev answers
+            # are "."), the official v1.1 script's is 0 -- and the CIs are bootstrapped from the same values
+            return torch.nn.ModuleDict()
         return torch.nn.ModuleDict({"nll": CatMetric(), "n_tokens": CatMetric()})
 
     def _update_class_metrics(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
@@ -303,15 +306,24 @@ class ZeroShotModule(pl.LightningModule):
 
     def _content_free_scores(self, batch: list[Request], prefix_len: int) -> torch.Tensor:
         """Choice scores of each row's content-free prompt; identical prompts (fixed shots) are scored once."""
-        todo = [r for r in batch if tuple(r.content_free_tokens) not in self._cf_memo]
-        unique = list({tuple(r.content_free_tokens): r for r in todo}.values())
+
+        def key(r: Request) -> tuple:
+            return (tuple(r.content_free_tokens), tuple(tuple(c) for c in self._cf_choices(r)))
+
+        todo = [r for r in batch if key(r) not in self._cf_memo]
+        unique = list({key(r): r for r in todo}.values())
         if unique:
             cf = scoring.score_loglik(self.model, [r.content_free_tokens for r in unique],
-                                      [r.continuation_tokens for r in unique], pad_token_id=self.pad_token_id,
+                                      [self._cf_choices(r) for r in unique], pad_token_id=self.pad_token_id,
                                       max_length=self.max_length, prefix_len=prefix_len, kv_memo=self._kv_memo)
             for r, row_scores in zip(unique, cf):
-                self._cf_memo[tuple(r.content_free_tokens)] = row_scores
-        return torch.stack([self._cf_memo[tuple(r.content_free_tokens)] for r in batch])
+                self._cf_memo[key(r)] = row_scores
+        return torch.stack([self._cf_memo[key(r)] for r in batch])
+
+    @staticmethod
+    def _cf_choices(r: Request) -> list[list[int]]:
+        """The choices' tokens after the content-free prompt (the row's own when a Request predates them)."""
+        return r.content_free_continuation_tokens or r.continuation_tokens
 
     def _score_generate_choice(self, batch: list[Request]) -> list[dict]:
         texts = scoring.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],
@@ -347,10 +359,6 @@ class ZeroShotModule(pl.LightningModule):
                                         until=generation.get("until", ["\n"]), pad_token_id=self.pad_token_id,
                                         max_length=self.max_length)
         texts = [t.strip() for t in texts]
-        preds = [{"prediction_text": t, "id": r.row["id"]} for t, r in zip(texts, batch)]
-        targets = [{"answers": {"text": list(r.row["answers"]), "answer_start": [0] * len(r.row["answers"])},
-                    "id": r.row["id"]} for r in batch]
-        self.metrics["squad"].update(preds, targets)
         ems, f1s = zip(*[scoring.squad_scores(t, r.row["answers"]) for t, r in zip(texts, batch)])
         self.store.update([r.index for r in batch], [0] * len(batch), [-1] * len(batch), value_a=ems, value_b=f1s)
         return [{"index": r.index, "id": r.row["id"], "generated": t, "answers": r.row["answers"], "em": em, "f1": f1}
@@ -470,12 +478,14 @@ class ZeroShotModule(pl.LightningModule):
         return out
 
     def _squad_results(self, ex: dict) -> dict:
-        squad = self.metrics["squad"].compute()  # torchmetrics SQuAD: percentages
-        em, f1 = ex["value_a"], ex["value_b"]
+        """EM and F1 (official SQuAD v1.1 rules, :func:`fnet.scoring.squad_scores`): the mean over questions and
+        a bootstrap CI of the same per-question values, in the order of ``task.metric`` (F1 first: the paper's)."""
+        per_question = {"exact_match": ex["value_a"], "f1": ex["value_b"]}
         metrics = {}
-        for name, key, values in (("exact_match", "exact_match", em), ("f1", "f1", f1)):
+        for name in list(self.task.metric) + [m for m in per_question if m not in self.task.metric]:
+            values = per_question[name]
             lo, hi = scoring.bootstrap_interval(np.mean, [values], n_boot=self.bootstrap, seed=self.ci_seed)
-            metrics[name] = {"value": float(squad[key]) / 100.0, "ci_low": lo, "ci_high": hi,
+            metrics[name] = {"value": float(np.mean(values)), "ci_low": lo, "ci_high": hi,
                              "ci_method": "bootstrap", "chance": 0.0}
         return {"metrics": metrics, "chance": {"majority": 0.0, "uniform": 0.0}}
 

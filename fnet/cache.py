@@ -70,6 +70,7 @@ CODE_MODULES: dict[str, tuple[str, ...]] = {
     "networks": ("fnet.models", "fnet.hooks", "fnet.recording", "fnet.store", "fnet.tiny_chatglm", "fnet.data",
                  "fnet.analysis", "fnet.decomposition", "fnet.networks"),
     "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.tiny_chatglm", "fnet.tasks", "fnet.scoring",
+                       "fnet.prompts", "fnet.loglik", "fnet.metrics",
                        "fnet.evaluation", "fnet.lit.zeroshot", "fnet.lit.datamodules", "fnet.lit.classification",
                        "fnet.lit.qa", "fnet.finetune"),
 }

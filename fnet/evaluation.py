@@ -133,9 +133,9 @@ def netset_fingerprint(netset: Any) -> str:
 def baseline_cache_key(cfg: Any, task_dict: dict) -> str:
     import fnet
 
-    payload = {"model": _container(cfg.model), "task": task_dict, "eval": _container(cfg.get("eval")),
+    payload = {"model": _container(cfg.model), "task": task_dict, "eval": _container(cfg.eval),
                "data_dir": str(Path(cfg.paths.data_dir).resolve()), "fnet": fnet.__version__,
-               "seed": int(cfg.get("seed", 0))}
+               "seed": int(cfg.seed)}
     payload["eval"] = {k: v for k, v in (payload["eval"] or {}).items() if k in ("max_length", "bootstrap")}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -173,8 +173,8 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
     model_name = cfg.model.get("name") if "model" in cfg else None
     row["provenance"] = provenance(
         model=model_name, signal=cfg.record.signal if "record" in cfg else None,
-        data=(extra or {}).get("data"), seed=int(cfg.get("seed", 0)), K=K, task=results.get("task"),
-        ckpt_path=cfg.get("ckpt_path"), overrides=_overrides(), output_dir=str(cfg.paths.output_dir),
+        data=(extra or {}).get("data"), seed=int(cfg.seed), K=K, task=results.get("task"),
+        ckpt_path=cfg.ckpt_path, overrides=_overrides(), output_dir=str(cfg.paths.output_dir),
     )
     return _json_safe(row)
 
@@ -209,8 +209,8 @@ def _model_and_data(cfg: Any):
     from fnet.lit.zeroshot import TaskDataModule, ZeroShotModule
     from fnet.tasks import get_task
 
-    ev = cfg.get("eval") or {}
-    if cfg.get("ckpt_path"):
+    ev = cfg.eval
+    if cfg.ckpt_path:
         try:
             from fnet.finetune import evaluation_module
         except ImportError as err:
@@ -219,14 +219,14 @@ def _model_and_data(cfg: Any):
                 f"fnet.finetune.evaluation_module (from the fine-tuning code); it could not be imported: {err}"
             ) from err
         module, datamodule = evaluation_module(cfg)
-        return None, module, datamodule, {"ckpt_path": str(cfg.ckpt_path), "task": _container(cfg.get("task"))}
+        return None, module, datamodule, {"ckpt_path": str(cfg.ckpt_path), "task": _container(cfg.task)}
     lm = instantiate(cfg.model)
     task = get_task(cfg.task)
-    max_length = ev.get("max_length")
+    max_length = ev.max_length
     module = ZeroShotModule(lm.model, lm.tokenizer, task, max_length=max_length,
-                            bootstrap=int(ev.get("bootstrap", 1000)), ci_seed=int(cfg.get("seed", 0)))
+                            bootstrap=int(ev.bootstrap), ci_seed=int(cfg.seed))
     datamodule = TaskDataModule(task, lm.tokenizer, data_dir=cfg.paths.data_dir,
-                                batch_size=int(ev.get("batch_size", 8)), num_workers=int(ev.get("num_workers", 0)),
+                                batch_size=int(ev.batch_size), num_workers=int(ev.num_workers),
                                 max_length=module.max_length)
     return lm, module, datamodule, task.to_dict()
 
@@ -235,7 +235,7 @@ def _callbacks(cfg: Any, spec: Any) -> list:
     from hydra.utils import instantiate
 
     callbacks = []
-    for name, conf in (cfg.get("callbacks") or {}).items():
+    for name, conf in (cfg.callbacks or {}).items():
         if conf is None or "_target_" not in conf:
             continue
         made = instantiate(conf)
@@ -293,7 +293,7 @@ def run(cfg: Any) -> dict:
 
     from fnet.utils import instantiate_loggers, log_hyperparameters
 
-    pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    pl.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lm, module, datamodule, task_dict = _model_and_data(cfg)
@@ -317,15 +317,15 @@ def run(cfg: Any) -> dict:
     log.info("mask: %s", mask.get("description"))
 
     baseline = None
-    ev = cfg.get("eval") or {}
-    if spec is not None and ev.get("baseline", True):
+    ev = cfg.eval
+    if spec is not None and ev.baseline:
         baseline = _baseline(cfg, module, datamodule, task_dict)
 
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.logger)
     trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg, spec), logger=loggers or False)
     log_hyperparameters(loggers, cfg, extra={"mask_stats": {k: v for k, v in mask.items() if k != "per_layer"}})
     results = _test(trainer, module, datamodule)
-    if spec is None and ev.get("baseline", True) and lm is not None and trainer.world_size == 1:
+    if spec is None and ev.baseline and lm is not None and trainer.world_size == 1:
         # an unmasked job is its own baseline: seed the cache so masked jobs of a sweep reuse it
         path = _baseline_path(cfg, baseline_cache_key(cfg, task_dict))
         if not path.exists():
@@ -338,7 +338,7 @@ def run(cfg: Any) -> dict:
     if trainer.is_global_zero:
         (out_dir / "result.json").write_text(json.dumps(row, indent=1))
         outputs = getattr(module, "outputs", None)
-        if outputs and ev.get("save_predictions", True) and trainer.world_size == 1:
+        if outputs and ev.save_predictions and trainer.world_size == 1:
             with open(out_dir / "predictions.jsonl", "w") as handle:
                 for record in sorted(outputs, key=lambda r: r.get("index", 0)):
                     handle.write(json.dumps(_json_safe(record)) + "\n")

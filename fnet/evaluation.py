@@ -304,12 +304,12 @@ def run(cfg: Any) -> dict:
 
         signal = cfg.record.signal if "record" in cfg else "mlp_out"
         n_layers, width = expected_mask_shape(hooked_model(module), signal)
-        mode = (cfg.mask.get("mode") if "mask" in cfg else "none") or "none"
+        mode = cfg.mask.mode
         # the fine-tuned backbone (fnet.analysis.load_lm follows cfg.ckpt_path), as analyze.py ckpt_path=... uses:
         # networks_for_config caches under the checkpoint's key, so base-model networks must never land there
         from fnet.analysis import load_lm
 
-        base_lm = load_lm(cfg) if mode in NETSET_MODES and not cfg.mask.get("networks_file") else None
+        base_lm = load_lm(cfg) if mode in NETSET_MODES and not cfg.mask.networks_file else None
         spec, netset = build_mask_from_config(cfg, base_lm, n_layers=n_layers, width=width)
     else:
         spec, netset = build_mask_from_config(cfg, lm)

@@ -9,11 +9,15 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from fnet.config import register_configs, validate_config
 from fnet.utils import task_wrapper
+
+register_configs()
 
 
 @task_wrapper
 def run(cfg: DictConfig):
+    validate_config(cfg, "analyze")  # unknown keys (+typos), types, ranges: before any work
     return get_method(cfg.analysis.run)(cfg)
 
 

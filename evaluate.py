@@ -6,13 +6,22 @@ Composition only; the logic is :func:`fnet.evaluation.run` (see ``conf/evaluate.
 import hydra
 from omegaconf import DictConfig
 
-from fnet.evaluation import run
+from fnet.config import register_configs, validate_config
+from fnet.evaluation import run as evaluate
 from fnet.utils import task_wrapper
+
+register_configs()
+
+
+@task_wrapper
+def run(cfg: DictConfig) -> dict | None:
+    validate_config(cfg, "evaluate")  # unknown keys (+typos), types, ranges: before any work
+    return evaluate(cfg)
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    row = task_wrapper(run)(cfg)
+    row = run(cfg)
     return None if row is None else row.get("score")  # the job's value for Hydra sweepers
 
 

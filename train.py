@@ -11,12 +11,17 @@ Everything happens in :func:`fnet.finetune.run_training`; see conf/train.yaml.
 import hydra
 from omegaconf import DictConfig
 
+from fnet.config import register_configs, validate_config
 from fnet.utils import task_wrapper
+
+register_configs()
 
 
 @task_wrapper
 def run(cfg: DictConfig):
     from fnet.finetune import run_training
+
+    validate_config(cfg, "train")  # unknown keys (+typos), types, ranges: before any work
 
     return run_training(cfg)
 

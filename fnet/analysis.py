@@ -45,7 +45,7 @@ def load_lm(cfg: DictConfig) -> LoadedModel:
     """The model of the run: ``cfg.model``, or the fine-tuned backbone of ``cfg.ckpt_path`` when given."""
     from hydra.utils import instantiate
 
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = cfg.ckpt_path
     if ckpt_path:
         from fnet.finetune import load_finetuned_lm
 
@@ -207,7 +207,7 @@ def _provenance(lm: LoadedModel, cfg: DictConfig, **fields: Any) -> dict:
     return provenance(
         **lm.identity(),
         code_version=code_version("networks"),
-        ckpt_path=cfg.get("ckpt_path"),
+        ckpt_path=cfg.ckpt_path,
         signal=cfg.record.signal,
         max_length=max_length,
         seed=int(cfg.seed),
@@ -223,7 +223,7 @@ def _provenance(lm: LoadedModel, cfg: DictConfig, **fields: Any) -> dict:
 def networks_for_config(cfg: DictConfig, lm: LoadedModel, source: str | None = None) -> NetworkSet:
     """Group networks of ``source`` (a dataset name of ``cfg.data`` or ``all`` = every dataset's template
     texts stacked; default ``cfg.networks.source``), computed once and cached under ``paths.cache_dir``."""
-    source = source or cfg.networks.get("source", "all")
+    source = source or cfg.networks.source
     stimuli = load_stimuli(cfg)
     if source != "all" and source not in stimuli:
         raise ValueError(f"networks.source={source!r} is not a dataset of this data config; valid: "
@@ -267,7 +267,7 @@ def run(cfg: DictConfig) -> dict:
     (out / "networks").mkdir(parents=True, exist_ok=True)
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.logger)
     log_hyperparameters(loggers, cfg)
     torch.manual_seed(int(cfg.seed))
 
@@ -292,7 +292,7 @@ def run(cfg: DictConfig) -> dict:
         group = group_decomposition(lm, cfg, name, template_arrays, stim.provenance)
         group.networks.save(out / "networks" / f"{name}_group.safetensors")
         individuals = []
-        if cfg.get("individual", True) and stim.individual:
+        if cfg.individual and stim.individual:
             individuals = individual_decompositions(lm, cfg, name, store, [x.id for x in stim.individual])
             ind_dir = out / "networks" / f"{name}_individual"
             ind_dir.mkdir(exist_ok=True)
@@ -349,7 +349,7 @@ def _log_figures(logger, fig_dir: Path) -> None:
 def _write_report(cfg, out: Path, lm, stimuli, results, combined, timings) -> dict:
     from fnet.report import markdown_table, provenance_header
 
-    K = int(cfg.ica.get("n_components", 0) or 0)
+    K = int(cfg.ica.n_components)
     n_neurons = lm.n_neurons(cfg.record.signal)
     lines = [
         "# fnet functional-network analysis",

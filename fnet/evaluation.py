@@ -156,9 +156,9 @@ def baseline_cache_key(cfg: Any, task_dict: dict, identity: dict | None = None) 
     the code that scores them (:func:`fnet.cache.code_version`)."""
     from fnet.cache import code_version, content_key
 
-    payload = {"task": task_dict, "eval": _container(cfg.get("eval")),
+    payload = {"task": task_dict, "eval": _container(cfg.eval),
                "data_dir": str(Path(cfg.paths.data_dir).resolve()), "code": code_version("eval_baselines"),
-               "seed": int(cfg.get("seed", 0))}
+               "seed": int(cfg.seed)}
     if identity is not None:
         payload["model"] = {k: identity.get(k) for k in ("model_fingerprint", "model_dtype")}
     else:
@@ -236,8 +236,8 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
         model_fields["foreign_networks"] = mask["foreign"]
     row["provenance"] = provenance(
         **model_fields, signal=cfg.record.signal if "record" in cfg else None,
-        data=(extra or {}).get("data"), seed=int(cfg.get("seed", 0)), K=K, task=results.get("task"),
-        ckpt_path=cfg.get("ckpt_path"), overrides=_overrides(), output_dir=str(cfg.paths.output_dir),
+        data=(extra or {}).get("data"), seed=int(cfg.seed), K=K, task=results.get("task"),
+        ckpt_path=cfg.ckpt_path, overrides=_overrides(), output_dir=str(cfg.paths.output_dir),
     )
     return _json_safe(row)
 
@@ -272,8 +272,8 @@ def _model_and_data(cfg: Any):
     from fnet.lit.zeroshot import TaskDataModule, ZeroShotModule
     from fnet.tasks import get_task
 
-    ev = cfg.get("eval") or {}
-    if cfg.get("ckpt_path"):
+    ev = cfg.eval
+    if cfg.ckpt_path:
         try:
             from fnet.finetune import evaluation_module
         except ImportError as err:
@@ -282,14 +282,14 @@ def _model_and_data(cfg: Any):
                 f"fnet.finetune.evaluation_module (from the fine-tuning code); it could not be imported: {err}"
             ) from err
         module, datamodule = evaluation_module(cfg)
-        return None, module, datamodule, {"ckpt_path": str(cfg.ckpt_path), "task": _container(cfg.get("task"))}
+        return None, module, datamodule, {"ckpt_path": str(cfg.ckpt_path), "task": _container(cfg.task)}
     lm = instantiate(cfg.model)
     task = get_task(cfg.task)
-    max_length = ev.get("max_length")
+    max_length = ev.max_length
     module = ZeroShotModule(lm.model, lm.tokenizer, task, max_length=max_length,
-                            bootstrap=int(ev.get("bootstrap", 1000)), ci_seed=int(cfg.get("seed", 0)))
+                            bootstrap=int(ev.bootstrap), ci_seed=int(cfg.seed))
     datamodule = TaskDataModule(task, lm.tokenizer, data_dir=cfg.paths.data_dir,
-                                batch_size=int(ev.get("batch_size", 8)), num_workers=int(ev.get("num_workers", 0)),
+                                batch_size=int(ev.batch_size), num_workers=int(ev.num_workers),
                                 max_length=module.max_length)
     return lm, module, datamodule, task.to_dict()
 
@@ -298,7 +298,7 @@ def _callbacks(cfg: Any, spec: Any) -> list:
     from hydra.utils import instantiate
 
     callbacks = []
-    for name, conf in (cfg.get("callbacks") or {}).items():
+    for name, conf in (cfg.callbacks or {}).items():
         if conf is None or "_target_" not in conf:
             continue
         made = instantiate(conf)
@@ -369,7 +369,7 @@ def run(cfg: Any) -> dict:
 
     from fnet.utils import instantiate_loggers, log_hyperparameters
 
-    pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    pl.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lm, module, datamodule, task_dict = _model_and_data(cfg)
@@ -381,12 +381,12 @@ def run(cfg: Any) -> dict:
 
         signal = cfg.record.signal if "record" in cfg else "mlp_out"
         n_layers, width = expected_mask_shape(hooked_model(module), signal)
-        mode = (cfg.mask.get("mode") if "mask" in cfg else "none") or "none"
+        mode = cfg.mask.mode
         # the fine-tuned backbone (fnet.analysis.load_lm follows cfg.ckpt_path), as analyze.py ckpt_path=... uses:
         # networks_for_config caches under the checkpoint's key, so base-model networks must never land there
         from fnet.analysis import load_lm
 
-        base_lm = load_lm(cfg) if mode in NETSET_MODES and not cfg.mask.get("networks_file") else None
+        base_lm = load_lm(cfg) if mode in NETSET_MODES and not cfg.mask.networks_file else None
         spec, netset, foreign = mask_and_networks(cfg, base_lm, n_layers=n_layers, width=width, identity=identity)
     else:
         spec, netset, foreign = mask_and_networks(cfg, lm, identity=identity)
@@ -396,15 +396,15 @@ def run(cfg: Any) -> dict:
     log.info("mask: %s", mask.get("description"))
 
     baseline = None
-    ev = cfg.get("eval") or {}
-    if spec is not None and ev.get("baseline", True):
+    ev = cfg.eval
+    if spec is not None and ev.baseline:
         baseline = _baseline(cfg, module, datamodule, task_dict, identity=identity)
 
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.logger)
     trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg, spec), logger=loggers or False)
     log_hyperparameters(loggers, cfg, extra={"mask_stats": {k: v for k, v in mask.items() if k != "per_layer"}})
     results = _test(trainer, module, datamodule)
-    if spec is None and ev.get("baseline", True) and trainer.world_size == 1:
+    if spec is None and ev.baseline and trainer.world_size == 1:
         # an unmasked job is its own baseline: seed the cache so masked jobs of a sweep reuse it
         from fnet.cache import lock
 
@@ -419,7 +419,7 @@ def run(cfg: Any) -> dict:
     if trainer.is_global_zero:
         (out_dir / "result.json").write_text(json.dumps(row, indent=1))
         outputs = getattr(module, "outputs", None)
-        if outputs and ev.get("save_predictions", True) and trainer.world_size == 1:
+        if outputs and ev.save_predictions and trainer.world_size == 1:
             with open(out_dir / "predictions.jsonl", "w") as handle:
                 for record in sorted(outputs, key=lambda r: r.get("index", 0)):
                     handle.write(json.dumps(_json_safe(record)) + "\n")

@@ -105,7 +105,7 @@ def _plain(cfg: Any) -> Any:
 # Training
 # --------------------------------------------------------------------------------------------------------------
 def build_datamodule(cfg: Any, tokenizer: Any, kind: str, **extra: Any):
-    data_cfg = dict(_plain(cfg.get("datamodule") or {}))
+    data_cfg = dict(_plain(cfg.datamodule))
     target = data_cfg.pop("_target_", None) or (QA_DATA if kind == "qa" else CLASSIFICATION_DATA)
     cls = _get_class(target)
     kwargs = _accepted(cls, dict(data_cfg, **extra), "datamodule")
@@ -115,11 +115,11 @@ def build_datamodule(cfg: Any, tokenizer: Any, kind: str, **extra: Any):
 def build_module(cfg: Any, lm: LoadedModel, kind: str, datamodule: Any):
     from hydra.utils import instantiate
 
-    module_cfg = dict(_plain(cfg.get("module") or {}))
+    module_cfg = dict(_plain(cfg.module))
     target = module_cfg.pop("_target_", None) or (QA_MODULE if kind == "qa" else CLASSIFICATION_MODULE)
     cls = _get_class(target)
-    optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    optimizer = instantiate(cfg.optimizer) if cfg.optimizer else None
+    scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
     kwargs = dict(module_cfg, task_name=datamodule.task.name)
     if kind == "classification":
         kwargs.update(num_labels=datamodule.num_labels, metrics=datamodule.metric_names)
@@ -145,26 +145,26 @@ def run_training(cfg: Any) -> dict[str, Any]:
     from fnet.utils import instantiate_callbacks, instantiate_loggers, log_hyperparameters, provenance
 
     started = time.time()
-    if cfg.get("torch_threads"):
+    if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))  # a shared CPU: fewer threads can be much faster
-    seed = int(cfg.get("seed", 0))
+    seed = int(cfg.seed)
     L.seed_everything(seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     kind = task_kind(cfg.task)
     lm: LoadedModel = instantiate(cfg.model)
-    datamodule = build_datamodule(cfg, lm.tokenizer, kind, data_dir=cfg.paths.get("data_dir"))
+    datamodule = build_datamodule(cfg, lm.tokenizer, kind, data_dir=cfg.paths.data_dir)
     datamodule.setup("fit")
     module = build_module(cfg, lm, kind, datamodule)
 
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    loggers = instantiate_loggers(cfg.logger)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_hyperparameters(loggers, cfg, extra={"data/" + k: v for k, v in datamodule.split_info.items()
                                              if isinstance(v, (int, float, str))})
 
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = cfg.ckpt_path
     start_step = 0
     if ckpt_path:
         start_step = int(load_checkpoint_file(ckpt_path).get("global_step", 0))
@@ -179,7 +179,7 @@ def run_training(cfg: Any) -> dict[str, Any]:
     best_score = _number(best_cb.best_model_score) if best_cb is not None and best_cb.best_model_score is not None else None
     test_metrics: dict[str, float] = {}
     test_seconds = 0.0
-    if cfg.get("test_after_fit", True):
+    if cfg.test_after_fit:
         test_started = time.time()
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
         test_seconds = time.time() - test_started

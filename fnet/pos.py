@@ -53,6 +53,7 @@ from fnet.attribution import KeyNeuronCounter, attribute
 from fnet.conllu import UPOS_TAGS, Sentence, Word, load_treebank, sentence_text
 from fnet.models import LoadedModel
 from fnet.networks import NetworkSet
+from fnet.pos_data import check_lesion_tags, drop_shared_sentences
 
 log = logging.getLogger(__name__)
 
@@ -622,13 +623,6 @@ def key_neuron_set(
 # --------------------------------------------------------------------------------------------------------------
 # The analysis run
 # --------------------------------------------------------------------------------------------------------------
-def _get(cfg, key: str, default: Any = None) -> Any:
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(cfg, key, default=default)
-    return default if value is None else value
-
-
 def _max_positions(lm: LoadedModel) -> int | None:
     """The model's context length from its config (``n_positions`` / ``max_position_embeddings`` / ``seq_length``),
     or None when the config does not say."""
@@ -671,15 +665,15 @@ def run_pos_analysis(cfg) -> dict:
         return time.perf_counter()
 
     a = cfg.analysis
-    seed = int(_get(cfg, "seed", 0))
-    out = Path(_get(cfg, "paths.output_dir", ".")).expanduser()
+    seed = int(cfg.seed)
+    out = Path(cfg.paths.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     fig_dir = out / "figures"
-    signal = str(_get(cfg, "record.signal", "mlp_out"))
-    max_length = int(_get(cfg, "record.max_length", 1024))
+    signal = str(cfg.record.signal)
+    max_length = int(cfg.record.max_length)
     # sentences are short: batch more of them than record.batch_size (sized for 1024-token texts)
-    sentence_batch = int(_get(cfg, "analysis.sentence_batch_size", None) or _get(cfg, "record.batch_size", 8))
-    progress = bool(_get(a, "progress", False))
+    sentence_batch = int(cfg.analysis.sentence_batch_size or cfg.record.batch_size)
+    progress = bool(a.progress)
     torch.manual_seed(seed)
 
     t = time.perf_counter()
@@ -693,28 +687,32 @@ def run_pos_analysis(cfg) -> dict:
     t = lap("load model", t)
 
     # --- data -------------------------------------------------------------------------------------------
-    data_dir = _get(a, "treebank.dir", None) or str(Path(_get(cfg, "paths.data_dir", "../shared/data")) / "ud_english_ewt")
-    tb = dict(pattern=str(_get(a, "treebank.pattern", "en_ewt-ud-{split}.conllu")),
-              source=str(_get(a, "treebank.source", "auto")),
-              hub_name=str(_get(a, "treebank.hub_name", "universal_dependencies")),
-              hub_config=str(_get(a, "treebank.hub_config", "en_ewt")))
-    train_split, test_split = str(_get(a, "treebank.train_split", "dev")), str(_get(a, "treebank.test_split", "test"))
+    data_dir = a.treebank.dir or str(Path(cfg.paths.data_dir) / "ud_english_ewt")
+    tb = dict(pattern=str(a.treebank.pattern),
+              source=str(a.treebank.source),
+              hub_name=str(a.treebank.hub_name),
+              hub_config=str(a.treebank.hub_config))
+    train_split, test_split = str(a.treebank.train_split), str(a.treebank.test_split)
     train_all = load_treebank(train_split, data_dir, **tb)
     test_all = load_treebank(test_split, data_dir, **tb)
+    n_shared = 0
+    if test_split != train_split:  # test on sentences the key neurons and classifier never saw
+        test_all, n_shared = drop_shared_sentences(test_all, train_all)
     extra_tags = sorted({w.upos for s in train_all + test_all for w in s.words} - set(UPOS_TAGS))
     tag_names = list(UPOS_TAGS) + extra_tags
+    check_lesion_tags(a.lesion.tags, tag_names)
 
-    attr_sentences = _subset(train_all, _get(a, "attribution.max_sentences", None), seed)
-    train_sentences = _subset(train_all, _get(a, "classifier.max_train_sentences", None), seed + 1)
-    test_sentences = _subset(test_all, _get(a, "classifier.max_test_sentences", None), seed + 2)
-    lesion_sentences = _subset(test_all, _get(a, "lesion.max_sentences", None), seed + 3)
+    attr_sentences = _subset(train_all, a.attribution.max_sentences, seed)
+    train_sentences = _subset(train_all, a.classifier.max_train_sentences, seed + 1)
+    test_sentences = _subset(test_all, a.classifier.max_test_sentences, seed + 2)
+    lesion_sentences = _subset(test_all, a.lesion.max_sentences, seed + 3)
     tok = lm.tokenizer
     attr_aligned = align_sentences(tok, attr_sentences, max_length)
     train_aligned = align_sentences(tok, train_sentences, max_length)
     test_aligned = align_sentences(tok, test_sentences, max_length)
     lesion_aligned = align_sentences(tok, lesion_sentences, max_length)
-    position = str(_get(a, "classifier.position", "word"))
-    attr_samples = cap_per_tag(word_samples(attr_aligned, tag_names), _get(a, "attribution.max_samples_per_tag", None),
+    position = str(a.classifier.position)
+    attr_samples = cap_per_tag(word_samples(attr_aligned, tag_names), a.attribution.max_samples_per_tag,
                                seed)
     train_samples = word_samples(train_aligned, tag_names, need_context=position == "before")
     test_samples = word_samples(test_aligned, tag_names, need_context=position == "before")
@@ -740,23 +738,23 @@ def run_pos_analysis(cfg) -> dict:
     t = lap("record classifier features", t)
 
     # --- attribution -> key neurons -----------------------------------------------------------------------
-    method = str(_get(a, "attribution.method", "act_x_grad"))
-    steps = int(_get(a, "attribution.steps", 16))
-    baseline_name = str(_get(a, "attribution.baseline", "zero"))
+    method = str(a.attribution.method)
+    steps = int(a.attribution.steps)
+    baseline_name = str(a.attribution.baseline)
     if baseline_name == "mean":
         baseline: Any = mean_signal(X_train, n_layers, width)
     elif baseline_name == "zero":
         baseline = "zero"
     else:
         raise ValueError(f"unknown attribution.baseline {baseline_name!r}; valid: 'zero', 'mean'")
-    top_fraction = float(_get(a, "selection.top_fraction", 0.05))
-    top_k = int(_get(a, "selection.top_k", 100))
-    rank_by = str(_get(a, "selection.rank_by", "abs"))
-    positions = str(_get(a, "attribution.positions", "target"))
+    top_fraction = float(a.selection.top_fraction)
+    top_k = int(a.selection.top_k)
+    rank_by = str(a.selection.rank_by)
+    positions = str(a.attribution.positions)
     counter = KeyNeuronCounter(len(tag_names), n_layers * width, top_fraction, rank_by)
     target_lp = attribute_samples(
         lm, attr_aligned, attr_samples, counter, signal=signal, method=method, steps=steps, baseline=baseline,
-        alpha_batch=_get(a, "attribution.alpha_batch", None), batch_size=int(_get(a, "attribution.batch_size", 16)),
+        alpha_batch=a.attribution.alpha_batch, batch_size=int(a.attribution.batch_size),
         positions=positions, progress=progress,
     )
     t = lap(f"attribution ({method})", t)
@@ -767,9 +765,9 @@ def run_pos_analysis(cfg) -> dict:
         method=method, steps=steps if method == "ig" else 1, baseline=baseline_name, positions=positions,
         n_layers=n_layers, width=width, per_sample_kept=n_top(n_layers * width, top_fraction),
     )
-    rule = str(_get(a, "selection.rule", "frequency"))
+    rule = str(a.selection.rule)
     netset, net_tags = key_neuron_set(counter, top_k, n_layers, width, tag_names, rule=rule,
-                                      min_samples=int(_get(a, "selection.min_samples", 5)), provenance=prov)
+                                      min_samples=int(a.selection.min_samples), provenance=prov)
     net_path = netset.save(out / "pos_key_neurons.safetensors")
     counter.save(out / "pos_selection_counts.safetensors", tag_names)  # re-select without attributing again
     key_rows = []
@@ -808,9 +806,9 @@ def run_pos_analysis(cfg) -> dict:
     if len(train_samples) and len(test_samples) and netset.n_networks:
         class_rows, seed_rows = compare_classifiers(
             X_train, train_samples.tag, X_test, test_samples.tag, union,
-            random_seeds=list(_get(a, "classifier.random_seeds", [0, 1, 2])),
-            all_neurons=bool(_get(a, "classifier.all_neurons", True)), C=float(_get(a, "classifier.C", 1.0)),
-            max_iter=int(_get(a, "classifier.max_iter", 300)), n_bootstrap=int(_get(a, "classifier.bootstrap", 1000)),
+            random_seeds=list(a.classifier.random_seeds),
+            all_neurons=bool(a.classifier.all_neurons), C=float(a.classifier.C),
+            max_iter=int(a.classifier.max_iter), n_bootstrap=int(a.classifier.bootstrap),
             seed=seed,
         )
         _write_csv(class_rows, out / "pos_classifier.csv")
@@ -820,10 +818,10 @@ def run_pos_analysis(cfg) -> dict:
 
     # --- lesion ---------------------------------------------------------------------------------------------
     lesion_rows: list[dict] = []
-    if bool(_get(a, "lesion.enabled", True)) and netset.n_networks and len(lesion_samples):
-        wanted = _get(a, "lesion.tags", None)
+    if bool(a.lesion.enabled) and netset.n_networks and len(lesion_samples):
+        wanted = a.lesion.tags
         chosen = [k for k, tag in enumerate(net_tags) if wanted is None or tag_names[tag] in list(wanted)]
-        min_words = int(_get(a, "lesion.min_words", 5))
+        min_words = int(a.lesion.min_words)
         chosen = [k for k in chosen if int((lesion_samples.tag == net_tags[k]).sum()) >= min_words]
         # lesion_effects indexes masks by tag id
         masks_by_tag = torch.zeros(len(tag_names), n_layers, width, dtype=torch.bool)
@@ -831,7 +829,7 @@ def run_pos_analysis(cfg) -> dict:
             masks_by_tag[tag] = netset.masks[k]
         lesion_rows, _ = lesion_effects(
             lm, lesion_aligned, lesion_samples, masks_by_tag, [net_tags[k] for k in chosen], signal=signal,
-            random_seeds=list(_get(a, "lesion.random_seeds", [0, 1])), batch_size=sentence_batch, progress=progress,
+            random_seeds=list(a.lesion.random_seeds), batch_size=sentence_batch, progress=progress,
         )
         _write_csv(lesion_rows, out / "pos_lesion.csv")
     t = lap("lesion", t)
@@ -839,7 +837,7 @@ def run_pos_analysis(cfg) -> dict:
     # --- ICA overlap ----------------------------------------------------------------------------------------
     ica_rows: list[dict] = []
     ica_note = "skipped (analysis.ica_overlap=false)"
-    if bool(_get(a, "ica_overlap", True)) and netset.n_networks:
+    if bool(a.ica_overlap) and netset.n_networks:
         ica_rows, ica_note, ica_figure = ica_overlap(cfg, lm, netset, fig_dir)
         if ica_figure is not None:
             figures.append(ica_figure)
@@ -852,7 +850,7 @@ def run_pos_analysis(cfg) -> dict:
         "networks": netset, "networks_path": net_path, "tags": [tag_names[t] for t in net_tags], "data": data_rows,
         "tag_rows": tag_rows, "classifier": class_rows, "classifier_seeds": seed_rows, "lesion": lesion_rows,
         "ica_overlap": ica_rows, "ica_note": ica_note, "timings": timings, "skipped_tags": skipped_tags,
-        "unaligned_words": n_unaligned, "figures": figures,
+        "unaligned_words": n_unaligned, "figures": figures, "dropped_test_sentences": n_shared,
     }
     report_path = _write_report(out, cfg, netset, results)
     results["report"] = report_path
@@ -867,7 +865,7 @@ def ica_overlap(cfg, lm: LoadedModel, netset: NetworkSet, fig_dir: Path) -> tupl
     missing ICA step: the note says why it was skipped."""
     from fnet.networks import iou
 
-    networks_file = _get(cfg, "analysis.ica_networks_file", None)
+    networks_file = cfg.analysis.ica_networks_file
     if networks_file:
         ica = NetworkSet.load(Path(str(networks_file)).expanduser())
     else:
@@ -914,7 +912,9 @@ def _write_report(out: Path, cfg, netset: NetworkSet, results: dict) -> Path:
     lines = ["# POS key neurons", "", provenance_header(netset.provenance), ""]
     lines += ["## Options", "", "```yaml", OmegaConf.to_yaml(a).rstrip(), "```", ""]
     lines += ["## Data", "", markdown_table(results["data"]), "",
-              f"Words without a token of their own (left out): {results['unaligned_words']} in the attribution set.", ""]
+              f"Words without a token of their own (left out): {results['unaligned_words']} in the attribution set.",
+              f"Test sentences dropped because they also occur verbatim in the train split: "
+              f"{results['dropped_test_sentences']}.", ""]
     lines += ["## Key neurons per tag", "",
               f"Network `k` of `{results['networks_path'].name}` is the tag in row `k`. `samples`: attributed words "
               "of the tag; `mean_frequency`: mean fraction of the tag's samples that kept each key neuron; "

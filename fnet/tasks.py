@@ -77,7 +77,7 @@ def task_config_dir() -> Path:
 
 
 def available_tasks() -> list[str]:
-    return sorted(p.stem for p in task_config_dir().glob("*.yaml"))
+    return sorted(p.stem for p in task_config_dir().glob("*.yaml") if not p.stem.startswith("_"))  # _base: shared keys
 
 
 def load_task_config(name: str):
@@ -87,7 +87,12 @@ def load_task_config(name: str):
     path = task_config_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown task {name!r}; valid tasks: {available_tasks()} (configs in {task_config_dir()})")
-    return OmegaConf.load(path)
+    cfg = OmegaConf.load(path)
+    # the file's defaults list (e.g. [_base, _self_]) merged in order, as Hydra composes it; by hand because this
+    # reads one task outside a Hydra app (hydra.compose needs the global Hydra a running app already holds)
+    defaults = list(cfg.pop("defaults", None) or [])
+    parts = [cfg if str(d) == "_self_" else load_task_config(str(d)) for d in defaults]
+    return OmegaConf.merge(*parts, *([] if "_self_" in defaults else [cfg]))
 
 
 def _plain(value: Any) -> Any:

@@ -288,9 +288,14 @@ def write_treebank(folder):
     for i in range(12):
         lines += [f"# sent_id = s{i}", "# text = The cat didn't sit.", *SAMPLE.splitlines()[3:11], ""]
         lines += [f"# sent_id = t{i}", *SAMPLE.splitlines()[14:20], ""]
-    text = "\n".join(lines) + "\n"
-    for split in ("dev", "test"):
-        (folder / f"en_ewt-ud-{split}.conllu").write_text(text)
+    dev = "\n".join(lines) + "\n"
+    # test: the same tags with other words, plus 2 sentences copied verbatim from dev (dropped by the analysis)
+    test = dev.replace("\tcat\tcat\t", "\tdog\tdog\t").replace("\tsit\tsit\t", "\trun\trun\t")
+    test = test.replace("\tfine\tfine\t", "\tgood\tgood\t").replace("# text = The cat didn't sit.\n", "")
+    test += "\n".join(["# sent_id = copy1", *SAMPLE.splitlines()[3:11], "", "# sent_id = copy2",
+                       *SAMPLE.splitlines()[14:20], ""]) + "\n"
+    (folder / "en_ewt-ud-dev.conllu").write_text(dev)
+    (folder / "en_ewt-ud-test.conllu").write_text(test)
     assert len(base) == 2
 
 
@@ -343,6 +348,31 @@ def test_run_pos_analysis_end_to_end(tmp_path, monkeypatch):
     assert results["lesion"] and len(results["ica_overlap"]) == netset.n_networks + 1
     report = (out / "pos_report.md").read_text()
     assert "## Classifier" in report and "## Timings" in report and "fake" in report
+    # the 2 test sentences that are verbatim dev sentences were dropped, and the report says so
+    assert results["dropped_test_sentences"] == 2
+    assert "occur verbatim in the train split: 2." in report
+    assert results["data"][2]["sentences"] == 24 and results["data"][3]["sentences"] == 24
+
+
+def test_unknown_lesion_tag_is_an_error(tmp_path):
+    write_treebank(tmp_path / "data" / "ud_english_ewt")
+    cfg = pos_cfg(tmp_path, **{"lesion.tags": ["NOUN", "FOO"]})
+    with pytest.raises(ValueError, match=r"analysis.lesion.tags: unknown tag\(s\) \['FOO'\]; valid tags: .*'NOUN'"):
+        run_pos_analysis(cfg)
+
+
+def test_pos_test_split_holds_no_dev_sentence(shared_data):
+    from fnet.pos_data import drop_shared_sentences
+
+    folder = shared_data / "ud_english_ewt"
+    if not (folder / "en_ewt-ud-dev.conllu").is_file():
+        pytest.skip(f"UD English-EWT is not in {folder}")
+    dev = load_treebank("dev", str(folder), source="local")
+    test = load_treebank("test", str(folder), source="local")
+    kept, dropped = drop_shared_sentences(test, dev)
+    forms = {tuple(w.form for w in s.words) for s in dev}
+    assert dropped == 73 and len(kept) == len(test) - 73  # the release repeats 73 dev sentences in test
+    assert not any(tuple(w.form for w in s.words) in forms for s in kept)
 
 
 def test_run_pos_analysis_without_ica_or_lesion(tmp_path):

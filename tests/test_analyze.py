@@ -93,7 +93,9 @@ def test_multirun_continues_past_a_failed_job(tmp_path):
          f"hydra.sweep.dir={sweep}"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the sweep runs every job, then exits non-zero and names the failed one (fnet.utils.SweepFailures)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 job(s) of the sweep" in proc.stderr and "ica.n_components=5000" in proc.stderr
     failure = json.loads((sweep / "0" / "failure.json").read_text())
     assert "5000" in failure["error"] and "ica.n_components=5000" in failure["overrides"]
     assert (sweep / "1" / "report.md").exists() and not (sweep / "1" / "failure.json").exists()

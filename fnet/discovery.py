@@ -58,6 +58,7 @@ class ArchSpec:
         mlp: path of the MLP relative to a block (``""``: the block itself, as in OPT).
         down_proj: path of the down projection relative to the MLP (``""`` for a mixture of experts).
         seq_first: hidden states are ``[seq, batch, ..]`` (ChatGLM) instead of ``[batch, seq, ..]``.
+        flat: the MLP sees tokens flattened to ``[batch * seq, ..]`` (OPT, some mixtures of experts).
         n_layers, d_model, d_mlp: dimensions measured on the modules (``d_mlp`` 0 for a mixture of experts).
         moe: the MLP is a mixture of experts: ``mlp_out`` is its routed output, ``mlp_act`` is undefined.
         mlp_adds_residual: the MLP module's output is not its down projection's (Bloom adds the residual).
@@ -73,6 +74,7 @@ class ArchSpec:
     d_model: int
     d_mlp: int
     moe: bool = False
+    flat: bool = False
     mlp_adds_residual: bool = False
     conv1d: bool = False
 
@@ -117,8 +119,9 @@ def linear_dims(module: nn.Module) -> tuple[int, int] | None:
 
 
 def _is_moe(module: nn.Module) -> bool:
+    # stacked expert weights are [n_experts, .., ..]; RWKV-style [1, 1, d] mixing vectors are not experts
     return any(name.split(".")[-1] == "experts" for name, _ in module.named_modules()) or any(
-        p.ndim >= 3 for p in module.parameters()
+        p.ndim >= 3 and p.shape[0] > 1 for p in module.parameters()
     )
 
 
@@ -288,6 +291,8 @@ def discover(
         except AttributeError as err:
             raise DiscoveryError(f"{family}: model.mlp={mlp!r} is not an attribute path of a block: {err}") from None
     mlp0 = resolve_path(block0, mlp)
+    if down_proj is None and not moe and any(_is_moe(resolve_path(b, mlp)) for b in block_list):
+        moe = True  # dense first blocks, experts later (e.g. DeepSeek-style first_k_dense): one rule for all
     if down_proj is None:
         down_proj = "" if moe else _pick_down(mlp0, d_model, stated["d_mlp"], f"{family} MLP {mlp!r}",
                                              direct_only=(mlp == ""))
@@ -304,7 +309,7 @@ def discover(
     if stated["n_layers"] is not None and len(block_list) != stated["n_layers"]:
         raise DiscoveryError(f"{family}: {blocks} has {len(block_list)} blocks, the config says {stated['n_layers']}")
 
-    seq_first, adds_residual = False, False
+    seq_first, flat, adds_residual = False, False, False
     if dry_run:
         seen = _dry_run(model, block0, mlp0, down0)
         if down0 is not None and seen["down_calls"] != 1:
@@ -313,14 +318,15 @@ def discover(
         signal = seen.get("down_out", seen.get("mlp_out"))
         if signal is None:
             raise DiscoveryError(f"{family}: the MLP {mlp!r} did not run in block 0's forward {hint}")
-        if signal.ndim != 3 or signal.shape[-1] != d_model or signal.shape[:2] not in ((2, 3), (3, 2)):
+        flat = tuple(signal.shape) == (6, d_model)
+        if not flat and (signal.ndim != 3 or signal.shape[-1] != d_model or signal.shape[:2] not in ((2, 3), (3, 2))):
             raise DiscoveryError(f"{family}: the MLP output has shape {tuple(signal.shape)}; expected "
-                                 f"[batch=2, seq=3, {d_model}] or sequence-first [3, 2, {d_model}]")
+                                 f"[batch=2, seq=3, {d_model}], sequence-first [3, 2, {d_model}] or flat [6, {d_model}]")
         seq_first = tuple(signal.shape[:2]) == (3, 2)
         if down0 is not None and "mlp_out" in seen and mlp:
             adds_residual = seen["mlp_out"].shape != signal.shape or not torch.allclose(seen["mlp_out"], signal)
     spec = ArchSpec(family=family, blocks=blocks, mlp=mlp, down_proj=down_proj, seq_first=seq_first,
-                    n_layers=len(block_list), d_model=d_model, d_mlp=d_mlp, moe=moe,
+                    n_layers=len(block_list), d_model=d_model, d_mlp=d_mlp, moe=moe, flat=flat,
                     mlp_adds_residual=adds_residual, conv1d=type(down0).__name__ == "Conv1D")
     _CACHE[model] = spec
     return spec

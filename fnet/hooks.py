@@ -55,8 +55,10 @@ class SiteHook:
     ``edit(layer, hidden)`` returns the ``[batch, seq, width]`` tensor the model goes on with (same shape).
     """
 
-    def __init__(self, layer: int, signal: str, spec: ArchSpec, read: Read | None, edit: Edit | None, stop: bool):
+    def __init__(self, layer: int, signal: str, spec: ArchSpec, read: Read | None, edit: Edit | None, stop: bool,
+                 input_shape: dict | None = None):
         self.layer, self.signal, self.spec = int(layer), signal, spec
+        self.input_shape = input_shape  # flat layouts: {"shape": (batch, seq)} of the current forward pass
         self.name = site_name(signal, layer)
         self.read, self.edit, self.stop = read, edit, stop
 
@@ -65,14 +67,17 @@ class SiteHook:
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` in the model's layout -> what the model goes on with (model layout)."""
-        view = to_batch_first(hidden, self.spec)  # [batch, seq, width]
+        if self.spec.flat:  # [batch*seq, width] -> [batch, seq, width] with the shape of this forward's input
+            view = hidden.view(*self.input_shape["shape"], hidden.shape[-1])
+        else:
+            view = to_batch_first(hidden, self.spec)  # [batch, seq, width]
         if self.edit is not None:
             new = self.edit(self.layer, view)
             if not isinstance(new, torch.Tensor) or new.shape != view.shape:
                 got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
                 raise ValueError(f"{self.name}: edit returned {got}, expected a tensor of shape {tuple(view.shape)}")
             view = new
-            hidden = to_batch_first(new, self.spec)  # the layout swap is its own inverse
+            hidden = new.reshape(hidden.shape) if self.spec.flat else to_batch_first(new, self.spec)  # an involution
         if self.read is not None:
             self.read(self.layer, view)
         if self.stop:
@@ -122,9 +127,13 @@ def trace_signal(
     if bad:
         raise ValueError(f"layers {bad} out of range: the model has {len(modules)} layers (0..{len(modules) - 1})")
     hooks, handles = [], []
+    input_shape: dict = {}
     try:
+        if spec.flat:  # the batch and sequence sizes of each forward pass, to unflatten [batch*seq, width]
+            handles.append(model.register_forward_pre_hook(
+                lambda _m, args, kwargs: input_shape.__setitem__("shape", _batch_seq(args, kwargs)), with_kwargs=True))
         for layer in chosen:
-            hook = SiteHook(layer, signal, spec, read, edit, stop=stop and layer == chosen[-1])
+            hook = SiteHook(layer, signal, spec, read, edit, stop=stop and layer == chosen[-1], input_shape=input_shape)
             hooks.append(hook)
             module = modules[layer]
             if signal == "mlp_out":
@@ -139,3 +148,10 @@ def trace_signal(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _batch_seq(args: tuple, kwargs: dict) -> tuple[int, int]:
+    for value in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), args[0] if args else None):
+        if isinstance(value, torch.Tensor) and value.ndim >= 2:
+            return int(value.shape[0]), int(value.shape[1])
+    raise ValueError("flat-layout model called without input_ids / inputs_embeds: cannot tell batch from sequence")

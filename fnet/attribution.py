@@ -32,9 +32,8 @@ baseline, the activation times its (partial) gradient.
 Baselines: ``zero`` (all signals 0) or ``mean`` (a per-neuron mean ``[layer, unit]``, e.g. over a corpus,
 broadcast to every position), or any tensor broadcastable to ``[batch, seq, layer, unit]``.
 
-Everything architecture-specific goes through the registry: hooks on :func:`fnet.models.signal_modules`, and
-:func:`fnet.models.to_batch_first` for the layout (it swaps axes 0 and 1 for sequence-first models, which is
-its own inverse, so it also maps a batch-first replacement back into the model's layout).
+Everything architecture-specific goes through the one hook primitive :func:`fnet.hooks.trace_signal`
+(``edit=...``), which finds the sites by structure and converts sequence-first layouts in one place.
 
 Why hand-written: Captum's ``LayerIntegratedGradients`` attributes to one layer at a time (or, with a list of
 layers, still interpolates each layer separately while the others keep their unpatched values), so it would
@@ -45,7 +44,6 @@ one leaf tensor takes a few dozen lines of hooks and gives every layer's attribu
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -53,7 +51,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fnet.models import ArchSpec, check_signal, get_arch, signal_modules, to_batch_first
+from fnet.hooks import trace_signal
+from fnet.models import ArchSpec, check_signal, get_arch, signal_modules
 
 __all__ = [
     "METHODS",
@@ -77,11 +76,6 @@ BASELINES = ("zero", "mean")
 RANK_BY = ("abs", "signed")
 SELECTION_RULES = ("frequency", "contrast")
 
-# to_batch_first swaps axes 0 and 1 for sequence-first layouts and is the identity otherwise: an involution, so
-# the same call maps a [batch, seq, width] replacement back into the model's own layout.
-_to_model_layout = to_batch_first
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Hooks
 # --------------------------------------------------------------------------------------------------------------
@@ -92,42 +86,15 @@ def replace_signals(
     replace: Callable[[int, torch.Tensor], torch.Tensor],
     *,
     spec: ArchSpec | None = None,
-) -> Iterator[list[nn.Module]]:
+) -> Iterator[list]:
     """While active, every layer's signal is replaced by ``replace(layer, hidden)``.
 
     ``hidden`` is the signal the module computed, in batch-first layout ``[batch, seq, width]``; the return value
-    (same shape, batch-first) is what the rest of the model sees. Hooks are bound to their layer with
-    ``functools.partial`` (never a closure over the loop variable) and removed on exit, also on error.
+    (same shape, batch-first) is what the rest of the model sees. An ``edit`` of :func:`fnet.hooks.trace_signal`
+    (per-layer hook objects, layout handled there); hooks are removed on exit, also on error.
     """
-    spec = spec or get_arch(model)
-    modules = signal_modules(model, check_signal(signal), spec)
-
-    def swap(layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        new = replace(layer, to_batch_first(hidden, spec))
-        new = _to_model_layout(new, spec)
-        if new.shape != hidden.shape:
-            raise ValueError(f"layer {layer}: replacement has shape {tuple(new.shape)}, expected {tuple(hidden.shape)}")
-        return new
-
-    def out_hook(layer, _module, _inputs, output):
-        if isinstance(output, tuple):
-            return (swap(layer, output[0]),) + tuple(output[1:])
-        return swap(layer, output)
-
-    def pre_hook(layer, _module, args):
-        return (swap(layer, args[0]),) + tuple(args[1:])
-
-    handles = []
-    try:
-        for layer, module in enumerate(modules):
-            if signal == "mlp_out":
-                handles.append(module.register_forward_hook(functools.partial(out_hook, layer)))
-            else:
-                handles.append(module.register_forward_pre_hook(functools.partial(pre_hook, layer)))
-        yield modules
-    finally:
-        for handle in handles:
-            handle.remove()
+    with trace_signal(model, check_signal(signal), edit=replace, spec=spec) as hooks:
+        yield hooks
 
 
 def target_log_probs(logits: torch.Tensor, target_positions: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
@@ -260,7 +227,7 @@ def attribute(
     layers_clean: list[torch.Tensor | None] = [None] * n_layers
 
     def keep(layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        layers_clean[layer] = hidden.detach()
+        layers_clean[layer] = hidden.detach().clone()  # a copy: some models add to the MLP output in place (Falcon)
         return hidden
 
     with torch.no_grad(), replace_signals(model, signal, keep, spec=spec):

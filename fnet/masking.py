@@ -2,9 +2,11 @@
 
 A mask is a bool tensor ``mask  # [layer, unit]`` over one recording signal (see :mod:`fnet.models`):
 
-* ``mlp_out`` -- the output of each layer's MLP block (``[.., d_model]``), changed by a forward hook on the MLP;
-* ``mlp_act`` -- the MLP's inner activations, the input of each layer's down projection (``[.., d_mlp]``),
-  changed by a forward pre-hook on the down projection.
+* ``mlp_out`` -- what each layer's MLP adds to the residual stream, the output of its down projection
+  (``[.., d_model]``);
+* ``mlp_act`` -- the MLP's inner activations, the input of each layer's down projection (``[.., d_mlp]``).
+
+Both are changed through the one hook primitive :func:`fnet.hooks.trace_signal` (``edit=...``).
 
 ``True`` marks a neuron to act on. :func:`apply_mask` is a context manager that, while active, replaces those
 positions of the signal in every forward pass (also every step of ``model.generate``: with a KV cache each
@@ -14,22 +16,22 @@ step's new positions go through the hooked MLPs, and the cached past was compute
 * ``mode="amplify"`` -- add ``value`` to them (the paper's amplification variant),
 * ``mode="scale"``   -- multiply them by ``value``.
 
-The neuron axis is the last axis of the hooked tensor in every layout (GPT-2's Conv1D, Llama, the sequence-first
-ChatGLM), so nothing here depends on the architecture beyond the registry's module lookup.
+Edits see ``[batch, seq, width]`` in every layout (the sequence-first conversion lives in :mod:`fnet.hooks`), so
+nothing here depends on the architecture.
 
-Each layer's hook is a :class:`_LayerMaskHook` object that owns **its own row** of the mask. The published code
-(Liu et al. 2025) built its hooks in a loop with a closure over the loop variable, so every layer was masked with
-the *last* layer's row; owning the row in an object (or binding it with ``functools.partial``) rules that out, and
-``tests/test_masking.py`` checks it per layer against a by-hand computation.
+Each layer's edit is a :class:`_LayerMaskHook` object that owns **its own row** of the mask, looked up by the layer
+index that :class:`fnet.hooks.SiteHook` owns. The published code (Liu et al. 2025) built its hooks in a loop with a
+closure over the loop variable, so every layer was masked with the *last* layer's row; ``tests/test_masking.py``
+checks per layer against a by-hand computation and keeps a copy of that loop to show the test catches it.
 
 The mask builders (:func:`lesion_mask`, :func:`preserve_mask`, :func:`random_matched_mask`,
 :func:`random_fraction_mask`, and the config-facing :func:`build_mask`) are pure, seeded functions that return a
 :class:`MaskSpec`: the mask plus how to apply it, a description and its counts.
 
 Why hand-written: hooking libraries (TransformerLens, nnsight, baukit, pyvene) intervene on named activations of
-the models they wrap, but none of them takes a per-layer neuron set over fnet's registry-defined signals for
+the models they wrap, but none of them takes a per-layer neuron set over fnet's discovered signals for
 arbitrary HF / remote-code families (sequence-first ChatGLM included), and none provides count-matched random
-controls. The mechanism is a few dozen lines of PyTorch hooks; owning it keeps the per-layer binding auditable.
+controls.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fnet.models import ArchSpec, check_signal, get_arch, model_dims, signal_modules
+from fnet.hooks import trace_signal
+from fnet.models import ArchSpec, check_signal, down_proj_modules, find_blocks, get_arch, model_dims
 
 __all__ = [
     "APPLY_MODES",
@@ -209,26 +212,13 @@ class _LayerMaskHook:
             return hidden + operand
         return hidden * operand
 
-    # forward hook on the MLP (mlp_out): return the modified output
-    def forward_hook(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
-        if isinstance(output, tuple):  # e.g. (hidden, bias) or (hidden, aux_loss)
-            return (self.transform(output[0]),) + tuple(output[1:])
-        return self.transform(output)
-
-    # forward pre-hook on the down projection (mlp_act): return modified positional args
-    def forward_pre_hook(self, module: nn.Module, args: tuple) -> tuple:
-        if not args:
-            raise RuntimeError(
-                f"apply_mask(signal='mlp_act'): layer {self.layer}'s down projection {type(module).__name__} "
-                f"was called without a positional input; cannot mask its input"
-            )
-        return (self.transform(args[0]),) + tuple(args[1:])
-
 
 def expected_mask_shape(model: nn.Module, signal: str = "mlp_out", spec: ArchSpec | None = None) -> tuple[int, int]:
     """``(n_layers, width)`` a mask over ``signal`` must have for ``model`` (width: d_model for ``mlp_out``,
     d_mlp for ``mlp_act``)."""
     spec = spec or get_arch(model)
+    if check_signal(signal) == "mlp_act" and spec.moe:
+        down_proj_modules(model, spec)  # raises: a mixture of experts has no single mlp_act
     dims = model_dims(getattr(model, "config", model), spec)
     width = dims["d_model"] if check_signal(signal) == "mlp_out" else dims["d_mlp"]
     return dims["n_layers"], width
@@ -291,28 +281,20 @@ def apply_mask(
             f"mask has shape {list(mask.shape)}, expected [n_layers, width] = [{n_layers}, {width}] for signal "
             f"{signal!r} of this {spec.family} model"
         )
-    modules = signal_modules(model, signal, spec)
-    if len(modules) != n_layers:  # config and module tree disagree: refuse rather than mask the wrong layers
-        raise ValueError(f"model has {len(modules)} blocks but its config says n_layers={n_layers}")
+    n_blocks = len(find_blocks(model, spec))
+    if n_blocks != n_layers:  # config and module tree disagree: refuse rather than mask the wrong layers
+        raise ValueError(f"model has {n_blocks} blocks but its config says n_layers={n_layers}")
 
     mask = mask.detach().to("cpu")
-    hooks: list[_LayerMaskHook] = []
-    handles = []
-    try:
-        for layer, module in enumerate(modules):
-            row = mask[layer].clone()  # [unit]: this layer's own row
-            if not bool(row.any()):
-                continue  # nothing to do in this layer (and no per-call cost)
-            hook = _LayerMaskHook(layer, row, mode, value)
-            hooks.append(hook)
-            if signal == "mlp_out":
-                handles.append(module.register_forward_hook(hook.forward_hook))
-            else:
-                handles.append(module.register_forward_pre_hook(hook.forward_pre_hook))
-        yield hooks
-    finally:
-        for handle in handles:
-            handle.remove()
+    # one object per layer owns its row; layers whose row is all False get no hook (and no per-call cost)
+    by_layer = {layer: _LayerMaskHook(layer, mask[layer].clone(), mode, value)
+                for layer in range(n_layers) if bool(mask[layer].any())}
+    if not by_layer:
+        yield []
+        return
+    with trace_signal(model, signal, edit=lambda layer, hidden: by_layer[layer].transform(hidden),
+                      layers=sorted(by_layer), spec=spec):
+        yield list(by_layer.values())
 
 
 # --------------------------------------------------------------------------------------------------------------

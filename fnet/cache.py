@@ -66,10 +66,10 @@ ENTRY_SUFFIX = ".fnet-entry"  # JSON; not named *.json so globs over a kind's en
 #: thresholding; ``eval_baselines`` <- task data, prompting and scoring.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
     "models": ("fnet.models",),
-    "activations": ("fnet.models", "fnet.hooks", "fnet.recording", "fnet.store", "fnet.tiny_chatglm"),
-    "networks": ("fnet.models", "fnet.hooks", "fnet.recording", "fnet.store", "fnet.tiny_chatglm", "fnet.data",
+    "activations": ("fnet.models", "fnet.discovery", "fnet.hooks", "fnet.recording", "fnet.store", "fnet.tiny_chatglm"),
+    "networks": ("fnet.models", "fnet.discovery", "fnet.hooks", "fnet.recording", "fnet.store", "fnet.tiny_chatglm", "fnet.data",
                  "fnet.analysis", "fnet.decomposition", "fnet.networks"),
-    "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.tiny_chatglm", "fnet.tasks", "fnet.scoring",
+    "eval_baselines": ("fnet.models", "fnet.discovery", "fnet.hooks", "fnet.tiny_chatglm", "fnet.tasks", "fnet.scoring",
                        "fnet.prompts", "fnet.loglik", "fnet.metrics",
                        "fnet.evaluation", "fnet.lit.zeroshot", "fnet.lit.datamodules", "fnet.lit.classification",
                        "fnet.lit.qa", "fnet.finetune"),

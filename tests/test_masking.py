@@ -449,5 +449,6 @@ def test_mask_configs_build():
         cfg = OmegaConf.to_container(OmegaConf.load(f))
         keys = keys or set(cfg)
         assert set(cfg) == keys, f.name
+        assert cfg.pop("allow_foreign") is False, f.name  # a provenance check (fnet.cache), not a mask parameter
         spec = build_mask(**cfg, netset=ns, n_layers=ns.n_layers, width=ns.width)
         assert (spec is None) == (cfg["mode"] == "none"), f.name

@@ -3,6 +3,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_submitit_local_sweep_runs_each_job_and_aggregates(tmp_path, shared_data):
     sweep_dir = tmp_path / "sweep"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "FNET_CACHE": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               FNET_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "evaluate.py", "-m", "hydra/launcher=local", "hydra.launcher.timeout_min=5",
            "model=tiny_gpt2", "task=sst2", "task.limit=4", "mask=random_fraction", "mask.fraction=0.25",
            "mask.seed=1,2", "eval.baseline=false", "eval.bootstrap=20", "logger=none", f"paths.data_dir={shared_data}",

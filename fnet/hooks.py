@@ -145,9 +145,28 @@ def trace_signal(
         except StopForward:
             if not stop:
                 raise
+            _offload_again(model)
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _offload_again(model: nn.Module) -> None:
+    """After a stopped pass: give back the weights accelerate loaded for modules whose forward was cut short.
+
+    accelerate's offload hook (``AlignDevicesHook(offload=True)``, from ``device_map`` with "cpu"/"disk" entries)
+    loads a module's weights in ``pre_forward`` and sets them back to "meta" in ``post_forward``, with no
+    ``try/finally`` around the forward; a module still running when :class:`StopForward` passes through it (a block
+    or MLP with its own tensors, or one of ``preload_module_classes``) would keep its weights in memory. Its own
+    ``post_forward`` puts them back."""
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        if hook is None:
+            continue
+        for part in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+            if getattr(part, "offload", False) and any(
+                    t.device.type != "meta" for t in module.parameters(recurse=bool(part.place_submodules))):
+                part.post_forward(module, None)
 
 
 def _batch_seq(args: tuple, kwargs: dict) -> tuple[int, int]:

@@ -1,0 +1,257 @@
+"""Random controls matched to neuron magnitude, and the massive-channel diagnostic.
+
+A count-matched random control (``mask=random``) draws as many random neurons per layer as a network has there.
+A few residual channels of most LLMs carry activations orders of magnitude larger than the rest ("massive
+activations"); functional networks often contain them, a uniform draw almost never does. So a network lesion
+that hurts more than its count-matched control may only say "these huge channels matter". The pieces here let a
+study tell the two apart:
+
+- :func:`neuron_scale`: each neuron's activation scale (RMS over the recorded tokens);
+- :func:`magnitude_matched_mask`: a random control with the same per-layer counts, drawn from the same per-layer
+  quantile bins of that scale;
+- :func:`top_units`, :func:`recurring_units`, :func:`spare`, :func:`unit_masks`: the top-magnitude units per
+  layer, the units (by index across layers: for ``mlp_out`` the unit index is the residual channel, the same in
+  every layer) most frequent across networks, a mask with those units spared, and single-unit lesion masks.
+
+All functions are pure: plain arrays in, arrays out (numpy or torch bool masks ``[layer, unit]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["neuron_scale", "magnitude_bins", "magnitude_matched_draw", "magnitude_matched_mask", "top_units",
+           "recurring_units", "spare", "unit_masks"]
+
+
+def _as_bool_array(mask: Any, name: str) -> np.ndarray:
+    if hasattr(mask, "detach"):  # torch tensor
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        raise TypeError(f"{name} must be a boolean mask, got dtype {mask.dtype}")
+    return mask
+
+
+def _as_scale(scale: Any) -> np.ndarray:
+    if hasattr(scale, "detach"):
+        scale = scale.detach().cpu().numpy()
+    scale = np.asarray(scale, dtype=np.float64)
+    if scale.ndim != 2:
+        raise ValueError(f"scale must be 2-D [layer, unit], got shape {scale.shape}")
+    if not np.all(np.isfinite(scale)):
+        raise ValueError("scale has non-finite values")
+    return scale
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scale
+# --------------------------------------------------------------------------------------------------------------
+def neuron_scale(arrays: Sequence[Any], n_layers: int, *, chunk_rows: int = 4096) -> np.ndarray:
+    """Root mean square of every neuron over all recorded tokens.
+
+    Parameters
+    ----------
+    arrays : sequence of array-like
+        Per-text activations, each ``[tokens, n_layers*width]`` (float16 memory maps of an ActivationStore's
+        ``.arrays()``); streamed ``chunk_rows`` tokens at a time, so nothing is loaded whole.
+    n_layers : int
+        Layers of the flattened neuron axis (layer-major: neuron ``l*width + u``).
+    chunk_rows : int
+        Tokens per chunk.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``scale  # [n_layers, width] float64``, sqrt(sum x^2 / tokens), accumulated in float64.
+    """
+    if not len(arrays):
+        raise ValueError("neuron_scale needs at least one activation array")
+    n_neurons = int(arrays[0].shape[1])
+    if n_neurons % n_layers:
+        raise ValueError(f"{n_neurons} neurons per token do not split into n_layers={n_layers} equal layers")
+    sum_sq = np.zeros(n_neurons, dtype=np.float64)  # [layers*width]
+    n_tokens = 0
+    for i, acts in enumerate(arrays):  # acts  # [tokens, layers*width]
+        if acts.ndim != 2 or acts.shape[1] != n_neurons:
+            raise ValueError(f"array {i} has shape {tuple(acts.shape)}; expected [tokens, {n_neurons}]")
+        for start in range(0, acts.shape[0], chunk_rows):
+            block = np.asarray(acts[start:start + chunk_rows], dtype=np.float64)  # [chunk, layers*width]
+            sum_sq += np.einsum("tn,tn->n", block, block)
+        n_tokens += int(acts.shape[0])
+    if n_tokens == 0:
+        raise ValueError("the activation arrays hold no tokens")
+    return np.sqrt(sum_sq / n_tokens).reshape(n_layers, n_neurons // n_layers)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Magnitude-matched control
+# --------------------------------------------------------------------------------------------------------------
+def magnitude_bins(scale: Any, n_bins: int = 10) -> np.ndarray:
+    """Per-layer quantile bin of every neuron's scale.
+
+    Bins are by rank within the layer (equal-count bins; ties broken by unit index), so bin ``b`` of layer ``l``
+    holds the units whose scale lies between that layer's ``b/n_bins`` and ``(b+1)/n_bins`` quantiles.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``bins  # [layer, unit] int64`` in ``0 .. n_bins-1`` (0 = smallest scale).
+    """
+    scale = _as_scale(scale)
+    n_layers, width = scale.shape
+    if not 1 <= n_bins <= width:
+        raise ValueError(f"n_bins must be between 1 and the layer width {width}, got {n_bins}")
+    order = np.argsort(scale, axis=1, kind="stable")  # [layer, unit]: units by ascending scale
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(width)[None, :].repeat(n_layers, 0), axis=1)
+    return (ranks * n_bins) // width
+
+
+def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int = 0,
+                           exclude: Any = None) -> tuple[np.ndarray, int]:
+    """A random mask with ``mask``'s per-layer counts and its per-layer magnitude profile.
+
+    For every layer and every masked neuron, one random neuron is drawn (without replacement) from the same
+    quantile bin of that layer's ``scale`` (:func:`magnitude_bins`), among the neurons that are neither in
+    ``mask`` nor in ``exclude``. When that bin has run out, the nearest bin with a free neuron is used (the
+    lower one on a tie) and the fallback is counted.
+
+    Parameters
+    ----------
+    mask : bool array ``[layer, unit]``
+        The reference (e.g. a network, or the union of networks).
+    scale : array ``[layer, unit]``
+        Neuron scale (:func:`neuron_scale`).
+    n_bins : int
+        Quantile bins per layer.
+    seed : int
+        Seed of the draw (same seed, same inputs -> same mask).
+    exclude : bool array ``[layer, unit]``, optional
+        Further neurons never drawn (e.g. every network's neurons).
+
+    Returns
+    -------
+    (numpy.ndarray, int)
+        ``drawn  # [layer, unit] bool`` and the number of neurons taken from a neighbouring bin.
+    """
+    mask = _as_bool_array(mask, "mask")
+    scale = _as_scale(scale)
+    if mask.shape != scale.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from scale shape {scale.shape}")
+    blocked = mask.copy()
+    if exclude is not None:
+        exclude = _as_bool_array(exclude, "exclude")
+        if exclude.shape != mask.shape:
+            raise ValueError(f"exclude shape {exclude.shape} differs from mask shape {mask.shape}")
+        blocked |= exclude
+    bins = magnitude_bins(scale, n_bins)  # [layer, unit]
+    rng = np.random.default_rng(seed)
+    drawn = np.zeros_like(mask)
+    fallbacks = 0
+    for layer in range(mask.shape[0]):
+        wanted = np.flatnonzero(mask[layer])
+        free = [list(rng.permutation(np.flatnonzero((bins[layer] == b) & ~blocked[layer]))) for b in range(n_bins)]
+        n_free = sum(len(f) for f in free)
+        if len(wanted) > n_free:
+            raise ValueError(f"layer {layer}: {len(wanted)} neurons to match but only {n_free} neurons outside the "
+                             "reference (and exclude) to draw from")
+        for unit in rng.permutation(wanted):
+            home = int(bins[layer, unit])
+            for distance in range(n_bins):
+                candidates = [b for b in (home - distance, home + distance) if 0 <= b < n_bins and free[b]]
+                if candidates:
+                    break
+            chosen = candidates[0]
+            fallbacks += chosen != home
+            drawn[layer, free[chosen].pop()] = True
+    return drawn, fallbacks
+
+
+def magnitude_matched_mask(mask: Any, scale: Any, *, n_bins: int = 10, seed: int = 0,
+                           exclude: Any = None) -> np.ndarray:
+    """``drawn  # [layer, unit] bool`` of :func:`magnitude_matched_draw` (without the fallback count)."""
+    return magnitude_matched_draw(mask, scale, n_bins=n_bins, seed=seed, exclude=exclude)[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Massive-channel diagnostic
+# --------------------------------------------------------------------------------------------------------------
+def top_units(scale: Any, k: int) -> np.ndarray:
+    """The ``k`` largest-scale units of every layer.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``units  # [layer, k] int64``, per layer by descending scale (ties: lower unit first).
+    """
+    scale = _as_scale(scale)
+    if not 1 <= k <= scale.shape[1]:
+        raise ValueError(f"k must be between 1 and the layer width {scale.shape[1]}, got {k}")
+    return np.argsort(-scale, axis=1, kind="stable")[:, :k]
+
+
+def _masks_of(netset_or_masks: Any) -> np.ndarray:
+    masks = getattr(netset_or_masks, "masks", netset_or_masks)
+    masks = _as_bool_array(masks, "masks")
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [K, layer, unit], got shape {masks.shape}")
+    return masks
+
+
+def recurring_units(netset_or_masks: Any, top: int | None = None, *, among: Sequence[int] | None = None) -> list[dict]:
+    """Units ranked by how many networks contain them (in any layer).
+
+    Parameters
+    ----------
+    netset_or_masks : NetworkSet or bool array ``[K, layer, unit]``
+    top : int, optional
+        Keep the first ``top`` units.
+    among : sequence of int, optional
+        Rank only these unit indices (e.g. the top-magnitude units).
+
+    Returns
+    -------
+    list of dict
+        ``{"unit", "networks" (how many contain it), "occurrences" (network x layer pairs), "network_ids",
+        "layers"}`` by descending ``networks``, then ``occurrences``, then unit index; units in no network are
+        left out.
+    """
+    masks = _masks_of(netset_or_masks)  # [K, layer, unit]
+    per_network = masks.any(axis=1)  # [K, unit]
+    n_networks = per_network.sum(axis=0)  # [unit]
+    occurrences = masks.sum(axis=(0, 1))  # [unit]
+    units = np.flatnonzero(n_networks) if among is None else [int(u) for u in among if n_networks[int(u)]]
+    ranked = sorted(units, key=lambda u: (-int(n_networks[u]), -int(occurrences[u]), int(u)))
+    rows = [{"unit": int(u), "networks": int(n_networks[u]), "occurrences": int(occurrences[u]),
+             "network_ids": np.flatnonzero(per_network[:, u]).tolist(),
+             "layers": np.flatnonzero(masks[:, :, u].any(axis=0)).tolist()} for u in ranked]
+    return rows if top is None else rows[:top]
+
+
+def spare(mask: Any, units: Sequence[int]) -> np.ndarray:
+    """``mask`` (``[..., layer, unit]`` bool) with ``units`` removed in every layer (the lesion spares them)."""
+    out = _as_bool_array(mask, "mask").copy()
+    units = [int(u) for u in units]
+    if units and not all(0 <= u < out.shape[-1] for u in units):
+        raise ValueError(f"units {units} out of range for width {out.shape[-1]}")
+    out[..., units] = False
+    return out
+
+
+def unit_masks(netset_or_masks: Any, units: Sequence[int]) -> np.ndarray:
+    """Single-unit lesion masks: unit ``u`` in every layer where some network contains it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``masks  # [len(units), layer, unit] bool``.
+    """
+    masks = _masks_of(netset_or_masks)  # [K, layer, unit]
+    out = np.zeros((len(units),) + masks.shape[1:], dtype=bool)
+    for i, unit in enumerate(units):
+        out[i, :, int(unit)] = masks[:, :, int(unit)].any(axis=0)
+    return out

@@ -1,0 +1,110 @@
+"""fnet.controls: neuron scale, magnitude-matched controls and the massive-channel diagnostic, on planted values."""
+
+import numpy as np
+import pytest
+
+from fnet.controls import (magnitude_bins, magnitude_matched_draw, magnitude_matched_mask, neuron_scale,
+                           recurring_units, spare, top_units, unit_masks)
+
+
+def test_neuron_scale_is_rms_per_neuron_streamed_in_float64(tmp_path):
+    rng = np.random.default_rng(0)
+    n_layers, width = 3, 5
+    texts = [rng.normal(size=(t, n_layers * width)) * 3 for t in (7, 11)]
+    maps = []
+    for i, acts in enumerate(texts):  # float16 memory maps, like an ActivationStore's shards
+        mm = np.lib.format.open_memmap(tmp_path / f"{i}.npy", mode="w+", dtype=np.float16, shape=acts.shape)
+        mm[:] = acts
+        maps.append(np.load(tmp_path / f"{i}.npy", mmap_mode="r"))
+    got = neuron_scale(maps, n_layers, chunk_rows=3)  # chunks split the texts unevenly
+    stacked = np.concatenate([np.asarray(m, dtype=np.float64) for m in maps])
+    expected = np.sqrt((stacked ** 2).mean(axis=0)).reshape(n_layers, width)
+    assert got.shape == (n_layers, width) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # a planted constant neuron: layer 1, unit 2 always 4.0 -> RMS exactly 4
+    planted = np.zeros((5, n_layers * width), dtype=np.float16)
+    planted[:, 1 * width + 2] = 4.0
+    assert neuron_scale([planted], n_layers)[1, 2] == 4.0
+
+
+def test_neuron_scale_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="n_layers=4"):
+        neuron_scale([np.zeros((2, 6))], 4)
+    with pytest.raises(ValueError, match="array 1"):
+        neuron_scale([np.zeros((2, 6)), np.zeros((2, 5))], 2)
+
+
+def test_magnitude_bins_are_per_layer_equal_count_quantiles():
+    scale = np.array([[5.0, 1.0, 3.0, 2.0, 4.0, 0.0], [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]])
+    bins = magnitude_bins(scale, n_bins=3)
+    assert bins.tolist() == [[2, 0, 1, 1, 2, 0], [0, 0, 1, 1, 2, 2]]
+
+
+def _planted_scale(n_layers=4, width=100, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.lognormal(size=(n_layers, width))
+
+
+def test_magnitude_matched_mask_keeps_counts_bins_and_avoids_the_reference():
+    scale = _planted_scale()
+    bins = magnitude_bins(scale, 10)
+    mask = np.zeros(scale.shape, dtype=bool)
+    mask[0, np.argsort(-scale[0])[:3]] = True  # the three largest units of layer 0
+    mask[2, [5, 17, 40, 41, 80]] = True
+    mask[3, np.argsort(scale[3])[:2]] = True  # the two smallest of layer 3
+    drawn, fallbacks = magnitude_matched_draw(mask, scale, n_bins=10, seed=3)
+    assert fallbacks == 0
+    assert drawn.sum(axis=1).tolist() == mask.sum(axis=1).tolist()  # exact per-layer counts
+    assert not (drawn & mask).any()  # never the reference neurons
+    for layer in range(scale.shape[0]):  # the same multiset of bins per layer
+        assert sorted(bins[layer, mask[layer]]) == sorted(bins[layer, drawn[layer]])
+    # a count-only draw hits layer 0's top bin rarely; this one always does
+    assert (bins[0, drawn[0]] == 9).all()
+
+
+def test_magnitude_matched_mask_is_seeded_and_respects_exclude():
+    scale = _planted_scale(seed=1)
+    mask = np.zeros(scale.shape, dtype=bool)
+    mask[1, :20] = True
+    a = magnitude_matched_mask(mask, scale, seed=7)
+    b = magnitude_matched_mask(mask, scale, seed=7)
+    c = magnitude_matched_mask(mask, scale, seed=8)
+    assert (a == b).all() and not (a == c).all()
+    exclude = a.copy()
+    d = magnitude_matched_mask(mask, scale, seed=7, exclude=exclude)
+    assert not (d & exclude).any() and d.sum() == 20
+
+
+def test_magnitude_matched_mask_falls_back_to_the_nearest_bin_and_counts_it():
+    scale = np.arange(10, dtype=float)[None, :]  # one layer, 5 bins of 2 units: {0,1}, {2,3}, ...
+    mask = np.zeros((1, 10), dtype=bool)
+    mask[0, [8, 9]] = True  # the whole top bin: its matches must come from bin 3 (units 6, 7)
+    drawn, fallbacks = magnitude_matched_draw(mask, scale, n_bins=5, seed=0)
+    assert fallbacks == 2 and np.flatnonzero(drawn[0]).tolist() == [6, 7]
+    with pytest.raises(ValueError, match="layer 0"):
+        magnitude_matched_draw(np.ones((1, 10), dtype=bool), scale, n_bins=5)
+
+
+def test_massive_unit_is_found_first_spared_and_lesioned_alone():
+    n_layers, width, K = 4, 50, 6
+    scale = np.ones((n_layers, width))
+    scale[:, 33] = 100.0  # the planted massive channel, every layer
+    scale[2, 7] = 50.0
+    assert top_units(scale, 2)[:, 0].tolist() == [33] * n_layers
+    assert top_units(scale, 2)[2].tolist() == [33, 7]
+    masks = np.zeros((K, n_layers, width), dtype=bool)
+    for k in range(K):
+        masks[k, k % n_layers, 33] = True  # unit 33 in every network (various layers)
+        masks[k, 0, 10 + k] = True
+    masks[[1, 4], 3, 9] = True  # unit 9 in two networks
+    ranked = recurring_units(masks)
+    assert ranked[0]["unit"] == 33 and ranked[0]["networks"] == K
+    assert ranked[0]["layers"] == [0, 1, 2, 3]
+    assert ranked[1] == {"unit": 9, "networks": 2, "occurrences": 2, "network_ids": [1, 4], "layers": [3]}
+    assert [r["unit"] for r in recurring_units(masks, among=[9, 10, 45])] == [9, 10]  # 45 is in no network
+    spared = spare(masks, [33])
+    assert not spared[..., 33].any() and (spared.sum() == masks.sum() - K)
+    singles = unit_masks(masks, [33, 9])
+    assert singles.shape == (2, n_layers, width)
+    assert np.flatnonzero(singles[0].any(axis=0)).tolist() == [33] and singles[0, :, 33].all()
+    assert singles[1].sum() == 1 and singles[1, 3, 9]

@@ -234,6 +234,7 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
         model_fields["model_config_ignored"] = model_name
     if mask.get("foreign"):
         model_fields["foreign_networks"] = mask["foreign"]
+    model_fields.pop("ckpt_path", None)  # a checkpoint's identity names it too; cfg.ckpt_path below is the same
     row["provenance"] = provenance(
         **model_fields, signal=cfg.record.signal if "record" in cfg else None,
         data=(extra or {}).get("data"), seed=int(cfg.seed), K=K, task=results.get("task"),

@@ -1,0 +1,145 @@
+"""fnet.study: the resumable job runner (with a fake entry point), presets, and the tiny study end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fnet.study import Job, load_preset, plan, run_jobs, summary_lines
+
+FAKE = '''
+import json, sys, pathlib
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+out = pathlib.Path(args["hydra.run.dir"])
+with open(pathlib.Path(__file__).with_name("calls.txt"), "a") as f:
+    f.write(args.get("name", "?") + "\\n")
+if args.get("fail") == "1" or pathlib.Path(__file__).with_name("fail_" + args.get("name", "?")).exists():
+    sys.exit(3)
+if args.get("kind") == "ckpt":
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints" / "best-0-1.ckpt").write_text(args.get("weights", "w0"))
+else:
+    (out / "result.json").write_text(json.dumps({"args": args}))
+'''
+
+
+@pytest.fixture
+def fake(tmp_path):
+    (tmp_path / "fake.py").write_text(FAKE)
+    return tmp_path
+
+
+def _calls(fake):
+    path = fake / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def _jobs(lr="0.1"):
+    return [
+        Job("train/a", "train", ["fake.py"], ["name=train", "kind=ckpt"], [], {}, "checkpoints/best-*.ckpt"),
+        Job("evaluate/a/x", "evaluate", ["fake.py"], ["name=x", "ckpt={train/a}", f"lr={lr}"], ["train/a"]),
+        Job("evaluate/a/y", "evaluate", ["fake.py"], ["name=y", "ckpt={train/a}"], ["train/a"]),
+    ]
+
+
+def _run(fake, jobs, **kw):
+    kw.setdefault("env_key", "env0")
+    return run_jobs(jobs, fake / "study", cwd=fake, log=lambda *_: None, **kw)
+
+
+def test_rerun_skips_finished_jobs_and_says_nothing_was_recomputed(fake):
+    first = _run(fake, _jobs())
+    assert first["counts"]["ran"] == 3 and _calls(fake) == ["train", "x", "y"]
+    ckpt = next((fake / "study" / "train").glob("*/checkpoints/best-0-1.ckpt"))
+    result = json.loads(next((fake / "study" / "evaluate").glob("a_x-*/result.json")).read_text())
+    assert result["args"]["ckpt"] == str(ckpt)  # the placeholder became the dependency's output
+    second = _run(fake, _jobs())
+    assert _calls(fake) == ["train", "x", "y"]  # nothing ran again
+    assert second["counts"] == {"skipped": 3, "ran": 0, "failed": 0, "blocked": 0, "pending": 0, "excluded": 0}
+    lines = summary_lines(second)
+    assert lines[0].startswith("3 jobs, 3 already done, recomputed 0")
+    assert "nothing was recomputed" in lines[1]
+
+
+def test_a_changed_override_or_input_content_reruns_only_what_depends_on_it(fake):
+    _run(fake, _jobs())
+    _run(fake, _jobs(lr="0.2"))
+    assert _calls(fake) == ["train", "x", "y", "x"]  # only x changed
+    assert len(list((fake / "study" / "evaluate").glob("a_x-*"))) == 2  # the old result is kept
+    # the checkpoint's bytes changed under a finished train job: its dependents are recomputed, train is not
+    ckpt = next((fake / "study" / "train").glob("*/checkpoints/best-0-1.ckpt"))
+    ckpt.write_text("other weights")
+    result = _run(fake, _jobs(lr="0.2"))
+    assert _calls(fake)[4:] == ["x", "y"] and result["counts"]["skipped"] == 1
+    _run(fake, _jobs(lr="0.2"), env_key="env1")  # another code / config version: everything anew
+    assert _calls(fake)[6:] == ["train", "x", "y"]
+
+
+def test_a_failed_job_is_recorded_its_dependents_blocked_the_rest_run_and_a_rerun_continues(fake):
+    (fake / "fail_train").write_text("")
+    result = _run(fake, _jobs() + [Job("evaluate/b/z", "evaluate", ["fake.py"], ["name=z"])])
+    assert result["counts"]["failed"] == 1 and result["counts"]["blocked"] == 2 and result["counts"]["ran"] == 1
+    assert _calls(fake) == ["train", "z"]
+    failed = json.loads(next((fake / "study" / "train").glob("*/failed.json")).read_text())
+    assert failed["why"] == "exit code 3" and not list((fake / "study" / "train").glob("*/job.json"))
+    lines = summary_lines(result)
+    assert any("failed: train/a" in line for line in lines) and any("blocked: evaluate/a/x" in line for line in lines)
+    (fake / "fail_train").unlink()
+    again = _run(fake, _jobs() + [Job("evaluate/b/z", "evaluate", ["fake.py"], ["name=z"])])
+    assert _calls(fake)[2:] == ["train", "x", "y"] and again["counts"]["skipped"] == 1
+    assert list((fake / "study" / "train").glob("*.interrupted-*"))  # the failed attempt is kept aside
+
+
+def test_only_and_dry_run_run_nothing_else(fake):
+    result = _run(fake, _jobs(), only="train")
+    assert _calls(fake) == ["train"] and result["counts"]["excluded"] == 2
+    dry = _run(fake, _jobs(), dry_run=True)
+    assert _calls(fake) == ["train"] and dry["counts"] == {"skipped": 1, "ran": 0, "failed": 0, "blocked": 0,
+                                                           "pending": 2, "excluded": 0}
+
+
+def test_presets_load_and_bad_keys_are_named():
+    tiny = load_preset("tiny")
+    jobs = plan(tiny)
+    names = [j.name for j in jobs]
+    assert len(names) == len(set(names))
+    stages = [j.stage for j in jobs]
+    assert stages.index("train") < stages.index("analyze") < stages.index("controls") < stages.index("evaluate")
+    conditions = {j.meta.get("condition") for j in jobs if j.stage == "evaluate"}
+    assert conditions == {"unmasked", "lesion", "count", "magnitude", "spared", "unit", "preserve",
+                          "preserve_count", "preserve_magnitude"}
+    assert sum(1 for j in jobs if j.meta.get("condition") == "count" and j.meta.get("target") == "all") == 2
+    for name in ("smollm2", "gpt2", "qwen2_5_3b", "chatglm3_6b"):
+        preset = load_preset(name)
+        jobs = plan(preset)
+        assert {j.meta["task"] for j in jobs if j.stage == "evaluate"} >= set(preset["tasks"])
+    smol = plan(load_preset("smollm2"))
+    assert {j.meta["task"] for j in smol if j.meta.get("path") == "zeroshot"} == {"sst2 (zero-shot)",
+                                                                                  "ag_news (zero-shot)"}
+    assert len({j.meta["K"] for j in smol if j.meta.get("condition") == "preserve"}) == 5
+    with pytest.raises(ValueError, match="unknown keys \\['sedes'\\]; valid keys"):
+        load_preset("tiny", ["sedes=3"])
+    with pytest.raises(FileNotFoundError, match="valid presets: .*'tiny'"):
+        load_preset("nope")
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
+    """Fine-tune, analyze, controls and evaluate jobs of the tiny preset (trimmed), then a rerun that skips all."""
+    root = tmp_path / "study"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "fnet.study", "tiny", "lesion_each=[]", "seeds=2", "--root", str(root)]
+    repo = Path(__file__).resolve().parent.parent
+    first = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    report = (root / "report.md").read_text()
+    assert "sst2, all networks lesioned" in report and "count-matched" in report
+    assert "only K=3 networks kept" in report
+    assert (root / "summary.csv").exists() and (root / "layers.png").exists() and (root / "preservation.png").exists()
+    second = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    assert second.returncode == 0
+    n = len(plan(load_preset("tiny", ["lesion_each=[]", "seeds=2"])))
+    assert f"{n} jobs, {n} already done, recomputed 0" in second.stdout

@@ -28,6 +28,7 @@ __all__ = ["load_results", "summarize", "statements", "write_report", "paper_tab
 SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_jobs",
                    "n_masked", "n_kept", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance",
                    "unmasked_at_chance", "paper"]
+RANDOM_CONDITIONS = ("count", "magnitude", "preserve_count", "preserve_magnitude")
 CONDITION_ORDER = ["unmasked", "lesion", "count", "magnitude", "spared", "unit", "preserve", "preserve_count",
                    "preserve_magnitude"]
 
@@ -71,9 +72,9 @@ def summarize(rows: Sequence[dict], paper: dict | None = None) -> list[dict]:
     unmasked = {task: g[0] for (task, _, cond, _, _), g in groups.items() if cond == "unmasked"}
     out = []
     for (task, variant, cond, target, K), group in groups.items():
-        if len(group) == 1:
+        if cond not in RANDOM_CONDITIONS and len(group) == 1:  # one job: its own (Wilson / bootstrap) CI
             score, lo, hi = _f(group[0]["score"]), _f(group[0]["ci_low"]), _f(group[0]["ci_high"])
-        else:
+        else:  # random draws: between-seed t interval (one seed: no interval, so nothing is claimed)
             score, lo, hi = mean_ci([_f(g["score"]) for g in group])
         base = unmasked.get(task, {})
         chance = base.get("chance", group[0].get("chance"))

@@ -1,0 +1,87 @@
+"""fnet.study_report on synthetic result.json files: planted effects are stated, a chance-level task is flagged."""
+
+import csv
+import json
+import re
+
+import pytest
+
+from fnet.study_report import paper_tables, statements, write_report
+
+
+def _job(root, name, meta, score, ci, *, chance=0.5, n_masked=0, n_kept=None, n_neurons=1000):
+    folder = root / "evaluate" / name
+    folder.mkdir(parents=True)
+    mask = {"n_masked": n_masked, "n_neurons": n_neurons}
+    if n_kept is not None:
+        mask["n_preserved"] = n_kept
+    result = {"task": meta["task"], "metric": "accuracy", "score": score, "ci": list(ci), "chance": chance,
+              "n": 400, "mask": mask}
+    (folder / "result.json").write_text(json.dumps(result))
+    return {"name": name, "stage": "evaluate", "status": "ran", "folder": str(folder), "meta": meta,
+            "seconds": 2.0}
+
+
+def _planted(root):
+    recs = []
+    sst = {"task": "sst2", "variant": "raw", "K": 10}
+    recs.append(_job(root, "u", {"task": "sst2", "condition": "unmasked"}, 0.90, (0.86, 0.93)))
+    recs.append(_job(root, "l", dict(sst, condition="lesion", target="all"), 0.55, (0.50, 0.60), n_masked=180))
+    for s, v in enumerate([0.88, 0.89, 0.87, 0.90, 0.88]):  # count control: barely hurts
+        recs.append(_job(root, f"c{s}", dict(sst, condition="count", target="all", seed=s), v, (v - .04, v + .04),
+                         n_masked=180))
+    for s, v in enumerate([0.56, 0.58, 0.54, 0.57, 0.55]):  # magnitude control: hurts as much as the networks
+        recs.append(_job(root, f"m{s}", dict(sst, condition="magnitude", target="all", seed=s), v,
+                         (v - .05, v + .05), n_masked=180))
+    recs.append(_job(root, "s", dict(sst, condition="spared", target="all"), 0.83, (0.79, 0.87), n_masked=170))
+    pres = {"task": "sst2", "variant": "raw", "K": 64}
+    recs.append(_job(root, "p", dict(pres, condition="preserve"), 0.86, (0.82, 0.90), n_masked=900, n_kept=100))
+    for s, v in enumerate([0.52, 0.50, 0.51]):
+        recs.append(_job(root, f"pc{s}", dict(pres, condition="preserve_count", seed=s), v, (v - .05, v + .05),
+                         n_masked=900, n_kept=100))
+    # CoLA: unmasked 0.69 [0.64, 0.74] covers the majority rate 0.69 -> at chance
+    recs.append(_job(root, "cu", {"task": "cola", "condition": "unmasked"}, 0.69, (0.64, 0.74), chance=0.69))
+    recs.append(_job(root, "cl", {"task": "cola", "variant": "raw", "K": 10, "condition": "lesion",
+                                  "target": "all"}, 0.31, (0.26, 0.36), chance=0.69, n_masked=180))
+    return recs
+
+
+def test_report_states_planted_effects_and_flags_chance(tmp_path):
+    recs = _planted(tmp_path)
+    out = write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "finetune",
+                                         "n_networks": 10}, records=recs)
+    text = (tmp_path / "report.md").read_text()
+    lesion = next(line for line in text.splitlines() if line.startswith("- sst2, all networks lesioned"))
+    assert "0.550 [0.500, 0.600] vs count-matched 0.884" in lesion
+    assert "Against count-matched: hurts more by 0.334 (intervals apart)" in lesion
+    assert "against magnitude-matched: not distinguishable" in lesion
+    assert "the massive units carry 80% of the drop" in lesion  # (0.83 - 0.55) / (0.90 - 0.55)
+    pres = next(line for line in text.splitlines() if "only K=64 networks kept" in line)
+    assert "100 neurons (10.0% of neurons)" in pres
+    assert "vs unmasked 0.900 [0.860, 0.930]: not distinguishable" in pres
+    assert "vs count-matched random kept 0.510" in pres and "higher by 0.350 (intervals apart)" in pres
+    assert "**cola: at chance.**" in text and "**sst2: at chance" not in text
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    lesion_row = next(r for r in rows if r["task"] == "sst2" and r["condition"] == "lesion")
+    assert float(lesion_row["paper"]) == pytest.approx(0.5436)  # Table 5, GPT-2 SST-2, 10 networks
+    assert float(lesion_row["unmasked"]) == 0.90 and lesion_row["unmasked_at_chance"] == "False"
+    count_row = next(r for r in rows if r["task"] == "sst2" and r["condition"] == "count")
+    assert count_row["n_jobs"] == "5" and float(count_row["ci_low"]) < 0.884 < float(count_row["ci_high"])
+    assert out["preservation"].exists()
+    assert re.search(r"\| evaluate\s*\|\s*19\s*\|\s*38\.0", text.split("## Wall time")[1])  # 19 jobs x 2 s
+
+
+def test_statements_never_claim_without_an_interval(tmp_path):
+    recs = _planted(tmp_path)[:3]  # unmasked, lesion and a single count seed (no interval over seeds)
+    from fnet.study_report import load_results, summarize
+
+    lines = statements(summarize(load_results(recs)))
+    assert "not decided" in lines[0] and "hurts more" not in lines[0]
+
+
+def test_paper_tables_transcribed():
+    models = paper_tables()["models"]
+    assert models["gpt2"]["lesion_each"]["ag_news"]["scores"][4] == 0.5749
+    assert models["gpt2"]["preserve"]["cola"]["256"] == {"score": 0.7776, "kept": 2109}
+    assert models["chatglm3_6b"]["preserve"]["sst2"]["512"] == {"score": 0.9404, "kept": 26513}
+    assert models["qwen2_5_3b"]["unmasked"]["sst2"] == 0.844 and models["qwen2_5_3b"]["lesion_all"]["sst2"] == 0

@@ -389,11 +389,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.root or REPO_ROOT / "outputs" / "study" / preset["name"]).resolve()
     jobs = plan(preset)
     started = time.time()
-    result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run)
+    root.mkdir(parents=True, exist_ok=True)
+    from filelock import Timeout
+
+    from fnet.cache import lock
+
+    try:
+        with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
+            result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run)
+    except Timeout:
+        print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for it "
+              "or pass another --root", file=sys.stderr)
+        return 2
     if args.dry_run:
         for r in result["jobs"]:
             print(f"{r['status']:>8}  {r['name']}")
-    root.mkdir(parents=True, exist_ok=True)
     (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"],
                                                  "seconds": time.time() - started}, indent=1, default=str))
     if not args.dry_run and not args.no_report:

@@ -51,9 +51,10 @@ def load_results(records: Sequence[dict]) -> list[dict]:
         if n_kept is None and n_neurons and rec["meta"].get("condition", "").startswith("preserve"):
             n_kept = n_neurons - int(mask.get("n_masked") or 0)
         ci = result.get("ci") or [None, None]
-        chance = result.get("chance")
+        chance = ((result.get("metrics") or {}).get(result.get("metric")) or {}).get("chance")  # the metric's
         if chance is None:
-            chance = ((result.get("metrics") or {}).get(result.get("metric")) or {}).get("chance")
+            chance = result.get("chance")
+            chance = chance.get("majority") if isinstance(chance, dict) else chance  # {majority, uniform}
         rows.append({**rec["meta"], "metric": result.get("metric"), "score": result.get("score"),
                      "ci_low": ci[0], "ci_high": ci[1], "n_masked": mask.get("n_masked"), "n_kept": n_kept,
                      "n_neurons": n_neurons, "chance": chance, "n": result.get("n")})

@@ -15,8 +15,9 @@ def _job(root, name, meta, score, ci, *, chance=0.5, n_masked=0, n_kept=None, n_
     mask = {"n_masked": n_masked, "n_neurons": n_neurons}
     if n_kept is not None:
         mask["n_preserved"] = n_kept
-    result = {"task": meta["task"], "metric": "accuracy", "score": score, "ci": list(ci), "chance": chance,
-              "n": 400, "mask": mask}
+    result = {"task": meta["task"], "metric": "accuracy", "score": score, "ci": list(ci), "n": 400, "mask": mask,
+              "chance": {"majority": chance, "uniform": 0.5},  # as evaluate.py writes it
+              "metrics": {"accuracy": {"value": score, "ci_low": ci[0], "ci_high": ci[1], "chance": chance}}}
     (folder / "result.json").write_text(json.dumps(result))
     return {"name": name, "stage": "evaluate", "status": "ran", "folder": str(folder), "meta": meta,
             "seconds": 2.0}

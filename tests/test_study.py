@@ -143,3 +143,36 @@ def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
     assert second.returncode == 0
     n = len(plan(load_preset("tiny", ["lesion_each=[]", "seeds=2"])))
     assert f"{n} jobs, {n} already done, recomputed 0" in second.stdout
+
+
+def test_derived_control_networks_follow_the_layout_and_planted_massive_unit():
+    import numpy as np
+
+    from fnet.study_controls import controls_layout, derive_controls
+
+    rng = np.random.default_rng(0)
+    K, n_layers, width = 3, 4, 40
+    scale = rng.uniform(0.5, 1.5, size=(n_layers, width))
+    scale[:, 7] = 80.0  # the massive channel
+    masks = np.zeros((K, n_layers, width), dtype=bool)
+    for k in range(K):
+        masks[k, 3, 7] = True
+        masks[k, k, 10 + 3 * k: 14 + 3 * k] = True
+    derived, info = derive_controls(masks, scale, seeds=2, n_units=1, top_k=1)
+    layout = controls_layout(K, 2, 1)
+    assert info["layout"] == layout and derived.shape == (len(layout), n_layers, width)
+    assert info["units"] == [7] and info["massive_units"][0]["network_ids"] == [0, 1, 2]
+    for k in range(K):
+        for s in range(2):
+            drawn = derived[layout[f"magnitude/net{k}/seed{s}"]]
+            assert drawn.sum(axis=1).tolist() == masks[k].sum(axis=1).tolist() and not (drawn & masks[k]).any()
+        assert (derived[layout[f"spared/net{k}"]] == (masks[k] & (np.arange(width) != 7))).all()
+    assert derived[layout["unit/0"]].sum() == 1 and derived[layout["unit/0"], 3, 7]
+    # layer 3 of every network is the massive unit alone: its magnitude match is another top-decile unit
+    from fnet.controls import magnitude_bins
+
+    bins = magnitude_bins(scale, 10)
+    for k in range(K):
+        drawn = derived[layout[f"magnitude/net{k}/seed0"]]
+        assert drawn[3].sum() == 1 and bins[3, drawn[3]].tolist() == [9] and not drawn[3, 7]
+    assert sum(info["fallbacks"].values()) == 0

@@ -130,7 +130,8 @@ def test_presets_load_and_bad_keys_are_named():
 def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
     """Fine-tune, analyze, controls and evaluate jobs of the tiny preset (trimmed), then a rerun that skips all."""
     root = tmp_path / "study"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # its own cache: the study's content-keyed caches must not meet another run's entries of the same weights
+    env = dict(os.environ, OMP_NUM_THREADS="1", FNET_CACHE=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "fnet.study", "tiny", "lesion_each=[]", "seeds=2", "--root", str(root)]
     repo = Path(__file__).resolve().parent.parent
     first = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)

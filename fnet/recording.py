@@ -1,7 +1,7 @@
 """Record a causal LM's MLP signal for every layer, per text, as ``acts  # [tokens, n_layers * width]``.
 
 Hooks come from the one primitive :func:`fnet.hooks.trace_signal`: the output (``mlp_out``) or the input
-(``mlp_act``) of each layer's down projection, as found by :mod:`fnet.discovery`, delivered ``[batch, seq, width]``
+(``mlp_act``) of each layer's down projection, as found by :mod:`fnet.models.discovery`, delivered ``[batch, seq, width]``
 in every layout; each hook object owns its layer index.
 
 Texts are batched with padding (sorted by length to waste little), padded positions are dropped by the

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arch_sweep import causal_lm_types, sweep_reason, tiny_causal_lm
-from fnet.discovery import DiscoveryError, discover, linear_dims
+from fnet.models.discovery import DiscoveryError, discover, linear_dims
 from fnet.masking import apply_mask
 from fnet.models import LoadedModel, byte_tokenizer, down_proj_modules, signal_modules
 from fnet.recording import record_texts

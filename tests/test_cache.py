@@ -241,3 +241,16 @@ def test_cache_cli_lists_and_prunes(tmp_path, capsys):
     assert list((tmp_path / "cache" / "activations").rglob("manifest.json"))  # other kinds kept
     assert cache_main(["--root", root, "prune", "--older-than", "0s"]) == 0
     assert not list((tmp_path / "cache" / "activations").rglob("manifest.json"))
+
+
+def test_code_modules_resolve_and_cover_packages(monkeypatch):
+    """Every CODE_MODULES name resolves; a package stands for all its modules; an unknown name is an error."""
+    from fnet import cache
+
+    for kind in cache.CODE_MODULES:
+        assert cache.code_files(kind)  # raises if any name no longer resolves
+    models_files = {p.name for p in cache.code_files("models")}
+    assert {"discovery.py", "load.py", "arch.py"} <= models_files  # the package fnet.models, not its __init__ only
+    monkeypatch.setitem(cache.CODE_MODULES, "models", ("fnet.models", "fnet.no_such_module"))
+    with pytest.raises(ValueError, match="fnet.no_such_module"):
+        cache.code_files("models")

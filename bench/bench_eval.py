@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from fnet.utils import cpu_model  # noqa: E402
+from fnet.provenance import cpu_model  # noqa: E402
 from fnet import scoring  # noqa: E402
 from fnet.lit.zeroshot import TaskDataModule, ZeroShotModule  # noqa: E402
 from fnet.models import load_model  # noqa: E402

@@ -35,7 +35,7 @@ args = parser.parse_args()
 
 
 def machine() -> dict:
-    from fnet.utils import cpu_model
+    from fnet.provenance import cpu_model
 
     cpu = cpu_model()
     try:

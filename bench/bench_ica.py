@@ -87,7 +87,7 @@ def load_or_record(min_tokens: int) -> tuple[np.ndarray, dict]:
         return np.load(matrix_path, mmap_mode="r"), meta
 
     from fnet.models import load_model
-    from fnet.recording import record_texts
+    from fnet.record.recorder import record_texts
 
     loaded = load_model(MODEL)
     paragraphs = wikitext_paragraphs(args.wikitext)
@@ -120,7 +120,7 @@ def load_or_record(min_tokens: int) -> tuple[np.ndarray, dict]:
 
 
 def machine() -> dict:
-    from fnet.utils import cpu_model
+    from fnet.provenance import cpu_model
 
     cpu = cpu_model()
     blas = sorted({f"{p['internal_api']} {p.get('version') or ''}".strip() for p in threadpool_info()})

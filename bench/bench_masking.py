@@ -32,7 +32,7 @@ from fnet.models import load_model  # noqa: E402
 
 
 def machine() -> str:
-    from fnet.utils import cpu_model
+    from fnet.provenance import cpu_model
 
     cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "

@@ -28,9 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from fnet.cache import code_version, content_key, lock, quarantine, register
 from fnet.models import LoadedModel
 from fnet.networks import NetworkSet, NetworkSetFormatError, iou, match_templates
-from fnet.recording import Recorder
-from fnet.store import ActivationStore, CorruptShardError, text_sha1
-from fnet.utils import provenance
+from fnet.provenance import provenance
+from fnet.record import ActivationStore, model_key, record_dataset, slug, text_sha1
 
 log = logging.getLogger(__name__)
 
@@ -62,57 +61,12 @@ def load_stimuli(cfg: DictConfig) -> dict:
     return sets
 
 
-def model_key(lm: LoadedModel, cfg: DictConfig | None = None) -> str:
-    """What identifies the model in cache keys: its content fingerprint and dtype (never a name or a path: a
-    checkpoint overwritten at the same path or a re-saved folder is another model). ``cfg`` is unused (kept for
-    callers of the old signature)."""
-    return f"{lm.fingerprint}-{lm.dtype}"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Recording into cached stores
-# --------------------------------------------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-60:]
-
-
-def _open_cached_store(root: Path, recorder: Recorder, lm: LoadedModel, code: str, extra: dict) -> ActivationStore:
-    """Open (or create) a cached store; one whose manifest is unreadable is moved aside and made anew, and a
-    reused one has every shard checked (bad shards are moved aside and re-recorded)."""
-    def open_store() -> ActivationStore:
-        return ActivationStore.open(root, model=lm.name, fingerprint=lm.fingerprint, code_version=code,
-                                    signal=recorder.signal, n_layers=recorder.n_layers, width=recorder.width,
-                                    max_length=recorder.max_length, extra=extra)
-
-    reused = (root / "manifest.json").exists()
-    try:
-        store = open_store()
-    except CorruptShardError as err:
-        quarantine(root, err)
-        return open_store()
-    if reused:
-        started = time.time()
-        store.repair()
-        log.info("verified %d cached shards of %s in %.2f s", len(store), root, time.time() - started)
-    return store
-
-
-def record_dataset(
-    lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *, progress: bool = True
-) -> ActivationStore:
-    """Record ``texts`` (fnet.data.Text records) into a store keyed by the model's fingerprint and dtype, the
-    signal, the length, the texts themselves and the recording code's version, so sweeps over K or masks reuse
-    the recording, a killed run resumes, and a changed model or code records anew."""
+def record_from_config(lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *,
+                       progress: bool = True) -> ActivationStore:
+    """:func:`fnet.record.record_dataset` with the run's ``record`` settings and ``paths.cache_dir``."""
     rec = cfg.record
-    recorder = Recorder(lm, rec.signal, max_length=rec.max_length, batch_size=rec.batch_size, progress=progress)
-    code = code_version("activations")
-    key = content_key(model_key(lm), rec.signal, recorder.max_length,
-                      [(t.id, text_sha1(t.text)) for t in texts], code)
-    root = Path(cfg.paths.cache_dir) / "activations" / _slug(lm.name) / f"{rec.signal}-{dataset}-{key}"
-    store = _open_cached_store(root, recorder, lm, code, {"dataset": dataset, "model_dtype": lm.dtype,
-                                                          "model_source": lm.source})
-    recorder.record_to_store([t.text for t in texts], store, ids=[t.id for t in texts])
-    return store
+    return record_dataset(lm, texts, dataset=dataset, cache_dir=cfg.paths.cache_dir, signal=rec.signal,
+                          max_length=rec.max_length, batch_size=rec.batch_size, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -235,7 +189,7 @@ def networks_for_config(cfg: DictConfig, lm: LoadedModel, source: str | None = N
         int(cfg.seed), {n: [(t.id, text_sha1(t.text)) for t in s.template] for n, s in chosen.items()},
         code_version("networks"),
     )
-    path = Path(cfg.paths.cache_dir) / "networks" / f"{_slug(lm.name)}-{source}-{key}.safetensors"
+    path = Path(cfg.paths.cache_dir) / "networks" / f"{slug(lm.name)}-{source}-{key}.safetensors"
     with lock(path):  # a concurrent run with the same key waits here, then reuses this one's result
         if path.exists():
             try:
@@ -246,7 +200,7 @@ def networks_for_config(cfg: DictConfig, lm: LoadedModel, source: str | None = N
                 quarantine(path, err)
         arrays, data_prov = [], {}
         for name, stim in chosen.items():
-            store = record_dataset(lm, cfg, name, stim.template)
+            store = record_from_config(lm, cfg, name, stim.template)
             arrays += store.arrays([t.id for t in stim.template])
             data_prov[name] = stim.provenance
         nets = group_decomposition(lm, cfg, source, arrays, data_prov).networks
@@ -282,7 +236,7 @@ def run(cfg: DictConfig) -> dict:
     metrics: dict[str, float] = {}
     for name, stim in stimuli.items():
         t = time.time()
-        store = record_dataset(lm, cfg, name, list(stim.template) + list(stim.individual))
+        store = record_from_config(lm, cfg, name, list(stim.template) + list(stim.individual))
         timings[f"record_{name}_s"] = time.time() - t
         template_arrays = store.arrays([x.id for x in stim.template])
         group_arrays_all += template_arrays
@@ -297,7 +251,7 @@ def run(cfg: DictConfig) -> dict:
             ind_dir = out / "networks" / f"{name}_individual"
             ind_dir.mkdir(exist_ok=True)
             for ind in individuals:
-                ind.networks.save(ind_dir / f"{_slug(ind.name)}.safetensors")
+                ind.networks.save(ind_dir / f"{slug(ind.name)}.safetensors")
         timings[f"decompose_{name}_s"] = time.time() - t
 
         match = (match_templates(group.networks, [i.networks for i in individuals],

@@ -67,8 +67,8 @@ ENTRY_SUFFIX = ".fnet-entry"  # JSON; not named *.json so globs over a kind's en
 #: ``eval_baselines`` <- models, task data, prompting and scoring, and the Lightning modules that run them.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
     "models": ("fnet.models",),
-    "activations": ("fnet.models", "fnet.hooks", "fnet.recording", "fnet.store"),
-    "networks": ("fnet.models", "fnet.hooks", "fnet.recording", "fnet.store", "fnet.data",
+    "activations": ("fnet.models", "fnet.hooks", "fnet.record.recorder", "fnet.record.store", "fnet.record.cached"),
+    "networks": ("fnet.models", "fnet.hooks", "fnet.record",
                  "fnet.analysis", "fnet.decomposition", "fnet.networks"),
     "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.tasks", "fnet.scoring",
                        "fnet.prompts", "fnet.loglik", "fnet.metrics",

@@ -207,7 +207,7 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
     ``identity`` is the evaluated model's (name, fingerprint, dtype, source): the provenance records that model,
     never a config that was not evaluated (with ``ckpt_path`` the checkpoint's model; a different ``model``
     config is noted as ``model_config_ignored``)."""
-    from fnet.utils import provenance
+    from fnet.provenance import provenance
 
     K = mask.get("K")
     if K is None and "ica" in cfg and mask.get("mode") in NETSET_MODES and not mask.get("networks_file"):

@@ -142,7 +142,8 @@ def run_training(cfg: Any) -> dict[str, Any]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from fnet.utils import instantiate_callbacks, instantiate_loggers, log_hyperparameters, provenance
+    from fnet.provenance import provenance
+    from fnet.utils import instantiate_callbacks, instantiate_loggers, log_hyperparameters
 
     started = time.time()
     if cfg.torch_threads:

@@ -312,9 +312,9 @@ def record_word_features(
     """Activations ``X  # [n_samples, n_layers * width]`` float32 (layer-major columns, as NetworkSet.flat()).
 
     ``position="word"``: at each word's first token; ``"before"``: at the token before it (the position that
-    predicts the word). Sentences are recorded once each with :class:`fnet.recording.Recorder`.
+    predicts the word). Sentences are recorded once each with :class:`fnet.record.recorder.Recorder`.
     """
-    from fnet.recording import Recorder
+    from fnet.record.recorder import Recorder
 
     if position not in ("word", "before"):
         raise ValueError(f"unknown position {position!r}; valid: 'word', 'before'")
@@ -654,7 +654,7 @@ def run_pos_analysis(cfg) -> dict:
     from hydra.utils import instantiate
 
     from fnet.attribution import n_top
-    from fnet.utils import provenance
+    from fnet.provenance import provenance
 
     timings: dict[str, float] = {}
     started_all = time.perf_counter()

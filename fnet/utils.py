@@ -191,36 +191,3 @@ def log_hyperparameters(loggers: list, cfg: Any, extra: dict | None = None) -> N
     params = dict(params, **(extra or {}))
     for logger in loggers:
         logger.log_hyperparams(params)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (benchmarks describe the machine they ran on)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def provenance(**fields: Any) -> dict:
-    """A result file's provenance: what the caller gives plus fnet version, ``fnet_code`` (a hash of every fnet
-    source file, :func:`fnet.cache.code_version`: the version number alone does not change with the code),
-    torch version, host and time."""
-    import torch
-
-    import fnet
-    from fnet.cache import code_version
-
-    return dict(
-        fields,
-        fnet_version=fnet.__version__,
-        fnet_code=code_version("all"),
-        torch_version=torch.__version__,
-        python=platform.python_version(),
-        host=platform.node(),
-        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        cuda=torch.cuda.is_available(),
-        pid=os.getpid(),
-    )

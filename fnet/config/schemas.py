@@ -81,7 +81,7 @@ class DataConfig:
     n_template: int = req(ge=0)
     n_individual: int = req(ge=0)
     seed: int = req()
-    datasets: Dict[str, Any] = req()  # name -> loader options (free-form per source; fnet.data checks them)
+    datasets: Dict[str, Any] = req()  # name -> loader options (free-form per source; fnet.record checks them)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import numpy as np
 import xxhash
 
 from fnet.cache import atomic_write_text, lock, quarantine, temp_path
+from fnet.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ class ActivationStore:
         """Create a store, or reopen one made with the same model (name and ``fingerprint``), signal, shape and
         code version (to resume into it). A store made with different settings is an error rather than silently
         mixed. Safe when several processes open the same folder at once."""
-        from fnet.utils import provenance
-
         root = Path(root)
         header = {
             "format": FORMAT,

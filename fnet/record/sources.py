@@ -1,18 +1,9 @@
-"""Stimulus texts for fnet: where they come from and how they are sampled.
+"""Where stimulus texts come from: one loader per source name, and :func:`load_texts`.
 
-Liu et al. (2025) ran 100 random "template" texts and 100 separate "individual" texts per data
-set (AG News, WikiText-2, MathQA, CodeNet) through a model. This module provides the same two
-disjoint, seeded samples from:
-
-* the built-in corpus shipped with fnet (``builtin:<genre>``, works offline),
-* offline copies of the real data sets (``wikitext2``, ``ag_news``, ``codenet_java``) under the
-  data root (``FNET_DATA_DIR`` or ``<repo>/../shared/data``),
-* the Hugging Face hub (``mathqa``, ``hf:<hub name>``, or ``from_hub=True`` for the named sets),
-* a local file (``file:<path>``: .txt blocks, .jsonl/.json, .csv/.tsv) or an explicit list
-  (``texts``).
-
-``load_stimulus_sets`` is the Hydra-facing entry point (``conf/data/*.yaml``);
-``load_texts`` and ``sample_stimuli`` are the two steps it combines.
+Sources: the built-in corpus shipped with fnet (``builtin:<genre>``, works offline); offline copies of the
+paper's data sets (``wikitext2``, ``ag_news``, ``codenet_java``) under the data root; the Hugging Face hub
+(``mathqa``, ``hf:<hub name>``, or ``from_hub=True`` for the named sets); a local file (``file:<path>``: .txt
+blocks, .jsonl/.json, .csv/.tsv) or an explicit list (``texts``). :data:`SOURCES` lists them.
 """
 
 from __future__ import annotations
@@ -20,235 +11,32 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import os
-import random
 import re
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import urlparse
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-__all__ = [
-    "DATA_DIR_ENV",
-    "CORPUS_DIR",
-    "SOURCES",
-    "HubUnavailableError",
-    "SourceSpec",
-    "StimulusSet",
-    "Text",
-    "builtin_genres",
-    "data_root",
-    "hub_reachable",
-    "load_stimulus_sets",
-    "load_texts",
-    "sample_stimuli",
-    "trim_at_word_boundary",
-    "valid_sources",
-]
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
-CORPUS_DIR = PACKAGE_DIR / "corpus"
-DATA_DIR_ENV = "FNET_DATA_DIR"
-DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-
-# Hub ids of the paper's data sets (used by the named sources and conf/data/paper.yaml).
-AG_NEWS_HUB = "fancyzhx/ag_news"
-WIKITEXT_HUB = "Salesforce/wikitext"
-WIKITEXT2_HUB_CONFIG = "wikitext-2-raw-v1"
-MATHQA_HUB = "allenai/math_qa"
-CODENET_HUB = "iNeil77/CodeNet"
-
-OFFLINE_ALTERNATIVES = (
-    "builtin:math (MathQA-style word problems shipped with fnet), builtin (all built-in genres), "
-    "or the local copies wikitext2, ag_news, codenet_java under the data root"
+from fnet.record.texts import (
+    AG_NEWS_HUB,
+    CODENET_HUB,
+    CORPUS_DIR,
+    MATHQA_HUB,
+    REPO_ROOT,
+    WIKITEXT2_HUB_CONFIG,
+    WIKITEXT_HUB,
+    Text,
+    _hub_rows,
+    _join_fields,
+    _local_data_path,
 )
 
-
-# --------------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Text:
-    """One stimulus text. ``id`` is unique within its source; ``source`` names where it came from."""
-
-    id: str
-    text: str
-    source: str
-
-
-@dataclass
-class StimulusSet:
-    """The two disjoint samples drawn from one data set, plus how they were obtained."""
-
-    name: str
-    template: list[Text]
-    individual: list[Text]
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def texts(self) -> list[Text]:
-        """Template texts followed by individual texts."""
-        return [*self.template, *self.individual]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy (for writing next to analysis outputs)."""
-        return {
-            "name": self.name,
-            "template": [dataclasses.asdict(t) for t in self.template],
-            "individual": [dataclasses.asdict(t) for t in self.individual],
-            "provenance": dict(self.provenance),
-        }
-
-
-class HubUnavailableError(RuntimeError):
-    """A hub data set could not be reached (no network, offline mode, or not in the cache)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Locations
-# --------------------------------------------------------------------------------------------
-
-
-def data_root() -> Path | None:
-    """Folder holding the offline data sets.
-
-    ``$FNET_DATA_DIR`` when set (returned even if it does not exist, so errors name it), else
-    ``<repo root>/../shared/data`` when that folder exists, else ``None``.
-    """
-    configured = os.environ.get(DATA_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    if DEFAULT_DATA_ROOT.is_dir():
-        return DEFAULT_DATA_ROOT
-    return None
-
-
-def _local_data_path(relative: str, *, source: str, override: str | os.PathLike | None,
-                     hub_hint: str) -> Path:
-    """Resolve a file or folder of a local source, or raise a FileNotFoundError that says how to fix it."""
-    if override is not None:
-        path = Path(override).expanduser()
-    else:
-        root = data_root()
-        path = (root if root is not None else DEFAULT_DATA_ROOT) / relative
-    if not path.exists():
-        root_note = (
-            f"{DATA_DIR_ENV} is set to {os.environ[DATA_DIR_ENV]!r}"
-            if os.environ.get(DATA_DIR_ENV)
-            else f"{DATA_DIR_ENV} is not set and the default data root is {DEFAULT_DATA_ROOT}"
-        )
-        raise FileNotFoundError(
-            f"source {source!r}: local data not found at {path} ({root_note}). "
-            f"Set {DATA_DIR_ENV} to the folder that contains '{relative}', pass path=..., "
-            f"or load it from the hub instead: {hub_hint}."
-        )
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# Hub access
-# --------------------------------------------------------------------------------------------
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Cheap check that the hub host accepts connections (so offline runs fail in seconds, not
-    after the datasets library's retries). Assumes reachable when a proxy is configured."""
-    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _hub_rows(hub_name: str, *, split: str, fields: Sequence[str], config: str | None = None,
-              data_dir: str | None = None, revision: str | None = None, streaming: bool = False,
-              max_rows: int | None = None, offline_note: str = "") -> tuple[Iterator[dict], dict]:
-    """Open ``hub_name`` with ``datasets.load_dataset`` and yield dicts holding ``fields``.
-
-    Connection problems become a HubUnavailableError whose message says what to use offline.
-    """
-    import datasets as hf_datasets  # imported lazily: it is slow to import and not needed for builtin
-
-    where = f"{hub_name!r}" + (f" (config {config!r})" if config else "") + f", split {split!r}"
-
-    def unavailable(reason: str) -> HubUnavailableError:
-        return HubUnavailableError(
-            f"could not load hub data set {where}: {reason}. {offline_note}".strip()
-            + f" Offline alternatives: {OFFLINE_ALTERNATIVES}. If the data set is already in your "
-            "Hugging Face cache, set HF_HUB_OFFLINE=1 to use the cached copy."
-        )
-
-    offline_mode = _env_flag("HF_HUB_OFFLINE") or _env_flag("HF_DATASETS_OFFLINE")
-    if not offline_mode and not hub_reachable():
-        raise unavailable("the hub is not reachable from this machine (no network)")
-
-    kwargs: dict[str, Any] = {"split": split}
-    if data_dir is not None:
-        kwargs["data_dir"] = data_dir
-    if revision is not None:
-        kwargs["revision"] = revision
-    if streaming:
-        kwargs["streaming"] = True
-    args = (hub_name, config) if config is not None else (hub_name,)
-    try:
-        dataset = hf_datasets.load_dataset(*args, **kwargs)
-    except (ConnectionError, TimeoutError) as error:
-        raise unavailable(f"{type(error).__name__}: {error}") from error
-    except OSError as error:  # offline mode with nothing cached, missing repo, ...
-        raise unavailable(f"{type(error).__name__}: {error}") from error
-
-    columns = getattr(dataset, "column_names", None)
-    if columns:
-        missing = [f for f in fields if f not in columns]
-        if missing:
-            raise ValueError(f"hub data set {where} has no field(s) {missing}; its fields are {list(columns)}")
-        if hasattr(dataset, "select_columns"):
-            dataset = dataset.select_columns(list(fields))
-    if max_rows is not None and not streaming and hasattr(dataset, "select") and hasattr(dataset, "__len__"):
-        dataset = dataset.select(range(min(int(max_rows), len(dataset))))
-
-    def rows() -> Iterator[dict]:
-        for index, row in enumerate(dataset):
-            if max_rows is not None and index >= max_rows:
-                return
-            missing_now = [f for f in fields if f not in row]
-            if missing_now:
-                raise ValueError(f"hub data set {where} rows have no field(s) {missing_now}; "
-                                 f"their fields are {sorted(row)}")
-            yield row
-
-    info = {"hub": hub_name, "config": config, "split": split, "fields": list(fields),
-            "streaming": bool(streaming), "max_rows": max_rows}
-    if data_dir is not None:
-        info["data_dir"] = data_dir
-    if revision is not None:
-        info["revision"] = revision
-    return rows(), info
-
-
-def _join_fields(row: Mapping[str, Any], fields: Sequence[str], separator: str) -> str:
-    parts = [str(row[f]).strip() for f in fields if row[f] is not None]
-    return separator.join(p for p in parts if p)
+__all__ = ["SOURCES", "SourceSpec", "builtin_genres", "load_source", "load_texts", "trim_at_word_boundary", "valid_sources"]
 
 
 # --------------------------------------------------------------------------------------------
 # Source loaders. Each takes the part of the source string after ':' (or None) and keyword
 # options, and returns (texts, info). Cleaning (strip, drop empty/duplicate, trim) happens once in
-# _load_source for all of them.
+# load_source for all of them.
 # --------------------------------------------------------------------------------------------
 
 Loaded = tuple[list[Text], dict[str, Any]]
@@ -583,7 +371,9 @@ def trim_at_word_boundary(text: str, max_chars: int | None) -> str:
     return cut.rstrip()
 
 
-def _load_source(source: str, options: Mapping[str, Any]) -> Loaded:
+def load_source(source: str, options: Mapping[str, Any]) -> Loaded:
+    """``(texts, info)`` of one source string with its options: loaded, cleaned (stripped, empty and duplicate
+    texts dropped, trimmed to ``max_chars``), with what was dropped in ``info``."""
     name, spec, argument = _parse_source(source)
     options = dict(options)
     max_chars = options.pop("max_chars", None)
@@ -623,125 +413,5 @@ def load_texts(source: str, **options: Any) -> list[Text]:
     ``file:stimuli.jsonl``, ...). ``options`` are that source's keyword options (``split``,
     ``text_field``, ``from_hub``, ``path``, ...) plus ``max_chars`` (trim long texts at a word boundary).
     """
-    texts, _info = _load_source(source, options)
+    texts, _info = load_source(source, options)
     return texts
-
-
-# --------------------------------------------------------------------------------------------
-# Sampling
-# --------------------------------------------------------------------------------------------
-
-
-def _as_records(texts: Sequence[Text | str]) -> list[Text]:
-    records = []
-    for index, item in enumerate(texts):
-        if isinstance(item, Text):
-            records.append(item)
-        elif isinstance(item, str):
-            records.append(Text(id=f"text-{index}", text=item, source="texts"))
-        else:
-            raise ValueError(f"text at index {index} is {type(item).__name__}; expected a Text or a string")
-    return records
-
-
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} must be a non-negative integer, not {value!r}")
-    return value
-
-
-def sample_stimuli(texts: Sequence[Text | str], *, n_template: int, n_individual: int, seed: int,
-                   min_chars: int = 1) -> tuple[list[Text], list[Text]]:
-    """Draw ``n_template`` + ``n_individual`` distinct texts at random (seeded), as two disjoint lists.
-
-    ``texts`` may be Text records or plain strings (the user's own list). An empty or
-    whitespace-only text raises ValueError naming its index; texts shorter than ``min_chars``
-    (after stripping) are not eligible. The same texts and seed always give the same samples.
-    """
-    n_template = _count(n_template, "n_template")
-    n_individual = _count(n_individual, "n_individual")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, not {seed!r}")
-    min_chars = _count(min_chars, "min_chars")
-    records = _as_records(texts)
-    seen_ids: set[str] = set()
-    for index, record in enumerate(records):
-        if not record.text.strip():
-            raise ValueError(f"text at index {index} (id {record.id!r}) is empty or whitespace-only; "
-                             "remove it or give it content")
-        if record.id in seen_ids:
-            raise ValueError(f"text at index {index} repeats id {record.id!r}; ids must be unique")
-        seen_ids.add(record.id)
-
-    eligible = [r for r in records if len(r.text.strip()) >= min_chars]
-    wanted = n_template + n_individual
-    if wanted > len(eligible):
-        excluded = len(records) - len(eligible)
-        note = f" ({excluded} of {len(records)} are shorter than min_chars={min_chars})" if excluded else ""
-        raise ValueError(
-            f"asked for {n_template} template + {n_individual} individual = {wanted} texts, but only "
-            f"{len(eligible)} are available{note}; lower n_template/n_individual or use a larger source"
-        )
-    picks = random.Random(seed).sample(range(len(eligible)), wanted)
-    template = [eligible[i] for i in picks[:n_template]]
-    individual = [eligible[i] for i in picks[n_template:]]
-    return template, individual
-
-
-# --------------------------------------------------------------------------------------------
-# Hydra entry point
-# --------------------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (what hydra.utils.instantiate passes) -> plain dicts and lists."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra, a dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-_PER_SET_SAMPLING = ("n_template", "n_individual", "seed", "min_chars")
-
-
-def load_stimulus_sets(datasets: Mapping[str, Mapping[str, Any] | None], n_template: int = 10,
-                       n_individual: int = 10, seed: int = 0) -> dict[str, StimulusSet]:
-    """Load and sample every data set in ``datasets`` (name -> options).
-
-    Each options mapping holds ``source`` (defaults to the data set's name when that is a source,
-    or to ``texts`` when a ``texts`` list is given), the source's loader options, ``max_chars``,
-    and optionally per-set overrides of ``n_template``, ``n_individual``, ``seed`` and
-    ``min_chars``. Returns name -> StimulusSet, in the order given.
-    """
-    datasets = _plain(datasets)
-    if not isinstance(datasets, Mapping) or not datasets:
-        raise ValueError("datasets must be a non-empty mapping of data set name -> options")
-    sets: dict[str, StimulusSet] = {}
-    for name, raw_options in datasets.items():
-        options = dict(_plain(raw_options) or {})
-        source = options.pop("source", None)
-        if source is None:
-            if "texts" in options:
-                source = "texts"
-            elif name in SOURCES and SOURCES[name].argument != "required":
-                source = name
-            else:
-                raise ValueError(f"data set {name!r} has no 'source'; valid sources: {', '.join(valid_sources())}")
-        sampling = {key: options.pop(key) for key in _PER_SET_SAMPLING if key in options}
-        n_t = sampling.get("n_template", n_template)
-        n_i = sampling.get("n_individual", n_individual)
-        set_seed = sampling.get("seed", seed)
-        min_chars = sampling.get("min_chars", 1)
-        try:
-            texts, info = _load_source(source, options)
-            template, individual = sample_stimuli(texts, n_template=n_t, n_individual=n_i, seed=set_seed,
-                                                  min_chars=min_chars)
-        except ValueError as error:
-            raise ValueError(f"data set {name!r} (source {source!r}): {error}") from error
-        provenance = {**info, "options": options, "seed": set_seed, "n_template": len(template),
-                      "n_individual": len(individual), "n_available": len(texts), "min_chars": min_chars}
-        sets[name] = StimulusSet(name=name, template=template, individual=individual, provenance=provenance)
-    return sets

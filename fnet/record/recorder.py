@@ -21,9 +21,11 @@ from tqdm.auto import tqdm
 
 from fnet.hooks import trace_signal
 from fnet.models import LoadedModel, check_signal
-from fnet.store import ActivationStore
+from fnet.record.store import ActivationStore
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Recorder", "record_texts", "signal_hooks", "stack_arrays", "tokenize_texts"]
 
 
 @contextlib.contextmanager

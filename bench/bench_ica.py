@@ -57,7 +57,7 @@ from sklearn.decomposition import FastICA as SklearnFastICA  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from fnet.decomposition import FastICA, abs_corr_matrix  # noqa: E402
+from fnet.decompose import FastICA, abs_corr_matrix  # noqa: E402
 
 torch.set_num_threads(args.threads)
 threadpool_limits(args.threads)
@@ -187,7 +187,7 @@ def main() -> None:
 def subspace_check(X) -> list[dict]:
     """Principal cosines between fnet's randomized top-K principal subspace and the exact one (fnet's eigh path),
     for the default oversampling max(10, K) and for a constant 10."""
-    from fnet.decomposition import _column_stats, _pca, _TokenMatrix
+    from fnet.decompose._base import _column_stats, _pca, _TokenMatrix
 
     data, f64, cpu = _TokenMatrix(X), torch.float64, torch.device("cpu")
     mean, _ = _column_stats(data, f64, cpu, None)

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fnet.masking import MaskSpec, apply_mask, random_fraction_mask  # noqa: E402
+from fnet.intervene import MaskSpec, apply_mask, random_fraction_mask  # noqa: E402
 from fnet.models import load_model  # noqa: E402
 
 

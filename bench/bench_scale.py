@@ -62,7 +62,7 @@ args = parser.parse_args()
 
 torch.set_num_threads(args.threads)
 
-from fnet.decomposition import FastICA, abs_corr_matrix  # noqa: E402
+from fnet.decompose import FastICA, abs_corr_matrix  # noqa: E402
 from fnet.models import cache_dir  # noqa: E402
 from fnet.record.store import ActivationStore  # noqa: E402
 from fnet.provenance import cpu_model  # noqa: E402

@@ -68,12 +68,9 @@ ENTRY_SUFFIX = ".fnet-entry"  # JSON; not named *.json so globs over a kind's en
 CODE_MODULES: dict[str, tuple[str, ...]] = {
     "models": ("fnet.models",),
     "activations": ("fnet.models", "fnet.hooks", "fnet.record.recorder", "fnet.record.store", "fnet.record.cached"),
-    "networks": ("fnet.models", "fnet.hooks", "fnet.record",
-                 "fnet.analysis", "fnet.decomposition", "fnet.networks"),
-    "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.tasks", "fnet.scoring",
-                       "fnet.prompts", "fnet.loglik", "fnet.metrics",
-                       "fnet.evaluation", "fnet.lit.zeroshot", "fnet.lit.datamodules", "fnet.lit.classification",
-                       "fnet.lit.qa", "fnet.finetune"),
+    "networks": ("fnet.models", "fnet.hooks", "fnet.record", "fnet.decompose", "fnet.networks"),
+    "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.evaluate", "fnet.lit", "fnet.pipelines.evaluate",
+                       "fnet.pipelines._finetuned"),
 }
 
 

@@ -9,7 +9,7 @@ import torch
 
 from arch_sweep import causal_lm_types, sweep_reason, tiny_causal_lm
 from fnet.models.discovery import DiscoveryError, discover, linear_dims
-from fnet.masking import apply_mask
+from fnet.intervene import apply_mask
 from fnet.models import LoadedModel, byte_tokenizer, down_proj_modules, signal_modules
 from fnet.record.recorder import record_texts
 

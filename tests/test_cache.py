@@ -10,11 +10,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fnet.analysis import networks_for_config
+from fnet.pipelines._common import networks_for_config
 from fnet.cache import ForeignNetworksError, check_compatible, main as cache_main
 from fnet.record import Text, record_dataset
-from fnet.evaluation import baseline_cache_key
-from fnet.finetune import load_finetuned_lm, read_checkpoint
+from fnet.pipelines.evaluate import baseline_cache_key
+from fnet.lit.checkpoints import load_finetuned_lm, read_checkpoint
 from fnet.models import load_model
 from fnet.networks import NetworkSet
 from fnet.record.store import ActivationStore, CorruptShardError
@@ -120,7 +120,7 @@ def test_foreign_networks_are_an_error_naming_both():
 
 
 def test_evaluate_refuses_foreign_networks_unless_allowed(tmp_path, shared_data):
-    from fnet.evaluation import run
+    from fnet.pipelines.evaluate import run
 
     nets = _netset_of(load_model("tiny:gpt2")).save(tmp_path / "gpt2_nets.safetensors")
 

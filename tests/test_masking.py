@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fnet.masking import (
+from fnet.intervene import (
     MASK_MODES,
     MaskSpec,
     apply_mask,

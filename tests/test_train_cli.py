@@ -23,9 +23,9 @@ TINY = [
 
 CRASH = '''
 import os
-import lightning as L
+import lightning.pytorch as pl
 
-class CrashAtStep(L.Callback):
+class CrashAtStep(pl.Callback):
     """Kill the process (no cleanup, like SIGKILL) once the trainer reaches `step` optimiser steps."""
     def __init__(self, step: int):
         self.step = step

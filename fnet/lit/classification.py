@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
-import lightning as L
+import lightning.pytorch as pl
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 import torch.nn.functional as F
@@ -152,7 +152,7 @@ def set_trainable(model: nn.Module, trainable_layers: int | None) -> dict[str, i
 # --------------------------------------------------------------------------------------------------------------
 # Shared base module
 # --------------------------------------------------------------------------------------------------------------
-class CausalLMTaskModule(L.LightningModule):
+class CausalLMTaskModule(pl.LightningModule):
     """A task head on a causal LM (``self.model``). Subclasses define the head, the steps and the metrics.
 
     Args:
@@ -274,7 +274,7 @@ def classification_metrics(names: Sequence[str], num_labels: int) -> MetricColle
     return MetricCollection({name: makers[name]() for name in names})
 
 
-def gather_records(module: L.LightningModule, records: list[dict]) -> list[dict]:
+def gather_records(module: pl.LightningModule, records: list[dict]) -> list[dict]:
     """Per-row records of every process (DDP: all_gather_object), de-duplicated by ``index`` (the distributed
     sampler repeats rows to even out the ranks) and sorted by it."""
     if module.trainer is not None and module.trainer.world_size > 1 and torch.distributed.is_initialized():

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import lightning as L
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -167,7 +167,7 @@ class PadCollator:
 # --------------------------------------------------------------------------------------------------------------
 # Classification
 # --------------------------------------------------------------------------------------------------------------
-class TaskDataModule(L.LightningDataModule):
+class TaskDataModule(pl.LightningDataModule):
     """Train/validation/test loaders of a classification task (see module docstring for the splits).
 
     Args:

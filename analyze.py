@@ -9,8 +9,8 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from fnet.config import register_configs, validate_config
-from fnet.utils import task_wrapper
+from fnet.pipelines.config import register_configs, validate_config
+from fnet.pipelines.hydra_utils import task_wrapper
 
 register_configs()
 

@@ -1,14 +1,14 @@
 """Evaluate a (masked) language model on one task: ``python evaluate.py task=sst2 mask=lesion mask.networks=3``.
 
-Composition only; the logic is :func:`fnet.evaluation.run` (see ``conf/evaluate.yaml`` for the options).
+Composition only; the logic is :func:`fnet.pipelines.evaluate.run` (see ``conf/evaluate.yaml`` for the options).
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from fnet.config import register_configs, validate_config
-from fnet.evaluation import run as evaluate
-from fnet.utils import task_wrapper
+from fnet.pipelines.config import register_configs, validate_config
+from fnet.pipelines.evaluate import run as evaluate
+from fnet.pipelines.hydra_utils import task_wrapper
 
 register_configs()
 

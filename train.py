@@ -5,22 +5,21 @@
     python train.py ckpt_path=outputs/train/<run>/checkpoints/last.ckpt   # resume a killed run
     python train.py trainer=ddp_cpu                         # 2 CPU processes (gloo)
 
-Everything happens in :func:`fnet.finetune.run_training`; see conf/train.yaml.
+Everything happens in :func:`fnet.pipelines.train.run_training`; see conf/train.yaml.
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from fnet.config import register_configs, validate_config
-from fnet.utils import task_wrapper
+from fnet.pipelines.config import register_configs, validate_config
+from fnet.pipelines.hydra_utils import task_wrapper
+from fnet.pipelines.train import run_training
 
 register_configs()
 
 
 @task_wrapper
 def run(cfg: DictConfig):
-    from fnet.finetune import run_training
-
     validate_config(cfg, "train")  # unknown keys (+typos), types, ranges: before any work
 
     return run_training(cfg)

@@ -35,7 +35,7 @@ args = parser.parse_args()
 
 
 def machine() -> dict:
-    from fnet.utils import cpu_model
+    from fnet.provenance import cpu_model
 
     cpu = cpu_model()
     try:
@@ -67,7 +67,7 @@ def run(experiment: str) -> dict:
 
 
 def wilson(p: float, n: int) -> tuple[float, float]:
-    from fnet.scoring import wilson_interval
+    from fnet.evaluate import wilson_interval
 
     return wilson_interval(p * n, n)
 

@@ -57,7 +57,7 @@ from sklearn.decomposition import FastICA as SklearnFastICA  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from fnet.decomposition import FastICA, abs_corr_matrix  # noqa: E402
+from fnet.decompose import FastICA, abs_corr_matrix  # noqa: E402
 
 torch.set_num_threads(args.threads)
 threadpool_limits(args.threads)
@@ -87,7 +87,7 @@ def load_or_record(min_tokens: int) -> tuple[np.ndarray, dict]:
         return np.load(matrix_path, mmap_mode="r"), meta
 
     from fnet.models import load_model
-    from fnet.recording import record_texts
+    from fnet.record.recorder import record_texts
 
     loaded = load_model(MODEL)
     paragraphs = wikitext_paragraphs(args.wikitext)
@@ -120,7 +120,7 @@ def load_or_record(min_tokens: int) -> tuple[np.ndarray, dict]:
 
 
 def machine() -> dict:
-    from fnet.utils import cpu_model
+    from fnet.provenance import cpu_model
 
     cpu = cpu_model()
     blas = sorted({f"{p['internal_api']} {p.get('version') or ''}".strip() for p in threadpool_info()})
@@ -187,7 +187,7 @@ def main() -> None:
 def subspace_check(X) -> list[dict]:
     """Principal cosines between fnet's randomized top-K principal subspace and the exact one (fnet's eigh path),
     for the default oversampling max(10, K) and for a constant 10."""
-    from fnet.decomposition import _column_stats, _pca, _TokenMatrix
+    from fnet.decompose._base import _column_stats, _pca, _TokenMatrix
 
     data, f64, cpu = _TokenMatrix(X), torch.float64, torch.device("cpu")
     mean, _ = _column_stats(data, f64, cpu, None)

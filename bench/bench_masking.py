@@ -27,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fnet.masking import MaskSpec, apply_mask, random_fraction_mask  # noqa: E402
+from fnet.intervene import MaskSpec, apply_mask, random_fraction_mask  # noqa: E402
 from fnet.models import load_model  # noqa: E402
 
 
 def machine() -> str:
-    from fnet.utils import cpu_model
+    from fnet.provenance import cpu_model
 
     cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "

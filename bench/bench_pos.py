@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from fnet.attribution import KeyNeuronCounter
-from fnet.conllu import UPOS_TAGS, read_conllu
+from fnet.attribution.conllu import UPOS_TAGS, read_conllu
 from fnet.models import load_model
-from fnet.pos import align_sentences, attribute_samples, record_word_features, word_log_probs, word_samples
+from fnet.attribution import align_sentences, attribute_samples, record_word_features, word_log_probs, word_samples
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -51,7 +51,7 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "KINDS", "CODE_MODULES", "cache_root", "content_key", "file_digest", "tensors_digest", "tokenizer_digest",
+    "KINDS", "CODE_MODULES", "code_files", "cache_root", "content_key", "file_digest", "tensors_digest", "tokenizer_digest",
     "model_fingerprint", "code_version", "temp_path", "atomic_path", "atomic_write_text", "lock", "quarantine",
     "register",
     "CacheEntry", "list_entries", "prune", "parse_age", "check_compatible", "ForeignNetworksError", "main",
@@ -61,19 +61,49 @@ __all__ = [
 KINDS = ("models", "activations", "networks", "eval_baselines")
 ENTRY_SUFFIX = ".fnet-entry"  # JSON; not named *.json so globs over a kind's entries never match it
 
-#: modules whose source determines each kind of result (missing ones are skipped: a module that does not exist
-#: computes nothing). ``activations`` <- hooks and recording; ``networks`` <- those + stimuli, decomposition,
-#: thresholding; ``eval_baselines`` <- task data, prompting and scoring.
+#: modules and packages whose source determines each kind of result (a package stands for every module in it;
+#: a name that does not resolve is an error, so a moved module cannot silently drop out of the key).
+#: ``activations`` <- models, hooks and recording; ``networks`` <- those + stimuli, decomposition, thresholding;
+#: ``eval_baselines`` <- models, task data, prompting and scoring, and the Lightning modules that run them.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
     "models": ("fnet.models",),
-    "activations": ("fnet.models", "fnet.discovery", "fnet.hooks", "fnet.recording", "fnet.store", "fnet.tiny_chatglm"),
-    "networks": ("fnet.models", "fnet.discovery", "fnet.hooks", "fnet.recording", "fnet.store", "fnet.tiny_chatglm", "fnet.data",
-                 "fnet.analysis", "fnet.decomposition", "fnet.networks"),
-    "eval_baselines": ("fnet.models", "fnet.discovery", "fnet.hooks", "fnet.tiny_chatglm", "fnet.tasks", "fnet.scoring",
-                       "fnet.prompts", "fnet.loglik", "fnet.metrics",
-                       "fnet.evaluation", "fnet.lit.zeroshot", "fnet.lit.datamodules", "fnet.lit.classification",
-                       "fnet.lit.qa", "fnet.finetune"),
+    "activations": ("fnet.models", "fnet.hooks", "fnet.record.recorder", "fnet.record.store", "fnet.record.cached"),
+    "networks": ("fnet.models", "fnet.hooks", "fnet.record", "fnet.decompose", "fnet.networks"),
+    "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.evaluate", "fnet.lit", "fnet.pipelines.evaluate",
+                       "fnet.pipelines._finetuned"),
 }
+
+
+def code_files(kind: str) -> list[Path]:
+    """The source files behind ``kind`` (:data:`CODE_MODULES`; ``all`` = every fnet module), sorted.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or a module name of :data:`CODE_MODULES` that does not resolve (a moved or renamed
+        module must be renamed there too; skipping it would let its edits go unnoticed by the caches).
+    """
+    if kind == "all":
+        names: tuple[str, ...] = ("fnet",)
+    elif kind in CODE_MODULES:
+        names = CODE_MODULES[kind]
+    else:
+        raise ValueError(f"unknown cache kind {kind!r} for code_version; valid: {sorted(CODE_MODULES) + ['all']}")
+    files: set[Path] = set()
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None or not spec.origin:
+            raise ValueError(f"CODE_MODULES[{kind!r}] names {name!r}, which is not an importable module or package; "
+                             f"rename it in fnet.cache.CODE_MODULES")
+        if spec.submodule_search_locations:  # a package: every module in it
+            for folder in spec.submodule_search_locations:
+                files.update(Path(folder).rglob("*.py"))
+        else:
+            files.add(Path(spec.origin))
+    return sorted(files)
 
 
 def cache_root() -> Path:
@@ -168,17 +198,7 @@ def code_version(kind: str) -> str:
     import torch
     import transformers
 
-    if kind == "all":
-        package = Path(importlib.util.find_spec("fnet").origin).parent
-        files = sorted(package.rglob("*.py"))
-    elif kind in CODE_MODULES:
-        files = []
-        for name in CODE_MODULES[kind]:
-            spec = importlib.util.find_spec(name)
-            if spec is not None and spec.origin:
-                files.append(Path(spec.origin))
-    else:
-        raise ValueError(f"unknown cache kind {kind!r} for code_version; valid: {sorted(CODE_MODULES) + ['all']}")
+    files = code_files(kind)
     digest = xxhash.xxh3_64()
     for file in files:
         digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")

@@ -10,7 +10,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fnet.analysis import networks_for_config, run
+from fnet.pipelines._common import networks_for_config
+from fnet.pipelines.analyze import run
 from fnet.networks import NetworkSet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_multirun_continues_past_a_failed_job(tmp_path):
          f"hydra.sweep.dir={sweep}"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
-    # the sweep runs every job, then exits non-zero and names the failed one (fnet.utils.SweepFailures)
+    # the sweep runs every job, then exits non-zero and names the failed one (fnet.pipelines.hydra_utils.SweepFailures)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "1 job(s) of the sweep" in proc.stderr and "ica.n_components=5000" in proc.stderr
     failure = json.loads((sweep / "0" / "failure.json").read_text())

@@ -10,14 +10,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fnet.analysis import networks_for_config, record_dataset
+from fnet.pipelines._common import networks_for_config
 from fnet.cache import ForeignNetworksError, check_compatible, main as cache_main
-from fnet.data import Text
-from fnet.evaluation import baseline_cache_key
-from fnet.finetune import load_finetuned_lm, read_checkpoint
+from fnet.record import Text, record_dataset
+from fnet.pipelines.evaluate import baseline_cache_key
+from fnet.lit.checkpoints import load_finetuned_lm, read_checkpoint
 from fnet.models import load_model
 from fnet.networks import NetworkSet
-from fnet.store import ActivationStore, CorruptShardError
+from fnet.record.store import ActivationStore, CorruptShardError
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [Text(id=f"t{i}", text=f"The number {i} is written here, " * (i + 2), source="test") for i in range(4)]
@@ -37,6 +37,13 @@ def fake_checkpoint(path, seed):
     torch.save({"fnet": {"model_name": "tiny:gpt2", "backbone_prefix": "model."}, "global_step": 1,
                 "state_dict": {f"model.{k}": v for k, v in state.items()}}, path)
     return path
+
+
+def _record(lm, cfg):
+    """The cached recording of TEXTS with the config's record settings."""
+    rec = cfg.record
+    return record_dataset(lm, TEXTS, dataset="mine", cache_dir=cfg.paths.cache_dir, signal=rec.signal,
+                          max_length=rec.max_length, batch_size=rec.batch_size, progress=False)
 
 
 def test_fingerprint_is_content_not_name():
@@ -74,18 +81,18 @@ def test_resaved_local_folder_and_dtype_change_rerecord(tmp_path):
     original = load_model("tiny:gpt2", seed=0)
     original.model.save_pretrained(folder)
     original.tokenizer.save_pretrained(folder)
-    store_a = record_dataset(load_model(str(folder)), cfg, "mine", TEXTS, progress=False)
+    store_a = _record(load_model(str(folder)), cfg)
     load_model("tiny:gpt2", seed=1).model.save_pretrained(folder)  # same path, new weights
-    store_b = record_dataset(load_model(str(folder)), cfg, "mine", TEXTS, progress=False)
+    store_b = _record(load_model(str(folder)), cfg)
     bf16 = load_model(str(folder), dtype="bfloat16")
     assert bf16.dtype == "bfloat16"
-    store_c = record_dataset(bf16, cfg, "mine", TEXTS, progress=False)
+    store_c = _record(bf16, cfg)
     assert len({store_a.root, store_b.root, store_c.root}) == 3
     assert len({store_a.fingerprint, store_b.fingerprint, store_c.fingerprint}) == 3
     assert not np.allclose(store_a.load_array("t1"), store_b.load_array("t1"))
     assert not np.array_equal(store_b.load_array("t1"), store_c.load_array("t1"))
     # and the same model again reuses its store
-    assert record_dataset(load_model(str(folder)), cfg, "mine", TEXTS, progress=False).root == store_b.root
+    assert _record(load_model(str(folder)), cfg).root == store_b.root
 
 
 def _netset_of(lm, signal="mlp_out"):
@@ -113,7 +120,7 @@ def test_foreign_networks_are_an_error_naming_both():
 
 
 def test_evaluate_refuses_foreign_networks_unless_allowed(tmp_path, shared_data):
-    from fnet.evaluation import run
+    from fnet.pipelines.evaluate import run
 
     nets = _netset_of(load_model("tiny:gpt2")).save(tmp_path / "gpt2_nets.safetensors")
 
@@ -138,8 +145,8 @@ def test_evaluate_refuses_foreign_networks_unless_allowed(tmp_path, shared_data)
 
 def _record_worker(root, n_texts):
     from fnet.models import load_model
-    from fnet.recording import Recorder
-    from fnet.store import ActivationStore
+    from fnet.record.recorder import Recorder
+    from fnet.record.store import ActivationStore
 
     lm = load_model("tiny:gpt2")
     recorder = Recorder(lm, "mlp_out", max_length=32, batch_size=1, progress=False)
@@ -203,7 +210,7 @@ def test_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path):
 
 def test_nan_shard_is_named_and_rerecorded(tmp_path, caplog):
     cfg, lm = analyze_cfg(tmp_path), load_model("tiny:gpt2")
-    store = record_dataset(lm, cfg, "mine", TEXTS, progress=False)
+    store = _record(lm, cfg)
     expected = np.array(store.load_array("t2"))
     shard = store.root / store._entry("t2").file
     raw = bytearray(shard.read_bytes())
@@ -212,7 +219,7 @@ def test_nan_shard_is_named_and_rerecorded(tmp_path, caplog):
     with pytest.raises(CorruptShardError, match=rf"{shard.name} of text 't2'.*checksum"):
         ActivationStore.load(store.root).verify()
     with caplog.at_level(logging.WARNING):
-        again = record_dataset(lm, cfg, "mine", TEXTS, progress=False)
+        again = _record(lm, cfg)
     assert again.root == store.root
     assert shard.name in caplog.text and "'t2'" in caplog.text
     np.testing.assert_array_equal(again.load_array("t2"), expected)  # re-recorded
@@ -241,3 +248,16 @@ def test_cache_cli_lists_and_prunes(tmp_path, capsys):
     assert list((tmp_path / "cache" / "activations").rglob("manifest.json"))  # other kinds kept
     assert cache_main(["--root", root, "prune", "--older-than", "0s"]) == 0
     assert not list((tmp_path / "cache" / "activations").rglob("manifest.json"))
+
+
+def test_code_modules_resolve_and_cover_packages(monkeypatch):
+    """Every CODE_MODULES name resolves; a package stands for all its modules; an unknown name is an error."""
+    from fnet import cache
+
+    for kind in cache.CODE_MODULES:
+        assert cache.code_files(kind)  # raises if any name no longer resolves
+    models_files = {p.name for p in cache.code_files("models")}
+    assert {"discovery.py", "load.py", "arch.py"} <= models_files  # the package fnet.models, not its __init__ only
+    monkeypatch.setitem(cache.CODE_MODULES, "models", ("fnet.models", "fnet.no_such_module"))
+    with pytest.raises(ValueError, match="fnet.no_such_module"):
+        cache.code_files("models")

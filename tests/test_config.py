@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from fnet.config import ConfigError, validate_config
+from fnet.pipelines.config import ConfigError, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = sorted(p.stem for p in (REPO / "conf" / "task").glob("*.yaml") if not p.stem.startswith("_"))
@@ -96,7 +96,7 @@ def test_every_task_composes_with_the_values_it_had(task):
     for name in ("evaluate", "train"):
         now = json.loads(json.dumps(OmegaConf.to_container(composed(name, f"task={task}").task)))
         assert now == before[task]
-    from fnet.tasks import load_task_config  # the same task read by name outside Hydra (fnet.tasks.get_task)
+    from fnet.evaluate.tasks import load_task_config  # the same task read by name outside Hydra (fnet.evaluate.tasks.get_task)
 
     assert json.loads(json.dumps(OmegaConf.to_container(load_task_config(task)))) == before[task]
     assert len(TASKS) == len(before) == 9

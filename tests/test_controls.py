@@ -1,9 +1,9 @@
-"""fnet.controls: neuron scale, magnitude-matched controls and the massive-channel diagnostic, on planted values."""
+"""fnet.intervene.controls: neuron scale, magnitude-matched controls and the massive-channel diagnostic, on planted values."""
 
 import numpy as np
 import pytest
 
-from fnet.controls import (magnitude_bins, magnitude_matched_draw, magnitude_matched_mask, neuron_scale,
+from fnet.intervene.controls import (magnitude_bins, magnitude_matched_draw, magnitude_matched_mask, neuron_scale,
                            recurring_units, spare, top_units, unit_masks)
 
 

@@ -1,4 +1,4 @@
-"""Tests for fnet.data: built-in corpus, local real-data sources, hub paths (mocked), sampling, configs."""
+"""Tests for fnet.record: built-in corpus, local real-data sources, hub paths (mocked), sampling, configs."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import fnet.data as fdata
-from fnet.data import HubUnavailableError, StimulusSet, Text, load_stimulus_sets, load_texts, sample_stimuli
+import fnet.record as fdata
+import fnet.record.texts as ftexts
+from fnet.record import HubUnavailableError, StimulusSet, Text, load_stimulus_sets, load_texts, sample_stimuli
 
-REPO_ROOT = Path(fdata.__file__).resolve().parent.parent
+REPO_ROOT = Path(fdata.__file__).resolve().parents[2]
 CONF_DATA = REPO_ROOT / "conf" / "data"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 GENRES = ["code", "encyclopedia", "math", "news"]
@@ -59,7 +60,7 @@ def test_builtin_code_lengths():
 
 def test_builtin_corpus_files_are_jsonl_with_id_and_text():
     for genre in GENRES:
-        lines = (fdata.CORPUS_DIR / f"{genre}.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (ftexts.CORPUS_DIR / f"{genre}.jsonl").read_text(encoding="utf-8").splitlines()
         for line in lines:
             record = json.loads(line)
             assert isinstance(record["id"], str) and isinstance(record["text"], str)
@@ -279,7 +280,7 @@ def test_dataset_without_source_lists_valid_sources():
 def test_mathqa_offline_fails_fast_with_alternatives(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(fdata, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(ftexts, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(HubUnavailableError) as info:
         load_texts("mathqa")
     message = str(info.value)
@@ -305,7 +306,7 @@ def test_mathqa_cache_miss_in_offline_mode_is_wrapped(monkeypatch):
 
 
 class FakeHubDataset:
-    """Enough of datasets.Dataset for fnet.data: column_names, select_columns, select, iteration."""
+    """Enough of datasets.Dataset for fnet.record: column_names, select_columns, select, iteration."""
 
     def __init__(self, rows):
         self.rows = list(rows)
@@ -352,7 +353,7 @@ def fake_hub(monkeypatch):
         calls.append({"path": path, "name": name, **kwargs})
         return FakeHubDataset(_fake_hub_rows(path, name))
 
-    monkeypatch.setattr(fdata, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(ftexts, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     return calls
 
@@ -412,7 +413,7 @@ def _instantiate(name):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
-    assert cfg._target_ == "fnet.data.load_stimulus_sets"
+    assert cfg._target_ == "fnet.record.load_stimulus_sets"
     return instantiate(cfg)
 
 

@@ -1,4 +1,4 @@
-"""Tests for fnet.decomposition on planted ground truth (no real model needed).
+"""Tests for fnet.decompose on planted ground truth (no real model needed).
 
 Data are built so the answer is known: heavy-tailed sources [tokens, K] times sparse spatial maps [K, neurons]
 plus small Gaussian noise (temporal ICA, dictionary learning), or spatially independent sparse maps with
@@ -17,7 +17,7 @@ from sklearn.base import clone
 from sklearn.decomposition import FastICA as SklearnFastICA
 from sklearn.exceptions import ConvergenceWarning
 
-from fnet.decomposition import (
+from fnet.decompose import (
     CanICA,
     DictionaryLearningDecomposition,
     FastICA,

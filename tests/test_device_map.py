@@ -6,11 +6,11 @@ weights in memory."""
 import pytest
 import torch
 
-from fnet.discovery import resolve_path
+from fnet.models.discovery import resolve_path
 from fnet.hooks import trace_signal
-from fnet.masking import apply_mask
+from fnet.intervene import apply_mask
 from fnet.models import load_model, signal_modules, tiny_model
-from fnet.recording import Recorder
+from fnet.record import Recorder
 
 FAMILIES = ["gpt2", "llama"]
 SIGNALS = ["mlp_out", "mlp_act"]

@@ -1,5 +1,5 @@
 """evaluate.py end to end on the tiny GPT-2: Hydra compose API in-process, a multirun sweep with a failing job
-(subprocess) aggregated by fnet.sweep, and W&B offline logging (subprocess)."""
+(subprocess) aggregated by fnet.report.sweep, and W&B offline logging (subprocess)."""
 
 import glob
 import json
@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fnet.evaluation import run
+from fnet.pipelines.evaluate import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_unknown_task_lists_options(tmp_path, shared_data):
 
 def test_multirun_sweep_with_a_failing_job_then_aggregate(tmp_path, shared_data):
     """`-m task=sst2,qqp mask.networks=range(0,2)`: QQP has no offline data, its jobs record failure.json and
-    the sweep goes on (then exits non-zero); fnet.sweep turns the folder into tables."""
+    the sweep goes on (then exits non-zero); fnet.report.sweep turns the folder into tables."""
     nets = tiny_netset(tmp_path / "nets.safetensors")
     sweep_dir = tmp_path / "sweep"
     cmd = [sys.executable, "evaluate.py", "-m", "model=tiny_gpt2", "task=sst2,qqp", "task.limit=5", "logger=none",
@@ -102,7 +102,7 @@ def test_multirun_sweep_with_a_failing_job_then_aggregate(tmp_path, shared_data)
     failures = sorted(glob.glob(str(sweep_dir / "*" / "failure.json")))
     assert len(results) == 2 and len(failures) == 2
     assert "qqp" in json.loads(Path(failures[0]).read_text())["error"]
-    proc = subprocess.run([sys.executable, "-m", "fnet.sweep", str(sweep_dir)], cwd=REPO, env=env(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "fnet.report.sweep", str(sweep_dir)], cwd=REPO, env=env(tmp_path),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (sweep_dir / "summary.md").read_text()

@@ -216,7 +216,7 @@ def test_mixed_precision_and_gradient_accumulation_from_trainer_config():
 def test_scheduler_partial_and_frozen_backbone_train_only_head():
     from functools import partial
 
-    from fnet.finetune import warmup_scheduler
+    from fnet.lit.finetune import warmup_scheduler
 
     module = SequenceClassificationModule(
         "tiny:gpt2", num_labels=2, trainable_layers=0,
@@ -255,7 +255,8 @@ def _fit_and_checkpoint(tmp_path, checkpoint_frozen=True, trainable_layers=None)
 def test_load_finetuned_lm_and_evaluation_module(tmp_path):
     from omegaconf import OmegaConf
 
-    from fnet.finetune import evaluation_module, load_finetuned_lm
+    from fnet.lit.checkpoints import load_finetuned_lm
+    from fnet.pipelines._finetuned import evaluation_module
 
     module, dm, path = _fit_and_checkpoint(tmp_path)
     base = load_model("tiny:gpt2")
@@ -281,7 +282,7 @@ def test_load_finetuned_lm_and_evaluation_module(tmp_path):
 
 
 def test_checkpoint_without_frozen_weights(tmp_path):
-    from fnet.finetune import load_finetuned_lm
+    from fnet.lit.checkpoints import load_finetuned_lm
 
     module, _, path = _fit_and_checkpoint(tmp_path, checkpoint_frozen=False, trainable_layers=1)
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
@@ -292,7 +293,7 @@ def test_checkpoint_without_frozen_weights(tmp_path):
         torch.testing.assert_close(value, module.model.state_dict()[key])
     from omegaconf import OmegaConf
 
-    from fnet.finetune import evaluation_module
+    from fnet.pipelines._finetuned import evaluation_module
 
     cfg = OmegaConf.create({"ckpt_path": str(path), "task": {"name": "sst2", "limit": 5}, "eval": {"batch_size": 2}})
     eval_module, eval_dm = evaluation_module(cfg)
@@ -310,7 +311,7 @@ def test_mask_callback_zeroes_exactly_the_masked_neurons_during_test(family, sig
     import lightning as L
 
     from fnet.lit.callbacks import MaskCallback
-    from fnet.masking import MaskSpec, expected_mask_shape
+    from fnet.intervene import MaskSpec, expected_mask_shape
     from fnet.models import signal_modules
 
     module = SequenceClassificationModule(f"tiny:{family}", num_labels=2)

@@ -7,10 +7,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fnet.lit.callbacks import MaskCallback, hooked_model
-from fnet.masking import MaskSpec, build_mask
+from fnet.intervene import MaskSpec, build_mask
 from fnet.models import load_model
 from fnet.networks import NetworkSet
-from fnet.recording import signal_hooks
+from fnet.record.recorder import signal_hooks
 
 
 class TinyLM(pl.LightningModule):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fnet.masking import (
+from fnet.intervene import (
     MASK_MODES,
     MaskSpec,
     apply_mask,
@@ -23,7 +23,7 @@ from fnet.masking import (
 )
 from fnet.models import find_blocks, load_model, mlp_modules, signal_modules, to_batch_first
 from fnet.networks import NetworkSet
-from fnet.recording import signal_hooks
+from fnet.record.recorder import signal_hooks
 
 FAMILIES = ["gpt2", "llama", "chatglm"]
 SIGNALS = ["mlp_out", "mlp_act"]

@@ -6,11 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fnet import conllu
+from fnet.attribution import conllu
 from fnet.attribution import KeyNeuronCounter, select_key_neurons
-from fnet.conllu import UPOS_TAGS, Word, load_treebank, parse_conllu, read_conllu, sentence_text
+from fnet.attribution.conllu import UPOS_TAGS, Word, load_treebank, parse_conllu, read_conllu, sentence_text
 from fnet.networks import NetworkSet
-from fnet.pos import (
+from fnet.pipelines.pos import run_pos_analysis
+from fnet.attribution import (
     align_sentences,
     align_words,
     attribute_samples,
@@ -18,7 +19,6 @@ from fnet.pos import (
     cap_per_tag,
     compare_classifiers,
     key_neuron_set,
-    run_pos_analysis,
     seed_interval,
     word_log_probs,
     word_samples,
@@ -322,7 +322,7 @@ def test_run_pos_analysis_end_to_end(tmp_path, monkeypatch):
     cfg = pos_cfg(tmp_path, ica_overlap=True, **{"attribution.method": "ig", "attribution.steps": 2,
                                                  "attribution.baseline": "mean"})
 
-    import fnet.analysis
+    import fnet.pipelines.pos
 
     def fake_networks(cfg_, lm):  # stands in for the ICA step (its own tests live elsewhere)
         masks = torch.zeros(3, lm.n_layers, lm.d_model, dtype=torch.bool)
@@ -330,7 +330,7 @@ def test_run_pos_analysis_end_to_end(tmp_path, monkeypatch):
         masks[1, 0] = True
         return NetworkSet.from_masks(masks, {"model": lm.name, "data": "fake"})
 
-    monkeypatch.setattr(fnet.analysis, "networks_for_config", fake_networks, raising=False)
+    monkeypatch.setattr(fnet.pipelines.pos, "networks_for_config", fake_networks)
     results = run_pos_analysis(cfg)
     out = tmp_path / "out"
     for name in ("pos_report.md", "pos_key_neurons.safetensors", "pos_selection_counts.safetensors", "pos_tags.csv",
@@ -362,7 +362,7 @@ def test_unknown_lesion_tag_is_an_error(tmp_path):
 
 
 def test_pos_test_split_holds_no_dev_sentence(shared_data):
-    from fnet.pos_data import drop_shared_sentences
+    from fnet.attribution.pos_data import drop_shared_sentences
 
     folder = shared_data / "ud_english_ewt"
     if not (folder / "en_ewt-ud-dev.conllu").is_file():
@@ -385,7 +385,7 @@ def test_run_pos_analysis_without_ica_or_lesion(tmp_path):
 
 
 def test_ica_overlap_from_a_saved_file_and_layout_mismatch(tmp_path):
-    from fnet.pos import ica_overlap
+    from fnet.pipelines.pos import ica_overlap
 
     pos_masks = torch.zeros(2, 3, 8, dtype=torch.bool)
     pos_masks[0, 0, :4] = True  # tag A: 4 neurons of layer 0

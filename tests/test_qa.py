@@ -109,21 +109,21 @@ def test_windows_map_answers_back_to_text():
 
 
 def test_qa_module_learns_toy_spans_and_reports_em_f1():
-    import lightning as L
+    import lightning.pytorch as pl
     from functools import partial
 
-    L.seed_everything(0)
+    pl.seed_everything(0)
     module = ExtractiveQAModule("tiny:gpt2", max_answer_length=8, optimizer=partial(torch.optim.AdamW, lr=3e-3))
     dm = SquadDataModule("squad", tokenizer=module.tokenizer, rows=squad_rows(24), max_length=96, doc_stride=32,
                          batch_size=8,
                          split=(0.7, 0.0, 0.3))
     losses = []
 
-    class Rec(L.Callback):
+    class Rec(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(accelerator="cpu", max_epochs=12, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=12, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[Rec()])
     trainer.fit(module, datamodule=dm)
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses

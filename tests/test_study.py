@@ -149,7 +149,7 @@ def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
 def test_derived_control_networks_follow_the_layout_and_planted_massive_unit():
     import numpy as np
 
-    from fnet.study_controls import controls_layout, derive_controls
+    from fnet.pipelines.study_controls import controls_layout, derive_controls
 
     rng = np.random.default_rng(0)
     K, n_layers, width = 3, 4, 40
@@ -170,7 +170,7 @@ def test_derived_control_networks_follow_the_layout_and_planted_massive_unit():
         assert (derived[layout[f"spared/net{k}"]] == (masks[k] & (np.arange(width) != 7))).all()
     assert derived[layout["unit/0"]].sum() == 1 and derived[layout["unit/0"], 3, 7]
     # layer 3 of every network is the massive unit alone: its magnitude match is another top-decile unit
-    from fnet.controls import magnitude_bins
+    from fnet.intervene.controls import magnitude_bins
 
     bins = magnitude_bins(scale, 10)
     for k in range(K):

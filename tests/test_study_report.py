@@ -1,4 +1,4 @@
-"""fnet.study_report on synthetic result.json files: planted effects are stated, a chance-level task is flagged."""
+"""fnet.study.report on synthetic result.json files: planted effects are stated, a chance-level task is flagged."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from fnet.study_report import paper_tables, statements, write_report
+from fnet.study.report import paper_tables, statements, write_report
 
 
 def _job(root, name, meta, score, ci, *, chance=0.5, n_masked=0, n_kept=None, n_neurons=1000):
@@ -74,7 +74,7 @@ def test_report_states_planted_effects_and_flags_chance(tmp_path):
 
 def test_statements_never_claim_without_an_interval(tmp_path):
     recs = _planted(tmp_path)[:3]  # unmasked, lesion and a single count seed (no interval over seeds)
-    from fnet.study_report import load_results, summarize
+    from fnet.study.report import load_results, summarize
 
     lines = statements(summarize(load_results(recs)))
     assert "not decided" in lines[0] and "hurts more" not in lines[0]

@@ -1,5 +1,5 @@
 """A `-m` sweep of evaluate.py through Hydra's submitit launcher (`hydra/launcher=local`: the code path of
-`hydra/launcher=slurm`, as local processes), then `python -m fnet.sweep` on its folder."""
+`hydra/launcher=slurm`, as local processes), then `python -m fnet.report.sweep` on its folder."""
 
 import csv
 import json
@@ -35,7 +35,7 @@ def test_submitit_local_sweep_runs_each_job_and_aggregates(tmp_path, shared_data
     assert [r["seed"] for r in rows] == [1, 2]
     for row in rows:  # a quarter of the tiny GPT-2's 3 x 32 mlp_out neurons, 4 scored rows
         assert row["task"] == "sst2" and row["n"] == 4 and row["mask"]["per_layer"] == [8, 8, 8]
-    proc = subprocess.run([sys.executable, "-m", "fnet.sweep", str(sweep_dir)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "fnet.report.sweep", str(sweep_dir)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 finished jobs, 0 failed" in (sweep_dir / "summary.md").read_text()

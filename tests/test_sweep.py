@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fnet.sweep import aggregate, condition_of, mean_ci
+from fnet.report.sweep import aggregate, condition_of, mean_ci
 
 
 def result(task, score, mode="none", networks=None, seed=None, K=None, ci=(0.0, 1.0), above=True, baseline=None,
@@ -108,7 +108,7 @@ def test_jobs_with_different_networks_are_not_pooled(tmp_path):
 
 
 def test_cli(sweep, tmp_path, capsys):
-    from fnet.sweep import main
+    from fnet.report.sweep import main
 
     out = tmp_path / "tables"
     assert main([str(sweep), "--out", str(out)]) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fnet.utils import SweepFailures, failed_jobs, task_wrapper
+from fnet.pipelines.hydra_utils import SweepFailures, failed_jobs, task_wrapper
 
 REPO = Path(__file__).resolve().parents[1]
 

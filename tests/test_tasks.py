@@ -5,7 +5,7 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from fnet.tasks import (TaskDataError, TaskSpec, available_tasks, get_task, load_task_config, load_task_rows,
+from fnet.evaluate.tasks import (TaskDataError, TaskSpec, available_tasks, get_task, load_task_config, load_task_rows,
                         resolve_source)
 
 OFFLINE = ["sst2", "cola", "mrpc", "mnli", "qnli", "ag_news", "squad", "wikitext2"]
@@ -58,11 +58,11 @@ def test_counts_given_as_text_are_read():
 
 
 def test_datamodule_limit_override_is_checked():
-    from fnet.lit.zeroshot import TaskDataModule
+    from fnet.lit.zeroshot import ZeroShotDataModule
     from fnet.models import byte_tokenizer
 
     with pytest.raises(ValueError, match="limit must be a whole number >= 1, got 'abc'"):
-        TaskDataModule("sst2", byte_tokenizer(), limit="abc")
+        ZeroShotDataModule("sst2", byte_tokenizer(), limit="abc")
 
 
 def _find(rows, **match):

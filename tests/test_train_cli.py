@@ -23,9 +23,9 @@ TINY = [
 
 CRASH = '''
 import os
-import lightning as L
+import lightning.pytorch as pl
 
-class CrashAtStep(L.Callback):
+class CrashAtStep(pl.Callback):
     """Kill the process (no cleanup, like SIGKILL) once the trainer reaches `step` optimiser steps."""
     def __init__(self, step: int):
         self.step = step
@@ -92,7 +92,7 @@ def test_experiment_configs_compose(experiment):
         cfg = compose(config_name="train", overrides=[f"experiment={experiment}"])
     assert cfg.model.name == "smollm2_135m"
     assert cfg.callbacks.model_checkpoint.monitor == f"val/{cfg.task.metric[0]}"
-    from fnet.finetune import task_kind
+    from fnet.lit.finetune import task_kind
 
     assert task_kind(cfg.task) in ("classification", "qa")
 

@@ -1,7 +1,7 @@
 """Lightning callbacks.
 
 :class:`MaskCallback` runs a LightningModule's validation / test / predict (and, on request, training) with a
-neuron mask applied through :func:`fnet.masking.apply_mask`. The mask is entered when a stage starts and left when
+neuron mask applied through :func:`fnet.intervene.apply_mask`. The mask is entered when a stage starts and left when
 it ends -- or when the run raises (``on_exception``) or tears down -- so a masked evaluation cannot leak hooks
 into the next one.
 
@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 import lightning.pytorch as pl
 from torch import nn
 
-from fnet.masking import MaskSpec, apply_mask, build_mask, expected_mask_shape
+from fnet.intervene import MaskSpec, apply_mask, build_mask, expected_mask_shape
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,17 @@ class MaskCallback(pl.Callback):
     """Apply a mask to the LightningModule's language model during the chosen stages.
 
     Args:
-        spec: a :class:`fnet.masking.MaskSpec`; ``None`` (no mask: the callback does nothing, so configs can keep
+        spec: a :class:`fnet.intervene.MaskSpec`; ``None`` (no mask: the callback does nothing, so configs can keep
             it in the list for the ``none`` mode); or a callable ``pl_module -> MaskSpec | None`` evaluated once at
             ``setup`` (e.g. to build from a NetworkSet the module computes).
         during: stages to mask, any of ``"validate"``, ``"test"``, ``"predict"`` (validation inside ``fit``
             counts as ``"validate"``).
         during_train: also mask the training loop of ``fit`` (training a model with a lesion).
-        **build_kwargs: instead of ``spec``, keyword arguments of :func:`fnet.masking.build_mask` (``mode``,
+        **build_kwargs: instead of ``spec``, keyword arguments of :func:`fnet.intervene.build_mask` (``mode``,
             ``networks``, ``seed``, ...); ``netset`` defaults to ``pl_module.netset`` and ``n_layers``/``width``
             to the model's, all resolved at ``setup``.
 
-    After ``setup``, ``callback.spec`` is the mask and ``callback.stats`` its :func:`fnet.masking.mask_stats`
+    After ``setup``, ``callback.spec`` is the mask and ``callback.stats`` its :func:`fnet.intervene.mask_stats`
     (``{}`` when unmasked). ``mask/n_masked`` and ``mask/fraction`` are logged with ``pl_module.log`` at the start
     of validation and test (so they appear in ``trainer.validate()`` / ``trainer.test()`` results) and once as
     hyperparameters to every logger.

@@ -1,9 +1,9 @@
 """Fine-tuning heads on a causal LM: the shared backbone module and sequence classification.
 
 :class:`CausalLMTaskModule` holds the causal LM as ``self.model`` (the registry finds its blocks, so
-``fnet.masking.apply_mask`` and the mask callback hook it directly), decides which of its parameters train
+``fnet.intervene.apply_mask`` and the mask callback hook it directly), decides which of its parameters train
 (``trainable_layers``), builds the optimiser and scheduler from Hydra partials, and writes an ``fnet`` entry into
-every checkpoint so that :func:`fnet.finetune.load_finetuned_lm` can rebuild the fine-tuned LM without this class.
+every checkpoint so that :func:`fnet.lit.checkpoints.load_finetuned_lm` can rebuild the fine-tuned LM without this class.
 
 :class:`SequenceClassificationModule` pools the hidden state of the **last real token** of each sequence (the
 last position whose attention mask is 1, so right and left padding give the same result; position ids are
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
-import lightning as L
+import lightning.pytorch as pl
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 import torch.nn.functional as F
@@ -152,7 +152,7 @@ def set_trainable(model: nn.Module, trainable_layers: int | None) -> dict[str, i
 # --------------------------------------------------------------------------------------------------------------
 # Shared base module
 # --------------------------------------------------------------------------------------------------------------
-class CausalLMTaskModule(L.LightningModule):
+class CausalLMTaskModule(pl.LightningModule):
     """A task head on a causal LM (``self.model``). Subclasses define the head, the steps and the metrics.
 
     Args:
@@ -161,7 +161,7 @@ class CausalLMTaskModule(L.LightningModule):
         model_kwargs: extra arguments of ``load_model`` when ``model`` is a name (dtype, trust_remote_code...).
         optimizer: a partial optimiser (Hydra ``_partial_: true``), called with the parameter groups; default AdamW.
         scheduler: a partial ``f(optimizer, num_training_steps) -> LRScheduler`` (see
-            :func:`fnet.finetune.warmup_scheduler`), stepped every optimiser step; ``None`` keeps the rate constant.
+            :func:`fnet.lit.finetune.warmup_scheduler`), stepped every optimiser step; ``None`` keeps the rate constant.
         trainable_layers: ``None`` trains the whole model, ``0`` freezes the backbone, ``N`` trains the top N blocks.
         checkpoint_frozen: keep frozen backbone weights in checkpoints (self-contained). ``False`` stores only what
             trains; loading then rebuilds the frozen part from ``model`` (the same registry name must resolve to the
@@ -248,14 +248,14 @@ class CausalLMTaskModule(L.LightningModule):
 # Metrics
 # --------------------------------------------------------------------------------------------------------------
 class ConfusionMCC(MulticlassConfusionMatrix):
-    """Matthews correlation from the (DDP-synced) confusion matrix via ``scoring.mcc_from_confusion``: 0 for a
+    """Matthews correlation from the (DDP-synced) confusion matrix via ``evaluate.mcc_from_confusion``: 0 for a
     constant predictor, as GLUE and scikit-learn report it. torchmetrics' MatthewsCorrCoef gives 0.077 there,
     which would make a degenerate CoLA model look above chance."""
 
     def compute(self) -> torch.Tensor:
-        from fnet import scoring
+        from fnet import evaluate
 
-        return torch.tensor(scoring.mcc_from_confusion(super().compute()), dtype=torch.float32)
+        return torch.tensor(evaluate.mcc_from_confusion(super().compute()), dtype=torch.float32)
 
 
 def classification_metrics(names: Sequence[str], num_labels: int) -> MetricCollection:
@@ -274,7 +274,7 @@ def classification_metrics(names: Sequence[str], num_labels: int) -> MetricColle
     return MetricCollection({name: makers[name]() for name in names})
 
 
-def gather_records(module: L.LightningModule, records: list[dict]) -> list[dict]:
+def gather_records(module: pl.LightningModule, records: list[dict]) -> list[dict]:
     """Per-row records of every process (DDP: all_gather_object), de-duplicated by ``index`` (the distributed
     sampler repeats rows to even out the ranks) and sorted by it."""
     if module.trainer is not None and module.trainer.world_size > 1 and torch.distributed.is_initialized():
@@ -292,27 +292,27 @@ def classification_result(task_name: str | None, metric_names: Sequence[str], pr
     (the first) as ``score``/``ci``; ``above_chance`` = its CI lies above chance."""
     import numpy as np
 
-    from fnet import scoring
+    from fnet import evaluate
 
     preds = np.asarray(preds, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
     metrics = {}
     for name in metric_names:
-        value = scoring.class_metric(name, torch.from_numpy(preds), torch.from_numpy(targets), n_classes)
+        value = evaluate.class_metric(name, torch.from_numpy(preds), torch.from_numpy(targets), n_classes)
         if name == "accuracy":
-            lo, hi = scoring.wilson_interval(float((preds == targets).sum()), len(targets))
+            lo, hi = evaluate.wilson_interval(float((preds == targets).sum()), len(targets))
             method = "wilson"
         else:
-            lo, hi = scoring.bootstrap_interval(
-                lambda p, t, _name=name: scoring.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t), n_classes),
+            lo, hi = evaluate.bootstrap_interval(
+                lambda p, t, _name=name: evaluate.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t), n_classes),
                 [preds, targets], n_boot=bootstrap, seed=seed)
             method = "bootstrap"
         metrics[name] = {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": method,
-                         "chance": scoring.metric_chance(name, targets, n_classes)}
+                         "chance": evaluate.metric_chance(name, targets, n_classes)}
     primary = metrics[metric_names[0]]
     return {
         "task": task_name, "n": int(len(targets)), "metric": metric_names[0], "scoring": "finetuned_head",
-        "metrics": metrics, "chance": scoring.chance_levels(targets, n_classes), "n_classes": n_classes,
+        "metrics": metrics, "chance": evaluate.chance_levels(targets, n_classes), "n_classes": n_classes,
         "label_counts": np.bincount(targets, minlength=n_classes).tolist(),
         "pred_counts": np.bincount(preds, minlength=n_classes).tolist(),
         "score": primary["value"], "ci": [primary["ci_low"], primary["ci_high"]],

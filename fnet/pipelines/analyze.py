@@ -1,0 +1,239 @@
+"""The default analysis (``python analyze.py``, ``analysis=networks``): texts -> recorder -> activation store ->
+decomposition -> networks -> report.
+
+For every stimulus dataset :func:`run` records the template and individual texts (cached and resumable under
+``paths.cache_dir``, :func:`fnet.record.record_dataset`), runs group ICA over the stacked template texts (K
+templates, restarts and stability) and individual ICA per text (:mod:`fnet.networks.find`), thresholds the
+spatial maps into :class:`~fnet.networks.NetworkSet` s, counts how many individual networks match each template
+(IoU > ``networks.match_threshold``, the paper's Tables 1-3), and writes ``report.md``, the network files and
+figures into the Hydra run folder. A group decomposition over all datasets' template texts together (``all``) is
+made too: it is the default network set that ``evaluate.py`` lesions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from fnet.cache import code_version
+from fnet.models import LoadedModel
+from fnet.networks import Decomposition, group_networks, individual_networks, iou, match_templates
+from fnet.pipelines._common import load_lm, load_stimuli, make_estimator, thresholds
+from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters
+from fnet.provenance import provenance
+from fnet.record import ActivationStore, record_dataset, slug
+from fnet.report import markdown_table, plot_counts_per_layer, plot_iou_matrix, plot_network_maps, provenance_header
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run", "record_from_config"]
+
+
+def record_from_config(lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *,
+                       progress: bool = True) -> ActivationStore:
+    """:func:`fnet.record.record_dataset` with the run's ``record`` settings and ``paths.cache_dir``."""
+    rec = cfg.record
+    return record_dataset(lm, texts, dataset=dataset, cache_dir=cfg.paths.cache_dir, signal=rec.signal,
+                          max_length=rec.max_length, batch_size=rec.batch_size, progress=progress)
+
+
+def _provenance(lm: LoadedModel, cfg: DictConfig, **fields: Any) -> dict:
+    ica = container(cfg.ica)
+    max_length = min(int(cfg.record.max_length), lm.max_positions or int(cfg.record.max_length))
+    return provenance(**lm.identity(), code_version=code_version("networks"), ckpt_path=cfg.ckpt_path,
+                      signal=cfg.record.signal, max_length=max_length, seed=int(cfg.seed),
+                      K=int(ica.get("n_components", 0) or 0), ica=ica, **fields)
+
+
+def _group(lm: LoadedModel, cfg: DictConfig, name: str, arrays: list, data_prov: dict) -> Decomposition:
+    estimator, n_init = make_estimator(cfg.ica, int(cfg.seed))
+    return group_networks(estimator, arrays, lm.n_layers, lm.width(cfg.record.signal), thresholds(cfg), name=name,
+                          n_init=n_init, seed=int(cfg.seed), provenance=_provenance(lm, cfg, data_detail=data_prov))
+
+
+def _individuals(lm: LoadedModel, cfg: DictConfig, name: str, store: ActivationStore, ids: list[str]):
+    estimator, _ = make_estimator(cfg.ica, int(cfg.seed))
+    return individual_networks(estimator, store.arrays(ids), ids, lm.n_layers, lm.width(cfg.record.signal),
+                               thresholds(cfg), name=name, provenance=_provenance(lm, cfg))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The analysis run
+# --------------------------------------------------------------------------------------------------------------
+def run(cfg: DictConfig) -> dict:
+    out = Path(cfg.paths.output_dir)
+    (out / "networks").mkdir(parents=True, exist_ok=True)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    loggers = instantiate_loggers(cfg.logger)
+    log_hyperparameters(loggers, cfg)
+    torch.manual_seed(int(cfg.seed))
+
+    t0 = time.time()
+    lm = load_lm(cfg)
+    stimuli = load_stimuli(cfg)
+    timings = {"load_model_s": time.time() - t0}
+
+    results: dict[str, dict] = {}
+    group_arrays_all: list = []
+    all_prov: dict = {}
+    metrics: dict[str, float] = {}
+    for name, stim in stimuli.items():
+        t = time.time()
+        store = record_from_config(lm, cfg, name, list(stim.template) + list(stim.individual))
+        timings[f"record_{name}_s"] = time.time() - t
+        template_arrays = store.arrays([x.id for x in stim.template])
+        group_arrays_all += template_arrays
+        all_prov[name] = stim.provenance
+
+        t = time.time()
+        group = _group(lm, cfg, name, template_arrays, stim.provenance)
+        group.networks.save(out / "networks" / f"{name}_group.safetensors")
+        individuals = []
+        if cfg.individual and stim.individual:
+            individuals = _individuals(lm, cfg, name, store, [x.id for x in stim.individual])
+            ind_dir = out / "networks" / f"{name}_individual"
+            ind_dir.mkdir(exist_ok=True)
+            for ind in individuals:
+                ind.networks.save(ind_dir / f"{slug(ind.name)}.safetensors")
+        timings[f"decompose_{name}_s"] = time.time() - t
+
+        match = (match_templates(group.networks, [i.networks for i in individuals],
+                                 threshold=float(cfg.networks.match_threshold)) if individuals else None)
+        results[name] = {"group": group, "individuals": individuals, "match": match}
+        _dataset_figures(fig_dir, name, group, match)
+        sizes = group.networks.sizes().double()
+        metrics.update({
+            f"{name}/n_tokens_template": float(group.n_tokens),
+            f"{name}/mean_network_size": float(sizes.mean()),
+            f"{name}/mean_network_fraction": float(group.networks.fractions().mean()),
+        })
+        if group.networks.stability is not None:
+            metrics[f"{name}/mean_stability"] = float(group.networks.stability.double().mean())
+        if match is not None:
+            metrics[f"{name}/mean_matches_per_template"] = float(match.counts.double().mean())
+
+    t = time.time()
+    combined = _group(lm, cfg, "all", group_arrays_all, all_prov)
+    combined.networks.save(out / "networks" / "all_group.safetensors")
+    plot_network_maps(combined.networks, fig_dir / "all_group_networks.png")
+    timings["decompose_all_s"] = time.time() - t
+
+    summary = _write_report(cfg, out, lm, stimuli, results, combined, timings)
+    for logger in loggers:
+        logger.log_metrics(metrics)
+        _log_figures(logger, fig_dir)
+        logger.finalize("success")
+    log.info("analysis report: %s", out / "report.md")
+    return summary
+
+
+def _dataset_figures(fig_dir: Path, name: str, group: Decomposition, match) -> None:
+    plot_network_maps(group.networks, fig_dir / f"{name}_group_networks.png")
+    plot_counts_per_layer(group.networks, fig_dir / f"{name}_counts_per_layer.png")
+    if match is not None:
+        plot_iou_matrix(match.iou.numpy() if hasattr(match.iou, "numpy") else match.iou,
+                               fig_dir / f"{name}_template_individual_iou.png",
+                               xlabel="individual networks (all texts)", ylabel="group template",
+                               title=f"{name}: template x individual IoU")
+
+
+def _log_figures(logger, fig_dir: Path) -> None:
+    if hasattr(logger, "log_image"):  # W&B
+        for png in sorted(fig_dir.glob("*.png")):
+            logger.log_image(key=f"figures/{png.stem}", images=[str(png)])
+
+
+def _write_report(cfg, out: Path, lm, stimuli, results, combined, timings) -> dict:
+    K = int(cfg.ica.n_components)
+    n_neurons = lm.n_neurons(cfg.record.signal)
+    lines = [
+        "# fnet functional-network analysis",
+        "",
+        provenance_header({k: v for k, v in combined.networks.provenance.items()
+                           if k not in ("data_detail", "ica", "pid", "host")}),
+        "",
+        f"Signal `{cfg.record.signal}`: {lm.n_layers} layers x {lm.width(cfg.record.signal)} = {n_neurons} neurons. "
+        f"Decomposition `{cfg.ica.get('_target_')}` with K = {K}; networks = z-scored spatial maps thresholded "
+        f"with rule `{cfg.networks.rule}` (alpha {cfg.networks.alpha}, sign policy `{cfg.networks.sign}`); "
+        f"template match = IoU > {cfg.networks.match_threshold}.",
+        "",
+        "## Data",
+        "",
+        markdown_table([
+            {"dataset": n, "source": s.provenance.get("source", ""), "template texts": len(s.template),
+             "individual texts": len(s.individual),
+             "template tokens": results[n]["group"].n_tokens} for n, s in stimuli.items()
+        ]),
+        "",
+        "## Group decompositions",
+        "",
+    ]
+    conv_rows = []
+    for name, res in list(results.items()) + [("all", {"group": combined})]:
+        g = res["group"]
+        nets = g.networks
+        conv_rows.append({
+            "dataset": name, "tokens": g.n_tokens, "n_iter": g.n_iter, "converged": g.converged,
+            "mean size": float(nets.sizes().double().mean()), "mean fraction": float(nets.fractions().mean()),
+            "mean stability": (float(nets.stability.double().mean()) if nets.stability is not None else None),
+            "seconds": round(g.seconds, 1),
+        })
+    lines += [markdown_table(conv_rows), ""]
+    if any(r["converged"] is False for r in conv_rows):
+        lines += ["**Warning:** at least one group decomposition did not converge (see `n_iter`); raise "
+                  "`ica.max_iter` or loosen `ica.tol`.", ""]
+
+    summary: dict[str, Any] = {"datasets": {}, "timings": timings}
+    for name, res in results.items():
+        nets = res["group"].networks
+        lines += [f"## {name}", "", f"Network files: `networks/{name}_group.safetensors`, individual networks in "
+                  f"`networks/{name}_individual/`. Figures: `figures/{name}_*.png`.", ""]
+        size_rows = []
+        counts = nets.counts_per_layer()
+        for k in range(len(nets)):
+            row = {"network": k, "neurons": int(nets.sizes()[k]), "fraction": float(nets.fractions()[k])}
+            if nets.stability is not None:
+                row["stability"] = float(nets.stability[k])
+            top_layers = torch.argsort(counts[k], descending=True)[:3].tolist()
+            row["top layers (count)"] = ", ".join(f"{l} ({int(counts[k, l])})" for l in top_layers)
+            size_rows.append(row)
+        lines += ["### Template networks", "", markdown_table(size_rows), ""]
+        ind = res["individuals"]
+        if ind:
+            n_conv = sum(1 for i in ind if i.converged)
+            lines += [f"Individual decompositions: {len(ind)} texts, {n_conv} converged.", ""]
+        match = res["match"]
+        if match is not None:
+            lines += [f"### Template matching (individual networks with IoU > {cfg.networks.match_threshold})", "",
+                      markdown_table(match.as_rows()), ""]
+        summary["datasets"][name] = {
+            "sizes": nets.sizes().tolist(),
+            "stability": None if nets.stability is None else nets.stability.tolist(),
+            "matches": None if match is None else match.counts.tolist(),
+        }
+
+    # cross-dataset similarity of templates: do different stimuli recruit the same networks?
+    names = list(results)
+    if len(names) > 1:
+        rows = []
+        for a in names:
+            row = {"dataset": a}
+            for b in names:
+                m = iou(results[a]["group"].networks, results[b]["group"].networks)
+                row[b] = float(m.max(dim=1).values.mean())
+            rows.append(row)
+        lines += ["## Cross-dataset template similarity", "",
+                  "Mean over the row dataset's templates of the best IoU with the column dataset's templates.", "",
+                  markdown_table(rows), ""]
+    lines += ["## Timings", "", markdown_table([{"step": k.removesuffix("_s"), "seconds": round(v, 1)}
+                                                for k, v in timings.items()]), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary

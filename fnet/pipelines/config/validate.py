@@ -1,0 +1,240 @@
+"""Check a composed Hydra config against its schema before any work is done.
+
+Why a check of the composed config and not only schemas in the defaults list: Hydra applies ``+key=value`` with
+``OmegaConf.update(..., force_add=True)``, which adds keys even to a closed Structured Config (hydra#1515,
+omegaconf#664), so ``+record.max_lenght=16`` would pass composition and be ignored. The composed config is
+therefore compared with the schemas of :mod:`fnet.pipelines.config.schemas` at startup:
+
+1. keys: every key must be a field of its schema (``+`` additions included; a near miss is suggested), and every
+   required field must be there; ``_target_`` groups whose schema is open take the keyword arguments of the
+   target's signature;
+2. types: the config is merged into the structured schema, so OmegaConf's type conversion names the key of a
+   value that does not fit (``networks.alpha=abc``);
+3. values: ranges and choices from the fields' metadata (OmegaConf has no value validators, hence this part).
+
+All problems are reported together in one :class:`ConfigError`. The config itself is returned unchanged: the
+values stay those of the YAML files and overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fnet.pipelines.config import schemas as S
+
+__all__ = ["ConfigError", "PRIMARY_SCHEMAS", "check_target_kwargs", "register_configs", "validate_config"]
+
+#: primary config name -> schema
+PRIMARY_SCHEMAS: dict[str, type] = {"analyze": S.AnalyzeConfig, "evaluate": S.EvaluateConfig, "train": S.TrainConfig}
+#: groups whose content is a `_target_` plus its keyword arguments (checked against the target's signature),
+#: with the keys that are not arguments (popped by the caller before instantiating)
+_TARGET_GROUPS = {"ica": ("level", "restarts"), "trainer": (), "optimizer": (), "scheduler": ()}
+#: groups that map a name to one `_target_` entry each
+_TARGET_MAPS = ("logger", "callbacks")
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+class ConfigError(ValueError):
+    """An invalid composed config; the message lists every problem with its key."""
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore: ``schema/<primary>`` (e.g. ``schema/analyze``) and one per
+    group, ``schema/<group>/default`` (e.g. ``schema/networks/default``), so they can be listed, extended or put
+    in a defaults list."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, schema in PRIMARY_SCHEMAS.items():
+        cs.store(group="schema", name=name, node=schema)
+        for f in dataclasses.fields(schema):
+            inner = _dataclass_of(typing.get_type_hints(schema)[f.name])
+            if inner is not None:
+                cs.store(group=f"schema/{f.name}", name="default", node=inner)
+    for run, schema in S.ANALYSIS_SCHEMAS.items():
+        cs.store(group="schema/analysis", name=run.rsplit(".", 1)[-1], node=schema)
+
+
+def validate_config(cfg: DictConfig, name: str) -> DictConfig:
+    """Check the composed config ``cfg`` of the primary config ``name`` (``analyze`` | ``evaluate`` | ``train``).
+
+    Returns ``cfg`` unchanged; raises :class:`ConfigError` naming every unknown or missing key, every value of
+    the wrong type and every value out of its range or choices."""
+    if name not in PRIMARY_SCHEMAS:
+        raise ValueError(f"no schema for config {name!r}; valid: {sorted(PRIMARY_SCHEMAS)}")
+    schema = PRIMARY_SCHEMAS[name]
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    errors: list[str] = []
+    _check_keys(plain, schema, "", errors)
+    if not errors:  # types and values only when the keys are right (merging stops at the first unknown key)
+        typed = _merge(cfg, schema, "", errors)
+        if "analysis" in plain:
+            sub = S.ANALYSIS_SCHEMAS.get(str(plain["analysis"].get("run")))
+            if sub is not None:
+                _merge(cfg.analysis, sub, "analysis", errors)
+        if not errors:
+            _check_values(typed, schema, "", errors)
+            if "analysis" in plain and (sub := S.ANALYSIS_SCHEMAS.get(str(plain["analysis"].get("run")))):
+                _check_values(OmegaConf.merge(OmegaConf.structured(sub), cfg.analysis), sub, "analysis", errors)
+    if not errors and "task" in plain:
+        from fnet.evaluate.tasks import TaskSpec
+
+        try:
+            TaskSpec.from_config(cfg.task)
+        except (ValueError, TypeError) as err:
+            errors.append(f"task: {err}")
+    if errors:
+        lines = "\n".join(f"  - {e}" for e in errors)
+        raise ConfigError(f"invalid config `{name}` ({len(errors)} problem{'s' * (len(errors) > 1)}):\n{lines}")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass inside ``tp`` (``X`` or ``Optional[X]``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _unknown(where: str, key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" (did you mean {_join(where, near[0])}?)" if near else ""
+    return f"unknown key {_join(where, key)}{hint}; valid keys of {where or 'the config'}: {', '.join(sorted(valid))}"
+
+
+def _check_keys(node: dict, schema: type, path: str, errors: list[str]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in node:
+        if key not in fields:
+            errors.append(_unknown(path, key, list(fields)))
+    for name, f in fields.items():
+        where = _join(path, name)
+        if name not in node:
+            if f.default is dataclasses.MISSING or f.default == "???":
+                errors.append(f"missing key {where} (a required key of {path or 'the config'})")
+            continue
+        value = node[name]
+        inner = _dataclass_of(hints[name])
+        if inner is not None and isinstance(value, dict):
+            _check_keys(value, inner, where, errors)
+        elif name == "analysis" and isinstance(value, dict):
+            _check_analysis(value, errors)
+        elif name in _TARGET_GROUPS and isinstance(value, dict):
+            errors.extend(check_target_kwargs(value, where, _TARGET_GROUPS[name]))
+        elif name in _TARGET_MAPS and isinstance(value, dict):
+            for entry, conf in value.items():
+                if isinstance(conf, dict):
+                    errors.extend(check_target_kwargs(conf, _join(where, entry)))
+
+
+def _check_analysis(node: dict, errors: list[str]) -> None:
+    run = node.get("run")
+    schema = S.ANALYSIS_SCHEMAS.get(str(run))
+    if schema is not None:
+        _check_keys(node, schema, "analysis", errors)
+        return
+    from hydra.utils import get_method
+
+    try:
+        get_method(str(run))
+    except Exception as err:  # noqa: BLE001 - any import failure is the same config problem
+        errors.append(f"analysis.run: cannot import {run!r} ({err}); fnet's analyses: {sorted(S.ANALYSIS_SCHEMAS)}")
+
+
+def check_target_kwargs(node: dict, where: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Problems with the keys of a ``_target_`` node: keys that are not parameters of the target (unless it takes
+    ``**kwargs``) and a target that cannot be imported. ``extra``: keys the caller pops before instantiating."""
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        return []
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+        params = inspect.signature(obj).parameters
+    except (ValueError, TypeError):  # a builtin without a signature: nothing to check against
+        return []
+    except Exception as err:  # noqa: BLE001 - ImportError and Hydra's own wrapping of it
+        return [f"{_join(where, '_target_')}: cannot import {target!r} ({err})"]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    valid = [p for p, v in params.items() if v.kind is not inspect.Parameter.VAR_POSITIONAL] + list(extra)
+    return [_unknown(where, key, valid) + f" (the parameters of {target})"
+            for key in node if key not in _HYDRA_KEYS and key not in valid]
+
+
+def _merge(cfg: DictConfig, schema: type, path: str, errors: list[str]) -> DictConfig | None:
+    """``cfg`` merged into the structured ``schema``: OmegaConf converts or rejects every typed value."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except OmegaConfBaseException as err:
+        key = _join(path, err.full_key) if getattr(err, "full_key", None) else path or "?"
+        msg = str(getattr(err, "msg", None) or err).splitlines()[0]
+        errors.append(f"{key}: {msg}")
+        return None
+
+
+def _choices(spec: Any) -> list:
+    if isinstance(spec, str):  # "module:NAME" -> that constant of the code (a dict gives its keys)
+        module, name = spec.split(":")
+        spec = getattr(importlib.import_module(module), name)
+    return list(spec)
+
+
+def _rule_problems(value: Any, rules: dict) -> str | None:
+    if "choices" in rules:
+        valid = _choices(rules["choices"])
+        items = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in items if not any(v == c and type(v) is type(c) for c in valid)]
+        if bad:
+            return f"must be one of {valid}, got {bad[0]!r}"
+        return None
+    limits = [(op, rules[op]) for op in ("gt", "ge", "lt", "le") if op in rules]
+    checks = {"gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}
+    if limits and not all(checks[op](value, bound) for op, bound in limits):
+        symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        return "must be " + " and ".join(f"{symbols[op]} {bound}" for op, bound in limits) + f", got {value!r}"
+    return None
+
+
+def _check_values(typed: DictConfig, schema: type, path: str, errors: list[str]) -> None:
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        where = _join(path, f.name)
+        inner = _dataclass_of(hints[f.name])
+        node = typed._get_node(f.name) if f.name in typed else None
+        if node is None:
+            continue
+        if inner is not None:
+            if isinstance(node, DictConfig) and not node._is_none():
+                _check_values(node, inner, where, errors)
+            continue
+        if not f.metadata:
+            continue
+        try:
+            value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else typed[f.name]
+        except OmegaConfBaseException:  # an interpolation that resolves only in a running job (${hydra:...})
+            continue
+        if value is None:
+            continue
+        problem = _rule_problems(value, dict(f.metadata))
+        if problem:
+            errors.append(f"{where} {problem}")

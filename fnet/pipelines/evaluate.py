@@ -1,0 +1,408 @@
+"""What ``evaluate.py`` does: evaluate a (masked) language model on one task and write ``result.json``.
+
+:func:`run` composes the pieces from a Hydra config (``conf/evaluate.yaml``):
+
+1. the model (``hydra.utils.instantiate(cfg.model)`` -> :class:`fnet.models.LoadedModel`), or, when
+   ``cfg.ckpt_path`` is set, a fine-tuned checkpoint through ``fnet.pipelines._finetuned.evaluation_module(cfg)``;
+2. the task (``cfg.task``, :mod:`fnet.evaluate.tasks`) as a :class:`fnet.lit.zeroshot.ZeroShotDataModule`;
+3. the mask (``cfg.mask`` -> :func:`fnet.intervene.build_mask`); its networks come from ``cfg.mask.networks_file``
+   or, when that is null, from ``fnet.pipelines._common.networks_for_config(cfg, lm)`` (computed once, cached);
+4. a Lightning ``Trainer`` (``cfg.trainer``) with the callbacks (``cfg.callbacks``; the mask callback is finished
+   with the spec) and loggers (``cfg.logger``), then ``trainer.test``;
+5. the unmasked baseline of the same rows (``eval.baseline``; cached on disk per model x task x rows), so every
+   result row carries the unmasked score, its 95 % CI and whether the unmasked model is above chance;
+6. ``result.json`` (and ``predictions.jsonl``) in the job's output folder; W&B gets the config, metrics, mask
+   statistics and the result table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from fnet.intervene import build_mask, expected_mask_shape
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+
+from fnet.cache import (
+    atomic_write_text,
+    check_compatible,
+    code_version,
+    content_key,
+    lock,
+    model_fingerprint,
+    quarantine,
+    register,
+)
+from fnet.lit.callbacks import MaskCallback, hooked_model
+from fnet.lit.zeroshot import ZeroShotDataModule, ZeroShotModule
+from fnet.networks import NetworkSet
+from fnet.pipelines._common import load_lm, networks_for_config
+from fnet.pipelines._finetuned import evaluation_module
+from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters, overrides
+from fnet.provenance import provenance
+from fnet.evaluate.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run", "build_mask_from_config", "mask_and_networks", "result_row", "baseline_cache_key", "TABLE_COLUMNS"]
+
+#: mask modes whose mask is built from a NetworkSet
+NETSET_MODES = ("lesion", "preserve", "random", "random_preserve", "amplify", "scale")
+
+#: columns of the one-row result table logged to W&B
+TABLE_COLUMNS = ["task", "metric", "score", "ci_low", "ci_high", "mask", "networks", "seed", "K", "n_masked",
+                 "fraction", "baseline", "baseline_ci_low", "baseline_ci_high", "chance", "above_chance", "n"]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _json_safe(value.item())
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mask
+# --------------------------------------------------------------------------------------------------------------
+def build_mask_from_config(cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None):
+    """``(MaskSpec | None, NetworkSet | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``); see
+    :func:`mask_and_networks`, which also says whether the networks are foreign."""
+    spec, netset, _ = mask_and_networks(cfg, lm, n_layers=n_layers, width=width)
+    return spec, netset
+
+
+def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None,
+                      identity: dict | None = None):
+    """``(MaskSpec | None, NetworkSet | None, foreign | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``).
+
+    Networks: ``cfg.mask.networks_file`` when set, else -- for modes that need networks --
+    ``fnet.pipelines._common.networks_for_config(cfg, lm)``. Before a mask is built from them they are checked against the
+    model that will be masked (``identity``: ``model`` and ``model_fingerprint``, default ``lm.identity()``) with
+    :func:`fnet.cache.check_compatible`: networks of another model, signal or shape are an error, unless
+    ``cfg.mask.allow_foreign`` is true; then ``foreign`` describes both sides for result.json.
+    """
+
+    mask_cfg = dict(container(cfg.mask) or {})
+    mode = mask_cfg.pop("mode", "none") or "none"
+    allow_foreign = bool(mask_cfg.pop("allow_foreign", False))
+    signal = cfg.record.signal if "record" in cfg else "mlp_out"
+    if mode == "none":
+        return None, None, None
+    netset = None
+    if mode in NETSET_MODES and not mask_cfg.get("networks_file"):
+        if lm is None:
+            raise ValueError(f"mask mode {mode!r} needs networks: set mask.networks_file or give the model")
+        netset = networks_for_config(cfg, lm)
+    elif mode in NETSET_MODES:
+        netset = NetworkSet.load(mask_cfg["networks_file"])  # a user file: unreadable is an error naming it
+    if lm is not None and (n_layers is None or width is None):
+        n_layers, width = lm.n_layers, lm.width(signal)
+    if identity is None and lm is not None:
+        identity = lm.identity()
+    foreign = None
+    if netset is not None and identity is not None and n_layers is not None and width is not None:
+        source = f"networks {mask_cfg['networks_file']}" if mask_cfg.get("networks_file") else "networks"
+        foreign = check_compatible(netset, model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
+                                   n_layers=n_layers, width=width, signal=signal, allow_foreign=allow_foreign,
+                                   source=source)
+    spec = build_mask(mode, netset=netset, signal=signal, n_layers=n_layers, width=width, **mask_cfg)
+    return spec, netset, foreign
+
+
+def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
+    """JSON-able mask statistics for result.json: mode, networks, seed, counts per layer / total / fraction."""
+    mask_cfg = dict(container(cfg.mask) or {})
+    out = {"mode": mask_cfg.get("mode", "none"), "networks": mask_cfg.get("networks"), "seed": mask_cfg.get("seed"),
+           "fraction_requested": mask_cfg.get("fraction"), "value": mask_cfg.get("value"),
+           "exclude_reference": mask_cfg.get("exclude_reference"), "networks_file": mask_cfg.get("networks_file")}
+    if spec is None:
+        out.update(n_masked=0, fraction=0.0, per_layer=None, description="no mask")
+        return out
+    summary = spec.summary()
+    out.update(description=summary.get("description"), n_masked=int(spec.stats["n_masked"]),
+               fraction=float(spec.stats["fraction"]), per_layer=list(spec.stats["per_layer"]), signal=summary.get("signal"), apply_mode=summary.get("mode"),
+               network_ids=summary.get("networks"), n_preserved=summary.get("n_preserved"),
+               n_neurons=int(spec.mask.numel()))
+    if netset is not None:
+        out["K"] = int(netset.n_networks)
+        out["network_sizes"] = [int(s) for s in netset.sizes()]
+        out["netset"] = netset_fingerprint(netset)
+        out["netset_model"] = {k: netset.provenance.get(k) for k in ("model", "model_fingerprint", "signal")}
+    return out
+
+
+def netset_fingerprint(netset: Any) -> str:
+    """A short content hash of a NetworkSet's masks: jobs of a sweep that used different networks (a changed
+    analysis config or code recomputed them) are told apart by it, and ``fnet.report.sweep`` never pools them."""
+    masks = netset.masks.to(torch.uint8).contiguous().numpy()  # [K, layer, unit]
+    return hashlib.sha1(masks.tobytes() + str(masks.shape).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Baseline cache
+# --------------------------------------------------------------------------------------------------------------
+def baseline_cache_key(cfg: Any, task_dict: dict, identity: dict | None = None) -> str:
+    """Key of the unmasked baseline: the evaluated model's content (``identity``: fingerprint and dtype; without
+    it the ``model`` config), the task, the rows (data folder, seed), the evaluation settings and the version of
+    the code that scores them (:func:`fnet.cache.code_version`)."""
+
+    payload = {"task": task_dict, "eval": container(cfg.eval),
+               "data_dir": str(Path(cfg.paths.data_dir).resolve()), "code": code_version("eval_baselines"),
+               "seed": int(cfg.seed)}
+    if identity is not None:
+        payload["model"] = {k: identity.get(k) for k in ("model_fingerprint", "model_dtype")}
+    else:
+        payload["model"] = container(cfg.model)
+    payload["eval"] = {k: v for k, v in (payload["eval"] or {}).items() if k in ("max_length", "bootstrap")}
+    return content_key(payload)
+
+
+def _baseline_path(cfg: Any, key: str) -> Path:
+    return Path(cfg.paths.cache_dir) / "eval_baselines" / f"{key}.json"
+
+
+def _read_baseline(path: Path) -> dict | None:
+    """A cached baseline, or None; an unreadable one is moved aside (and recomputed by the caller)."""
+    if not path.exists():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        if not isinstance(cached, dict) or "score" not in cached:
+            raise ValueError("not a baseline result (no 'score')")
+        return cached
+    except (OSError, ValueError) as err:
+        quarantine(path, err)
+        return None
+
+
+def _write_baseline(path: Path, results: dict, identity: dict | None) -> None:
+
+    record = dict(_json_safe(results), provenance=_json_safe(identity or {}))
+    atomic_write_text(path, json.dumps(record, indent=1))
+    identity = identity or {}
+    register(path, "eval_baselines", model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
+             task=results.get("task"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Result rows
+# --------------------------------------------------------------------------------------------------------------
+def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra: dict | None = None,
+               identity: dict | None = None) -> dict:
+    """The content of result.json: the task's results, the mask, the unmasked baseline and provenance.
+
+    ``identity`` is the evaluated model's (name, fingerprint, dtype, source): the provenance records that model,
+    never a config that was not evaluated (with ``ckpt_path`` the checkpoint's model; a different ``model``
+    config is noted as ``model_config_ignored``)."""
+
+    K = mask.get("K")
+    if K is None and "ica" in cfg and mask.get("mode") in NETSET_MODES and not mask.get("networks_file"):
+        K = int(cfg.ica.get("n_components"))
+    row = dict(results)
+    row["mask"] = mask
+    row["mask_mode"] = mask.get("mode")
+    row["networks"] = mask.get("network_ids", mask.get("networks"))
+    row["seed"] = mask.get("seed") if mask.get("mode") in ("random", "random_preserve", "random_fraction") else None
+    row["K"] = K
+    if baseline is not None:
+        row["baseline"] = {k: baseline.get(k) for k in ("score", "ci", "above_chance", "metrics", "chance", "n")}
+        row["above_chance_unmasked"] = baseline.get("above_chance")
+        row["delta"] = None if baseline.get("score") is None else row["score"] - baseline["score"]
+    elif mask.get("mode") == "none":
+        row["baseline"] = None
+        row["above_chance_unmasked"] = results.get("above_chance")
+    else:
+        row["baseline"] = None
+        row["above_chance_unmasked"] = None
+    model_name = cfg.model.get("name") if "model" in cfg else None
+    model_fields = dict(identity) if identity is not None else {"model": model_name}
+    if identity is not None and model_name is not None and model_name != identity.get("model"):
+        model_fields["model_config_ignored"] = model_name
+    if mask.get("foreign"):
+        model_fields["foreign_networks"] = mask["foreign"]
+    model_fields.pop("ckpt_path", None)  # a checkpoint's identity names it too; cfg.ckpt_path below is the same
+    row["provenance"] = provenance(
+        **model_fields, signal=cfg.record.signal if "record" in cfg else None,
+        data=(extra or {}).get("data"), seed=int(cfg.seed), K=K, task=results.get("task"),
+        ckpt_path=cfg.ckpt_path, overrides=overrides(), output_dir=str(cfg.paths.output_dir),
+    )
+    return _json_safe(row)
+
+
+def table_row(row: dict) -> list:
+    mask = row.get("mask") or {}
+    base = row.get("baseline") or {}
+    ci = row.get("ci") or [None, None]
+    bci = base.get("ci") or [None, None]
+    chance = (row.get("metrics", {}).get(row.get("metric"), {}) or {}).get("chance")
+    return [row.get("task"), row.get("metric"), row.get("score"), ci[0], ci[1], row.get("mask_mode"),
+            str(row.get("networks")), row.get("seed"), row.get("K"), mask.get("n_masked"), mask.get("fraction"),
+            base.get("score"), bci[0], bci[1], chance, row.get("above_chance_unmasked"), row.get("n")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------------------------
+def _model_and_data(cfg: Any):
+    """``(lm | None, module, datamodule, task_dict)`` for a plain model or a fine-tuned checkpoint."""
+    ev = cfg.eval
+    if cfg.ckpt_path:
+        module, datamodule = evaluation_module(cfg)
+        return None, module, datamodule, {"ckpt_path": str(cfg.ckpt_path), "task": container(cfg.task)}
+    lm = instantiate(cfg.model)
+    task = get_task(cfg.task)
+    max_length = ev.max_length
+    module = ZeroShotModule(lm.model, lm.tokenizer, task, max_length=max_length,
+                            bootstrap=int(ev.bootstrap), ci_seed=int(cfg.seed))
+    datamodule = ZeroShotDataModule(task, lm.tokenizer, data_dir=cfg.paths.data_dir,
+                                batch_size=int(ev.batch_size), num_workers=int(ev.num_workers),
+                                max_length=module.max_length)
+    return lm, module, datamodule, task.to_dict()
+
+
+def _callbacks(cfg: Any, spec: Any) -> list:
+
+    callbacks = []
+    for name, conf in (cfg.callbacks or {}).items():
+        if conf is None or "_target_" not in conf:
+            continue
+        made = instantiate(conf)
+        if name == "mask":
+            made = made(spec=spec)  # the mask callback is a partial finished with this run's spec
+        callbacks.append(made)
+    if spec is not None and not any(type(c).__name__ == "MaskCallback" for c in callbacks):
+
+        callbacks.append(MaskCallback(spec))
+    return callbacks
+
+
+def _test(trainer: Any, module: Any, datamodule: Any) -> dict:
+    out = trainer.test(module, datamodule=datamodule, verbose=False)
+    results = getattr(module, "results", None)
+    if results is None:  # a module without fnet's result row (e.g. a fine-tuning module): Lightning's metrics
+        metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
+        name = next(iter(metrics), "metric")
+        results = {"task": getattr(getattr(module, "task", None), "name", None), "metric": name,
+                   "score": metrics.get(name), "ci": [None, None], "metrics": {k: {"value": v} for k, v in
+                                                                              metrics.items()},
+                   "above_chance": None}
+    return results
+
+
+def _baseline(cfg: Any, module: Any, datamodule: Any, task_dict: dict, loggers_off: bool = True,
+              identity: dict | None = None) -> dict:
+    """The unmasked result on the same rows: from the on-disk cache, or computed with a plain trainer."""
+    path = _baseline_path(cfg, baseline_cache_key(cfg, task_dict, identity))
+    cached = _read_baseline(path)
+    if cached is not None:
+        log.info("unmasked baseline from cache %s", path)
+        return cached
+    log.info("computing the unmasked baseline (cached as %s)", path)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    results = _test(trainer, module, datamodule)
+    if trainer.is_global_zero:
+        with lock(path):
+            _write_baseline(path, results, identity)
+    return results
+
+
+def _identity(lm: Any, module: Any, cfg: Any) -> dict:
+    """What result.json and the caches record about the evaluated model: ``lm.identity()``, or for a fine-tuned
+    checkpoint its base model, path and the fingerprint of the weights in the LightningModule."""
+
+    if lm is not None:
+        return lm.identity()
+    model = hooked_model(module)
+    dtype = next((str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()), "none")
+    base = getattr(module, "model_name", None) or "?"
+    return {"model": f"{base}+finetuned@{Path(str(cfg.ckpt_path)).expanduser().resolve()}",
+            "model_fingerprint": model_fingerprint(model, getattr(module, "tokenizer", None)), "model_dtype": dtype,
+            "model_source": f"fine-tuned checkpoint {cfg.ckpt_path} of {base}", "ckpt_path": str(cfg.ckpt_path)}
+
+
+def run(cfg: Any) -> dict:
+    """Evaluate one (task, mask) job; returns the result row (also written to ``result.json``)."""
+    pl.seed_everything(int(cfg.seed), workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lm, module, datamodule, task_dict = _model_and_data(cfg)
+    identity = _identity(lm, module, cfg)
+    if lm is None:  # fine-tuned checkpoint: mask shape from its LM; networks are found in the fine-tuned LM
+
+        signal = cfg.record.signal if "record" in cfg else "mlp_out"
+        n_layers, width = expected_mask_shape(hooked_model(module), signal)
+        mode = cfg.mask.mode
+        # the fine-tuned backbone (fnet.pipelines.analyze.load_lm follows cfg.ckpt_path), as analyze.py ckpt_path=... uses:
+        # networks_for_config caches under the checkpoint's key, so base-model networks must never land there
+
+        base_lm = load_lm(cfg) if mode in NETSET_MODES and not cfg.mask.networks_file else None
+        spec, netset, foreign = mask_and_networks(cfg, base_lm, n_layers=n_layers, width=width, identity=identity)
+    else:
+        spec, netset, foreign = mask_and_networks(cfg, lm, identity=identity)
+    mask = mask_summary(spec, netset, cfg)
+    if foreign is not None:
+        mask["foreign"] = foreign  # mask.allow_foreign=true: result.json says so, with both identities
+    log.info("mask: %s", mask.get("description"))
+
+    baseline = None
+    ev = cfg.eval
+    if spec is not None and ev.baseline:
+        baseline = _baseline(cfg, module, datamodule, task_dict, identity=identity)
+
+    loggers = instantiate_loggers(cfg.logger)
+    trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg, spec), logger=loggers or False)
+    log_hyperparameters(loggers, cfg, extra={"mask_stats": {k: v for k, v in mask.items() if k != "per_layer"}})
+    results = _test(trainer, module, datamodule)
+    if spec is None and ev.baseline and trainer.world_size == 1:
+        # an unmasked job is its own baseline: seed the cache so masked jobs of a sweep reuse it
+
+        path = _baseline_path(cfg, baseline_cache_key(cfg, task_dict, identity))
+        with lock(path):
+            if _read_baseline(path) is None:
+                _write_baseline(path, results, identity)
+    data = getattr(datamodule, "provenance", None)
+    row = result_row(results, mask, baseline, cfg, extra={"data": data}, identity=identity)
+    row["data"] = _json_safe(data)
+    row["world_size"] = int(trainer.world_size)
+    if trainer.is_global_zero:
+        (out_dir / "result.json").write_text(json.dumps(row, indent=1))
+        outputs = getattr(module, "outputs", None)
+        if outputs and ev.save_predictions and trainer.world_size == 1:
+            with open(out_dir / "predictions.jsonl", "w") as handle:
+                for record in sorted(outputs, key=lambda r: r.get("index", 0)):
+                    handle.write(json.dumps(_json_safe(record)) + "\n")
+        _log_wandb(loggers, row, mask)
+        log.info("%s %s = %.4f (95%% CI %s), unmasked %s, above chance (unmasked): %s; wrote %s",
+                 row.get("task"), row.get("metric"), float("nan") if row.get("score") is None else row["score"], row.get("ci"),
+                 (row.get("baseline") or {}).get("score"), row.get("above_chance_unmasked"), out_dir / "result.json")
+    return row
+
+
+def _log_wandb(loggers: list, row: dict, mask: dict) -> None:
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        scalars = {"result/score": row.get("score"), "mask/n_masked": mask.get("n_masked"),
+                   "mask/fraction": mask.get("fraction")}
+        if row.get("baseline"):
+            scalars["result/baseline"] = row["baseline"].get("score")
+        logger.log_metrics({k: float(v) for k, v in scalars.items() if isinstance(v, (int, float))})
+        logger.log_table(key="result", columns=TABLE_COLUMNS, data=[table_row(row)])
+        if mask.get("per_layer"):
+            logger.log_table(key="mask_per_layer", columns=["layer", "n_masked"],
+                             data=[[i, c] for i, c in enumerate(mask["per_layer"])])
+        logger.experiment.summary.update({"result": {k: row.get(k) for k in ("task", "metric", "score", "ci",
+                                                                              "above_chance_unmasked")}})

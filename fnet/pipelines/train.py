@@ -1,0 +1,153 @@
+"""What ``train.py`` does: fine-tune a causal LM on a task, test its best checkpoint on the held-out split, and
+write ``result.json`` (metrics, split sizes and rule, data source, seed, time, provenance).
+
+:func:`run_training` seeds, builds the model / data / LightningModule / trainer from the Hydra config, fits
+(resuming from ``cfg.ckpt_path`` when given) and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from fnet.lit.checkpoints import load_checkpoint_file
+from fnet.lit.finetune import (
+    CLASSIFICATION_DATA,
+    CLASSIFICATION_MODULE,
+    QA_DATA,
+    QA_MODULE,
+    accepted_kwargs,
+    import_class,
+    task_kind,
+)
+from fnet.models import LoadedModel
+from fnet.pipelines.hydra_utils import (
+    container,
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_hyperparameters,
+    overrides,
+)
+from fnet.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_datamodule", "build_module", "run_training"]
+
+
+def build_datamodule(cfg: Any, tokenizer: Any, kind: str, **extra: Any):
+    data_cfg = dict(container(cfg.datamodule))
+    target = data_cfg.pop("_target_", None) or (QA_DATA if kind == "qa" else CLASSIFICATION_DATA)
+    cls = import_class(target)
+    kwargs = accepted_kwargs(cls, dict(data_cfg, **extra), "datamodule")
+    return cls(task=cfg.task, tokenizer=tokenizer, **kwargs)
+
+
+def build_module(cfg: Any, lm: LoadedModel, kind: str, datamodule: Any):
+
+    module_cfg = dict(container(cfg.module))
+    target = module_cfg.pop("_target_", None) or (QA_MODULE if kind == "qa" else CLASSIFICATION_MODULE)
+    cls = import_class(target)
+    optimizer = instantiate(cfg.optimizer) if cfg.optimizer else None
+    scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
+    kwargs = dict(module_cfg, task_name=datamodule.task.name)
+    if kind == "classification":
+        kwargs.update(num_labels=datamodule.num_labels, metrics=datamodule.metric_names)
+    kwargs = accepted_kwargs(cls, kwargs, "module")
+    return cls(model=lm, optimizer=optimizer, scheduler=scheduler, **kwargs)
+
+
+def _checkpoint_callbacks(callbacks: list) -> tuple[Any, Any]:
+    """(the checkpoint callback that monitors a validation metric, the one that writes last.ckpt)."""
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    best = next((c for c in checkpoints if c.monitor), None)
+    last = next((c for c in checkpoints if c.save_last), None)
+    return best, last
+
+
+def run_training(cfg: Any) -> dict[str, Any]:
+    """Fine-tune, test the best checkpoint, write ``result.json`` into ``cfg.paths.output_dir``; returns it."""
+    started = time.time()
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))  # a shared CPU: fewer threads can be much faster
+    seed = int(cfg.seed)
+    pl.seed_everything(seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    kind = task_kind(cfg.task)
+    lm: LoadedModel = instantiate(cfg.model)
+    datamodule = build_datamodule(cfg, lm.tokenizer, kind, data_dir=cfg.paths.data_dir)
+    datamodule.setup("fit")
+    module = build_module(cfg, lm, kind, datamodule)
+
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    loggers = instantiate_loggers(cfg.logger)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_hyperparameters(loggers, cfg, extra={"data/" + k: v for k, v in datamodule.split_info.items()
+                                             if isinstance(v, (int, float, str))})
+
+    ckpt_path = cfg.ckpt_path
+    start_step = 0
+    if ckpt_path:
+        start_step = int(load_checkpoint_file(ckpt_path).get("global_step", 0))
+        log.warning("resuming from %s (global step %d)", ckpt_path, start_step)
+    fit_started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    fit_seconds = time.time() - fit_started
+    val_metrics = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    best_cb, last_cb = _checkpoint_callbacks(callbacks)
+    best_path = best_cb.best_model_path if best_cb is not None else ""
+    best_score = _number(best_cb.best_model_score) if best_cb is not None and best_cb.best_model_score is not None else None
+    test_metrics: dict[str, float] = {}
+    test_seconds = 0.0
+    if cfg.test_after_fit:
+        test_started = time.time()
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
+        test_seconds = time.time() - test_started
+        test_metrics = {k: _number(v) for k, v in (results[0] if results else {}).items()}
+
+    result = {
+        "task": datamodule.task.name,
+        "kind": kind,
+        "model": lm.name,
+        "model_source": lm.source,
+        "metrics": {"test": test_metrics, "val_last": val_metrics, "best_val_score": best_score,
+                    "monitor": best_cb.monitor if best_cb is not None else None},
+        "majority_rate_test": (datamodule.split_info.get("test_labels") or {}).get("majority_rate"),
+        "data": datamodule.split_info,
+        "checkpoints": {"best": best_path, "last": (last_cb.last_model_path if last_cb is not None else ""),
+                        "dir": str(best_cb.dirpath if best_cb is not None else "")},
+        "resumed_from": ckpt_path,
+        "start_global_step": start_step,
+        "global_step": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "trainable_params": module.param_counts,
+        "seed": seed,
+        "seconds": {"fit": round(fit_seconds, 1), "test": round(test_seconds, 1),
+                    "total": round(time.time() - started, 1)},
+        "trainer": {"devices": trainer.num_devices, "strategy": type(trainer.strategy).__name__,
+                    "precision": str(trainer.precision), "accumulate_grad_batches": trainer.accumulate_grad_batches},
+        "provenance": provenance(model=lm.name, task=datamodule.task.name, seed=seed, data=datamodule.split_info.get("rule"),
+                                 ckpt_path=best_path, overrides=overrides()),
+    }
+    if trainer.is_global_zero:
+        (out_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+        log.info("test metrics %s (majority-class rate %s); result.json in %s", test_metrics,
+                 result["majority_rate_test"], out_dir)
+    return result
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value

@@ -1,0 +1,91 @@
+"""Record texts into an activation store in the cache, keyed by everything that determines the activations.
+
+:func:`record_dataset` is what every pipeline calls to get a data set's activations: the store's key is the
+model's content (fingerprint and dtype), the signal, the length, the texts themselves and the recording code's
+version, so sweeps over K or masks reuse a recording, a killed run resumes, and a changed model or code records
+anew. A reused store has every shard checked; bad shards are moved aside and recorded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+from fnet.cache import code_version, content_key, quarantine
+from fnet.models import LoadedModel
+from fnet.record.recorder import Recorder
+from fnet.record.store import ActivationStore, CorruptShardError, text_sha1
+from fnet.record.texts import Text
+
+log = logging.getLogger(__name__)
+
+__all__ = ["model_key", "record_dataset", "slug"]
+
+
+def model_key(lm: LoadedModel) -> str:
+    """What identifies the model in cache keys: its content fingerprint and dtype (never a name or a path: a
+    checkpoint overwritten at the same path or a re-saved folder is another model)."""
+    return f"{lm.fingerprint}-{lm.dtype}"
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: other characters than letters, digits and ``-_.`` become ``_``, the last 60
+    kept (names of models can be paths)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-60:]
+
+
+def _open_cached_store(root: Path, recorder: Recorder, lm: LoadedModel, code: str, extra: dict) -> ActivationStore:
+    """Open (or create) a cached store; one whose manifest is unreadable is moved aside and made anew, and a
+    reused one has every shard checked (bad shards are moved aside and re-recorded)."""
+    def open_store() -> ActivationStore:
+        return ActivationStore.open(root, model=lm.name, fingerprint=lm.fingerprint, code_version=code,
+                                    signal=recorder.signal, n_layers=recorder.n_layers, width=recorder.width,
+                                    max_length=recorder.max_length, extra=extra)
+
+    reused = (root / "manifest.json").exists()
+    try:
+        store = open_store()
+    except CorruptShardError as err:
+        quarantine(root, err)
+        return open_store()
+    if reused:
+        started = time.time()
+        store.repair()
+        log.info("verified %d cached shards of %s in %.2f s", len(store), root, time.time() - started)
+    return store
+
+
+def record_dataset(lm: LoadedModel, texts: Sequence[Text], *, dataset: str, cache_dir: str | Path,
+                   signal: str = "mlp_out", max_length: int = 1024, batch_size: int = 4,
+                   progress: bool = True) -> ActivationStore:
+    """Record ``texts`` into the cached store of this model, signal, length and texts; returns the store.
+
+    Parameters
+    ----------
+    lm
+        The model to record.
+    texts
+        :class:`~fnet.record.texts.Text` records (their ids name the store's entries).
+    dataset
+        The data set's name (part of the folder name, for people reading the cache).
+    cache_dir
+        The cache root (``paths.cache_dir``); the store lives under ``<cache_dir>/activations/<model>/``.
+    signal, max_length, batch_size, progress
+        What to record and how (:class:`~fnet.record.recorder.Recorder`); ``max_length`` is capped at the model's
+        positions.
+
+    Returns
+    -------
+    ActivationStore
+        The store, holding ``acts  # [tokens_i, n_layers*width]`` for every text.
+    """
+    recorder = Recorder(lm, signal, max_length=max_length, batch_size=batch_size, progress=progress)
+    code = code_version("activations")
+    key = content_key(model_key(lm), signal, recorder.max_length, [(t.id, text_sha1(t.text)) for t in texts], code)
+    root = Path(cache_dir) / "activations" / slug(lm.name) / f"{signal}-{dataset}-{key}"
+    store = _open_cached_store(root, recorder, lm, code, {"dataset": dataset, "model_dtype": lm.dtype,
+                                                          "model_source": lm.source})
+    recorder.record_to_store([t.text for t in texts], store, ids=[t.id for t in texts])
+    return store

@@ -1,0 +1,417 @@
+"""Where stimulus texts come from: one loader per source name, and :func:`load_texts`.
+
+Sources: the built-in corpus shipped with fnet (``builtin:<genre>``, works offline); offline copies of the
+paper's data sets (``wikitext2``, ``ag_news``, ``codenet_java``) under the data root; the Hugging Face hub
+(``mathqa``, ``hf:<hub name>``, or ``from_hub=True`` for the named sets); a local file (``file:<path>``: .txt
+blocks, .jsonl/.json, .csv/.tsv) or an explicit list (``texts``). :data:`SOURCES` lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from fnet.record.texts import (
+    AG_NEWS_HUB,
+    CODENET_HUB,
+    CORPUS_DIR,
+    MATHQA_HUB,
+    REPO_ROOT,
+    WIKITEXT2_HUB_CONFIG,
+    WIKITEXT_HUB,
+    Text,
+    _hub_rows,
+    _join_fields,
+    _local_data_path,
+)
+
+__all__ = ["SOURCES", "SourceSpec", "builtin_genres", "load_source", "load_texts", "trim_at_word_boundary", "valid_sources"]
+
+
+# --------------------------------------------------------------------------------------------
+# Source loaders. Each takes the part of the source string after ':' (or None) and keyword
+# options, and returns (texts, info). Cleaning (strip, drop empty/duplicate, trim) happens once in
+# load_source for all of them.
+# --------------------------------------------------------------------------------------------
+
+Loaded = tuple[list[Text], dict[str, Any]]
+
+
+def builtin_genres() -> list[str]:
+    """Genres of the built-in corpus (one ``<genre>.jsonl`` file each)."""
+    return sorted(p.stem for p in CORPUS_DIR.glob("*.jsonl"))
+
+
+def _load_builtin(genre: str | None) -> Loaded:
+    genres = builtin_genres()
+    if genre is not None and genre not in genres:
+        raise ValueError(f"unknown built-in genre {genre!r}; valid genres: {', '.join(genres)} "
+                         f"(use 'builtin' for all of them)")
+    texts: list[Text] = []
+    for name in [genre] if genre else genres:
+        path = CORPUS_DIR / f"{name}.jsonl"
+        # Plain json, not the datasets json loader: the corpus is tiny and the default analysis
+        # should not pay for importing datasets or writing an Arrow cache.
+        with path.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                try:
+                    texts.append(Text(id=str(record["id"]), text=str(record["text"]), source=f"builtin:{name}"))
+                except KeyError as error:
+                    raise ValueError(f"{path}:{line_number}: built-in record lacks {error}") from error
+    path_info = CORPUS_DIR / f"{genre}.jsonl" if genre else CORPUS_DIR
+    return texts, {"path": str(path_info), "genres": [genre] if genre else genres}
+
+
+_WIKITEXT_HEADING = re.compile(r"^(=(?: =)*) .*? \1$")
+_WIKITEXT_SPLITS = {"valid": "valid", "validation": "valid", "test": "test", "train": "train"}
+
+
+def _wikitext_units(lines: Iterable[str], unit: str) -> list[tuple[int, str]]:
+    """Group WikiText lines into (first line number, text) units.
+
+    WikiText stores one paragraph per line, with ``' = Title = '`` article headings, ``' = = Sub = = '``
+    section headings and blank lines in between. ``unit='paragraph'``: every non-blank,
+    non-heading line is a unit. ``unit='article'``: the paragraphs under one top-level heading,
+    joined by newlines.
+    """
+    units: list[tuple[int, str]] = []
+    article_start: int | None = None
+    article_parts: list[str] = []
+
+    def close_article() -> None:
+        if article_parts:
+            units.append((article_start or 0, "\n".join(article_parts)))
+        article_parts.clear()
+
+    for line_number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        heading = _WIKITEXT_HEADING.match(line)
+        if heading:
+            if unit == "article" and heading.group(1) == "=":
+                close_article()
+                article_start = line_number
+            continue
+        if unit == "paragraph":
+            units.append((line_number, line))
+        else:
+            if article_start is None:
+                article_start = line_number
+            article_parts.append(line)
+    if unit == "article":
+        close_article()
+    return units
+
+
+def _load_wikitext2(_argument: str | None, *, split: str = "test", unit: str = "paragraph",
+                    path: str | None = None, from_hub: bool = False, hub_name: str = WIKITEXT_HUB,
+                    hub_config: str = WIKITEXT2_HUB_CONFIG) -> Loaded:
+    if unit not in ("paragraph", "article"):
+        raise ValueError(f"wikitext2: unit must be 'paragraph' or 'article', not {unit!r}")
+    if split not in _WIKITEXT_SPLITS:
+        raise ValueError(f"wikitext2: unknown split {split!r}; valid splits: valid, test, train")
+    file_split = _WIKITEXT_SPLITS[split]
+    if from_hub:
+        hub_split = "validation" if file_split == "valid" else file_split
+        rows, info = _hub_rows(hub_name, config=hub_config, split=hub_split, fields=["text"],
+                               offline_note="Without network use wikitext2 with from_hub: false "
+                                            "(the local copy).")
+        lines = (row["text"] for row in rows)
+        label = f"wikitext2/{hub_split}"
+    else:
+        file_path = _local_data_path(f"wikitext2/{file_split}.txt", source="wikitext2", override=path,
+                                     hub_hint=f"source wikitext2 with from_hub: true ({hub_name}, "
+                                              f"{hub_config})")
+        import datasets as hf_datasets
+
+        # The datasets text loader keeps every line (blank ones too), so row i is line i + 1.
+        lines = hf_datasets.load_dataset("text", data_files=str(file_path), split="train")["text"]
+        info = {"path": str(file_path), "split": file_split}
+        label = f"wikitext2/{file_split}"
+    units = _wikitext_units(lines, unit)
+    texts = [Text(id=f"{label}/L{line_number}", text=text, source="wikitext2") for line_number, text in units]
+    info["unit"] = unit
+    return texts, info
+
+
+AG_NEWS_COLUMNS = ("class", "title", "description")
+
+
+def _load_ag_news(_argument: str | None, *, split: str = "test", path: str | None = None,
+                  from_hub: bool = False, hub_name: str = AG_NEWS_HUB) -> Loaded:
+    if from_hub:
+        # The hub copy already joins title and description into its "text" field.
+        rows, info = _hub_rows(hub_name, split=split, fields=["text"],
+                               offline_note="Without network use ag_news with from_hub: false "
+                                            "(the local test.csv).")
+        texts = [Text(id=f"ag_news/{split}/{i}", text=str(row["text"]), source="ag_news")
+                 for i, row in enumerate(rows)]
+        return texts, info
+    file_path = _local_data_path(f"ag_news/{split}.csv", source="ag_news", override=path,
+                                 hub_hint=f"source ag_news with from_hub: true, or hf:{hub_name}")
+    import datasets as hf_datasets
+
+    # No header row; read every column as a string and keep empty fields as "" (not NaN).
+    features = hf_datasets.Features({name: hf_datasets.Value("string") for name in AG_NEWS_COLUMNS})
+    table = hf_datasets.load_dataset("csv", data_files=str(file_path), column_names=list(AG_NEWS_COLUMNS),
+                                     features=features, keep_default_na=False, split="train")
+    texts = []
+    for i, (title, description) in enumerate(zip(table["title"], table["description"])):
+        title, description = (title or "").strip(), (description or "").strip()
+        text = f"{title}. {description}" if title and description else (title or description)
+        texts.append(Text(id=f"ag_news/{split}/{i}", text=text, source="ag_news"))
+    return texts, {"path": str(file_path), "split": split}
+
+
+def _load_codenet_java(_argument: str | None, *, path: str | None = None, pattern: str = "**/*.java") -> Loaded:
+    folder = _local_data_path("codenet_java", source="codenet_java", override=path,
+                              hub_hint=f"hf:{CODENET_HUB} with config: Java, split: train, text_field: code")
+    # Read by hand: one file is one text and its path is its id; the datasets text loader
+    # (sample_by="document") would give the contents but not which file each row came from.
+    files = sorted(p for p in folder.glob(pattern) if p.is_file())
+    texts = [Text(id=f"codenet_java/{p.relative_to(folder).with_suffix('').as_posix()}",
+                  text=p.read_text(encoding="utf-8", errors="replace"), source="codenet_java")
+             for p in files]
+    return texts, {"path": str(folder), "pattern": pattern}
+
+
+def _load_mathqa(_argument: str | None, *, split: str = "test", hub_name: str = MATHQA_HUB,
+                 separator: str = "\n") -> Loaded:
+    rows, info = _hub_rows(
+        hub_name, split=split, fields=["Problem", "Rationale"],
+        offline_note=f"mathqa is hub-only ({hub_name}); no offline copy of MathQA exists in the shared data.",
+    )
+    texts = []
+    for i, row in enumerate(rows):
+        problem = str(row["Problem"] or "").strip()
+        # MathQA rationales are stored wrapped in double quotes: '"explanation : ..."'.
+        rationale = str(row["Rationale"] or "").strip().strip('"').strip()
+        texts.append(Text(id=f"mathqa/{split}/{i}", text=separator.join(p for p in (problem, rationale) if p),
+                          source="mathqa"))
+    return texts, info
+
+
+def _field_list(text_field: str | Sequence[str]) -> list[str]:
+    fields = [text_field] if isinstance(text_field, str) else [str(f) for f in text_field]
+    if not fields:
+        raise ValueError("text_field must name at least one field")
+    return fields
+
+
+def _load_hub(hub_name: str, *, split: str = "train", text_field: str | Sequence[str] = "text",
+              config: str | None = None, data_dir: str | None = None, revision: str | None = None,
+              streaming: bool = False, max_rows: int | None = None, separator: str = "\n") -> Loaded:
+    fields = _field_list(text_field)
+    rows, info = _hub_rows(hub_name, split=split, fields=fields, config=config, data_dir=data_dir,
+                           revision=revision, streaming=streaming, max_rows=max_rows)
+    source = f"hf:{hub_name}"
+    texts = [Text(id=f"{hub_name}/{split}/{i}", text=_join_fields(row, fields, separator), source=source)
+             for i, row in enumerate(rows)]
+    return texts, info
+
+
+_TEXT_FILE_SUFFIXES = {".txt", ".md", ".text"}
+_JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+_CSV_SUFFIXES = {".csv", ".tsv"}
+
+
+def _resolve_user_path(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path  # relative paths also work from the repo root
+    if not path.exists():
+        raise FileNotFoundError(f"source 'file:{raw}': no such file {path.resolve()}")
+    return path
+
+
+def _load_file(raw_path: str, *, text_field: str | Sequence[str] = "text", id_field: str | None = None,
+               separator: str = "\n") -> Loaded:
+    path = _resolve_user_path(raw_path)
+    suffix = path.suffix.lower()
+    source = f"file:{raw_path}"
+    if suffix in _TEXT_FILE_SUFFIXES:
+        # Parsed by hand: the datasets text loader's sample_by="paragraph" splits only on an
+        # exact "\n\n" and keeps whitespace-only lines inside blocks; here any blank line separates.
+        content = path.read_text(encoding="utf-8")
+        blocks = re.split(r"\n[ \t\r\f\v]*\n", content)
+        texts = [Text(id=f"{path.name}/{i}", text=block, source=source) for i, block in enumerate(blocks)]
+        return texts, {"path": str(path), "format": "text blocks"}
+    if suffix not in _JSON_SUFFIXES | _CSV_SUFFIXES:
+        raise ValueError(f"source {source!r}: unsupported file type {suffix or '(none)'}; use one of "
+                         f"{', '.join(sorted(_TEXT_FILE_SUFFIXES | _JSON_SUFFIXES | _CSV_SUFFIXES))}")
+    import datasets as hf_datasets
+
+    fields = _field_list(text_field)
+    if suffix in _JSON_SUFFIXES:
+        table = hf_datasets.load_dataset("json", data_files=str(path), split="train")
+    else:
+        table = hf_datasets.load_dataset("csv", data_files=str(path), split="train",
+                                         sep="\t" if suffix == ".tsv" else ",")
+    wanted = fields + ([id_field] if id_field else [])
+    missing = [f for f in wanted if f not in table.column_names]
+    if missing:
+        raise ValueError(f"source {source!r}: no column(s) {missing}; columns are {table.column_names} "
+                         f"(choose one with text_field=... / id_field=...)")
+    texts = []
+    for i, row in enumerate(table.select_columns(wanted)):
+        text_id = str(row[id_field]) if id_field else f"{path.name}/{i}"
+        texts.append(Text(id=text_id, text=_join_fields(row, fields, separator), source=source))
+    return texts, {"path": str(path), "format": suffix.lstrip("."), "fields": fields}
+
+
+def _load_explicit(_argument: str | None, *, texts: Sequence[str | Mapping[str, Any]]) -> Loaded:
+    """A list given by the user: strings, or mappings with 'text' (and optionally 'id')."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise ValueError("texts must be a list of strings")
+    records = []
+    for index, item in enumerate(texts):
+        if isinstance(item, Mapping):
+            text, text_id = item.get("text"), item.get("id", f"text-{index}")
+        else:
+            text, text_id = item, f"text-{index}"
+        if not isinstance(text, str):
+            raise ValueError(f"explicit text at index {index} is {type(text).__name__}, not a string")
+        if not text.strip():
+            raise ValueError(f"explicit text at index {index} is empty or whitespace-only; "
+                             "remove it or give it content")
+        records.append(Text(id=str(text_id), text=text, source="texts"))
+    return records, {"count_given": len(records)}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How a source name is loaded. ``argument`` says what may follow ``name:``."""
+
+    loader: Callable[..., Loaded]
+    argument: str  # "none", "optional" or "required"
+    usage: str
+
+
+SOURCES: dict[str, SourceSpec] = {
+    "builtin": SourceSpec(_load_builtin, "optional",
+                          "builtin or builtin:<genre> - the corpus shipped with fnet"),
+    "wikitext2": SourceSpec(_load_wikitext2, "none",
+                            "wikitext2 - local wikitext2/{valid,test}.txt paragraphs (from_hub: true for the hub)"),
+    "ag_news": SourceSpec(_load_ag_news, "none",
+                          "ag_news - local ag_news/test.csv, title + description (from_hub: true for the hub)"),
+    "codenet_java": SourceSpec(_load_codenet_java, "none",
+                               "codenet_java - local folder of .java files, one file a text"),
+    "mathqa": SourceSpec(_load_mathqa, "none", f"mathqa - hub only ({MATHQA_HUB}), Problem + Rationale"),
+    "hf": SourceSpec(_load_hub, "required", "hf:<hub name> - any hub data set (split, text_field, config)"),
+    "file": SourceSpec(_load_file, "required", "file:<path> - local .txt blocks, .jsonl/.json or .csv/.tsv"),
+    "texts": SourceSpec(_load_explicit, "none", "texts - an explicit list given with texts: [...]"),
+}
+
+# Options every source accepts; they are applied after loading.
+COMMON_OPTIONS = ("max_chars",)
+
+
+def valid_sources() -> list[str]:
+    """Human-readable list of accepted source strings (used in error messages)."""
+    genres = builtin_genres()
+    names = []
+    for name, spec in SOURCES.items():
+        if name == "builtin":
+            names += ["builtin"] + [f"builtin:{g}" for g in genres]
+        elif spec.argument == "required":
+            names.append(f"{name}:<{'hub name' if name == 'hf' else 'path'}>")
+        else:
+            names.append(name)
+    return names
+
+
+def _parse_source(source: str) -> tuple[str, SourceSpec, str | None]:
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"source must be a non-empty string; valid sources: {', '.join(valid_sources())}")
+    name, colon, argument = source.strip().partition(":")
+    spec = SOURCES.get(name)
+    if spec is None:
+        raise ValueError(f"unknown source {source!r}; valid sources: {', '.join(valid_sources())}")
+    if colon and spec.argument == "none":
+        raise ValueError(f"source {name!r} takes nothing after ':' (got {source!r}); "
+                         f"valid sources: {', '.join(valid_sources())}")
+    if spec.argument == "required" and not argument:
+        raise ValueError(f"source {name!r} needs a value after ':' ({spec.usage})")
+    return name, spec, (argument or None)
+
+
+def _check_options(name: str, loader: Callable[..., Loaded], options: Mapping[str, Any]) -> None:
+    accepted = [p.name for p in inspect.signature(loader).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"source {name!r} does not take option(s) {unknown}; "
+                         f"it takes {accepted + list(COMMON_OPTIONS)}")
+    required = [p.name for p in inspect.signature(loader).parameters.values()
+                if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in options]
+    if required:
+        raise ValueError(f"source {name!r} needs option(s) {required}")
+
+
+def trim_at_word_boundary(text: str, max_chars: int | None) -> str:
+    """Shorten ``text`` to at most ``max_chars`` characters, cutting at the last whitespace
+    (a single word longer than the limit is cut inside the word)."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be a positive integer, not {max_chars!r}")
+    cut = text[:max_chars]
+    if not text[max_chars].isspace():
+        last_gap = re.search(r"\s+\S*$", cut)
+        if last_gap and last_gap.start() > 0:
+            cut = cut[: last_gap.start()]
+    return cut.rstrip()
+
+
+def load_source(source: str, options: Mapping[str, Any]) -> Loaded:
+    """``(texts, info)`` of one source string with its options: loaded, cleaned (stripped, empty and duplicate
+    texts dropped, trimmed to ``max_chars``), with what was dropped in ``info``."""
+    name, spec, argument = _parse_source(source)
+    options = dict(options)
+    max_chars = options.pop("max_chars", None)
+    if max_chars is not None and (not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars < 1):
+        raise ValueError(f"max_chars must be a positive integer or null, not {max_chars!r}")
+    _check_options(name, spec.loader, options)
+    raw, info = spec.loader(argument, **options)
+
+    texts: list[Text] = []
+    seen_text: set[str] = set()
+    seen_id: set[str] = set()
+    dropped_empty = dropped_duplicate = trimmed = 0
+    for record in raw:
+        body = record.text.strip()
+        if not body:
+            dropped_empty += 1  # only dataset sources get here: explicit lists reject empties
+            continue
+        if body in seen_text:
+            dropped_duplicate += 1  # identical texts would break template/individual disjointness
+            continue
+        if record.id in seen_id:
+            raise ValueError(f"source {source!r}: duplicate text id {record.id!r}")
+        seen_text.add(body)
+        seen_id.add(record.id)
+        short = trim_at_word_boundary(body, max_chars)
+        trimmed += short != body
+        texts.append(dataclasses.replace(record, text=short))
+    info = {"source": source, **info, "n_loaded": len(raw), "n_dropped_empty": dropped_empty,
+            "n_dropped_duplicate": dropped_duplicate, "max_chars": max_chars, "n_trimmed": trimmed}
+    return texts, info
+
+
+def load_texts(source: str, **options: Any) -> list[Text]:
+    """All texts of one source, stripped, with empty and duplicate texts dropped.
+
+    ``source`` is one of :func:`valid_sources` (``builtin:news``, ``wikitext2``, ``hf:fancyzhx/ag_news``,
+    ``file:stimuli.jsonl``, ...). ``options`` are that source's keyword options (``split``,
+    ``text_field``, ``from_hub``, ``path``, ...) plus ``max_chars`` (trim long texts at a word boundary).
+    """
+    texts, _info = load_source(source, options)
+    return texts

@@ -316,7 +316,7 @@ def write_report(args, evals: dict, rec: dict, profiles: list[str], total: float
         "",
         "## 1. Log-likelihood scoring: fnet vs lm-evaluation-harness",
         "",
-        f"Same requests for both: the prompts `evaluate.py` builds (`TaskDataModule`), given to lm-eval as "
+        f"Same requests for both: the prompts `evaluate.py` builds (`ZeroShotDataModule`), given to lm-eval as "
         f"(context, continuation) strings, one request per choice; lm-eval's `HFLM(pretrained=<loaded model>, "
         f"batch_size={args.batch_size})`, fnet's `score_loglik` in batches of {args.batch_size} rows with "
         "ZeroShotModule's arguments (shared prefix, key/value memo). The two alternate over chunks of a quarter "

@@ -35,10 +35,10 @@ sys.path.insert(0, str(REPO))
 from omegaconf import OmegaConf  # noqa: E402
 
 from fnet.provenance import cpu_model  # noqa: E402
-from fnet import evaluate  # noqa: E402
+from fnet import scoring  # noqa: E402
 from fnet.lit.zeroshot import ZeroShotDataModule, ZeroShotModule  # noqa: E402
 from fnet.models import load_model  # noqa: E402
-from fnet.evaluate.tasks import get_task, load_task_config  # noqa: E402
+from fnet.scoring.tasks import get_task, load_task_config  # noqa: E402
 
 #: task -> (overrides, limit); SQuAD (generation) and WikiText (windows of 512 tokens) get smaller limits.
 BASELINES = {
@@ -105,19 +105,19 @@ def speed_comparison(lm, limit: int, max_new_tokens: int, batch_size: int = 32) 
         by_length = sorted(part, key=lambda r: -len(r.context_tokens))
         for i in range(0, len(by_length), batch_size):
             batch = by_length[i: i + batch_size]
-            scores = evaluate.score_loglik(lm.model, [r.context_tokens for r in batch],
+            scores = scoring.score_loglik(lm.model, [r.context_tokens for r in batch],
                                           [r.continuation_tokens for r in batch], pad_token_id=tok.pad_token_id)
             preds.update({r.index: int(p) for r, p in zip(batch, scores.argmax(1))})
         loglik_s += time.perf_counter() - start
         start = time.perf_counter()
         for request in part:  # one example at a time, greedy, then parsing: the published evaluation
-            texts[request.index] = evaluate.generate_greedy(
+            texts[request.index] = scoring.generate_greedy(
                 lm.model, tok, [request.context_tokens], max_new_tokens=max_new_tokens, until=["\n"],
                 pad_token_id=tok.pad_token_id)[0]
         generate_s += time.perf_counter() - start
     texts = [texts[r.index] for r in requests]
     labels = [r.label for r in requests]
-    ours = [evaluate.parse_choice(t, task.choices) for t in texts]
+    ours = [scoring.parse_choice(t, task.choices) for t in texts]
     theirs = [published_parse(t, task.choices, order=[1, 0]) for t in texts]  # "positive" tried first
 
     def acc(values):
@@ -217,7 +217,7 @@ def main() -> None:
     records = sorted(module.outputs, key=lambda r: r["index"])
     theirs = [published_parse(r["generated"], task.choices, order=[1, 0]) for r in records]
     flipped = sum(1 for r, p in zip(records, theirs) if r["pred"] == 0 and p == 1)
-    said_unacceptable = sum(1 for r in records if evaluate.parse_choice(r["generated"], task.choices) == 0)
+    said_unacceptable = sum(1 for r in records if scoring.parse_choice(r["generated"], task.choices) == 0)
     acc_theirs = sum(p == r["label"] for p, r in zip(theirs, records)) / len(records)
     cola_lines = [
         "## 3. CoLA by generation: the published parser vs fnet's", "",
@@ -228,7 +228,7 @@ def main() -> None:
         f"| fnet (whole words, longest label first) | {module.results['metrics']['accuracy']['value']:.3f} | "
         f"{module.results['metrics']['mcc']['value']:.3f} | {module.results['parse_failures']} | 0 |",
         f"| published (first label found as a substring, 'acceptable' tried first) | {acc_theirs:.3f} | "
-        f"{evaluate.class_metric('mcc', torch.tensor([2 if p is None else p for p in theirs]), torch.tensor([r['label'] for r in records]), 2, failure_class=True):.3f} | "
+        f"{scoring.class_metric('mcc', torch.tensor([2 if p is None else p for p in theirs]), torch.tensor([r['label'] for r in records]), 2, failure_class=True):.3f} | "
         f"{sum(p is None for p in theirs)} | {flipped} of {said_unacceptable} |",
         "",
         "Generations: " + "; ".join(f"`{r['generated'].strip()[:30]!r}`" for r in records[:6]),

@@ -67,7 +67,7 @@ def run(experiment: str) -> dict:
 
 
 def wilson(p: float, n: int) -> tuple[float, float]:
-    from fnet.evaluate import wilson_interval
+    from fnet.scoring import wilson_interval
 
     return wilson_interval(p * n, n)
 

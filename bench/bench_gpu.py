@@ -1,7 +1,7 @@
 """fnet on an accelerator -> bench/results_gpu.md (run by bench/gpu.sh, which installs first).
 
 1. Recording every layer's ``mlp_out`` vs a plain forward pass, batch 32 (tokens / s, ratio).
-2. Masked (15 % random lesion of ``mlp_out``) vs unmasked log-likelihood scoring (``fnet.evaluate.loglik.score_loglik``).
+2. Masked (15 % random lesion of ``mlp_out``) vs unmasked log-likelihood scoring (``fnet.scoring.loglik.score_loglik``).
 3. fnet's FastICA on the device vs on the CPU, the same float32 matrix (the recorded activations), K = 10.
 4. The default analysis end to end (``python analyze.py`` on the device), wall time.
 
@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fnet.decompose import FastICA  # noqa: E402
-from fnet.evaluate.loglik import score_loglik  # noqa: E402
+from fnet.scoring.loglik import score_loglik  # noqa: E402
 from fnet.intervene import apply_mask, random_fraction_mask  # noqa: E402
 from fnet.models import load_model  # noqa: E402
-from fnet.record import Recorder  # noqa: E402
+from fnet.recording import Recorder  # noqa: E402
 from fnet.provenance import cpu_model  # noqa: E402
 
 

@@ -87,7 +87,7 @@ def load_or_record(min_tokens: int) -> tuple[np.ndarray, dict]:
         return np.load(matrix_path, mmap_mode="r"), meta
 
     from fnet.models import load_model
-    from fnet.record.recorder import record_texts
+    from fnet.recording.recorder import record_texts
 
     loaded = load_model(MODEL)
     paragraphs = wikitext_paragraphs(args.wikitext)

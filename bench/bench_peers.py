@@ -1,11 +1,11 @@
 """fnet against its peers, on the same loaded model and the same inputs -> bench/results_peers.md.
 
-1. Evaluation: fnet's log-likelihood scoring (``fnet.evaluate.loglik.score_loglik`` on the requests of ``ZeroShotDataModule``
+1. Evaluation: fnet's log-likelihood scoring (``fnet.scoring.loglik.score_loglik`` on the requests of ``ZeroShotDataModule``
    / ``PromptBuilder``, called exactly as ``ZeroShotModule`` calls it in ``evaluate.py``) vs lm-evaluation-harness
    (``HFLM(pretrained=<the loaded model>).loglikelihood``) on the same (context, continuation) strings: zero-shot
    SST-2, 8 fixed shots on SST-2, and AG News (a multi-token choice, "Sci/Tech"). Max |difference| of the
    log-likelihoods, accuracy of both, speed-up (lm-eval's time / fnet's).
-2. Recording every layer's MLP output: ``fnet.record.Recorder`` vs nnsight tracing (``LanguageModel`` wrapping
+2. Recording every layer's MLP output: ``fnet.recording.Recorder`` vs nnsight tracing (``LanguageModel`` wrapping
    the same loaded model) vs TransformerLens (``TransformerBridge`` on a copy of the same weights) vs a plain
    forward pass. Max |difference| of the values, time ratios.
 
@@ -46,11 +46,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from fnet.evaluate import loglik  # noqa: E402
+from fnet.scoring import loglik  # noqa: E402
 from fnet.lit.zeroshot import ZeroShotDataModule  # noqa: E402
 from fnet.models import load_model, signal_modules  # noqa: E402
-from fnet.record import Recorder, tokenize_texts  # noqa: E402
-from fnet.evaluate.tasks import get_task, load_task_config  # noqa: E402
+from fnet.recording import Recorder, tokenize_texts  # noqa: E402
+from fnet.scoring.tasks import get_task, load_task_config  # noqa: E402
 from fnet.provenance import cpu_model  # noqa: E402
 
 #: name -> (task, shots, rows in full / --quick runs)
@@ -336,7 +336,7 @@ def write_report(args, evals: dict, rec: dict, profiles: list[str], total: float
             f"{', '.join(f'{k} {v}' for k, v in e['paths'].items())} |")
     lines += [
         "",
-        "fnet path: how many batches took each scoring path (`fnet.evaluate.loglik.PATH_COUNTS`): `prefix` = the fixed "
+        "fnet path: how many batches took each scoring path (`fnet.scoring.loglik.PATH_COUNTS`): `prefix` = the fixed "
         "shots' keys/values computed once per task, `shared_context` = a row's context computed once for all its "
         "choices, `full` = one sequence per row (single-token choices are read at the prompt's last position).",
         "",

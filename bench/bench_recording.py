@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fnet.models import load_model  # noqa: E402
-from fnet.record.recorder import Recorder, tokenize_texts  # noqa: E402
+from fnet.recording.recorder import Recorder, tokenize_texts  # noqa: E402
 
 
 def machine() -> str:
@@ -85,7 +85,7 @@ MEMORY_CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from fnet.models import load_model
-from fnet.record.recorder import Recorder
+from fnet.recording.recorder import Recorder
 texts = json.load(open({texts!r}))
 lm = load_model("smollm2_135m")
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

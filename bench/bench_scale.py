@@ -11,7 +11,7 @@ developed on), with K_true planted networks:
     maps     # [K_true, neurons]: each network is ~0.4 % of the neurons (spread over layers), weights in [1, 2]
     noise    # [tokens, neurons]: i.i.d. Gaussian, sd 0.5
 
-It writes the shards through :class:`fnet.record.store.ActivationStore` (the same memory-mapped format a real recording
+It writes the shards through :class:`fnet.recording.store.ActivationStore` (the same memory-mapped format a real recording
 uses, checksums included), then fits fnet's FastICA with K = 10 and K = 64 directly on the store's memory maps,
 streamed in row blocks, and reports for each fit:
 
@@ -64,7 +64,7 @@ torch.set_num_threads(args.threads)
 
 from fnet.decompose import FastICA, abs_corr_matrix  # noqa: E402
 from fnet.models import cache_dir  # noqa: E402
-from fnet.record.store import ActivationStore  # noqa: E402
+from fnet.recording.store import ActivationStore  # noqa: E402
 from fnet.provenance import cpu_model  # noqa: E402
 
 NOISE_SD = 0.5

@@ -1,3 +1,64 @@
-"""fnet: functional networks and key neurons in language models."""
+"""fnet: functional networks and key neurons in causal language models.
 
-__version__ = "0.1.0"
+Record every layer's MLP signal while a model reads texts, decompose tokens x neurons with ICA into functional
+networks, and test them by lesion and preservation against matched random controls::
+
+    import fnet
+    lm = fnet.load_model()                                   # SmolLM2-135M-Instruct, offline
+    store = fnet.recording(lm, texts)                           # acts  # [tokens, layers*d_model] per text, cached
+    nets = fnet.find_networks(store, n_components=10)        # NetworkSet: masks [K, layers, d_model]
+    base = fnet.scoring(lm, "sst2", limit=200)              # score, 95 % CI, chance
+    with fnet.lesion(lm, nets, 0):
+        lesioned = fnet.scoring(lm, "sst2", limit=200)
+    control = fnet.scoring(lm, "sst2", mask=fnet.random_control(nets, 0, seed=0), limit=200)
+
+Names are imported lazily on first use, so ``import fnet`` is cheap. The stages live in subpackages:
+``models``, ``recording``, ``decompose``, ``networks``, ``intervene``, ``scoring``, ``attribution``, ``report``,
+``lit`` (Lightning adapters) and ``pipelines`` (the Hydra entry points' code).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+#: public name -> module that defines it
+_API = {
+    # models and recording
+    "load_model": "fnet.models",
+    "record": "fnet.recording.cached",
+    "ActivationStore": "fnet.recording.store",
+    # decomposition and networks
+    "FastICA": "fnet.decompose",
+    "CanICA": "fnet.decompose",
+    "find_networks": "fnet.networks.find",
+    "NetworkSet": "fnet.networks.netset",
+    "match_templates": "fnet.networks.match",
+    # interventions
+    "apply_mask": "fnet.intervene.apply",
+    "lesion": "fnet.intervene.context",
+    "preserve": "fnet.intervene.context",
+    "random_control": "fnet.intervene.context",
+    # tasks and attribution
+    "load_task": "fnet.lit.evaluate",
+    "evaluate": "fnet.lit.evaluate",
+    "attribute": "fnet.attribution.methods",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562)."""
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fnet' has no attribute {name!r}; its public names: {sorted(_API)}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

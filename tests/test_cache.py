@@ -12,12 +12,12 @@ from hydra import compose, initialize_config_dir
 
 from fnet.pipelines._common import networks_for_config
 from fnet.cache import ForeignNetworksError, check_compatible, main as cache_main
-from fnet.record import Text, record_dataset
+from fnet.recording import Text, record_dataset
 from fnet.pipelines.evaluate import baseline_cache_key
 from fnet.lit.checkpoints import load_finetuned_lm, read_checkpoint
 from fnet.models import load_model
 from fnet.networks import NetworkSet
-from fnet.record.store import ActivationStore, CorruptShardError
+from fnet.recording.store import ActivationStore, CorruptShardError
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [Text(id=f"t{i}", text=f"The number {i} is written here, " * (i + 2), source="test") for i in range(4)]
@@ -145,8 +145,8 @@ def test_evaluate_refuses_foreign_networks_unless_allowed(tmp_path, shared_data)
 
 def _record_worker(root, n_texts):
     from fnet.models import load_model
-    from fnet.record.recorder import Recorder
-    from fnet.record.store import ActivationStore
+    from fnet.recording.recorder import Recorder
+    from fnet.recording.store import ActivationStore
 
     lm = load_model("tiny:gpt2")
     recorder = Recorder(lm, "mlp_out", max_length=32, batch_size=1, progress=False)

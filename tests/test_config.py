@@ -96,7 +96,7 @@ def test_every_task_composes_with_the_values_it_had(task):
     for name in ("evaluate", "train"):
         now = json.loads(json.dumps(OmegaConf.to_container(composed(name, f"task={task}").task)))
         assert now == before[task]
-    from fnet.evaluate.tasks import load_task_config  # the same task read by name outside Hydra (fnet.evaluate.tasks.get_task)
+    from fnet.scoring.tasks import load_task_config  # the same task read by name outside Hydra (fnet.scoring.tasks.get_task)
 
     assert json.loads(json.dumps(OmegaConf.to_container(load_task_config(task)))) == before[task]
     assert len(TASKS) == len(before) == 9

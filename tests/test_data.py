@@ -1,4 +1,4 @@
-"""Tests for fnet.record: built-in corpus, local real-data sources, hub paths (mocked), sampling, configs."""
+"""Tests for fnet.recording: built-in corpus, local real-data sources, hub paths (mocked), sampling, configs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import fnet.record as fdata
-import fnet.record.texts as ftexts
-from fnet.record import HubUnavailableError, StimulusSet, Text, load_stimulus_sets, load_texts, sample_stimuli
+import fnet.recording as fdata
+import fnet.recording.texts as ftexts
+from fnet.recording import HubUnavailableError, StimulusSet, Text, load_stimulus_sets, load_texts, sample_stimuli
 
 REPO_ROOT = Path(fdata.__file__).resolve().parents[2]
 CONF_DATA = REPO_ROOT / "conf" / "data"
@@ -306,7 +306,7 @@ def test_mathqa_cache_miss_in_offline_mode_is_wrapped(monkeypatch):
 
 
 class FakeHubDataset:
-    """Enough of datasets.Dataset for fnet.record: column_names, select_columns, select, iteration."""
+    """Enough of datasets.Dataset for fnet.recording: column_names, select_columns, select, iteration."""
 
     def __init__(self, rows):
         self.rows = list(rows)
@@ -413,7 +413,7 @@ def _instantiate(name):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
-    assert cfg._target_ == "fnet.record.load_stimulus_sets"
+    assert cfg._target_ == "fnet.recording.load_stimulus_sets"
     return instantiate(cfg)
 
 

@@ -10,7 +10,7 @@ from fnet.models.discovery import resolve_path
 from fnet.hooks import trace_signal
 from fnet.intervene import apply_mask
 from fnet.models import load_model, signal_modules, tiny_model
-from fnet.record import Recorder
+from fnet.recording import Recorder
 
 FAMILIES = ["gpt2", "llama"]
 SIGNALS = ["mlp_out", "mlp_act"]

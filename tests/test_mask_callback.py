@@ -10,7 +10,7 @@ from fnet.lit.callbacks import MaskCallback, hooked_model
 from fnet.intervene import MaskSpec, build_mask
 from fnet.models import load_model
 from fnet.networks import NetworkSet
-from fnet.record.recorder import signal_hooks
+from fnet.recording.recorder import signal_hooks
 
 
 class TinyLM(pl.LightningModule):

@@ -23,7 +23,7 @@ from fnet.intervene import (
 )
 from fnet.models import find_blocks, load_model, mlp_modules, signal_modules, to_batch_first
 from fnet.networks import NetworkSet
-from fnet.record.recorder import signal_hooks
+from fnet.recording.recorder import signal_hooks
 
 FAMILIES = ["gpt2", "llama", "chatglm"]
 SIGNALS = ["mlp_out", "mlp_act"]

@@ -7,9 +7,9 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from fnet import evaluate
+from fnet import scoring
 from fnet.lit.zeroshot import ZeroShotModule
-from fnet.evaluate.tasks import get_task, load_task_config
+from fnet.scoring.tasks import get_task, load_task_config
 
 
 def task_cfg(name, **over):
@@ -59,7 +59,7 @@ def by_hand(model, tokens, n_last):
 def test_choice_tokens_are_the_joint_encoding_minus_the_context():
     tok = sentencepiece_style_tokenizer()
     task = task_cfg("sst2")
-    builder = evaluate.PromptBuilder(task, tok)
+    builder = scoring.PromptBuilder(task, tok)
     row = {"index": 0, "text_a": "great film", "label": 1}
     request = builder.request(row)
     ids = dict(zip(tok.convert_ids_to_tokens(list(range(len(tok)))), range(len(tok))))
@@ -73,14 +73,14 @@ def test_choice_tokens_are_the_joint_encoding_minus_the_context():
         assert request.context_tokens + tokens == joint
     # single-token choices now: scored off the prompt's last position, equal to the joint sequence by hand
     model = tiny_lm(len(tok))
-    scores = evaluate.score_loglik(model, [request.context_tokens], [request.continuation_tokens], pad_token_id=0)
+    scores = scoring.score_loglik(model, [request.context_tokens], [request.continuation_tokens], pad_token_id=0)
     for c, tokens in enumerate(request.continuation_tokens):
         assert float(scores[0, c]) == pytest.approx(by_hand(model, request.context_tokens + tokens, 1), abs=1e-5)
 
 
 def test_calibration_choices_follow_the_content_free_prompt():
     tok = sentencepiece_style_tokenizer()
-    builder = evaluate.PromptBuilder(task_cfg("sst2", calibrate=True), tok)
+    builder = scoring.PromptBuilder(task_cfg("sst2", calibrate=True), tok)
     request = builder.request({"index": 0, "text_a": "dull", "label": 0}, calibrate=True)
     cf_context = builder.context(builder.content_free(request.row))
     for choice, tokens in zip(["negative", "positive"], request.content_free_continuation_tokens):
@@ -91,7 +91,7 @@ def test_a_choice_that_adds_no_tokens_is_a_clear_error():
     tok = merging_byte_tokenizer()
     task = task_cfg("sst2", choices=["", "x"], prompt={"template": "{text_a}", "target_delimiter": ""})
     with pytest.raises(ValueError, match="choice '' adds no tokens"):
-        evaluate.PromptBuilder(task, tok).request({"index": 0, "text_a": "a", "label": 0})
+        scoring.PromptBuilder(task, tok).request({"index": 0, "text_a": "a", "label": 0})
 
 
 def test_fixed_fewshot_prompts_are_encoded_whole_and_share_a_true_token_prefix():
@@ -100,7 +100,7 @@ def test_fixed_fewshot_prompts_are_encoded_whole_and_share_a_true_token_prefix()
     task = task_cfg("sst2", num_fewshot=2, calibrate=True, fewshot={"sampling": "fixed", "seed": 3})
     pool = [{"index": i, "text_a": t, "label": i % 2} for i, t in enumerate(["bad", "good", "dull", "fun"])]
     rows = [{"index": 10 + i, "text_a": t, "label": i % 2} for i, t in enumerate(["meh", "great film", "ugh", "wow"])]
-    builder = evaluate.PromptBuilder(task, tok, pool)
+    builder = scoring.PromptBuilder(task, tok, pool)
     requests = [builder.request(row, calibrate=True) for row in rows]
     shots_text, shots_tokens = builder._prefix()
     assert shots_tokens[-1] == merged  # the shots block alone ends in "\n\n" merged ...
@@ -109,16 +109,16 @@ def test_fixed_fewshot_prompts_are_encoded_whole_and_share_a_true_token_prefix()
         assert merged not in r.context_tokens[len(shots_tokens) - 1:]  # where the boundary is "\n", "\n"
         old = shots_tokens + tok(r.context[len(shots_text):])["input_ids"]  # the old, separate encoding
         assert old != r.context_tokens
-    assert evaluate.align_prefixes(requests) == len(shots_tokens) - 1  # the longest true token prefix
+    assert scoring.align_prefixes(requests) == len(shots_tokens) - 1  # the longest true token prefix
     n = requests[0].prefix_len
     assert all(r.prefix_len == n and r.context_tokens[:n] == shots_tokens[:n]
                and r.content_free_tokens[:n] == shots_tokens[:n] for r in requests)
     # the shared-prefix fast path gives the numbers of whole prompts scored one at a time
     model = tiny_lm(len(tok))
     module = ZeroShotModule(model, tok, task)
-    evaluate.PATH_COUNTS.clear()
+    scoring.PATH_COUNTS.clear()
     records = module.score_batch(requests[:3]) + module.score_batch(requests[3:])
-    assert evaluate.PATH_COUNTS["prefix"] >= 2 and "full" not in evaluate.PATH_COUNTS
+    assert scoring.PATH_COUNTS["prefix"] >= 2 and "full" not in scoring.PATH_COUNTS
     for r, record in zip(requests, records):
         raw = [by_hand(model, r.context_tokens + c, len(c)) for c in r.continuation_tokens]
         cf = [by_hand(model, r.content_free_tokens + c, len(c)) for c in r.content_free_continuation_tokens]
@@ -131,6 +131,6 @@ def test_shots_that_are_a_token_prefix_are_shared_whole():
     task = task_cfg("sst2", num_fewshot=2, fewshot={"sampling": "fixed", "seed": 3},
                     prompt={"template": "{text_a} ->", "fewshot_delimiter": ";"})
     pool = [{"index": i, "text_a": t, "label": i % 2} for i, t in enumerate(["bad", "good", "dull", "fun"])]
-    builder = evaluate.PromptBuilder(task, tok, pool)
+    builder = scoring.PromptBuilder(task, tok, pool)
     requests = [builder.request({"index": 10 + i, "text_a": t, "label": 0}) for i, t in enumerate(["meh", "ugh"])]
-    assert evaluate.align_prefixes(requests) == len(builder._prefix()[1])
+    assert scoring.align_prefixes(requests) == len(builder._prefix()[1])

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from fnet.models import get_arch, load_model, mlp_modules, to_batch_first
-from fnet.record.recorder import Recorder, record_texts
-from fnet.record.store import ActivationStore, CorruptShardError
+from fnet.recording.recorder import Recorder, record_texts
+from fnet.recording.store import ActivationStore, CorruptShardError
 
 FAMILIES = ["gpt2", "llama", "chatglm"]
 TEXTS = ["The cat sat on the mat.", "Hi", "A somewhat longer sentence, to force padding in the batch!"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fnet import compat, evaluate
+from fnet import compat, scoring
 from fnet.models import load_model
-from fnet.evaluate import parse_choice
+from fnet.scoring import parse_choice
 
 
 class Bigram(torch.nn.Module):
@@ -39,7 +39,7 @@ def test_loglik_picks_the_rigged_choice():
     table = torch.zeros(6, 6)
     table[3, 4] = 5.0  # after token 3, token 4 is very likely
     model = Bigram(table)
-    scores = evaluate.score_loglik(model, [[1, 2, 3], [0, 3]], [[[5], [4]], [[4], [5]]], pad_token_id=0)
+    scores = scoring.score_loglik(model, [[1, 2, 3], [0, 3]], [[[5], [4]], [[4], [5]]], pad_token_id=0)
     assert scores.argmax(1).tolist() == [1, 0]
     expected = math.log(math.exp(5) / (math.exp(5) + 5))  # log softmax of the rigged entry
     assert scores[0, 1].item() == pytest.approx(expected, abs=1e-6)
@@ -51,7 +51,7 @@ def test_loglik_matches_hand_computed_numbers_multi_token_and_padding():
     model = Bigram(table)
     contexts = [[1, 2, 3, 4, 5], [2], [0, 1]]  # different lengths -> right padding inside the batch
     continuations = [[[1, 2], [3]], [[4, 4, 4], [5]], [[2], [0, 0]]]
-    scores = evaluate.score_loglik(model, contexts, continuations, pad_token_id=0)  # [row, choice]
+    scores = scoring.score_loglik(model, contexts, continuations, pad_token_id=0)  # [row, choice]
     for r, (ctx, conts) in enumerate(zip(contexts, continuations)):
         for c, cont in enumerate(conts):
             assert scores[r, c].item() == pytest.approx(by_hand(table, ctx, cont), abs=1e-5)
@@ -63,13 +63,13 @@ def test_loglik_batched_equals_one_sequence_at_a_time(family):
     lm = load_model(f"tiny:{family}")
     contexts = [list(range(10, 30)), [40, 41, 42], list(range(50, 57))]
     continuations = [[[1, 2], [3]], [[4], [5, 6, 7]], [[8], [9]]]
-    evaluate.PATH_COUNTS.clear()
-    scores = evaluate.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
-    assert evaluate.PATH_COUNTS == {"shared_context": 1}  # the fast path ran, on this transformers release
-    unshared = evaluate.score_loglik(lm.model, contexts, continuations, pad_token_id=256, share_context=False)
-    assert evaluate.PATH_COUNTS == {"shared_context": 1, "full": 1}
+    scoring.PATH_COUNTS.clear()
+    scores = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
+    assert scoring.PATH_COUNTS == {"shared_context": 1}  # the fast path ran, on this transformers release
+    unshared = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, share_context=False)
+    assert scoring.PATH_COUNTS == {"shared_context": 1, "full": 1}
     assert torch.allclose(scores, unshared, atol=1e-4)  # context computed once per row = once per choice
-    single = evaluate.score_loglik(lm.model, contexts, [[[c[0]] for c in conts] for conts in continuations],
+    single = scoring.score_loglik(lm.model, contexts, [[[c[0]] for c in conts] for conts in continuations],
                                   pad_token_id=256)  # the single-token path
     with torch.no_grad():
         for r, (ctx, conts) in enumerate(zip(contexts, continuations)):
@@ -89,15 +89,15 @@ def test_shared_prefix_cache_gives_the_same_scores(family):
     prefix = list(range(60, 90))
     contexts = [prefix + [5, 6, 7], prefix + [8], prefix + list(range(100, 112))]
     for continuations in ([[[1], [2]]] * 3, [[[1, 2], [3]], [[4], [5, 6, 7]], [[8], [9]]]):
-        full = evaluate.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
+        full = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
         memo = {}
-        evaluate.PATH_COUNTS.clear()
-        cached = evaluate.score_loglik(lm.model, contexts, continuations, pad_token_id=256, prefix_len=30,
+        scoring.PATH_COUNTS.clear()
+        cached = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, prefix_len=30,
                                       kv_memo=memo)
-        assert evaluate.PATH_COUNTS == {"prefix": 1}  # the shared keys/values were used, not full sequences
+        assert scoring.PATH_COUNTS == {"prefix": 1}  # the shared keys/values were used, not full sequences
         assert len(memo) == 1
         assert torch.allclose(cached, full, atol=1e-4), (cached, full)
-        again = evaluate.score_loglik(lm.model, contexts[:1], continuations[:1], pad_token_id=256, prefix_len=30,
+        again = scoring.score_loglik(lm.model, contexts[:1], continuations[:1], pad_token_id=256, prefix_len=30,
                                      kv_memo=memo)  # reuses the memo
         assert torch.allclose(again, full[:1], atol=1e-4)
 
@@ -108,11 +108,11 @@ def test_a_model_without_a_cache_argument_is_scored_in_full_and_says_so():
     table = bigram_table()
     model = Bigram(table)  # forward(input_ids, attention_mask, ...) takes no cache
     assert compat.cache_argument(model) is None
-    evaluate.PATH_COUNTS.clear()
-    evaluate.loglik._warned_slow.clear()
+    scoring.PATH_COUNTS.clear()
+    scoring.loglik._warned_slow.clear()
     with pytest.warns(RuntimeWarning, match="shared-prefix scoring is not available for Bigram"):
-        got = evaluate.score_loglik(model, [[1, 2, 3], [1, 2, 4]], [[[4, 5], [0]]] * 2, pad_token_id=0, prefix_len=2)
-    assert evaluate.PATH_COUNTS["shared-prefix_unavailable"] == 1 and evaluate.PATH_COUNTS["full"] == 1
+        got = scoring.score_loglik(model, [[1, 2, 3], [1, 2, 4]], [[[4, 5], [0]]] * 2, pad_token_id=0, prefix_len=2)
+    assert scoring.PATH_COUNTS["shared-prefix_unavailable"] == 1 and scoring.PATH_COUNTS["full"] == 1
     assert got[0, 0].item() == pytest.approx(by_hand(table, [1, 2, 3], [4, 5]), abs=1e-6)
 
 
@@ -133,7 +133,7 @@ def test_loglik_truncates_long_contexts_from_the_left():
     table = bigram_table()
     model = Bigram(table)
     long = [1, 2, 3, 4, 5, 1, 2, 3]
-    cut = evaluate.score_loglik(model, [long], [[[4, 5], [0]]], pad_token_id=0, max_length=4)
+    cut = scoring.score_loglik(model, [long], [[[4, 5], [0]]], pad_token_id=0, max_length=4)
     # a bigram only sees the last context token, so truncation must not change the scores
     assert cut[0, 0].item() == pytest.approx(by_hand(table, long, [4, 5]), abs=1e-6)
 
@@ -188,7 +188,7 @@ def test_parser_multiclass_case_punctuation():
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n, max_length, stride", [(10, 4, 4), (10, 4, 2), (23, 8, 3), (5, 16, 16), (9, 4, 1)])
 def test_perplexity_windows_score_every_token_once(n, max_length, stride):
-    windows = evaluate.perplexity_windows(n, max_length, stride)
+    windows = scoring.perplexity_windows(n, max_length, stride)
     scored = []
     for begin, end, k in windows:
         assert 0 < end - begin <= max_length and 0 < k <= end - begin - 1
@@ -202,8 +202,8 @@ def test_window_nll_matches_full_sequence_by_hand():
     tokens = [int(t) for t in torch.randint(0, 7, (15,), generator=torch.Generator().manual_seed(1))]
     log_probs = F.log_softmax(table, -1)
     want = -sum(float(log_probs[tokens[i - 1], tokens[i]]) for i in range(1, len(tokens)))
-    windows = evaluate.perplexity_windows(len(tokens), 6, 4)
-    nll = evaluate.window_nll(model, [tokens[b:e] for b, e, _ in windows], [k for _, _, k in windows], pad_token_id=0)
+    windows = scoring.perplexity_windows(len(tokens), 6, 4)
+    nll = scoring.window_nll(model, [tokens[b:e] for b, e, _ in windows], [k for _, _, k in windows], pad_token_id=0)
     assert float(nll.sum()) == pytest.approx(want, abs=1e-4)
 
 
@@ -211,63 +211,63 @@ def test_window_nll_matches_full_sequence_by_hand():
 # Statistics
 # --------------------------------------------------------------------------------------------------------------
 def test_wilson_interval_known_values():
-    lo, hi = evaluate.wilson_interval(8, 10)
+    lo, hi = scoring.wilson_interval(8, 10)
     assert (lo, hi) == pytest.approx((0.4902, 0.9433), abs=1e-4)
-    lo, hi = evaluate.wilson_interval(0, 20)
+    lo, hi = scoring.wilson_interval(0, 20)
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
-    assert all(math.isnan(v) for v in evaluate.wilson_interval(0, 0))
+    assert all(math.isnan(v) for v in scoring.wilson_interval(0, 0))
 
 
 def test_chance_levels_and_metric_chance():
     targets = [1, 1, 1, 0]
-    levels = evaluate.chance_levels(targets, 2)
+    levels = scoring.chance_levels(targets, 2)
     assert levels["majority"] == 0.75 and levels["uniform"] == 0.5 and levels["majority_class"] == 1
-    assert evaluate.metric_chance("accuracy", targets, 2) == 0.75
-    assert evaluate.metric_chance("mcc", targets, 2) == 0.0
-    assert evaluate.metric_chance("f1", targets, 2) == pytest.approx(2 * 0.75 / 1.75)
+    assert scoring.metric_chance("accuracy", targets, 2) == 0.75
+    assert scoring.metric_chance("mcc", targets, 2) == 0.0
+    assert scoring.metric_chance("f1", targets, 2) == pytest.approx(2 * 0.75 / 1.75)
 
 
 def test_class_metrics_and_parse_failure_class():
     preds, targets = torch.tensor([1, 0, 1, 1]), torch.tensor([1, 0, 0, 1])
-    assert evaluate.class_metric("accuracy", preds, targets, 2) == 0.75
-    assert evaluate.class_metric("f1", preds, targets, 2) == pytest.approx(0.8)
-    assert evaluate.class_metric("mcc", preds, targets, 2) == pytest.approx(1 / math.sqrt(3), abs=1e-6)
+    assert scoring.class_metric("accuracy", preds, targets, 2) == 0.75
+    assert scoring.class_metric("f1", preds, targets, 2) == pytest.approx(0.8)
+    assert scoring.class_metric("mcc", preds, targets, 2) == pytest.approx(1 / math.sqrt(3), abs=1e-6)
     failures = torch.tensor([2, 2, 2, 2])  # all parse failures: always wrong, MCC 0 (not -1)
-    assert evaluate.class_metric("accuracy", failures, targets, 2, failure_class=True) == 0.0
-    assert evaluate.class_metric("mcc", failures, targets, 2, failure_class=True) == 0.0
-    assert evaluate.class_metric("f1", failures, targets, 2, failure_class=True) == 0.0
+    assert scoring.class_metric("accuracy", failures, targets, 2, failure_class=True) == 0.0
+    assert scoring.class_metric("mcc", failures, targets, 2, failure_class=True) == 0.0
+    assert scoring.class_metric("f1", failures, targets, 2, failure_class=True) == 0.0
 
 
 def test_mcc_is_zero_for_a_constant_predictor_and_matches_sklearn():
     from sklearn.metrics import matthews_corrcoef
 
     targets = torch.tensor([1] * 68 + [0] * 32)
-    assert evaluate.class_metric("mcc", torch.ones(100, dtype=torch.long), targets, 2) == 0.0
+    assert scoring.class_metric("mcc", torch.ones(100, dtype=torch.long), targets, 2) == 0.0
     rng = np.random.default_rng(0)
     for n_classes in (2, 3):
         t = torch.from_numpy(rng.integers(0, n_classes, 50))
         p = torch.from_numpy(rng.integers(0, n_classes, 50))
-        assert evaluate.class_metric("mcc", p, t, n_classes) == pytest.approx(matthews_corrcoef(t, p), abs=1e-9)
+        assert scoring.class_metric("mcc", p, t, n_classes) == pytest.approx(matthews_corrcoef(t, p), abs=1e-9)
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
     values = np.array([0.0, 1.0] * 50)
-    a = evaluate.bootstrap_interval(np.mean, [values], n_boot=300, seed=1)
-    b = evaluate.bootstrap_interval(np.mean, [values], n_boot=300, seed=1)
+    a = scoring.bootstrap_interval(np.mean, [values], n_boot=300, seed=1)
+    b = scoring.bootstrap_interval(np.mean, [values], n_boot=300, seed=1)
     assert a == b and a[0] < 0.5 < a[1]
 
 
 def test_squad_normalisation_and_scores_agree_with_torchmetrics():
     from torchmetrics.text import SQuAD
 
-    assert evaluate.normalize_answer("  The Denver  Broncos!") == "denver broncos"
-    assert evaluate.normalize_answer("an apple, a pear") == "apple pear"
+    assert scoring.normalize_answer("  The Denver  Broncos!") == "denver broncos"
+    assert scoring.normalize_answer("an apple, a pear") == "apple pear"
     cases = [("the Denver Broncos", ["Denver Broncos"]), ("Broncos", ["Denver Broncos", "Carolina"]),
              ("nothing", ["Denver Broncos"]), ("Santa Clara, California", ["Santa Clara, California", "Levi's"])]
     metric = SQuAD()
     ems, f1s = [], []
     for i, (pred, answers) in enumerate(cases):
-        em, f1 = evaluate.squad_scores(pred, answers)
+        em, f1 = scoring.squad_scores(pred, answers)
         ems.append(em)
         f1s.append(f1)
         metric.update([{"prediction_text": pred, "id": str(i)}],
@@ -289,7 +289,7 @@ def test_squad_normalisation_and_scores_agree_with_torchmetrics():
     (".", [".", "the Broncos"], (1.0, 0.0)),
 ])
 def test_squad_scores_follow_the_official_v1_1_rules(prediction, answers, want):
-    assert evaluate.squad_scores(prediction, answers) == pytest.approx(want)
+    assert scoring.squad_scores(prediction, answers) == pytest.approx(want)
 
 
 def test_squad_totals_and_cis_use_the_official_rule():
@@ -303,7 +303,7 @@ def test_squad_totals_and_cis_use_the_official_rule():
     cases = [(".", ["."]), ("Denver Broncos", ["Denver Broncos"]), ("Broncos", ["Denver Broncos"]), ("x", ["y"])]
     lm = load_model("tiny:gpt2")
     module = ZeroShotModule(lm.model, lm.tokenizer, "squad", bootstrap=200)
-    ems, f1s = zip(*[evaluate.squad_scores(p, a) for p, a in cases])
+    ems, f1s = zip(*[scoring.squad_scores(p, a) for p, a in cases])
     module.store.update(list(range(len(cases))), [0] * len(cases), [-1] * len(cases), value_a=ems, value_b=f1s)
     out = module.compute_results()
     official_f1 = (0.0 + 1.0 + 2 * 1 * 0.5 / 1.5 + 0.0) / 4
@@ -315,4 +315,4 @@ def test_squad_totals_and_cis_use_the_official_rule():
     assert float(reference["f1"]) / 100 == pytest.approx(official_f1 + 0.25)  # the rule it differs by
     lo, hi = out["ci"]
     assert 0.0 <= lo <= official_f1 <= hi <= 1.0
-    assert (lo, hi) == evaluate.bootstrap_interval(np.mean, [np.asarray(f1s)], n_boot=200, seed=0)
+    assert (lo, hi) == scoring.bootstrap_interval(np.mean, [np.asarray(f1s)], n_boot=200, seed=0)

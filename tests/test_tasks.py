@@ -5,7 +5,7 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from fnet.evaluate.tasks import (TaskDataError, TaskSpec, available_tasks, get_task, load_task_config, load_task_rows,
+from fnet.scoring.tasks import (TaskDataError, TaskSpec, available_tasks, get_task, load_task_config, load_task_rows,
                         resolve_source)
 
 OFFLINE = ["sst2", "cola", "mrpc", "mnli", "qnli", "ag_news", "squad", "wikitext2"]

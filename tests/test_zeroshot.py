@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fnet import evaluate
+from fnet import scoring
 from fnet.lit.zeroshot import ZeroShotDataModule, UnpaddedDistributedSampler, ZeroShotModule, subsample
 from fnet.models import load_model
-from fnet.evaluate.tasks import get_task, load_task_config
+from fnet.scoring.tasks import get_task, load_task_config
 
 
 def task_cfg(name, **over):
@@ -66,7 +66,7 @@ def test_fixed_shots_share_a_prefix_and_score_like_full_prompts(tiny):
                     prompt={"template": "{text_a} ->"})
     pool = [{"index": i, "text_a": t, "label": i % 2} for i, t in enumerate(["bad", "good", "dull", "fun"])]
     rows = [{"index": 10 + i, "text_a": t, "label": i % 2} for i, t in enumerate(["meh", "great film", "ugh", "wow"])]
-    builder = evaluate.PromptBuilder(task, tiny.tokenizer, pool)
+    builder = scoring.PromptBuilder(task, tiny.tokenizer, pool)
     requests = [builder.request(row, calibrate=True) for row in rows]
     n = requests[0].prefix_len
     assert n > 0 and all(r.prefix_len == n and r.context_tokens[:n] == requests[0].context_tokens[:n]
@@ -76,8 +76,8 @@ def test_fixed_shots_share_a_prefix_and_score_like_full_prompts(tiny):
     records = module.score_batch(requests[:3]) + module.score_batch(requests[3:])
     assert len(module._kv_memo) == 1 and len(module._cf_memo) == 1  # one prefix, one content-free prompt
     for r, record in zip(requests, records):  # by hand, without the prefix cache, one row at a time
-        raw = evaluate.score_loglik(tiny.model, [r.context_tokens], [r.continuation_tokens], pad_token_id=256)[0]
-        cf = evaluate.score_loglik(tiny.model, [r.content_free_tokens], [r.content_free_continuation_tokens],
+        raw = scoring.score_loglik(tiny.model, [r.context_tokens], [r.continuation_tokens], pad_token_id=256)[0]
+        cf = scoring.score_loglik(tiny.model, [r.content_free_tokens], [r.content_free_continuation_tokens],
                                   pad_token_id=256)[0]
         assert record["scores"] == pytest.approx((raw - cf).tolist(), abs=1e-4)
 
@@ -87,7 +87,7 @@ def test_chat_template_multi_turn_shots(shared_data):
     lm.tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>"
                                   "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
     task = task_cfg("sst2", num_fewshot=2, limit=3, chat_template="auto")
-    builder = evaluate.PromptBuilder(task, lm.tokenizer, [
+    builder = scoring.PromptBuilder(task, lm.tokenizer, [
         {"index": 0, "text_a": "good", "label": 1}, {"index": 1, "text_a": "bad", "label": 0}])
     text = builder.context({"index": 5, "text_a": "fine", "label": 1})
     assert text.count("<user>") == 3 and text.count("<assistant>positive</assistant>") + \
@@ -118,13 +118,13 @@ def test_module_metrics_match_direct_scoring(shared_data, tiny):
     trainer().test(module, datamodule=dm, verbose=False)
     res = module.results
     requests = sorted(dm.dataset.items, key=lambda r: r.index)
-    scores = evaluate.score_loglik(tiny.model, [r.context_tokens for r in requests],
+    scores = scoring.score_loglik(tiny.model, [r.context_tokens for r in requests],
                                   [r.continuation_tokens for r in requests], pad_token_id=256, max_length=128)
     preds, targets = scores.argmax(1), torch.tensor([r.label for r in requests])
     assert res["n"] == 10 and res["metric"] == "f1"
     assert res["metrics"]["accuracy"]["value"] == pytest.approx(float((preds == targets).float().mean()))
-    assert res["metrics"]["f1"]["value"] == pytest.approx(evaluate.class_metric("f1", preds, targets, 2))
-    lo, hi = evaluate.wilson_interval(float((preds == targets).sum()), 10)
+    assert res["metrics"]["f1"]["value"] == pytest.approx(scoring.class_metric("f1", preds, targets, 2))
+    lo, hi = scoring.wilson_interval(float((preds == targets).sum()), 10)
     assert res["metrics"]["accuracy"]["ci_low"] == pytest.approx(lo)
     assert res["chance"]["majority"] == pytest.approx(max(targets.float().mean().item(),
                                                           1 - targets.float().mean().item()))
@@ -140,9 +140,9 @@ def test_calibration_subtracts_content_free_scores(shared_data, tiny):
     module = ZeroShotModule(tiny.model, tiny.tokenizer, task)
     records = module.score_batch(dm.dataset.items)
     for request, record in zip(dm.dataset.items, records):
-        raw = evaluate.score_loglik(tiny.model, [request.context_tokens], [request.continuation_tokens],
+        raw = scoring.score_loglik(tiny.model, [request.context_tokens], [request.continuation_tokens],
                                    pad_token_id=256, max_length=128)[0]
-        cf = evaluate.score_loglik(tiny.model, [request.content_free_tokens], [request.continuation_tokens],
+        cf = scoring.score_loglik(tiny.model, [request.content_free_tokens], [request.continuation_tokens],
                                   pad_token_id=256, max_length=128)[0]
         assert record["scores"] == pytest.approx((raw - cf).tolist(), abs=1e-4)
         assert tiny.tokenizer.decode(request.content_free_tokens) == "Review: N/A\nSentiment:"
@@ -154,7 +154,7 @@ def test_generate_scoring_reports_parse_failures(shared_data, tiny):
     module = ZeroShotModule(tiny.model, tiny.tokenizer, task, bootstrap=50)
     trainer().test(module, datamodule=dm, verbose=False)
     res = module.results
-    failures = sum(evaluate.parse_choice(o["generated"], task.choices) is None for o in module.outputs)
+    failures = sum(scoring.parse_choice(o["generated"], task.choices) is None for o in module.outputs)
     assert res["parse_failures"] == failures and res["parse_failure_rate"] == failures / 6
     assert len(res["pred_counts"]) == 3  # two labels + the parse-failure class
 

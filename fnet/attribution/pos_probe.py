@@ -86,9 +86,9 @@ def record_word_features(
     """Activations ``X  # [n_samples, n_layers * width]`` float32 (layer-major columns, as NetworkSet.flat()).
 
     ``position="word"``: at each word's first token; ``"before"``: at the token before it (the position that
-    predicts the word). Sentences are recorded once each with :class:`fnet.record.recorder.Recorder`.
+    predicts the word). Sentences are recorded once each with :class:`fnet.recording.recorder.Recorder`.
     """
-    from fnet.record.recorder import Recorder
+    from fnet.recording.recorder import Recorder
 
     if position not in ("word", "before"):
         raise ValueError(f"unknown position {position!r}; valid: 'word', 'before'")

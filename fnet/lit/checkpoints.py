@@ -28,17 +28,16 @@ __all__ = ["OLD_MODULE_PATHS", "old_module_paths", "load_checkpoint_file", "read
 
 
 #: module paths of fnet before its modules moved into stage packages -> where their objects live now. A
-#: checkpoint pickles objects by module path; these let checkpoints written before the move load.
+#: checkpoint pickles objects by module path; these let checkpoints written before the move load. (The old
+#: modules fnet.recording and fnet.scoring are packages again, exporting the same names.)
 OLD_MODULE_PATHS = {
     "fnet.finetune": "fnet.lit.finetune",
-    "fnet.tasks": "fnet.evaluate.tasks",
-    "fnet.prompts": "fnet.evaluate.prompts",
-    "fnet.loglik": "fnet.evaluate.loglik",
-    "fnet.metrics": "fnet.evaluate.metrics",
-    "fnet.scoring": "fnet.evaluate.generate",
-    "fnet.data": "fnet.record",
-    "fnet.recording": "fnet.record.recorder",
-    "fnet.store": "fnet.record.store",
+    "fnet.tasks": "fnet.scoring.tasks",
+    "fnet.prompts": "fnet.scoring.prompts",
+    "fnet.loglik": "fnet.scoring.loglik",
+    "fnet.metrics": "fnet.scoring.metrics",
+    "fnet.data": "fnet.recording",
+    "fnet.store": "fnet.recording.store",
     "fnet.discovery": "fnet.models.discovery",
     "fnet.tiny_chatglm": "fnet.models.tiny_chatglm",
     "fnet.decomposition": "fnet.decompose",
@@ -60,7 +59,7 @@ def _is_fnet_module(name: str) -> bool:
 @contextlib.contextmanager
 def old_module_paths() -> Iterator[None]:
     """While active, the old module paths of :data:`OLD_MODULE_PATHS` import as their new modules (so a pickle
-    that names ``fnet.tasks.TaskSpec`` finds ``fnet.evaluate.tasks.TaskSpec``); restored on exit."""
+    that names ``fnet.tasks.TaskSpec`` finds ``fnet.scoring.tasks.TaskSpec``); restored on exit."""
     saved: dict[str, Any] = {}
     for old, new in OLD_MODULE_PATHS.items():
         if _is_fnet_module(old):

@@ -248,14 +248,14 @@ class CausalLMTaskModule(pl.LightningModule):
 # Metrics
 # --------------------------------------------------------------------------------------------------------------
 class ConfusionMCC(MulticlassConfusionMatrix):
-    """Matthews correlation from the (DDP-synced) confusion matrix via ``evaluate.mcc_from_confusion``: 0 for a
+    """Matthews correlation from the (DDP-synced) confusion matrix via ``fnet.scoring.mcc_from_confusion``: 0 for a
     constant predictor, as GLUE and scikit-learn report it. torchmetrics' MatthewsCorrCoef gives 0.077 there,
     which would make a degenerate CoLA model look above chance."""
 
     def compute(self) -> torch.Tensor:
-        from fnet import evaluate
+        from fnet import scoring
 
-        return torch.tensor(evaluate.mcc_from_confusion(super().compute()), dtype=torch.float32)
+        return torch.tensor(scoring.mcc_from_confusion(super().compute()), dtype=torch.float32)
 
 
 def classification_metrics(names: Sequence[str], num_labels: int) -> MetricCollection:
@@ -292,27 +292,27 @@ def classification_result(task_name: str | None, metric_names: Sequence[str], pr
     (the first) as ``score``/``ci``; ``above_chance`` = its CI lies above chance."""
     import numpy as np
 
-    from fnet import evaluate
+    from fnet import scoring
 
     preds = np.asarray(preds, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
     metrics = {}
     for name in metric_names:
-        value = evaluate.class_metric(name, torch.from_numpy(preds), torch.from_numpy(targets), n_classes)
+        value = scoring.class_metric(name, torch.from_numpy(preds), torch.from_numpy(targets), n_classes)
         if name == "accuracy":
-            lo, hi = evaluate.wilson_interval(float((preds == targets).sum()), len(targets))
+            lo, hi = scoring.wilson_interval(float((preds == targets).sum()), len(targets))
             method = "wilson"
         else:
-            lo, hi = evaluate.bootstrap_interval(
-                lambda p, t, _name=name: evaluate.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t), n_classes),
+            lo, hi = scoring.bootstrap_interval(
+                lambda p, t, _name=name: scoring.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t), n_classes),
                 [preds, targets], n_boot=bootstrap, seed=seed)
             method = "bootstrap"
         metrics[name] = {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": method,
-                         "chance": evaluate.metric_chance(name, targets, n_classes)}
+                         "chance": scoring.metric_chance(name, targets, n_classes)}
     primary = metrics[metric_names[0]]
     return {
         "task": task_name, "n": int(len(targets)), "metric": metric_names[0], "scoring": "finetuned_head",
-        "metrics": metrics, "chance": evaluate.chance_levels(targets, n_classes), "n_classes": n_classes,
+        "metrics": metrics, "chance": scoring.chance_levels(targets, n_classes), "n_classes": n_classes,
         "label_counts": np.bincount(targets, minlength=n_classes).tolist(),
         "pred_counts": np.bincount(preds, minlength=n_classes).tolist(),
         "score": primary["value"], "ci": [primary["ci_low"], primary["ci_high"]],

@@ -1,6 +1,6 @@
 """LightningDataModules for fine-tuning a causal LM on an fnet task (``conf/task/*.yaml``).
 
-Rows come from :func:`fnet.evaluate.tasks.load_task_rows`, the single source of rows. Where they come from decides the
+Rows come from :func:`fnet.scoring.tasks.load_task_rows`, the single source of rows. Where they come from decides the
 splits (:func:`fine_tuning_splits`):
 
 * ``local`` (offline; only a dev/test file exists): the **whole file** is split with a fixed seed into
@@ -82,7 +82,7 @@ def fine_tuning_splits(
     """The train/validation/test rows of a task for fine-tuning and a description of how they were made.
 
     ``rows`` (tests, custom data): split these instead of loading the task's file."""
-    from fnet.evaluate.tasks import get_task, load_task_rows, resolve_data_dir, resolve_source
+    from fnet.scoring.tasks import get_task, load_task_rows, resolve_data_dir, resolve_source
 
     spec = get_task(task)
     if source != "auto":
@@ -171,7 +171,7 @@ class TaskDataModule(pl.LightningDataModule):
     """Train/validation/test loaders of a classification task (see module docstring for the splits).
 
     Args:
-        task: a task name, config (``cfg.task``) or :class:`fnet.evaluate.tasks.TaskSpec`.
+        task: a task name, config (``cfg.task``) or :class:`fnet.scoring.tasks.TaskSpec`.
         tokenizer: the model's tokenizer (``LoadedModel.tokenizer``); may be set later, before ``setup``.
         data_dir: offline data folder (``paths.data_dir``; None = ``$FNET_DATA_DIR`` or ``../shared/data``).
         source: ``auto`` (the task's rule: local when the file exists), ``local`` or ``hub``.
@@ -206,7 +206,7 @@ class TaskDataModule(pl.LightningDataModule):
         rows: Sequence[dict] | None = None,
     ):
         super().__init__()
-        from fnet.evaluate.tasks import get_task
+        from fnet.scoring.tasks import get_task
 
         self.task = get_task(task)
         task = self.task.to_dict()  # plain, so the checkpoint's datamodule hyperparameters need no OmegaConf
@@ -362,7 +362,7 @@ class SquadDataModule(TaskDataModule):
         padding_side: str | None = None,
         rows: Sequence[dict] | None = None,
     ):
-        from fnet.evaluate.tasks import get_task
+        from fnet.scoring.tasks import get_task
 
         task = get_task(task).to_dict()  # plain values in the checkpoint (Lightning records this frame's arguments)
         split = [float(f) for f in split]

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from transformers import get_scheduler
 
-from fnet.evaluate.tasks import get_task
+from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)
 

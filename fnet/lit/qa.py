@@ -7,7 +7,7 @@ over **context tokens only** with the highest ``start_logit + end_logit``; an ex
 over its windows, cut from the context string with the tokenizer's character offsets (:func:`span_text`).
 Scores are SQuAD v1.1's exact match and F1 as fractions in [0, 1] (like every fnet result), with the official
 normalisation (lowercase, no punctuation, no articles a/an/the, collapsed whitespace) of
-:func:`fnet.evaluate.squad_scores`; per question the maximum over the gold answers counts.
+:func:`fnet.scoring.squad_scores`; per question the maximum over the gold answers counts.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def span_text(context: str, offsets: torch.Tensor | Sequence[Sequence[int]], sta
 def squad_metrics(predictions: Mapping[str, str], examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """SQuAD v1.1 ``exact_match`` and ``f1`` in [0, 1] of ``predictions`` (id -> text) against ``examples`` (dicts
     with ``id`` and ``answers``: the gold texts): per question the max over its gold answers, with the official
-    normalisation (:func:`fnet.evaluate.squad_scores`, the evaluation's metric), then the mean. ``per_example``
+    normalisation (:func:`fnet.scoring.squad_scores`, the evaluation's metric), then the mean. ``per_example``
     lists ``(em, f1)`` in the order of ``examples``."""
-    from fnet.evaluate import squad_scores
+    from fnet.scoring import squad_scores
 
     per_example = [squad_scores(predictions.get(e["id"], ""), e["answers"]) if e["answers"] else (0.0, 0.0)
                    for e in examples]
@@ -82,12 +82,12 @@ def qa_result(task_name: str | None, scores: Mapping[str, Any], bootstrap: int =
     """The result row evaluate.py reports (zero-shot layout): EM and F1 with bootstrap 95 % CIs, chance 0."""
     import numpy as np
 
-    from fnet import evaluate
+    from fnet import scoring
 
     per_example = np.asarray(scores["per_example"], dtype=np.float64).reshape(-1, 2)
     metrics = {}
     for column, name in enumerate(("exact_match", "f1")):
-        lo, hi = evaluate.bootstrap_interval(np.mean, [per_example[:, column]], n_boot=bootstrap, seed=seed)
+        lo, hi = scoring.bootstrap_interval(np.mean, [per_example[:, column]], n_boot=bootstrap, seed=seed)
         metrics[name] = {"value": float(scores[name]), "ci_low": lo, "ci_high": hi, "ci_method": "bootstrap",
                          "chance": 0.0}
     primary = metrics["f1"]  # SQuAD's primary metric here, as in conf/task/squad.yaml (the paper reports F1)

@@ -3,10 +3,10 @@ scoring batched, with a progress bar, under any callback (the mask callback hook
 or many devices.
 
 * :class:`ZeroShotDataModule` -- the scored rows of a task (``limit``: a seeded subsample), tokenised into
-  :class:`fnet.evaluate.Request`\\ s, sorted by length so batches pad little; under DDP each example goes to exactly
+  :class:`fnet.scoring.Request`\\ s, sorted by length so batches pad little; under DDP each example goes to exactly
   one process (:class:`UnpaddedDistributedSampler`: no duplicated rows, unlike ``DistributedSampler``'s padding).
 * :class:`ZeroShotModule` -- ``self.model`` is the causal LM; each step scores a batch (loglik / generate /
-  perplexity, see :mod:`fnet.evaluate`) and updates torchmetrics metrics, whose states Lightning/torchmetrics sync
+  perplexity, see :mod:`fnet.scoring`) and updates torchmetrics metrics, whose states Lightning/torchmetrics sync
   across processes at epoch end. ``self.results`` then holds the task's result row (metrics, 95 % CIs, chance
   levels, ``above_chance``), identical on every rank.
 """
@@ -26,9 +26,9 @@ from torchmetrics import CatMetric, Metric
 from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassConfusionMatrix,
                                          MulticlassF1Score)
 
-from fnet import evaluate
-from fnet.evaluate import PromptBuilder, Request
-from fnet.evaluate.tasks import TaskSpec, check_whole_number, get_task, load_task_rows, split_provenance
+from fnet import scoring
+from fnet.scoring import PromptBuilder, Request
+from fnet.scoring.tasks import TaskSpec, check_whole_number, get_task, load_task_rows, split_provenance
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class ZeroShotDataModule(pl.LightningDataModule):
         self.builder = PromptBuilder(task, self.tokenizer, pool, same_split=task.fewshot_split == task.eval_split)
         calibrate = bool(task.calibrate)
         requests = [self.builder.request(row, calibrate=calibrate) for row in self.rows]
-        evaluate.align_prefixes(requests)  # one shared-prefix length for the task: a token prefix of every prompt
+        scoring.align_prefixes(requests)  # one shared-prefix length for the task: a token prefix of every prompt
         if self.sort_by_length:
             requests.sort(key=lambda r: (-len(r.context_tokens), r.index))
         self.dataset = RequestDataset(requests)
@@ -145,7 +145,7 @@ class ZeroShotDataModule(pl.LightningDataModule):
         if self.max_length is not None:
             max_length = min(max_length, int(self.max_length))
         stride = min(int(options.get("stride") or max_length - 1), max_length - 1)
-        windows = evaluate.perplexity_windows(len(tokens), max_length, stride)
+        windows = scoring.perplexity_windows(len(tokens), max_length, stride)
         chosen = subsample([{"i": i} for i in range(len(windows))], self.limit, self.seed)
         items = [{"index": c["i"], "tokens": tokens[windows[c["i"]][0]: windows[c["i"]][1]],
                   "n_scored": windows[c["i"]][2]} for c in chosen]
@@ -253,13 +253,13 @@ class ZeroShotModule(pl.LightningModule):
         task = self.task
         if task.type == "multiple_choice":
             n = task.n_choices
-            # generate-mode parse failures are predicted as an extra class n (see evaluate.class_metric)
+            # generate-mode parse failures are predicted as an extra class n (see scoring.class_metric)
             n_pred = n + 1 if task.scoring == "generate" else n
             made: dict[str, Metric] = {}
             for name in task.metric:
                 if name == "accuracy":
                     made[name] = MulticlassAccuracy(num_classes=n_pred, average="micro")
-                elif name == "mcc":  # MCC from the (synced) confusion matrix: see evaluate.mcc_from_confusion
+                elif name == "mcc":  # MCC from the (synced) confusion matrix: see scoring.mcc_from_confusion
                     made[name] = MulticlassConfusionMatrix(num_classes=n_pred)
                 elif name == "f1":  # GLUE: binary F1 of class 1; fed (pred == 1)
                     made[name] = BinaryF1Score() if n == 2 else MulticlassF1Score(num_classes=n_pred, average="macro")
@@ -295,7 +295,7 @@ class ZeroShotModule(pl.LightningModule):
 
     def _score_loglik(self, batch: list[Request]) -> list[dict]:
         prefix_len = batch[0].prefix_len if all(r.prefix_len == batch[0].prefix_len for r in batch) else 0
-        scores = evaluate.score_loglik(self.model, [r.context_tokens for r in batch],
+        scores = scoring.score_loglik(self.model, [r.context_tokens for r in batch],
                                       [r.continuation_tokens for r in batch], pad_token_id=self.pad_token_id,
                                       max_length=self.max_length, prefix_len=prefix_len,
                                       kv_memo=self._kv_memo)  # [row, choice]
@@ -313,7 +313,7 @@ class ZeroShotModule(pl.LightningModule):
         todo = [r for r in batch if key(r) not in self._cf_memo]
         unique = list({key(r): r for r in todo}.values())
         if unique:
-            cf = evaluate.score_loglik(self.model, [r.content_free_tokens for r in unique],
+            cf = scoring.score_loglik(self.model, [r.content_free_tokens for r in unique],
                                       [self._cf_choices(r) for r in unique], pad_token_id=self.pad_token_id,
                                       max_length=self.max_length, prefix_len=prefix_len, kv_memo=self._kv_memo)
             for r, row_scores in zip(unique, cf):
@@ -326,11 +326,11 @@ class ZeroShotModule(pl.LightningModule):
         return r.content_free_continuation_tokens or r.continuation_tokens
 
     def _score_generate_choice(self, batch: list[Request]) -> list[dict]:
-        texts = evaluate.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],
+        texts = scoring.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],
                                         max_new_tokens=int(self.task.generation.get("max_new_tokens", 5)),
                                         until=self.task.generation.get("until", ["\n"]),
                                         pad_token_id=self.pad_token_id, max_length=self.max_length)
-        parsed = [evaluate.parse_choice(t, self.task.choices) for t in texts]
+        parsed = [scoring.parse_choice(t, self.task.choices) for t in texts]
         # a parse failure is predicted as the extra class n_choices, which no target has (always wrong)
         preds = torch.tensor([p if p is not None else self.task.n_choices for p in parsed])
         return self._update_class(batch, preds, texts, failed=[p is None for p in parsed])
@@ -354,18 +354,18 @@ class ZeroShotModule(pl.LightningModule):
 
     def _score_squad(self, batch: list[Request]) -> list[dict]:
         generation = self.task.generation
-        texts = evaluate.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],
+        texts = scoring.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],
                                         max_new_tokens=int(generation.get("max_new_tokens", 32)),
                                         until=generation.get("until", ["\n"]), pad_token_id=self.pad_token_id,
                                         max_length=self.max_length)
         texts = [t.strip() for t in texts]
-        ems, f1s = zip(*[evaluate.squad_scores(t, r.row["answers"]) for t, r in zip(texts, batch)])
+        ems, f1s = zip(*[scoring.squad_scores(t, r.row["answers"]) for t, r in zip(texts, batch)])
         self.store.update([r.index for r in batch], [0] * len(batch), [-1] * len(batch), value_a=ems, value_b=f1s)
         return [{"index": r.index, "id": r.row["id"], "generated": t, "answers": r.row["answers"], "em": em, "f1": f1}
                 for r, t, em, f1 in zip(batch, texts, ems, f1s)]
 
     def _score_perplexity(self, batch: list[dict]) -> list[dict]:
-        nll = evaluate.window_nll(self.model, [b["tokens"] for b in batch], [b["n_scored"] for b in batch],
+        nll = scoring.window_nll(self.model, [b["tokens"] for b in batch], [b["n_scored"] for b in batch],
                                  pad_token_id=self.pad_token_id)  # [window]
         counts = torch.tensor([b["n_scored"] for b in batch], dtype=torch.float64)
         self.metrics["nll"].update(nll.to(self.device))
@@ -450,24 +450,24 @@ class ZeroShotModule(pl.LightningModule):
         task = self.task
         preds, targets = ex["pred"], ex["target"]
         n_classes = task.n_choices
-        computed = {k: (evaluate.mcc_from_confusion(m.compute()) if k == "mcc" else float(m.compute()))
+        computed = {k: (scoring.mcc_from_confusion(m.compute()) if k == "mcc" else float(m.compute()))
                     for k, m in self.metrics.items()}  # torchmetrics states, synced
-        levels = evaluate.chance_levels(targets, n_classes)
+        levels = scoring.chance_levels(targets, n_classes)
         failure = task.scoring == "generate"
         metrics = {}
         for name in task.metric:
             value = computed[name]
             if name == "accuracy":
-                lo, hi = evaluate.wilson_interval(float((preds == targets).sum()), len(targets))
+                lo, hi = scoring.wilson_interval(float((preds == targets).sum()), len(targets))
                 method = "wilson"
             else:
-                lo, hi = evaluate.bootstrap_interval(
-                    lambda p, t, _name=name: evaluate.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t),
+                lo, hi = scoring.bootstrap_interval(
+                    lambda p, t, _name=name: scoring.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t),
                                                                   n_classes, failure_class=failure),
                     [preds, targets], n_boot=self.bootstrap, seed=self.ci_seed)
                 method = "bootstrap"
             metrics[name] = {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": method,
-                             "chance": evaluate.metric_chance(name, targets, n_classes)}
+                             "chance": scoring.metric_chance(name, targets, n_classes)}
         out = {"metrics": metrics, "chance": levels, "n_classes": n_classes,
                "label_counts": np.bincount(targets, minlength=n_classes).tolist(),
                "pred_counts": np.bincount(preds, minlength=n_classes + int(failure)).tolist()}
@@ -478,13 +478,13 @@ class ZeroShotModule(pl.LightningModule):
         return out
 
     def _squad_results(self, ex: dict) -> dict:
-        """EM and F1 (official SQuAD v1.1 rules, :func:`fnet.evaluate.squad_scores`): the mean over questions and
+        """EM and F1 (official SQuAD v1.1 rules, :func:`fnet.scoring.squad_scores`): the mean over questions and
         a bootstrap CI of the same per-question values, in the order of ``task.metric`` (F1 first: the paper's)."""
         per_question = {"exact_match": ex["value_a"], "f1": ex["value_b"]}
         metrics = {}
         for name in list(self.task.metric) + [m for m in per_question if m not in self.task.metric]:
             values = per_question[name]
-            lo, hi = evaluate.bootstrap_interval(np.mean, [values], n_boot=self.bootstrap, seed=self.ci_seed)
+            lo, hi = scoring.bootstrap_interval(np.mean, [values], n_boot=self.bootstrap, seed=self.ci_seed)
             metrics[name] = {"value": float(np.mean(values)), "ci_low": lo, "ci_high": hi,
                              "ci_method": "bootstrap", "chance": 0.0}
         return {"metrics": metrics, "chance": {"majority": 0.0, "uniform": 0.0}}
@@ -493,7 +493,7 @@ class ZeroShotModule(pl.LightningModule):
         nll_state, count_state = self.metrics["nll"].compute(), self.metrics["n_tokens"].compute()
         total_nll, total_tokens = float(nll_state.sum()), float(count_state.sum())
         nll, counts = ex["value_a"], ex["value_b"]
-        lo, hi = evaluate.bootstrap_interval(lambda a, b: math.exp(a.sum() / b.sum()), [nll, counts],
+        lo, hi = scoring.bootstrap_interval(lambda a, b: math.exp(a.sum() / b.sum()), [nll, counts],
                                             n_boot=self.bootstrap, seed=self.ci_seed)
         value = math.exp(total_nll / total_tokens)
         return {"metrics": {"perplexity": {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": "bootstrap",

@@ -25,11 +25,11 @@ from fnet.decompose import fit_with_restarts, individual_decompositions
 from fnet.models import LoadedModel
 from fnet.networks.netset import NetworkSet, NetworkSetFormatError
 from fnet.provenance import provenance
-from fnet.record import StimulusSet, model_key, record_dataset, slug, text_sha1
+from fnet.recording import StimulusSet, model_key, record_dataset, slug, text_sha1
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Decomposition", "estimator_settings", "networks_from_estimator", "group_networks",
+__all__ = ["Decomposition", "find_networks", "estimator_settings", "networks_from_estimator", "group_networks",
            "individual_networks", "find_group_networks"]
 
 
@@ -115,14 +115,14 @@ def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], est
     lm
         The model whose networks are found.
     stimuli
-        Data set name -> :class:`~fnet.record.StimulusSet`; only the template texts are used.
+        Data set name -> :class:`~fnet.recording.StimulusSet`; only the template texts are used.
     estimator
         An unfitted decomposition estimator (e.g. :class:`fnet.decompose.FastICA`); its class and parameters
         are part of the cache key.
     thresholds
         ``alpha``, ``rule``, ``percentile``, ``sign`` (:meth:`NetworkSet.from_maps`).
     cache_dir, signal, max_length, batch_size
-        Where the cache lives and how activations are recorded (:func:`fnet.record.record_dataset`).
+        Where the cache lives and how activations are recorded (:func:`fnet.recording.record_dataset`).
     n_init, seed
         Restarts and their first seed (:func:`group_networks`).
     provenance_fields
@@ -166,3 +166,63 @@ def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], est
         register(path, "networks", model=lm.name, fingerprint=lm.fingerprint, signal=signal, source=source,
                  K=len(nets))
     return nets
+
+
+def find_networks(store_or_arrays: Any, n_components: int = 10, *, alpha: float = 1.96, sign: str = "flip",
+                  rule: str = "z", percentile: float = 98.0, n_init: int = 1, seed: int = 0,
+                  estimator: Any = None, n_layers: int | None = None, width: int | None = None) -> NetworkSet:
+    """Functional networks of recorded activations: group ICA over the stacked texts, spatial maps z-scored and
+    thresholded (the notebook entry point; :func:`group_networks` with defaults).
+
+    Parameters
+    ----------
+    store_or_arrays : ActivationStore or sequence of arrays
+        A store from :func:`fnet.recording` (its layers and width are read from it), or ``[tokens_i, neurons]``
+        arrays (then give ``n_layers``; ``width`` defaults to ``neurons // n_layers``).
+    n_components : int
+        K, the number of components (networks).
+    alpha, sign, rule, percentile
+        Thresholding of the z-scored maps (:meth:`NetworkSet.from_maps`): ``z > alpha`` on the ``sign`` tail
+        (``flip``: each map's heavy tail made positive; ``positive``: the paper's; ``abs``).
+    n_init, seed
+        Restarts (the most stable solution is kept; networks then carry per-component stability) and seed.
+    estimator : optional
+        An unfitted decomposition estimator; default :class:`fnet.decompose.FastICA` with ``n_components``.
+    n_layers, width : int, optional
+        Shape of the neuron axis when arrays are given.
+
+    Returns
+    -------
+    NetworkSet
+        Masks ``[K, n_layers, width]`` with maps and provenance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> sources = rng.laplace(size=(2000, 2)) * (rng.random((2000, 2)) < 0.1)   # [tokens, 2] sparse
+    >>> maps = np.zeros((2, 40)); maps[0, :5] = 3; maps[1, 20:25] = 3             # planted networks
+    >>> acts = sources @ maps + 0.1 * rng.normal(size=(2000, 40))                 # [tokens, 2 layers * 20]
+    >>> nets = find_networks([acts], n_components=2, n_layers=2, alpha=2.0)
+    >>> sorted(nets.flat()[k].nonzero().flatten().tolist() for k in range(2))
+    [[0, 1, 2, 3, 4], [20, 21, 22, 23, 24]]
+    """
+    from fnet.decompose import FastICA
+
+    if hasattr(store_or_arrays, "arrays") and hasattr(store_or_arrays, "n_layers"):
+        arrays = store_or_arrays.arrays()
+        n_layers, width = store_or_arrays.n_layers, store_or_arrays.width
+        prov = {"store": str(getattr(store_or_arrays, "root", "")),
+                **{k: store_or_arrays.manifest.get(k) for k in ("model", "signal", "max_length")},
+                "model_fingerprint": store_or_arrays.manifest.get("fingerprint")}
+    else:
+        arrays = list(store_or_arrays)
+        if n_layers is None:
+            raise ValueError("find_networks: give n_layers (and width) with plain arrays, or pass an ActivationStore")
+        width = width or int(arrays[0].shape[1]) // int(n_layers)
+        prov = {}
+    estimator = estimator if estimator is not None else FastICA(n_components=n_components, random_state=seed)
+    thresholds = {"alpha": alpha, "rule": rule, "percentile": percentile, "sign": sign}
+    prov.update(estimator=estimator_settings(estimator), thresholds=thresholds)
+    return group_networks(estimator, arrays, int(n_layers), int(width), thresholds, name="find_networks",
+                          n_init=n_init, seed=seed, provenance=prov).networks

@@ -30,7 +30,7 @@ def load_lm(cfg: DictConfig) -> LoadedModel:
 
 
 def load_stimuli(cfg: DictConfig) -> dict:
-    """``cfg.data`` instantiated: data set name -> :class:`fnet.record.StimulusSet`."""
+    """``cfg.data`` instantiated: data set name -> :class:`fnet.recording.StimulusSet`."""
     sets = instantiate(cfg.data)
     if not sets:
         raise ValueError("the data config selected no datasets")

@@ -2,7 +2,7 @@
 decomposition -> networks -> report.
 
 For every stimulus dataset :func:`run` records the template and individual texts (cached and resumable under
-``paths.cache_dir``, :func:`fnet.record.record_dataset`), runs group ICA over the stacked template texts (K
+``paths.cache_dir``, :func:`fnet.recording.record_dataset`), runs group ICA over the stacked template texts (K
 templates, restarts and stability) and individual ICA per text (:mod:`fnet.networks.find`), thresholds the
 spatial maps into :class:`~fnet.networks.NetworkSet` s, counts how many individual networks match each template
 (IoU > ``networks.match_threshold``, the paper's Tables 1-3), and writes ``report.md``, the network files and
@@ -27,7 +27,7 @@ from fnet.networks import Decomposition, group_networks, individual_networks, io
 from fnet.pipelines._common import load_lm, load_stimuli, make_estimator, thresholds
 from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters
 from fnet.provenance import provenance
-from fnet.record import ActivationStore, record_dataset, slug
+from fnet.recording import ActivationStore, record_dataset, slug
 from fnet.report import markdown_table, plot_counts_per_layer, plot_iou_matrix, plot_network_maps, provenance_header
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ __all__ = ["run", "record_from_config"]
 
 def record_from_config(lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *,
                        progress: bool = True) -> ActivationStore:
-    """:func:`fnet.record.record_dataset` with the run's ``record`` settings and ``paths.cache_dir``."""
+    """:func:`fnet.recording.record_dataset` with the run's ``record`` settings and ``paths.cache_dir``."""
     rec = cfg.record
     return record_dataset(lm, texts, dataset=dataset, cache_dir=cfg.paths.cache_dir, signal=rec.signal,
                           max_length=rec.max_length, batch_size=rec.batch_size, progress=progress)

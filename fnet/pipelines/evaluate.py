@@ -4,7 +4,7 @@
 
 1. the model (``hydra.utils.instantiate(cfg.model)`` -> :class:`fnet.models.LoadedModel`), or, when
    ``cfg.ckpt_path`` is set, a fine-tuned checkpoint through ``fnet.pipelines._finetuned.evaluation_module(cfg)``;
-2. the task (``cfg.task``, :mod:`fnet.evaluate.tasks`) as a :class:`fnet.lit.zeroshot.ZeroShotDataModule`;
+2. the task (``cfg.task``, :mod:`fnet.scoring.tasks`) as a :class:`fnet.lit.zeroshot.ZeroShotDataModule`;
 3. the mask (``cfg.mask`` -> :func:`fnet.intervene.build_mask`); its networks come from ``cfg.mask.networks_file``
    or, when that is null, from ``fnet.pipelines._common.networks_for_config(cfg, lm)`` (computed once, cached);
 4. a Lightning ``Trainer`` (``cfg.trainer``) with the callbacks (``cfg.callbacks``; the mask callback is finished
@@ -47,7 +47,7 @@ from fnet.pipelines._common import load_lm, networks_for_config
 from fnet.pipelines._finetuned import evaluation_module
 from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters, overrides
 from fnet.provenance import provenance
-from fnet.evaluate.tasks import get_task
+from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)
 

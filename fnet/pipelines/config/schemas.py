@@ -81,7 +81,7 @@ class DataConfig:
     n_template: int = req(ge=0)
     n_individual: int = req(ge=0)
     seed: int = req()
-    datasets: Dict[str, Any] = req()  # name -> loader options (free-form per source; fnet.record checks them)
+    datasets: Dict[str, Any] = req()  # name -> loader options (free-form per source; fnet.recording checks them)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -103,10 +103,10 @@ class FewshotConfig:
 
 @dataclass
 class TaskConfig:
-    """Keys of ``conf/task/*.yaml``; :class:`fnet.evaluate.tasks.TaskSpec` checks how they fit together."""
+    """Keys of ``conf/task/*.yaml``; :class:`fnet.scoring.tasks.TaskSpec` checks how they fit together."""
 
     name: str = req()
-    type: str = req(choices="fnet.evaluate.tasks:TASK_TYPES")
+    type: str = req(choices="fnet.scoring.tasks:TASK_TYPES")
     description: str = req()
     source: str = req(choices=("auto", "local", "hub"))
     eval_split: str = req()
@@ -116,8 +116,8 @@ class TaskConfig:
     target: Dict[str, Any] = req()
     prompt: PromptConfig = req()
     choices: Optional[List[str]] = req()
-    metric: List[str] = req(choices="fnet.evaluate.tasks:METRICS")
-    scoring: str = req(choices="fnet.evaluate.tasks:SCORINGS")
+    metric: List[str] = req(choices="fnet.scoring.tasks:METRICS")
+    scoring: str = req(choices="fnet.scoring.tasks:SCORINGS")
     calibrate: bool = req()
     chat_template: Any = req(choices=(True, False, "auto"))
     num_fewshot: int = req(ge=0)

@@ -86,7 +86,7 @@ def validate_config(cfg: DictConfig, name: str) -> DictConfig:
             if "analysis" in plain and (sub := S.ANALYSIS_SCHEMAS.get(str(plain["analysis"].get("run")))):
                 _check_values(OmegaConf.merge(OmegaConf.structured(sub), cfg.analysis), sub, "analysis", errors)
     if not errors and "task" in plain:
-        from fnet.evaluate.tasks import TaskSpec
+        from fnet.scoring.tasks import TaskSpec
 
         try:
             TaskSpec.from_config(cfg.task)

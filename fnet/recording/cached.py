@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from fnet.cache import code_version, content_key, quarantine
+from fnet.cache import cache_root, code_version, content_key, quarantine
 from fnet.models import LoadedModel
-from fnet.record.recorder import Recorder
-from fnet.record.store import ActivationStore, CorruptShardError, text_sha1
-from fnet.record.texts import Text
+from fnet.recording.recorder import Recorder
+from fnet.recording.store import ActivationStore, CorruptShardError, text_sha1
+from fnet.recording.texts import Text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["model_key", "record_dataset", "slug"]
+__all__ = ["model_key", "record", "record_dataset", "slug"]
 
 
 def model_key(lm: LoadedModel) -> str:
@@ -67,13 +67,13 @@ def record_dataset(lm: LoadedModel, texts: Sequence[Text], *, dataset: str, cach
     lm
         The model to record.
     texts
-        :class:`~fnet.record.texts.Text` records (their ids name the store's entries).
+        :class:`~fnet.recording.texts.Text` records (their ids name the store's entries).
     dataset
         The data set's name (part of the folder name, for people reading the cache).
     cache_dir
         The cache root (``paths.cache_dir``); the store lives under ``<cache_dir>/activations/<model>/``.
     signal, max_length, batch_size, progress
-        What to record and how (:class:`~fnet.record.recorder.Recorder`); ``max_length`` is capped at the model's
+        What to record and how (:class:`~fnet.recording.recorder.Recorder`); ``max_length`` is capped at the model's
         positions.
 
     Returns
@@ -89,3 +89,44 @@ def record_dataset(lm: LoadedModel, texts: Sequence[Text], *, dataset: str, cach
                                                           "model_source": lm.source})
     recorder.record_to_store([t.text for t in texts], store, ids=[t.id for t in texts])
     return store
+
+
+def record(lm: LoadedModel, texts: Sequence[str | Text], *, signal: str = "mlp_out", max_length: int = 1024,
+           batch_size: int = 4, dataset: str = "texts", cache_dir: str | Path | None = None,
+           progress: bool = False) -> ActivationStore:
+    """Record texts through a model into a cached, content-addressed :class:`ActivationStore` (the notebook
+    entry point; :func:`record_dataset` with defaults).
+
+    Parameters
+    ----------
+    lm : LoadedModel
+        From :func:`fnet.load_model`.
+    texts : sequence of str or Text
+        Plain strings get ids ``text-0000``, ``text-0001``, ...
+    signal : {"mlp_out", "mlp_act"}
+        What to record: every layer's MLP output (d_model per layer) or its inner activations (d_mlp).
+    max_length, batch_size, progress
+        Tokens per text (capped at the model's positions), texts per forward pass, a progress bar.
+    dataset : str
+        A name for the store's folder.
+    cache_dir : path, optional
+        The cache root; default ``$FNET_CACHE`` (:func:`fnet.cache.cache_root`). A second call with the same
+        model content, signal, length and texts reuses the store.
+
+    Returns
+    -------
+    ActivationStore
+        ``store.arrays()`` gives ``acts  # [tokens_i, n_layers*width]`` float16 memory maps, one per text.
+
+    Examples
+    --------
+    >>> from fnet.models import load_model
+    >>> lm = load_model("tiny:gpt2")
+    >>> store = record(lm, ["one short text", "and another"], max_length=16)
+    >>> len(store), store.arrays()[0].shape[1] == lm.n_layers * lm.d_model
+    (2, True)
+    """
+    items = [t if isinstance(t, Text) else Text(id=f"text-{i:04d}", text=str(t), source="record")
+             for i, t in enumerate(texts)]
+    return record_dataset(lm, items, dataset=dataset, cache_dir=cache_dir or cache_root(), signal=signal,
+                          max_length=max_length, batch_size=batch_size, progress=progress)

@@ -1,7 +1,7 @@
 """Prompts for scoring a causal LM on a task: the prompt text (few-shot shots, optional chat template) and its
 tokens (:class:`PromptBuilder`, :class:`Request`).
 
-Split out of :mod:`fnet.evaluate` (which re-exports these names).
+Split out of :mod:`fnet.scoring` (which re-exports these names).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fnet.evaluate.tasks import TaskSpec
+from fnet.scoring.tasks import TaskSpec
 
 __all__ = ["CONTENT_FREE", "PromptBuilder", "Request", "sample_shots", "use_chat_template", "common_prefix_len",
            "align_prefixes"]

@@ -2,7 +2,7 @@
 
 The paper ran 100 random "template" texts and 100 separate "individual" texts per data set (AG News,
 WikiText-2, MathQA, CodeNet) through a model. :func:`sample_stimuli` draws them from a list of texts;
-:func:`load_stimulus_sets` loads each data set's source (:mod:`fnet.record.sources`) and samples it (it is
+:func:`load_stimulus_sets` loads each data set's source (:mod:`fnet.recording.sources`) and samples it (it is
 what ``conf/data/*.yaml`` instantiates).
 """
 
@@ -12,8 +12,8 @@ import random
 from typing import Any, Mapping, Sequence
 
 from fnet.compat import plain
-from fnet.record.sources import SOURCES, load_source, valid_sources
-from fnet.record.texts import StimulusSet, Text
+from fnet.recording.sources import SOURCES, load_source, valid_sources
+from fnet.recording.texts import StimulusSet, Text
 
 __all__ = ["load_stimulus_sets", "sample_stimuli"]
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fnet.hooks import trace_signal
 from fnet.models import LoadedModel, check_signal
-from fnet.record.store import ActivationStore
+from fnet.recording.store import ActivationStore
 
 log = logging.getLogger(__name__)
 

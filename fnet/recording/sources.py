@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from fnet.record.texts import (
+from fnet.recording.texts import (
     AG_NEWS_HUB,
     CODENET_HUB,
     CORPUS_DIR,

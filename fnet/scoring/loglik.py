@@ -2,7 +2,7 @@
 few-shot prefix's keys/values computed once; a row's context computed once for all its multi-token choices).
 :data:`PATH_COUNTS` says which path each batch took.
 
-Split out of :mod:`fnet.evaluate` (which re-exports these names).
+Split out of :mod:`fnet.scoring` (which re-exports these names).
 """
 
 from __future__ import annotations

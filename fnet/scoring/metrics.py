@@ -1,7 +1,7 @@
 """Statistics every result row carries: confidence intervals (Wilson, percentile bootstrap), chance levels, class
 metrics (accuracy, MCC, F1) and SQuAD v1.1 exact match / F1.
 
-Split out of :mod:`fnet.evaluate` (which re-exports these names).
+Split out of :mod:`fnet.scoring` (which re-exports these names).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Generation scoring and perplexity: greedy generation, the label parser, perplexity windows.
 
-Scoring modes (``task.scoring``) other than ``loglik`` (:mod:`fnet.evaluate.loglik`):
+Scoring modes (``task.scoring``) other than ``loglik`` (:mod:`fnet.scoring.loglik`):
 
 * ``generate`` -- greedy generation (left padding), then :func:`parse_choice` (whole words, longest label
   first, independent of the order of the labels); rows the parser cannot map count as parse failures (and as

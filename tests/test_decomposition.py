@@ -429,3 +429,32 @@ def test_configs_instantiate_after_popping_level_and_restarts(name, cls):
     assert type(estimator) is cls and estimator.n_components == 10 and estimator.random_state == 0
     if name == "fastica_sklearn":
         assert estimator.backend == "sklearn"
+
+
+def test_standardize_finds_networks_that_a_high_variance_neuron_hides():
+    """Variance normalisation: one loud neuron (std 50) dominates unstandardised ICA's first components; with
+    standardize=True the planted low-variance networks are recovered and the maps are in std units."""
+    from fnet.decompose import FastICA
+
+    rng = np.random.default_rng(0)
+    n_tokens, n_neurons = 4000, 60
+    sources = rng.laplace(size=(n_tokens, 2)) * (rng.random((n_tokens, 2)) < 0.2)  # [tokens, 2] sparse
+    maps = np.zeros((2, n_neurons))
+    maps[0, 0:6] = 1.0
+    maps[1, 10:16] = 1.0
+    acts = sources @ maps + 0.3 * rng.normal(size=(n_tokens, n_neurons))  # [tokens, neurons]
+    acts[:, 59] = 50.0 * rng.laplace(size=n_tokens)  # a loud neuron, heavy-tailed on its own
+    plain = FastICA(n_components=2, random_state=0, max_iter=500).fit(acts)
+    normed = FastICA(n_components=2, random_state=0, max_iter=500, standardize=True).fit(acts)
+
+    def best_corr(est):  # [planted network] best |corr| with any estimated map
+        corr = np.corrcoef(np.vstack([maps, est.spatial_maps_]))[:2, 2:]
+        return np.abs(corr).max(axis=1)
+
+    assert best_corr(normed).min() > 0.9  # measured 0.94 and 0.96
+    assert best_corr(plain).min() < 0.5  # the loud neuron takes a component (measured 0.48 and 0.13)
+    np.testing.assert_allclose(normed.scale_, acts.std(axis=0), rtol=1e-6)
+    # sources still follow from raw data: transform = (X - mean_) @ components_.T
+    np.testing.assert_allclose(normed.transform(acts), normed.fit_transform(acts), atol=1e-6)
+    with pytest.raises(ValueError, match="backend='torch' only"):
+        FastICA(n_components=2, standardize=True, backend="sklearn").fit(acts)

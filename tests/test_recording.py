@@ -172,3 +172,17 @@ def test_store_reads_are_memory_mapped(tmp_path):
     store = ActivationStore.open(tmp_path, model="m", signal="mlp_out", n_layers=1, width=4, max_length=8)
     store.add("a", "x", np.zeros((3, 4)))
     assert isinstance(store.load_array("a"), np.memmap)
+
+
+def test_store_is_identified_by_fingerprint_not_name(tmp_path):
+    """The same weights under another name (a checkpoint copied elsewhere) reopen the store; another
+    fingerprint under the same name does not."""
+    kw = dict(signal="mlp_out", n_layers=2, width=3, max_length=8)
+    ActivationStore.open(tmp_path, model="/old/best.ckpt", fingerprint="abc", **kw).add("a", "hi", np.ones((4, 6)))
+    reopened = ActivationStore.open(tmp_path, model="/new/best.ckpt", fingerprint="abc", **kw)
+    assert reopened.ids == ["a"]
+    with pytest.raises(ValueError, match="fingerprint"):
+        ActivationStore.open(tmp_path, model="/old/best.ckpt", fingerprint="xyz", **kw)
+    with pytest.raises(ValueError, match="model"):  # no fingerprint: the name is all there is
+        ActivationStore.open(tmp_path / "b", model="m", **kw).add("a", "hi", np.ones((4, 6)))
+        ActivationStore.open(tmp_path / "b", model="n", **kw)

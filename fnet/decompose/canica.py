@@ -57,6 +57,18 @@ class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Attributes: ``components_`` = ``spatial_maps_`` [K, neurons], ``group_axes_`` [K, neurons], ``mean_``
     [neurons] (over all tokens), ``n_iter_``, ``converged_``, ``n_features_in_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> _ = rng.laplace(size=(3000, 2)), rng.normal(size=(2, 50))    # (keeps the draws of FastICA's example)
+    >>> maps = rng.laplace(size=(2, 400)) * (rng.random((2, 400)) < 0.1)   # [2, neurons] sparse over neurons
+    >>> texts = [rng.normal(size=(300, 2)) @ maps + 0.05 * rng.normal(size=(300, 400)) for _ in range(3)]
+    >>> can = CanICA(n_components=2, random_state=0).fit(texts)       # 3 texts [tokens, neurons]
+    >>> corr = np.abs(np.corrcoef(np.vstack([maps, can.spatial_maps_]))[:2, 2:]).max(axis=1)
+    >>> bool(corr.min() > 0.99)
+    True
     """
 
     def __init__(

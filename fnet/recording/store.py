@@ -94,8 +94,8 @@ class ActivationStore:
         code_version: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> "ActivationStore":
-        """Create a store, or reopen one made with the same model (name and ``fingerprint``), signal, shape and
-        code version (to resume into it). A store made with different settings is an error rather than silently
+        """Create a store, or reopen one made with the same model (its ``fingerprint``; the name when there is
+        none), signal, shape and code version (to resume into it). A store made with different settings is an error rather than silently
         mixed. Safe when several processes open the same folder at once."""
         root = Path(root)
         header = {
@@ -114,6 +114,10 @@ class ActivationStore:
             if (root / "manifest.json").exists():
                 store = cls.load(root)
                 clash = {k: (store.manifest.get(k), v) for k, v in header.items() if store.manifest.get(k) != v}
+                if fingerprint and store.manifest.get("fingerprint") == fingerprint:
+                    # the same weights under another name (a checkpoint copied to a new path): the content is
+                    # what identifies the model, the name is a label
+                    clash.pop("model", None)
                 if clash:
                     raise ValueError(
                         f"activation store {root} was recorded with different settings {clash} (stored, "

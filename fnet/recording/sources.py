@@ -287,6 +287,25 @@ def _load_explicit(_argument: str | None, *, texts: Sequence[str | Mapping[str, 
     return records, {"count_given": len(records)}
 
 
+def _load_task(name: str, *, split: str = "train", split_seed: int = 0,
+               fractions: Sequence[float] = (0.7, 0.1, 0.2), data_dir: str | None = None) -> Loaded:
+    """A task's rows in its zero-shot prompt (the published evaluation built each task's networks this way):
+    by default the training part of the offline 70/10/20 split, i.e. the rows a fine-tuned model learned from."""
+    from fnet.scoring.prompts import _Fields
+    from fnet.scoring.splits import fine_tuning_splits
+    from fnet.scoring.tasks import get_task
+
+    task = get_task(name)
+    parts, info = fine_tuning_splits(task, data_dir, fractions=fractions, seed=split_seed)
+    if split not in parts:
+        raise ValueError(f"task:{name} split={split!r} is not valid; choose one of {sorted(parts)}")
+    template = task.prompt["template"]
+    records = [Text(id=f"{task.name}-{row['index']}", text=template.format_map(_Fields(
+                   {k: v for k, v in row.items() if v is not None})), source=f"task:{task.name}")
+               for row in parts[split]]
+    return records, {"task": task.name, "split": split, "split_rule": info.get("rule"), "prompt": template}
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """How a source name is loaded. ``argument`` says what may follow ``name:``."""
@@ -309,6 +328,8 @@ SOURCES: dict[str, SourceSpec] = {
     "hf": SourceSpec(_load_hub, "required", "hf:<hub name> - any hub data set (split, text_field, config)"),
     "file": SourceSpec(_load_file, "required", "file:<path> - local .txt blocks, .jsonl/.json or .csv/.tsv"),
     "texts": SourceSpec(_load_explicit, "none", "texts - an explicit list given with texts: [...]"),
+    "task": SourceSpec(_load_task, "required",
+                       "task:<name> - a task's training rows in its prompt (split, split_seed, fractions)"),
 }
 
 # Options every source accepts; they are applied after loading.

@@ -177,3 +177,17 @@ def test_derived_control_networks_follow_the_layout_and_planted_massive_unit():
         drawn = derived[layout[f"magnitude/net{k}/seed0"]]
         assert drawn[3].sum() == 1 and bins[3, drawn[3]].tolist() == [9] and not drawn[3, 7]
     assert sum(info["fallbacks"].values()) == 0
+
+
+def test_task_stimuli_give_each_task_its_own_networks():
+    """stimuli=task: every task's analyze jobs record that task's prompts (data=task); the paper presets use it
+    with networks=paper (z > 3.6, positive tail)."""
+    jobs = plan(load_preset("tiny", ["stimuli=task", "tasks=[sst2,cola]", "lesion_each=[]", "preserve_K=[]"]))
+    analyze = [j for j in jobs if j.stage == "analyze"]
+    assert {j.meta["scope"] for j in analyze} == {"sst2", "cola"}
+    for j in analyze:
+        assert "data=task" in j.overrides and f"data.datasets.task.source=task:{j.meta['scope']}" in j.overrides
+    smol = load_preset("smollm2")
+    assert smol["stimuli"] == "task" and "networks=paper" in smol["analyze"]
+    with pytest.raises(ValueError, match="stimuli='prompts'"):
+        load_preset("tiny", ["stimuli=prompts"])

@@ -56,6 +56,7 @@ PRESET_KEYS: dict[str, Any] = {
     "massive": {"top_k": 4, "n_units": 4},  # massive candidates per layer; units spared / lesioned alone
     "n_bins": 10,            # quantile bins of the magnitude-matched control
     "normalised": None,      # override of the variance-normalised ICA (e.g. ica.standardize=true); null = skip
+    "stimuli": "genre",      # networks from: genre (conf/data, Tables 1-3) | task (each task's own prompts, data=task)
     "train": [],             # extra overrides of every train.py job
     "analyze": [],           # ... analyze.py jobs
     "evaluate": [],          # ... evaluate.py jobs
@@ -100,6 +101,8 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
         raise ValueError(f"study preset {path}: unknown keys {unknown}; valid keys: {sorted(PRESET_KEYS)}")
     out = {k: preset.get(k, v) for k, v in PRESET_KEYS.items()}
     out["name"] = out["name"] or path.stem
+    if out["stimuli"] not in ("genre", "task"):
+        raise ValueError(f"study preset {path}: stimuli={out['stimuli']!r}; valid: ['genre', 'task']")
     if out["path"] not in ("finetune", "zeroshot"):
         raise ValueError(f"study preset {path}: path={out['path']!r}; valid: ['finetune', 'zeroshot']")
     if not out["model"] or not out["tasks"]:
@@ -146,6 +149,10 @@ def plan(p: dict) -> list[Job]:
     todo += [(t, "zeroshot", False) for t in (p["zeroshot_tasks"] if p["path"] == "finetune" else [])]
     for task, path, full in todo:
         label = task if path == p["path"] else f"{task} (zero-shot)"
+        if p["stimuli"] == "task":  # networks of each task's own prompts (the published evaluation)
+            stimuli = ["data=task", f"data.datasets.task.source=task:{task}"]
+        else:
+            stimuli = []
         if path == "finetune":
             t_name = f"train/{task}"
             if not any(j.name == t_name for j in jobs):
@@ -153,7 +160,7 @@ def plan(p: dict) -> list[Job]:
                                 [], {"task": task}, "checkpoints/best-*.ckpt"))
             scope, base, deps = task, ["ckpt_path={" + t_name + "}"], [t_name]
         else:
-            scope, base, deps = "model", [], []
+            scope, base, deps = ("model", [], []) if not stimuli else (f"{task}-zeroshot", [], [])
         ev_base = model + [f"task={task}"] + base + list(p["evaluate"])
 
         def ev(name: str, overrides: list[str], ev_deps: list[str], **meta: Any) -> None:
@@ -164,7 +171,7 @@ def plan(p: dict) -> list[Job]:
         for variant in ["raw"] + (["normalised"] if p["normalised"] and full else []):
             a, c = f"analyze/{scope}/K{K}/{variant}", f"controls/{scope}/K{K}/{variant}"
             if not any(j.name == a for j in jobs):
-                networks_jobs(scope, base, deps, K, variant)
+                networks_jobs(scope, base + stimuli, deps, K, variant)
             nets, ctl = ["mask.networks_file={" + a + "}"], ["mask.networks_file={" + c + "}"]
             v = {"variant": variant, "K": K}
             ev(f"{variant}/lesion/all", ["mask=lesion", "mask.networks=all"] + nets, [a], condition="lesion",
@@ -203,7 +210,7 @@ def plan(p: dict) -> list[Job]:
             k = int(k)
             a, c = f"analyze/{scope}/K{k}/raw", f"controls/{scope}/K{k}/raw"
             if not any(j.name == a for j in jobs):
-                networks_jobs(scope, base, deps, k)
+                networks_jobs(scope, base + stimuli, deps, k)
             klayout = controls_layout(k, len(seeds), n_units)
             nets, ctl = ["mask.networks_file={" + a + "}"], ["mask.networks_file={" + c + "}"]
             ev(f"preserve/K{k}/networks", ["mask=preserve", "mask.networks=all"] + nets, [a],

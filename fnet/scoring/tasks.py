@@ -22,6 +22,7 @@ fixed seed: ``local.holdout`` rows (a seeded permutation's head) form ``train``,
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import os
@@ -30,6 +31,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import yaml
+
+from fnet.compat import plain
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +84,63 @@ def available_tasks() -> list[str]:
     return sorted(p.stem for p in task_config_dir().glob("*.yaml") if not p.stem.startswith("_"))  # _base: shared keys
 
 
-def load_task_config(name: str):
-    """The ``conf/task/<name>.yaml`` config (an OmegaConf DictConfig); unknown names list the valid ones."""
-    from omegaconf import OmegaConf
+def load_task_config(name: str) -> dict:
+    """The composed ``conf/task/<name>.yaml`` config as a plain dict.
 
+    The file's ``defaults`` list (e.g. ``[_base, _self_]``) is merged in order, as Hydra composes a config group
+    entry: later entries override earlier ones, mappings merge key by key, anything else (lists, scalars, null)
+    is replaced. Read with :func:`yaml.safe_load` rather than Hydra/OmegaConf so that library code does not depend
+    on the Hydra app machinery (``hydra.compose`` needs the global Hydra that a running app holds); the task files
+    use no interpolations, and tests/test_config.py checks that this gives Hydra's composition for every task.
+
+    Parameters
+    ----------
+    name : str
+        A task name: one of :func:`available_tasks`.
+
+    Returns
+    -------
+    dict
+        The task's fields (see ``conf/task/sst2.yaml``), ready for :meth:`TaskSpec.from_config`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown task name (the message lists the valid ones).
+
+    Examples
+    --------
+    >>> cfg = load_task_config("sst2")
+    >>> cfg["name"], cfg["choices"], "defaults" in cfg
+    ('sst2', ['negative', 'positive'], False)
+    >>> cfg["prompt"]["target_delimiter"]  # from _base.yaml, merged under the task's own prompt keys
+    ' '
+    """
     path = task_config_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown task {name!r}; valid tasks: {available_tasks()} (configs in {task_config_dir()})")
-    cfg = OmegaConf.load(path)
-    # the file's defaults list (e.g. [_base, _self_]) merged in order, as Hydra composes it; by hand because this
-    # reads one task outside a Hydra app (hydra.compose needs the global Hydra a running app already holds)
+    cfg = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a task config must be a mapping, got {type(cfg).__name__}")
     defaults = list(cfg.pop("defaults", None) or [])
     parts = [cfg if str(d) == "_self_" else load_task_config(str(d)) for d in defaults]
-    return OmegaConf.merge(*parts, *([] if "_self_" in defaults else [cfg]))
+    if "_self_" not in defaults:
+        parts.append(cfg)
+    merged: dict = {}
+    for part in parts:
+        merged = _merge(merged, part)
+    return merged
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> Python containers (resolved); anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
+def _merge(base: Mapping, over: Mapping) -> dict:
+    """``over`` merged onto ``base``: mappings recursively, anything else replaced (OmegaConf.merge's rule)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 @dataclass
@@ -136,7 +172,7 @@ class TaskSpec:
     # ----------------------------------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: Any) -> "TaskSpec":
-        raw = _plain(cfg)
+        raw = plain(cfg)  # a Hydra cfg.task DictConfig, a dict or a TaskSpec's fields
         if not isinstance(raw, Mapping):
             raise TypeError(f"a task config must be a mapping, got {type(cfg).__name__}")
         raw = dict(raw)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
 from fnet.pipelines.study_controls import controls_layout
 
 __all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "main"]
@@ -85,16 +87,24 @@ class Job:
 # --------------------------------------------------------------------------------------------------------------
 def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
     """A preset (``conf/study/<name>.yaml`` or a YAML path) with ``key=value`` overrides, checked."""
-    from omegaconf import OmegaConf
-
     path = Path(name_or_path)
     if not path.suffix:
         path = REPO_ROOT / "conf" / "study" / f"{name_or_path}.yaml"
     if not path.exists():
         valid = sorted(p.stem for p in (REPO_ROOT / "conf" / "study").glob("*.yaml"))
         raise FileNotFoundError(f"no study preset {name_or_path!r} ({path}); valid presets: {valid}")
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
-    preset = OmegaConf.to_container(cfg, resolve=True)
+    preset = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(preset, dict):
+        raise ValueError(f"study preset {path}: must be a mapping of keys, got {type(preset).__name__}")
+    for item in overrides:  # key=value (dotted keys reach into mappings), the value read as YAML, as Hydra does
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"study preset override {item!r} is not key=value; valid keys: {sorted(PRESET_KEYS)}")
+        node = preset
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(text)
     unknown = sorted(set(preset) - set(PRESET_KEYS))
     if unknown:
         raise ValueError(f"study preset {path}: unknown keys {unknown}; valid keys: {sorted(PRESET_KEYS)}")

@@ -239,6 +239,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed into place, see :func:`atomic_path`); a
+    crash mid-write leaves the old file or none, never half of one. Returns ``Path(path)``."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
@@ -425,6 +427,7 @@ def check_compatible(netset: Any, *, model: str, fingerprint: str, n_layers: int
 # Command line
 # --------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fnet.cache list|prune ...``: list or prune fnet's caches; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fnet.cache", description="List or prune fnet's caches.")
     parser.add_argument("--root", default=None, help="cache root (default: $FNET_CACHE or ~/.cache/fnet)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -110,13 +110,20 @@ def trace_signal(
 ) -> Iterator[list[SiteHook]]:
     """Read and/or edit one signal of the given ``layers`` (default all) during forward passes in the context.
 
-    Args:
-        model: any causal LM fnet can discover (or a module holding one).
-        signal: ``mlp_out`` or ``mlp_act``.
-        read: ``read(layer, hidden  # [batch, seq, width])``, called after ``edit``.
-        edit: ``edit(layer, hidden  # [batch, seq, width]) -> [batch, seq, width]``.
-        layers: which layers to hook; ``stop=True`` ends the forward pass after the last of them.
-        spec: the model's :class:`ArchSpec` (found when omitted).
+    Parameters
+    ----------
+    model
+        any causal LM fnet can discover (or a module holding one).
+    signal
+        ``mlp_out`` or ``mlp_act``.
+    read
+        ``read(layer, hidden  # [batch, seq, width])``, called after ``edit``.
+    edit
+        ``edit(layer, hidden  # [batch, seq, width]) -> [batch, seq, width]``.
+    layers
+        which layers to hook; ``stop=True`` ends the forward pass after the last of them.
+    spec
+        the model's :class:`ArchSpec` (found when omitted).
 
     Yields the :class:`SiteHook` objects; all are removed on exit, also on error.
     """

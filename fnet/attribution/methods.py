@@ -85,13 +85,18 @@ def replace_signals(
 def target_log_probs(logits: torch.Tensor, target_positions: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
     """``log p(target_ids[b] | prefix)`` read at ``target_positions[b]``.
 
-    Args:
-        logits: [batch, seq, vocab] (batch-first: HF models return logits batch-first in every layout).
-        target_positions: [batch] int, the position *before* the target token.
-        target_ids: [batch] int.
+    Parameters
+    ----------
+    logits
+        [batch, seq, vocab] (batch-first: HF models return logits batch-first in every layout).
+    target_positions
+        [batch] int, the position *before* the target token.
+    target_ids
+        [batch] int.
 
-    Returns:
-        [batch] float.
+    Returns
+    -------
+    [batch] float.
     """
     rows = torch.arange(logits.shape[0], device=logits.device)
     picked = logits[rows, target_positions.to(logits.device)]  # [batch, vocab]
@@ -182,18 +187,29 @@ def attribute(
 ) -> AttributionResult:
     """Attribute each sample's next-token log-probability to every layer's signal (see the module docstring).
 
-    Args:
-        model: a registry causal LM (eval mode).
-        input_ids, attention_mask: [batch, seq] (right padding; the targets must be at real positions).
-        target_positions: [batch] position whose logits predict the target (the one before the target token).
-        target_ids: [batch] the target token ids.
-        signal: ``mlp_out`` | ``mlp_act``.
-        method: ``ig`` (integrated gradients) | ``act_x_grad``.
-        steps: Gauss-Legendre nodes for ``ig``.
-        baseline: ``zero``, or a tensor broadcastable to [batch, seq, layer, unit] (e.g. a [layer, unit] mean).
-        alpha_batch: for ``ig``, how many alpha values share one forward/backward pass (the batch is repeated
-            that many times); default all ``steps`` at once. Lower it to save memory.
-        return_baseline_output: also compute ``G(baseline)`` (one extra forward pass) for completeness checks.
+    Parameters
+    ----------
+    model
+        a registry causal LM (eval mode).
+    input_ids, attention_mask
+        [batch, seq] (right padding; the targets must be at real positions).
+    target_positions
+        [batch] position whose logits predict the target (the one before the target token).
+    target_ids
+        [batch] the target token ids.
+    signal
+        ``mlp_out`` | ``mlp_act``.
+    method
+        ``ig`` (integrated gradients) | ``act_x_grad``.
+    steps
+        Gauss-Legendre nodes for ``ig``.
+    baseline
+        ``zero``, or a tensor broadcastable to [batch, seq, layer, unit] (e.g. a [layer, unit] mean).
+    alpha_batch
+        for ``ig``, how many alpha values share one forward/backward pass (the batch is repeated
+        that many times); default all ``steps`` at once. Lower it to save memory.
+    return_baseline_output
+        also compute ``G(baseline)`` (one extra forward pass) for completeness checks.
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; valid: {list(METHODS)}")

@@ -104,6 +104,8 @@ def align_words(
 
 
 def align_sentences(tokenizer, sentences: Sequence[Sentence], max_length: int | None = None) -> list[AlignedSentence]:
+    """Each sentence aligned to the tokenizer with :func:`align_words`: its text, token ids and the first token
+    of every word (``max_length`` caps the tokens), with the sentence id and tags kept."""
     out = []
     for sentence in sentences:
         text, input_ids, first_token = align_words(tokenizer, sentence.words, max_length)

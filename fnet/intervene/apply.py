@@ -205,19 +205,29 @@ def apply_mask(
 ) -> Iterator[list[_LayerMaskHook]]:
     """Act on the neurons in ``mask  # [layer, unit]`` of ``model``'s ``signal`` while the context is active.
 
-    Args:
-        model: a causal LM from the registry (or a wrapper :func:`fnet.models.find_blocks` understands).
-        mask: bool ``[n_layers, width]`` (True = act on that neuron), a :class:`MaskSpec` (its signal / mode /
-            value are the defaults), or ``None`` (no-op context, for the ``none`` mode).
-        signal: ``mlp_out`` (default; forward hook on each MLP) or ``mlp_act`` (forward pre-hook on each down
-            projection).
-        mode: ``zero`` (default), ``amplify`` (add ``value``) or ``scale`` (multiply by ``value``).
-        value: for ``amplify`` / ``scale``.
-        spec: the model's :class:`fnet.models.ArchSpec` (looked up when omitted).
+    Parameters
+    ----------
+    model
+        a causal LM from the registry (or a wrapper :func:`fnet.models.find_blocks` understands).
+    mask
+        bool ``[n_layers, width]`` (True = act on that neuron), a :class:`MaskSpec` (its signal / mode /
+        value are the defaults), or ``None`` (no-op context, for the ``none`` mode).
+    signal
+        ``mlp_out`` (default; forward hook on each MLP) or ``mlp_act`` (forward pre-hook on each down
+        projection).
+    mode
+        ``zero`` (default), ``amplify`` (add ``value``) or ``scale`` (multiply by ``value``).
+    value
+        for ``amplify`` / ``scale``.
+    spec
+        the model's :class:`fnet.models.ArchSpec` (looked up when omitted).
 
-    Yields:
-        The per-layer hook objects (only layers whose row has a True entry get one).
+    Yields
+    ------
+    The per-layer hook objects (only layers whose row has a True entry get one).
 
+    Notes
+    -----
     Hooks are removed on exit, also when the body raises. Nested contexts compose: hooks run in the order the
     contexts were entered (zero then zero = union of the masks). Raises ``ValueError`` for a mask whose shape is
     not ``[n_layers, width]`` of this model and signal, ``TypeError`` for a non-bool mask.

@@ -41,12 +41,16 @@ def _as_flat_masks(x: Any, name: str) -> torch.Tensor:
 def iou(a: Any, b: Any) -> torch.Tensor:
     """Intersection over union between every network of ``a`` and every network of ``b``.
 
-    Args:
-        a: [K1, neuron] bool (or a NetworkSet; a 1-D mask counts as K=1).
-        b: [K2, neuron] bool (or a NetworkSet), same neuron count (and layout, for two NetworkSets).
+    Parameters
+    ----------
+    a
+        [K1, neuron] bool (or a NetworkSet; a 1-D mask counts as K=1).
+    b
+        [K2, neuron] bool (or a NetworkSet), same neuron count (and layout, for two NetworkSets).
 
-    Returns:
-        [K1, K2] float64; 0 where both sets are empty.
+    Returns
+    -------
+    [K1, K2] float64; 0 where both sets are empty.
     """
     if isinstance(a, NetworkSet) and isinstance(b, NetworkSet):
         if (a.n_layers, a.width) != (b.n_layers, b.width):

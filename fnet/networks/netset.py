@@ -136,10 +136,14 @@ class NetworkSet:
     ) -> "NetworkSet":
         """Threshold raw spatial maps into networks (see ``threshold_maps`` for the parameters).
 
-        Args:
-            maps: [K, n_layers * width] (flat, layer-major: index = layer * width + unit) or
-                [K, n_layers, width].
+        Parameters
+        ----------
+        maps
+            [K, n_layers * width] (flat, layer-major: index = layer * width + unit) or
+            [K, n_layers, width].
 
+        Notes
+        -----
         The thresholding parameters are written into the provenance (``rule``, ``sign``, and ``alpha`` or
         ``percentile`` for the rule used; ``K`` if absent); a caller value that contradicts one of those
         raises ValueError.
@@ -198,10 +202,12 @@ class NetworkSet:
     ) -> "NetworkSet":
         """Build networks from explicit neuron sets (e.g. POS key neurons).
 
-        Args:
-            neuron_sets: one entry per network; each is an iterable of flat neuron indices
-                (layer * width + unit) or of (layer, unit) pairs (an [n] or [n, 2] int array also works).
-                Duplicates are fine; out-of-range neurons raise ValueError.
+        Parameters
+        ----------
+        neuron_sets
+            one entry per network; each is an iterable of flat neuron indices
+            (layer * width + unit) or of (layer, unit) pairs (an [n] or [n, 2] int array also works).
+            Duplicates are fine; out-of-range neurons raise ValueError.
         """
         masks = torch.zeros(len(neuron_sets), n_layers, width, dtype=torch.bool)  # [K, layer, unit]
         flat = masks.view(len(neuron_sets), n_layers * width)  # [K, neuron] view

@@ -81,6 +81,11 @@ def task_config_dir() -> Path:
 
 
 def available_tasks() -> list[str]:
+    """The task names of ``conf/task`` (files starting with ``_`` hold shared keys, not tasks).
+
+    >>> {"sst2", "squad", "wikitext2"} <= set(available_tasks())
+    True
+    """
     return sorted(p.stem for p in task_config_dir().glob("*.yaml") if not p.stem.startswith("_"))  # _base: shared keys
 
 

@@ -385,6 +385,7 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fnet.study PRESET [key=value ...]``: run a study preset, resumably; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fnet.study", description="Run a study preset, resumably.")
     parser.add_argument("preset", help="conf/study/<preset>.yaml (smollm2, gpt2, qwen2_5_3b, chatglm3_6b, tiny) "
                                        "or a YAML path")

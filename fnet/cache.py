@@ -117,7 +117,15 @@ def cache_root() -> Path:
 # Keys and fingerprints
 # --------------------------------------------------------------------------------------------------------------
 def content_key(*parts: Any, length: int = 16) -> str:
-    """A hex key of JSON-able ``parts`` (dicts sorted; other objects by ``str``)."""
+    """A hex key of JSON-able ``parts`` (dicts sorted; other objects by ``str``).
+
+    Examples
+    --------
+    >>> content_key({"a": 1, "b": 2}) == content_key({"b": 2, "a": 1})  # key order does not matter
+    True
+    >>> content_key({"a": 1, "b": 2}) == content_key({"a": 1, "b": 3}), len(content_key("x"))
+    (False, 16)
+    """
     text = json.dumps(parts, sort_keys=True, default=str)
     return xxhash.xxh3_128_hexdigest(text.encode())[:length]
 
@@ -186,7 +194,20 @@ def tokenizer_digest(tokenizer: Any) -> str:
 
 def model_fingerprint(model: Any, tokenizer: Any = None) -> str:
     """The identity of a loaded model: :func:`tensors_digest` of its state dict plus :func:`tokenizer_digest`.
-    32 hex digits; equal only when weights (with dtype), shapes and tokenizer are equal."""
+    32 hex digits; equal only when weights (with dtype), shapes and tokenizer are equal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fnet.models import load_model
+    >>> lm = load_model("tiny:gpt2")
+    >>> model_fingerprint(lm.model, lm.tokenizer) == lm.fingerprint
+    True
+    >>> with torch.no_grad():
+    ...     lm.model.transformer.h[0].mlp.c_proj.weight[0, 0] += 1.0  # one weight changed
+    >>> model_fingerprint(lm.model, lm.tokenizer) == lm.fingerprint
+    False
+    """
     weights = tensors_digest(model.state_dict().items())
     return xxhash.xxh3_128_hexdigest(f"{weights}|{tokenizer_digest(tokenizer)}".encode())
 

@@ -126,6 +126,16 @@ def trace_signal(
         the model's :class:`ArchSpec` (found when omitted).
 
     Yields the :class:`SiteHook` objects; all are removed on exit, also on error.
+    Examples
+    --------
+    >>> from fnet.models import load_model
+    >>> lm = load_model("tiny:gpt2")
+    >>> ids = lm.tokenizer("hello world", return_tensors="pt")["input_ids"]  # [1, 11]: the tiny tokenizer is bytes
+    >>> shapes = {}
+    >>> with trace_signal(lm.model, "mlp_out", read=lambda layer, h: shapes.setdefault(layer, tuple(h.shape))):
+    ...     _ = lm.model(ids)
+    >>> shapes  # layer -> [batch, seq, d_model]
+    {0: (1, 11, 32), 1: (1, 11, 32), 2: (1, 11, 32)}
     """
     spec = spec or get_arch(model)
     modules = signal_modules(model, check_signal(signal), spec)

@@ -231,6 +231,30 @@ def apply_mask(
     Hooks are removed on exit, also when the body raises. Nested contexts compose: hooks run in the order the
     contexts were entered (zero then zero = union of the masks). Raises ``ValueError`` for a mask whose shape is
     not ``[n_layers, width]`` of this model and signal, ``TypeError`` for a non-bool mask.
+
+    Examples
+    --------
+    Zeroing two planted neurons of layer 1 changes exactly those neurons' output (layer 0 is untouched):
+
+    >>> import torch
+    >>> from fnet.hooks import trace_signal
+    >>> from fnet.models import load_model
+    >>> lm = load_model("tiny:gpt2")
+    >>> ids = lm.tokenizer("hello world", return_tensors="pt")["input_ids"]
+    >>> mask = torch.zeros(lm.n_layers, lm.d_model, dtype=torch.bool)  # [layer, unit]
+    >>> mask[1, [3, 7]] = True
+    >>> def run():
+    ...     seen = {}
+    ...     with trace_signal(lm.model, "mlp_out", read=lambda layer, h: seen.setdefault(layer, h.detach())):
+    ...         lm.model(ids)
+    ...     return seen
+    >>> clean = run()
+    >>> with apply_mask(lm.model, mask):
+    ...     lesioned = run()
+    >>> (lesioned[1] != clean[1]).any(dim=(0, 1)).nonzero().flatten().tolist()  # units that changed
+    [3, 7]
+    >>> float(lesioned[1][..., [3, 7]].abs().max()), torch.equal(lesioned[0], clean[0])
+    (0.0, True)
     """
     if mask is None:
         yield []

@@ -79,7 +79,7 @@ def test_every_public_function_and_class_has_a_numpydoc_docstring():
     assert {"fnet.models.load.load_model", "fnet.networks.netset.NetworkSet", "fnet.hooks.trace_signal"} <= set(objects)
     undocumented = sorted(name for name, obj in objects.items() if not (obj.__doc__ or "").strip())
     google = sorted(name for name, obj in objects.items()
-                    if re.search(r"^\s*(Args|Arguments|Returns|Raises):\s*$", obj.__doc__ or "", re.M))
+                    if re.search(r"^\s*(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$", obj.__doc__ or "", re.M))
     assert sorted(PENDING - set(undocumented)) == [], "documented now: remove from PENDING"
     undocumented = sorted(set(undocumented) - PENDING)
     assert undocumented == [], f"public names without a docstring: {undocumented}"
@@ -94,7 +94,7 @@ def test_google_section_detector_fires():
             x: a thing.
         """
 
-    assert re.search(r"^\s*(Args|Arguments|Returns|Raises):\s*$", documented.__doc__, re.M)
+    assert re.search(r"^\s*(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$", documented.__doc__, re.M)
 
 
 def test_no_module_is_over_520_lines():

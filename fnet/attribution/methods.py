@@ -119,13 +119,19 @@ def gauss_legendre_01(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 class AttributionResult:
     """Attributions of each sample's target log-probability to every neuron at every position.
 
-    Attributes:
-        attributions: [batch, seq, layer, unit] (the model's dtype, on CPU; 0 at padded positions: nothing
-            reads them).
-        activations: [batch, seq, layer, unit], the clean signal.
-        target_logprob: [batch], ``G(clean)`` per sample (the unpatched model's log-probability).
-        baseline_logprob: [batch], ``G(baseline)`` per sample, when asked for (else None).
-        method, steps, signal: how they were computed.
+    Attributes
+    ----------
+    attributions
+        [batch, seq, layer, unit] (the model's dtype, on CPU; 0 at padded positions: nothing
+        reads them).
+    activations
+        [batch, seq, layer, unit], the clean signal.
+    target_logprob
+        [batch], ``G(clean)`` per sample (the unpatched model's log-probability).
+    baseline_logprob
+        [batch], ``G(baseline)`` per sample, when asked for (else None).
+    method, steps, signal
+        how they were computed.
     """
 
     attributions: torch.Tensor

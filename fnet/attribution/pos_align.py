@@ -24,12 +24,17 @@ __all__ = ["AlignedSentence", "align_words", "align_sentences", "WordSamples", "
 class AlignedSentence:
     """A sentence as the model sees it.
 
-    Attributes:
-        sent_id, text: the sentence's id and its rebuilt text.
-        input_ids: the token ids of ``text`` (special tokens included, as the tokenizer adds them).
-        first_token: per word, the index in ``input_ids`` of the word's first token; -1 when the word has no
-            token of its own (see :func:`align_words`) or was cut off by ``max_length``.
-        tags: per word, its UPOS tag.
+    Attributes
+    ----------
+    sent_id, text
+        the sentence's id and its rebuilt text.
+    input_ids
+        the token ids of ``text`` (special tokens included, as the tokenizer adds them).
+    first_token
+        per word, the index in ``input_ids`` of the word's first token; -1 when the word has no
+        token of its own (see :func:`align_words`) or was cut off by ``max_length``.
+    tags
+        per word, its UPOS tag.
     """
 
     sent_id: str
@@ -120,12 +125,18 @@ def align_sentences(tokenizer, sentences: Sequence[Sentence], max_length: int | 
 class WordSamples:
     """Aligned words as flat arrays (one entry per sample).
 
-    Attributes:
-        sentence: [n] index into the aligned sentence list.
-        word: [n] word index within the sentence.
-        token: [n] index of the word's first token.
-        tag: [n] tag id (index into ``tag_names``).
-        tag_names: the tag vocabulary.
+    Attributes
+    ----------
+    sentence
+        [n] index into the aligned sentence list.
+    word
+        [n] word index within the sentence.
+    token
+        [n] index of the word's first token.
+    tag
+        [n] tag id (index into ``tag_names``).
+    tag_names
+        the tag vocabulary.
     """
 
     sentence: np.ndarray

@@ -59,15 +59,24 @@ def mask_stats(mask: torch.Tensor) -> dict[str, Any]:
 class MaskSpec:
     """A mask and how to apply it.
 
-    Attributes:
-        mask: ``[layer, unit]`` bool, True = act on that neuron.
-        signal: ``mlp_out`` or ``mlp_act``.
-        mode: how :func:`apply_mask` acts: ``zero`` / ``amplify`` / ``scale``.
-        value: added (amplify) or multiplied (scale) value; unused for ``zero``.
-        description: human-readable, e.g. ``"lesion networks [0, 2]"``.
-        stats: :func:`mask_stats` of ``mask`` (filled in when not given).
-        kind: the :func:`build_mask` mode that made it (``lesion``, ``preserve``, ``random``, ...).
-        meta: JSON-able provenance: network indices, seed, matched reference counts, ...
+    Attributes
+    ----------
+    mask
+        ``[layer, unit]`` bool, True = act on that neuron.
+    signal
+        ``mlp_out`` or ``mlp_act``.
+    mode
+        how :func:`apply_mask` acts: ``zero`` / ``amplify`` / ``scale``.
+    value
+        added (amplify) or multiplied (scale) value; unused for ``zero``.
+    description
+        human-readable, e.g. ``"lesion networks [0, 2]"``.
+    stats
+        :func:`mask_stats` of ``mask`` (filled in when not given).
+    kind
+        the :func:`build_mask` mode that made it (``lesion``, ``preserve``, ``random``, ...).
+    meta
+        JSON-able provenance: network indices, seed, matched reference counts, ...
     """
 
     mask: torch.Tensor

@@ -59,6 +59,13 @@ def zscore_maps(maps: Any) -> torch.Tensor:
     -----
     Rule for a constant row (std == 0): its z-map is all zeros (no neuron deviates from the rest, so no
     threshold selects anything), and a RuntimeWarning names the rows. Non-finite values raise ValueError.
+
+    Examples
+    --------
+    >>> import torch
+    >>> zscore_maps(torch.tensor([[0.0, 0.0, 0.0, 4.0], [1.0, 1.0, 1.0, 1.0]]))  # a constant row gives zeros
+    tensor([[-0.5774, -0.5774, -0.5774,  1.7321],
+            [ 0.0000,  0.0000,  0.0000,  0.0000]])
     """
     maps = _as_maps_2d(maps).to(torch.float64)  # [K, neuron]
     if maps.shape[1] == 0:
@@ -185,6 +192,15 @@ def threshold_maps(
     Returns
     -------
     masks  # [K, neuron] bool, True = neuron in the network. A constant map selects nothing.
+
+    Examples
+    --------
+    >>> import torch
+    >>> maps = torch.tensor([[0.0] * 7 + [9.0], [-9.0] + [0.0] * 7])  # [K=2, neuron=8], one outlier each
+    >>> threshold_maps(maps, alpha=2.0).nonzero().tolist()  # sign="flip" turns row 1's negative tail positive
+    [[0, 7], [1, 0]]
+    >>> threshold_maps(maps, alpha=2.0, sign="positive").nonzero().tolist()
+    [[0, 7]]
     """
     _check_params(alpha, rule, percentile, sign)
     oriented, _ = orient_maps(zscore_maps(maps), sign)

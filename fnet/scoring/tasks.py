@@ -26,7 +26,8 @@ import copy
 import csv
 import logging
 import os
-from dataclasses import dataclass, field
+import string
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -210,8 +211,6 @@ class TaskSpec:
                 raise ValueError(f"{where}: unknown metric {metric!r}; valid: {sorted(METRICS)}")
         if "template" not in self.prompt:
             raise ValueError(f"{where}: prompt.template is required")
-        import string
-
         fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt["template"]) if f}
         bad = sorted(fields - _TEMPLATE_FIELDS)
         if bad:
@@ -251,8 +250,6 @@ class TaskSpec:
         return self.target.get("names")
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -380,7 +377,7 @@ def _local_rows(task: TaskSpec, split: str, data_dir: Path) -> list[dict]:
 def _read_local_file(path: Path, local: Mapping) -> list[dict]:
     """Raw records of a local file through the ``datasets`` local loaders (SQuAD's nested JSON is flattened by
     hand: ``datasets`` reads its top-level ``data`` list but cannot unnest paragraphs -> questions)."""
-    import datasets
+    import datasets  # slow to import; only the hub path (machines with network) needs it
 
     fmt = local.get("format")
     kwargs: dict[str, Any] = {}
@@ -413,7 +410,7 @@ def _read_local_file(path: Path, local: Mapping) -> list[dict]:
 def _hub_rows(task: TaskSpec, split: str, data_dir: Path) -> list[dict]:
     if task.hub is None:
         raise TaskDataError(f"task {task.name!r} has no hub source; use task.source=local")
-    import datasets
+    import datasets  # slow to import; only the hub path (machines with network) needs it
 
     hub = task.hub
     hub_split = (hub.get("splits") or {}).get(split, split) if split != "all" else None

@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from filelock import Timeout
 
+from fnet.cache import atomic_write_text, content_key, file_digest, lock
 from fnet.pipelines.study_controls import controls_layout
 
 __all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "main"]
@@ -238,10 +240,8 @@ def environment_key(repo: Path = REPO_ROOT) -> str:
     """What every job depends on besides its overrides: the fnet sources (but the study's own runner and
     report), the entry points, the configs (but the study presets), the offline data listing (names, sizes,
     modification times) and the torch / transformers versions."""
-    import torch
+    import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
     import transformers
-
-    from fnet.cache import content_key
 
     parts = []
     for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
@@ -256,8 +256,6 @@ def environment_key(repo: Path = REPO_ROOT) -> str:
 
 def job_key(job: Job, overrides: list[str], input_digests: dict[str, str], env_key: str) -> str:
     """The content hash that names a job's folder."""
-    from fnet.cache import content_key
-
     return content_key(job.entry, overrides, input_digests, env_key)
 
 
@@ -304,8 +302,6 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
     say what would run, run nothing. Every record: name, stage, status (done | skipped | ran | failed | blocked |
     pending | excluded), key, folder, seconds.
     """
-    from fnet.cache import atomic_write_text, file_digest
-
     root = Path(root).resolve()
     env_key = env_key or environment_key(Path(cwd))
     outputs: dict[str, Path] = {}
@@ -400,10 +396,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = plan(preset)
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
-    from filelock import Timeout
-
-    from fnet.cache import lock
-
     try:
         with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
             result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run)
@@ -417,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"],
                                                  "seconds": time.time() - started}, indent=1, default=str))
     if not args.dry_run and not args.no_report:
-        from fnet.study.report import write_report
+        from fnet.study.report import write_report  # matplotlib behind it; only when a report is written
 
         paths = write_report(root, preset=preset, records=result["jobs"])
         print(f"report: {paths['report']}")

@@ -117,7 +117,15 @@ def cache_root() -> Path:
 # Keys and fingerprints
 # --------------------------------------------------------------------------------------------------------------
 def content_key(*parts: Any, length: int = 16) -> str:
-    """A hex key of JSON-able ``parts`` (dicts sorted; other objects by ``str``)."""
+    """A hex key of JSON-able ``parts`` (dicts sorted; other objects by ``str``).
+
+    Examples
+    --------
+    >>> content_key({"a": 1, "b": 2}) == content_key({"b": 2, "a": 1})  # key order does not matter
+    True
+    >>> content_key({"a": 1, "b": 2}) == content_key({"a": 1, "b": 3}), len(content_key("x"))
+    (False, 16)
+    """
     text = json.dumps(parts, sort_keys=True, default=str)
     return xxhash.xxh3_128_hexdigest(text.encode())[:length]
 
@@ -186,7 +194,20 @@ def tokenizer_digest(tokenizer: Any) -> str:
 
 def model_fingerprint(model: Any, tokenizer: Any = None) -> str:
     """The identity of a loaded model: :func:`tensors_digest` of its state dict plus :func:`tokenizer_digest`.
-    32 hex digits; equal only when weights (with dtype), shapes and tokenizer are equal."""
+    32 hex digits; equal only when weights (with dtype), shapes and tokenizer are equal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fnet.models import load_model
+    >>> lm = load_model("tiny:gpt2")
+    >>> model_fingerprint(lm.model, lm.tokenizer) == lm.fingerprint
+    True
+    >>> with torch.no_grad():
+    ...     lm.model.transformer.h[0].mlp.c_proj.weight[0, 0] += 1.0  # one weight changed
+    >>> model_fingerprint(lm.model, lm.tokenizer) == lm.fingerprint
+    False
+    """
     weights = tensors_digest(model.state_dict().items())
     return xxhash.xxh3_128_hexdigest(f"{weights}|{tokenizer_digest(tokenizer)}".encode())
 
@@ -239,6 +260,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed into place, see :func:`atomic_path`); a
+    crash mid-write leaves the old file or none, never half of one. Returns ``Path(path)``."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
@@ -425,6 +448,7 @@ def check_compatible(netset: Any, *, model: str, fingerprint: str, n_layers: int
 # Command line
 # --------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fnet.cache list|prune ...``: list or prune fnet's caches; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fnet.cache", description="List or prune fnet's caches.")
     parser.add_argument("--root", default=None, help="cache root (default: $FNET_CACHE or ~/.cache/fnet)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -110,15 +110,32 @@ def trace_signal(
 ) -> Iterator[list[SiteHook]]:
     """Read and/or edit one signal of the given ``layers`` (default all) during forward passes in the context.
 
-    Args:
-        model: any causal LM fnet can discover (or a module holding one).
-        signal: ``mlp_out`` or ``mlp_act``.
-        read: ``read(layer, hidden  # [batch, seq, width])``, called after ``edit``.
-        edit: ``edit(layer, hidden  # [batch, seq, width]) -> [batch, seq, width]``.
-        layers: which layers to hook; ``stop=True`` ends the forward pass after the last of them.
-        spec: the model's :class:`ArchSpec` (found when omitted).
+    Parameters
+    ----------
+    model
+        any causal LM fnet can discover (or a module holding one).
+    signal
+        ``mlp_out`` or ``mlp_act``.
+    read
+        ``read(layer, hidden  # [batch, seq, width])``, called after ``edit``.
+    edit
+        ``edit(layer, hidden  # [batch, seq, width]) -> [batch, seq, width]``.
+    layers
+        which layers to hook; ``stop=True`` ends the forward pass after the last of them.
+    spec
+        the model's :class:`ArchSpec` (found when omitted).
 
     Yields the :class:`SiteHook` objects; all are removed on exit, also on error.
+    Examples
+    --------
+    >>> from fnet.models import load_model
+    >>> lm = load_model("tiny:gpt2")
+    >>> ids = lm.tokenizer("hello world", return_tensors="pt")["input_ids"]  # [1, 11]: the tiny tokenizer is bytes
+    >>> shapes = {}
+    >>> with trace_signal(lm.model, "mlp_out", read=lambda layer, h: shapes.setdefault(layer, tuple(h.shape))):
+    ...     _ = lm.model(ids)
+    >>> shapes  # layer -> [batch, seq, d_model]
+    {0: (1, 11, 32), 1: (1, 11, 32), 2: (1, 11, 32)}
     """
     spec = spec or get_arch(model)
     modules = signal_modules(model, check_signal(signal), spec)

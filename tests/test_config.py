@@ -98,7 +98,7 @@ def test_every_task_composes_with_the_values_it_had(task):
         assert now == before[task]
     from fnet.scoring.tasks import load_task_config  # the same task read by name outside Hydra (fnet.scoring.tasks.get_task)
 
-    assert json.loads(json.dumps(OmegaConf.to_container(load_task_config(task)))) == before[task]
+    assert json.loads(json.dumps(load_task_config(task))) == before[task]
     assert len(TASKS) == len(before) == 9
 
 

@@ -3,7 +3,6 @@
 import re
 
 import pytest
-from omegaconf import OmegaConf
 
 from fnet.scoring.tasks import (TaskDataError, TaskSpec, available_tasks, get_task, load_task_config, load_task_rows,
                         resolve_source)
@@ -26,7 +25,7 @@ def test_unknown_task_lists_valid_tasks():
 
 
 def test_bad_config_is_rejected():
-    cfg = OmegaConf.to_container(load_task_config("sst2"))
+    cfg = load_task_config("sst2")
     with pytest.raises(ValueError, match="unknown fields"):
         TaskSpec.from_config(dict(cfg, prompt=dict(cfg["prompt"], template="{sentence}")))
     with pytest.raises(ValueError, match="unknown metric"):
@@ -44,14 +43,14 @@ def test_bad_config_is_rejected():
     ("seed", "x", "a whole number >= 0"),
 ])
 def test_bad_counts_name_the_key_and_the_valid_range(key, value, valid):
-    cfg = OmegaConf.to_container(load_task_config("sst2"))
+    cfg = load_task_config("sst2")
     pattern = f"task 'sst2': task.{key} must be {re.escape(valid)}.*, got {re.escape(repr(value))}"
     with pytest.raises(ValueError, match=pattern):
         TaskSpec.from_config(dict(cfg, **{key: value}))
 
 
 def test_counts_given_as_text_are_read():
-    cfg = OmegaConf.to_container(load_task_config("sst2"))
+    cfg = load_task_config("sst2")
     spec = TaskSpec.from_config(dict(cfg, limit="200", num_fewshot="2"))
     assert spec.limit == 200 and spec.num_fewshot == 2 and spec.seed == 0
     assert TaskSpec.from_config(dict(cfg, limit=None)).limit is None
@@ -156,7 +155,7 @@ def test_source_resolution(shared_data, tmp_path):
     assert resolve_source(get_task("sst2"), shared_data) == "local"
     assert resolve_source(get_task("sst2"), tmp_path) == "hub"  # no local file there
     assert resolve_source(get_task("qqp"), shared_data) == "hub"
-    spec = get_task(dict(OmegaConf.to_container(load_task_config("sst2")), source="local"))
+    spec = get_task(dict(load_task_config("sst2"), source="local"))
     with pytest.raises(TaskDataError, match="does not exist"):
         load_task_rows(spec, "validation", tmp_path)
 

@@ -165,6 +165,11 @@ _HUB_SPLITS = {"dev": "validation", "validation": "validation", "test": "test", 
 
 
 def treebank_file(directory: str | os.PathLike, split: str, pattern: str = "en_ewt-ud-{split}.conllu") -> Path:
+    """The CoNLL-U file of ``split`` in ``directory`` (``pattern`` formatted with the split name).
+
+    >>> treebank_file("/data/ud", "dev").as_posix()
+    '/data/ud/en_ewt-ud-dev.conllu'
+    """
     return Path(directory).expanduser() / pattern.format(split=split)
 
 

@@ -41,10 +41,14 @@ class KeyNeuronCounter:
     word's probability). Per tag, ``counts[tag, neuron]`` is how many of the tag's samples kept the neuron, and
     ``score_sums`` the sum of its score over those samples (used to break ties, and for mean scores).
 
-    Attributes:
-        counts: [n_tags, n_neurons] int64.
-        score_sums: [n_tags, n_neurons] float64.
-        n_samples: [n_tags] int64.
+    Attributes
+    ----------
+    counts
+        [n_tags, n_neurons] int64.
+    score_sums
+        [n_tags, n_neurons] float64.
+    n_samples
+        [n_tags] int64.
     """
 
     def __init__(self, n_tags: int, n_neurons: int, top_fraction: float = 0.05, rank_by: str = "abs"):

@@ -85,13 +85,18 @@ def replace_signals(
 def target_log_probs(logits: torch.Tensor, target_positions: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
     """``log p(target_ids[b] | prefix)`` read at ``target_positions[b]``.
 
-    Args:
-        logits: [batch, seq, vocab] (batch-first: HF models return logits batch-first in every layout).
-        target_positions: [batch] int, the position *before* the target token.
-        target_ids: [batch] int.
+    Parameters
+    ----------
+    logits
+        [batch, seq, vocab] (batch-first: HF models return logits batch-first in every layout).
+    target_positions
+        [batch] int, the position *before* the target token.
+    target_ids
+        [batch] int.
 
-    Returns:
-        [batch] float.
+    Returns
+    -------
+    [batch] float.
     """
     rows = torch.arange(logits.shape[0], device=logits.device)
     picked = logits[rows, target_positions.to(logits.device)]  # [batch, vocab]
@@ -114,13 +119,19 @@ def gauss_legendre_01(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 class AttributionResult:
     """Attributions of each sample's target log-probability to every neuron at every position.
 
-    Attributes:
-        attributions: [batch, seq, layer, unit] (the model's dtype, on CPU; 0 at padded positions: nothing
-            reads them).
-        activations: [batch, seq, layer, unit], the clean signal.
-        target_logprob: [batch], ``G(clean)`` per sample (the unpatched model's log-probability).
-        baseline_logprob: [batch], ``G(baseline)`` per sample, when asked for (else None).
-        method, steps, signal: how they were computed.
+    Attributes
+    ----------
+    attributions
+        [batch, seq, layer, unit] (the model's dtype, on CPU; 0 at padded positions: nothing
+        reads them).
+    activations
+        [batch, seq, layer, unit], the clean signal.
+    target_logprob
+        [batch], ``G(clean)`` per sample (the unpatched model's log-probability).
+    baseline_logprob
+        [batch], ``G(baseline)`` per sample, when asked for (else None).
+    method, steps, signal
+        how they were computed.
     """
 
     attributions: torch.Tensor
@@ -182,18 +193,52 @@ def attribute(
 ) -> AttributionResult:
     """Attribute each sample's next-token log-probability to every layer's signal (see the module docstring).
 
-    Args:
-        model: a registry causal LM (eval mode).
-        input_ids, attention_mask: [batch, seq] (right padding; the targets must be at real positions).
-        target_positions: [batch] position whose logits predict the target (the one before the target token).
-        target_ids: [batch] the target token ids.
-        signal: ``mlp_out`` | ``mlp_act``.
-        method: ``ig`` (integrated gradients) | ``act_x_grad``.
-        steps: Gauss-Legendre nodes for ``ig``.
-        baseline: ``zero``, or a tensor broadcastable to [batch, seq, layer, unit] (e.g. a [layer, unit] mean).
-        alpha_batch: for ``ig``, how many alpha values share one forward/backward pass (the batch is repeated
-            that many times); default all ``steps`` at once. Lower it to save memory.
-        return_baseline_output: also compute ``G(baseline)`` (one extra forward pass) for completeness checks.
+    Parameters
+    ----------
+    model
+        a registry causal LM (eval mode).
+    input_ids, attention_mask
+        [batch, seq] (right padding; the targets must be at real positions).
+    target_positions
+        [batch] position whose logits predict the target (the one before the target token).
+    target_ids
+        [batch] the target token ids.
+    signal
+        ``mlp_out`` | ``mlp_act``.
+    method
+        ``ig`` (integrated gradients) | ``act_x_grad``.
+    steps
+        Gauss-Legendre nodes for ``ig``.
+    baseline
+        ``zero``, or a tensor broadcastable to [batch, seq, layer, unit] (e.g. a [layer, unit] mean).
+    alpha_batch
+        for ``ig``, how many alpha values share one forward/backward pass (the batch is repeated
+        that many times); default all ``steps`` at once. Lower it to save memory.
+    return_baseline_output
+        also compute ``G(baseline)`` (one extra forward pass) for completeness checks.
+
+    Returns
+    -------
+    AttributionResult
+        ``attributions`` and ``activations`` [batch, seq, layer, unit], ``target_logprob`` [batch].
+
+    Examples
+    --------
+    Integrated gradients are complete: each sample's attributions sum to ``G(clean) - G(baseline)``.
+
+    >>> import torch
+    >>> from fnet.models import load_model
+    >>> lm = load_model("tiny:gpt2")
+    >>> batch = lm.tokenizer(["hello world", "hi"], return_tensors="pt", padding=True)  # [2, 11], right padding
+    >>> result = attribute(lm.model, batch["input_ids"], batch["attention_mask"], target_positions=torch.tensor([3, 1]),
+    ...                    target_ids=torch.tensor([5, 6]), steps=8, return_baseline_output=True)
+    >>> tuple(result.attributions.shape), tuple(result.target_logprob.shape)
+    ((2, 11, 3, 32), (2,))
+    >>> total = result.attributions.sum(dim=(1, 2, 3))  # [batch]
+    >>> torch.allclose(total, result.target_logprob - result.baseline_logprob, atol=1e-4)
+    True
+    >>> bool(result.attributions[1, 2:].eq(0).all())  # padded positions of the short sample
+    True
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; valid: {list(METHODS)}")

@@ -24,12 +24,17 @@ __all__ = ["AlignedSentence", "align_words", "align_sentences", "WordSamples", "
 class AlignedSentence:
     """A sentence as the model sees it.
 
-    Attributes:
-        sent_id, text: the sentence's id and its rebuilt text.
-        input_ids: the token ids of ``text`` (special tokens included, as the tokenizer adds them).
-        first_token: per word, the index in ``input_ids`` of the word's first token; -1 when the word has no
-            token of its own (see :func:`align_words`) or was cut off by ``max_length``.
-        tags: per word, its UPOS tag.
+    Attributes
+    ----------
+    sent_id, text
+        the sentence's id and its rebuilt text.
+    input_ids
+        the token ids of ``text`` (special tokens included, as the tokenizer adds them).
+    first_token
+        per word, the index in ``input_ids`` of the word's first token; -1 when the word has no
+        token of its own (see :func:`align_words`) or was cut off by ``max_length``.
+    tags
+        per word, its UPOS tag.
     """
 
     sent_id: str
@@ -104,6 +109,8 @@ def align_words(
 
 
 def align_sentences(tokenizer, sentences: Sequence[Sentence], max_length: int | None = None) -> list[AlignedSentence]:
+    """Each sentence aligned to the tokenizer with :func:`align_words`: its text, token ids and the first token
+    of every word (``max_length`` caps the tokens), with the sentence id and tags kept."""
     out = []
     for sentence in sentences:
         text, input_ids, first_token = align_words(tokenizer, sentence.words, max_length)
@@ -118,12 +125,18 @@ def align_sentences(tokenizer, sentences: Sequence[Sentence], max_length: int | 
 class WordSamples:
     """Aligned words as flat arrays (one entry per sample).
 
-    Attributes:
-        sentence: [n] index into the aligned sentence list.
-        word: [n] word index within the sentence.
-        token: [n] index of the word's first token.
-        tag: [n] tag id (index into ``tag_names``).
-        tag_names: the tag vocabulary.
+    Attributes
+    ----------
+    sentence
+        [n] index into the aligned sentence list.
+    word
+        [n] word index within the sentence.
+    token
+        [n] index of the word's first token.
+    tag
+        [n] tag id (index into ``tag_names``).
+    tag_names
+        the tag vocabulary.
     """
 
     sentence: np.ndarray

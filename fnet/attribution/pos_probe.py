@@ -210,13 +210,18 @@ def compare_classifiers(
 ) -> tuple[list[dict], list[dict]]:
     """Key neurons vs matched random neurons vs all neurons vs majority class, on the same train/test words.
 
-    Args:
-        X_train, X_test: [words, n_layers*width] activations (layer-major columns).
-        y_train, y_test: [words] tag ids.
-        key_mask: [layer, unit] bool, the neurons of the key-neuron classifier.
+    Parameters
+    ----------
+    X_train, X_test
+        [words, n_layers*width] activations (layer-major columns).
+    y_train, y_test
+        [words] tag ids.
+    key_mask
+        [layer, unit] bool, the neurons of the key-neuron classifier.
 
-    Returns:
-        (rows, seed_rows): one summary row per classifier (accuracy / macro-F1 with 95 % CI: bootstrap over test
+    Returns
+    -------
+    (rows, seed_rows): one summary row per classifier (accuracy / macro-F1 with 95 % CI: bootstrap over test
         words, or for ``random`` mean and t-interval over seeds) and one row per random seed.
     """
     from sklearn.dummy import DummyClassifier

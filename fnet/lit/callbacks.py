@@ -51,17 +51,24 @@ def hooked_model(pl_module: pl.LightningModule) -> nn.Module:
 class MaskCallback(pl.Callback):
     """Apply a mask to the LightningModule's language model during the chosen stages.
 
-    Args:
-        spec: a :class:`fnet.intervene.MaskSpec`; ``None`` (no mask: the callback does nothing, so configs can keep
-            it in the list for the ``none`` mode); or a callable ``pl_module -> MaskSpec | None`` evaluated once at
-            ``setup`` (e.g. to build from a NetworkSet the module computes).
-        during: stages to mask, any of ``"validate"``, ``"test"``, ``"predict"`` (validation inside ``fit``
-            counts as ``"validate"``).
-        during_train: also mask the training loop of ``fit`` (training a model with a lesion).
-        **build_kwargs: instead of ``spec``, keyword arguments of :func:`fnet.intervene.build_mask` (``mode``,
-            ``networks``, ``seed``, ...); ``netset`` defaults to ``pl_module.netset`` and ``n_layers``/``width``
-            to the model's, all resolved at ``setup``.
+    Parameters
+    ----------
+    spec
+        a :class:`fnet.intervene.MaskSpec`; ``None`` (no mask: the callback does nothing, so configs can keep
+        it in the list for the ``none`` mode); or a callable ``pl_module -> MaskSpec | None`` evaluated once at
+        ``setup`` (e.g. to build from a NetworkSet the module computes).
+    during
+        stages to mask, any of ``"validate"``, ``"test"``, ``"predict"`` (validation inside ``fit``
+        counts as ``"validate"``).
+    during_train
+        also mask the training loop of ``fit`` (training a model with a lesion).
+    **build_kwargs
+        instead of ``spec``, keyword arguments of :func:`fnet.intervene.build_mask` (``mode``,
+        ``networks``, ``seed``, ...); ``netset`` defaults to ``pl_module.netset`` and ``n_layers``/``width``
+        to the model's, all resolved at ``setup``.
 
+    Notes
+    -----
     After ``setup``, ``callback.spec`` is the mask and ``callback.stats`` its :func:`fnet.intervene.mask_stats`
     (``{}`` when unmasked). ``mask/n_masked`` and ``mask/fraction`` are logged with ``pl_module.log`` at the start
     of validation and test (so they appear in ``trainer.validate()`` / ``trainer.test()`` results) and once as

@@ -155,17 +155,24 @@ def set_trainable(model: nn.Module, trainable_layers: int | None) -> dict[str, i
 class CausalLMTaskModule(pl.LightningModule):
     """A task head on a causal LM (``self.model``). Subclasses define the head, the steps and the metrics.
 
-    Args:
-        model: a registry name for :func:`fnet.models.load_model` (``smollm2_135m``, ``tiny:gpt2``, a folder...) or
-            an already loaded :class:`~fnet.models.LoadedModel` (its name is what the checkpoint records).
-        model_kwargs: extra arguments of ``load_model`` when ``model`` is a name (dtype, trust_remote_code...).
-        optimizer: a partial optimiser (Hydra ``_partial_: true``), called with the parameter groups; default AdamW.
-        scheduler: a partial ``f(optimizer, num_training_steps) -> LRScheduler`` (see
-            :func:`fnet.lit.finetune.warmup_scheduler`), stepped every optimiser step; ``None`` keeps the rate constant.
-        trainable_layers: ``None`` trains the whole model, ``0`` freezes the backbone, ``N`` trains the top N blocks.
-        checkpoint_frozen: keep frozen backbone weights in checkpoints (self-contained). ``False`` stores only what
-            trains; loading then rebuilds the frozen part from ``model`` (the same registry name must resolve to the
-            same weights, true for the offline default and the tiny models).
+    Parameters
+    ----------
+    model
+        a registry name for :func:`fnet.models.load_model` (``smollm2_135m``, ``tiny:gpt2``, a folder...) or
+        an already loaded :class:`~fnet.models.LoadedModel` (its name is what the checkpoint records).
+    model_kwargs
+        extra arguments of ``load_model`` when ``model`` is a name (dtype, trust_remote_code...).
+    optimizer
+        a partial optimiser (Hydra ``_partial_: true``), called with the parameter groups; default AdamW.
+    scheduler
+        a partial ``f(optimizer, num_training_steps) -> LRScheduler`` (see
+        :func:`fnet.lit.finetune.warmup_scheduler`), stepped every optimiser step; ``None`` keeps the rate constant.
+    trainable_layers
+        ``None`` trains the whole model, ``0`` freezes the backbone, ``N`` trains the top N blocks.
+    checkpoint_frozen
+        keep frozen backbone weights in checkpoints (self-contained). ``False`` stores only what
+        trains; loading then rebuilds the frozen part from ``model`` (the same registry name must resolve to the
+        same weights, true for the offline default and the tiny models).
     """
 
     def __init__(

@@ -86,20 +86,31 @@ class PadCollator:
 class TaskDataModule(pl.LightningDataModule):
     """Train/validation/test loaders of a classification task (see module docstring for the splits).
 
-    Args:
-        task: a task name, config (``cfg.task``) or :class:`fnet.scoring.tasks.TaskSpec`.
-        tokenizer: the model's tokenizer (``LoadedModel.tokenizer``); may be set later, before ``setup``.
-        data_dir: offline data folder (``paths.data_dir``; None = ``$FNET_DATA_DIR`` or ``../shared/data``).
-        source: ``auto`` (the task's rule: local when the file exists), ``local`` or ``hub``.
-        split: train/validation/test fractions of the pool; split_seed: their seed.
-        max_length: tokens per example; longer inputs are truncated (``plain``: longest text of the pair first;
-            ``prompt``: from the left, so the question at the end of the prompt survives).
-        input_format: ``plain`` (``text_a``, or ``text_a`` + ``pair_separator`` + ``text_b``) or ``prompt`` (the
-            task's ``prompt.template``, e.g. "...\\nQuestion: Is this sentence positive or negative?\\nAnswer:").
-        max_train_rows / max_eval_rows: keep at most this many rows of train / of validation and test (a seeded
-            random subset: the first rows of the permuted part).
-        padding_side: ``left``/``right`` (None: the tokenizer's).
-        rows: split these rows instead of loading the task (tests, custom data).
+    Parameters
+    ----------
+    task
+        a task name, config (``cfg.task``) or :class:`fnet.scoring.tasks.TaskSpec`.
+    tokenizer
+        the model's tokenizer (``LoadedModel.tokenizer``); may be set later, before ``setup``.
+    data_dir
+        offline data folder (``paths.data_dir``; None = ``$FNET_DATA_DIR`` or ``../shared/data``).
+    source
+        ``auto`` (the task's rule: local when the file exists), ``local`` or ``hub``.
+    split
+        train/validation/test fractions of the pool; split_seed: their seed.
+    max_length
+        tokens per example; longer inputs are truncated (``plain``: longest text of the pair first;
+        ``prompt``: from the left, so the question at the end of the prompt survives).
+    input_format
+        ``plain`` (``text_a``, or ``text_a`` + ``pair_separator`` + ``text_b``) or ``prompt`` (the
+        task's ``prompt.template``, e.g. "...\\nQuestion: Is this sentence positive or negative?\\nAnswer:").
+    max_train_rows / max_eval_rows
+        keep at most this many rows of train / of validation and test (a seeded
+        random subset: the first rows of the permuted part).
+    padding_side
+        ``left``/``right`` (None: the tokenizer's).
+    rows
+        split these rows instead of loading the task (tests, custom data).
     """
 
     def __init__(

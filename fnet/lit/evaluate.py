@@ -22,10 +22,35 @@ __all__ = ["evaluate", "load_task"]
 
 def load_task(name: str, **overrides: Any):
     """A task by name (``conf/task/<name>.yaml``: sst2, cola, mrpc, qqp, mnli, qnli, ag_news, squad, wikitext2),
-    with field overrides, e.g. ``load_task("sst2", num_fewshot=8)``. Returns a :class:`~fnet.scoring.TaskSpec`.
+    with field overrides, e.g. ``load_task("sst2", num_fewshot=8)``.
 
+    Parameters
+    ----------
+    name : str
+        A task of ``conf/task`` (:func:`fnet.scoring.tasks.available_tasks`).
+    **overrides
+        Task fields to replace (``num_fewshot``, ``limit``, ``calibrate``, ...; see ``conf/task/_base.yaml``).
+
+    Returns
+    -------
+    TaskSpec
+        The validated task (:class:`~fnet.scoring.TaskSpec`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown task, an unknown field (the message lists the valid ones) or an invalid value.
+
+    Examples
+    --------
     >>> load_task("sst2").choices
     ['negative', 'positive']
+    >>> load_task("mnli", limit=50).limit, load_task("mnli").n_choices
+    (50, 3)
+    >>> load_task("sst2", shots=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: load_task('sst2'): unknown field(s) ['shots']; valid fields: [...]
     """
     from fnet.scoring.tasks import load_task_config
 
@@ -61,6 +86,23 @@ def evaluate(model: Any, task: Any, mask: MaskSpec | Any = None, limit: int | No
     dict
         ``task``, ``metric``, ``score``, ``ci`` [low, high], ``n``, ``chance``, ``above_chance`` and every
         metric under ``metrics`` (as in ``result.json``).
+
+    Examples
+    --------
+    Scoring needs the offline data folder, so this example is shown rather than run (the same call runs in
+    tests/test_api.py; on ``tiny:gpt2`` with ``limit=4`` it takes under a second)::
+
+        lm = fnet.load_model("tiny:gpt2")
+        result = fnet.evaluate(lm, fnet.load_task("sst2", num_fewshot=2), limit=4)
+        result["task"], result["metric"], result["n"]     # ('sst2', 'accuracy', 4)
+        with fnet.lesion(lm, nets, 0):                    # the same rows with network 0 zeroed
+            lesioned = fnet.evaluate(lm, "sst2", limit=4)
+
+    What it scores is the task :func:`load_task` describes:
+
+    >>> task = load_task("sst2", num_fewshot=2)
+    >>> task.type, task.primary_metric, task.label_names, task.num_fewshot
+    ('multiple_choice', 'accuracy', ['negative', 'positive'], 2)
     """
     module_model = getattr(model, "model", model)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)

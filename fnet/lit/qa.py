@@ -35,10 +35,14 @@ def best_spans(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best span of every window.
 
-    Args:
-        start_logits, end_logits: ``[batch, seq]``.
-        context_mask: ``[batch, seq]`` bool, True at context tokens (not question, separator or padding).
-        max_answer_length: longest answer in tokens.
+    Parameters
+    ----------
+    start_logits, end_logits
+        ``[batch, seq]``.
+    context_mask
+        ``[batch, seq]`` bool, True at context tokens (not question, separator or padding).
+    max_answer_length
+        longest answer in tokens.
 
     Returns ``start [batch]``, ``end [batch]`` (token indices, inclusive) and ``score [batch]`` =
     ``start_logit + end_logit`` (``-inf`` where a window has no context token)."""

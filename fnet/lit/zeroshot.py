@@ -2,9 +2,10 @@
 scoring batched, with a progress bar, under any callback (the mask callback hooks ``pl_module.model``), on one
 or many devices.
 
-* :class:`ZeroShotDataModule` -- the scored rows of a task (``limit``: a seeded subsample), tokenised into
-  :class:`fnet.scoring.Request`\\ s, sorted by length so batches pad little; under DDP each example goes to exactly
-  one process (:class:`UnpaddedDistributedSampler`: no duplicated rows, unlike ``DistributedSampler``'s padding).
+* :class:`ZeroShotDataModule` (defined in :mod:`fnet.lit.zeroshot_data`, re-exported here) -- the scored rows of a
+  task (``limit``: a seeded subsample), tokenised into :class:`fnet.scoring.Request`\\ s, sorted by length so
+  batches pad little; under DDP each example goes to exactly one process (:class:`UnpaddedDistributedSampler`: no
+  duplicated rows, unlike ``DistributedSampler``'s padding).
 * :class:`ZeroShotModule` -- ``self.model`` is the causal LM; each step scores a batch (loglik / generate /
   perplexity, see :mod:`fnet.scoring`) and updates torchmetrics metrics, whose states Lightning/torchmetrics sync
   across processes at epoch end. ``self.results`` then holds the task's result row (metrics, 95 % CIs, chance
@@ -16,162 +17,26 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics import CatMetric, Metric
 from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassConfusionMatrix,
                                          MulticlassF1Score)
 
 from fnet import scoring
-from fnet.scoring import PromptBuilder, Request
-from fnet.scoring.tasks import TaskSpec, check_whole_number, get_task, load_task_rows, split_provenance
+from fnet.scoring import Request
+from fnet.lit.zeroshot_data import RequestDataset, UnpaddedDistributedSampler, ZeroShotDataModule, subsample
+from fnet.scoring.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ZeroShotDataModule", "ZeroShotModule", "UnpaddedDistributedSampler", "ExampleStore", "subsample"]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------------------------
-def subsample(rows: Sequence[dict], limit: int | None, seed: int = 0) -> list[dict]:
-    """At most ``limit`` rows, a seeded random subset kept in file order (all rows when limit is None)."""
-    rows = list(rows)
-    if limit is None or int(limit) >= len(rows):
-        return rows
-    keep = np.sort(np.random.default_rng(int(seed)).choice(len(rows), size=int(limit), replace=False))
-    return [rows[i] for i in keep]
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Rank r gets items r, r + world, r + 2 world, ... -- every item exactly once over all ranks (the stock
-    ``DistributedSampler`` pads with repeats so ranks have equal counts, which would count some examples twice).
-    A ``DistributedSampler`` subclass, so Lightning keeps it instead of inserting its own."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-        self.total_size = len(dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-class RequestDataset(Dataset):
-    def __init__(self, items: Sequence[Any]):
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.items[i]
-
-
-def _collate(batch: list) -> list:
-    return batch
-
-
-class ZeroShotDataModule(pl.LightningDataModule):
-    """The scored rows of one task, ready for :class:`ZeroShotModule`.
-
-    Args:
-        task: a task name, config or :class:`TaskSpec`.
-        tokenizer: the model's tokenizer.
-        data_dir: offline data folder (default: ``$FNET_DATA_DIR`` or ``../shared/data``).
-        batch_size: rows per step (loglik: a row is one sequence per choice, or one when choices are single tokens).
-        limit, seed: override ``task.limit`` / ``task.seed`` (seeded subsample of the scored split).
-        max_length: token budget of a sequence (prompts are cut from the left); default the model's limit.
-        sort_by_length: longest rows first, so a batch holds rows of similar length.
-    """
-
-    def __init__(self, task: Any, tokenizer: Any, *, data_dir: str | None = None, batch_size: int = 8,
-                 num_workers: int = 0, limit: int | None = None, seed: int | None = None,
-                 max_length: int | None = None, sort_by_length: bool = True):
-        super().__init__()
-        self.task = get_task(task)
-        self.tokenizer = tokenizer
-        self.data_dir = data_dir
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.limit = self.task.limit if limit is None else check_whole_number(limit, "limit", minimum=1)
-        self.seed = self.task.seed if seed is None else check_whole_number(seed, "seed", minimum=0)
-        self.max_length = max_length
-        self.sort_by_length = sort_by_length
-        self.rows: list[dict] = []
-        self.dataset: RequestDataset | None = None
-        self.builder: PromptBuilder | None = None
-        self.provenance: dict = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is not None:
-            return
-        task = self.task
-        if task.type == "perplexity":
-            self._setup_perplexity()
-            return
-        rows = load_task_rows(task, task.eval_split, self.data_dir)
-        self.rows = subsample(rows, self.limit, self.seed)
-        pool: list[dict] = []
-        if task.num_fewshot:
-            pool = load_task_rows(task, task.fewshot_split, self.data_dir)
-        self.builder = PromptBuilder(task, self.tokenizer, pool, same_split=task.fewshot_split == task.eval_split)
-        calibrate = bool(task.calibrate)
-        requests = [self.builder.request(row, calibrate=calibrate) for row in self.rows]
-        scoring.align_prefixes(requests)  # one shared-prefix length for the task: a token prefix of every prompt
-        if self.sort_by_length:
-            requests.sort(key=lambda r: (-len(r.context_tokens), r.index))
-        self.dataset = RequestDataset(requests)
-        self.provenance = {"scored": split_provenance(task, task.eval_split, self.data_dir), "n_rows": len(rows),
-                           "n_scored": len(self.rows), "limit": self.limit, "seed": self.seed}
-        if task.num_fewshot:
-            self.provenance["fewshot"] = dict(split_provenance(task, task.fewshot_split, self.data_dir),
-                                              pool=len(pool), k=task.num_fewshot, **(task.fewshot or {}))
-
-    def _setup_perplexity(self) -> None:
-        task = self.task
-        rows = load_task_rows(task, task.eval_split, self.data_dir)
-        text = "\n".join(r["text_a"] for r in rows)
-        tokens = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        options = task.perplexity or {}
-        max_length = int(options.get("max_length", 512))
-        if self.max_length is not None:
-            max_length = min(max_length, int(self.max_length))
-        stride = min(int(options.get("stride") or max_length - 1), max_length - 1)
-        windows = scoring.perplexity_windows(len(tokens), max_length, stride)
-        chosen = subsample([{"i": i} for i in range(len(windows))], self.limit, self.seed)
-        items = [{"index": c["i"], "tokens": tokens[windows[c["i"]][0]: windows[c["i"]][1]],
-                  "n_scored": windows[c["i"]][2]} for c in chosen]
-        self.rows = items
-        self.dataset = RequestDataset(items)
-        self.provenance = {"scored": split_provenance(task, task.eval_split, self.data_dir), "n_tokens": len(tokens),
-                           "n_windows": len(windows), "n_scored_windows": len(items), "max_length": max_length,
-                           "stride": stride, "limit": self.limit, "seed": self.seed}
-
-    def _loader(self) -> DataLoader:
-        self.setup()
-        sampler = None
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.world_size > 1:
-            sampler = UnpaddedDistributedSampler(self.dataset, trainer.world_size, trainer.global_rank)
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=_collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader()
+# the data module, sampler and subsample live in fnet.lit.zeroshot_data and are re-exported here, where checkpoints,
+# the pipelines and older code import them
+__all__ = ["ZeroShotDataModule", "ZeroShotModule", "UnpaddedDistributedSampler", "ExampleStore", "RequestDataset",
+           "subsample"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -220,13 +85,20 @@ class ExampleStore(Metric):
 class ZeroShotModule(pl.LightningModule):
     """Scores a causal LM on a task under ``trainer.validate``/``test`` (see module docstring).
 
-    Args:
-        model: the causal LM (``self.model``; the mask callback hooks it).
-        tokenizer: its tokenizer.
-        task: task name / config / :class:`TaskSpec`.
-        max_length: token budget of a sequence (default: the model's ``max_position_embeddings``/``n_positions``).
-        bootstrap: resamples for bootstrap CIs (MCC, F1, SQuAD, perplexity); accuracy uses the Wilson interval.
-        ci_seed: seed of the bootstrap.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM (``self.model``; the mask callback hooks it).
+    tokenizer : transformers tokenizer
+        Its tokenizer.
+    task : str, mapping or TaskSpec
+        Task name / config / :class:`~fnet.scoring.tasks.TaskSpec`.
+    max_length : int, optional
+        Token budget of a sequence (default: the model's ``max_position_embeddings``/``n_positions``).
+    bootstrap : int
+        Resamples for bootstrap CIs (MCC, F1, SQuAD, perplexity); accuracy uses the Wilson interval.
+    ci_seed : int
+        Seed of the bootstrap.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Any, *, max_length: int | None = None,

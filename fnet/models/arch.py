@@ -75,6 +75,11 @@ def signal_modules(model: nn.Module, signal: str, spec: ArchSpec | None = None) 
 
 
 def check_signal(signal: str) -> str:
+    """``signal`` unchanged when it is one of :data:`SIGNALS`, else a ValueError listing the valid ones.
+
+    >>> check_signal("mlp_out")
+    'mlp_out'
+    """
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; valid signals: {list(SIGNALS)}")
     return signal

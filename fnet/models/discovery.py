@@ -52,17 +52,28 @@ class DiscoveryError(ValueError):
 class ArchSpec:
     """Where a model's MLP signals live (found by :func:`discover`). Paths are dotted attribute paths.
 
-    Attributes:
-        family: ``config.model_type`` (for logs and provenance; nothing dispatches on it).
-        blocks: path of the block ``ModuleList`` relative to the model the spec was found on.
-        mlp: path of the MLP relative to a block (``""``: the block itself, as in OPT).
-        down_proj: path of the down projection relative to the MLP (``""`` for a mixture of experts).
-        seq_first: hidden states are ``[seq, batch, ..]`` (ChatGLM) instead of ``[batch, seq, ..]``.
-        flat: the MLP sees tokens flattened to ``[batch * seq, ..]`` (OPT, some mixtures of experts).
-        n_layers, d_model, d_mlp: dimensions measured on the modules (``d_mlp`` 0 for a mixture of experts).
-        moe: the MLP is a mixture of experts: ``mlp_out`` is its routed output, ``mlp_act`` is undefined.
-        mlp_adds_residual: the MLP module's output is not its down projection's (Bloom adds the residual).
-        conv1d: the down projection is a ``Conv1D`` (weight ``[in, out]``, GPT-2).
+    Attributes
+    ----------
+    family
+        ``config.model_type`` (for logs and provenance; nothing dispatches on it).
+    blocks
+        path of the block ``ModuleList`` relative to the model the spec was found on.
+    mlp
+        path of the MLP relative to a block (``""``: the block itself, as in OPT).
+    down_proj
+        path of the down projection relative to the MLP (``""`` for a mixture of experts).
+    seq_first
+        hidden states are ``[seq, batch, ..]`` (ChatGLM) instead of ``[batch, seq, ..]``.
+    flat
+        the MLP sees tokens flattened to ``[batch * seq, ..]`` (OPT, some mixtures of experts).
+    n_layers, d_model, d_mlp
+        dimensions measured on the modules (``d_mlp`` 0 for a mixture of experts).
+    moe
+        the MLP is a mixture of experts: ``mlp_out`` is its routed output, ``mlp_act`` is undefined.
+    mlp_adds_residual
+        the MLP module's output is not its down projection's (Bloom adds the residual).
+    conv1d
+        the down projection is a ``Conv1D`` (weight ``[in, out]``, GPT-2).
     """
 
     family: str

@@ -207,7 +207,35 @@ def load_model(
     ``blocks`` / ``mlp`` / ``down_proj`` override what :func:`fnet.models.discovery.discover` would find (dotted paths
     relative to the model / a block / the MLP). ``device_map`` (e.g. ``"auto"``) lets accelerate spread a model
     over GPUs, CPU and disk (offloaded weights go to ``<cache>/offload``); ``device`` is then ignored. Hooks and
-    masks follow each layer's device."""
+    masks follow each layer's device.
+
+    Parameters
+    ----------
+    name : str
+        A registry name (``smollm2_135m``, ``gpt2``, ``tiny:gpt2``, ...), a Hugging Face id or a local folder.
+    dtype : str
+        ``float32``, ``float16``, ``bfloat16`` or ``auto`` (the checkpoint's own).
+    device : str
+        Where the weights go, unless ``device_map`` is given.
+    trust_remote_code, revision : optional
+        Passed to transformers (models with their own code, e.g. ChatGLM; a hub revision).
+    seed : int
+        Seed of the random weights of the ``tiny:*`` models.
+
+    Returns
+    -------
+    LoadedModel
+        The model (eval mode), its tokenizer, the :class:`~fnet.models.discovery.ArchSpec` of its MLPs, and
+        ``fingerprint``: the content identity of weights and tokenizer that every cache entry is keyed by.
+
+    Examples
+    --------
+    >>> lm = load_model("tiny:gpt2")
+    >>> lm.arch.family, lm.n_layers, lm.d_model, lm.arch.d_mlp
+    ('gpt2', 3, 32, 128)
+    >>> lm.fingerprint == load_model("tiny:gpt2").fingerprint != load_model("tiny:gpt2", seed=1).fingerprint
+    True
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in _DTYPES:

@@ -36,6 +36,7 @@ TINY_VOCAB = 257
 
 
 def tiny_config(family: str):
+    """The transformers config of the tiny random ``family`` model (``gpt2`` or ``llama``) that tests use."""
     from transformers import GPT2Config, LlamaConfig
 
     if family == "gpt2":

@@ -41,12 +41,24 @@ def _as_flat_masks(x: Any, name: str) -> torch.Tensor:
 def iou(a: Any, b: Any) -> torch.Tensor:
     """Intersection over union between every network of ``a`` and every network of ``b``.
 
-    Args:
-        a: [K1, neuron] bool (or a NetworkSet; a 1-D mask counts as K=1).
-        b: [K2, neuron] bool (or a NetworkSet), same neuron count (and layout, for two NetworkSets).
+    Parameters
+    ----------
+    a
+        [K1, neuron] bool (or a NetworkSet; a 1-D mask counts as K=1).
+    b
+        [K2, neuron] bool (or a NetworkSet), same neuron count (and layout, for two NetworkSets).
 
-    Returns:
-        [K1, K2] float64; 0 where both sets are empty.
+    Returns
+    -------
+    [K1, K2] float64; 0 where both sets are empty.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    >>> b = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    >>> iou(a, b).tolist()  # |a & b| / |a | b|; 0 against the empty network
+    [[0.6666666666666666, 0.0], [0.25, 0.0]]
     """
     if isinstance(a, NetworkSet) and isinstance(b, NetworkSet):
         if (a.n_layers, a.width) != (b.n_layers, b.width):
@@ -69,15 +81,24 @@ def iou(a: Any, b: Any) -> torch.Tensor:
 class TemplateMatch:
     """Result of ``match_templates``.
 
-    Attributes:
-        iou: [K_templates, total individual networks] float64, individuals' networks concatenated in order.
-        counts: [K_templates] int64: individual networks (over all individuals) with IoU > threshold.
-        best_iou: one [K_ind_i] float64 per individual: each network's max IoU over templates.
-        individual: [total] int64: which individual each column of ``iou`` belongs to.
-        template_sizes: [K_templates] int64.
-        n_individuals: number of individuals.
-        threshold: the IoU threshold (strict >).
-        template_ids: each template's index in its original set (see ``NetworkSet.network_ids``).
+    Attributes
+    ----------
+    iou
+        [K_templates, total individual networks] float64, individuals' networks concatenated in order.
+    counts
+        [K_templates] int64: individual networks (over all individuals) with IoU > threshold.
+    best_iou
+        one [K_ind_i] float64 per individual: each network's max IoU over templates.
+    individual
+        [total] int64: which individual each column of ``iou`` belongs to.
+    template_sizes
+        [K_templates] int64.
+    n_individuals
+        number of individuals.
+    threshold
+        the IoU threshold (strict >).
+    template_ids
+        each template's index in its original set (see ``NetworkSet.network_ids``).
     """
 
     iou: torch.Tensor
@@ -140,6 +161,33 @@ def match_templates(
 
     For each template, ``counts`` is the number of individual networks, over all individuals, whose IoU
     with it is > ``threshold`` (the paper's Tables 1-3). All sets must share the (n_layers, width) layout.
+
+    Parameters
+    ----------
+    templates : NetworkSet
+        The template networks (e.g. from group ICA).
+    individuals : sequence of NetworkSet
+        Each individual's networks, in the templates' layout.
+    threshold : float
+        IoU above which (strictly) an individual network counts as a match.
+
+    Returns
+    -------
+    TemplateMatch
+        ``iou`` [templates, all individual networks], ``counts`` [templates], ``best_iou`` per individual.
+
+    Examples
+    --------
+    >>> import torch
+    >>> templates = torch.zeros(2, 1, 8, dtype=torch.bool)  # [K, layer, unit]
+    >>> templates[0, 0, :4] = True
+    >>> templates[1, 0, 4:] = True
+    >>> person = torch.zeros(2, 1, 8, dtype=torch.bool)
+    >>> person[0, 0, :3] = True  # IoU 3/4 with template 0
+    >>> person[1, 0, 3:5] = True  # IoU 1/5 with template 0 and 1/5 with template 1: not above 0.2
+    >>> result = match_templates(NetworkSet.from_masks(templates), [NetworkSet.from_masks(person)], threshold=0.2)
+    >>> result.counts.tolist(), [round(v, 2) for v in result.iou[0].tolist()]
+    ([1, 0], [0.75, 0.2])
     """
     if not isinstance(templates, NetworkSet):
         raise TypeError("templates must be a NetworkSet")

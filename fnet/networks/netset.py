@@ -64,15 +64,45 @@ def _normalise_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any
 class NetworkSet:
     """K functional networks over a model's neurons.
 
-    Attributes:
-        masks: [K, layer, unit] bool, True = neuron in that network.
-        maps: [K, layer, unit] float32 or None: the z-scored maps after the sign policy (``oriented`` in
-            ``orient_maps``), so for sign 'flip'/'positive' and rule 'z', ``masks == maps > alpha``.
-        stability: [K] float64 or None: per-network stability (e.g. ICASSO index), caller-defined.
-        signs: [K] int8 in {+1, -1} or None: the factor applied to each z-map by the sign policy.
-        provenance: JSON-able dict (model, signal, data, seed, K, alpha, sign, rule, ...);
-            ``fnet_version`` is filled from ``fnet.__version__`` if absent. ``select`` records
-            ``network_indices``: the indices of the kept networks in the original set.
+    Attributes
+    ----------
+    masks
+        [K, layer, unit] bool, True = neuron in that network.
+    maps
+        [K, layer, unit] float32 or None: the z-scored maps after the sign policy (``oriented`` in
+        ``orient_maps``), so for sign 'flip'/'positive' and rule 'z', ``masks == maps > alpha``.
+    stability
+        [K] float64 or None: per-network stability (e.g. ICASSO index), caller-defined.
+    signs
+        [K] int8 in {+1, -1} or None: the factor applied to each z-map by the sign policy.
+    provenance
+        JSON-able dict (model, signal, data, seed, K, alpha, sign, rule, ...);
+        ``fnet_version`` is filled from ``fnet.__version__`` if absent. ``select`` records
+        ``network_indices``: the indices of the kept networks in the original set.
+
+    Examples
+    --------
+    Two planted networks in maps over 2 layers x 50 units (flat index = layer * 50 + unit):
+
+    >>> import tempfile, torch
+    >>> maps = torch.zeros(2, 2 * 50)  # [K, n_layers * width]
+    >>> maps[0, [3, 57]] = 10.0                # layer 0 unit 3, layer 1 unit 7
+    >>> maps[1, [10, 11, 60]] = 10.0           # layer 0 units 10, 11, layer 1 unit 10
+    >>> nets = NetworkSet.from_maps(maps, n_layers=2, width=50, alpha=3.0)
+    >>> nets
+    NetworkSet(K=2, n_layers=2, width=50, maps=yes)
+    >>> nets.sizes().tolist(), nets.neurons(0).tolist()  # neurons as [layer, unit]
+    ([2, 3], [[0, 3], [1, 7]])
+    >>> int(nets.union().sum())  # neurons in any network
+    5
+    >>> path = nets.save(tempfile.mkdtemp() + "/nets.safetensors")
+    >>> back = NetworkSet.load(path)
+    >>> torch.equal(back.masks, nets.masks), back.provenance["alpha"], back.provenance["rule"]
+    (True, 3.0, 'z')
+    >>> masks = torch.zeros(1, 2, 50, dtype=torch.bool)  # [K, layer, unit]
+    >>> masks[0, 1, [10, 11]] = True
+    >>> NetworkSet.from_masks(masks).neurons(0).tolist()
+    [[1, 10], [1, 11]]
     """
 
     def __init__(
@@ -136,10 +166,14 @@ class NetworkSet:
     ) -> "NetworkSet":
         """Threshold raw spatial maps into networks (see ``threshold_maps`` for the parameters).
 
-        Args:
-            maps: [K, n_layers * width] (flat, layer-major: index = layer * width + unit) or
-                [K, n_layers, width].
+        Parameters
+        ----------
+        maps
+            [K, n_layers * width] (flat, layer-major: index = layer * width + unit) or
+            [K, n_layers, width].
 
+        Notes
+        -----
         The thresholding parameters are written into the provenance (``rule``, ``sign``, and ``alpha`` or
         ``percentile`` for the rule used; ``K`` if absent); a caller value that contradicts one of those
         raises ValueError.
@@ -198,10 +232,12 @@ class NetworkSet:
     ) -> "NetworkSet":
         """Build networks from explicit neuron sets (e.g. POS key neurons).
 
-        Args:
-            neuron_sets: one entry per network; each is an iterable of flat neuron indices
-                (layer * width + unit) or of (layer, unit) pairs (an [n] or [n, 2] int array also works).
-                Duplicates are fine; out-of-range neurons raise ValueError.
+        Parameters
+        ----------
+        neuron_sets
+            one entry per network; each is an iterable of flat neuron indices
+            (layer * width + unit) or of (layer, unit) pairs (an [n] or [n, 2] int array also works).
+            Duplicates are fine; out-of-range neurons raise ValueError.
         """
         masks = torch.zeros(len(neuron_sets), n_layers, width, dtype=torch.bool)  # [K, layer, unit]
         flat = masks.view(len(neuron_sets), n_layers * width)  # [K, neuron] view

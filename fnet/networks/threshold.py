@@ -46,14 +46,26 @@ def _as_maps_2d(maps: Any) -> torch.Tensor:
 def zscore_maps(maps: Any) -> torch.Tensor:
     """Z-score each map over all its neurons.
 
-    Args:
-        maps: [K, neuron] real (torch or numpy).
+    Parameters
+    ----------
+    maps
+        [K, neuron] real (torch or numpy).
 
-    Returns:
-        z  # [K, neuron] float32: (map - mean) / std per row, computed in float64, std with ddof=0.
+    Returns
+    -------
+    z  # [K, neuron] float32: (map - mean) / std per row, computed in float64, std with ddof=0.
 
+    Notes
+    -----
     Rule for a constant row (std == 0): its z-map is all zeros (no neuron deviates from the rest, so no
     threshold selects anything), and a RuntimeWarning names the rows. Non-finite values raise ValueError.
+
+    Examples
+    --------
+    >>> import torch
+    >>> zscore_maps(torch.tensor([[0.0, 0.0, 0.0, 4.0], [1.0, 1.0, 1.0, 1.0]]))  # a constant row gives zeros
+    tensor([[-0.5774, -0.5774, -0.5774,  1.7321],
+            [ 0.0000,  0.0000,  0.0000,  0.0000]])
     """
     maps = _as_maps_2d(maps).to(torch.float64)  # [K, neuron]
     if maps.shape[1] == 0:
@@ -83,15 +95,19 @@ def _skewness(z: torch.Tensor) -> torch.Tensor:
 def orient_maps(z: Any, sign: str = "flip") -> tuple[torch.Tensor, torch.Tensor]:
     """Apply a sign policy to z-scored maps.
 
-    Args:
-        z: [K, neuron] z-scored maps (from ``zscore_maps``).
-        sign: ``"flip"``: multiply each map by the sign of its skewness (mean of z^3), so its heavy tail is
-            on the positive side; a map with skewness exactly 0 is kept as is. ICA leaves each component's
-            sign arbitrary, and a sparse functional network shows up as one heavy tail, which skewness
-            points at. ``"positive"`` and ``"abs"`` leave the maps as they are.
+    Parameters
+    ----------
+    z
+        [K, neuron] z-scored maps (from ``zscore_maps``).
+    sign
+        ``"flip"``: multiply each map by the sign of its skewness (mean of z^3), so its heavy tail is
+        on the positive side; a map with skewness exactly 0 is kept as is. ICA leaves each component's
+        sign arbitrary, and a sparse functional network shows up as one heavy tail, which skewness
+        points at. ``"positive"`` and ``"abs"`` leave the maps as they are.
 
-    Returns:
-        (oriented  # [K, neuron] float32, signs  # [K] int8 in {+1, -1}: oriented = signs[:, None] * z)
+    Returns
+    -------
+    (oriented  # [K, neuron] float32, signs  # [K] int8 in {+1, -1}: oriented = signs[:, None] * z)
     """
     _check_sign(sign)
     z = _as_maps_2d(z).to(torch.float32)
@@ -155,20 +171,36 @@ def threshold_maps(
 ) -> torch.Tensor:
     """Threshold spatial maps into networks.
 
-    Args:
-        maps: [K, neuron] raw spatial maps; each row is z-scored first (``zscore_maps``).
-        alpha: z threshold for ``rule="z"``.
-        rule: ``"z"``: keep neurons whose statistic is > alpha. ``"percentile"``: keep neurons whose
-            statistic is > the given percentile of that map's statistic (linear interpolation between order
-            statistics, as ``numpy.percentile``); with distinct values this keeps
-            ``n - 1 - floor(percentile/100 * (n - 1))`` neurons, about (1 - percentile/100) * n.
-        percentile: used by ``rule="percentile"``, in [0, 100].
-        sign: the statistic thresholded. ``"positive"`` (the paper's): z. ``"abs"``: |z|.
-            ``"flip"`` (default): z multiplied by the sign of the map's skewness, so the heavy tail is
-            positive (see ``orient_maps``).
+    Parameters
+    ----------
+    maps
+        [K, neuron] raw spatial maps; each row is z-scored first (``zscore_maps``).
+    alpha
+        z threshold for ``rule="z"``.
+    rule
+        ``"z"``: keep neurons whose statistic is > alpha. ``"percentile"``: keep neurons whose
+        statistic is > the given percentile of that map's statistic (linear interpolation between order
+        statistics, as ``numpy.percentile``); with distinct values this keeps
+        ``n - 1 - floor(percentile/100 * (n - 1))`` neurons, about (1 - percentile/100) * n.
+    percentile
+        used by ``rule="percentile"``, in [0, 100].
+    sign
+        the statistic thresholded. ``"positive"`` (the paper's): z. ``"abs"``: |z|.
+        ``"flip"`` (default): z multiplied by the sign of the map's skewness, so the heavy tail is
+        positive (see ``orient_maps``).
 
-    Returns:
-        masks  # [K, neuron] bool, True = neuron in the network. A constant map selects nothing.
+    Returns
+    -------
+    masks  # [K, neuron] bool, True = neuron in the network. A constant map selects nothing.
+
+    Examples
+    --------
+    >>> import torch
+    >>> maps = torch.tensor([[0.0] * 7 + [9.0], [-9.0] + [0.0] * 7])  # [K=2, neuron=8], one outlier each
+    >>> threshold_maps(maps, alpha=2.0).nonzero().tolist()  # sign="flip" turns row 1's negative tail positive
+    [[0, 7], [1, 0]]
+    >>> threshold_maps(maps, alpha=2.0, sign="positive").nonzero().tolist()
+    [[0, 7]]
     """
     _check_params(alpha, rule, percentile, sign)
     oriented, _ = orient_maps(zscore_maps(maps), sign)

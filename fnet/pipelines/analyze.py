@@ -67,6 +67,8 @@ def _individuals(lm: LoadedModel, cfg: DictConfig, name: str, store: ActivationS
 # The analysis run
 # --------------------------------------------------------------------------------------------------------------
 def run(cfg: DictConfig) -> dict:
+    """Run the analysis of a composed ``analyze`` config (record, decompose, networks, figures) in
+    ``cfg.paths.output_dir``; returns the summary it writes."""
     out = Path(cfg.paths.output_dir)
     (out / "networks").mkdir(parents=True, exist_ok=True)
     fig_dir = out / "figures"

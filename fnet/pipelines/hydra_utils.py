@@ -41,6 +41,7 @@ def _is_multirun() -> bool:
 
 
 def output_dir_of(cfg: Any) -> Path:
+    """``cfg.paths.output_dir`` (the Hydra run folder), or the working directory when the config has none."""
     try:
         return Path(cfg.paths.output_dir)
     except Exception:
@@ -177,6 +178,7 @@ def instantiate_loggers(logger_cfg: Any) -> list:
 
 
 def instantiate_callbacks(callbacks_cfg: Any) -> list:
+    """The Lightning callbacks of a ``callbacks`` config group (each entry with a ``_target_``), instantiated."""
     callbacks = []
     if not callbacks_cfg:
         return callbacks

@@ -136,6 +136,7 @@ def _scale_from_analysis(overrides: Sequence[str], n_layers_expected: int) -> np
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of the study's control evaluations (see the module docstring); returns the exit status."""
     import torch
 
     from fnet.cache import atomic_write_text

@@ -44,6 +44,8 @@ __all__ = ["build_datamodule", "build_module", "run_training"]
 
 
 def build_datamodule(cfg: Any, tokenizer: Any, kind: str, **extra: Any):
+    """The fine-tuning data module of ``cfg.datamodule`` (its ``_target_``, else the default of ``kind``:
+    ``qa`` or classification), given only the keyword arguments its class accepts."""
     data_cfg = dict(container(cfg.datamodule))
     target = data_cfg.pop("_target_", None) or (QA_DATA if kind == "qa" else CLASSIFICATION_DATA)
     cls = import_class(target)
@@ -52,7 +54,8 @@ def build_datamodule(cfg: Any, tokenizer: Any, kind: str, **extra: Any):
 
 
 def build_module(cfg: Any, lm: LoadedModel, kind: str, datamodule: Any):
-
+    """The Lightning module of ``cfg.module`` (its ``_target_``, else the default of ``kind``) for the loaded model
+    and data module, given only the keyword arguments its class accepts."""
     module_cfg = dict(container(cfg.module))
     target = module_cfg.pop("_target_", None) or (QA_MODULE if kind == "qa" else CLASSIFICATION_MODULE)
     cls = import_class(target)

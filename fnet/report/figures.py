@@ -57,12 +57,18 @@ def plot_network_maps(
     dark mark per neuron in the network. Marks are drawn as points, not image pixels, so a lone neuron
     stays visible at any width. Panel titles give the network's original index and its size.
 
-    Args:
-        netset: the networks.
-        path: output image (format from the suffix, e.g. .png).
-        max_networks: draw at most this many (the first ones of ``indices``, or of the set).
-        indices: which networks to draw (positions in ``netset``); default all.
-        ncols: panels per row.
+    Parameters
+    ----------
+    netset
+        the networks.
+    path
+        output image (format from the suffix, e.g. .png).
+    max_networks
+        draw at most this many (the first ones of ``indices``, or of the set).
+    indices
+        which networks to draw (positions in ``netset``); default all.
+    ncols
+        panels per row.
     """
     order = list(range(netset.n_networks)) if indices is None else [int(i) for i in indices]
     if max_networks is not None:

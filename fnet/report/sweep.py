@@ -298,6 +298,7 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fnet.report.sweep SWEEP_DIR [--out DIR]``: tables of a sweep's results; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fnet.report.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a Hydra multirun folder (or any folder) holding result.json files")
     parser.add_argument("--out", default=None, help="where to write the tables (default: the sweep folder)")

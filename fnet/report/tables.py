@@ -50,11 +50,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
                    floatfmt: str = ".3f") -> str:
     """A GitHub-style pipe table.
 
-    Args:
-        rows: one dict per row. A missing key or None gives an empty cell.
-        columns: the columns, in order; default: every key, in order of first appearance.
-        floatfmt: format spec for floats (ints, bools and strings are written as they are).
+    Parameters
+    ----------
+    rows
+        one dict per row. A missing key or None gives an empty cell.
+    columns
+        the columns, in order; default: every key, in order of first appearance.
+    floatfmt
+        format spec for floats (ints, bools and strings are written as they are).
 
+    Notes
+    -----
     Cells are padded to the column width; a column whose filled cells are all numbers is right-aligned
     (``---:``), others left-aligned (``---``). ``|`` in a cell is escaped and newlines become spaces.
     Returns the table without a trailing newline; "" if there are no columns at all.

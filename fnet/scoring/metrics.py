@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import string
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -36,14 +37,14 @@ def class_metric(name: str, preds: torch.Tensor, targets: torch.Tensor, n_classe
     ``failure_class``: predictions may also be ``n_classes`` (a generate-mode parse failure), an extra class that
     no target has: wrong for accuracy, its own class for MCC (so constant failures give MCC 0, not -1), "not
     class 1" for binary F1."""
-    from torchmetrics.functional import accuracy, f1_score
+    from torchmetrics.functional import accuracy, f1_score  # torchmetrics takes ~1 s to import; rows-only users skip it
 
     preds, targets = torch.as_tensor(preds).long(), torch.as_tensor(targets).long()
     n_pred = n_classes + 1 if failure_class else n_classes
     if name == "accuracy":
         return float(accuracy(preds, targets, task="multiclass", num_classes=n_pred, average="micro"))
     if name == "mcc":
-        from torchmetrics.functional.classification import multiclass_confusion_matrix
+        from torchmetrics.functional.classification import multiclass_confusion_matrix  # as above
 
         return mcc_from_confusion(multiclass_confusion_matrix(preds, targets, num_classes=n_pred))
     if name == "f1":
@@ -112,6 +113,11 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalize_answer(text: str) -> str:
+    """SQuAD v1.1's answer normalisation: lower case, no punctuation, no articles, single spaces.
+
+    >>> normalize_answer("The  Eiffel Tower!")
+    'eiffel tower'
+    """
     text = text.lower()
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
     text = _ARTICLES.sub(" ", text)
@@ -124,8 +130,6 @@ def squad_scores(prediction: str, answers: Sequence[str]) -> tuple[float, float]
     so a prediction and a gold answer that both normalise to empty (gold ".") get EM 1 and F1 0 -- and the max over
     the gold answers. The reported totals are the means of these (``torchmetrics``' SQuAD gives F1 1 in the empty
     case, so it is not used)."""
-    from collections import Counter
-
     def f1(pred: str, gold: str) -> float:
         p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
         common = sum((Counter(p) & Counter(g)).values())

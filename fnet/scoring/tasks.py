@@ -22,14 +22,19 @@ fixed seed: ``local.holdout`` rows (a seeded permutation's head) form ``train``,
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import os
-from dataclasses import dataclass, field
+import string
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import yaml
+
+from fnet.compat import plain
 
 log = logging.getLogger(__name__)
 
@@ -77,34 +82,71 @@ def task_config_dir() -> Path:
 
 
 def available_tasks() -> list[str]:
+    """The task names of ``conf/task`` (files starting with ``_`` hold shared keys, not tasks).
+
+    >>> {"sst2", "squad", "wikitext2"} <= set(available_tasks())
+    True
+    """
     return sorted(p.stem for p in task_config_dir().glob("*.yaml") if not p.stem.startswith("_"))  # _base: shared keys
 
 
-def load_task_config(name: str):
-    """The ``conf/task/<name>.yaml`` config (an OmegaConf DictConfig); unknown names list the valid ones."""
-    from omegaconf import OmegaConf
+def load_task_config(name: str) -> dict:
+    """The composed ``conf/task/<name>.yaml`` config as a plain dict.
 
+    The file's ``defaults`` list (e.g. ``[_base, _self_]``) is merged in order, as Hydra composes a config group
+    entry: later entries override earlier ones, mappings merge key by key, anything else (lists, scalars, null)
+    is replaced. Read with :func:`yaml.safe_load` rather than Hydra/OmegaConf so that library code does not depend
+    on the Hydra app machinery (``hydra.compose`` needs the global Hydra that a running app holds); the task files
+    use no interpolations, and tests/test_config.py checks that this gives Hydra's composition for every task.
+
+    Parameters
+    ----------
+    name : str
+        A task name: one of :func:`available_tasks`.
+
+    Returns
+    -------
+    dict
+        The task's fields (see ``conf/task/sst2.yaml``), ready for :meth:`TaskSpec.from_config`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown task name (the message lists the valid ones).
+
+    Examples
+    --------
+    >>> cfg = load_task_config("sst2")
+    >>> cfg["name"], cfg["choices"], "defaults" in cfg
+    ('sst2', ['negative', 'positive'], False)
+    >>> cfg["prompt"]["target_delimiter"]  # from _base.yaml, merged under the task's own prompt keys
+    ' '
+    """
     path = task_config_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown task {name!r}; valid tasks: {available_tasks()} (configs in {task_config_dir()})")
-    cfg = OmegaConf.load(path)
-    # the file's defaults list (e.g. [_base, _self_]) merged in order, as Hydra composes it; by hand because this
-    # reads one task outside a Hydra app (hydra.compose needs the global Hydra a running app already holds)
+    cfg = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a task config must be a mapping, got {type(cfg).__name__}")
     defaults = list(cfg.pop("defaults", None) or [])
     parts = [cfg if str(d) == "_self_" else load_task_config(str(d)) for d in defaults]
-    return OmegaConf.merge(*parts, *([] if "_self_" in defaults else [cfg]))
+    if "_self_" not in defaults:
+        parts.append(cfg)
+    merged: dict = {}
+    for part in parts:
+        merged = _merge(merged, part)
+    return merged
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> Python containers (resolved); anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
+def _merge(base: Mapping, over: Mapping) -> dict:
+    """``over`` merged onto ``base``: mappings recursively, anything else replaced (OmegaConf.merge's rule)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 @dataclass
@@ -136,7 +178,7 @@ class TaskSpec:
     # ----------------------------------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: Any) -> "TaskSpec":
-        raw = _plain(cfg)
+        raw = plain(cfg)  # a Hydra cfg.task DictConfig, a dict or a TaskSpec's fields
         if not isinstance(raw, Mapping):
             raise TypeError(f"a task config must be a mapping, got {type(cfg).__name__}")
         raw = dict(raw)
@@ -169,8 +211,6 @@ class TaskSpec:
                 raise ValueError(f"{where}: unknown metric {metric!r}; valid: {sorted(METRICS)}")
         if "template" not in self.prompt:
             raise ValueError(f"{where}: prompt.template is required")
-        import string
-
         fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt["template"]) if f}
         bad = sorted(fields - _TEMPLATE_FIELDS)
         if bad:
@@ -210,8 +250,6 @@ class TaskSpec:
         return self.target.get("names")
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -339,7 +377,7 @@ def _local_rows(task: TaskSpec, split: str, data_dir: Path) -> list[dict]:
 def _read_local_file(path: Path, local: Mapping) -> list[dict]:
     """Raw records of a local file through the ``datasets`` local loaders (SQuAD's nested JSON is flattened by
     hand: ``datasets`` reads its top-level ``data`` list but cannot unnest paragraphs -> questions)."""
-    import datasets
+    import datasets  # slow to import; only the hub path (machines with network) needs it
 
     fmt = local.get("format")
     kwargs: dict[str, Any] = {}
@@ -372,7 +410,7 @@ def _read_local_file(path: Path, local: Mapping) -> list[dict]:
 def _hub_rows(task: TaskSpec, split: str, data_dir: Path) -> list[dict]:
     if task.hub is None:
         raise TaskDataError(f"task {task.name!r} has no hub source; use task.source=local")
-    import datasets
+    import datasets  # slow to import; only the hub path (machines with network) needs it
 
     hub = task.hub
     hub_split = (hub.get("splits") or {}).get(split, split) if split != "all" else None

@@ -32,6 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+from filelock import Timeout
+
+from fnet.cache import atomic_write_text, content_key, file_digest, lock
 from fnet.pipelines.study_controls import controls_layout
 
 __all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "main"]
@@ -86,16 +90,24 @@ class Job:
 # --------------------------------------------------------------------------------------------------------------
 def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
     """A preset (``conf/study/<name>.yaml`` or a YAML path) with ``key=value`` overrides, checked."""
-    from omegaconf import OmegaConf
-
     path = Path(name_or_path)
     if not path.suffix:
         path = REPO_ROOT / "conf" / "study" / f"{name_or_path}.yaml"
     if not path.exists():
         valid = sorted(p.stem for p in (REPO_ROOT / "conf" / "study").glob("*.yaml"))
         raise FileNotFoundError(f"no study preset {name_or_path!r} ({path}); valid presets: {valid}")
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
-    preset = OmegaConf.to_container(cfg, resolve=True)
+    preset = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(preset, dict):
+        raise ValueError(f"study preset {path}: must be a mapping of keys, got {type(preset).__name__}")
+    for item in overrides:  # key=value (dotted keys reach into mappings), the value read as YAML, as Hydra does
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"study preset override {item!r} is not key=value; valid keys: {sorted(PRESET_KEYS)}")
+        node = preset
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(text)
     unknown = sorted(set(preset) - set(PRESET_KEYS))
     if unknown:
         raise ValueError(f"study preset {path}: unknown keys {unknown}; valid keys: {sorted(PRESET_KEYS)}")
@@ -235,10 +247,8 @@ def environment_key(repo: Path = REPO_ROOT) -> str:
     """What every job depends on besides its overrides: the fnet sources (but the study's own runner and
     report), the entry points, the configs (but the study presets), the offline data listing (names, sizes,
     modification times) and the torch / transformers versions."""
-    import torch
+    import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
     import transformers
-
-    from fnet.cache import content_key
 
     parts = []
     for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
@@ -253,8 +263,6 @@ def environment_key(repo: Path = REPO_ROOT) -> str:
 
 def job_key(job: Job, overrides: list[str], input_digests: dict[str, str], env_key: str) -> str:
     """The content hash that names a job's folder."""
-    from fnet.cache import content_key
-
     return content_key(job.entry, overrides, input_digests, env_key)
 
 
@@ -301,8 +309,6 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
     say what would run, run nothing. Every record: name, stage, status (done | skipped | ran | failed | blocked |
     pending | excluded), key, folder, seconds.
     """
-    from fnet.cache import atomic_write_text, file_digest
-
     root = Path(root).resolve()
     env_key = env_key or environment_key(Path(cwd))
     outputs: dict[str, Path] = {}
@@ -382,6 +388,7 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fnet.study PRESET [key=value ...]``: run a study preset, resumably; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fnet.study", description="Run a study preset, resumably.")
     parser.add_argument("preset", help="conf/study/<preset>.yaml (smollm2, gpt2, qwen2_5_3b, chatglm3_6b, tiny) "
                                        "or a YAML path")
@@ -396,10 +403,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = plan(preset)
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
-    from filelock import Timeout
-
-    from fnet.cache import lock
-
     try:
         with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
             result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run)
@@ -413,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"],
                                                  "seconds": time.time() - started}, indent=1, default=str))
     if not args.dry_run and not args.no_report:
-        from fnet.study.report import write_report
+        from fnet.study.report import write_report  # matplotlib behind it; only when a report is written
 
         paths = write_report(root, preset=preset, records=result["jobs"])
         print(f"report: {paths['report']}")

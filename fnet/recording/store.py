@@ -56,6 +56,7 @@ class CorruptShardError(RuntimeError):
 
 
 def text_sha1(text: str) -> str:
+    """The SHA-1 of a text's UTF-8 bytes: how a store knows that a text id still names the same text."""
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
@@ -73,7 +74,33 @@ class ShardInfo:
 
 
 class ActivationStore:
-    """A folder of per-text activation shards. Open with :meth:`open` (creates or checks an existing store)."""
+    """A folder of per-text activation shards. Open with :meth:`open` (creates or checks an existing store).
+
+    Parameters
+    ----------
+    root : path
+        The store's folder.
+    manifest : dict
+        Its parsed ``manifest.json`` (use :meth:`open` or :meth:`load` rather than this constructor).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> store = ActivationStore.open(tempfile.mkdtemp(), model="demo", signal="mlp_out", n_layers=2, width=3,
+    ...                              max_length=8)
+    >>> acts = np.arange(24, dtype=np.float32).reshape(4, 6)        # [tokens, n_layers*width]
+    >>> store.add("t0", "a text", acts)
+    >>> store.has("t0", "a text"), store.n_tokens()
+    (True, [4])
+    >>> back = store.load_array("t0")                               # float16 memory map
+    >>> back.dtype, bool((back == acts).all())
+    (dtype('float16'), True)
+    >>> store.has("t0", "another text")
+    Traceback (most recent call last):
+    ...
+    ValueError: text id 't0' is already in ... with different content
+    """
 
     def __init__(self, root: str | os.PathLike, manifest: dict[str, Any]):
         self.root = Path(root)

@@ -162,7 +162,7 @@ def _write_report(cfg, out: Path, lm, stimuli, results, combined, timings) -> di
                            if k not in ("data_detail", "ica", "pid", "host")}),
         "",
         f"Signal `{cfg.record.signal}`: {lm.n_layers} layers x {lm.width(cfg.record.signal)} = {n_neurons} neurons. "
-        f"Decomposition `{cfg.ica.get('_target_')}` with K = {K}; networks = z-scored spatial maps thresholded "
+        f"Decomposition `{cfg.ica['_target_']}` with K = {K}; networks = z-scored spatial maps thresholded "
         f"with rule `{cfg.networks.rule}` (alpha {cfg.networks.alpha}, sign policy `{cfg.networks.sign}`); "
         f"template match = IoU > {cfg.networks.match_threshold}.",
         "",

@@ -95,13 +95,13 @@ def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, 
     """
 
     mask_cfg = dict(container(cfg.mask) or {})
-    mode = mask_cfg.pop("mode", "none") or "none"
-    allow_foreign = bool(mask_cfg.pop("allow_foreign", False))
+    mode = mask_cfg.pop("mode")  # every conf/mask/*.yaml has the same keys (the schema checks them)
+    allow_foreign = bool(mask_cfg.pop("allow_foreign"))
     signal = cfg.record.signal if "record" in cfg else "mlp_out"
     if mode == "none":
         return None, None, None
     netset = None
-    if mode in NETSET_MODES and not mask_cfg.get("networks_file"):
+    if mode in NETSET_MODES and not mask_cfg["networks_file"]:
         if lm is None:
             raise ValueError(f"mask mode {mode!r} needs networks: set mask.networks_file or give the model")
         netset = networks_for_config(cfg, lm)
@@ -113,7 +113,7 @@ def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, 
         identity = lm.identity()
     foreign = None
     if netset is not None and identity is not None and n_layers is not None and width is not None:
-        source = f"networks {mask_cfg['networks_file']}" if mask_cfg.get("networks_file") else "networks"
+        source = f"networks {mask_cfg['networks_file']}" if mask_cfg["networks_file"] else "networks"
         foreign = check_compatible(netset, model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
                                    n_layers=n_layers, width=width, signal=signal, allow_foreign=allow_foreign,
                                    source=source)
@@ -124,9 +124,9 @@ def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, 
 def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
     """JSON-able mask statistics for result.json: mode, networks, seed, counts per layer / total / fraction."""
     mask_cfg = dict(container(cfg.mask) or {})
-    out = {"mode": mask_cfg.get("mode", "none"), "networks": mask_cfg.get("networks"), "seed": mask_cfg.get("seed"),
-           "fraction_requested": mask_cfg.get("fraction"), "value": mask_cfg.get("value"),
-           "exclude_reference": mask_cfg.get("exclude_reference"), "networks_file": mask_cfg.get("networks_file")}
+    out = {"mode": mask_cfg["mode"], "networks": mask_cfg["networks"], "seed": mask_cfg["seed"],
+           "fraction_requested": mask_cfg["fraction"], "value": mask_cfg["value"],
+           "exclude_reference": mask_cfg["exclude_reference"], "networks_file": mask_cfg["networks_file"]}
     if spec is None:
         out.update(n_masked=0, fraction=0.0, per_layer=None, description="no mask")
         return out
@@ -209,7 +209,7 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
 
     K = mask.get("K")
     if K is None and "ica" in cfg and mask.get("mode") in NETSET_MODES and not mask.get("networks_file"):
-        K = int(cfg.ica.get("n_components"))
+        K = int(cfg.ica.n_components)
     row = dict(results)
     row["mask"] = mask
     row["mask_mode"] = mask.get("mode")
@@ -226,7 +226,7 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
     else:
         row["baseline"] = None
         row["above_chance_unmasked"] = None
-    model_name = cfg.model.get("name") if "model" in cfg else None
+    model_name = cfg.model.name if "model" in cfg else None
     model_fields = dict(identity) if identity is not None else {"model": model_name}
     if identity is not None and model_name is not None and model_name != identity.get("model"):
         model_fields["model_config_ignored"] = model_name

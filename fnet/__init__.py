@@ -5,12 +5,12 @@ networks, and test them by lesion and preservation against matched random contro
 
     import fnet
     lm = fnet.load_model()                                   # SmolLM2-135M-Instruct, offline
-    store = fnet.recording(lm, texts)                           # acts  # [tokens, layers*d_model] per text, cached
+    store = fnet.record(lm, texts)                           # acts  # [tokens, layers*d_model] per text, cached
     nets = fnet.find_networks(store, n_components=10)        # NetworkSet: masks [K, layers, d_model]
-    base = fnet.scoring(lm, "sst2", limit=200)              # score, 95 % CI, chance
+    base = fnet.evaluate(lm, "sst2", limit=200)              # score, 95 % CI, chance
     with fnet.lesion(lm, nets, 0):
-        lesioned = fnet.scoring(lm, "sst2", limit=200)
-    control = fnet.scoring(lm, "sst2", mask=fnet.random_control(nets, 0, seed=0), limit=200)
+        lesioned = fnet.evaluate(lm, "sst2", limit=200)
+    control = fnet.evaluate(lm, "sst2", mask=fnet.random_control(nets, 0, seed=0), limit=200)
 
 Names are imported lazily on first use, so ``import fnet`` is cheap. The stages live in subpackages:
 ``models``, ``recording``, ``decompose``, ``networks``, ``intervene``, ``scoring``, ``attribution``, ``report``,
@@ -49,11 +49,17 @@ _API = {
 
 __all__ = sorted(_API) + ["__version__"]
 
+#: the stage subpackages, importable as attributes (``fnet.networks``) without an import statement
+_SUBPACKAGES = ("models", "recording", "decompose", "networks", "intervene", "scoring", "attribution", "report",
+                "lit", "pipelines", "study", "cache", "compat", "hooks", "provenance")
+
 
 def __getattr__(name: str) -> Any:
     """Import a public name on first use (PEP 562)."""
     module = _API.get(name)
     if module is None:
+        if name in _SUBPACKAGES:  # fnet.recording.load_texts(...) without importing fnet.recording first
+            return importlib.import_module(f"fnet.{name}")
         raise AttributeError(f"module 'fnet' has no attribute {name!r}; its public names: {sorted(_API)}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

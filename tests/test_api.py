@@ -114,3 +114,13 @@ def test_readme_python_api_example_runs(shared_data, capsys):
     exec(compile(code, "README.md (Python API)", "exec"), {})
     printed = capsys.readouterr().out.split()
     assert len(printed) == 3 and all(0.0 <= float(x) <= 1.0 for x in printed)
+
+
+def test_stage_subpackages_are_attributes_and_do_not_shadow_the_api():
+    import subprocess
+    import sys
+
+    code = ("import fnet; assert fnet.recording.load_texts.__module__ == 'fnet.recording.sources'; "
+            "assert callable(fnet.record) and callable(fnet.evaluate); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -32,7 +32,7 @@ def tiny_source_model(family: str, seed: int = 0) -> tuple[nn.Module, object]:
     """A random tiny model of ``family`` whose config a GGUF can state completely, and the byte tokenizer."""
     from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config
 
-    from fnet.models import TINY_VOCAB, byte_tokenizer
+    from fnet.models.tiny import TINY_VOCAB, byte_tokenizer
 
     if family == "gpt2":  # GGUF states n_ctx, not n_positions: keep GPT2Config's default 1024
         config = GPT2Config(vocab_size=TINY_VOCAB, n_embd=32, n_layer=3, n_head=4, n_inner=None,

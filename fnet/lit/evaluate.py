@@ -1,4 +1,4 @@
-"""``fnet.scoring(model, task, mask=None, limit=None)``: one task's score in a notebook, with its CI and chance.
+"""``fnet.evaluate(model, task, mask=None, limit=None)``: one task's score in a notebook, with its CI and chance.
 
 The same Lightning test loop that ``evaluate.py`` runs (:class:`~fnet.lit.zeroshot.ZeroShotDataModule` and
 :class:`~fnet.lit.zeroshot.ZeroShotModule` under ``Trainer.test``), without Hydra, loggers or checkpoints; a

@@ -177,7 +177,7 @@ def find_networks(store_or_arrays: Any, n_components: int = 10, *, alpha: float 
     Parameters
     ----------
     store_or_arrays : ActivationStore or sequence of arrays
-        A store from :func:`fnet.recording` (its layers and width are read from it), or ``[tokens_i, neurons]``
+        A store from :func:`fnet.record` (its layers and width are read from it), or ``[tokens_i, neurons]``
         arrays (then give ``n_layers``; ``width`` defaults to ``neurons // n_layers``).
     n_components : int
         K, the number of components (networks).

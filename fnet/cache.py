@@ -67,9 +67,9 @@ ENTRY_SUFFIX = ".fnet-entry"  # JSON; not named *.json so globs over a kind's en
 #: ``eval_baselines`` <- models, task data, prompting and scoring, and the Lightning modules that run them.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
     "models": ("fnet.models",),
-    "activations": ("fnet.models", "fnet.hooks", "fnet.recording.recorder", "fnet.recording.store", "fnet.recording.cached"),
-    "networks": ("fnet.models", "fnet.hooks", "fnet.recording", "fnet.decompose", "fnet.networks"),
-    "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.scoring", "fnet.lit", "fnet.pipelines.evaluate",
+    "activations": ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording.recorder", "fnet.recording.store", "fnet.recording.cached"),
+    "networks": ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording", "fnet.decompose", "fnet.networks"),
+    "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.scoring", "fnet.lit", "fnet.pipelines.evaluate",
                        "fnet.pipelines._finetuned"),
 }
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from fnet.attribution.conllu import UPOS_TAGS, Sentence, Word, sentence_text
+from fnet.batching import right_pad as pad_batch  # re-exported: the POS code's name for it
 
 __all__ = ["AlignedSentence", "align_words", "align_sentences", "WordSamples", "word_samples", "cap_per_tag", "pad_batch"]
 
@@ -188,13 +188,3 @@ def cap_per_tag(samples: WordSamples, max_per_tag: int | None, seed: int = 0) ->
     return samples.subset(np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64))
 
 
-def pad_batch(rows: Sequence[Sequence[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask``, both [batch, longest]."""
-    pad_id = 0 if pad_id is None else int(pad_id)
-    longest = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-        attention_mask[b, : len(row)] = 1
-    return input_ids, attention_mask

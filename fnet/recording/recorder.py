@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fnet.batching import right_pad
 from fnet.hooks import trace_signal
 from fnet.models import LoadedModel, check_signal
 from fnet.recording.store import ActivationStore
@@ -97,21 +98,10 @@ class Recorder:
     def width(self) -> int:
         return self.lm.width(self.signal)
 
-    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        pad_id = self.lm.tokenizer.pad_token_id
-        pad_id = 0 if pad_id is None else pad_id
-        longest = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for b, row in enumerate(rows):  # right padding: real tokens first
-            input_ids[b, : len(row)] = torch.tensor(row)
-            attention_mask[b, : len(row)] = 1
-        return input_ids, attention_mask
-
     @torch.no_grad()
     def record_batch(self, rows: list[list[int]]) -> list[torch.Tensor]:
         """Activations of one batch of token-id lists: one ``[len(row), n_layers*width]`` tensor per row."""
-        input_ids, attention_mask = self._pad(rows)
+        input_ids, attention_mask = right_pad(rows, self.lm.tokenizer.pad_token_id)
         device = self.lm.device
         width, n_layers = self.width, self.n_layers
         # acts_padded: [batch, seq, n_layers*width] on CPU, layer-major columns; filled layer by layer by the hooks

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from fnet.batching import right_pad
 from fnet.compat import accepts, cache_argument, output_cache
 
 __all__ = ["PATH_COUNTS", "score_loglik", "prefix_key_values"]
@@ -156,11 +157,7 @@ def _score_shared_context(model: torch.nn.Module, contexts: Sequence[list[int]],
     contexts = [_left_truncate(list(ctx), [0] * longest_cont, max_length) for ctx in contexts]
     lengths = [len(ctx) for ctx in contexts]
     width = max(lengths)
-    input_ids = torch.full((n_rows, width), pad_token_id, dtype=torch.long)  # [row, pos], right padded
-    context_mask = torch.zeros_like(input_ids)
-    for r, ctx in enumerate(contexts):
-        input_ids[r, : len(ctx)] = torch.tensor(ctx)
-        context_mask[r, : len(ctx)] = 1
+    input_ids, context_mask = right_pad(contexts, pad_token_id)  # [row, pos], right padded
     kwargs: dict[str, Any] = {}
     offset = 0
     if accepts(model, "logits_to_keep"):  # only the positions from the shortest row's last token onwards
@@ -211,11 +208,7 @@ def _forward_right_padded(model: torch.nn.Module, sequences: Sequence[list[int]]
     device = next(model.parameters()).device
     width = max(len(s) for s in sequences)
     n = len(sequences)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)  # [seq, pos], right padded
-    attention_mask = torch.zeros_like(input_ids)
-    for i, seq in enumerate(sequences):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        attention_mask[i, : len(seq)] = 1
+    input_ids, attention_mask = right_pad(sequences, pad_token_id)  # [seq, pos], right padded
     kwargs: dict[str, Any] = {}
     offset = 0
     if accepts(model, "logits_to_keep") and first_read > 0:

@@ -178,12 +178,29 @@ def tensors_digest(named_tensors: Iterable[tuple[str, Any]]) -> str:
 
 def tokenizer_digest(tokenizer: Any) -> str:
     """A hash of a tokenizer's behaviour: its serialised backend (vocabulary, merges, normaliser, pre-tokeniser)
-    when it has one, else its vocabulary; plus class, special tokens, padding side and chat template."""
+    when it has one (without the truncation and padding that each call sets), else its vocabulary; plus class,
+    special tokens, padding side and chat template.
+
+    Examples
+    --------
+    >>> from fnet.models import load_model
+    >>> tok = load_model("tiny:gpt2").tokenizer
+    >>> before = tokenizer_digest(tok)
+    >>> _ = tok(["a b c"], truncation=True, max_length=2)  # a call that sets the backend's truncation
+    >>> tokenizer_digest(tok) == before
+    True
+    """
     if tokenizer is None:
         return "none"
     backend = getattr(tokenizer, "backend_tokenizer", None)
     try:
-        body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+        if backend is not None:
+            # the backend's truncation and padding are set by each call with max_length / padding: call state,
+            # not identity (the same tokenizer after one batch of a run must keep its fingerprint)
+            state = json.loads(backend.to_str())
+            body = json.dumps({k: v for k, v in state.items() if k not in ("truncation", "padding")}, sort_keys=True)
+        else:
+            body = json.dumps(sorted(tokenizer.get_vocab().items()))
     except Exception:  # a tokenizer without either: its repr is the best identity left
         body = repr(tokenizer)
     extra = [type(tokenizer).__name__, getattr(tokenizer, "special_tokens_map", {}),

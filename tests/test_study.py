@@ -191,3 +191,47 @@ def test_task_stimuli_give_each_task_its_own_networks():
     assert smol["stimuli"] == "task" and "networks=paper" in smol["analyze"]
     with pytest.raises(ValueError, match="stimuli='prompts'"):
         load_preset("tiny", ["stimuli=prompts"])
+
+
+SLOW = '''
+import json, sys, time, pathlib
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+out = pathlib.Path(args["hydra.run.dir"])
+start = time.time()
+time.sleep(float(args.get("sleep", "0")))
+(out / "result.json").write_text(json.dumps({"start": start, "end": time.time(), "name": args["name"]}))
+'''
+
+
+def test_workers_run_independent_jobs_at_once_and_dependents_after(tmp_path):
+    (tmp_path / "slow.py").write_text(SLOW)
+    jobs = [Job("evaluate/a", "evaluate", ["slow.py"], ["name=a", "sleep=1.5"]),
+            Job("evaluate/b", "evaluate", ["slow.py"], ["name=b", "sleep=1.5"]),
+            Job("evaluate/c", "evaluate", ["slow.py"], ["name=c", "dep={evaluate/a}"], ["evaluate/a"])]
+    result = run_jobs(jobs, tmp_path / "study", cwd=tmp_path, log=lambda *_: None, env_key="e", workers=2)
+    assert result["counts"]["ran"] == 3 and [r["name"] for r in result["jobs"]] == ["evaluate/a", "evaluate/b",
+                                                                                   "evaluate/c"]
+    times = {r["name"]: json.loads(Path(r["folder"], "result.json").read_text()) for r in result["jobs"]}
+    a, b, c = times["evaluate/a"], times["evaluate/b"], times["evaluate/c"]
+    assert a["start"] < b["end"] and b["start"] < a["end"]  # a and b overlapped
+    assert c["start"] >= a["end"]  # c waited for its dependency
+    again = run_jobs(jobs, tmp_path / "study", cwd=tmp_path, log=lambda *_: None, env_key="e", workers=2)
+    assert again["counts"]["skipped"] == 3
+
+
+def test_task_overrides_reach_only_their_task_and_bad_ones_are_named():
+    jobs = plan(load_preset("smollm2"))
+    squad = [j for j in jobs if j.meta.get("task") == "squad" and j.stage in ("train", "evaluate")]
+    other = [j for j in jobs if j.meta.get("task") == "sst2" and j.stage in ("train", "evaluate")]
+    assert squad and all("task.limit=100" in j.overrides for j in squad if j.stage == "evaluate")
+    train = next(j for j in squad if j.stage == "train").overrides
+    assert train.index("datamodule.max_length=160") > train.index("datamodule.max_length=64")  # the task's wins
+    assert not any("datamodule.max_length=160" in j.overrides or "task.limit=100" in j.overrides for j in other)
+    names = [j.name for j in jobs]
+    for j in jobs:  # every dependency comes before its dependents; the first task's jobs come first
+        assert all(names.index(d) < names.index(j.name) for d in j.deps)
+    assert names[0] == "train/sst2" and names.index("evaluate/zeroshot/sst2/unmasked") < names.index("train/ag_news")
+    with pytest.raises(ValueError, match="task_overrides \\['qqp'\\] are not in tasks"):
+        load_preset("tiny", ["task_overrides={qqp: {train: [a=1]}}"])
+    with pytest.raises(ValueError, match="unknown stages \\['eval'\\]; valid: \\['train', 'analyze', 'evaluate'\\]"):
+        load_preset("tiny", ["task_overrides={sst2: {eval: [a=1]}}"])

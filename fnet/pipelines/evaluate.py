@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,7 +52,7 @@ from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "build_mask_from_config", "mask_and_networks", "result_row", "baseline_cache_key", "TABLE_COLUMNS"]
+__all__ = ["run", "reuse_models", "build_mask_from_config", "mask_and_networks", "result_row", "baseline_cache_key", "TABLE_COLUMNS"]
 
 #: mask modes whose mask is built from a NetworkSet
 NETSET_MODES = ("lesion", "preserve", "random", "random_preserve", "amplify", "scale")
@@ -200,12 +201,13 @@ def _write_baseline(path: Path, results: dict, identity: dict | None) -> None:
 # Result rows
 # --------------------------------------------------------------------------------------------------------------
 def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra: dict | None = None,
-               identity: dict | None = None) -> dict:
+               identity: dict | None = None, job_overrides: list[str] | None = None) -> dict:
     """The content of result.json: the task's results, the mask, the unmasked baseline and provenance.
 
     ``identity`` is the evaluated model's (name, fingerprint, dtype, source): the provenance records that model,
     never a config that was not evaluated (with ``ckpt_path`` the checkpoint's model; a different ``model``
-    config is noted as ``model_config_ignored``)."""
+    config is noted as ``model_config_ignored``). ``job_overrides`` replaces Hydra's overrides in the provenance
+    (jobs run by ``fnet.pipelines.evaluate_batch``)."""
 
     K = mask.get("K")
     if K is None and "ica" in cfg and mask.get("mode") in NETSET_MODES and not mask.get("networks_file"):
@@ -236,7 +238,7 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
     row["provenance"] = provenance(
         **model_fields, signal=cfg.record.signal if "record" in cfg else None,
         data=(extra or {}).get("data"), seed=int(cfg.seed), K=K, task=results.get("task"),
-        ckpt_path=cfg.ckpt_path, overrides=overrides(), output_dir=str(cfg.paths.output_dir),
+        ckpt_path=cfg.ckpt_path, overrides=overrides() if job_overrides is None else list(job_overrides), output_dir=str(cfg.paths.output_dir),
     )
     return _json_safe(row)
 
@@ -255,8 +257,64 @@ def table_row(row: dict) -> list:
 # --------------------------------------------------------------------------------------------------------------
 # Run
 # --------------------------------------------------------------------------------------------------------------
+#: loaded models kept between run() calls inside :func:`reuse_models` (None: outside it, nothing is kept)
+_REUSED: dict[str, tuple] | None = None
+
+
+@contextlib.contextmanager
+def reuse_models():
+    """Within the block, :func:`run` keeps each loaded model or checkpoint, with its task's rows, for the next
+    :func:`run` that asks for the same one (same model or checkpoint, task, evaluation and data settings).
+
+    Jobs that differ only in their mask (a study's lesions, controls and preservations) then load the model once
+    (``fnet.pipelines.evaluate_batch``). A mask is hooks that are removed after each run; a run that ends with a
+    different number of hooks on the model than it started with (an error midway) drops that model, so no later
+    job sees a stale mask."""
+    global _REUSED
+    outer, _REUSED = _REUSED, {} if _REUSED is None else _REUSED
+    try:
+        yield
+    finally:
+        _REUSED = outer
+
+
+def _reuse_key(cfg: Any) -> str:
+    model = str(cfg.ckpt_path) if cfg.ckpt_path else container(cfg.model)
+    return content_key(model, container(cfg.task), container(cfg.eval), container(cfg.get("finetune_eval")),
+                       str(cfg.paths.data_dir), int(cfg.seed))
+
+
+def _n_hooks(module: Any) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
 def _model_and_data(cfg: Any):
-    """``(lm | None, module, datamodule, task_dict)`` for a plain model or a fine-tuned checkpoint."""
+    """``(lm | None, module, datamodule, task_dict, identity)`` for a plain model or a fine-tuned checkpoint (kept
+    for the next job inside :func:`reuse_models`). The identity is taken as loaded, before any run: a run's
+    datamodule may set the tokenizer's padding, which is part of the fingerprint."""
+    if _REUSED is None:
+        return _load_model_and_data(cfg)
+    key = _reuse_key(cfg)
+    if key not in _REUSED:
+        _REUSED[key] = _load_model_and_data(cfg)
+    else:
+        log.info("model and rows reused from the previous job of this process")
+    return _REUSED[key]
+
+
+def _forget_if_hooked(cfg: Any, module: Any, n_hooks: int) -> None:
+    """Drop a reused model whose hook count changed during a run (see :func:`reuse_models`)."""
+    if _REUSED is not None and _n_hooks(module) != n_hooks:
+        log.warning("the model kept more hooks after this job than before it: it is not reused")
+        _REUSED.pop(_reuse_key(cfg), None)
+
+
+def _load_model_and_data(cfg: Any):
+    lm, module, datamodule, task_dict = _load(cfg)
+    return lm, module, datamodule, task_dict, _identity(lm, module, cfg)
+
+
+def _load(cfg: Any):
     ev = cfg.eval
     if cfg.ckpt_path:
         module, datamodule = evaluation_module(cfg)
@@ -332,13 +390,25 @@ def _identity(lm: Any, module: Any, cfg: Any) -> dict:
             "model_source": f"fine-tuned checkpoint {cfg.ckpt_path} of {base}", "ckpt_path": str(cfg.ckpt_path)}
 
 
-def run(cfg: Any) -> dict:
-    """Evaluate one (task, mask) job; returns the result row (also written to ``result.json``)."""
+def run(cfg: Any, job_overrides: list[str] | None = None) -> dict:
+    """Evaluate one (task, mask) job; returns the result row (also written to ``result.json``).
+
+    ``job_overrides``: the job's overrides for the result's provenance when it does not run as a Hydra job
+    (default: Hydra's command-line overrides)."""
     pl.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lm, module, datamodule, task_dict = _model_and_data(cfg)
-    identity = _identity(lm, module, cfg)
+    lm, module, datamodule, task_dict, identity = _model_and_data(cfg)
+    n_hooks = _n_hooks(module)
+    try:
+        return _run(cfg, lm, module, datamodule, task_dict, identity, job_overrides)
+    finally:
+        _forget_if_hooked(cfg, module, n_hooks)
+
+
+def _run(cfg: Any, lm: Any, module: Any, datamodule: Any, task_dict: dict, identity: dict,
+         job_overrides: list[str] | None) -> dict:
+    out_dir = Path(cfg.paths.output_dir)
     if lm is None:  # fine-tuned checkpoint: mask shape from its LM; networks are found in the fine-tuned LM
 
         signal = cfg.record.signal if "record" in cfg else "mlp_out"
@@ -373,7 +443,8 @@ def run(cfg: Any) -> dict:
             if _read_baseline(path) is None:
                 _write_baseline(path, results, identity)
     data = getattr(datamodule, "provenance", None)
-    row = result_row(results, mask, baseline, cfg, extra={"data": data}, identity=identity)
+    row = result_row(results, mask, baseline, cfg, extra={"data": data}, identity=identity,
+                     job_overrides=job_overrides)
     row["data"] = _json_safe(data)
     row["world_size"] = int(trainer.world_size)
     if trainer.is_global_zero:

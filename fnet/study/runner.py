@@ -3,7 +3,8 @@
 A study is a list of :class:`Job` s, each an entry point of the repository (``train.py``, ``analyze.py``,
 ``evaluate.py``, ``-m fnet.pipelines.study_controls``) with Hydra overrides and dependencies. :func:`plan` turns a preset
 (``conf/study/<preset>.yaml``) into jobs; :func:`run_jobs` runs them as subprocesses (``sys.executable``, cwd =
-the repository root), so every job is exactly what a user would type.
+the repository root), so every job is what a user would type; ``--workers N`` runs N at once, and evaluate jobs
+of one task and model share a process (``--batch``, :mod:`fnet.pipelines.evaluate_batch`: same results).
 
 Resuming: a job's folder is named by a content hash of its entry point, its overrides (with its inputs' paths),
 the content digests of its inputs (checkpoint, networks file), the fnet code and configs, and the offline data
@@ -15,35 +16,29 @@ changed setting gives a new hash, hence a new folder (the old one is kept). A fa
 Then :func:`fnet.study.report.write_report` aggregates every result into ``report.md``, ``summary.csv`` and
 figures. Usage::
 
-    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [key=value ...]
+    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--batch N] [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 from filelock import Timeout
 
-from fnet.cache import atomic_write_text, content_key, file_digest, lock
+from fnet.cache import lock
 from fnet.pipelines.study_controls import controls_layout
+from fnet.study.jobs import STAGES, Job, job_key, run_jobs, summary_lines
 
-__all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "main"]
+__all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "summary_lines", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: stages in run order
-STAGES = ("train", "analyze", "controls", "evaluate")
 
 #: keys of a study preset and their defaults (conf/study/*.yaml)
 PRESET_KEYS: dict[str, Any] = {
@@ -64,25 +59,10 @@ PRESET_KEYS: dict[str, Any] = {
     "train": [],             # extra overrides of every train.py job
     "analyze": [],           # ... analyze.py jobs
     "evaluate": [],          # ... evaluate.py jobs
+    "task_overrides": {},    # per task, after the above: {task: {train: [...], analyze: [...], evaluate: [...]}}
 }
+OVERRIDE_STAGES = ("train", "analyze", "evaluate")
 CONTROL_KINDS = ("count", "magnitude")
-
-
-@dataclass
-class Job:
-    """One run of an entry point.
-
-    ``overrides`` may hold ``{dep_name}`` placeholders, replaced by the output path of job ``dep_name`` (which
-    must be in ``deps``) when the job runs. ``meta`` describes the job for the report (task, condition, ...).
-    """
-
-    name: str
-    stage: str
-    entry: list[str]
-    overrides: list[str]
-    deps: list[str] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-    output: str = "result.json"  # glob of the job's output, relative to its folder
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -122,6 +102,19 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
     bad = sorted(set(out["controls"]) - set(CONTROL_KINDS))
     if bad:
         raise ValueError(f"study preset {path}: unknown controls {bad}; valid: {list(CONTROL_KINDS)}")
+    per_task = out["task_overrides"] or {}
+    if not isinstance(per_task, dict):
+        raise ValueError(f"study preset {path}: task_overrides must map tasks to {{stage: [overrides]}}")
+    bad = sorted(set(per_task) - set(out["tasks"]) - set(out["zeroshot_tasks"]))
+    if bad:
+        raise ValueError(f"study preset {path}: task_overrides {bad} are not in tasks {out['tasks']} or "
+                         f"zeroshot_tasks {out['zeroshot_tasks']}")
+    for task, stages in per_task.items():
+        bad = sorted(set(stages or {}) - set(OVERRIDE_STAGES))
+        if bad:
+            raise ValueError(f"study preset {path}: task_overrides.{task} has unknown stages {bad}; valid: "
+                             f"{list(OVERRIDE_STAGES)}")
+    out["task_overrides"] = per_task
     bad = sorted(set(out["lesion_each"]) - set(out["tasks"]))
     if bad:
         raise ValueError(f"study preset {path}: lesion_each {bad} are not in tasks {out['tasks']}")
@@ -135,7 +128,8 @@ def _controls_args(p: dict) -> list[str]:
 
 
 def plan(p: dict) -> list[Job]:
-    """The jobs of a study preset (see :data:`PRESET_KEYS`), in dependency order."""
+    """The jobs of a study preset (see :data:`PRESET_KEYS`), task by task (in the preset's order), each task's
+    stage by stage, so every dependency comes before its dependents and a runner finishes the first task first."""
     jobs: list[Job] = []
     model = [f"model={p['model']}"]
     K = int(p["n_networks"])
@@ -144,11 +138,16 @@ def plan(p: dict) -> list[Job]:
     layout = controls_layout(K, len(seeds), n_units)
     count, magnitude = "count" in p["controls"], "magnitude" in p["controls"]
 
-    def networks_jobs(scope: str, base: list[str], deps: list[str], k: int, variant: str = "raw") -> tuple[str, str]:
+    def over(stage: str, task: str) -> list[str]:
+        """The preset's overrides of a stage, then the task's own (task_overrides)."""
+        return list(p[stage]) + list((p["task_overrides"].get(task) or {}).get(stage) or [])
+
+    def networks_jobs(scope: str, base: list[str], deps: list[str], k: int, task: str,
+                      variant: str = "raw") -> tuple[str, str]:
         """An analyze job and its controls job; returns their names."""
         extra = [p["normalised"]] if variant == "normalised" else []
         a_name = f"analyze/{scope}/K{k}/{variant}"
-        a_over = model + base + [f"ica.n_components={k}", "individual=false"] + extra + list(p["analyze"])
+        a_over = model + base + [f"ica.n_components={k}", "individual=false"] + extra + over("analyze", task)
         jobs.append(Job(a_name, "analyze", ["analyze.py"], a_over, list(deps),
                         {"scope": scope, "K": k, "variant": variant}, "networks/all_group.safetensors"))
         c_name = f"controls/{scope}/K{k}/{variant}"
@@ -157,9 +156,16 @@ def plan(p: dict) -> list[Job]:
                         {"scope": scope, "K": k, "variant": variant}, "controls.safetensors"))
         return a_name, c_name
 
-    todo = [(t, p["path"], True) for t in p["tasks"]]
-    todo += [(t, "zeroshot", False) for t in (p["zeroshot_tasks"] if p["path"] == "finetune" else [])]
+    def stage_order(first: int) -> None:  # a task's jobs stage by stage (stable): its dependencies come first
+        jobs[first:] = sorted(jobs[first:], key=lambda j: STAGES.index(j.stage))
+
+    zeroshot = p["zeroshot_tasks"] if p["path"] == "finetune" else []
+    todo = []  # each task's zero-shot jobs right after its fine-tuned ones
+    for t in p["tasks"]:
+        todo += [(t, p["path"], True)] + ([(t, "zeroshot", False)] if t in zeroshot else [])
+    todo += [(t, "zeroshot", False) for t in zeroshot if t not in p["tasks"]]
     for task, path, full in todo:
+        first = len(jobs)
         label = task if path == p["path"] else f"{task} (zero-shot)"
         if p["stimuli"] == "task":  # networks of each task's own prompts (the published evaluation)
             stimuli = ["data=task", f"data.datasets.task.source=task:{task}"]
@@ -168,12 +174,12 @@ def plan(p: dict) -> list[Job]:
         if path == "finetune":
             t_name = f"train/{task}"
             if not any(j.name == t_name for j in jobs):
-                jobs.append(Job(t_name, "train", ["train.py"], model + [f"task={task}"] + list(p["train"]),
+                jobs.append(Job(t_name, "train", ["train.py"], model + [f"task={task}"] + over("train", task),
                                 [], {"task": task}, "checkpoints/best-*.ckpt"))
             scope, base, deps = task, ["ckpt_path={" + t_name + "}"], [t_name]
         else:
             scope, base, deps = ("model", [], []) if not stimuli else (f"{task}-zeroshot", [], [])
-        ev_base = model + [f"task={task}"] + base + list(p["evaluate"])
+        ev_base = model + [f"task={task}"] + base + over("evaluate", task)
 
         def ev(name: str, overrides: list[str], ev_deps: list[str], **meta: Any) -> None:
             jobs.append(Job(f"evaluate/{path}/{task}/{name}", "evaluate", ["evaluate.py"], ev_base + overrides,
@@ -183,7 +189,7 @@ def plan(p: dict) -> list[Job]:
         for variant in ["raw"] + (["normalised"] if p["normalised"] and full else []):
             a, c = f"analyze/{scope}/K{K}/{variant}", f"controls/{scope}/K{K}/{variant}"
             if not any(j.name == a for j in jobs):
-                networks_jobs(scope, base + stimuli, deps, K, variant)
+                networks_jobs(scope, base + stimuli, deps, K, task, variant)
             nets, ctl = ["mask.networks_file={" + a + "}"], ["mask.networks_file={" + c + "}"]
             v = {"variant": variant, "K": K}
             ev(f"{variant}/lesion/all", ["mask=lesion", "mask.networks=all"] + nets, [a], condition="lesion",
@@ -222,7 +228,7 @@ def plan(p: dict) -> list[Job]:
             k = int(k)
             a, c = f"analyze/{scope}/K{k}/raw", f"controls/{scope}/K{k}/raw"
             if not any(j.name == a for j in jobs):
-                networks_jobs(scope, base + stimuli, deps, k)
+                networks_jobs(scope, base + stimuli, deps, k, task)
             klayout = controls_layout(k, len(seeds), n_units)
             nets, ctl = ["mask.networks_file={" + a + "}"], ["mask.networks_file={" + c + "}"]
             ev(f"preserve/K{k}/networks", ["mask=preserve", "mask.networks=all"] + nets, [a],
@@ -236,155 +242,8 @@ def plan(p: dict) -> list[Job]:
                     ev(f"preserve/K{k}/magnitude/seed{s}",
                        ["mask=preserve", f"mask.networks={klayout[f'magnitude/all/seed{s}']}"] + ctl, [c],
                        condition="preserve_magnitude", K=k, seed=s)
-    jobs.sort(key=lambda j: STAGES.index(j.stage))  # stage by stage (stable): every dependency comes first
+        stage_order(first)
     return jobs
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Keys and markers
-# --------------------------------------------------------------------------------------------------------------
-def environment_key(repo: Path = REPO_ROOT) -> str:
-    """What every job depends on besides its overrides: the fnet sources (but the study's own runner and
-    report), the entry points, the configs (but the study presets), the offline data listing (names, sizes,
-    modification times) and the torch / transformers versions."""
-    import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
-    import transformers
-
-    parts = []
-    for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
-        if path.parent in (repo / "fnet" / "study", repo / "conf" / "study"):
-            continue
-        parts.append((str(path.relative_to(repo)), content_key(path.read_text())))
-    data_dir = Path(os.environ.get("FNET_DATA_DIR", repo.parent / "shared" / "data"))
-    data = sorted((str(f.relative_to(data_dir)), f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in data_dir.rglob("*") if f.is_file()) if data_dir.is_dir() else []
-    return content_key(parts, data, torch.__version__, transformers.__version__)
-
-
-def job_key(job: Job, overrides: list[str], input_digests: dict[str, str], env_key: str) -> str:
-    """The content hash that names a job's folder."""
-    return content_key(job.entry, overrides, input_digests, env_key)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _output(folder: Path, pattern: str) -> Path | None:
-    found = sorted(glob.glob(str(folder / pattern)))
-    return Path(found[0]) if len(found) == 1 else None
-
-
-def _done(folder: Path, key: str, pattern: str) -> dict | None:
-    """The job record of a finished job in ``folder`` with ``key``, or None."""
-    try:
-        record = json.loads((folder / "job.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if record.get("key") != key or record.get("status") != "done" or _output(folder, pattern) is None:
-        return None
-    return record
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running
-# --------------------------------------------------------------------------------------------------------------
-def _resolve(job: Job, outputs: dict[str, Path], folder: Path) -> list[str]:
-    values = {name: str(path) for name, path in outputs.items()}
-    values["out"] = str(folder)
-    out = []
-    for item in job.overrides:
-        for name, value in values.items():
-            item = item.replace("{" + name + "}", value)
-        out.append(item)
-    return out
-
-
-def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, dry_run: bool = False,
-             python: str = sys.executable, cwd: str | Path = REPO_ROOT, env_key: str | None = None,
-             log=print) -> dict:
-    """Run ``jobs`` in order, skipping finished ones; returns ``{"jobs": [records], "counts": {...}}``.
-
-    ``only``: run only jobs of that stage (earlier stages must be done; their outputs are used). ``dry_run``:
-    say what would run, run nothing. Every record: name, stage, status (done | skipped | ran | failed | blocked |
-    pending | excluded), key, folder, seconds.
-    """
-    root = Path(root).resolve()
-    env_key = env_key or environment_key(Path(cwd))
-    outputs: dict[str, Path] = {}
-    records: list[dict] = []
-    status: dict[str, str] = {}
-    for job in jobs:
-        missing = [d for d in job.deps if d not in outputs]
-        if missing:
-            state = "blocked" if any(status.get(d) in ("failed", "blocked") for d in missing) else "pending"
-            status[job.name] = state
-            records.append({"name": job.name, "stage": job.stage, "status": state, "waiting_for": missing,
-                            "meta": job.meta})
-            continue
-        digests = {d: file_digest(outputs[d]) for d in job.deps}
-        placeholder = Path("{out}")
-        key = job_key(job, _resolve(job, outputs, placeholder), digests, env_key)
-        folder = root / job.stage / f"{_slug(job.name.split('/', 1)[-1])}-{key}"
-        overrides = _resolve(job, outputs, folder)
-        base = {"name": job.name, "stage": job.stage, "key": key, "folder": str(folder), "meta": job.meta,
-                "entry": job.entry, "overrides": overrides, "inputs": digests}
-        record = _done(folder, key, job.output)
-        if record is not None:
-            outputs[job.name] = _output(folder, job.output)
-            status[job.name] = "skipped"
-            records.append(dict(record, status="skipped", folder=str(folder)))
-            continue
-        if dry_run or (only is not None and job.stage != only):
-            status[job.name] = "pending" if dry_run else "excluded"
-            records.append(dict(base, status=status[job.name]))
-            continue
-        if folder.exists():  # an interrupted run: keep it aside, start clean (nothing finished is lost)
-            folder.rename(folder.with_name(f"{folder.name}.interrupted-{int(time.time())}"))
-        folder.mkdir(parents=True)
-        argv = [python, *job.entry, *overrides]
-        if job.entry[0].endswith(".py"):
-            argv.append(f"hydra.run.dir={folder}")
-        log(f"[study] run {job.name}: {' '.join(argv[1:])}")
-        started = time.time()
-        with open(folder / "job.log", "w") as handle:
-            rc = subprocess.run(argv, cwd=str(cwd), stdout=handle, stderr=subprocess.STDOUT).returncode
-        seconds = time.time() - started
-        produced = _output(folder, job.output)
-        if rc != 0 or produced is None:
-            why = f"exit code {rc}" if rc != 0 else f"no output {job.output!r} (or more than one)"
-            tail = (folder / "job.log").read_text(errors="replace")[-2000:]
-            atomic_write_text(folder / "failed.json", json.dumps(dict(base, status="failed", why=why,
-                                                                       seconds=seconds, log_tail=tail), indent=1))
-            log(f"[study] FAILED {job.name} ({why}); log: {folder / 'job.log'}")
-            status[job.name] = "failed"
-            records.append(dict(base, status="failed", why=why, seconds=seconds))
-            continue
-        record = dict(base, status="done", seconds=seconds, output=str(produced.relative_to(folder)),
-                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        atomic_write_text(folder / "job.json", json.dumps(record, indent=1))  # the marker: written last
-        outputs[job.name] = produced
-        status[job.name] = "ran"
-        records.append(dict(record, status="ran"))
-    counts = {s: sum(1 for r in records if r["status"] == s)
-              for s in ("skipped", "ran", "failed", "blocked", "pending", "excluded")}
-    return {"jobs": records, "counts": counts}
-
-
-def summary_lines(result: dict) -> list[str]:
-    """The end-of-run lines: totals, then one line per failed or blocked job."""
-    c = result["counts"]
-    n = len(result["jobs"])
-    lines = [f"{n} jobs, {c['skipped']} already done, recomputed {c['ran']}, failed {c['failed']}, "
-             f"blocked {c['blocked']}, not run {c['pending'] + c['excluded']}"]
-    if c["ran"] == 0 and c["skipped"] == n:
-        lines.append("the study is complete: nothing was recomputed")
-    for r in result["jobs"]:
-        if r["status"] == "failed":
-            lines.append(f"  failed: {r['name']} ({r.get('why')}); see {r['folder']}/job.log")
-        elif r["status"] == "blocked":
-            lines.append(f"  blocked: {r['name']} (needs {', '.join(r['waiting_for'])})")
-    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -397,6 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=STAGES, help="run only this stage's jobs")
     parser.add_argument("--root", help="study folder (default outputs/study/<name>)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="jobs run at once (default 1); without OMP_NUM_THREADS the cores are split among them")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="evaluate jobs of one task and model run in one process, up to this many (default 32; "
+                             "1 = a process per job, exactly as typed)")
     args = parser.parse_args(argv)
     preset = load_preset(args.preset, args.set)
     root = Path(args.root or REPO_ROOT / "outputs" / "study" / preset["name"]).resolve()
@@ -405,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     try:
         with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
-            result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run)
+            result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
+                              batch=args.batch)
     except Timeout:
         print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for it "
               "or pass another --root", file=sys.stderr)

@@ -1,0 +1,309 @@
+"""The jobs of a study and the runner of them: content-hashed folders, done-markers, dependencies, workers.
+
+A :class:`Job` is one run of an entry point of the repository with Hydra overrides and dependencies.
+:func:`run_jobs` runs jobs as subprocesses (``sys.executable``, cwd = the repository root), a job as soon as its
+dependencies are done, ``workers`` at once; ready ``evaluate.py`` jobs of one task and model share a process
+(``batch``, :mod:`fnet.pipelines.evaluate_batch`). Resuming: a job's folder is named by :func:`job_key`, and its
+``job.json`` is written last, only after the job's output exists (see :mod:`fnet.study.runner`).
+
+Written here rather than taken from a workflow tool (snakemake, luigi, submitit): the jobs are a few hundred local
+commands whose identity is fnet's own content key, and a study must run where only fnet's pinned dependencies are.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from fnet.cache import atomic_write_text, content_key, file_digest
+
+__all__ = ["Job", "STAGES", "environment_key", "job_key", "run_jobs", "summary_lines"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: stages in run order
+STAGES = ("train", "analyze", "controls", "evaluate")
+
+
+@dataclass
+class Job:
+    """One run of an entry point.
+
+    ``overrides`` may hold ``{dep_name}`` placeholders, replaced by the output path of job ``dep_name`` (which
+    must be in ``deps``) when the job runs. ``meta`` describes the job for the report (task, condition, ...).
+    """
+
+    name: str
+    stage: str
+    entry: list[str]
+    overrides: list[str]
+    deps: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    output: str = "result.json"  # glob of the job's output, relative to its folder
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Keys and markers
+# --------------------------------------------------------------------------------------------------------------
+def environment_key(repo: Path = REPO_ROOT) -> str:
+    """What every job depends on besides its overrides: the fnet sources (but the study's own runner and
+    report), the entry points, the configs (but the study presets), the offline data listing (names, sizes,
+    modification times) and the torch / transformers versions."""
+    import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
+    import transformers
+
+    parts = []
+    for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
+        if path.parent in (repo / "fnet" / "study", repo / "conf" / "study"):
+            continue
+        parts.append((str(path.relative_to(repo)), content_key(path.read_text())))
+    data_dir = Path(os.environ.get("FNET_DATA_DIR", repo.parent / "shared" / "data"))
+    data = sorted((str(f.relative_to(data_dir)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in data_dir.rglob("*") if f.is_file()) if data_dir.is_dir() else []
+    return content_key(parts, data, torch.__version__, transformers.__version__)
+
+
+def job_key(job: Job, overrides: list[str], input_digests: dict[str, str], env_key: str) -> str:
+    """The content hash that names a job's folder."""
+    return content_key(job.entry, overrides, input_digests, env_key)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _output(folder: Path, pattern: str) -> Path | None:
+    found = sorted(glob.glob(str(folder / pattern)))
+    return Path(found[0]) if len(found) == 1 else None
+
+
+def _done(folder: Path, key: str, pattern: str) -> dict | None:
+    """The job record of a finished job in ``folder`` with ``key``, or None."""
+    try:
+        record = json.loads((folder / "job.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != key or record.get("status") != "done" or _output(folder, pattern) is None:
+        return None
+    return record
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------------------
+def _resolve(job: Job, outputs: dict[str, Path], folder: Path) -> list[str]:
+    values = {name: str(path) for name, path in outputs.items()}
+    values["out"] = str(folder)
+    out = []
+    for item in job.overrides:
+        for name, value in values.items():
+            item = item.replace("{" + name + "}", value)
+        out.append(item)
+    return out
+
+
+@dataclass
+class _Ready:
+    """A job whose inputs exist, with its key, folder, resolved overrides and record."""
+
+    job: Job
+    key: str
+    folder: Path
+    overrides: list[str]
+    base: dict
+
+
+def _prepare(job: Job, outputs: dict[str, Path], root: Path, env_key: str) -> _Ready:
+    digests = {d: file_digest(outputs[d]) for d in job.deps}
+    key = job_key(job, _resolve(job, outputs, Path("{out}")), digests, env_key)
+    folder = root / job.stage / f"{_slug(job.name.split('/', 1)[-1])}-{key}"
+    overrides = _resolve(job, outputs, folder)
+    base = {"name": job.name, "stage": job.stage, "key": key, "folder": str(folder), "meta": job.meta,
+            "entry": job.entry, "overrides": overrides, "inputs": digests}
+    return _Ready(job, key, folder, overrides, base)
+
+
+def _fresh_folder(folder: Path) -> None:
+    if folder.exists():  # an interrupted run: keep it aside, start clean (nothing finished is lost)
+        folder.rename(folder.with_name(f"{folder.name}.interrupted-{int(time.time())}"))
+    folder.mkdir(parents=True)
+
+
+def _child_env(workers: int) -> dict:
+    """The jobs' environment: with several workers and no OMP_NUM_THREADS of the user's, the cores are shared."""
+    env = dict(os.environ)
+    if workers > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
+def _run_one(item: _Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[_Ready, int, float]]:
+    _fresh_folder(item.folder)
+    argv = [python, *item.job.entry, *item.overrides]
+    if item.job.entry[0].endswith(".py"):
+        argv.append(f"hydra.run.dir={item.folder}")
+    log(f"[study] run {item.job.name}: {' '.join(argv[1:])}")
+    started = time.time()
+    with open(item.folder / "job.log", "w") as handle:
+        rc = subprocess.run(argv, cwd=str(cwd), env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+    return [(item, rc, time.time() - started, False)]
+
+
+def _batch_group(job: Job) -> tuple:
+    """evaluate.py jobs of one task on one model (its first dependency: the checkpoint, or none) share a process."""
+    return tuple(job.entry), job.meta.get("task"), tuple(job.deps[:1])
+
+
+def _run_batch(items: list[_Ready], python: str, cwd: Path, env: dict, log, root: Path):
+    """evaluate.py jobs in one process (fnet.pipelines.evaluate_batch), which writes each job's marker."""
+    for item in items:
+        _fresh_folder(item.folder)
+    batches = root / "batches"
+    batches.mkdir(exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{items[0].key[:8]}"
+    spec = batches / f"{stem}.json"
+    spec.write_text(json.dumps({"jobs": [{"folder": str(i.folder), "overrides": i.overrides, "marker": i.base}
+                                         for i in items]}, indent=1))
+    log(f"[study] run {len(items)} evaluate jobs in one process ({items[0].job.name} ...); log: {spec.with_suffix('.log')}")
+    started = time.time()
+    with open(spec.with_suffix(".log"), "w") as handle:
+        rc = subprocess.run([python, "-m", "fnet.pipelines.evaluate_batch", str(spec)], cwd=str(cwd), env=env,
+                            stdout=handle, stderr=subprocess.STDOUT).returncode
+    seconds = (time.time() - started) / len(items)
+    return [(item, rc, seconds, True) for item in items]
+
+
+def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, dry_run: bool = False,
+             python: str = sys.executable, cwd: str | Path = REPO_ROOT, env_key: str | None = None,
+             log=print, workers: int = 1, batch: int = 1) -> dict:
+    """Run ``jobs``, skipping finished ones; returns ``{"jobs": [records], "counts": {...}}``.
+
+    A job starts as soon as its dependencies are done, in the order of ``jobs`` (so a preset's first task is
+    finished first); ``workers`` jobs run at once. ``batch`` > 1: up to that many ready ``evaluate.py`` jobs with
+    the same inputs run in one process (:mod:`fnet.pipelines.evaluate_batch`: the model is loaded once); each
+    still has its own folder, result and marker. ``only``: run only jobs of that stage (earlier stages must be
+    done; their outputs are used). ``dry_run``: say what would run, run nothing. Every record: name, stage,
+    status (done | skipped | ran | failed | blocked | pending | excluded), key, folder, seconds.
+    """
+    root = Path(root).resolve()
+    cwd = Path(cwd)
+    env_key = env_key or environment_key(cwd)
+    env = _child_env(workers)
+    outputs: dict[str, Path] = {}
+    records: dict[str, dict] = {}
+    status: dict[str, str] = {}
+    waiting = list(jobs)
+    queue: list[_Ready] = []
+    running: dict = {}
+
+    def settle() -> None:
+        """Move every job whose dependencies are settled out of ``waiting``: skipped, queued, or not run."""
+        nonlocal waiting
+        changed = True
+        while changed:
+            changed, still = False, []
+            for job in waiting:
+                if any(status.get(d) in ("failed", "blocked") for d in job.deps):
+                    status[job.name] = "blocked"
+                    records[job.name] = {"name": job.name, "stage": job.stage, "status": "blocked",
+                                         "meta": job.meta, "waiting_for": [d for d in job.deps if d not in outputs]}
+                elif any(d not in outputs for d in job.deps):
+                    still.append(job)
+                    continue
+                else:
+                    item = _prepare(job, outputs, root, env_key)
+                    record = _done(item.folder, item.key, job.output)
+                    if record is not None:
+                        outputs[job.name] = _output(item.folder, job.output)
+                        status[job.name] = "skipped"
+                        records[job.name] = dict(record, status="skipped", folder=str(item.folder))
+                    elif dry_run or (only is not None and job.stage != only):
+                        status[job.name] = "pending" if dry_run else "excluded"
+                        records[job.name] = dict(item.base, status=status[job.name])
+                    else:
+                        status[job.name] = "queued"
+                        queue.append(item)
+                changed = True
+            waiting = still
+
+    def finish(item: _Ready, rc: int, seconds: float, batched: bool) -> None:
+        job, folder = item.job, item.folder
+        produced = _output(folder, job.output)
+        marker = None
+        if batched:  # the batch process wrote the marker of each job it finished
+            marker = _done(folder, item.key, job.output)
+        elif rc == 0 and produced is not None:
+            marker = dict(item.base, status="done", seconds=seconds, output=str(produced.relative_to(folder)),
+                          finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_text(folder / "job.json", json.dumps(marker, indent=1))  # the marker: written last
+        if marker is None:
+            why = f"exit code {rc}" if rc != 0 else f"no output {job.output!r} (or more than one)"
+            failed = folder / "failed.json"
+            detail = json.loads(failed.read_text()) if failed.exists() else {}
+            logs = [p for p in (folder / "job.log", folder / "evaluate.log") if p.exists()]
+            tail = logs[0].read_text(errors="replace")[-2000:] if logs else ""
+            record = dict(item.base, status="failed", why=detail.get("error") or why, seconds=seconds, log_tail=tail)
+            atomic_write_text(failed, json.dumps(record, indent=1))
+            log(f"[study] FAILED {job.name} ({record['why']}); log: {logs[0] if logs else folder}")
+            status[job.name] = "failed"
+            records[job.name] = record
+            return
+        outputs[job.name] = produced
+        status[job.name] = "ran"
+        records[job.name] = dict(marker, status="ran")
+
+    order = {job.name: i for i, job in enumerate(jobs)}
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        while True:
+            settle()
+            queue.sort(key=lambda i: order[i.job.name])
+            while queue and len(running) < max(1, int(workers)):
+                first = queue.pop(0)
+                if batch > 1 and first.job.entry == ["evaluate.py"]:
+                    same = [i for i in queue if _batch_group(i.job) == _batch_group(first.job)]
+                    units = [first] + same[: int(batch) - 1]
+                    for i in units[1:]:
+                        queue.remove(i)
+                    running[pool.submit(_run_batch, units, python, cwd, env, log, root)] = units
+                else:
+                    running[pool.submit(_run_one, first, python, cwd, env, log)] = [first]
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)
+                for item, rc, seconds, batched in future.result():
+                    finish(item, rc, seconds, batched)
+    for job in waiting:  # dependencies never done (dry run, --only, failed): pending or blocked
+        state = "blocked" if any(status.get(d) in ("failed", "blocked") for d in job.deps) else "pending"
+        records[job.name] = {"name": job.name, "stage": job.stage, "status": state, "meta": job.meta,
+                             "waiting_for": [d for d in job.deps if d not in outputs]}
+    ordered = [records[job.name] for job in jobs]
+    counts = {s: sum(1 for r in ordered if r["status"] == s)
+              for s in ("skipped", "ran", "failed", "blocked", "pending", "excluded")}
+    return {"jobs": ordered, "counts": counts}
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The end-of-run lines: totals, then one line per failed or blocked job."""
+    c = result["counts"]
+    n = len(result["jobs"])
+    lines = [f"{n} jobs, {c['skipped']} already done, recomputed {c['ran']}, failed {c['failed']}, "
+             f"blocked {c['blocked']}, not run {c['pending'] + c['excluded']}"]
+    if c["ran"] == 0 and c["skipped"] == n:
+        lines.append("the study is complete: nothing was recomputed")
+    for r in result["jobs"]:
+        if r["status"] == "failed":
+            lines.append(f"  failed: {r['name']} ({r.get('why')}); see {r['folder']}/job.log")
+        elif r["status"] == "blocked":
+            lines.append(f"  blocked: {r['name']} (needs {', '.join(r['waiting_for'])})")
+    return lines

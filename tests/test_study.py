@@ -138,7 +138,7 @@ def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = (root / "report.md").read_text()
     assert "sst2, all networks lesioned" in report and "count-matched" in report
-    assert "only K=3 networks kept" in report
+    assert "only the K=3 networks kept" in report
     assert (root / "summary.csv").exists() and (root / "layers.png").exists() and (root / "preservation.png").exists()
     second = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     assert second.returncode == 0

@@ -9,16 +9,26 @@ import pytest
 from fnet.study.report import paper_tables, statements, write_report
 
 
-def _job(root, name, meta, score, ci, *, chance=0.5, n_masked=0, n_kept=None, n_neurons=1000):
+N_ROWS = 400
+
+
+def _job(root, name, meta, score, ci, *, chance=0.5, n_masked=0, n_kept=None, n_neurons=1000, predictions=True):
+    """A finished evaluate job; its predictions are right on the first score x 400 rows (nested sets, so paired
+    differences are known: a - b = score_a - score_b, from rows that differ only)."""
     folder = root / "evaluate" / name
     folder.mkdir(parents=True)
     mask = {"n_masked": n_masked, "n_neurons": n_neurons}
     if n_kept is not None:
         mask["n_preserved"] = n_kept
-    result = {"task": meta["task"], "metric": "accuracy", "score": score, "ci": list(ci), "n": 400, "mask": mask,
+    result = {"task": meta["task"], "metric": "accuracy", "score": score, "ci": list(ci), "n": N_ROWS, "mask": mask,
               "chance": {"majority": chance, "uniform": 0.5},  # as evaluate.py writes it
               "metrics": {"accuracy": {"value": score, "ci_low": ci[0], "ci_high": ci[1], "chance": chance}}}
     (folder / "result.json").write_text(json.dumps(result))
+    if predictions:
+        right = round(score * N_ROWS)
+        with open(folder / "predictions.jsonl", "w") as handle:
+            for i in range(N_ROWS):
+                handle.write(json.dumps({"index": i, "pred": i % 2 if i < right else 1 - i % 2, "target": i % 2}) + "\n")
     return {"name": name, "stage": "evaluate", "status": "ran", "folder": str(folder), "meta": meta,
             "seconds": 2.0}
 
@@ -36,7 +46,7 @@ def _planted(root):
                          (v - .05, v + .05), n_masked=180))
     recs.append(_job(root, "s", dict(sst, condition="spared", target="all"), 0.83, (0.79, 0.87), n_masked=170))
     pres = {"task": "sst2", "variant": "raw", "K": 64}
-    recs.append(_job(root, "p", dict(pres, condition="preserve"), 0.86, (0.82, 0.90), n_masked=900, n_kept=100))
+    recs.append(_job(root, "p", dict(pres, condition="preserve"), 0.895, (0.86, 0.92), n_masked=900, n_kept=100))
     for s, v in enumerate([0.52, 0.50, 0.51]):
         recs.append(_job(root, f"pc{s}", dict(pres, condition="preserve_count", seed=s), v, (v - .05, v + .05),
                          n_masked=900, n_kept=100))
@@ -47,37 +57,54 @@ def _planted(root):
     return recs
 
 
-def test_report_states_planted_effects_and_flags_chance(tmp_path):
+def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tmp_path):
     recs = _planted(tmp_path)
     out = write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "finetune",
-                                         "n_networks": 10}, records=recs)
-    text = (tmp_path / "report.md").read_text()
+                                         "n_networks": 10}, records=recs, out=tmp_path / "published")
+    text = (tmp_path / "published" / "report.md").read_text()
     lesion = next(line for line in text.splitlines() if line.startswith("- sst2, all networks lesioned"))
-    assert "0.550 [0.500, 0.600] vs count-matched 0.884" in lesion
-    assert "Against count-matched: hurts more by 0.334 (intervals apart)" in lesion
-    assert "against magnitude-matched: not distinguishable" in lesion
-    assert "the massive units carry 80% of the drop" in lesion  # (0.83 - 0.55) / (0.90 - 0.55)
-    pres = next(line for line in text.splitlines() if "only K=64 networks kept" in line)
-    assert "100 neurons (10.0% of neurons)" in pres
-    assert "vs unmasked 0.900 [0.860, 0.930]: not distinguishable" in pres
-    assert "vs count-matched random kept 0.510" in pres and "higher by 0.350 (intervals apart)" in pres
+    assert "0.550 [0.500, 0.600] (at chance), unmasked 0.900 [0.860, 0.930], drop +0.350 [" in lesion  # CI covers 0.5
+    assert "Count-matched random 0.884" in lesion and "extra drop +0.334 [" in lesion and ", hurts more." in lesion
+    assert "Magnitude-matched 0.560" in lesion and "extra drop +0.010 [" in lesion
+    assert lesion.count("not distinguishable") == 1  # against magnitude-matched only
+    assert "recovers +0.280 [" in lesion and "(80% of the drop)" in lesion  # (0.83 - 0.55) / (0.90 - 0.55)
+    assert "the massive units carry part of the effect" in lesion
+    pres = next(line for line in text.splitlines() if "only the K=64 networks kept" in line)
+    assert "100 neurons, 10.0% of neurons" in pres
+    assert "loss vs unmasked +0.005 [" in pres and "(performance kept)" in pres  # 2 rows of 400: CI covers 0
+    assert "vs count-matched random kept +0.385 [" in pres and "(networks keep more)" in pres
     assert "**cola: at chance.**" in text and "**sst2: at chance" not in text
-    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    head = text.split("## What holds")[1].split("## Findings")[0]
+    assert "all networks together vs count-matched random lesions: 1 of 1 hurt more" in head  # cola: at chance
+    assert "vs magnitude-matched random lesions: 0 of 1 hurt more, 0 hurt less, 1 are not distinguishable" in head
+    assert "Preservation with no measurable loss: sst2 K=64." in head and "At chance unmasked" in head
+    effects = list(csv.DictReader(open(tmp_path / "published" / "effects.csv")))
+    count = next(e for e in effects if e["a"] == "count" and e["task"] == "sst2")
+    assert float(count["diff"]) == pytest.approx(0.334) and float(count["ci_low"]) > 0.25
+    assert count["n_rows"] == "400" and count["n_a"] == "5" and count["n_b"] == "1"
+    rows = list(csv.DictReader(open(tmp_path / "published" / "summary.csv")))
     lesion_row = next(r for r in rows if r["task"] == "sst2" and r["condition"] == "lesion")
     assert float(lesion_row["paper"]) == pytest.approx(0.5436)  # Table 5, GPT-2 SST-2, 10 networks
     assert float(lesion_row["unmasked"]) == 0.90 and lesion_row["unmasked_at_chance"] == "False"
     count_row = next(r for r in rows if r["task"] == "sst2" and r["condition"] == "count")
     assert count_row["n_jobs"] == "5" and float(count_row["ci_low"]) < 0.884 < float(count_row["ci_high"])
-    assert out["preservation"].exists()
-    assert re.search(r"\| evaluate\s*\|\s*19\s*\|\s*38\.0", text.split("## Wall time")[1])  # 19 jobs x 2 s
+    assert out["preservation"].exists() and not (tmp_path / "report.md").exists()
+    assert re.search(r"\| evaluate\s*\|\s*19\s*\|\s*19\s*\|\s*38\.0", text.split("## Wall time")[1])  # 19 jobs x 2 s
 
 
-def test_statements_never_claim_without_an_interval(tmp_path):
-    recs = _planted(tmp_path)[:3]  # unmasked, lesion and a single count seed (no interval over seeds)
+def test_statements_never_claim_on_one_random_seed_or_without_predictions(tmp_path):
     from fnet.study.report import load_results, summarize
 
+    recs = _planted(tmp_path)[:3]  # unmasked, lesion and a single count seed
     lines = statements(summarize(load_results(recs)))
-    assert "not decided" in lines[0] and "hurts more" not in lines[0]
+    assert "not decided (one random seed)" in lines[0] and "hurts more" not in lines[0]
+    assert "drop +0.350 [" in lines[0]  # the lesion vs the unmasked model is decided on the rows alone
+    bare = tmp_path / "bare"
+    recs = [_job(bare, "u", {"task": "sst2", "condition": "unmasked"}, 0.9, (0.86, 0.93), predictions=False),
+            _job(bare, "l", {"task": "sst2", "variant": "raw", "K": 10, "condition": "lesion", "target": "all"},
+                 0.55, (0.5, 0.6), predictions=False)]
+    line = statements(summarize(load_results(recs)))[0]
+    assert "drop n/a" in line and "not measured" in line and "hurts" not in line
 
 
 def test_paper_tables_transcribed():

@@ -1,10 +1,12 @@
-"""Aggregate a study's jobs into ``report.md``, ``summary.csv`` and figures.
+"""Aggregate a study's jobs into ``report.md``, ``summary.csv``, ``effects.csv`` and figures.
 
-Every statement of the report is computed from the numbers: a lesion "hurts more" than a control only when
-their 95 % intervals are apart; a task is "at chance" when the unmasked model's interval covers the chance
-level; the paper's numbers (``fnet/study/paper_tables.json``) stand beside ours where they exist. Single jobs carry
-their own interval (Wilson for accuracy, bootstrap otherwise); random controls are the mean over seeds with a
-95 % t interval (:func:`fnet.report.sweep.mean_ci`).
+Every statement of the report is computed from the numbers. Each effect stands beside its control as a paired
+difference on the same held-out rows with a 95 % CI (:mod:`fnet.study.paired`: rows resampled, and a random
+control's seeds too); an effect is claimed only when that CI excludes zero. A task is "at chance" when the unmasked
+model's interval covers the chance level, and a masked score is marked "at chance" when its own interval does. The
+paper's numbers (``fnet/study/paper_tables.json``) stand beside ours where they exist. Single jobs carry their own
+interval (Wilson for accuracy, bootstrap otherwise); random controls are the mean over seeds with a 95 % t interval
+(:func:`fnet.report.sweep.mean_ci`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 from fnet.report import markdown_table
 from fnet.report.sweep import mean_ci
 
-__all__ = ["load_results", "summarize", "statements", "write_report", "paper_tables", "SUMMARY_COLUMNS"]
+__all__ = ["load_results", "summarize", "effects", "statements", "headline", "write_report", "paper_tables",
+           "SUMMARY_COLUMNS", "EFFECT_COLUMNS"]
 
 SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_jobs",
                    "n_masked", "n_kept", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance",
@@ -55,7 +58,7 @@ def load_results(records: Sequence[dict]) -> list[dict]:
         if chance is None:
             chance = result.get("chance")
             chance = chance.get("majority") if isinstance(chance, dict) else chance  # {majority, uniform}
-        rows.append({**rec["meta"], "metric": result.get("metric"), "score": result.get("score"),
+        rows.append({**rec["meta"], "folder": rec["folder"], "metric": result.get("metric"), "score": result.get("score"),
                      "ci_low": ci[0], "ci_high": ci[1], "n_masked": mask.get("n_masked"), "n_kept": n_kept,
                      "n_neurons": n_neurons, "chance": chance, "n": result.get("n")})
     return rows
@@ -90,6 +93,7 @@ def summarize(rows: Sequence[dict], paper: dict | None = None) -> list[dict]:
             "unmasked_ci_high": base.get("ci_high"), "chance": chance,
             "unmasked_at_chance": _at_chance(base, chance),
             "paper": _paper_value(paper, task, cond, target, K, variant),
+            "folders": [g["folder"] for g in group],
         })
     order = {c: i for i, c in enumerate(CONDITION_ORDER)}
     out.sort(key=lambda r: (r["task"], r["variant"], order.get(r["condition"], 99), r["K"] or 0,
@@ -126,72 +130,161 @@ def _paper_value(paper: dict | None, task: str, cond: str, target: Any, K: Any, 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Statements
+# Paired effects and statements
 # --------------------------------------------------------------------------------------------------------------
+#: per effect condition: comparisons (a, b) on the same rows, reported as a - b
+COMPARISONS = {
+    "lesion": (("unmasked", "lesion"), ("count", "lesion"), ("magnitude", "lesion")),
+    "spared": (("spared", "lesion"),),
+    "unit": (("unmasked", "unit"),),
+    "preserve": (("unmasked", "preserve"), ("preserve", "preserve_count"), ("preserve", "preserve_magnitude")),
+}
+EFFECT_COLUMNS = ["task", "variant", "target", "K", "a", "b", "metric", "diff", "ci_low", "ci_high", "n_rows",
+                  "n_a", "n_b"]
+
+
+def effects(summary: Sequence[dict], n_boot: int = 2000) -> list[dict]:
+    """Every effect beside its control as a paired difference ``a - b`` on the same rows, with a 95 % CI
+    (:func:`fnet.study.paired.paired_difference`: rows resampled, and a random control's seeds)."""
+    from fnet.study.paired import load_outcomes, paired_difference
+
+    by = {(r["task"], r["variant"], r["condition"], r["target"], r["K"]): r for r in summary}
+    cache: dict[str, Any] = {}
+
+    def outcomes(row: dict) -> list:
+        return [cache.setdefault(f, load_outcomes(f, row["metric"])) for f in row.get("folders") or []]
+
+    out = []
+    for row in summary:
+        for a_cond, b_cond in COMPARISONS.get(row["condition"], ()):
+            sides = []
+            for cond in (a_cond, b_cond):
+                if cond == "unmasked":
+                    sides.append(by.get((row["task"], "", "unmasked", None, None)))
+                elif cond == row["condition"]:
+                    sides.append(row)
+                else:
+                    sides.append(by.get((row["task"], row["variant"], cond, row["target"], row["K"])))
+            if None in sides:
+                continue
+            d = paired_difference(outcomes(sides[0]), outcomes(sides[1]), row["metric"], n_boot=n_boot)
+            if d is None:
+                continue
+            # a random control of one seed: its draw-to-draw spread is unknown, so nothing is decided on it
+            one_seed = any(c in RANDOM_CONDITIONS and len(r.get("folders") or []) < 2
+                           for c, r in zip((a_cond, b_cond), sides))
+            out.append({"task": row["task"], "variant": row["variant"], "target": row["target"], "K": row["K"],
+                        "a": a_cond, "b": b_cond, "metric": row["metric"], "diff": d["diff"],
+                        "ci_low": d["ci_low"], "ci_high": d["ci_high"], "n_rows": d["n"], "n_a": d["n_a"],
+                        "n_b": d["n_b"], "one_seed": one_seed})
+    return out
+
+
 def _fmt(r: dict | None) -> str:
     if r is None:
         return "n/a"
     ci = "" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
     seeds = f" ({r['n_jobs']} seeds)" if r["n_jobs"] > 1 else ""
-    return f"{r['score']:.3f}{ci}{seeds}"
+    chance = r.get("chance")
+    at = (" (at chance)" if chance is not None and not math.isnan(r["ci_low"])
+          and r["ci_low"] <= chance <= r["ci_high"] else "")
+    return f"{r['score']:.3f}{ci}{seeds}{at}"
 
 
-def _compare(a: dict, b: dict | None, lower: str, higher: str) -> str:
-    """``a`` vs ``b``: which is lower, by how much, and whether their intervals are apart."""
-    if b is None:
-        return "no control"
-    diff = b["score"] - a["score"]
-    if any(math.isnan(x) for x in (a["ci_high"], b["ci_low"], a["ci_low"], b["ci_high"])):
-        return f"difference {diff:+.3f} (no interval on one side: not decided)"
-    if a["ci_high"] < b["ci_low"]:
-        return f"{lower} by {diff:.3f} (intervals apart)"
-    if b["ci_high"] < a["ci_low"]:
-        return f"{higher} by {-diff:.3f} (intervals apart)"
-    return f"not distinguishable (difference {diff:+.3f}, intervals overlap)"
+def _d(e: dict | None) -> str:
+    return "n/a" if e is None else f"{e['diff']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]"
 
 
-def statements(summary: Sequence[dict]) -> list[str]:
-    """The report's findings, each computed from ``summary`` rows."""
+def _decided(e: dict) -> bool:
+    return not e.get("one_seed")
+
+
+def _verdict(e: dict | None, positive: str, negative: str, neither: str = "not distinguishable") -> str:
+    if e is None:
+        return "not measured"
+    if not _decided(e):
+        return "not decided (one random seed)"
+    return positive if e["ci_low"] > 0 else negative if e["ci_high"] < 0 else neither
+
+
+def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = None) -> list[str]:
+    """The report's findings, each computed from ``summary`` rows and their paired ``effect_rows``
+    (:func:`effects`; computed here when not given)."""
+    effect_rows = effects(summary) if effect_rows is None else effect_rows
+    eff = {(e["task"], e["variant"], e["target"], e["K"], e["a"], e["b"]): e for e in effect_rows}
     by = {(r["task"], r["variant"], r["condition"], r["target"], r["K"]): r for r in summary}
     lines = []
-    tasks = sorted({r["task"] for r in summary})
-    for task in tasks:
+    for task in sorted({r["task"] for r in summary}):
         base = by.get((task, "", "unmasked", None, None))
         if base is not None and base["unmasked_at_chance"]:
             lines.append(f"- **{task}: at chance.** The unmasked score {_fmt(base)} covers chance "
                          f"({base['chance']:.3f}); no lesion or preservation on {task} says anything.")
-        lesions = [r for r in summary if r["task"] == task and r["condition"] == "lesion"]
-        for les in lesions:
-            key = (task, les["variant"])
-            count = by.get(key + ("count", les["target"], les["K"]))
-            mag = by.get(key + ("magnitude", les["target"], les["K"]))
+        for les in (r for r in summary if r["task"] == task and r["condition"] == "lesion"):
+            key = (task, les["variant"], les["target"], les["K"])
             what = "all networks" if les["target"] == "all" else f"network {les['target'][3:]}"
             tag = "" if les["variant"] == "raw" else f" ({les['variant']} ICA)"
-            text = (f"- {task}, {what}{tag} lesioned ({les['n_masked']:.0f} neurons): {_fmt(les)} vs count-matched "
-                    f"{_fmt(count)} vs magnitude-matched {_fmt(mag)}; unmasked {_fmt(base)}. Against count-matched: "
-                    f"{_compare(les, count, 'hurts more', 'hurts less')}; against magnitude-matched: "
-                    f"{_compare(les, mag, 'hurts more', 'hurts less')}.")
-            spared = by.get(key + ("spared", les["target"], les["K"]))
-            if spared is not None and base is not None:
-                drop = base["score"] - les["score"]
-                recovered = spared["score"] - les["score"]
-                share = f"{recovered / drop:.0%} of the drop" if drop > 0 else "no drop to explain"
-                text += (f" With the massive units spared: {_fmt(spared)} ({spared['n_masked']:.0f} neurons), "
-                         f"so the massive units carry {share}.")
+            drop, vs_count, vs_mag = (eff.get(key + c) for c in (("unmasked", "lesion"), ("count", "lesion"),
+                                                                  ("magnitude", "lesion")))
+            text = (f"- {task}, {what}{tag} lesioned ({les['n_masked']:.0f} neurons): {_fmt(les)}, unmasked "
+                    f"{_fmt(base)}, drop {_d(drop)}. Count-matched random {_fmt(by.get((task, les['variant'], 'count', les['target'], les['K'])))}: "
+                    f"extra drop {_d(vs_count)}, {_verdict(vs_count, 'hurts more', 'hurts less')}. "
+                    f"Magnitude-matched {_fmt(by.get((task, les['variant'], 'magnitude', les['target'], les['K'])))}: "
+                    f"extra drop {_d(vs_mag)}, {_verdict(vs_mag, 'hurts more', 'hurts less')}.")
+            spared, rec = by.get((task, les["variant"], "spared", les["target"], les["K"])), eff.get(key + ("spared", "lesion"))
+            if spared is not None and rec is not None:
+                share = (f" ({rec['diff'] / drop['diff']:.0%} of the drop)" if drop and drop["diff"] > 0 else "")
+                text += (f" With the massive units spared ({spared['n_masked']:.0f} neurons): {_fmt(spared)}, "
+                         f"recovers {_d(rec)}{share}: the massive units "
+                         f"{_verdict(rec, 'carry part of the effect', 'do not carry it (sparing them hurts more)', 'carry no measurable part of it')}.")
             lines.append(text)
         for unit in (r for r in summary if r["task"] == task and r["condition"] == "unit"):
-            lines.append(f"- {task}, massive unit rank {unit['target'][4:]} alone ({unit['n_masked']:.0f} neurons): "
-                         f"{_fmt(unit)}; vs unmasked: {_compare(unit, base, 'lower', 'higher')}.")
+            e = eff.get((task, unit["variant"], unit["target"], unit["K"], "unmasked", "unit"))
+            lines.append(f"- {task}, massive unit rank {unit['target'][4:]} lesioned alone ({unit['n_masked']:.0f} "
+                         f"neurons): {_fmt(unit)}, drop {_d(e)}: {_verdict(e, 'hurts', 'helps', 'no measurable effect')}.")
         for pres in (r for r in summary if r["task"] == task and r["condition"] == "preserve"):
-            count = by.get((task, pres["variant"], "preserve_count", None, pres["K"]))
-            mag = by.get((task, pres["variant"], "preserve_magnitude", None, pres["K"]))
-            frac = (f" ({pres['n_kept'] / pres.get('n_neurons', 1):.1%} of neurons)"
-                    if pres.get("n_neurons") and pres.get("n_kept") is not None else "")
+            key = (task, pres["variant"], pres["target"], pres["K"])
+            loss, vs_count, vs_mag = (eff.get(key + c) for c in (("unmasked", "preserve"), ("preserve", "preserve_count"),
+                                                                 ("preserve", "preserve_magnitude")))
+            frac = (f", {pres['n_kept'] / pres['n_neurons']:.1%} of neurons" if pres.get("n_neurons")
+                    and pres.get("n_kept") is not None else "")
             kept = f"{pres['n_kept']:.0f}" if pres["n_kept"] is not None else "?"
-            lines.append(f"- {task}, only K={pres['K']} networks kept ({kept} neurons{frac}): {_fmt(pres)}; vs "
-                         f"unmasked {_fmt(base)}: {_compare(pres, base, 'lower', 'higher')}; vs count-matched random "
-                         f"kept {_fmt(count)}: {_compare(pres, count, 'lower', 'higher')}; vs magnitude-matched "
-                         f"{_fmt(mag)}: {_compare(pres, mag, 'lower', 'higher')}.")
+            lines.append(f"- {task}, only the K={pres['K']} networks kept ({kept} neurons{frac}): {_fmt(pres)}; loss vs "
+                         f"unmasked {_d(loss)} ({_verdict(loss, 'performance lost', 'better than unmasked', 'performance kept')}); "
+                         f"vs count-matched random kept {_d(vs_count)} ({_verdict(vs_count, 'networks keep more', 'random keeps more')}); "
+                         f"vs magnitude-matched {_d(vs_mag)} ({_verdict(vs_mag, 'networks keep more', 'random keeps more')}).")
+    return lines
+
+
+def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
+    """The answers to the study's questions, counted over all effects (each with its paired 95 % CI)."""
+    lines = []
+    chance = sorted({r["task"] for r in summary if r["condition"] == "unmasked" and r["unmasked_at_chance"]})
+    effect_rows = [e for e in effect_rows if _decided(e) and e["task"] not in chance]  # nothing on chance tasks
+    for a, b, what in (("count", "lesion", "count-matched"), ("magnitude", "lesion", "magnitude-matched")):
+        rows = [e for e in effect_rows if e["a"] == a and e["b"] == b]
+        for scope, pick in (("single networks", lambda e: e["target"] != "all"),
+                            ("all networks together", lambda e: e["target"] == "all")):
+            sel = [e for e in rows if pick(e)]
+            if sel:
+                more = sum(e["ci_low"] > 0 for e in sel)
+                less = sum(e["ci_high"] < 0 for e in sel)
+                lines.append(f"- Lesions of {scope} vs {what} random lesions: {more} of {len(sel)} hurt more, {less} "
+                             f"hurt less, {len(sel) - more - less} are not distinguishable (paired 95 % CIs).")
+    rec = [e for e in effect_rows if e["a"] == "spared"]
+    if rec:
+        lines.append(f"- Sparing the massive units recovers part of a lesion's drop in {sum(e['ci_low'] > 0 for e in rec)} "
+                     f"of {len(rec)} lesions.")
+    for a, b, what in (("preserve", "preserve_count", "count-matched"), ("preserve", "preserve_magnitude", "magnitude-matched")):
+        sel = [e for e in effect_rows if e["a"] == a and e["b"] == b]
+        if sel:
+            lines.append(f"- Preserving only the networks vs {what} random preservation: networks keep more in "
+                         f"{sum(e['ci_low'] > 0 for e in sel)} of {len(sel)} (task, K), random keeps more in "
+                         f"{sum(e['ci_high'] < 0 for e in sel)}.")
+    kept = [e for e in effect_rows if e["a"] == "unmasked" and e["b"] == "preserve" and e["ci_high"] >= 0 >= e["ci_low"]]
+    if kept:
+        lines.append("- Preservation with no measurable loss: " + "; ".join(f"{e['task']} K={e['K']}" for e in kept) + ".")
+    if chance:
+        lines.append(f"- At chance unmasked (nothing about them is claimed): {', '.join(chance)}.")
     return lines
 
 
@@ -281,20 +374,41 @@ def _machine() -> str:
     return f"{platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs, {gpu}"
 
 
-def write_report(root: str | Path, *, preset: dict, records: Sequence[dict]) -> dict:
-    """Write ``report.md``, ``summary.csv``, ``preservation.png`` and ``layers.png`` into ``root``."""
+def _wall(root: Path) -> list[str]:
+    """The wall time of every run of the study (``runs.jsonl``, appended by the runner)."""
+    path = root / "runs.jsonl"
+    if not path.exists():
+        return []
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    runs = [r for r in runs if not r.get("dry_run")]
+    total = sum(float(r.get("seconds") or 0) for r in runs)
+    table = [{"started": r.get("started"), "workers": r.get("workers"), "ran": r.get("counts", {}).get("ran"),
+              "failed": r.get("counts", {}).get("failed"), "wall minutes": round(float(r.get("seconds") or 0) / 60, 1)}
+             for r in runs]
+    return [f"Runs of the study command (it resumes): {len(runs)}, {total / 3600:.2f} h of wall time in all.", "",
+            markdown_table(table), ""]
+
+
+def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
+                 n_boot: int = 2000) -> dict:
+    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``preservation.png`` and ``layers.png`` into
+    ``out`` (default: the study folder ``root``)."""
     root = Path(root)
+    out = Path(out) if out is not None else root
+    out.mkdir(parents=True, exist_ok=True)
     paper = paper_tables()["models"].get(preset.get("model"))
     summary = summarize(load_results(records), paper)
-    with open(root / "summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(summary)
+    effect_rows = effects(summary, n_boot=n_boot)
+    for name, rows, columns in (("summary.csv", summary, SUMMARY_COLUMNS), ("effects.csv", effect_rows, EFFECT_COLUMNS)):
+        with open(out / name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
     files = {f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"])
              for r in records if r.get("stage") == "analyze" and r.get("status") in ("ran", "skipped")
              and r["meta"].get("K") == preset.get("n_networks") and r.get("output")}
-    pres_png = plot_preservation(summary, root / "preservation.png")
-    layers_png = plot_layers(files, root / "layers.png")
+    pres_png = plot_preservation(summary, out / "preservation.png")
+    layers_png = plot_layers(files, out / "layers.png")
     massive = []
     for r in records:
         if r.get("stage") == "controls" and r.get("status") in ("ran", "skipped"):
@@ -304,17 +418,22 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict]) -> 
                                 "unit": m["unit"], "in networks": len(m["network_ids"]),
                                 "network ids": ", ".join(map(str, m["network_ids"])),
                                 "layers": ", ".join(map(str, m["layers"]))})
-    stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "seconds": 0.0})
+    stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "done": 0, "seconds": 0.0})
     for r in records:
         stages[r["stage"]]["jobs"] += 1
+        stages[r["stage"]]["done"] += r.get("status") in ("ran", "skipped", "done")
         stages[r["stage"]]["seconds"] += float(r.get("seconds") or 0.0)
     lines = [f"# Study `{preset['name']}`: {preset['model']} ({preset['path']})", "",
              f"Machine: {_machine()}.", "",
-             "Every claim below is computed from the table: a difference counts only when the 95 % intervals are "
-             "apart. Count-matched = as many random neurons per layer as the networks; magnitude-matched = the "
-             "same counts drawn from the same per-layer quantile bins of the neurons' RMS activation; spared = the "
-             "networks without the massive units (top-magnitude units most frequent across networks).", "",
-             "## Findings", ""] + (statements(summary) or ["- no finished evaluation yet"]) + [""]
+             "Every claim below is computed from the numbers. An effect counts only when the 95 % CI of its paired "
+             "difference with the control excludes zero: both are scored on the same held-out rows, the rows are "
+             "resampled (2,000 bootstrap replicates) and so are a random control's seeds. Count-matched = as many "
+             "random neurons per layer as the networks; magnitude-matched = the same counts drawn from the same "
+             "per-layer quantile bins of the neurons' RMS activation; spared = the networks without the massive "
+             "units (top-magnitude units most frequent across networks). Scores carry their own 95 % CI (Wilson "
+             "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval).", "",
+             "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
+    lines += ["## Findings", ""] + (statements(summary, effect_rows) or ["- no finished evaluation yet"]) + [""]
     if files:
         centres = _layer_centres(files)
         lines += ["## Where the networks sit", "", "Mean layer of network neurons: " + "; ".join(
@@ -324,14 +443,18 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict]) -> 
     cols = [c for c in SUMMARY_COLUMNS if c not in ("unmasked_ci_low", "unmasked_ci_high")]
     lines += ["## All conditions", "", "Paper: Liu et al. 2025 (`fnet/study/paper_tables.json`) where the table has it.",
               "", markdown_table(summary, cols), ""]
+    if effect_rows:
+        lines += ["## Paired differences", "", "`a - b` on the same rows (`effects.csv`).", "",
+                  markdown_table(effect_rows, EFFECT_COLUMNS), ""]
     if pres_png:
         lines += ["Preservation curves: `preservation.png`.", ""]
-    lines += ["## Wall time", "", markdown_table([{"stage": s, "jobs": v["jobs"], "seconds": round(v["seconds"], 1)}
-                                                   for s, v in stages.items()]), ""]
+    lines += ["## Wall time", "", "Seconds summed over jobs (with several workers, jobs overlap):", "",
+              markdown_table([{"stage": s, "jobs": v["jobs"], "done": v["done"], "job seconds": round(v["seconds"], 1)}
+                              for s, v in stages.items()]), ""] + _wall(root)
     failed = [r for r in records if r["status"] in ("failed", "blocked", "pending", "excluded")]
     if failed:
-        lines += ["## Not finished", "", markdown_table([{"job": r["name"], "status": r["status"]}
-                                                          for r in failed]), ""]
-    (root / "report.md").write_text("\n".join(lines))
-    return {"report": root / "report.md", "summary": root / "summary.csv", "summary_rows": summary,
-            "preservation": pres_png, "layers": layers_png}
+        lines += ["## Not finished", "", f"{len(failed)} of {len(records)} jobs. Rerun the study command to continue.",
+                  "", markdown_table([{"job": r["name"], "status": r["status"]} for r in failed]), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return {"report": out / "report.md", "summary": out / "summary.csv", "effects": out / "effects.csv",
+            "summary_rows": summary, "effect_rows": effect_rows, "preservation": pres_png, "layers": layers_png}

@@ -256,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=STAGES, help="run only this stage's jobs")
     parser.add_argument("--root", help="study folder (default outputs/study/<name>)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the jobs done so far; run nothing (works while a run goes on)")
+    parser.add_argument("--report-dir", help="where the report goes (default: the study folder)")
     parser.add_argument("--workers", type=int, default=1,
                         help="jobs run at once (default 1); without OMP_NUM_THREADS the cores are split among them")
     parser.add_argument("--batch", type=int, default=32,
@@ -267,24 +270,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = plan(preset)
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
-    try:
-        with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
-            result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
-                              batch=args.batch)
-    except Timeout:
-        print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for it "
-              "or pass another --root", file=sys.stderr)
-        return 2
+    if args.report_only:  # statuses only (a dry run needs no lock), then the report
+        result = run_jobs(jobs, root, dry_run=True)
+    else:
+        try:
+            with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
+                result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
+                                  batch=args.batch)
+        except Timeout:
+            print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for "
+                  "it, pass another --root, or write the report so far with --report-only", file=sys.stderr)
+            return 2
+        seconds = time.time() - started
+        (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"], "seconds": seconds},
+                                                    indent=1, default=str))
+        with open(root / "runs.jsonl", "a") as handle:  # every run's wall time, for the report
+            handle.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                                     "seconds": seconds, "workers": args.workers, "dry_run": args.dry_run,
+                                     "only": args.only, "counts": result["counts"]}) + "\n")
     if args.dry_run:
         for r in result["jobs"]:
             print(f"{r['status']:>8}  {r['name']}")
-    (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"],
-                                                 "seconds": time.time() - started}, indent=1, default=str))
-    if not args.dry_run and not args.no_report:
+    elif not args.no_report:
         from fnet.study.report import write_report  # matplotlib behind it; only when a report is written
 
-        paths = write_report(root, preset=preset, records=result["jobs"])
+        paths = write_report(root, preset=preset, records=result["jobs"], out=args.report_dir)
         print(f"report: {paths['report']}")
+    if args.report_only:
+        print(summary_lines(result)[0].replace("not run", "not done yet"))
+        return 0
     for line in summary_lines(result):
         print(line)
     return 1 if result["counts"]["failed"] or result["counts"]["blocked"] else 0

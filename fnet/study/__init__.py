@@ -1,11 +1,14 @@
 """Studies: the paper's whole protocol for one model, as a resumable plan of ordinary jobs.
 
 * :mod:`fnet.study.runner` -- presets (``conf/study/*.yaml``) -> jobs (``train.py``, ``analyze.py``, the controls
-  job, ``evaluate.py``) in content-hashed folders; finished jobs are skipped, failures recorded;
-* :mod:`fnet.study.report` -- every job's ``result.json`` -> ``report.md``, ``summary.csv`` and figures, each
-  effect beside its matched controls and the paper's number.
+  job, ``evaluate.py``) and the command line;
+* :mod:`fnet.study.jobs` -- jobs in content-hashed folders, run as their dependencies finish (``--workers``),
+  evaluate jobs of one model batched in one process; finished jobs are skipped, failures recorded;
+* :mod:`fnet.study.paired` -- paired differences of two evaluations of the same rows, with bootstrap CIs;
+* :mod:`fnet.study.report` -- every job's ``result.json`` -> ``report.md``, ``summary.csv``, ``effects.csv`` and
+  figures, each effect beside its matched controls and the paper's number.
 
-    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [key=value ...]
+    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--report-only] [key=value ...]
 """
 
 from fnet.study.runner import Job, load_preset, main, plan, run_jobs, summary_lines

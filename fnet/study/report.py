@@ -139,6 +139,8 @@ COMPARISONS = {
     "unit": (("unmasked", "unit"),),
     "preserve": (("unmasked", "preserve"), ("preserve", "preserve_count"), ("preserve", "preserve_magnitude")),
 }
+#: jobs.csv: every job of the plan with its content key (the folder name's suffix) and status
+JOB_COLUMNS = ["name", "stage", "status", "key", "seconds", "finished"]
 EFFECT_COLUMNS = ["task", "variant", "target", "K", "a", "b", "metric", "diff", "ci_low", "ci_high", "n_rows",
                   "n_a", "n_b"]
 
@@ -391,15 +393,21 @@ def _wall(root: Path) -> list[str]:
 
 def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
                  n_boot: int = 2000) -> dict:
-    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``preservation.png`` and ``layers.png`` into
-    ``out`` (default: the study folder ``root``)."""
+    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png`` and
+    ``layers.png`` into ``out`` (default: the study folder ``root``)."""
     root = Path(root)
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
-    paper = paper_tables()["models"].get(preset.get("model"))
+    models = paper_tables()["models"]
+    paper_model = preset.get("model") if preset.get("model") in models else (
+        "gpt2" if preset.get("path") == "finetune" else None)  # the paper's fine-tuned model, for orientation
+    paper = models.get(paper_model) if paper_model else None
     summary = summarize(load_results(records), paper)
     effect_rows = effects(summary, n_boot=n_boot)
-    for name, rows, columns in (("summary.csv", summary, SUMMARY_COLUMNS), ("effects.csv", effect_rows, EFFECT_COLUMNS)):
+    jobs = [{"name": r["name"], "stage": r["stage"], "status": r["status"], "key": r.get("key"),
+             "seconds": r.get("seconds"), "finished": r.get("finished")} for r in records]
+    for name, rows, columns in (("summary.csv", summary, SUMMARY_COLUMNS), ("effects.csv", effect_rows, EFFECT_COLUMNS),
+                                ("jobs.csv", jobs, JOB_COLUMNS)):
         with open(out / name, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
@@ -441,8 +449,14 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
     if massive:
         lines += ["## Massive units", "", markdown_table(massive), ""]
     cols = [c for c in SUMMARY_COLUMNS if c not in ("unmasked_ci_low", "unmasked_ci_high")]
-    lines += ["## All conditions", "", "Paper: Liu et al. 2025 (`fnet/study/paper_tables.json`) where the table has it.",
-              "", markdown_table(summary, cols), ""]
+    if paper_model == preset.get("model"):
+        source = "Liu et al. 2025 (`fnet/study/paper_tables.json`) where the table has it."
+    elif paper_model:
+        source = (f"the paper did not study {preset.get('model')}: its column holds Liu et al. 2025's {paper_model} "
+                  "numbers (fine-tuned, Tables 4, 5, 8), for orientation only, never as a target.")
+    else:
+        source = f"the paper did not study {preset.get('model')}: no column."
+    lines += ["## All conditions", "", f"Paper: {source}", "", markdown_table(summary, cols), ""]
     if effect_rows:
         lines += ["## Paired differences", "", "`a - b` on the same rows (`effects.csv`).", "",
                   markdown_table(effect_rows, EFFECT_COLUMNS), ""]

@@ -85,6 +85,27 @@ def test_magnitude_matched_mask_falls_back_to_the_nearest_bin_and_counts_it():
         magnitude_matched_draw(np.ones((1, 10), dtype=bool), scale, n_bins=5)
 
 
+def test_a_reference_that_fills_a_layer_is_matched_with_overlap_there_only_when_allowed():
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.1, 10.0, size=(3, 20))  # [layer, unit]
+    mask = np.zeros((3, 20), dtype=bool)
+    mask[0, :3] = True     # room left: the draw stays disjoint
+    mask[1, :18] = True    # 18 of 20: only 2 free neurons, so this layer must overlap
+    mask[2, 5] = True
+    with pytest.raises(ValueError, match="layer 1: 18 neurons to match but only 2 .*'prefer' draws such a layer"):
+        magnitude_matched_draw(mask, scale, n_bins=4)
+    drawn, _ = magnitude_matched_draw(mask, scale, n_bins=4, seed=1, disjoint="prefer")
+    assert drawn.sum(axis=1).tolist() == [3, 18, 1]  # the per-layer counts, always
+    assert not (drawn[0] & mask[0]).any() and not (drawn[2] & mask[2]).any()  # disjoint where possible
+    assert (drawn[1] & mask[1]).sum() >= 16  # 18 drawn among 20: at least 16 inside the reference
+    bins = magnitude_bins(scale, 4)
+    assert sorted(bins[1, drawn[1]].tolist()) == sorted(bins[1, mask[1]].tolist())  # the same bins (no fallback)
+    anywhere, _ = magnitude_matched_draw(mask, scale, n_bins=4, seed=1, disjoint="no")
+    assert anywhere.sum(axis=1).tolist() == [3, 18, 1]
+    with pytest.raises(ValueError, match="disjoint='maybe'; valid: \\['require', 'prefer', 'no'\\]"):
+        magnitude_matched_draw(mask, scale, disjoint="maybe")
+
+
 def test_massive_unit_is_found_first_spared_and_lesioned_alone():
     n_layers, width, K = 4, 50, 6
     scale = np.ones((n_layers, width))

@@ -179,6 +179,31 @@ def test_derived_control_networks_follow_the_layout_and_planted_massive_unit():
     assert sum(info["fallbacks"].values()) == 0
 
 
+def test_controls_of_networks_that_fill_a_layer_keep_counts_and_list_the_overlap():
+    """Preservation at large K: the union of the networks fills layer 1, so its magnitude-matched draw must
+    overlap it there (and only there); a single network's draws stay disjoint."""
+    import numpy as np
+
+    from fnet.pipelines.study_controls import controls_layout, derive_controls
+
+    rng = np.random.default_rng(1)
+    K, n_layers, width = 12, 3, 32
+    scale = rng.uniform(0.5, 1.5, size=(n_layers, width))
+    masks = np.zeros((K, n_layers, width), dtype=bool)
+    for k in range(K):
+        masks[k, 1, 2 * k: 2 * k + 3] = True  # together: units 0..24 of layer 1 (25 of 32)
+        masks[k, 0, k] = True
+    derived, info = derive_controls(masks, scale, seeds=2, n_units=1, top_k=2)
+    layout = controls_layout(K, 2, 1)
+    union = masks.any(axis=0)
+    for s in range(2):
+        drawn = derived[layout[f"magnitude/all/seed{s}"]]
+        assert drawn.sum(axis=1).tolist() == union.sum(axis=1).tolist() == [12, 25, 0]
+        assert not (drawn[0] & union[0]).any() and (drawn[1] & union[1]).sum() >= 18
+        assert info["overlap_layers"][f"magnitude/all/seed{s}"] == [1]
+    assert not any(name.startswith("magnitude/net") for name in info["overlap_layers"])
+
+
 def test_task_stimuli_give_each_task_its_own_networks():
     """stimuli=task: every task's analyze jobs record that task's prompts (data=task); the paper presets use it
     with networks=paper (z > 3.6, positive tail)."""

@@ -111,14 +111,22 @@ def magnitude_bins(scale: Any, n_bins: int = 10) -> np.ndarray:
     return (ranks * n_bins) // width
 
 
+DISJOINT = ("require", "prefer", "no")
+
+
 def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int = 0,
-                           exclude: Any = None) -> tuple[np.ndarray, int]:
+                           exclude: Any = None, disjoint: str = "require") -> tuple[np.ndarray, int]:
     """A random mask with ``mask``'s per-layer counts and its per-layer magnitude profile.
 
     For every layer and every masked neuron, one random neuron is drawn (without replacement) from the same
     quantile bin of that layer's ``scale`` (:func:`magnitude_bins`), among the neurons that are neither in
     ``mask`` nor in ``exclude``. When that bin has run out, the nearest bin with a free neuron is used (the
     lower one on a tie) and the fallback is counted.
+
+    ``disjoint`` says what happens in a layer with fewer free neurons than ``mask`` has there (the union of
+    many networks can fill most of a layer): ``"require"`` raises; ``"prefer"`` draws that layer from all of its
+    neurons but ``exclude`` (the reference included, as a count-matched control always may); ``"no"`` does so in
+    every layer.
 
     Parameters
     ----------
@@ -132,6 +140,8 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int
         Seed of the draw (same seed, same inputs -> same mask).
     exclude : bool array ``[layer, unit]``, optional
         Further neurons never drawn (e.g. every network's neurons).
+    disjoint : {"require", "prefer", "no"}
+        Whether the draw avoids ``mask`` (see above).
 
     Returns
     -------
@@ -142,23 +152,29 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int
     scale = _as_scale(scale)
     if mask.shape != scale.shape:
         raise ValueError(f"mask shape {mask.shape} differs from scale shape {scale.shape}")
-    blocked = mask.copy()
+    if disjoint not in DISJOINT:
+        raise ValueError(f"disjoint={disjoint!r}; valid: {list(DISJOINT)}")
+    excluded = np.zeros_like(mask)
     if exclude is not None:
-        exclude = _as_bool_array(exclude, "exclude")
-        if exclude.shape != mask.shape:
-            raise ValueError(f"exclude shape {exclude.shape} differs from mask shape {mask.shape}")
-        blocked |= exclude
+        excluded = _as_bool_array(exclude, "exclude")
+        if excluded.shape != mask.shape:
+            raise ValueError(f"exclude shape {excluded.shape} differs from mask shape {mask.shape}")
+    blocked = excluded if disjoint == "no" else mask | excluded
     bins = magnitude_bins(scale, n_bins)  # [layer, unit]
     rng = np.random.default_rng(seed)
     drawn = np.zeros_like(mask)
     fallbacks = 0
     for layer in range(mask.shape[0]):
         wanted = np.flatnonzero(mask[layer])
-        free = [list(rng.permutation(np.flatnonzero((bins[layer] == b) & ~blocked[layer]))) for b in range(n_bins)]
+        layer_blocked = blocked[layer]
+        if disjoint == "prefer" and len(wanted) > int((~layer_blocked).sum()):
+            layer_blocked = excluded[layer]  # the reference fills this layer: draw among all its neurons
+        free = [list(rng.permutation(np.flatnonzero((bins[layer] == b) & ~layer_blocked))) for b in range(n_bins)]
         n_free = sum(len(f) for f in free)
         if len(wanted) > n_free:
             raise ValueError(f"layer {layer}: {len(wanted)} neurons to match but only {n_free} neurons outside the "
-                             "reference (and exclude) to draw from")
+                             f"reference (and exclude) to draw from (disjoint={disjoint!r}; 'prefer' draws such a "
+                             "layer from all its neurons)")
         for unit in rng.permutation(wanted):
             home = int(bins[layer, unit])
             for distance in range(n_bins):
@@ -172,9 +188,9 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int
 
 
 def magnitude_matched_mask(mask: Any, scale: Any, *, n_bins: int = 10, seed: int = 0,
-                           exclude: Any = None) -> np.ndarray:
+                           exclude: Any = None, disjoint: str = "require") -> np.ndarray:
     """``drawn  # [layer, unit] bool`` of :func:`magnitude_matched_draw` (without the fallback count)."""
-    return magnitude_matched_draw(mask, scale, n_bins=n_bins, seed=seed, exclude=exclude)[0]
+    return magnitude_matched_draw(mask, scale, n_bins=n_bins, seed=seed, exclude=exclude, disjoint=disjoint)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ computed from it. The job writes into ``DIR``:
 
 - ``controls.safetensors``: a NetworkSet with the provenance of the input networks (the same model, so
   ``evaluate.py`` applies it like the original) whose networks are, in the order of :func:`controls_layout`:
-  magnitude-matched random draws for every network and seed, and for the union of all networks; every network
+  magnitude-matched random draws for every network and seed, and for the union of all networks (disjoint from
+  the reference, except in a layer the reference fills: the union of many networks, for preservation); every network
   and the union with the massive units spared; one single-unit lesion per massive unit;
 - ``controls.json``: that layout (name -> network index), the massive units, their recurrence across networks,
-  the per-layer top units and the number of nearest-bin fallbacks of the magnitude-matched draws;
+  the per-layer top units, the number of nearest-bin fallbacks of the magnitude-matched draws, and the layers
+  where a draw had to overlap its reference (``overlap_layers``);
 - ``scale.npy``: ``[layer, unit]`` neuron scale.
 
 So every control is an ordinary ``evaluate.py mask=lesion|preserve mask.networks_file=DIR/controls.safetensors
@@ -79,16 +81,18 @@ def derive_controls(masks: np.ndarray, scale: np.ndarray, *, seeds: int, n_units
     layout = controls_layout(K, seeds, n_units)
     derived = np.zeros((len(layout),) + masks.shape[1:], dtype=bool)  # [n_derived, layer, unit]
     union = masks.any(axis=0)  # [layer, unit]
-    fallbacks = {}
-    for k in range(K):
-        for s in range(seeds):
-            drawn, n_fb = magnitude_matched_draw(masks[k], scale, n_bins=n_bins, seed=1000 * k + s)
-            derived[layout[f"magnitude/net{k}/seed{s}"]] = drawn
-            fallbacks[f"magnitude/net{k}/seed{s}"] = n_fb
-    for s in range(seeds):
-        drawn, n_fb = magnitude_matched_draw(union, scale, n_bins=n_bins, seed=1000 * K + s)
-        derived[layout[f"magnitude/all/seed{s}"]] = drawn
-        fallbacks[f"magnitude/all/seed{s}"] = n_fb
+    fallbacks, overlap = {}, {}
+    draws = [(f"magnitude/net{k}/seed{s}", masks[k], 1000 * k + s) for k in range(K) for s in range(seeds)]
+    draws += [(f"magnitude/all/seed{s}", union, 1000 * K + s) for s in range(seeds)]
+    for name, reference, seed in draws:
+        # disjoint from the reference where its layer allows; a layer the union fills (large K, preservation)
+        # is drawn among all its neurons, and listed in controls.json
+        drawn, n_fb = magnitude_matched_draw(reference, scale, n_bins=n_bins, seed=seed, disjoint="prefer")
+        derived[layout[name]] = drawn
+        fallbacks[name] = n_fb
+        layers = np.flatnonzero((drawn & reference).any(axis=1)).tolist()
+        if layers:
+            overlap[name] = layers
     top = top_units(scale, top_k)  # [layer, top_k]
     candidates = sorted(set(top.ravel().tolist()))
     massive = recurring_units(masks, n_units, among=candidates)
@@ -100,7 +104,7 @@ def derive_controls(masks: np.ndarray, scale: np.ndarray, *, seeds: int, n_units
         derived[[layout[f"unit/{i}"] for i in range(len(units))]] = unit_masks(masks, units)
     info = {
         "layout": layout, "massive_units": massive, "units": units, "top_k": top_k, "n_bins": n_bins,
-        "top_units": top.tolist(), "fallbacks": fallbacks,
+        "top_units": top.tolist(), "fallbacks": fallbacks, "overlap_layers": overlap,
         "sizes": {name: int(derived[i].sum()) for name, i in layout.items()},
         "network_sizes": masks.sum(axis=(1, 2)).tolist(),
         "networks_with_massive": {str(row["unit"]): row["network_ids"] for row in massive},

@@ -417,10 +417,12 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              and r["meta"].get("K") == preset.get("n_networks") and r.get("output")}
     pres_png = plot_preservation(summary, out / "preservation.png")
     layers_png = plot_layers(files, out / "layers.png")
-    massive = []
+    massive, overlap = [], []
     for r in records:
         if r.get("stage") == "controls" and r.get("status") in ("ran", "skipped"):
             info = json.loads((Path(r["folder"]) / "controls.json").read_text())
+            for name, layers in (info.get("overlap_layers") or {}).items():
+                overlap.append(f"{r['meta']['scope']} K={r['meta']['K']} {name}: layers {layers}")
             for m in info["massive_units"]:
                 massive.append({"networks of": f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}",
                                 "unit": m["unit"], "in networks": len(m["network_ids"]),
@@ -448,6 +450,11 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
             f"{k}: {v:.2f}" for k, v in sorted(centres.items())) + ". Figure: `layers.png`.", ""]
     if massive:
         lines += ["## Massive units", "", markdown_table(massive), ""]
+    if overlap:
+        lines += ["## Magnitude-matched draws inside the networks", "",
+                  "Where the networks' union fills a layer, its magnitude-matched draw cannot avoid it and is drawn "
+                  "among all of the layer's neurons (same counts, same bins); such controls are closer to the "
+                  "networks than elsewhere:", ""] + [f"- {line}" for line in overlap] + [""]
     cols = [c for c in SUMMARY_COLUMNS if c not in ("unmasked_ci_low", "unmasked_ci_high")]
     if paper_model == preset.get("model"):
         source = "Liu et al. 2025 (`fnet/study/paper_tables.json`) where the table has it."

@@ -113,3 +113,19 @@ def test_paper_tables_transcribed():
     assert models["gpt2"]["preserve"]["cola"]["256"] == {"score": 0.7776, "kept": 2109}
     assert models["chatglm3_6b"]["preserve"]["sst2"]["512"] == {"score": 0.9404, "kept": 26513}
     assert models["qwen2_5_3b"]["unmasked"]["sst2"] == 0.844 and models["qwen2_5_3b"]["lesion_all"]["sst2"] == 0
+
+
+def test_raw_vs_normalised_lines_compare_drops_and_layers(tmp_path):
+    from fnet.study.report import effects, load_results, normalisation, summarize
+
+    recs = _planted(tmp_path)
+    norm = {"task": "sst2", "variant": "normalised", "K": 10}
+    recs.append(_job(tmp_path, "nl", dict(norm, condition="lesion", target="all"), 0.88, (0.84, 0.91), n_masked=500))
+    for s, v in enumerate([0.89, 0.88, 0.90]):
+        recs.append(_job(tmp_path, f"nm{s}", dict(norm, condition="magnitude", target="all", seed=s), v,
+                         (v - .04, v + .04), n_masked=500))
+    lines = normalisation(effects(summarize(load_results(recs))), {"sst2 raw": 27.6, "sst2 normalised": 2.3})
+    assert len(lines) == 1 and "raw mean layer 27.6, normalised mean layer 2.3" in lines[0]
+    assert "raw: drop +0.350 [" in lines[0] and "normalised: drop +0.020 [" in lines[0]
+    assert "beyond magnitude-matched +0.010 [" in lines[0]  # raw: 0.56 vs 0.55
+    assert lines[0].endswith("(not distinguishable).")  # normalised: 0.89 vs 0.88, seeds differ

@@ -25,7 +25,8 @@ import numpy as np
 from fnet.report import markdown_table
 from fnet.report.sweep import mean_ci
 
-__all__ = ["load_results", "summarize", "effects", "statements", "headline", "write_report", "paper_tables",
+__all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "write_report",
+           "paper_tables",
            "SUMMARY_COLUMNS", "EFFECT_COLUMNS"]
 
 SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_jobs",
@@ -257,6 +258,25 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
     return lines
 
 
+def normalisation(effect_rows: Sequence[dict], centres: dict[str, float]) -> list[str]:
+    """Raw vs variance-normalised networks per task: where they sit (mean layer) and what lesioning all of them
+    does (drop, and extra drop beyond the magnitude-matched control)."""
+    eff = {(e["task"], e["variant"], e["target"], e["a"], e["b"]): e for e in effect_rows}
+    lines = []
+    for task in sorted({e["task"] for e in effect_rows if e["variant"] == "normalised"}):
+        scope = task.replace(" (zero-shot)", "-zeroshot")
+        where = ", ".join(f"{v} mean layer {centres[f'{scope} {v}']:.1f}" for v in ("raw", "normalised")
+                          if f"{scope} {v}" in centres)
+        parts = []
+        for v in ("raw", "normalised"):
+            drop, extra = eff.get((task, v, "all", "unmasked", "lesion")), eff.get((task, v, "all", "magnitude", "lesion"))
+            parts.append(f"{v}: drop {_d(drop)}, beyond magnitude-matched {_d(extra)} "
+                         f"({_verdict(extra, 'hurts more', 'hurts less')})")
+        lines.append(f"- {task}, raw vs variance-normalised ICA ({where or 'layers n/a'}); all networks lesioned, "
+                     + "; ".join(parts) + ".")
+    return lines
+
+
 def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
     """The answers to the study's questions, counted over all effects (each with its paired 95 % CI)."""
     lines = []
@@ -443,9 +463,12 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              "units (top-magnitude units most frequent across networks). Scores carry their own 95 % CI (Wilson "
              "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval).", "",
              "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
+    centres = _layer_centres(files) if files else {}
+    norm = normalisation(effect_rows, centres)
+    if norm:
+        lines += ["## Raw vs variance-normalised networks", ""] + norm + [""]
     lines += ["## Findings", ""] + (statements(summary, effect_rows) or ["- no finished evaluation yet"]) + [""]
     if files:
-        centres = _layer_centres(files)
         lines += ["## Where the networks sit", "", "Mean layer of network neurons: " + "; ".join(
             f"{k}: {v:.2f}" for k, v in sorted(centres.items())) + ". Figure: `layers.png`.", ""]
     if massive:

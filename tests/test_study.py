@@ -260,3 +260,38 @@ def test_task_overrides_reach_only_their_task_and_bad_ones_are_named():
         load_preset("tiny", ["task_overrides={qqp: {train: [a=1]}}"])
     with pytest.raises(ValueError, match="unknown stages \\['eval'\\]; valid: \\['train', 'analyze', 'evaluate'\\]"):
         load_preset("tiny", ["task_overrides={sst2: {eval: [a=1]}}"])
+
+
+def test_an_interrupted_runner_stops_its_jobs_and_logs_the_run(tmp_path):
+    """SIGTERM (kill, scancel) stops the runner like Ctrl-C: running job processes are terminated at once, the
+    finished job keeps its marker, runs.jsonl records the interrupted run, and a rerun continues."""
+    import signal
+    import time
+
+    (tmp_path / "slow.py").write_text(SLOW)
+    script = tmp_path / "runner.py"
+    script.write_text(f'''
+import sys, time
+from pathlib import Path
+from fnet.study import Job, run_jobs
+from fnet.study import runner
+jobs = [Job("evaluate/quick", "evaluate", ["slow.py"], ["name=quick"]),
+        Job("evaluate/long", "evaluate", ["slow.py"], ["name=long", "sleep=60"], ["evaluate/quick"])]
+runner.plan = lambda preset: jobs
+runner.run_jobs = lambda jobs, root, **kw: run_jobs(jobs, root, cwd={str(tmp_path)!r}, env_key="e", **kw)
+sys.exit(runner.main(["tiny", "--root", {str(tmp_path / "study")!r}, "--no-report"]))
+''')
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "study" / "evaluate").glob("long-*")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # the long job is running
+    started = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 130 and "rerun the same command to continue" in err
+    assert time.time() - started < 30  # the 60 s job was stopped, not waited for
+    assert list((tmp_path / "study" / "evaluate").glob("quick-*/job.json"))
+    assert not list((tmp_path / "study" / "evaluate").glob("long-*/result.json"))
+    runs = [json.loads(line) for line in (tmp_path / "study" / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 1 and runs[0]["interrupted"] is True and runs[0]["seconds"] > 0

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -146,6 +147,39 @@ def _child_env(workers: int) -> dict:
     return env
 
 
+#: the job processes now running (so an interrupted runner can stop them)
+_RUNNING: set = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _call(argv: list[str], **kwargs) -> int:
+    """``subprocess.run(argv).returncode``, with the process registered in :data:`_RUNNING` while it runs."""
+    proc = subprocess.Popen(argv, **kwargs)
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
+    try:
+        return proc.wait()
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+
+
+def _stop_running(log) -> None:
+    """Terminate every running job process (their folders are set aside and redone on the next run; a batch's
+    finished jobs keep their markers)."""
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if procs:
+        log(f"[study] interrupted: stopped {len(procs)} running job process(es); rerun to continue")
+
+
 def _run_one(item: _Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[_Ready, int, float]]:
     _fresh_folder(item.folder)
     argv = [python, *item.job.entry, *item.overrides]
@@ -154,7 +188,7 @@ def _run_one(item: _Ready, python: str, cwd: Path, env: dict, log) -> list[tuple
     log(f"[study] run {item.job.name}: {' '.join(argv[1:])}")
     started = time.time()
     with open(item.folder / "job.log", "w") as handle:
-        rc = subprocess.run(argv, cwd=str(cwd), env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+        rc = _call(argv, cwd=str(cwd), env=env, stdout=handle, stderr=subprocess.STDOUT)
     return [(item, rc, time.time() - started, False)]
 
 
@@ -176,10 +210,34 @@ def _run_batch(items: list[_Ready], python: str, cwd: Path, env: dict, log, root
     log(f"[study] run {len(items)} evaluate jobs in one process ({items[0].job.name} ...); log: {spec.with_suffix('.log')}")
     started = time.time()
     with open(spec.with_suffix(".log"), "w") as handle:
-        rc = subprocess.run([python, "-m", "fnet.pipelines.evaluate_batch", str(spec)], cwd=str(cwd), env=env,
-                            stdout=handle, stderr=subprocess.STDOUT).returncode
+        rc = _call([python, "-m", "fnet.pipelines.evaluate_batch", str(spec)], cwd=str(cwd), env=env,
+                   stdout=handle, stderr=subprocess.STDOUT)
     seconds = (time.time() - started) / len(items)
     return [(item, rc, seconds, True) for item in items]
+
+
+def _schedule(pool, queue, running, order, settle, finish, workers, batch, python, cwd, env, log, root) -> None:
+    """The scheduling loop of :func:`run_jobs`: launch ready jobs (in plan order, batched), collect them."""
+    while True:
+        settle()
+        queue.sort(key=lambda i: order[i.job.name])
+        while queue and len(running) < max(1, int(workers)):
+            first = queue.pop(0)
+            if batch > 1 and first.job.entry == ["evaluate.py"]:
+                same = [i for i in queue if _batch_group(i.job) == _batch_group(first.job)]
+                units = [first] + same[: int(batch) - 1]
+                for i in units[1:]:
+                    queue.remove(i)
+                running[pool.submit(_run_batch, units, python, cwd, env, log, root)] = units
+            else:
+                running[pool.submit(_run_one, first, python, cwd, env, log)] = [first]
+        if not running:
+            return
+        done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for future in done:
+            running.pop(future)
+            for item, rc, seconds, batched in future.result():
+                finish(item, rc, seconds, batched)
 
 
 def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, dry_run: bool = False,
@@ -263,26 +321,11 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
 
     order = {job.name: i for i, job in enumerate(jobs)}
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        while True:
-            settle()
-            queue.sort(key=lambda i: order[i.job.name])
-            while queue and len(running) < max(1, int(workers)):
-                first = queue.pop(0)
-                if batch > 1 and first.job.entry == ["evaluate.py"]:
-                    same = [i for i in queue if _batch_group(i.job) == _batch_group(first.job)]
-                    units = [first] + same[: int(batch) - 1]
-                    for i in units[1:]:
-                        queue.remove(i)
-                    running[pool.submit(_run_batch, units, python, cwd, env, log, root)] = units
-                else:
-                    running[pool.submit(_run_one, first, python, cwd, env, log)] = [first]
-            if not running:
-                break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in done:
-                running.pop(future)
-                for item, rc, seconds, batched in future.result():
-                    finish(item, rc, seconds, batched)
+        try:
+            _schedule(pool, queue, running, order, settle, finish, workers, batch, python, cwd, env, log, root)
+        except BaseException:  # Ctrl-C, SIGTERM (fnet.study.runner turns it into KeyboardInterrupt), errors
+            _stop_running(log)
+            raise
     for job in waiting:  # dependencies never done (dry run, --only, failed): pending or blocked
         state = "blocked" if any(status.get(d) in ("failed", "blocked") for d in job.deps) else "pending"
         records[job.name] = {"name": job.name, "stage": job.stage, "status": state, "meta": job.meta,

@@ -404,8 +404,9 @@ def _wall(root: Path) -> list[str]:
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     runs = [r for r in runs if not r.get("dry_run")]
     total = sum(float(r.get("seconds") or 0) for r in runs)
-    table = [{"started": r.get("started"), "workers": r.get("workers"), "ran": r.get("counts", {}).get("ran"),
-              "failed": r.get("counts", {}).get("failed"), "wall minutes": round(float(r.get("seconds") or 0) / 60, 1)}
+    table = [{"started": r.get("started"), "workers": r.get("workers"),
+              "ran": "stopped midway" if r.get("interrupted") else (r.get("counts") or {}).get("ran"),
+              "failed": (r.get("counts") or {}).get("failed"), "wall minutes": round(float(r.get("seconds") or 0) / 60, 1)}
              for r in runs]
     return [f"Runs of the study command (it resumes): {len(runs)}, {total / 3600:.2f} h of wall time in all.", "",
             markdown_table(table), ""]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -246,6 +247,16 @@ def plan(p: dict) -> list[Job]:
     return jobs
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _log_run(root: Path, run: dict) -> None:
+    """Append one run's wall time (and counts, or ``interrupted``) to ``runs.jsonl``, for the report."""
+    with open(root / "runs.jsonl", "a") as handle:
+        handle.write(json.dumps(run) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fnet.study PRESET [key=value ...]``: run a study preset, resumably; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fnet.study", description="Run a study preset, resumably.")
@@ -273,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_only:  # statuses only (a dry run needs no lock), then the report
         result = run_jobs(jobs, root, dry_run=True)
     else:
+        run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "workers": args.workers,
+               "dry_run": args.dry_run, "only": args.only}
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # kill / scancel: stop like Ctrl-C
         try:
             with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
                 result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
@@ -281,13 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for "
                   "it, pass another --root, or write the report so far with --report-only", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            _log_run(root, dict(run, seconds=time.time() - started, interrupted=True))
+            print("interrupted: the running jobs were stopped, every finished job is kept; rerun the same command "
+                  "to continue", file=sys.stderr)
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         seconds = time.time() - started
         (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"], "seconds": seconds},
                                                     indent=1, default=str))
-        with open(root / "runs.jsonl", "a") as handle:  # every run's wall time, for the report
-            handle.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                                     "seconds": seconds, "workers": args.workers, "dry_run": args.dry_run,
-                                     "only": args.only, "counts": result["counts"]}) + "\n")
+        _log_run(root, dict(run, seconds=seconds, counts=result["counts"]))
     if args.dry_run:
         for r in result["jobs"]:
             print(f"{r['status']:>8}  {r['name']}")

@@ -230,8 +230,8 @@ time.sleep(float(args.get("sleep", "0")))
 
 def test_workers_run_independent_jobs_at_once_and_dependents_after(tmp_path):
     (tmp_path / "slow.py").write_text(SLOW)
-    jobs = [Job("evaluate/a", "evaluate", ["slow.py"], ["name=a", "sleep=1.5"]),
-            Job("evaluate/b", "evaluate", ["slow.py"], ["name=b", "sleep=1.5"]),
+    jobs = [Job("evaluate/a", "evaluate", ["slow.py"], ["name=a", "sleep=3"]),
+            Job("evaluate/b", "evaluate", ["slow.py"], ["name=b", "sleep=3"]),
             Job("evaluate/c", "evaluate", ["slow.py"], ["name=c", "dep={evaluate/a}"], ["evaluate/a"])]
     result = run_jobs(jobs, tmp_path / "study", cwd=tmp_path, log=lambda *_: None, env_key="e", workers=2)
     assert result["counts"]["ran"] == 3 and [r["name"] for r in result["jobs"]] == ["evaluate/a", "evaluate/b",

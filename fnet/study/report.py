@@ -498,8 +498,13 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
                               for s, v in stages.items()]), ""] + _wall(root)
     failed = [r for r in records if r["status"] in ("failed", "blocked", "pending", "excluded")]
     if failed:
-        lines += ["## Not finished", "", f"{len(failed)} of {len(records)} jobs. Rerun the study command to continue.",
-                  "", markdown_table([{"job": r["name"], "status": r["status"]} for r in failed]), ""]
+        left: dict[tuple, int] = defaultdict(int)
+        for r in failed:
+            left[(r["meta"].get("task") or r["meta"].get("scope") or "", r["stage"], r["status"])] += 1
+        lines += ["## Not finished", "", f"{len(failed)} of {len(records)} jobs. Rerun the study command to continue "
+                  "(finished jobs are skipped); `jobs.csv` lists every job.", "",
+                  markdown_table([{"task": t, "stage": st, "status": s, "jobs": n} for (t, st, s), n in left.items()]),
+                  ""] + [f"- failed: {r['name']} ({r.get('why')})" for r in failed if r["status"] == "failed"] + [""]
     (out / "report.md").write_text("\n".join(lines))
     return {"report": out / "report.md", "summary": out / "summary.csv", "effects": out / "effects.csv",
             "summary_rows": summary, "effect_rows": effect_rows, "preservation": pres_png, "layers": layers_png}

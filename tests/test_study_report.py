@@ -69,6 +69,8 @@ def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tm
     assert lesion.count("not distinguishable") == 1  # against magnitude-matched only
     assert "recovers +0.280 [" in lesion and "(80% of the drop)" in lesion  # (0.83 - 0.55) / (0.90 - 0.55)
     assert "the massive units carry part of the effect" in lesion
+    assert "without them the lesion still drops +0.070 [" in lesion  # 0.90 - 0.83
+    assert "+0.054 [" in lesion and "(still hurts more)" in lesion  # the count-matched 0.884 - 0.83
     pres = next(line for line in text.splitlines() if "only the K=64 networks kept" in line)
     assert "100 neurons, 10.0% of neurons" in pres
     assert "loss vs unmasked +0.005 [" in pres and "(performance kept)" in pres  # 2 rows of 400: CI covers 0
@@ -78,6 +80,8 @@ def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tm
     assert "all networks together vs count-matched random lesions: 1 of 1 hurt more" in head  # cola: at chance
     assert "vs magnitude-matched random lesions: 0 of 1 hurt more, 0 hurt less, 1 are not distinguishable" in head
     assert "Preservation with no measurable loss: sst2 K=64." in head and "At chance unmasked" in head
+    assert "recovers part of a lesion's drop in 1 of 1 lesions (median share of the drop: 80%)" in head
+    assert "Networks without their massive units vs the count-matched random lesion of the whole network: 1 of 1" in head
     effects = list(csv.DictReader(open(tmp_path / "published" / "effects.csv")))
     count = next(e for e in effects if e["a"] == "count" and e["task"] == "sst2")
     assert float(count["diff"]) == pytest.approx(0.334) and float(count["ci_low"]) > 0.25

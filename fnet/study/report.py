@@ -24,6 +24,7 @@ import numpy as np
 
 from fnet.report import markdown_table
 from fnet.report.sweep import mean_ci
+from fnet.study.figures import layer_centres, plot_layers, plot_preservation
 
 __all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "write_report",
            "paper_tables",
@@ -136,7 +137,7 @@ def _paper_value(paper: dict | None, task: str, cond: str, target: Any, K: Any, 
 #: per effect condition: comparisons (a, b) on the same rows, reported as a - b
 COMPARISONS = {
     "lesion": (("unmasked", "lesion"), ("count", "lesion"), ("magnitude", "lesion")),
-    "spared": (("spared", "lesion"),),
+    "spared": (("spared", "lesion"), ("unmasked", "spared"), ("count", "spared")),
     "unit": (("unmasked", "unit"),),
     "preserve": (("unmasked", "preserve"), ("preserve", "preserve_count"), ("preserve", "preserve_magnitude")),
 }
@@ -236,9 +237,13 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
             spared, rec = by.get((task, les["variant"], "spared", les["target"], les["K"])), eff.get(key + ("spared", "lesion"))
             if spared is not None and rec is not None:
                 share = (f" ({rec['diff'] / drop['diff']:.0%} of the drop)" if drop and drop["diff"] > 0 else "")
+                beyond = eff.get(key + ("count", "spared"))
                 text += (f" With the massive units spared ({spared['n_masked']:.0f} neurons): {_fmt(spared)}, "
                          f"recovers {_d(rec)}{share}: the massive units "
-                         f"{_verdict(rec, 'carry part of the effect', 'do not carry it (sparing them hurts more)', 'carry no measurable part of it')}.")
+                         f"{_verdict(rec, 'carry part of the effect', 'do not carry it (sparing them hurts more)', 'carry no measurable part of it')}; "
+                         f"without them the lesion still drops {_d(eff.get(key + ('unmasked', 'spared')))}, "
+                         f"{_d(beyond)} beyond the count-matched random lesion of the whole network "
+                         f"({_verdict(beyond, 'still hurts more', 'hurts less')}).")
             lines.append(text)
         for unit in (r for r in summary if r["task"] == task and r["condition"] == "unit"):
             e = eff.get((task, unit["variant"], unit["target"], unit["K"], "unmasked", "unit"))
@@ -282,20 +287,32 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
     lines = []
     chance = sorted({r["task"] for r in summary if r["condition"] == "unmasked" and r["unmasked_at_chance"]})
     effect_rows = [e for e in effect_rows if _decided(e) and e["task"] not in chance]  # nothing on chance tasks
-    for a, b, what in (("count", "lesion", "count-matched"), ("magnitude", "lesion", "magnitude-matched")):
-        rows = [e for e in effect_rows if e["a"] == a and e["b"] == b]
-        for scope, pick in (("single networks", lambda e: e["target"] != "all"),
-                            ("all networks together", lambda e: e["target"] == "all")):
-            sel = [e for e in rows if pick(e)]
-            if sel:
-                more = sum(e["ci_low"] > 0 for e in sel)
-                less = sum(e["ci_high"] < 0 for e in sel)
-                lines.append(f"- Lesions of {scope} vs {what} random lesions: {more} of {len(sel)} hurt more, {less} "
-                             f"hurt less, {len(sel) - more - less} are not distinguishable (paired 95 % CIs).")
-    rec = [e for e in effect_rows if e["a"] == "spared"]
+    def tally(sel: list) -> str:
+        more, less = sum(e["ci_low"] > 0 for e in sel), sum(e["ci_high"] < 0 for e in sel)
+        return f"{more} of {len(sel)} hurt more, {less} hurt less, {len(sel) - more - less} are not distinguishable"
+
+    for variant in ("raw", "normalised"):
+        tag = "" if variant == "raw" else " (variance-normalised ICA)"
+        for a, b, what in (("count", "lesion", "count-matched"), ("magnitude", "lesion", "magnitude-matched")):
+            rows = [e for e in effect_rows if e["a"] == a and e["b"] == b and e["variant"] == variant]
+            for scope, pick in (("single networks", lambda e: e["target"] != "all"),
+                                ("all networks together", lambda e: e["target"] == "all")):
+                sel = [e for e in rows if pick(e)]
+                if sel:
+                    lines.append(f"- Lesions of {scope}{tag} vs {what} random lesions: {tally(sel)} (paired 95 % CIs).")
+    rec = [e for e in effect_rows if e["a"] == "spared" and e["b"] == "lesion"]
     if rec:
+        drops = {(e["task"], e["variant"], e["target"]): e["diff"] for e in effect_rows
+                 if e["a"] == "unmasked" and e["b"] == "lesion"}
+        shares = [e["diff"] / drops[k] for e in rec if (k := (e["task"], e["variant"], e["target"])) in drops
+                  and drops[k] > 0]
+        median = f" (median share of the drop: {float(np.median(shares)):.0%})" if shares else ""
         lines.append(f"- Sparing the massive units recovers part of a lesion's drop in {sum(e['ci_low'] > 0 for e in rec)} "
-                     f"of {len(rec)} lesions.")
+                     f"of {len(rec)} lesions{median}.")
+        beyond = [e for e in effect_rows if e["a"] == "count" and e["b"] == "spared"]
+        if beyond:
+            lines.append(f"- Networks without their massive units vs the count-matched random lesion of the whole "
+                         f"network: {tally(beyond)}.")
     for a, b, what in (("preserve", "preserve_count", "count-matched"), ("preserve", "preserve_magnitude", "magnitude-matched")):
         sel = [e for e in effect_rows if e["a"] == a and e["b"] == b]
         if sel:
@@ -308,80 +325,6 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
     if chance:
         lines.append(f"- At chance unmasked (nothing about them is claimed): {', '.join(chance)}.")
     return lines
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_preservation(summary: Sequence[dict], path: Path) -> Path | None:
-    """Score vs neurons kept per task: networks (points), count-matched control band, unmasked, chance."""
-    tasks = sorted({r["task"] for r in summary if r["condition"] == "preserve"})
-    if not tasks:
-        return None
-    fig = _figure(4.0 * len(tasks), 3.5)
-    for i, task in enumerate(tasks):
-        ax = fig.add_subplot(1, len(tasks), i + 1)
-        for cond, style in (("preserve", "o-"), ("preserve_count", "s--"), ("preserve_magnitude", "^:")):
-            pts = sorted((r for r in summary if r["task"] == task and r["condition"] == cond and r["n_kept"]),
-                         key=lambda r: r["n_kept"])
-            if not pts:
-                continue
-            x = [p["n_kept"] for p in pts]
-            y = np.array([p["score"] for p in pts])
-            ax.plot(x, y, style, label=cond.replace("preserve_", "random ").replace("preserve", "networks"))
-            if cond != "preserve":
-                ax.fill_between(x, [_f(p["ci_low"]) for p in pts], [_f(p["ci_high"]) for p in pts], alpha=0.2)
-        row = next(r for r in summary if r["task"] == task)
-        if row["unmasked"] is not None:
-            ax.axhline(row["unmasked"], linestyle="--", color="k", linewidth=1, label="unmasked")
-        if row["chance"] is not None:
-            ax.axhline(row["chance"], linestyle=":", color="grey", linewidth=1, label="chance")
-        ax.set_xscale("log")
-        ax.set_xlabel("neurons kept")
-        ax.set_ylabel(row["metric"])
-        ax.set_title(task)
-        ax.legend(fontsize=7)
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def plot_layers(network_files: dict[str, str], path: Path) -> Path | None:
-    """Neurons of all networks per layer, one line per network file (e.g. raw vs normalised ICA)."""
-    from fnet.networks import NetworkSet
-
-    if not network_files:
-        return None
-    fig = _figure(6.0, 3.5)
-    ax = fig.add_subplot()
-    for label, file in sorted(network_files.items()):
-        nets = NetworkSet.load(file)
-        per_layer = nets.masks.sum(dim=(0, 2)).numpy()  # [layer]: neuron memberships
-        ax.plot(range(len(per_layer)), per_layer / max(1, per_layer.sum()), marker="o", label=label)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("share of network neurons")
-    ax.set_title("Where the networks sit")
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def _layer_centres(network_files: dict[str, str]) -> dict[str, float]:
-    from fnet.networks import NetworkSet
-
-    out = {}
-    for label, file in network_files.items():
-        per_layer = NetworkSet.load(file).masks.sum(dim=(0, 2)).double().numpy()
-        out[label] = float((per_layer * np.arange(len(per_layer))).sum() / max(1.0, per_layer.sum()))
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -464,7 +407,7 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              "units (top-magnitude units most frequent across networks). Scores carry their own 95 % CI (Wilson "
              "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval).", "",
              "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
-    centres = _layer_centres(files) if files else {}
+    centres = layer_centres(files) if files else {}
     norm = normalisation(effect_rows, centres)
     if norm:
         lines += ["## Raw vs variance-normalised networks", ""] + norm + [""]

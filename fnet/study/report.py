@@ -30,7 +30,7 @@ __all__ = ["load_results", "summarize", "effects", "statements", "headline", "no
            "paper_tables",
            "SUMMARY_COLUMNS", "EFFECT_COLUMNS"]
 
-SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_jobs",
+SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_rows", "n_jobs",
                    "n_masked", "n_kept", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance",
                    "unmasked_at_chance", "paper"]
 RANDOM_CONDITIONS = ("count", "magnitude", "preserve_count", "preserve_magnitude")
@@ -88,7 +88,8 @@ def summarize(rows: Sequence[dict], paper: dict | None = None) -> list[dict]:
         kept = [g["n_kept"] for g in group if g.get("n_kept") is not None]
         out.append({
             "task": task, "variant": variant if cond != "unmasked" else "", "condition": cond, "target": target,
-            "K": K, "metric": group[0]["metric"], "score": score, "ci_low": lo, "ci_high": hi, "n_jobs": len(group),
+            "K": K, "metric": group[0]["metric"], "score": score, "ci_low": lo, "ci_high": hi,
+            "n_rows": group[0].get("n"), "n_jobs": len(group),
             "n_neurons": group[0].get("n_neurons"),
             "n_masked": float(np.mean(masked)) if masked else None, "n_kept": float(np.mean(kept)) if kept else None,
             "unmasked": base.get("score"), "unmasked_ci_low": base.get("ci_low"),
@@ -406,6 +407,8 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              "per-layer quantile bins of the neurons' RMS activation; spared = the networks without the massive "
              "units (top-magnitude units most frequent across networks). Scores carry their own 95 % CI (Wilson "
              "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval).", "",
+             "## Settings", "", "Preset `conf/study/" + preset["name"] + ".yaml` (held-out rows scored per job: `n_rows`):",
+             ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + ["",
              "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
     centres = layer_centres(files) if files else {}
     norm = normalisation(effect_rows, centres)

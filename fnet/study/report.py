@@ -406,7 +406,10 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              "random neurons per layer as the networks; magnitude-matched = the same counts drawn from the same "
              "per-layer quantile bins of the neurons' RMS activation; spared = the networks without the massive "
              "units (top-magnitude units most frequent across networks). Scores carry their own 95 % CI (Wilson "
-             "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval).", "",
+             "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval). A massive unit "
+             "lies far above the rest of its layer's top decile, so the magnitude-matched control (decile bins) "
+             "rarely draws one: the spared lesions and single-unit lesions, not that control, test how much of an "
+             "effect the massive units carry.", "",
              "## Settings", "", "Preset `conf/study/" + preset["name"] + ".yaml` (held-out rows scored per job: `n_rows`):",
              ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + ["",
              "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]

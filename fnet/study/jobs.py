@@ -180,7 +180,7 @@ def _stop_running(log) -> None:
         log(f"[study] interrupted: stopped {len(procs)} running job process(es); rerun to continue")
 
 
-def _run_one(item: _Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[_Ready, int, float]]:
+def _run_one(item: _Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[_Ready, int, float, bool]]:
     _fresh_folder(item.folder)
     argv = [python, *item.job.entry, *item.overrides]
     if item.job.entry[0].endswith(".py"):
@@ -216,30 +216,6 @@ def _run_batch(items: list[_Ready], python: str, cwd: Path, env: dict, log, root
     return [(item, rc, seconds, True) for item in items]
 
 
-def _schedule(pool, queue, running, order, settle, finish, workers, batch, python, cwd, env, log, root) -> None:
-    """The scheduling loop of :func:`run_jobs`: launch ready jobs (in plan order, batched), collect them."""
-    while True:
-        settle()
-        queue.sort(key=lambda i: order[i.job.name])
-        while queue and len(running) < max(1, int(workers)):
-            first = queue.pop(0)
-            if batch > 1 and first.job.entry == ["evaluate.py"]:
-                same = [i for i in queue if _batch_group(i.job) == _batch_group(first.job)]
-                units = [first] + same[: int(batch) - 1]
-                for i in units[1:]:
-                    queue.remove(i)
-                running[pool.submit(_run_batch, units, python, cwd, env, log, root)] = units
-            else:
-                running[pool.submit(_run_one, first, python, cwd, env, log)] = [first]
-        if not running:
-            return
-        done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-        for future in done:
-            running.pop(future)
-            for item, rc, seconds, batched in future.result():
-                finish(item, rc, seconds, batched)
-
-
 def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, dry_run: bool = False,
              python: str = sys.executable, cwd: str | Path = REPO_ROOT, env_key: str | None = None,
              log=print, workers: int = 1, batch: int = 1) -> dict:
@@ -263,6 +239,10 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
     queue: list[_Ready] = []
     running: dict = {}
 
+    def not_run(job: Job, state: str) -> dict:
+        return {"name": job.name, "stage": job.stage, "status": state, "meta": job.meta,
+                "waiting_for": [d for d in job.deps if d not in outputs]}
+
     def settle() -> None:
         """Move every job whose dependencies are settled out of ``waiting``: skipped, queued, or not run."""
         nonlocal waiting
@@ -272,8 +252,7 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
             for job in waiting:
                 if any(status.get(d) in ("failed", "blocked") for d in job.deps):
                     status[job.name] = "blocked"
-                    records[job.name] = {"name": job.name, "stage": job.stage, "status": "blocked",
-                                         "meta": job.meta, "waiting_for": [d for d in job.deps if d not in outputs]}
+                    records[job.name] = not_run(job, "blocked")
                 elif any(d not in outputs for d in job.deps):
                     still.append(job)
                     continue
@@ -322,14 +301,32 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
     order = {job.name: i for i, job in enumerate(jobs)}
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
         try:
-            _schedule(pool, queue, running, order, settle, finish, workers, batch, python, cwd, env, log, root)
+            while True:
+                settle()
+                queue.sort(key=lambda i: order[i.job.name])
+                while queue and len(running) < max(1, int(workers)):
+                    first = queue.pop(0)
+                    if batch > 1 and first.job.entry == ["evaluate.py"]:
+                        same = [i for i in queue if _batch_group(i.job) == _batch_group(first.job)]
+                        units = [first] + same[: int(batch) - 1]
+                        for i in units[1:]:
+                            queue.remove(i)
+                        running[pool.submit(_run_batch, units, python, cwd, env, log, root)] = units
+                    else:
+                        running[pool.submit(_run_one, first, python, cwd, env, log)] = [first]
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    for item, rc, seconds, batched in future.result():
+                        finish(item, rc, seconds, batched)
         except BaseException:  # Ctrl-C, SIGTERM (fnet.study.runner turns it into KeyboardInterrupt), errors
             _stop_running(log)
             raise
     for job in waiting:  # dependencies never done (dry run, --only, failed): pending or blocked
         state = "blocked" if any(status.get(d) in ("failed", "blocked") for d in job.deps) else "pending"
-        records[job.name] = {"name": job.name, "stage": job.stage, "status": state, "meta": job.meta,
-                             "waiting_for": [d for d in job.deps if d not in outputs]}
+        records[job.name] = not_run(job, state)
     ordered = [records[job.name] for job in jobs]
     counts = {s: sum(1 for r in ordered if r["status"] == s)
               for s in ("skipped", "ran", "failed", "blocked", "pending", "excluded")}

@@ -148,12 +148,17 @@ EFFECT_COLUMNS = ["task", "variant", "target", "K", "a", "b", "metric", "diff", 
                   "n_a", "n_b"]
 
 
+def _by_key(summary: Sequence[dict]) -> dict[tuple, dict]:
+    """Summary rows by (task, variant, condition, target, K)."""
+    return {(r["task"], r["variant"], r["condition"], r["target"], r["K"]): r for r in summary}
+
+
 def effects(summary: Sequence[dict], n_boot: int = 2000) -> list[dict]:
     """Every effect beside its control as a paired difference ``a - b`` on the same rows, with a 95 % CI
     (:func:`fnet.study.paired.paired_difference`: rows resampled, and a random control's seeds)."""
     from fnet.study.paired import load_outcomes, paired_difference
 
-    by = {(r["task"], r["variant"], r["condition"], r["target"], r["K"]): r for r in summary}
+    by = _by_key(summary)
     cache: dict[str, Any] = {}
 
     def outcomes(row: dict) -> list:
@@ -217,7 +222,7 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
     (:func:`effects`; computed here when not given)."""
     effect_rows = effects(summary) if effect_rows is None else effect_rows
     eff = {(e["task"], e["variant"], e["target"], e["K"], e["a"], e["b"]): e for e in effect_rows}
-    by = {(r["task"], r["variant"], r["condition"], r["target"], r["K"]): r for r in summary}
+    by = _by_key(summary)
     lines = []
     for task in sorted({r["task"] for r in summary}):
         base = by.get((task, "", "unmasked", None, None))

@@ -295,3 +295,51 @@ sys.exit(runner.main(["tiny", "--root", {str(tmp_path / "study")!r}, "--no-repor
     assert not list((tmp_path / "study" / "evaluate").glob("long-*/result.json"))
     runs = [json.loads(line) for line in (tmp_path / "study" / "runs.jsonl").read_text().splitlines()]
     assert len(runs) == 1 and runs[0]["interrupted"] is True and runs[0]["seconds"] > 0
+
+
+def test_the_environment_key_follows_data_bytes_not_modification_times(tmp_path, monkeypatch):
+    from fnet.study.jobs import environment_key, environment_parts
+
+    repo, data = tmp_path / "repo", tmp_path / "data"
+    (repo / "fnet" / "study").mkdir(parents=True)
+    (repo / "conf").mkdir()
+    (repo / "fnet" / "a.py").write_text("x = 1\n")
+    (repo / "fnet" / "study" / "runner.py").write_text("y = 1\n")
+    data.mkdir()
+    (data / "rows.csv").write_text("text,label\nhi,1\n")
+    monkeypatch.setenv("FNET_DATA_DIR", str(data))
+    key = environment_key(repo)
+    os.utime(data / "rows.csv", ns=(1, 1))  # re-provisioned: same bytes, another time
+    (repo / "fnet" / "study" / "runner.py").write_text("y = 2\n")  # the study's own code is not in the key
+    assert environment_key(repo) == key
+    (data / "rows.csv").write_text("text,label\nhi,0\n")  # same size, other bytes
+    changed = environment_parts(repo)
+    assert environment_key(repo) != key and changed["code"] == environment_parts(repo)["code"]
+    (data / "rows.csv").write_text("text,label\nhi,1\n")
+    (repo / "fnet" / "a.py").write_text("x = 2\n")
+    assert environment_key(repo) != key
+
+
+def test_adopt_moves_only_the_same_jobs_to_their_new_keys_and_a_rerun_recomputes_nothing(fake):
+    from fnet.study.adopt import adopt_jobs
+
+    _run(fake, _jobs())
+    old_x = next((fake / "study" / "evaluate").glob("a_x-*/result.json"))
+    with pytest.raises(ValueError, match="reason"):
+        adopt_jobs(_jobs(), fake / "study", reason=" ", env_key="env1", log=lambda *_: None)
+    # y's plan changed since it ran: it is another job and must not be adopted
+    jobs = _jobs()
+    jobs[2] = Job("evaluate/a/y", "evaluate", ["fake.py"], ["name=y", "ckpt={train/a}", "extra=1"], ["train/a"])
+    counts = adopt_jobs(jobs, fake / "study", reason="data re-provisioned", env_key="env1", log=lambda *_: None)
+    assert counts["adopted"] == 2 and counts["differ"] == ["evaluate/a/y"]
+    result = _run(fake, jobs, env_key="env1")
+    assert _calls(fake) == ["train", "x", "y", "y"]  # only the changed job ran
+    assert result["counts"]["skipped"] == 2
+    new_x = next(p for p in (fake / "study" / "evaluate").glob("a_x-*") if not p.is_symlink())
+    record = json.loads((new_x / "job.json").read_text())
+    assert record["adopted"]["reason"] == "data re-provisioned" and record["status"] == "done"
+    new_ckpt = next(p for p in (fake / "study" / "train").glob("*") if not p.is_symlink())
+    assert any(str(new_ckpt) in o for o in record["overrides"])  # the input's new folder, not the old
+    assert old_x.read_text() == (new_x / "result.json").read_text()  # the old path still resolves (a link)
+    again = adopt_jobs(jobs, fake / "study", reason="again", env_key="env1", log=lambda *_: None)
+    assert again["adopted"] == 0 and again["current"] == 3

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
 
-__all__ = ["Job", "STAGES", "environment_key", "job_key", "run_jobs", "summary_lines"]
+__all__ = ["Job", "STAGES", "environment_key", "environment_parts", "job_key", "run_jobs", "summary_lines"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,22 +55,30 @@ class Job:
 # --------------------------------------------------------------------------------------------------------------
 # Keys and markers
 # --------------------------------------------------------------------------------------------------------------
-def environment_key(repo: Path = REPO_ROOT) -> str:
-    """What every job depends on besides its overrides: the fnet sources (but the study's own runner and
-    report), the entry points, the configs (but the study presets), the offline data listing (names, sizes,
-    modification times) and the torch / transformers versions."""
+def environment_parts(repo: Path = REPO_ROOT) -> dict:
+    """What every job depends on besides its overrides, as content keys: ``code`` (the fnet sources but the
+    study's own runner and report, the entry points, the configs but the study presets), ``data`` (the offline
+    data files' names and bytes) and the torch / transformers versions. Contents, never modification times: a
+    re-provisioned copy of the same data must not invalidate a study."""
     import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
     import transformers
 
-    parts = []
+    code = []
     for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
         if path.parent in (repo / "fnet" / "study", repo / "conf" / "study"):
             continue
-        parts.append((str(path.relative_to(repo)), content_key(path.read_text())))
+        code.append((str(path.relative_to(repo)), content_key(path.read_text())))
     data_dir = Path(os.environ.get("FNET_DATA_DIR", repo.parent / "shared" / "data"))
-    data = sorted((str(f.relative_to(data_dir)), f.stat().st_size, f.stat().st_mtime_ns)
+    data = sorted((str(f.relative_to(data_dir)), file_digest(f, memo=False))
                   for f in data_dir.rglob("*") if f.is_file()) if data_dir.is_dir() else []
-    return content_key(parts, data, torch.__version__, transformers.__version__)
+    return {"code": content_key(code), "data": content_key(data), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def environment_key(repo: Path = REPO_ROOT) -> str:
+    """One content key of :func:`environment_parts`."""
+    parts = environment_parts(repo)
+    return content_key(parts["code"], parts["data"], parts["torch"], parts["transformers"])
 
 
 def job_key(job: Job, overrides: list[str], input_digests: dict[str, str], env_key: str) -> str:

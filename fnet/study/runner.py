@@ -34,7 +34,7 @@ from filelock import Timeout
 
 from fnet.cache import lock
 from fnet.pipelines.study_controls import controls_layout
-from fnet.study.jobs import STAGES, Job, job_key, run_jobs, summary_lines
+from fnet.study.jobs import STAGES, Job, environment_parts, job_key, run_jobs, summary_lines
 
 __all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "summary_lines", "main"]
 
@@ -272,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report-dir", help="where the report goes (default: the study folder)")
     parser.add_argument("--workers", type=int, default=1,
                         help="jobs run at once (default 1); without OMP_NUM_THREADS the cores are split among them")
+    parser.add_argument("--adopt", metavar="REASON",
+                        help="first move finished jobs whose key changed only through the environment (see "
+                             "fnet.study.adopt) to their new folders, keeping REASON and the old key; then go on")
     parser.add_argument("--batch", type=int, default=32,
                         help="evaluate jobs of one task and model run in one process, up to this many (default 32; "
                              "1 = a process per job, exactly as typed)")
@@ -285,10 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_jobs(jobs, root, dry_run=True)
     else:
         run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "workers": args.workers,
-               "dry_run": args.dry_run, "only": args.only}
+               "dry_run": args.dry_run, "only": args.only,
+               "environment": environment_parts()}  # so a later change of key says which part changed
         previous = signal.signal(signal.SIGTERM, _interrupt)  # kill / scancel: stop like Ctrl-C
         try:
             with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
+                if args.adopt:
+                    from fnet.study.adopt import adopt_jobs
+
+                    run["adopted"] = adopt_jobs(jobs, root, reason=args.adopt)["adopted"]
                 result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
                                   batch=args.batch)
         except Timeout:

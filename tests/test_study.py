@@ -343,3 +343,19 @@ def test_adopt_moves_only_the_same_jobs_to_their_new_keys_and_a_rerun_recomputes
     assert old_x.read_text() == (new_x / "result.json").read_text()  # the old path still resolves (a link)
     again = adopt_jobs(jobs, fake / "study", reason="again", env_key="env1", log=lambda *_: None)
     assert again["adopted"] == 0 and again["current"] == 3
+
+
+def test_table_order_gives_every_task_its_all_networks_lesion_before_any_per_network_or_preservation_job():
+    by_task = plan(load_preset("smollm2", ["order=task"]))
+    jobs = plan(load_preset("smollm2", ["order=table"]))
+    assert sorted(j.name for j in jobs) == sorted(j.name for j in by_task)  # the same jobs, another order
+    names = [j.name for j in jobs]
+    for j in jobs:
+        assert all(names.index(d) < names.index(j.name) for d in j.deps)
+    last_all = max(names.index(f"evaluate/finetune/{t}/raw/lesion/all") for t in ("sst2", "squad", "mnli"))
+    first_each = names.index("evaluate/finetune/sst2/raw/lesion/net0")
+    first_preserve = min(i for i, j in enumerate(jobs) if j.meta.get("condition", "").startswith("preserve"))
+    assert last_all < first_each < first_preserve
+    assert names.index("analyze/squad/K10/raw") < names.index("analyze/sst2/K64/raw")
+    with pytest.raises(ValueError, match="order='tasks'; valid: \\['task', 'table'\\]"):
+        load_preset("tiny", ["order=tasks"])

@@ -61,7 +61,10 @@ PRESET_KEYS: dict[str, Any] = {
     "analyze": [],           # ... analyze.py jobs
     "evaluate": [],          # ... evaluate.py jobs
     "task_overrides": {},    # per task, after the above: {task: {train: [...], analyze: [...], evaluate: [...]}}
+    "order": "task",         # task: finish each task in turn | table: every task's unmasked and all-networks
+                             # lesion jobs (Table 5) first, then per-network lesions (Table 4), then preservation (8)
 }
+ORDERS = ("task", "table")
 OVERRIDE_STAGES = ("train", "analyze", "evaluate")
 CONTROL_KINDS = ("count", "magnitude")
 
@@ -96,6 +99,8 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
     out["name"] = out["name"] or path.stem
     if out["stimuli"] not in ("genre", "task"):
         raise ValueError(f"study preset {path}: stimuli={out['stimuli']!r}; valid: ['genre', 'task']")
+    if out["order"] not in ORDERS:
+        raise ValueError(f"study preset {path}: order={out['order']!r}; valid: {list(ORDERS)}")
     if out["path"] not in ("finetune", "zeroshot"):
         raise ValueError(f"study preset {path}: path={out['path']!r}; valid: ['finetune', 'zeroshot']")
     if not out["model"] or not out["tasks"]:
@@ -130,7 +135,8 @@ def _controls_args(p: dict) -> list[str]:
 
 def plan(p: dict) -> list[Job]:
     """The jobs of a study preset (see :data:`PRESET_KEYS`), task by task (in the preset's order), each task's
-    stage by stage, so every dependency comes before its dependents and a runner finishes the first task first."""
+    stage by stage, so every dependency comes before its dependents and a runner finishes the first task first;
+    with ``order: table``, every task's Table-5 jobs come before any Table-4 job, and those before Table 8's."""
     jobs: list[Job] = []
     model = [f"model={p['model']}"]
     K = int(p["n_networks"])
@@ -244,7 +250,22 @@ def plan(p: dict) -> list[Job]:
                        ["mask=preserve", f"mask.networks={klayout[f'magnitude/all/seed{s}']}"] + ctl, [c],
                        condition="preserve_magnitude", K=k, seed=s)
         stage_order(first)
+    if p["order"] == "table":  # stable: dependencies still come first (a table's jobs need only earlier tables')
+        jobs.sort(key=lambda j: _table(j, K))
     return jobs
+
+
+def _table(job: Job, n_networks: int) -> int:
+    """0: training, the lesion study's networks and every all-networks job (Table 5); 1: per-network and
+    single-unit lesions (Table 4); 2: preservation and its networks (Table 8)."""
+    m = job.meta
+    if job.stage in ("analyze", "controls"):
+        return 0 if m.get("K") == n_networks else 2
+    if job.stage == "train":
+        return 0
+    if str(m.get("condition", "")).startswith("preserve"):
+        return 2
+    return 0 if m.get("target", "all") == "all" else 1
 
 
 def _interrupt(signum, frame) -> None:

@@ -133,3 +133,12 @@ def test_raw_vs_normalised_lines_compare_drops_and_layers(tmp_path):
     assert "raw: drop +0.350 [" in lines[0] and "normalised: drop +0.020 [" in lines[0]
     assert "beyond magnitude-matched +0.010 [" in lines[0]  # raw: 0.56 vs 0.55
     assert lines[0].endswith("(not distinguishable).")  # normalised: 0.89 vs 0.88, seeds differ
+
+
+def test_a_score_under_the_majority_rate_is_marked_below_chance_not_left_unmarked():
+    from fnet.study.report import _fmt
+
+    row = {"score": 0.45, "ci_low": 0.383, "ci_high": 0.519, "n_jobs": 1, "chance": 0.55}
+    assert _fmt(row) == "0.450 [0.383, 0.519] (below chance, 0.550)"
+    assert _fmt(dict(row, chance=0.5)) == "0.450 [0.383, 0.519] (at chance)"
+    assert _fmt(dict(row, chance=0.3)) == "0.450 [0.383, 0.519]"

@@ -3,7 +3,8 @@
 Every statement of the report is computed from the numbers. Each effect stands beside its control as a paired
 difference on the same held-out rows with a 95 % CI (:mod:`fnet.study.paired`: rows resampled, and a random
 control's seeds too); an effect is claimed only when that CI excludes zero. A task is "at chance" when the unmasked
-model's interval covers the chance level, and a masked score is marked "at chance" when its own interval does. The
+model's interval covers the chance level, and a masked score is marked "at chance" when its own interval does
+("below chance" when it lies under it: a lesion can push a model below the majority-class rate). The
 paper's numbers (``fnet/study/paper_tables.json``) stand beside ours where they exist. Single jobs carry their own
 interval (Wilson for accuracy, bootstrap otherwise); random controls are the mean over seeds with a 95 % t interval
 (:func:`fnet.report.sweep.mean_ci`).
@@ -196,8 +197,10 @@ def _fmt(r: dict | None) -> str:
     ci = "" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
     seeds = f" ({r['n_jobs']} seeds)" if r["n_jobs"] > 1 else ""
     chance = r.get("chance")
-    at = (" (at chance)" if chance is not None and not math.isnan(r["ci_low"])
-          and r["ci_low"] <= chance <= r["ci_high"] else "")
+    at = ""
+    if chance is not None and not math.isnan(r["ci_low"]):  # chance: the majority-class rate (or the metric's)
+        at = (" (at chance)" if r["ci_low"] <= chance <= r["ci_high"]
+              else f" (below chance, {chance:.3f})" if r["ci_high"] < chance else "")
     return f"{r['score']:.3f}{ci}{seeds}{at}"
 
 

@@ -142,3 +142,12 @@ def test_a_score_under_the_majority_rate_is_marked_below_chance_not_left_unmarke
     assert _fmt(row) == "0.450 [0.383, 0.519] (below chance, 0.550)"
     assert _fmt(dict(row, chance=0.5)) == "0.450 [0.383, 0.519] (at chance)"
     assert _fmt(dict(row, chance=0.3)) == "0.450 [0.383, 0.519]"
+
+
+def test_network_ids_in_the_massive_units_table_stay_short():
+    from fnet.study.report import _ids
+
+    assert _ids([3, 1, 2], 10) == "1, 2, 3"
+    assert _ids(list(range(512)), 512) == "all"
+    assert _ids([i for i in range(512) if i not in (8, 61)], 512) == "all but 8, 61"
+    assert _ids(list(range(0, 400, 2)), 512) == "0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, ..."

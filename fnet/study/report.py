@@ -191,6 +191,19 @@ def effects(summary: Sequence[dict], n_boot: int = 2000) -> list[dict]:
     return out
 
 
+def _ids(ids: list[int], k: int, show: int = 12) -> str:
+    """Network ids for a table cell: all of them when few, else "all", "all but ..." or the first ones."""
+    ids = sorted(ids)
+    if len(ids) <= show:
+        return ", ".join(map(str, ids))
+    if len(ids) == k:
+        return "all"
+    missing = sorted(set(range(k)) - set(ids))
+    if len(missing) <= show:
+        return "all but " + ", ".join(map(str, missing))
+    return ", ".join(map(str, ids[:show])) + ", ..."
+
+
 def _fmt(r: dict | None) -> str:
     if r is None:
         return "n/a"
@@ -394,12 +407,17 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
     for r in records:
         if r.get("stage") == "controls" and r.get("status") in ("ran", "skipped"):
             info = json.loads((Path(r["folder"]) / "controls.json").read_text())
+            seeds_of: dict[tuple, list[str]] = defaultdict(list)  # one line per control and layers, seeds listed
             for name, layers in (info.get("overlap_layers") or {}).items():
-                overlap.append(f"{r['meta']['scope']} K={r['meta']['K']} {name}: layers {layers}")
+                control, _, seed = name.rpartition("/")
+                seeds_of[(control, tuple(layers))].append(seed.removeprefix("seed"))
+            for (control, layers), seeds in seeds_of.items():
+                overlap.append(f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}, {control} "
+                               f"(seeds {', '.join(seeds)}): layers {list(layers)}")
             for m in info["massive_units"]:
                 massive.append({"networks of": f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}",
                                 "unit": m["unit"], "in networks": len(m["network_ids"]),
-                                "network ids": ", ".join(map(str, m["network_ids"])),
+                                "network ids": _ids(m["network_ids"], int(r["meta"]["K"])),
                                 "layers": ", ".join(map(str, m["layers"]))})
     stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "done": 0, "seconds": 0.0})
     for r in records:

@@ -359,3 +359,17 @@ def test_table_order_gives_every_task_its_all_networks_lesion_before_any_per_net
     assert names.index("analyze/squad/K10/raw") < names.index("analyze/sst2/K64/raw")
     with pytest.raises(ValueError, match="order='tasks'; valid: \\['task', 'table'\\]"):
         load_preset("tiny", ["order=tasks"])
+
+
+def test_adopt_picks_the_old_run_with_the_same_settings_among_several(fake):
+    from fnet.study.adopt import adopt_jobs
+
+    _run(fake, _jobs(lr="0.2"))
+    _run(fake, _jobs(lr="0.1"))  # two finished x: lr=0.2 and lr=0.1
+    counts = adopt_jobs(_jobs(lr="0.1"), fake / "study", reason="r", env_key="env1", log=lambda *_: None)
+    assert counts["adopted"] == 3 and counts["differ"] == []
+    result = _run(fake, _jobs(lr="0.1"), env_key="env1")
+    assert result["counts"]["skipped"] == 3 and len(_calls(fake)) == 4  # train, x, y, x: nothing ran again
+    x = [p for p in (fake / "study" / "evaluate").glob("a_x-*") if not p.is_symlink()]
+    adopted = [json.loads((p / "job.json").read_text()) for p in x if "adopted" in (p / "job.json").read_text()]
+    assert len(adopted) == 1 and "lr=0.1" in adopted[0]["overrides"]

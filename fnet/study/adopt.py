@@ -27,9 +27,10 @@ from fnet.study.jobs import STAGES, Job, _done, _output, _prepare, environment_k
 __all__ = ["adopt_jobs"]
 
 
-def _finished_by_name(root: Path) -> dict[str, tuple[Path, dict]]:
-    """Every finished job's folder and record in ``root`` (not links, not folders set aside), by job name."""
-    found = {}
+def _finished_by_name(root: Path) -> dict[str, list[tuple[Path, dict]]]:
+    """Every finished job's folder and record in ``root`` (not links, not folders set aside), by job name (a name
+    can have several: runs with other settings)."""
+    found: dict[str, list[tuple[Path, dict]]] = {}
     for stage in STAGES:
         if not (root / stage).is_dir():
             continue
@@ -41,8 +42,20 @@ def _finished_by_name(root: Path) -> dict[str, tuple[Path, dict]]:
             except (OSError, ValueError):
                 continue
             if record.get("status") == "done":
-                found[record["name"]] = (folder, record)
+                found.setdefault(record["name"], []).append((folder, record))
     return found
+
+
+def _same_job(job: Job, item, folder: Path, record: dict, moved: dict) -> bool:
+    """Whether ``record`` (in ``folder``) ran ``item``: same entry, input digests, and overrides once the old
+    folders of its inputs (``moved``) and its own read as the new ones."""
+    expected = []
+    for value in record.get("overrides", []):
+        for before, after in sorted(moved.items(), key=lambda kv: -len(kv[0])):
+            value = value.replace(before, after)
+        expected.append(value.replace(str(folder), str(item.folder)))
+    return (record.get("entry") == job.entry and record.get("inputs") == item.base["inputs"]
+            and expected == item.overrides)
 
 
 def _adopt_one(job: Job, root: Path, env_key: str, reason: str, old: dict, outputs: dict, moved: dict,
@@ -55,14 +68,10 @@ def _adopt_one(job: Job, root: Path, env_key: str, reason: str, old: dict, outpu
         return
     if job.name not in old:
         return
-    folder, record = old[job.name]
-    expected = []
-    for value in record.get("overrides", []):
-        for before, after in sorted(moved.items(), key=lambda kv: -len(kv[0])):
-            value = value.replace(before, after)
-        expected.append(value.replace(str(folder), str(item.folder)))
-    if (record.get("entry") != job.entry or record.get("inputs") != item.base["inputs"]
-            or expected != item.overrides):
+    for folder, record in old[job.name]:
+        if _same_job(job, item, folder, record, moved):
+            break
+    else:
         counts["differ"].append(job.name)
         return
     if item.folder.exists():  # an unfinished attempt under the new key: set aside, like the runner does
@@ -85,7 +94,7 @@ def adopt_jobs(jobs: Sequence[Job], root: str | Path, *, reason: str, env_key: s
     Parameters
     ----------
     jobs : sequence of Job
-        The study's plan, dependencies before the jobs that need them.
+        The study's plan (any order: a job is looked at once its inputs are placed).
     root : path
         The study folder.
     reason : str

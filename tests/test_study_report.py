@@ -54,6 +54,10 @@ def _planted(root):
     recs.append(_job(root, "cu", {"task": "cola", "condition": "unmasked"}, 0.69, (0.64, 0.74), chance=0.69))
     recs.append(_job(root, "cl", {"task": "cola", "variant": "raw", "K": 10, "condition": "lesion",
                                   "target": "all"}, 0.31, (0.26, 0.36), chance=0.69, n_masked=180))
+    for s, v in enumerate([0.68, 0.70]):
+        recs.append(_job(root, f"cc{s}", {"task": "cola", "variant": "raw", "K": 10, "condition": "count",
+                                          "target": "all", "seed": s}, v, (v - .05, v + .05), chance=0.69,
+                         n_masked=180))
     return recs
 
 
@@ -76,6 +80,8 @@ def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tm
     assert "loss vs unmasked +0.005 [" in pres and "(performance kept)" in pres  # 2 rows of 400: CI covers 0
     assert "vs count-matched random kept +0.385 [" in pres and "(networks keep more)" in pres
     assert "**cola: at chance.**" in text and "**sst2: at chance" not in text
+    cola = next(line for line in text.splitlines() if line.startswith("- cola, all networks lesioned"))
+    assert "extra drop +0.3" in cola and "no claim: task at chance" in cola and "hurts more" not in cola
     head = text.split("## What holds")[1].split("## Findings")[0]
     assert "all networks together vs count-matched random lesions: 1 of 1 hurt more" in head  # cola: at chance
     assert "vs magnitude-matched random lesions: 0 of 1 hurt more, 0 hurt less, 1 are not distinguishable" in head
@@ -93,7 +99,7 @@ def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tm
     count_row = next(r for r in rows if r["task"] == "sst2" and r["condition"] == "count")
     assert count_row["n_jobs"] == "5" and float(count_row["ci_low"]) < 0.884 < float(count_row["ci_high"])
     assert out["preservation"].exists() and not (tmp_path / "report.md").exists()
-    assert re.search(r"\| evaluate\s*\|\s*19\s*\|\s*19\s*\|\s*38\.0", text.split("## Wall time")[1])  # 19 jobs x 2 s
+    assert re.search(r"\| evaluate\s*\|\s*21\s*\|\s*21\s*\|\s*42\.0", text.split("## Wall time")[1])  # 21 jobs x 2 s
 
 
 def test_statements_never_claim_on_one_random_seed_or_without_predictions(tmp_path):

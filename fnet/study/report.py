@@ -242,7 +242,12 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
     lines = []
     for task in sorted({r["task"] for r in summary}):
         base = by.get((task, "", "unmasked", None, None))
-        if base is not None and base["unmasked_at_chance"]:
+        at_chance = base is not None and bool(base["unmasked_at_chance"])
+
+        def v(e, *words, at_chance=at_chance):  # no verdict on a task the unmasked model does at chance
+            return "no claim: task at chance" if at_chance and e is not None else _verdict(e, *words)
+
+        if at_chance:
             lines.append(f"- **{task}: at chance.** The unmasked score {_fmt(base)} covers chance "
                          f"({base['chance']:.3f}); no lesion or preservation on {task} says anything.")
         for les in (r for r in summary if r["task"] == task and r["condition"] == "lesion"):
@@ -253,24 +258,24 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
                                                                   ("magnitude", "lesion")))
             text = (f"- {task}, {what}{tag} lesioned ({les['n_masked']:.0f} neurons): {_fmt(les)}, unmasked "
                     f"{_fmt(base)}, drop {_d(drop)}. Count-matched random {_fmt(by.get((task, les['variant'], 'count', les['target'], les['K'])))}: "
-                    f"extra drop {_d(vs_count)}, {_verdict(vs_count, 'hurts more', 'hurts less')}. "
+                    f"extra drop {_d(vs_count)}, {v(vs_count, 'hurts more', 'hurts less')}. "
                     f"Magnitude-matched {_fmt(by.get((task, les['variant'], 'magnitude', les['target'], les['K'])))}: "
-                    f"extra drop {_d(vs_mag)}, {_verdict(vs_mag, 'hurts more', 'hurts less')}.")
+                    f"extra drop {_d(vs_mag)}, {v(vs_mag, 'hurts more', 'hurts less')}.")
             spared, rec = by.get((task, les["variant"], "spared", les["target"], les["K"])), eff.get(key + ("spared", "lesion"))
             if spared is not None and rec is not None:
                 share = (f" ({rec['diff'] / drop['diff']:.0%} of the drop)" if drop and drop["diff"] > 0 else "")
                 beyond = eff.get(key + ("count", "spared"))
                 text += (f" With the massive units spared ({spared['n_masked']:.0f} neurons): {_fmt(spared)}, "
                          f"recovers {_d(rec)}{share}: the massive units "
-                         f"{_verdict(rec, 'carry part of the effect', 'do not carry it (sparing them hurts more)', 'carry no measurable part of it')}; "
+                         f"{v(rec, 'carry part of the effect', 'do not carry it (sparing them hurts more)', 'carry no measurable part of it')}; "
                          f"without them the lesion still drops {_d(eff.get(key + ('unmasked', 'spared')))}, "
                          f"{_d(beyond)} beyond the count-matched random lesion of the whole network "
-                         f"({_verdict(beyond, 'still hurts more', 'hurts less')}).")
+                         f"({v(beyond, 'still hurts more', 'hurts less')}).")
             lines.append(text)
         for unit in (r for r in summary if r["task"] == task and r["condition"] == "unit"):
             e = eff.get((task, unit["variant"], unit["target"], unit["K"], "unmasked", "unit"))
             lines.append(f"- {task}, massive unit rank {unit['target'][4:]} lesioned alone ({unit['n_masked']:.0f} "
-                         f"neurons): {_fmt(unit)}, drop {_d(e)}: {_verdict(e, 'hurts', 'helps', 'no measurable effect')}.")
+                         f"neurons): {_fmt(unit)}, drop {_d(e)}: {v(e, 'hurts', 'helps', 'no measurable effect')}.")
         for pres in (r for r in summary if r["task"] == task and r["condition"] == "preserve"):
             key = (task, pres["variant"], pres["target"], pres["K"])
             loss, vs_count, vs_mag = (eff.get(key + c) for c in (("unmasked", "preserve"), ("preserve", "preserve_count"),
@@ -279,15 +284,15 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
                     and pres.get("n_kept") is not None else "")
             kept = f"{pres['n_kept']:.0f}" if pres["n_kept"] is not None else "?"
             lines.append(f"- {task}, only the K={pres['K']} networks kept ({kept} neurons{frac}): {_fmt(pres)}; loss vs "
-                         f"unmasked {_d(loss)} ({_verdict(loss, 'performance lost', 'better than unmasked', 'performance kept')}); "
-                         f"vs count-matched random kept {_d(vs_count)} ({_verdict(vs_count, 'networks keep more', 'random keeps more')}); "
-                         f"vs magnitude-matched {_d(vs_mag)} ({_verdict(vs_mag, 'networks keep more', 'random keeps more')}).")
+                         f"unmasked {_d(loss)} ({v(loss, 'performance lost', 'better than unmasked', 'performance kept')}); "
+                         f"vs count-matched random kept {_d(vs_count)} ({v(vs_count, 'networks keep more', 'random keeps more')}); "
+                         f"vs magnitude-matched {_d(vs_mag)} ({v(vs_mag, 'networks keep more', 'random keeps more')}).")
     return lines
 
 
-def normalisation(effect_rows: Sequence[dict], centres: dict[str, float]) -> list[str]:
+def normalisation(effect_rows: Sequence[dict], centres: dict[str, float], at_chance: Sequence[str] = ()) -> list[str]:
     """Raw vs variance-normalised networks per task: where they sit (mean layer) and what lesioning all of them
-    does (drop, and extra drop beyond the magnitude-matched control)."""
+    does (drop, and extra drop beyond the magnitude-matched control; no verdict for tasks in ``at_chance``)."""
     eff = {(e["task"], e["variant"], e["target"], e["a"], e["b"]): e for e in effect_rows}
     lines = []
     for task in sorted({e["task"] for e in effect_rows if e["variant"] == "normalised"}):
@@ -297,8 +302,9 @@ def normalisation(effect_rows: Sequence[dict], centres: dict[str, float]) -> lis
         parts = []
         for v in ("raw", "normalised"):
             drop, extra = eff.get((task, v, "all", "unmasked", "lesion")), eff.get((task, v, "all", "magnitude", "lesion"))
-            parts.append(f"{v}: drop {_d(drop)}, beyond magnitude-matched {_d(extra)} "
-                         f"({_verdict(extra, 'hurts more', 'hurts less')})")
+            verdict = ("no claim: task at chance" if task in at_chance and extra is not None
+                       else _verdict(extra, "hurts more", "hurts less"))
+            parts.append(f"{v}: drop {_d(drop)}, beyond magnitude-matched {_d(extra)} ({verdict})")
         lines.append(f"- {task}, raw vs variance-normalised ICA ({where or 'layers n/a'}); all networks lesioned, "
                      + "; ".join(parts) + ".")
     return lines
@@ -440,7 +446,8 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + ["",
              "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
     centres = layer_centres(files) if files else {}
-    norm = normalisation(effect_rows, centres)
+    chance_tasks = [r["task"] for r in summary if r["condition"] == "unmasked" and r["unmasked_at_chance"]]
+    norm = normalisation(effect_rows, centres, chance_tasks)
     if norm:
         lines += ["## Raw vs variance-normalised networks", ""] + norm + [""]
     lines += ["## Findings", ""] + (statements(summary, effect_rows) or ["- no finished evaluation yet"]) + [""]

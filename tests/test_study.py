@@ -278,7 +278,7 @@ from fnet.study import runner
 jobs = [Job("evaluate/quick", "evaluate", ["slow.py"], ["name=quick"]),
         Job("evaluate/long", "evaluate", ["slow.py"], ["name=long", "sleep=60"], ["evaluate/quick"])]
 runner.plan = lambda preset: jobs
-runner.run_jobs = lambda jobs, root, **kw: run_jobs(jobs, root, cwd={str(tmp_path)!r}, env_key="e", **kw)
+runner.run_jobs = lambda jobs, root, **kw: run_jobs(jobs, root, cwd={str(tmp_path)!r}, **dict(kw, env_key="e"))
 sys.exit(runner.main(["tiny", "--root", {str(tmp_path / "study")!r}, "--no-report"]))
 ''')
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

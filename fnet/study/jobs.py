@@ -75,9 +75,9 @@ def environment_parts(repo: Path = REPO_ROOT) -> dict:
             "transformers": transformers.__version__}
 
 
-def environment_key(repo: Path = REPO_ROOT) -> str:
-    """One content key of :func:`environment_parts`."""
-    parts = environment_parts(repo)
+def environment_key(repo: Path = REPO_ROOT, parts: dict | None = None) -> str:
+    """One content key of :func:`environment_parts` (``parts``: already computed, not read again)."""
+    parts = parts or environment_parts(repo)
     return content_key(parts["code"], parts["data"], parts["torch"], parts["transformers"])
 
 

@@ -233,6 +233,16 @@ def _verdict(e: dict | None, positive: str, negative: str, neither: str = "not d
     return positive if e["ci_low"] > 0 else negative if e["ci_high"] < 0 else neither
 
 
+def _claim(e: dict | None, at_chance: bool, *words: str) -> str:
+    """:func:`_verdict`, but no verdict on a task the unmasked model does at chance."""
+    return "no claim: task at chance" if at_chance and e is not None else _verdict(e, *words)
+
+
+def _chance_tasks(summary: Sequence[dict]) -> list[str]:
+    """Tasks whose unmasked score covers chance."""
+    return sorted({r["task"] for r in summary if r["condition"] == "unmasked" and r["unmasked_at_chance"]})
+
+
 def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = None) -> list[str]:
     """The report's findings, each computed from ``summary`` rows and their paired ``effect_rows``
     (:func:`effects`; computed here when not given)."""
@@ -244,8 +254,8 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
         base = by.get((task, "", "unmasked", None, None))
         at_chance = base is not None and bool(base["unmasked_at_chance"])
 
-        def v(e, *words, at_chance=at_chance):  # no verdict on a task the unmasked model does at chance
-            return "no claim: task at chance" if at_chance and e is not None else _verdict(e, *words)
+        def v(e, *words, at_chance=at_chance):
+            return _claim(e, at_chance, *words)
 
         if at_chance:
             lines.append(f"- **{task}: at chance.** The unmasked score {_fmt(base)} covers chance "
@@ -302,9 +312,8 @@ def normalisation(effect_rows: Sequence[dict], centres: dict[str, float], at_cha
         parts = []
         for v in ("raw", "normalised"):
             drop, extra = eff.get((task, v, "all", "unmasked", "lesion")), eff.get((task, v, "all", "magnitude", "lesion"))
-            verdict = ("no claim: task at chance" if task in at_chance and extra is not None
-                       else _verdict(extra, "hurts more", "hurts less"))
-            parts.append(f"{v}: drop {_d(drop)}, beyond magnitude-matched {_d(extra)} ({verdict})")
+            parts.append(f"{v}: drop {_d(drop)}, beyond magnitude-matched {_d(extra)} "
+                         f"({_claim(extra, task in at_chance, 'hurts more', 'hurts less')})")
         lines.append(f"- {task}, raw vs variance-normalised ICA ({where or 'layers n/a'}); all networks lesioned, "
                      + "; ".join(parts) + ".")
     return lines
@@ -313,7 +322,7 @@ def normalisation(effect_rows: Sequence[dict], centres: dict[str, float], at_cha
 def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
     """The answers to the study's questions, counted over all effects (each with its paired 95 % CI)."""
     lines = []
-    chance = sorted({r["task"] for r in summary if r["condition"] == "unmasked" and r["unmasked_at_chance"]})
+    chance = _chance_tasks(summary)
     effect_rows = [e for e in effect_rows if _decided(e) and e["task"] not in chance]  # nothing on chance tasks
     def tally(sel: list) -> str:
         more, less = sum(e["ci_low"] > 0 for e in sel), sum(e["ci_high"] < 0 for e in sel)
@@ -446,8 +455,7 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + ["",
              "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
     centres = layer_centres(files) if files else {}
-    chance_tasks = [r["task"] for r in summary if r["condition"] == "unmasked" and r["unmasked_at_chance"]]
-    norm = normalisation(effect_rows, centres, chance_tasks)
+    norm = normalisation(effect_rows, centres, _chance_tasks(summary))
     if norm:
         lines += ["## Raw vs variance-normalised networks", ""] + norm + [""]
     lines += ["## Findings", ""] + (statements(summary, effect_rows) or ["- no finished evaluation yet"]) + [""]

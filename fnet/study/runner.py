@@ -34,7 +34,7 @@ from filelock import Timeout
 
 from fnet.cache import lock
 from fnet.pipelines.study_controls import controls_layout
-from fnet.study.jobs import STAGES, Job, environment_parts, job_key, run_jobs, summary_lines
+from fnet.study.jobs import STAGES, Job, environment_key, environment_parts, job_key, run_jobs, summary_lines
 
 __all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "summary_lines", "main"]
 
@@ -311,15 +311,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "workers": args.workers,
                "dry_run": args.dry_run, "only": args.only,
                "environment": environment_parts()}  # so a later change of key says which part changed
+        env_key = environment_key(parts=run["environment"])  # read and hashed once for adopt and the run
         previous = signal.signal(signal.SIGTERM, _interrupt)  # kill / scancel: stop like Ctrl-C
         try:
             with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
                 if args.adopt:
                     from fnet.study.adopt import adopt_jobs
 
-                    run["adopted"] = adopt_jobs(jobs, root, reason=args.adopt)["adopted"]
+                    run["adopted"] = adopt_jobs(jobs, root, reason=args.adopt, env_key=env_key)["adopted"]
                 result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
-                                  batch=args.batch)
+                                  batch=args.batch, env_key=env_key)
         except Timeout:
             print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for "
                   "it, pass another --root, or write the report so far with --report-only", file=sys.stderr)

@@ -84,7 +84,7 @@ def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tm
     assert "extra drop +0.3" in cola and "no claim: task at chance" in cola and "hurts more" not in cola
     head = text.split("## What holds")[1].split("## Findings")[0]
     assert "all networks together vs count-matched random lesions: 1 of 1 hurt more" in head  # cola: at chance
-    assert "vs magnitude-matched random lesions: 0 of 1 hurt more, 0 hurt less, 1 are not distinguishable" in head
+    assert "vs magnitude-matched random lesions: 0 of 1 hurt more, 0 hurt less, 1 not distinguishable" in head
     assert "Preservation with no measurable loss: sst2 K=64." in head and "At chance unmasked" in head
     assert "recovers part of a lesion's drop in 1 of 1 lesions (median share of the drop: 80%)" in head
     assert "Networks without their massive units vs the count-matched random lesion of the whole network: 1 of 1" in head

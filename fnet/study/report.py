@@ -276,8 +276,8 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
                 share = (f" ({rec['diff'] / drop['diff']:.0%} of the drop)" if drop and drop["diff"] > 0 else "")
                 beyond = eff.get(key + ("count", "spared"))
                 text += (f" With the massive units spared ({spared['n_masked']:.0f} neurons): {_fmt(spared)}, "
-                         f"recovers {_d(rec)}{share}: the massive units "
-                         f"{v(rec, 'carry part of the effect', 'do not carry it (sparing them hurts more)', 'carry no measurable part of it')}; "
+                         f"recovers {_d(rec)}{share}: "
+                         f"{v(rec, 'the massive units carry part of the effect', 'the massive units do not carry it (sparing them hurts more)', 'the massive units carry no measurable part of it')}; "
                          f"without them the lesion still drops {_d(eff.get(key + ('unmasked', 'spared')))}, "
                          f"{_d(beyond)} beyond the count-matched random lesion of the whole network "
                          f"({v(beyond, 'still hurts more', 'hurts less')}).")
@@ -326,7 +326,7 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
     effect_rows = [e for e in effect_rows if _decided(e) and e["task"] not in chance]  # nothing on chance tasks
     def tally(sel: list) -> str:
         more, less = sum(e["ci_low"] > 0 for e in sel), sum(e["ci_high"] < 0 for e in sel)
-        return f"{more} of {len(sel)} hurt more, {less} hurt less, {len(sel) - more - less} are not distinguishable"
+        return f"{more} of {len(sel)} hurt more, {less} hurt less, {len(sel) - more - less} not distinguishable"
 
     for variant in ("raw", "normalised"):
         tag = "" if variant == "raw" else " (variance-normalised ICA)"

@@ -99,7 +99,10 @@ def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tm
     count_row = next(r for r in rows if r["task"] == "sst2" and r["condition"] == "count")
     assert count_row["n_jobs"] == "5" and float(count_row["ci_low"]) < 0.884 < float(count_row["ci_high"])
     assert out["preservation"].exists() and not (tmp_path / "report.md").exists()
-    assert re.search(r"\| evaluate\s*\|\s*21\s*\|\s*21\s*\|\s*42\.0", text.split("## Wall time")[1])  # 21 jobs x 2 s
+    conditions = text.split("## All conditions")[1].split("##")[0]
+    assert re.search(r"\| count\s*\| all\s*\|\s*10 \|.*\|\s*180 \|", conditions)  # a mean over seeds, shown whole
+    assert "180.000" not in conditions
+    assert re.search(r"\| evaluate\s*\|\s*21\s*\|\s*21\s*\|\s*42 \|", text.split("## Wall time")[1])  # 21 jobs x 2 s
 
 
 def test_statements_never_claim_on_one_random_seed_or_without_predictions(tmp_path):

@@ -238,6 +238,13 @@ def _claim(e: dict | None, at_chance: bool, *words: str) -> str:
     return "no claim: task at chance" if at_chance and e is not None else _verdict(e, *words)
 
 
+def _whole_counts(row: dict) -> dict:
+    """``row`` with its neuron counts as ints where they are whole (a control's count is a mean over seeds
+    of equal counts), so the table says 346, not 346.000."""
+    return {**row, **{c: int(row[c]) for c in ("n_masked", "n_kept")
+                      if isinstance(row.get(c), float) and row[c].is_integer()}}
+
+
 def _chance_tasks(summary: Sequence[dict]) -> list[str]:
     """Tasks whose unmasked score covers chance."""
     return sorted({r["task"] for r in summary if r["condition"] == "unmasked" and r["unmasked_at_chance"]})
@@ -477,14 +484,14 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
                   "numbers (fine-tuned, Tables 4, 5, 8), for orientation only, never as a target.")
     else:
         source = f"the paper did not study {preset.get('model')}: no column."
-    lines += ["## All conditions", "", f"Paper: {source}", "", markdown_table(summary, cols), ""]
+    lines += ["## All conditions", "", f"Paper: {source}", "", markdown_table([_whole_counts(r) for r in summary], cols), ""]
     if effect_rows:
         lines += ["## Paired differences", "", "`a - b` on the same rows (`effects.csv`).", "",
                   markdown_table(effect_rows, EFFECT_COLUMNS), ""]
     if pres_png:
         lines += ["Preservation curves: `preservation.png`.", ""]
     lines += ["## Wall time", "", "Seconds summed over jobs (with several workers, jobs overlap):", "",
-              markdown_table([{"stage": s, "jobs": v["jobs"], "done": v["done"], "job seconds": round(v["seconds"], 1)}
+              markdown_table([{"stage": s, "jobs": v["jobs"], "done": v["done"], "job seconds": round(v["seconds"])}
                               for s, v in stages.items()]), ""] + _wall(root)
     failed = [r for r in records if r["status"] in ("failed", "blocked", "pending", "excluded")]
     if failed:

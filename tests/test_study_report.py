@@ -160,3 +160,25 @@ def test_network_ids_in_the_massive_units_table_stay_short():
     assert _ids(list(range(512)), 512) == "all"
     assert _ids([i for i in range(512) if i not in (8, 61)], 512) == "all but 8, 61"
     assert _ids(list(range(0, 400, 2)), 512) == "0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, ..."
+
+
+def test_the_report_names_each_runs_machine_and_a_study_resumed_elsewhere_names_both(tmp_path):
+    recs = _planted(tmp_path)
+    runs = [{"started": "2026-11-30T10:00:00", "workers": 2, "seconds": 600, "counts": {"ran": 5, "failed": 0},
+             "machine": "vm: AMD EPYC, 2 CPUs, no GPU"},
+            {"started": "2026-11-30T11:00:00", "workers": 2, "dry_run": True, "seconds": 1},  # not a run
+            {"started": "2026-11-30T12:00:00", "workers": 2, "seconds": 1200, "interrupted": True,
+             "machine": "vm: AMD EPYC, 2 CPUs, no GPU"},
+            {"started": "2026-12-01T03:00:00", "workers": 2, "seconds": 1800, "counts": {"ran": 9, "failed": 0},
+             "machine": "vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU"},
+            {"started": "2026-11-29T09:00:00", "workers": 1, "seconds": 60, "counts": {"ran": 1, "failed": 0}}]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "finetune", "n_networks": 10},
+                 records=recs, out=tmp_path / "published")
+    text = (tmp_path / "published" / "report.md").read_text()
+    assert ("Machines: vm: AMD EPYC, 2 CPUs, no GPU (2 runs); vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU (1 run); "
+            "not recorded (1 run).") in text
+    wall = text.split("## Wall time")[1]
+    assert "Runs of the study command (it resumes): 4, 1.02 h of wall time in all." in wall  # 3660 s, dry run out
+    assert re.search(r"\| 2026-12-01T03:00:00 \| vm: Intel\(R\) Xeon\(R\) Processor, 2 CPUs, no GPU\s*\|\s*2 \|\s*9\s*\|", wall)
+    assert re.search(r"\| 2026-11-30T12:00:00 \| vm: AMD EPYC.*\| stopped midway \|", wall)

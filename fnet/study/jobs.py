@@ -26,7 +26,7 @@ from typing import Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
 
-__all__ = ["Job", "STAGES", "environment_key", "environment_parts", "job_key", "run_jobs", "summary_lines"]
+__all__ = ["Job", "STAGES", "environment_key", "environment_parts", "job_key", "machine", "run_jobs", "summary_lines"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +79,20 @@ def environment_key(repo: Path = REPO_ROOT, parts: dict | None = None) -> str:
     """One content key of :func:`environment_parts` (``parts``: already computed, not read again)."""
     parts = parts or environment_parts(repo)
     return content_key(parts["code"], parts["data"], parts["torch"], parts["transformers"])
+
+
+def machine() -> str:
+    """The machine a run uses, in words (host, CPU model, cores, GPU), for the report. Not part of any key: the
+    same job on another machine is the same job, though its floating-point results may differ (fine-tuning on
+    CPU is not bit-identical across CPU models)."""
+    import platform
+
+    import torch
+
+    from fnet.provenance import cpu_model
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs, {gpu}"
 
 
 def job_key(job: Job, overrides: list[str], input_digests: dict[str, str], env_key: str) -> str:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import platform
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +24,7 @@ import numpy as np
 from fnet.report import markdown_table
 from fnet.report.sweep import mean_ci
 from fnet.study.figures import layer_centres, plot_layers, plot_preservation
+from fnet.study.jobs import machine
 
 __all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "write_report",
            "paper_tables",
@@ -374,24 +373,30 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------------
-def _machine() -> str:
-    import torch
-
-    from fnet.provenance import cpu_model
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs, {gpu}"
-
-
-def _wall(root: Path) -> list[str]:
-    """The wall time of every run of the study (``runs.jsonl``, appended by the runner)."""
+def _runs(root: Path) -> list[dict]:
+    """Every run of the study command but dry runs (``runs.jsonl``, appended by the runner)."""
     path = root / "runs.jsonl"
     if not path.exists():
         return []
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    runs = [r for r in runs if not r.get("dry_run")]
+    return [r for r in runs if not r.get("dry_run")]
+
+
+def _machines(runs: Sequence[dict]) -> str:
+    """The machines the runs used, with how many runs each (a study resumed elsewhere names both); runs that did
+    not record theirs (older runners) are counted as such; no runs at all: the machine writing the report."""
+    if not runs:
+        return f"{machine()} (the machine writing this report; no run recorded yet)"
+    counts = Counter(r.get("machine") or "not recorded" for r in runs)
+    return "; ".join(f"{m} ({n} run{'s' if n > 1 else ''})" for m, n in counts.items())
+
+
+def _wall(runs: Sequence[dict]) -> list[str]:
+    """The wall time and machine of every run of the study."""
+    if not runs:
+        return []
     total = sum(float(r.get("seconds") or 0) for r in runs)
-    table = [{"started": r.get("started"), "workers": r.get("workers"),
+    table = [{"started": r.get("started"), "machine": r.get("machine") or "not recorded", "workers": r.get("workers"),
               "ran": "stopped midway" if r.get("interrupted") else (r.get("counts") or {}).get("ran"),
               "failed": (r.get("counts") or {}).get("failed"), "wall minutes": round(float(r.get("seconds") or 0) / 60, 1)}
              for r in runs]
@@ -446,8 +451,9 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
         stages[r["stage"]]["jobs"] += 1
         stages[r["stage"]]["done"] += r.get("status") in ("ran", "skipped", "done")
         stages[r["stage"]]["seconds"] += float(r.get("seconds") or 0.0)
+    runs = _runs(root)
     lines = [f"# Study `{preset['name']}`: {preset['model']} ({preset['path']})", "",
-             f"Machine: {_machine()}.", "",
+             f"Machines: {_machines(runs)}.", "",
              "Every claim below is computed from the numbers. An effect counts only when the 95 % CI of its paired "
              "difference with the control excludes zero: both are scored on the same held-out rows, the rows are "
              "resampled (2,000 bootstrap replicates) and so are a random control's seeds. Count-matched = as many "
@@ -492,7 +498,7 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
         lines += ["Preservation curves: `preservation.png`.", ""]
     lines += ["## Wall time", "", "Seconds summed over jobs (with several workers, jobs overlap):", "",
               markdown_table([{"stage": s, "jobs": v["jobs"], "done": v["done"], "job seconds": round(v["seconds"])}
-                              for s, v in stages.items()]), ""] + _wall(root)
+                              for s, v in stages.items()]), ""] + _wall(runs)
     failed = [r for r in records if r["status"] in ("failed", "blocked", "pending", "excluded")]
     if failed:
         left: dict[tuple, int] = defaultdict(int)

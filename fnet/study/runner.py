@@ -34,7 +34,8 @@ from filelock import Timeout
 
 from fnet.cache import lock
 from fnet.pipelines.study_controls import controls_layout
-from fnet.study.jobs import STAGES, Job, environment_key, environment_parts, job_key, run_jobs, summary_lines
+from fnet.study.jobs import (STAGES, Job, environment_key, environment_parts, job_key, machine, run_jobs,
+                             summary_lines)
 
 __all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "summary_lines", "main"]
 
@@ -309,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_jobs(jobs, root, dry_run=True)
     else:
         run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "workers": args.workers,
-               "dry_run": args.dry_run, "only": args.only,
+               "dry_run": args.dry_run, "only": args.only, "machine": machine(),
                "environment": environment_parts()}  # so a later change of key says which part changed
         env_key = environment_key(parts=run["environment"])  # read and hashed once for adopt and the run
         previous = signal.signal(signal.SIGTERM, _interrupt)  # kill / scancel: stop like Ctrl-C

@@ -176,9 +176,13 @@ def test_the_report_names_each_runs_machine_and_a_study_resumed_elsewhere_names_
     write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "finetune", "n_networks": 10},
                  records=recs, out=tmp_path / "published")
     text = (tmp_path / "published" / "report.md").read_text()
+    assert "effects are those of one fine-tuned model (one training run)" in text  # path: finetune
     assert ("Machines: vm: AMD EPYC, 2 CPUs, no GPU (2 runs); vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU (1 run); "
             "not recorded (1 run).") in text
     wall = text.split("## Wall time")[1]
     assert "Runs of the study command (it resumes): 4, 1.02 h of wall time in all." in wall  # 3660 s, dry run out
     assert re.search(r"\| 2026-12-01T03:00:00 \| vm: Intel\(R\) Xeon\(R\) Processor, 2 CPUs, no GPU\s*\|\s*2 \|\s*9\s*\|", wall)
     assert re.search(r"\| 2026-11-30T12:00:00 \| vm: AMD EPYC.*\| stopped midway \|", wall)
+    write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "zeroshot", "n_networks": 10},
+                 records=recs, out=tmp_path / "zeroshot")
+    assert "one training run" not in (tmp_path / "zeroshot" / "report.md").read_text()  # nothing was trained

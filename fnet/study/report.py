@@ -373,6 +373,11 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------------
+_ONE_TRAINING_RUN = (" Each fine-tuned task's effects are those of one fine-tuned model (one training run): the CIs "
+                     "cover held-out rows and control seeds, not training runs, and fine-tuning on CPU is not "
+                     "bit-identical across CPU models (see Machines).")
+
+
 def _runs(root: Path) -> list[dict]:
     """Every run of the study command but dry runs (``runs.jsonl``, appended by the runner)."""
     path = root / "runs.jsonl"
@@ -463,7 +468,7 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval). A massive unit "
              "lies far above the rest of its layer's top decile, so the magnitude-matched control (decile bins) "
              "rarely draws one: the spared lesions and single-unit lesions, not that control, test how much of an "
-             "effect the massive units carry.", "",
+             "effect the massive units carry." + _ONE_TRAINING_RUN * (preset.get("path") == "finetune"), "",
              "## Settings", "", "Preset `conf/study/" + preset["name"] + ".yaml` (held-out rows scored per job: `n_rows`):",
              ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + ["",
              "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]

@@ -295,7 +295,10 @@ sys.exit(runner.main(["tiny", "--root", {str(tmp_path / "study")!r}, "--no-repor
     assert not list((tmp_path / "study" / "evaluate").glob("long-*/result.json"))
     runs = [json.loads(line) for line in (tmp_path / "study" / "runs.jsonl").read_text().splitlines()]
     assert len(runs) == 1 and runs[0]["interrupted"] is True and runs[0]["seconds"] > 0
-    assert runs[0]["machine"].endswith(f", {os.cpu_count()} CPUs, no GPU")  # the report names each run's machine
+    import torch  # the report names each run's machine: this one's cores and GPU (or none)
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    assert runs[0]["machine"].endswith(f", {os.cpu_count()} CPUs, {gpu}")
 
 
 def test_the_environment_key_follows_data_bytes_not_modification_times(tmp_path, monkeypatch):

@@ -56,6 +56,30 @@ def test_same_seed_gives_identical_networks_other_seed_differs(tmp_path, fnet_ca
     assert not torch.equal(masks[0].maps, masks[2].maps)  # other ICA seeds (the text sample has data.seed)
 
 
+def test_one_dataset_fits_its_group_once_and_saves_it_as_all(tmp_path, fnet_cache, monkeypatch):
+    """With one stimulus dataset, ``all`` stacks the same texts as that dataset's group: the fit is reused (one fit,
+    not two), saved with the provenance of the ``all`` decomposition."""
+    import fnet.pipelines.analyze as analyze
+
+    fits = []
+    real = analyze.group_networks
+    monkeypatch.setattr(analyze, "group_networks", lambda *a, **k: fits.append(k["name"]) or real(*a, **k))
+    out = tmp_path / "one"
+    only = lambda *keep: [f"~data.datasets.{d}" for d in ("news", "encyclopedia", "math", "code") if d not in keep]
+    run(make_cfg(out, ["data=builtin", "individual=false", *only("news")]))
+    assert fits == ["news"]
+    news = NetworkSet.load(out / "networks" / "news_group.safetensors")
+    everything = NetworkSet.load(out / "networks" / "all_group.safetensors")
+    assert torch.equal(news.masks, everything.masks) and torch.equal(news.maps, everything.maps)
+    assert (news.provenance["data"], everything.provenance["data"]) == ("news", "all")
+    assert set(everything.provenance["data_detail"]) == {"news"}
+    assert everything.provenance["n_tokens"] == news.provenance["n_tokens"]
+
+    fits.clear()  # two datasets: their groups and a third fit over both
+    run(make_cfg(tmp_path / "two", ["data=builtin", "individual=false", *only("news", "code")]))
+    assert fits == ["news", "code", "all"]
+
+
 def test_mlp_act_signal_has_d_mlp_width(tmp_path, fnet_cache):
     cfg = make_cfg(tmp_path / "act", ["record.signal=mlp_act", "individual=false",
                                       "data.datasets={math:{source:builtin:math}}"])

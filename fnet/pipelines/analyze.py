@@ -12,6 +12,7 @@ made too: it is the default network set that ``evaluate.py`` lesions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -23,7 +24,7 @@ from omegaconf import DictConfig
 
 from fnet.cache import code_version
 from fnet.models import LoadedModel
-from fnet.networks import Decomposition, group_networks, individual_networks, iou, match_templates
+from fnet.networks import Decomposition, NetworkSet, group_networks, individual_networks, iou, match_templates
 from fnet.pipelines._common import load_lm, load_stimuli, make_estimator, thresholds
 from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters
 from fnet.provenance import provenance
@@ -55,6 +56,17 @@ def _group(lm: LoadedModel, cfg: DictConfig, name: str, arrays: list, data_prov:
     estimator, n_init = make_estimator(cfg.ica, int(cfg.seed))
     return group_networks(estimator, arrays, lm.n_layers, lm.width(cfg.record.signal), thresholds(cfg), name=name,
                           n_init=n_init, seed=int(cfg.seed), provenance=_provenance(lm, cfg, data_detail=data_prov))
+
+
+def _as_all(group: Decomposition, provenance: dict) -> Decomposition:
+    """The group decomposition of the only stimulus dataset, as the ``all`` decomposition: the same networks,
+    with the provenance ``_group(..., "all", ...)`` would give them (``data="all"``, every dataset's details)."""
+    nets = group.networks
+    prov = dict(provenance, level="group", data="all", n_init=nets.provenance.get("n_init", 1),
+                n_tokens=group.n_tokens)
+    copy = NetworkSet(nets.masks.clone(), maps=None if nets.maps is None else nets.maps.clone(),
+                      stability=nets.stability, provenance=prov, signs=nets.signs)
+    return dataclasses.replace(group, name="all", networks=copy, seconds=0.0)  # no second fit
 
 
 def _individuals(lm: LoadedModel, cfg: DictConfig, name: str, store: ActivationStore, ids: list[str]):
@@ -122,7 +134,10 @@ def run(cfg: DictConfig) -> dict:
             metrics[f"{name}/mean_matches_per_template"] = float(match.counts.double().mean())
 
     t = time.time()
-    combined = _group(lm, cfg, "all", group_arrays_all, all_prov)
+    if len(results) == 1:  # `all` stacks the same texts as that one group: the same fit, not refitted
+        combined = _as_all(results[next(iter(results))]["group"], _provenance(lm, cfg, data_detail=all_prov))
+    else:
+        combined = _group(lm, cfg, "all", group_arrays_all, all_prov)
     combined.networks.save(out / "networks" / "all_group.safetensors")
     plot_network_maps(combined.networks, fig_dir / "all_group_networks.png")
     timings["decompose_all_s"] = time.time() - t

@@ -108,6 +108,24 @@ def test_windows_map_answers_back_to_text():
     assert batch["offsets"].shape[:2] == batch["input_ids"].shape and len(batch["examples"]) == len(batch["input_ids"])
 
 
+def test_too_short_max_length_is_a_clear_error_at_the_exact_limit():
+    """A window must hold the longest question, the special tokens and more than doc_stride context tokens; one
+    token less is our error naming the setting and the value that works (the tokenizer itself panics or raises
+    "Sequence to truncate too short")."""
+    tok = load_model("tiny:gpt2").tokenizer
+    rows = squad_rows(8)
+    longest = max(len(tok(r["question"].strip() + "\n", add_special_tokens=False)["input_ids"]) for r in rows)
+    need = longest + tok.num_special_tokens_to_add(pair=True) + 2 + 1
+    make = lambda max_length: SquadDataModule("squad", tokenizer=tok, rows=rows, max_length=max_length, doc_stride=2,
+                                              split=(0.5, 0.0, 0.5))
+    with pytest.raises(ValueError, match=rf"datamodule.max_length={need - 1} is too short .* "
+                                         rf"question is {longest} tokens.*max_length >= {need}"):
+        make(need - 1).setup()
+    dm = make(need)
+    dm.setup()
+    assert all(len(f["input_ids"]) <= need for f in dm.datasets["test"])
+
+
 def test_qa_module_learns_toy_spans_and_reports_em_f1():
     import lightning.pytorch as pl
     from functools import partial

@@ -352,6 +352,7 @@ class SquadDataModule(TaskDataModule):
             log.warning("doc_stride %d >= max_length/2; using %d", hp.doc_stride, stride)
         questions = [e["question"].strip() + hp.question_separator for e in examples]
         contexts = [e["context"] for e in examples]
+        self._check_room(questions, stride)
         enc = self.tokenizer(
             questions, contexts, truncation="only_second", max_length=hp.max_length, stride=stride,
             return_overflowing_tokens=True, return_offsets_mapping=True,
@@ -375,6 +376,20 @@ class SquadDataModule(TaskDataModule):
             feature["start_positions"], feature["end_positions"] = start_tok, end_tok
             features.append(feature)
         return features
+
+    def _check_room(self, questions: Sequence[str], stride: int) -> None:
+        """A window holds the whole question, the pair's special tokens and more context tokens than the stride;
+        the tokenizer's own error for a longer question ("Sequence to truncate too short ...") names none of
+        these, so say which setting to raise, and to what."""
+        longest = max(len(ids) for ids in self.tokenizer(list(questions), add_special_tokens=False)["input_ids"])
+        need = longest + self.tokenizer.num_special_tokens_to_add(pair=True) + stride + 1
+        if need > self.hparams.max_length:
+            raise ValueError(
+                f"datamodule.max_length={self.hparams.max_length} is too short for {self.task.name}: its longest "
+                f"question is {longest} tokens, and a window needs the question, "
+                f"{self.tokenizer.num_special_tokens_to_add(pair=True)} special tokens and more than "
+                f"doc_stride={stride} context tokens. Set datamodule.max_length >= {need} "
+                f"(or a smaller datamodule.doc_stride).")
 
     def collator(self, split: str) -> Callable:
         return PadCollator(self.tokenizer, self.hparams.padding_side, examples=self.examples.get(split))

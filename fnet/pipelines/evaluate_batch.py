@@ -42,6 +42,7 @@ __all__ = ["run_batch", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("fnet")
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # evaluate.py's (Hydra's job log format)
 
 
 def _compose(conf_dir: Path, overrides: Sequence[str], folder: Path, root: Path) -> Any:
@@ -56,7 +57,7 @@ def _compose(conf_dir: Path, overrides: Sequence[str], folder: Path, root: Path)
 def _job_log(folder: Path) -> logging.Handler:
     """``folder/evaluate.log``: what evaluate.py's own log file would hold (fnet's messages from INFO up)."""
     handler = logging.FileHandler(folder / "evaluate.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     return handler
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(spec, dict) or not isinstance(spec.get("jobs"), list):
         print(f"{argv[0]}: expected {{'jobs': [{{'folder', 'overrides', 'marker'}}, ...]}}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return 1 if run_batch(spec["jobs"]) else 0
 
 

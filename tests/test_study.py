@@ -244,6 +244,27 @@ def test_workers_run_independent_jobs_at_once_and_dependents_after(tmp_path):
     assert again["counts"]["skipped"] == 3
 
 
+def test_a_deadline_lets_running_jobs_finish_starts_no_other_and_a_rerun_continues(tmp_path):
+    """--hours: after the deadline no job starts; the one running finishes with its marker; the rest are pending
+    (ready or waiting for a dependency) and the next run does only them."""
+    import time
+
+    (tmp_path / "slow.py").write_text(SLOW)
+    jobs = [Job("evaluate/a", "evaluate", ["slow.py"], ["name=a", "sleep=2"]),
+            Job("evaluate/b", "evaluate", ["slow.py"], ["name=b"]),
+            Job("evaluate/c", "evaluate", ["slow.py"], ["name=c", "dep={evaluate/a}"], ["evaluate/a"])]
+    run = lambda **kw: run_jobs(jobs, tmp_path / "study", cwd=tmp_path, log=lambda *_: None, env_key="e", **kw)
+    first = run(workers=1, deadline=time.time() + 1.0)
+    assert [r["status"] for r in first["jobs"]] == ["ran", "pending", "pending"] and first["deadline_reached"]
+    assert first["counts"]["ran"] == 1 and first["counts"]["pending"] == 2
+    ended = json.loads(Path(first["jobs"][0]["folder"], "result.json").read_text())["end"]
+    assert not list((tmp_path / "study" / "evaluate").glob("b-*/result.json"))
+    second = run(workers=1)
+    assert [r["status"] for r in second["jobs"]] == ["skipped", "ran", "ran"] and not second["deadline_reached"]
+    assert json.loads(Path(second["jobs"][1]["folder"], "result.json").read_text())["start"] > ended
+    assert run(workers=1, deadline=time.time() - 1)["counts"]["skipped"] == 3  # finished jobs need no time
+
+
 def test_task_overrides_reach_only_their_task_and_bad_ones_are_named():
     jobs = plan(load_preset("smollm2"))
     squad = [j for j in jobs if j.meta.get("task") == "squad" and j.stage in ("train", "evaluate")]

@@ -171,18 +171,21 @@ def test_the_report_names_each_runs_machine_and_a_study_resumed_elsewhere_names_
              "machine": "vm: AMD EPYC, 2 CPUs, no GPU"},
             {"started": "2026-12-01T03:00:00", "workers": 2, "seconds": 1800, "counts": {"ran": 9, "failed": 0},
              "machine": "vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU"},
-            {"started": "2026-11-29T09:00:00", "workers": 1, "seconds": 60, "counts": {"ran": 1, "failed": 0}}]
+            {"started": "2026-11-29T09:00:00", "workers": 1, "seconds": 60, "counts": {"ran": 1, "failed": 0}},
+            {"started": "2026-12-01T04:00:00", "workers": 2, "seconds": 7200, "counts": {"ran": 7, "failed": 0},
+             "hours": 2.0, "deadline_reached": True, "machine": "vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU"}]
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "finetune", "n_networks": 10},
                  records=recs, out=tmp_path / "published")
     text = (tmp_path / "published" / "report.md").read_text()
     assert "effects are those of one fine-tuned model (one training run)" in text  # path: finetune
-    assert ("Machines: vm: AMD EPYC, 2 CPUs, no GPU (2 runs); vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU (1 run); "
+    assert ("Machines: vm: AMD EPYC, 2 CPUs, no GPU (2 runs); vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU (2 runs); "
             "not recorded (1 run).") in text
     wall = text.split("## Wall time")[1]
-    assert "Runs of the study command (it resumes): 4, 1.02 h of wall time in all." in wall  # 3660 s, dry run out
+    assert "Runs of the study command (it resumes): 5, 3.02 h of wall time in all." in wall  # 10860 s, dry run out
     assert re.search(r"\| 2026-12-01T03:00:00 \| vm: Intel\(R\) Xeon\(R\) Processor, 2 CPUs, no GPU\s*\|\s*2 \|\s*9\s*\|", wall)
-    assert re.search(r"\| 2026-11-30T12:00:00 \| vm: AMD EPYC.*\| stopped midway \|", wall)
+    assert re.search(r"\| 2026-11-30T12:00:00 \| vm: AMD EPYC.*\| stopped midway\s*\|", wall)
+    assert re.search(r"\| 2026-12-01T04:00:00 \| .*\| 7 \(stopped at --hours 2\) \|", wall)
     write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "zeroshot", "n_networks": 10},
                  records=recs, out=tmp_path / "zeroshot")
     assert "one training run" not in (tmp_path / "zeroshot" / "report.md").read_text()  # nothing was trained

@@ -240,15 +240,18 @@ def _run_batch(items: list[_Ready], python: str, cwd: Path, env: dict, log, root
 
 def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, dry_run: bool = False,
              python: str = sys.executable, cwd: str | Path = REPO_ROOT, env_key: str | None = None,
-             log=print, workers: int = 1, batch: int = 1) -> dict:
+             log=print, workers: int = 1, batch: int = 1, deadline: float | None = None) -> dict:
     """Run ``jobs``, skipping finished ones; returns ``{"jobs": [records], "counts": {...}}``.
 
     A job starts as soon as its dependencies are done, in the order of ``jobs`` (so a preset's first task is
     finished first); ``workers`` jobs run at once. ``batch`` > 1: up to that many ready ``evaluate.py`` jobs with
     the same inputs run in one process (:mod:`fnet.pipelines.evaluate_batch`: the model is loaded once); each
     still has its own folder, result and marker. ``only``: run only jobs of that stage (earlier stages must be
-    done; their outputs are used). ``dry_run``: say what would run, run nothing. Every record: name, stage,
-    status (done | skipped | ran | failed | blocked | pending | excluded), key, folder, seconds.
+    done; their outputs are used). ``dry_run``: say what would run, run nothing. ``deadline`` (a ``time.time()``
+    value): start no job after it; running jobs finish, the rest stay pending (a session's or an allocation's
+    wall-clock budget; rerun to continue). Every record: name, stage, status (done | skipped | ran | failed |
+    blocked | pending | excluded), key, folder, seconds; the result's ``deadline_reached`` says whether jobs were
+    left for that reason.
     """
     root = Path(root).resolve()
     cwd = Path(cwd)
@@ -326,7 +329,8 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
             while True:
                 settle()
                 queue.sort(key=lambda i: order[i.job.name])
-                while queue and len(running) < max(1, int(workers)):
+                open_ = deadline is None or time.time() < deadline
+                while open_ and queue and len(running) < max(1, int(workers)):
                     first = queue.pop(0)
                     if batch > 1 and first.job.entry == ["evaluate.py"]:
                         same = [i for i in queue if _batch_group(i.job) == _batch_group(first.job)]
@@ -346,13 +350,16 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
         except BaseException:  # Ctrl-C, SIGTERM (fnet.study.runner turns it into KeyboardInterrupt), errors
             _stop_running(log)
             raise
-    for job in waiting:  # dependencies never done (dry run, --only, failed): pending or blocked
+    for item in queue:  # ready, but the deadline came first
+        records[item.job.name] = dict(item.base, status="pending")
+    for job in waiting:  # dependencies never done (dry run, --only, failed, deadline): pending or blocked
         state = "blocked" if any(status.get(d) in ("failed", "blocked") for d in job.deps) else "pending"
         records[job.name] = not_run(job, state)
     ordered = [records[job.name] for job in jobs]
     counts = {s: sum(1 for r in ordered if r["status"] == s)
               for s in ("skipped", "ran", "failed", "blocked", "pending", "excluded")}
-    return {"jobs": ordered, "counts": counts}
+    return {"jobs": ordered, "counts": counts, "deadline_reached": bool(queue or waiting) and deadline is not None
+            and time.time() >= deadline}
 
 
 def summary_lines(result: dict) -> list[str]:

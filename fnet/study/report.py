@@ -396,13 +396,19 @@ def _machines(runs: Sequence[dict]) -> str:
     return "; ".join(f"{m} ({n} run{'s' if n > 1 else ''})" for m, n in counts.items())
 
 
+def _ran(run: dict) -> Any:
+    """The jobs a finished run did, and whether it stopped at its ``--hours`` limit with jobs left."""
+    ran = (run.get("counts") or {}).get("ran")
+    return f"{ran} (stopped at --hours {run['hours']:g})" if run.get("deadline_reached") else ran
+
+
 def _wall(runs: Sequence[dict]) -> list[str]:
     """The wall time and machine of every run of the study."""
     if not runs:
         return []
     total = sum(float(r.get("seconds") or 0) for r in runs)
     table = [{"started": r.get("started"), "machine": r.get("machine") or "not recorded", "workers": r.get("workers"),
-              "ran": "stopped midway" if r.get("interrupted") else (r.get("counts") or {}).get("ran"),
+              "ran": "stopped midway" if r.get("interrupted") else _ran(r),
               "failed": (r.get("counts") or {}).get("failed"), "wall minutes": round(float(r.get("seconds") or 0) / 60, 1)}
              for r in runs]
     return [f"Runs of the study command (it resumes): {len(runs)}, {total / 3600:.2f} h of wall time in all.", "",

@@ -16,7 +16,7 @@ changed setting gives a new hash, hence a new folder (the old one is kept). A fa
 Then :func:`fnet.study.report.write_report` aggregates every result into ``report.md``, ``summary.csv`` and
 figures. Usage::
 
-    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--batch N] [key=value ...]
+    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--batch N] [--hours H] [key=value ...]
 """
 
 from __future__ import annotations
@@ -297,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adopt", metavar="REASON",
                         help="first move finished jobs whose key changed only through the environment (see "
                              "fnet.study.adopt) to their new folders, keeping REASON and the old key; then go on")
+    parser.add_argument("--hours", type=float,
+                        help="start no job after this many hours; running jobs finish, the rest wait for a rerun "
+                             "(a session's or SLURM allocation's budget: leave room for the longest job)")
     parser.add_argument("--batch", type=int, default=32,
                         help="evaluate jobs of one task and model run in one process, up to this many (default 32; "
                              "1 = a process per job, exactly as typed)")
@@ -320,8 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     from fnet.study.adopt import adopt_jobs
 
                     run["adopted"] = adopt_jobs(jobs, root, reason=args.adopt, env_key=env_key)["adopted"]
+                deadline = None if args.hours is None else started + 3600 * args.hours
                 result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
-                                  batch=args.batch, env_key=env_key)
+                                  batch=args.batch, env_key=env_key, deadline=deadline)
         except Timeout:
             print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for "
                   "it, pass another --root, or write the report so far with --report-only", file=sys.stderr)
@@ -336,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds = time.time() - started
         (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"], "seconds": seconds},
                                                     indent=1, default=str))
-        _log_run(root, dict(run, seconds=seconds, counts=result["counts"]))
+        _log_run(root, dict(run, seconds=seconds, counts=result["counts"], hours=args.hours,
+                            deadline_reached=result.get("deadline_reached", False)))
     if args.dry_run:
         for r in result["jobs"]:
             print(f"{r['status']:>8}  {r['name']}")
@@ -350,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for line in summary_lines(result):
         print(line)
+    if result.get("deadline_reached"):
+        print(f"stopped starting jobs after --hours {args.hours:g}: rerun the same command to continue")
     return 1 if result["counts"]["failed"] or result["counts"]["blocked"] else 0
 
 

@@ -319,7 +319,8 @@ sys.exit(runner.main(["tiny", "--root", {str(tmp_path / "study")!r}, "--no-repor
     import torch  # the report names each run's machine: this one's cores and GPU (or none)
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    assert runs[0]["machine"].endswith(f", {os.cpu_count()} CPUs, {gpu}")
+    kernels = torch.backends.cpu.get_cpu_capability()  # AVX2, AVX512, ...: what torch's CPU kernels use
+    assert runs[0]["machine"].endswith(f" ({kernels} kernels), {os.cpu_count()} CPUs, {gpu}")
 
 
 def test_the_environment_key_follows_data_bytes_not_modification_times(tmp_path, monkeypatch):

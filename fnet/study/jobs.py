@@ -82,9 +82,11 @@ def environment_key(repo: Path = REPO_ROOT, parts: dict | None = None) -> str:
 
 
 def machine() -> str:
-    """The machine a run uses, in words (host, CPU model, cores, GPU), for the report. Not part of any key: the
-    same job on another machine is the same job, though its floating-point results may differ (fine-tuning on
-    CPU is not bit-identical across CPU models)."""
+    """The machine a run uses, in words (host, CPU model, the CPU kernels torch dispatches to, cores, GPU), for
+    the report. Not part of any key: the same job on another machine is the same job, though its floating-point
+    results may differ (fine-tuning on CPU is not bit-identical across CPUs; the kernel level, e.g. AVX2 or
+    AVX512, is what torch's own CPU kernels are chosen by, and a CPU model name such as "AMD EPYC" does not
+    say it)."""
     import platform
 
     import torch
@@ -92,7 +94,8 @@ def machine() -> str:
     from fnet.provenance import cpu_model
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs, {gpu}"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{platform.node()}: {cpu_model()} ({kernels} kernels), {os.cpu_count()} CPUs, {gpu}"
 
 
 def job_key(job: Job, overrides: list[str], input_digests: dict[str, str], env_key: str) -> str:

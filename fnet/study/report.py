@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +24,7 @@ import numpy as np
 from fnet.report import markdown_table
 from fnet.report.sweep import mean_ci
 from fnet.study.figures import layer_centres, plot_layers, plot_preservation
-from fnet.study.jobs import machine
+from fnet.study.runlog import machines_line, read_runs, runs_table
 
 __all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "write_report",
            "paper_tables",
@@ -378,43 +378,6 @@ _ONE_TRAINING_RUN = (" Each fine-tuned task's effects are those of one fine-tune
                      "bit-identical across CPU models (see Machines).")
 
 
-def _runs(root: Path) -> list[dict]:
-    """Every run of the study command but dry runs (``runs.jsonl``, appended by the runner)."""
-    path = root / "runs.jsonl"
-    if not path.exists():
-        return []
-    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in runs if not r.get("dry_run")]
-
-
-def _machines(runs: Sequence[dict]) -> str:
-    """The machines the runs used, with how many runs each (a study resumed elsewhere names both); runs that did
-    not record theirs (older runners) are counted as such; no runs at all: the machine writing the report."""
-    if not runs:
-        return f"{machine()} (the machine writing this report; no run recorded yet)"
-    counts = Counter(r.get("machine") or "not recorded" for r in runs)
-    return "; ".join(f"{m} ({n} run{'s' if n > 1 else ''})" for m, n in counts.items())
-
-
-def _ran(run: dict) -> Any:
-    """The jobs a finished run did, and whether it stopped at its ``--hours`` limit with jobs left."""
-    ran = (run.get("counts") or {}).get("ran")
-    return f"{ran} (stopped at --hours {run['hours']:g})" if run.get("deadline_reached") else ran
-
-
-def _wall(runs: Sequence[dict]) -> list[str]:
-    """The wall time and machine of every run of the study."""
-    if not runs:
-        return []
-    total = sum(float(r.get("seconds") or 0) for r in runs)
-    table = [{"started": r.get("started"), "machine": r.get("machine") or "not recorded", "workers": r.get("workers"),
-              "ran": "stopped midway" if r.get("interrupted") else _ran(r),
-              "failed": (r.get("counts") or {}).get("failed"), "wall minutes": round(float(r.get("seconds") or 0) / 60, 1)}
-             for r in runs]
-    return [f"Runs of the study command (it resumes): {len(runs)}, {total / 3600:.2f} h of wall time in all.", "",
-            markdown_table(table), ""]
-
-
 def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
                  n_boot: int = 2000) -> dict:
     """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png`` and
@@ -462,9 +425,9 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
         stages[r["stage"]]["jobs"] += 1
         stages[r["stage"]]["done"] += r.get("status") in ("ran", "skipped", "done")
         stages[r["stage"]]["seconds"] += float(r.get("seconds") or 0.0)
-    runs = _runs(root)
+    runs = read_runs(root)
     lines = [f"# Study `{preset['name']}`: {preset['model']} ({preset['path']})", "",
-             f"Machines: {_machines(runs)}.", "",
+             f"Machines: {machines_line(runs)}.", "",
              "Every claim below is computed from the numbers. An effect counts only when the 95 % CI of its paired "
              "difference with the control excludes zero: both are scored on the same held-out rows, the rows are "
              "resampled (2,000 bootstrap replicates) and so are a random control's seeds. Count-matched = as many "
@@ -509,7 +472,7 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
         lines += ["Preservation curves: `preservation.png`.", ""]
     lines += ["## Wall time", "", "Seconds summed over jobs (with several workers, jobs overlap):", "",
               markdown_table([{"stage": s, "jobs": v["jobs"], "done": v["done"], "job seconds": round(v["seconds"])}
-                              for s, v in stages.items()]), ""] + _wall(runs)
+                              for s, v in stages.items()]), ""] + runs_table(runs)
     failed = [r for r in records if r["status"] in ("failed", "blocked", "pending", "excluded")]
     if failed:
         left: dict[tuple, int] = defaultdict(int)

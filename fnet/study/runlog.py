@@ -1,5 +1,5 @@
 """The study's run log, ``runs.jsonl``: one line per run of the study command (appended by
-:func:`fnet.study.runner.run_jobs`), read back for the report's Machines line and its table of runs."""
+``python -m fnet.study``), read back for the report's Machines line and its table of runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from typing import Any, Sequence
 from fnet.report import markdown_table
 from fnet.study.jobs import machine
 
-__all__ = ["read_runs", "machines_line", "runs_table"]
+__all__ = ["append_run", "read_runs", "machines_line", "runs_table"]
+
+
+def append_run(root: Path, run: dict) -> None:
+    """Append one run's wall time (and counts, or ``interrupted``) to ``runs.jsonl``, for the report."""
+    with open(root / "runs.jsonl", "a") as handle:
+        handle.write(json.dumps(run) + "\n")
 
 
 def read_runs(root: Path) -> list[dict]:

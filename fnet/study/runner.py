@@ -36,6 +36,7 @@ from fnet.cache import lock
 from fnet.pipelines.study_controls import controls_layout
 from fnet.study.jobs import (STAGES, Job, environment_key, environment_parts, job_key, machine, run_jobs,
                              summary_lines)
+from fnet.study.runlog import append_run
 
 __all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "summary_lines", "main"]
 
@@ -273,12 +274,6 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _log_run(root: Path, run: dict) -> None:
-    """Append one run's wall time (and counts, or ``interrupted``) to ``runs.jsonl``, for the report."""
-    with open(root / "runs.jsonl", "a") as handle:
-        handle.write(json.dumps(run) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fnet.study PRESET [key=value ...]``: run a study preset, resumably; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fnet.study", description="Run a study preset, resumably.")
@@ -331,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "it, pass another --root, or write the report so far with --report-only", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            _log_run(root, dict(run, seconds=time.time() - started, interrupted=True))
+            append_run(root, dict(run, seconds=time.time() - started, interrupted=True))
             print("interrupted: the running jobs were stopped, every finished job is kept; rerun the same command "
                   "to continue", file=sys.stderr)
             return 130
@@ -340,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds = time.time() - started
         (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"], "seconds": seconds},
                                                     indent=1, default=str))
-        _log_run(root, dict(run, seconds=seconds, counts=result["counts"], hours=args.hours,
+        append_run(root, dict(run, seconds=seconds, counts=result["counts"], hours=args.hours,
                             deadline_reached=result.get("deadline_reached", False)))
     if args.dry_run:
         for r in result["jobs"]:

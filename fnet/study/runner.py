@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"], "seconds": seconds},
                                                     indent=1, default=str))
         append_run(root, dict(run, seconds=seconds, counts=result["counts"], hours=args.hours,
-                            deadline_reached=result.get("deadline_reached", False)))
+                              deadline_reached=result.get("deadline_reached", False)))
     if args.dry_run:
         for r in result["jobs"]:
             print(f"{r['status']:>8}  {r['name']}")

@@ -12,7 +12,6 @@ interval (Wilson for accuracy, bootstrap otherwise); random controls are the mea
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import defaultdict
@@ -21,9 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fnet.report import markdown_table
 from fnet.report.sweep import mean_ci
-from fnet.study.figures import layer_centres, plot_layers, plot_preservation
+from fnet.study.figures import layer_centres, plot_layers
 from fnet.study.runlog import machines_line, read_runs, runs_table
 
 __all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "write_report",
@@ -31,7 +29,7 @@ __all__ = ["load_results", "summarize", "effects", "statements", "headline", "no
            "SUMMARY_COLUMNS", "EFFECT_COLUMNS"]
 
 SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_rows", "n_jobs",
-                   "n_masked", "n_kept", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance",
+                   "n_masked", "n_kept", "n_neurons", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance",
                    "unmasked_at_chance", "paper"]
 RANDOM_CONDITIONS = ("count", "magnitude", "preserve_count", "preserve_magnitude")
 CONDITION_ORDER = ["unmasked", "lesion", "count", "magnitude", "spared", "unit", "preserve", "preserve_count",
@@ -373,42 +371,14 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------------
-_ONE_TRAINING_RUN = (" Each fine-tuned task's effects are those of one fine-tuned model (one training run): the CIs "
-                     "cover held-out rows and control seeds, not training runs, and fine-tuning on CPU is not "
-                     "bit-identical across CPU models (see Machines).")
-
-
-def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
-                 n_boot: int = 2000) -> dict:
-    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png`` and
-    ``layers.png`` into ``out`` (default: the study folder ``root``)."""
-    root = Path(root)
-    out = Path(out) if out is not None else root
-    out.mkdir(parents=True, exist_ok=True)
-    models = paper_tables()["models"]
-    paper_model = preset.get("model") if preset.get("model") in models else (
-        "gpt2" if preset.get("path") == "finetune" else None)  # the paper's fine-tuned model, for orientation
-    paper = models.get(paper_model) if paper_model else None
-    summary = summarize(load_results(records), paper)
-    effect_rows = effects(summary, n_boot=n_boot)
-    jobs = [{"name": r["name"], "stage": r["stage"], "status": r["status"], "key": r.get("key"),
-             "seconds": r.get("seconds"), "finished": r.get("finished")} for r in records]
-    for name, rows, columns in (("summary.csv", summary, SUMMARY_COLUMNS), ("effects.csv", effect_rows, EFFECT_COLUMNS),
-                                ("jobs.csv", jobs, JOB_COLUMNS)):
-        with open(out / name, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-    files = {f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"])
-             for r in records if r.get("stage") == "analyze" and r.get("status") in ("ran", "skipped")
-             and r["meta"].get("K") == preset.get("n_networks") and r.get("output")}
-    pres_png = plot_preservation(summary, out / "preservation.png")
-    layers_png = plot_layers(files, out / "layers.png")
+def _controls_info(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
+    """The massive units of every controls job (a table row each) and where magnitude-matched draws fell inside
+    the networks (a line per control and layers, seeds listed)."""
     massive, overlap = [], []
     for r in records:
         if r.get("stage") == "controls" and r.get("status") in ("ran", "skipped"):
             info = json.loads((Path(r["folder"]) / "controls.json").read_text())
-            seeds_of: dict[tuple, list[str]] = defaultdict(list)  # one line per control and layers, seeds listed
+            seeds_of: dict[tuple, list[str]] = defaultdict(list)
             for name, layers in (info.get("overlap_layers") or {}).items():
                 control, _, seed = name.rpartition("/")
                 seeds_of[(control, tuple(layers))].append(seed.removeprefix("seed"))
@@ -420,68 +390,29 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
                                 "unit": m["unit"], "in networks": len(m["network_ids"]),
                                 "network ids": _ids(m["network_ids"], int(r["meta"]["K"])),
                                 "layers": ", ".join(map(str, m["layers"]))})
-    stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "done": 0, "seconds": 0.0})
-    for r in records:
-        stages[r["stage"]]["jobs"] += 1
-        stages[r["stage"]]["done"] += r.get("status") in ("ran", "skipped", "done")
-        stages[r["stage"]]["seconds"] += float(r.get("seconds") or 0.0)
+    return massive, overlap
+
+
+def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
+                 n_boot: int = 2000) -> dict:
+    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png`` and
+    ``layers.png`` into ``out`` (default: the study folder ``root``)."""
+    from fnet.study.render import paper_for, render_report  # render reads this module's statements
+
+    root = Path(root)
+    out = Path(out) if out is not None else root
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(load_results(records), paper_for(preset)[1])
+    effect_rows = effects(summary, n_boot=n_boot)
+    jobs = [{"name": r["name"], "stage": r["stage"], "status": r["status"], "key": r.get("key"),
+             "seconds": r.get("seconds"), "finished": r.get("finished"), "why": r.get("why"),
+             "part": r["meta"].get("task") or r["meta"].get("scope") or ""} for r in records]
+    files = {f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"])
+             for r in records if r.get("stage") == "analyze" and r.get("status") in ("ran", "skipped")
+             and r["meta"].get("K") == preset.get("n_networks") and r.get("output")}
+    massive, overlap = _controls_info(records)
     runs = read_runs(root)
-    lines = [f"# Study `{preset['name']}`: {preset['model']} ({preset['path']})", "",
-             f"Machines: {machines_line(runs)}.", "",
-             "Every claim below is computed from the numbers. An effect counts only when the 95 % CI of its paired "
-             "difference with the control excludes zero: both are scored on the same held-out rows, the rows are "
-             "resampled (2,000 bootstrap replicates) and so are a random control's seeds. Count-matched = as many "
-             "random neurons per layer as the networks; magnitude-matched = the same counts drawn from the same "
-             "per-layer quantile bins of the neurons' RMS activation; spared = the networks without the massive "
-             "units (top-magnitude units most frequent across networks). Scores carry their own 95 % CI (Wilson "
-             "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval). A massive unit "
-             "lies far above the rest of its layer's top decile, so the magnitude-matched control (decile bins) "
-             "rarely draws one: the spared lesions and single-unit lesions, not that control, test how much of an "
-             "effect the massive units carry." + _ONE_TRAINING_RUN * (preset.get("path") == "finetune"), "",
-             "## Settings", "", "Preset `conf/study/" + preset["name"] + ".yaml` (held-out rows scored per job: `n_rows`):",
-             ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + ["",
-             "## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
-    centres = layer_centres(files) if files else {}
-    norm = normalisation(effect_rows, centres, _chance_tasks(summary))
-    if norm:
-        lines += ["## Raw vs variance-normalised networks", ""] + norm + [""]
-    lines += ["## Findings", ""] + (statements(summary, effect_rows) or ["- no finished evaluation yet"]) + [""]
-    if files:
-        lines += ["## Where the networks sit", "", "Mean layer of network neurons: " + "; ".join(
-            f"{k}: {v:.2f}" for k, v in sorted(centres.items())) + ". Figure: `layers.png`.", ""]
-    if massive:
-        lines += ["## Massive units", "", markdown_table(massive), ""]
-    if overlap:
-        lines += ["## Magnitude-matched draws inside the networks", "",
-                  "Where the networks' union fills a layer, its magnitude-matched draw cannot avoid it and is drawn "
-                  "among all of the layer's neurons (same counts, same bins); such controls are closer to the "
-                  "networks than elsewhere:", ""] + [f"- {line}" for line in overlap] + [""]
-    cols = [c for c in SUMMARY_COLUMNS if c not in ("unmasked_ci_low", "unmasked_ci_high")]
-    if paper_model == preset.get("model"):
-        source = "Liu et al. 2025 (`fnet/study/paper_tables.json`) where the table has it."
-    elif paper_model:
-        source = (f"the paper did not study {preset.get('model')}: its column holds Liu et al. 2025's {paper_model} "
-                  "numbers (fine-tuned, Tables 4, 5, 8), for orientation only, never as a target.")
-    else:
-        source = f"the paper did not study {preset.get('model')}: no column."
-    lines += ["## All conditions", "", f"Paper: {source}", "", markdown_table([_whole_counts(r) for r in summary], cols), ""]
-    if effect_rows:
-        lines += ["## Paired differences", "", "`a - b` on the same rows (`effects.csv`).", "",
-                  markdown_table(effect_rows, EFFECT_COLUMNS), ""]
-    if pres_png:
-        lines += ["Preservation curves: `preservation.png`.", ""]
-    lines += ["## Wall time", "", "Seconds summed over jobs (with several workers, jobs overlap):", "",
-              markdown_table([{"stage": s, "jobs": v["jobs"], "done": v["done"], "job seconds": round(v["seconds"])}
-                              for s, v in stages.items()]), ""] + runs_table(runs)
-    failed = [r for r in records if r["status"] in ("failed", "blocked", "pending", "excluded")]
-    if failed:
-        left: dict[tuple, int] = defaultdict(int)
-        for r in failed:
-            left[(r["meta"].get("task") or r["meta"].get("scope") or "", r["stage"], r["status"])] += 1
-        lines += ["## Not finished", "", f"{len(failed)} of {len(records)} jobs. Rerun the study command to continue "
-                  "(finished jobs are skipped); `jobs.csv` lists every job.", "",
-                  markdown_table([{"task": t, "stage": st, "status": s, "jobs": n} for (t, st, s), n in left.items()]),
-                  ""] + [f"- failed: {r['name']} ({r.get('why')})" for r in failed if r["status"] == "failed"] + [""]
-    (out / "report.md").write_text("\n".join(lines))
-    return {"report": out / "report.md", "summary": out / "summary.csv", "effects": out / "effects.csv",
-            "summary_rows": summary, "effect_rows": effect_rows, "preservation": pres_png, "layers": layers_png}
+    return render_report(out, preset=preset, summary=summary, effect_rows=effect_rows, jobs=jobs,
+                         centres=layer_centres(files) if files else {}, massive=massive, overlap=overlap,
+                         machines=machines_line(runs), runs_lines=runs_table(runs),
+                         layers_png=plot_layers(files, out / "layers.png"))

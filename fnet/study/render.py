@@ -1,0 +1,150 @@
+"""A study's tables and findings -> ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv`` and
+``preservation.png``.
+
+:func:`render_report` only lays out what it is given, so a report written from a study folder's jobs
+(:func:`fnet.study.report.write_report`) and one composed from committed study folders
+(:func:`fnet.study.compose.compose_report`) read the same way and make the same statements.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+from fnet.report import markdown_table
+from fnet.study.figures import plot_preservation
+from fnet.study.report import (EFFECT_COLUMNS, JOB_COLUMNS, SUMMARY_COLUMNS, _chance_tasks, _whole_counts, headline,
+                               normalisation, paper_tables, statements)
+
+__all__ = ["render_report", "paper_for", "INTRO"]
+
+INTRO = ("Every claim below is computed from the numbers. An effect counts only when the 95 % CI of its paired "
+         "difference with the control excludes zero: both are scored on the same held-out rows, the rows are "
+         "resampled (2,000 bootstrap replicates) and so are a random control's seeds. Count-matched = as many "
+         "random neurons per layer as the networks; magnitude-matched = the same counts drawn from the same "
+         "per-layer quantile bins of the neurons' RMS activation; spared = the networks without the massive "
+         "units (top-magnitude units most frequent across networks). Scores carry their own 95 % CI (Wilson "
+         "for accuracy, bootstrap otherwise; random controls: mean over seeds, t interval). A massive unit "
+         "lies far above the rest of its layer's top decile, so the magnitude-matched control (decile bins) "
+         "rarely draws one: the spared lesions and single-unit lesions, not that control, test how much of an "
+         "effect the massive units carry.")
+_ONE_TRAINING_RUN = (" Each fine-tuned task's effects are those of one fine-tuned model (one training run): the CIs "
+                     "cover held-out rows and control seeds, not training runs, and fine-tuning on CPU is not "
+                     "bit-identical across CPU models (see Machines).")
+
+
+def paper_for(preset: dict) -> tuple[str | None, dict | None]:
+    """The paper's model whose numbers stand beside the study's (the preset's model if the paper studied it,
+    else GPT-2 for a fine-tuned study, for orientation), and its tables."""
+    models = paper_tables()["models"]
+    name = preset.get("model") if preset.get("model") in models else (
+        "gpt2" if preset.get("path") == "finetune" else None)
+    return name, models.get(name) if name else None
+
+
+def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _wall_time(jobs: Sequence[dict]) -> list[str]:
+    stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "done": 0, "seconds": 0.0})
+    for r in jobs:
+        stages[r["stage"]]["jobs"] += 1
+        stages[r["stage"]]["done"] += r.get("status") in ("ran", "skipped", "done")
+        seconds = r.get("seconds")
+        stages[r["stage"]]["seconds"] += 0.0 if seconds in (None, "") else float(seconds)
+    return ["Seconds summed over jobs (with several workers, jobs overlap):", "",
+            markdown_table([{"stage": s, "jobs": v["jobs"], "done": v["done"], "job seconds": round(v["seconds"])}
+                            for s, v in stages.items()]), ""]
+
+
+def _not_finished(jobs: Sequence[dict]) -> list[str]:
+    failed = [r for r in jobs if r["status"] in ("failed", "blocked", "pending", "excluded")]
+    if not failed:
+        return []
+    left: dict[tuple, int] = defaultdict(int)
+    for r in failed:
+        left[(r.get("part") or "", r["stage"], r["status"])] += 1
+    return (["## Not finished", "", f"{len(failed)} of {len(jobs)} jobs. Rerun the study command to continue "
+             "(finished jobs are skipped); `jobs.csv` lists every job.", "",
+             markdown_table([{"task": t, "stage": st, "status": s, "jobs": n} for (t, st, s), n in left.items()]), ""]
+            + [f"- failed: {r['name']} ({r.get('why')})" for r in failed if r["status"] == "failed"] + [""])
+
+
+def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], effect_rows: Sequence[dict],
+                  jobs: Sequence[dict], centres: dict[str, float], massive: Sequence[dict], overlap: Sequence[str],
+                  machines: str, runs_lines: Sequence[str], layers_png: Path | None, title: str | None = None,
+                  sources_lines: Sequence[str] = (), job_columns: Sequence[str] = JOB_COLUMNS) -> dict:
+    """Write the report and its tables into ``out``.
+
+    Parameters
+    ----------
+    summary, effect_rows : list of dict
+        :func:`fnet.study.report.summarize` and :func:`fnet.study.report.effects` rows.
+    jobs : list of dict
+        Every job of the plan (``name``, ``stage``, ``status``, ``key``, ``seconds``, ``finished``; ``part``, the
+        task it belongs to, and ``why`` for the unfinished-jobs section).
+    centres : dict
+        Mean layer of the networks' neurons, by ``"<scope> <variant>"``.
+    massive, overlap : list
+        Massive-unit table rows and magnitude-matched-overlap lines.
+    machines, runs_lines
+        The Machines line and the runs table's lines.
+    layers_png : Path or None
+        The figure of where the networks sit, if drawn.
+    title, sources_lines
+        A composed report's title and its section on where each task's numbers come from.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paper_model, _ = paper_for(preset)
+    for name, rows, columns in (("summary.csv", summary, SUMMARY_COLUMNS), ("effects.csv", effect_rows, EFFECT_COLUMNS),
+                                ("jobs.csv", jobs, job_columns)):
+        _write_csv(out / name, rows, columns)
+    pres_png = plot_preservation(summary, out / "preservation.png")
+    lines = [title or f"# Study `{preset['name']}`: {preset['model']} ({preset['path']})", "",
+             f"Machines: {machines}.", "", INTRO + _ONE_TRAINING_RUN * (preset.get("path") == "finetune"), ""]
+    lines += list(sources_lines)
+    lines += (["## Settings", "", "Preset `conf/study/" + preset["name"] + ".yaml` (held-out rows scored per job: "
+               "`n_rows`):", ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + [""])
+    lines += ["## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
+    norm = normalisation(effect_rows, centres, _chance_tasks(summary))
+    if norm:
+        lines += ["## Raw vs variance-normalised networks", ""] + norm + [""]
+    lines += ["## Findings", ""] + (statements(summary, effect_rows) or ["- no finished evaluation yet"]) + [""]
+    if centres:
+        figure = f" Figure: `{layers_png.name}`." if layers_png else ""
+        lines += ["## Where the networks sit", "", "Mean layer of network neurons: " + "; ".join(
+            f"{k}: {v:.2f}" for k, v in sorted(centres.items())) + "." + figure, ""]
+    if massive:
+        lines += ["## Massive units", "", markdown_table(list(massive)), ""]
+    if overlap:
+        lines += ["## Magnitude-matched draws inside the networks", "",
+                  "Where the networks' union fills a layer, its magnitude-matched draw cannot avoid it and is drawn "
+                  "among all of the layer's neurons (same counts, same bins); such controls are closer to the "
+                  "networks than elsewhere:", ""] + [f"- {line}" for line in overlap] + [""]
+    cols = [c for c in SUMMARY_COLUMNS if c not in ("unmasked_ci_low", "unmasked_ci_high")
+            and any(r.get(c) not in (None, "") for r in summary)]  # e.g. n_neurons, absent from older reports
+    if paper_model == preset.get("model"):
+        source = "Liu et al. 2025 (`fnet/study/paper_tables.json`) where the table has it."
+    elif paper_model:
+        source = (f"the paper did not study {preset.get('model')}: its column holds Liu et al. 2025's {paper_model} "
+                  "numbers (fine-tuned, Tables 4, 5, 8), for orientation only, never as a target.")
+    else:
+        source = f"the paper did not study {preset.get('model')}: no column."
+    lines += ["## All conditions", "", f"Paper: {source}", "",
+              markdown_table([_whole_counts(r) for r in summary], cols), ""]
+    if effect_rows:
+        lines += ["## Paired differences", "", "`a - b` on the same rows (`effects.csv`).", "",
+                  markdown_table(list(effect_rows), EFFECT_COLUMNS), ""]
+    if pres_png:
+        lines += ["Preservation curves: `preservation.png`.", ""]
+    lines += ["## Wall time", ""] + _wall_time(jobs) + list(runs_lines) + _not_finished(jobs)
+    (out / "report.md").write_text("\n".join(lines))
+    return {"report": out / "report.md", "summary": out / "summary.csv", "effects": out / "effects.csv",
+            "summary_rows": summary, "effect_rows": effect_rows, "preservation": pres_png, "layers": layers_png}

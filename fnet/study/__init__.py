@@ -5,8 +5,11 @@
 * :mod:`fnet.study.jobs` -- jobs in content-hashed folders, run as their dependencies finish (``--workers``),
   evaluate jobs of one model batched in one process; finished jobs are skipped, failures recorded;
 * :mod:`fnet.study.paired` -- paired differences of two evaluations of the same rows, with bootstrap CIs;
-* :mod:`fnet.study.report` -- every job's ``result.json`` -> ``report.md``, ``summary.csv``, ``effects.csv`` and
-  figures, each effect beside its matched controls and the paper's number.
+* :mod:`fnet.study.report` -- every job's ``result.json`` -> summary rows, paired effects and the report's
+  statements, each effect beside its matched controls and the paper's number;
+* :mod:`fnet.study.render` -- those -> ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv`` and figures;
+* :mod:`fnet.study.compose` -- one report for a whole plan from committed study reports, each task taken whole
+  from one that finished it (``--compose``).
 
     python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--report-only] [key=value ...]
 """

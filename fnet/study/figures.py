@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["plot_preservation", "plot_layers", "layer_centres"]
+__all__ = ["plot_preservation", "plot_layers", "plot_centres", "layer_centres"]
 
 
 def _f(x: Any) -> float:
@@ -86,3 +86,23 @@ def layer_centres(network_files: dict[str, str]) -> dict[str, float]:
     return out
 
 
+
+
+def plot_centres(centres: dict[str, float], path: Path) -> Path | None:
+    """Mean layer of the network neurons per scope, raw vs variance-normalised ICA (keys ``"<scope> <variant>"``),
+    for a report that has the centres but not the network files (a composed one)."""
+    if not centres:
+        return None
+    scopes = sorted({k.rsplit(" ", 1)[0] for k in centres})
+    fig = _figure(6.0, 0.6 + 0.35 * len(scopes))
+    ax = fig.add_subplot()
+    for variant, marker in (("raw", "o"), ("normalised", "s")):
+        pts = [(centres[f"{s} {variant}"], i) for i, s in enumerate(scopes) if f"{s} {variant}" in centres]
+        if pts:
+            ax.plot(*zip(*pts), marker, label=variant)
+    ax.set_yticks(range(len(scopes)), scopes)
+    ax.set_xlabel("mean layer of network neurons")
+    ax.set_title("Where the networks sit")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=100)
+    return path

@@ -270,6 +270,28 @@ def _table(job: Job, n_networks: int) -> int:
     return 0 if m.get("target", "all") == "all" else 1
 
 
+def _compose(preset: dict, items: Sequence[str], out: str | None) -> int:
+    """``--compose``: one report from committed study reports (:func:`fnet.study.compose.compose_report`)."""
+    from fnet.study.compose import compose_report
+
+    if not out:
+        print("--compose writes a new report: give it a folder with --report-dir", file=sys.stderr)
+        return 2
+    sources = []
+    for item in items:
+        parts, sep, folder = item.rpartition("=")
+        sources.append((folder, [p for p in parts.split(",") if p] if sep else None))
+    try:
+        paths = compose_report(preset, sources, out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"--compose: {err}", file=sys.stderr)
+        return 2
+    for part, folder in paths["parts"].items():
+        print(f"{part:>20}  from {folder}")
+    print(f"report: {paths['report']}")
+    return 0
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -298,8 +320,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32,
                         help="evaluate jobs of one task and model run in one process, up to this many (default 32; "
                              "1 = a process per job, exactly as typed)")
+    parser.add_argument("--compose", action="append", metavar="[TASKS=]FOLDER",
+                        help="write one report for the whole plan from committed study reports (repeat: one per "
+                             "folder, in order of preference), each task whole from one folder that finished it; "
+                             "TASKS (comma-separated, e.g. sst2,sst2-zeroshot) picks them; runs nothing; needs "
+                             "--report-dir (fnet.study.compose)")
     args = parser.parse_args(argv)
     preset = load_preset(args.preset, args.set)
+    if args.compose:
+        return _compose(preset, args.compose, args.report_dir)
     root = Path(args.root or REPO_ROOT / "outputs" / "study" / preset["name"]).resolve()
     jobs = plan(preset)
     started = time.time()

@@ -102,6 +102,21 @@ def test_read_source_round_trips_types_and_one_seed_controls(sources):
     assert src["massive"][0]["unit"] == "7" and src["machines"] == "machine A"
 
 
+def test_an_older_report_without_n_neurons_still_says_what_share_a_preservation_kept(sources, tmp_path):
+    preset, a, b = sources
+    rows = _csv(a / "summary.csv")
+    rows.append(dict(rows[1], condition="preserve", target="", K="3", n_masked="54.0", n_kept="10.0"))
+    with open(a / "summary.csv", "w", newline="") as handle:  # as written before summary.csv had n_neurons
+        writer = csv.DictWriter(handle, fieldnames=[c for c in rows[0] if c != "n_neurons"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    src = read_source(a)
+    assert next(r for r in src["summary"] if r["condition"] == "preserve")["n_neurons"] == 64.0
+    assert {r["n_neurons"] for r in src["summary"] if r["condition"] != "preserve"} == {None}
+    compose_report(preset, [(a, None), (b, None)], tmp_path / "out")
+    assert "only the K=3 networks kept (10 neurons, 15.6% of neurons)" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_a_part_is_never_taken_from_a_source_that_did_not_finish_it_or_ran_other_settings(sources, tmp_path):
     preset, a, b = sources
     with pytest.raises(ValueError, match=r"no source finished the parts \['ag_news'\]"):

@@ -72,6 +72,9 @@ def _summary_row(r: dict) -> dict:
         out[c] = math.nan if r[c] == "" else float(r[c])
     for c in ("n_masked", "n_kept", "n_neurons", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance", "paper"):
         out[c] = _num(r.get(c, ""))
+    if out["n_neurons"] is None and str(r["condition"]).startswith("preserve") and None not in (out["n_masked"],
+                                                                                               out["n_kept"]):
+        out["n_neurons"] = out["n_masked"] + out["n_kept"]  # older reports: a preservation masks all it does not keep
     out["n_rows"] = int(float(r["n_rows"])) if r["n_rows"] else None
     out["n_jobs"] = int(r["n_jobs"])
     out["unmasked_at_chance"] = {"True": True, "False": False}.get(r["unmasked_at_chance"])

@@ -320,7 +320,23 @@ sys.exit(runner.main(["tiny", "--root", {str(tmp_path / "study")!r}, "--no-repor
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     kernels = torch.backends.cpu.get_cpu_capability()  # AVX2, AVX512, ...: what torch's CPU kernels use
-    assert runs[0]["machine"].endswith(f" ({kernels} kernels), {os.cpu_count()} CPUs, {gpu}")
+    assert runs[0]["machine"].endswith(f"{kernels} kernels), {os.cpu_count()} CPUs, {gpu}")
+    from fnet.study.jobs import cpu_signature
+
+    assert cpu_signature() in runs[0]["machine"]  # family, model, stepping on x86 Linux, else ""
+
+
+def test_the_cpu_signature_tells_apart_cpus_that_a_vm_names_alike():
+    from fnet.study.jobs import cpu_signature
+
+    def info(model):  # two processors, as /proc/cpuinfo lists them; a VM names both "AMD EPYC Processor"
+        block = (f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+                 "model name\t: AMD EPYC Processor\nstepping\t: 1\n\n")
+        return block.format(0) + block.format(1).replace(f"model\t\t: {model}", "model\t\t: 999")
+
+    assert cpu_signature(info(17)) == "family 25 model 17 stepping 1"  # the first processor's, not the last's
+    assert cpu_signature(info(17)) != cpu_signature(info(160))
+    assert cpu_signature("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n") == ""  # no x86 fields
 
 
 def test_the_environment_key_follows_data_bytes_not_modification_times(tmp_path, monkeypatch):

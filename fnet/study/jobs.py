@@ -26,7 +26,8 @@ from typing import Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
 
-__all__ = ["Job", "STAGES", "environment_key", "environment_parts", "job_key", "machine", "run_jobs", "summary_lines"]
+__all__ = ["Job", "STAGES", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature", "run_jobs",
+           "summary_lines"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +96,27 @@ def machine() -> str:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     kernels = torch.backends.cpu.get_cpu_capability()
-    return f"{platform.node()}: {cpu_model()} ({kernels} kernels), {os.cpu_count()} CPUs, {gpu}"
+    signature = cpu_signature()
+    return (f"{platform.node()}: {cpu_model()} ({signature + ', ' if signature else ''}{kernels} kernels), "
+            f"{os.cpu_count()} CPUs, {gpu}")
+
+
+def cpu_signature(cpuinfo: str | None = None) -> str:
+    """The x86 CPU's family, model and stepping (``/proc/cpuinfo``), which tell microarchitectures apart where a
+    VM's model name does not ("AMD EPYC" is several of them, with different floating-point results); "" elsewhere."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    parts = [f"{k.removeprefix('cpu ')} {fields[k]}" for k in ("cpu family", "model", "stepping") if fields.get(k)]
+    return " ".join(parts) if len(parts) == 3 else ""
 
 
 def job_key(job: Job, overrides: list[str], input_digests: dict[str, str], env_key: str) -> str:

@@ -87,6 +87,10 @@ def test_each_task_comes_whole_from_the_source_that_finished_it_and_tallies_are_
     assert "sst2 raw: 20.00" in text and "ag_news raw: 20.00" in text  # centres of the parts taken, from their source
     assert "ag_news raw: 22.00" not in text  # a's ag_news centre is not b's
     assert (tmp_path / "out" / "layers.png").exists()
+    files = sorted((tmp_path / "out").iterdir())
+    before = {f.name: f.read_bytes() for f in files}
+    compose_report(preset, [(a, None), (b, None)], tmp_path / "out")  # composed again: the same bytes
+    assert {f.name: f.read_bytes() for f in sorted((tmp_path / "out").iterdir())} == before
 
 
 def test_read_source_round_trips_types_and_one_seed_controls(sources):

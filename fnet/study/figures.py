@@ -86,8 +86,6 @@ def layer_centres(network_files: dict[str, str]) -> dict[str, float]:
     return out
 
 
-
-
 def plot_centres(centres: dict[str, float], path: Path) -> Path | None:
     """Mean layer of the network neurons per scope, raw vs variance-normalised ICA (keys ``"<scope> <variant>"``),
     for a report that has the centres but not the network files (a composed one)."""

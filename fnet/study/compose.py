@@ -26,12 +26,10 @@ from typing import Any, Sequence
 
 from fnet.report import markdown_table
 from fnet.study.jobs import Job
-from fnet.study.report import JOB_COLUMNS, RANDOM_CONDITIONS
+from fnet.study.report import FINISHED, JOB_COLUMNS, RANDOM_CONDITIONS
 from fnet.study.runner import PRESET_KEYS, plan
 
 __all__ = ["plan_parts", "read_source", "compose_report", "part_name"]
-
-FINISHED = ("ran", "skipped", "done")
 
 
 def part_name(text: str) -> str:
@@ -251,11 +249,12 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
     read = [(read_source(folder), None if wanted is None else [part_name(p) for p in wanted])
             for folder, wanted in sources]
     taken = _assign(parts, read)
+    rel = {id(s): str(os.path.relpath(s["folder"], out)) for s, _ in read}  # each source as the report links it
     summary, effect_rows, job_rows, centres, massive, overlap = [], [], [], {}, [], []
     listed: set[tuple[str, str]] = set()
-    for part in sorted(parts, key=list(parts).index):
+    for part in parts:
         src = taken[part]
-        name = str(os.path.relpath(src["folder"], out))  # the source as the report links it
+        name = rel[id(src)]
         summary += [r for r in src["summary"] if r["task"] == part]
         effect_rows += [e for e in src["effects"] if e["task"] == part]
         by_name = {r["name"]: r for r in src["jobs"]}
@@ -269,7 +268,6 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
                     and m not in massive]
         overlap += [line for line in src["overlap"] if line.split(" K=")[0] in scopes and line not in overlap]
     used = [s for s, _ in read if any(t is s for t in taken.values())]
-    rel = {id(s): str(os.path.relpath(s["folder"], out)) for s in used}  # as the report links them
 
     def hours(s: dict) -> float:
         return sum(float(r["seconds"] or 0) for r in job_rows if r["source"] == rel[id(s)]) / 3600

@@ -15,8 +15,8 @@ from typing import Sequence
 
 from fnet.report import markdown_table
 from fnet.study.figures import plot_preservation
-from fnet.study.report import (EFFECT_COLUMNS, JOB_COLUMNS, SUMMARY_COLUMNS, _chance_tasks, _whole_counts, headline,
-                               normalisation, paper_tables, statements)
+from fnet.study.report import (EFFECT_COLUMNS, FINISHED, JOB_COLUMNS, SUMMARY_COLUMNS, _chance_tasks, _whole_counts,
+                               headline, normalisation, paper_tables, statements)
 
 __all__ = ["render_report", "paper_for", "INTRO"]
 
@@ -55,7 +55,7 @@ def _wall_time(jobs: Sequence[dict]) -> list[str]:
     stages: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "done": 0, "seconds": 0.0})
     for r in jobs:
         stages[r["stage"]]["jobs"] += 1
-        stages[r["stage"]]["done"] += r.get("status") in ("ran", "skipped", "done")
+        stages[r["stage"]]["done"] += r.get("status") in FINISHED
         seconds = r.get("seconds")
         stages[r["stage"]]["seconds"] += 0.0 if seconds in (None, "") else float(seconds)
     return ["Seconds summed over jobs (with several workers, jobs overlap):", "",

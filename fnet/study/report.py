@@ -26,12 +26,13 @@ from fnet.study.runlog import machines_line, read_runs, runs_table
 
 __all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "write_report",
            "paper_tables",
-           "SUMMARY_COLUMNS", "EFFECT_COLUMNS"]
+           "SUMMARY_COLUMNS", "EFFECT_COLUMNS", "FINISHED"]
 
 SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_rows", "n_jobs",
                    "n_masked", "n_kept", "n_neurons", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance",
                    "unmasked_at_chance", "paper"]
 RANDOM_CONDITIONS = ("count", "magnitude", "preserve_count", "preserve_magnitude")
+FINISHED = ("ran", "skipped", "done")  # job statuses whose results exist
 CONDITION_ORDER = ["unmasked", "lesion", "count", "magnitude", "spared", "unit", "preserve", "preserve_count",
                    "preserve_magnitude"]
 
@@ -45,7 +46,7 @@ def load_results(records: Sequence[dict]) -> list[dict]:
     """One row per finished evaluate job: its meta (task, condition, target, seed, K, variant) and result."""
     rows = []
     for rec in records:
-        if rec.get("stage") != "evaluate" or rec.get("status") not in ("ran", "skipped", "done"):
+        if rec.get("stage") != "evaluate" or rec.get("status") not in FINISHED:
             continue
         result = json.loads((Path(rec["folder"]) / "result.json").read_text())
         mask = result.get("mask") or {}

@@ -63,7 +63,7 @@ args = parser.parse_args()
 torch.set_num_threads(args.threads)
 
 from fnet.decompose import FastICA, abs_corr_matrix  # noqa: E402
-from fnet.models import cache_dir  # noqa: E402
+from fnet.cache import cache_root  # noqa: E402
 from fnet.recording.store import ActivationStore  # noqa: E402
 from fnet.provenance import cpu_model  # noqa: E402
 
@@ -142,7 +142,7 @@ def write_store(root: Path, maps: np.ndarray) -> ActivationStore:
 def main() -> None:
     n_neurons = args.layers * args.width
     n_tokens = args.texts * args.tokens_per_text
-    root = Path(args.dir) if args.dir else cache_dir() / "bench-scale"
+    root = Path(args.dir) if args.dir else cache_root() / "bench-scale"
     rng = np.random.default_rng(args.seed)
     maps = planted_maps(n_neurons, args.planted, rng)
     gb = n_tokens * n_neurons * 2 / 1e9

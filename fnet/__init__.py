@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+from fnet.version import __version__
 
 #: public name -> module that defines it
 _API = {

@@ -1,22 +1,20 @@
 """fnet's on-disk caches: content keys, model fingerprints, atomic writes, locks, corrupt entries, listing.
 
 Every cached result (a converted GGUF folder, an activation store, a NetworkSet, an unmasked baseline) lives
-under one root, :func:`fnet.models.cache_dir` (``$FNET_CACHE``, the same folder as ``paths.cache_dir`` of
+under one root, :func:`cache_root` (``$FNET_CACHE``, the same folder as ``paths.cache_dir`` of
 ``conf/paths/default.yaml``), in a folder per kind, and is keyed by the *content* that determines it:
 
-* the model's :func:`model_fingerprint` -- a hash over the loaded state dict's tensors (names, dtypes, shapes
-  and bytes) and the tokenizer. It is computed from what is in memory, so a checkpoint overwritten at the same
-  path, a local folder re-saved with new weights, a ``model.dtype`` change or a fine-tuned backbone all give a
-  new fingerprint, whatever the path or name says. xxh3-128 runs at memory speed (SmolLM2-135M in float32,
-  540 MB: see the README for the measured time), so no per-file memo is needed for it;
+* the model's fingerprint (:func:`fnet.models.fingerprint.model_fingerprint`, a hash of the loaded weights and
+  the tokenizer, so a re-saved checkpoint or another dtype is a new model whatever its path says);
 * the settings and texts (the caller's key parts, hashed by :func:`content_key`);
-* :func:`code_version` of the modules that compute that kind of result.
+* :func:`code_version` of the modules that compute that kind of result, named by the module that owns the kind
+  (this module sits at the bottom of fnet's layers and imports nothing of fnet, nor knows its upper modules).
 
 Why a source hash, not a version constant: a per-stage constant must be bumped by hand and is forgotten exactly
 when it matters (a fix in a hook or a threshold); a hash over the source files of the modules that determine a
 result changes whenever they do. It is computed from the *imported* modules' files (found by module name), so it
-survives a file being moved, and per kind, so editing the report code does not throw away recorded
-activations. The price is a recomputation after a comment-only edit, which is safe. The torch and transformers
+survives a file being moved, and per kind (each caller names its modules), so editing the report code does not
+throw away recorded activations. The price is a recomputation after a comment-only edit, which is safe. The torch and transformers
 versions are part of it (a new kernel can change activations).
 
 Writes are atomic (:func:`atomic_path`: a temporary name with pid and a random part in the same folder, then
@@ -51,53 +49,38 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "KINDS", "CODE_MODULES", "code_files", "cache_root", "content_key", "file_digest", "tensors_digest", "tokenizer_digest",
-    "model_fingerprint", "code_version", "temp_path", "atomic_path", "atomic_write_text", "lock", "quarantine",
-    "register",
-    "CacheEntry", "list_entries", "prune", "parse_age", "check_compatible", "ForeignNetworksError", "main",
+    "KINDS", "code_files", "cache_root", "content_key", "file_digest", "code_version", "temp_path", "atomic_path",
+    "atomic_write_text", "lock", "quarantine", "register", "CacheEntry", "list_entries", "prune", "parse_age", "main",
 ]
 
 #: the cache's kinds, each a folder under the root
 KINDS = ("models", "activations", "networks", "eval_baselines")
 ENTRY_SUFFIX = ".fnet-entry"  # JSON; not named *.json so globs over a kind's entries never match it
 
-#: modules and packages whose source determines each kind of result (a package stands for every module in it;
-#: a name that does not resolve is an error, so a moved module cannot silently drop out of the key).
-#: ``activations`` <- models, hooks and recording; ``networks`` <- those + stimuli, decomposition, thresholding;
-#: ``eval_baselines`` <- models, task data, prompting and scoring, and the Lightning modules that run them.
-CODE_MODULES: dict[str, tuple[str, ...]] = {
-    "models": ("fnet.models",),
-    "activations": ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording.recorder", "fnet.recording.store", "fnet.recording.cached"),
-    "networks": ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording", "fnet.decompose", "fnet.networks"),
-    "eval_baselines": ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.scoring", "fnet.lit", "fnet.pipelines.evaluate",
-                       "fnet.pipelines._finetuned"),
-}
 
+def code_files(*modules: str) -> list[Path]:
+    """The source files of ``modules`` (importable names; a package stands for every module in it), sorted.
 
-def code_files(kind: str) -> list[Path]:
-    """The source files behind ``kind`` (:data:`CODE_MODULES`; ``all`` = every fnet module), sorted.
+    The module that owns a kind of result names what determines it, e.g. ``fnet.recording.cached.ACTIVATION_CODE``;
+    ``code_files("fnet")`` is every fnet module.
 
     Raises
     ------
     ValueError
-        For an unknown kind, or a module name of :data:`CODE_MODULES` that does not resolve (a moved or renamed
-        module must be renamed there too; skipping it would let its edits go unnoticed by the caches).
+        For no module, or a name that does not resolve (a moved or renamed module must be renamed where it is
+        named too; skipping it would let its edits go unnoticed by the caches).
     """
-    if kind == "all":
-        names: tuple[str, ...] = ("fnet",)
-    elif kind in CODE_MODULES:
-        names = CODE_MODULES[kind]
-    else:
-        raise ValueError(f"unknown cache kind {kind!r} for code_version; valid: {sorted(CODE_MODULES) + ['all']}")
+    if not modules:
+        raise ValueError("code_files needs at least one module name, e.g. code_files('fnet.models')")
     files: set[Path] = set()
-    for name in names:
+    for name in modules:
         try:
             spec = importlib.util.find_spec(name)
         except ModuleNotFoundError:
             spec = None
         if spec is None or not spec.origin:
-            raise ValueError(f"CODE_MODULES[{kind!r}] names {name!r}, which is not an importable module or package; "
-                             f"rename it in fnet.cache.CODE_MODULES")
+            raise ValueError(f"code modules {list(modules)} name {name!r}, which is not an importable module or "
+                             "package; rename it where the modules are listed")
         if spec.submodule_search_locations:  # a package: every module in it
             for folder in spec.submodule_search_locations:
                 files.update(Path(folder).rglob("*.py"))
@@ -107,14 +90,15 @@ def code_files(kind: str) -> list[Path]:
 
 
 def cache_root() -> Path:
-    """The cache root, ``$FNET_CACHE`` or ``~/.cache/fnet`` (:func:`fnet.models.cache_dir`)."""
-    from fnet.models import cache_dir
-
-    return cache_dir()
+    """The root of every fnet cache (converted models, activations, networks, baselines): ``$FNET_CACHE``, else
+    ``$XDG_CACHE_HOME/fnet``, else ``~/.cache/fnet`` -- the same folder as ``paths.cache_dir`` of
+    ``conf/paths/default.yaml``."""
+    root = os.environ.get("FNET_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "fnet")
+    return Path(root).expanduser()
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Keys and fingerprints
+# Keys
 # --------------------------------------------------------------------------------------------------------------
 def content_key(*parts: Any, length: int = 16) -> str:
     """A hex key of JSON-able ``parts`` (dicts sorted; other objects by ``str``).
@@ -159,86 +143,15 @@ def file_digest(path: str | os.PathLike, *, memo: bool = True) -> str:
     return digest
 
 
-def tensors_digest(named_tensors: Iterable[tuple[str, Any]]) -> str:
-    """xxh3-128 over ``(name, dtype, shape, bytes)`` of every tensor, in the given order. Tensors on another
-    device are copied to the CPU one at a time; meta tensors (not loaded) contribute name, dtype and shape."""
-    import torch
-
-    digest = xxhash.xxh3_128()
-    for name, tensor in named_tensors:
-        tensor = tensor.detach()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        if tensor.device.type == "meta":
-            continue
-        flat = tensor.to("cpu").contiguous().reshape(-1)
-        if flat.numel():
-            digest.update(flat.view(torch.uint8).numpy().data)  # raw bytes, any dtype (bf16 included)
-    return digest.hexdigest()
-
-
-def tokenizer_digest(tokenizer: Any) -> str:
-    """A hash of a tokenizer's behaviour: its serialised backend (vocabulary, merges, normaliser, pre-tokeniser)
-    when it has one (without the truncation and padding that each call sets), else its vocabulary; plus class,
-    special tokens, padding side and chat template.
-
-    Examples
-    --------
-    >>> from fnet.models import load_model
-    >>> tok = load_model("tiny:gpt2").tokenizer
-    >>> before = tokenizer_digest(tok)
-    >>> _ = tok(["a b c"], truncation=True, max_length=2)  # a call that sets the backend's truncation
-    >>> tokenizer_digest(tok) == before
-    True
-    """
-    if tokenizer is None:
-        return "none"
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    try:
-        if backend is not None:
-            # the backend's truncation and padding are set by each call with max_length / padding: call state,
-            # not identity (the same tokenizer after one batch of a run must keep its fingerprint)
-            state = json.loads(backend.to_str())
-            body = json.dumps({k: v for k, v in state.items() if k not in ("truncation", "padding")}, sort_keys=True)
-        else:
-            body = json.dumps(sorted(tokenizer.get_vocab().items()))
-    except Exception:  # a tokenizer without either: its repr is the best identity left
-        body = repr(tokenizer)
-    extra = [type(tokenizer).__name__, getattr(tokenizer, "special_tokens_map", {}),
-             getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None),
-             getattr(tokenizer, "chat_template", None)]
-    return xxhash.xxh3_128_hexdigest(body.encode() + json.dumps(extra, sort_keys=True, default=str).encode())
-
-
-def model_fingerprint(model: Any, tokenizer: Any = None) -> str:
-    """The identity of a loaded model: :func:`tensors_digest` of its state dict plus :func:`tokenizer_digest`.
-    32 hex digits; equal only when weights (with dtype), shapes and tokenizer are equal.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from fnet.models import load_model
-    >>> lm = load_model("tiny:gpt2")
-    >>> model_fingerprint(lm.model, lm.tokenizer) == lm.fingerprint
-    True
-    >>> with torch.no_grad():
-    ...     lm.model.transformer.h[0].mlp.c_proj.weight[0, 0] += 1.0  # one weight changed
-    >>> model_fingerprint(lm.model, lm.tokenizer) == lm.fingerprint
-    False
-    """
-    weights = tensors_digest(model.state_dict().items())
-    return xxhash.xxh3_128_hexdigest(f"{weights}|{tokenizer_digest(tokenizer)}".encode())
-
-
 @functools.lru_cache(maxsize=None)
-def code_version(kind: str) -> str:
-    """A hash of the source of the modules that determine results of ``kind`` (:data:`CODE_MODULES`; ``all`` =
-    every fnet module), plus the torch and transformers versions. See the module docstring for why."""
-    import torch
+def code_version(*modules: str) -> str:
+    """A hash of the source of ``modules`` (:func:`code_files`; ``"fnet"`` = every fnet module), plus the torch and
+    transformers versions. See the module docstring for why."""
+    import torch  # heavy; only the code hash needs their versions
     import transformers
 
-    files = code_files(kind)
     digest = xxhash.xxh3_64()
-    for file in files:
+    for file in code_files(*modules):
         digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
     digest.update(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
     return digest.hexdigest()
@@ -382,6 +295,15 @@ def list_entries(root: str | os.PathLike | None = None) -> list[CacheEntry]:
     return sorted(entries, key=lambda e: e.mtime)
 
 
+def _table(rows: list[dict]) -> str:
+    """Rows as aligned text columns (the listing's only table; fnet.report's tables sit layers above)."""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def parse_age(text: str) -> float:
     """``30d`` / ``12h`` / ``90m`` / ``2w`` / ``45s`` -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -418,50 +340,6 @@ def prune(root: str | os.PathLike | None = None, *, older_than: float | None = N
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Provenance check of networks against a model
-# --------------------------------------------------------------------------------------------------------------
-class ForeignNetworksError(ValueError):
-    """A NetworkSet was found on another model (or another signal / shape) than the one it is applied to."""
-
-
-def _describe(model: Any, fingerprint: Any, n_layers: Any, width: Any, signal: Any) -> str:
-    fp = f"fingerprint {str(fingerprint)[:12]}…" if fingerprint else "no fingerprint"
-    return f"{model} ({fp}, {n_layers} layers x {width} {signal})"
-
-
-def check_compatible(netset: Any, *, model: str, fingerprint: str, n_layers: int, width: int, signal: str,
-                     allow_foreign: bool = False, source: str = "networks") -> dict | None:
-    """Check that ``netset`` was found on this model: fingerprint (when the networks record one, else the model
-    name), layers, width and signal. A mismatch raises :class:`ForeignNetworksError` naming both; with
-    ``allow_foreign`` it is returned instead, as ``{"networks": ..., "model": ...}`` for the result's provenance.
-    Returns ``None`` when they match."""
-    prov = dict(getattr(netset, "provenance", {}) or {})
-    found = {"model": prov.get("model"), "fingerprint": prov.get("model_fingerprint"),
-             "n_layers": int(netset.n_layers), "width": int(netset.width), "signal": prov.get("signal")}
-    here = {"model": model, "fingerprint": fingerprint, "n_layers": int(n_layers), "width": int(width),
-            "signal": signal}
-    problems = []
-    if found["fingerprint"]:
-        if found["fingerprint"] != fingerprint:
-            problems.append("model fingerprint")
-    elif found["model"] is not None and found["model"] != model:
-        problems.append("model name (the networks record no fingerprint)")
-    if (found["n_layers"], found["width"]) != (here["n_layers"], here["width"]):
-        problems.append("shape")
-    if found["signal"] is not None and found["signal"] != signal:
-        problems.append("signal")
-    if not problems:
-        return None
-    message = (f"{source} were found on {_describe(**found)} but the model is {_describe(**here)}: "
-               f"{', '.join(problems)} differ")
-    if not allow_foreign or "shape" in problems:
-        hint = "" if "shape" in problems else "; set mask.allow_foreign=true to apply them anyway (recorded)"
-        raise ForeignNetworksError(message + hint)
-    log.warning("applying foreign networks (mask.allow_foreign=true): %s", message)
-    return {"networks": found, "model": here, "differ": problems}
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
@@ -478,10 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root) if args.root else cache_root()
     if args.command == "list":
         entries = list_entries(root)
-        rows = [e.row() for e in entries]
-        from fnet.report import markdown_table
-
-        print(markdown_table(rows) if rows else f"no cache entries under {root}")
+        print(_table([e.row() for e in entries]) if entries else f"no cache entries under {root}")
         print(f"\n{len(entries)} entries, {_human(sum(e.size for e in entries))} under {root}")
         return 0
     if args.older_than is None and not args.kind:

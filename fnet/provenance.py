@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-import fnet
 from fnet.cache import code_version
+from fnet.version import __version__
 
 __all__ = ["cpu_model", "provenance"]
 
@@ -30,12 +30,12 @@ def cpu_model() -> str:
 
 def provenance(**fields: Any) -> dict:
     """A result file's provenance: what the caller gives plus fnet version, ``fnet_code`` (a hash of every fnet
-    source file, :func:`fnet.cache.code_version`: the version number alone does not change with the code),
+    source file, :func:`fnet.cache.code_version` of ``fnet``: the version number alone does not change with the code),
     torch version, host and time."""
     return dict(
         fields,
-        fnet_version=fnet.__version__,
-        fnet_code=code_version("all"),
+        fnet_version=__version__,
+        fnet_code=code_version("fnet"),
         torch_version=torch.__version__,
         python=platform.python_version(),
         host=platform.node(),

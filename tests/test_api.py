@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fnet
-from fnet.cache import ForeignNetworksError
+from fnet.networks import ForeignNetworksError
 from fnet.networks import NetworkSet
 
 REPO = Path(__file__).resolve().parents[1]

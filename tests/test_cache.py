@@ -11,7 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from fnet.pipelines._common import networks_for_config
-from fnet.cache import ForeignNetworksError, check_compatible, main as cache_main
+from fnet.cache import main as cache_main
+from fnet.networks import ForeignNetworksError, check_compatible
 from fnet.recording import Text, record_dataset
 from fnet.pipelines.evaluate import baseline_cache_key
 from fnet.lit.checkpoints import load_finetuned_lm, read_checkpoint
@@ -250,14 +251,18 @@ def test_cache_cli_lists_and_prunes(tmp_path, capsys):
     assert not list((tmp_path / "cache" / "activations").rglob("manifest.json"))
 
 
-def test_code_modules_resolve_and_cover_packages(monkeypatch):
-    """Every CODE_MODULES name resolves; a package stands for all its modules; an unknown name is an error."""
+def test_code_modules_resolve_and_cover_packages():
+    """Every kind's code modules resolve; a package stands for all its modules; an unknown name is an error."""
     from fnet import cache
+    from fnet.models.load import MODEL_CODE
+    from fnet.networks import NETWORK_CODE
+    from fnet.pipelines.evaluate import BASELINE_CODE
+    from fnet.recording.cached import ACTIVATION_CODE
 
-    for kind in cache.CODE_MODULES:
-        assert cache.code_files(kind)  # raises if any name no longer resolves
-    models_files = {p.name for p in cache.code_files("models")}
+    for modules in (MODEL_CODE, ACTIVATION_CODE, NETWORK_CODE, BASELINE_CODE, ("fnet",)):
+        assert cache.code_files(*modules)  # raises if any name no longer resolves
+    models_files = {p.name for p in cache.code_files(*MODEL_CODE)}
     assert {"discovery.py", "load.py", "arch.py"} <= models_files  # the package fnet.models, not its __init__ only
-    monkeypatch.setitem(cache.CODE_MODULES, "models", ("fnet.models", "fnet.no_such_module"))
     with pytest.raises(ValueError, match="fnet.no_such_module"):
-        cache.code_files("models")
+        cache.code_files("fnet.models", "fnet.no_such_module")
+    assert cache.code_version(*MODEL_CODE) != cache.code_version(*ACTIVATION_CODE)

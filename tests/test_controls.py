@@ -129,3 +129,70 @@ def test_massive_unit_is_found_first_spared_and_lesioned_alone():
     assert singles.shape == (2, n_layers, width)
     assert np.flatnonzero(singles[0].any(axis=0)).tolist() == [33] and singles[0, :, 33].all()
     assert singles[1].sum() == 1 and singles[1, 3, 9]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The registry's study controls: ordinary masks, the same draws as the v1 study's controls file
+# --------------------------------------------------------------------------------------------------------------
+def _planted_networks():
+    import torch
+
+    from fnet.networks import NetworkSet
+
+    rng = np.random.default_rng(3)
+    masks = rng.random((3, 4, 30)) < 0.2  # [K, layer, unit]
+    masks[:, :, 7] = True  # unit 7 in every network and layer: the planted massive unit
+    scale = rng.random((4, 30)) + 0.1
+    scale[:, 7] = 50.0
+    return NetworkSet.from_masks(torch.from_numpy(masks), provenance={"model": "planted", "model_fingerprint": "f"}), scale
+
+
+def test_registry_controls_without_a_stream_are_the_v1_study_draws():
+    """Without a stream, `mask=magnitude mask.seed=s` draws what the v1 controls file held for network k
+    (seed 1000*k+s, disjoint where the layer allows) and for the union (1000*K+s); spared and single-unit masks
+    take the massive units out or alone, so a v1 study's plan reruns to the same masks."""
+    from fnet.intervene import build_mask
+
+    nets, scale = _planted_networks()
+    masks = nets.masks.numpy()
+    for k, seed in ((0, 0), (2, 1)):
+        v1, _ = magnitude_matched_draw(masks[k], scale, n_bins=10, seed=1000 * k + seed, disjoint="prefer")
+        ours = build_mask("magnitude", netset=nets, networks=k, seed=seed, scale=scale)
+        np.testing.assert_array_equal(ours.mask.numpy(), v1)
+    union, _ = magnitude_matched_draw(masks.any(0), scale, n_bins=10, seed=1000 * 3 + 4, disjoint="prefer")
+    np.testing.assert_array_equal(build_mask("magnitude", netset=nets, networks="all", seed=4, scale=scale).mask, union)
+    np.testing.assert_array_equal(build_mask("magnitude_preserve", netset=nets, seed=4, scale=scale).mask, ~union)
+    spared = build_mask("spared", netset=nets, networks=1, scale=scale, top_k=1, n_units=1)
+    assert spared.meta["units"] == [7]
+    np.testing.assert_array_equal(spared.mask.numpy(), masks[1] & (np.arange(30) != 7))
+    alone = build_mask("unit", netset=nets, unit=0, scale=scale, top_k=1, n_units=1)
+    assert alone.mask.sum() == 4 and alone.mask[:, 7].all()
+    assert not build_mask("unit", netset=nets, unit=1, scale=scale, top_k=1, n_units=1).mask.any()  # no 2nd unit
+
+
+def test_a_stream_gives_every_network_and_kind_its_own_draw():
+    """Two networks with the same per-layer counts get the same count-matched seed-0 control without a stream (the
+    v1 flaw: one random ordering per layer and seed) and different ones with a stream; kinds and streams (tasks)
+    differ too, while the same request draws the same mask again."""
+    import torch
+
+    from fnet.intervene import build_mask
+    from fnet.networks import NetworkSet
+
+    masks = torch.zeros(2, 3, 40, dtype=torch.bool)
+    masks[0, :, :5] = True
+    masks[1, :, 10:15] = True  # the same counts per layer as network 0
+    nets = NetworkSet.from_masks(masks, provenance={"model": "planted", "model_fingerprint": "f"})
+    scale = np.random.default_rng(0).random((3, 40)) + 0.1
+
+    def draw(kind, networks, stream="sst2/run0", seed=0):
+        return build_mask(kind, netset=nets, networks=networks, seed=seed, scale=scale, stream=stream)
+
+    assert torch.equal(draw("random", 0, stream=None).mask, draw("random", 1, stream=None).mask)
+    a, b = draw("random", 0), draw("random", 1)
+    assert not torch.equal(a.mask, b.mask) and a.stats["per_layer"] == b.stats["per_layer"] == [5, 5, 5]
+    assert torch.equal(draw("random", 0).mask, a.mask)
+    assert not torch.equal(draw("random", 0, stream="ag_news/run0").mask, a.mask)
+    assert not torch.equal(draw("random", 0, seed=1).mask, a.mask)
+    m0, m1 = draw("magnitude", 0), draw("magnitude", 1)
+    assert m0.meta["draw_seed"] not in (m1.meta["draw_seed"], draw("magnitude", 0, stream="x").meta["draw_seed"])

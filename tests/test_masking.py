@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from fnet.intervene import (
     MASK_MODES,
+    MASKS,
     MaskSpec,
     apply_mask,
     build_mask,
@@ -415,7 +416,8 @@ def test_build_mask_modes():
 def test_summary_keeps_mask_counts(mode):
     """summary() (provenance for result files) carries the mask's own counts; meta never overrides them."""
     ns = toy_netset()
-    spec = build_mask(mode, netset=ns, networks=1, fraction=0.3, seed=2, value=2.0)
+    scale = torch.rand(ns.n_layers, ns.width) if MASKS[mode].needs_scale else None
+    spec = build_mask(mode, netset=ns, networks=1, fraction=0.3, seed=2, value=2.0, scale=scale)
     if spec is None:
         return
     summary = spec.summary()
@@ -436,19 +438,27 @@ def test_build_mask_from_networks_file(tmp_path):
 
 
 def test_mask_configs_build():
-    """Every conf/mask/*.yaml has the same keys and builds through build_mask."""
+    """Every conf/mask/*.yaml includes _base (the keys all share), sets only what differs, names a registered
+    mode, and builds through build_mask; every registered mode that needs no extra input has a file."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
     ns = toy_netset()
-    files = sorted((Path(__file__).resolve().parents[1] / "conf" / "mask").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"none", "lesion", "preserve", "random", "random_fraction", "amplify"}
-    keys = None
+    folder = Path(__file__).resolve().parents[1] / "conf" / "mask"
+    base = OmegaConf.load(folder / "_base.yaml")
+    files = sorted(f for f in folder.glob("*.yaml") if f.stem != "_base")
+    assert {f.stem for f in files} >= {"none", "lesion", "preserve", "random", "random_fraction", "amplify",
+                                       "magnitude", "magnitude_preserve", "spared", "unit"}
+    scale = torch.rand(ns.n_layers, ns.width)
     for f in files:
-        cfg = OmegaConf.to_container(OmegaConf.load(f))
-        keys = keys or set(cfg)
-        assert set(cfg) == keys, f.name
-        assert cfg.pop("allow_foreign") is False, f.name  # a provenance check (fnet.cache), not a mask parameter
-        spec = build_mask(**cfg, netset=ns, n_layers=ns.n_layers, width=ns.width)
+        own = OmegaConf.load(f)
+        assert list(own.pop("defaults")) == ["_base", "_self_"], f.name
+        assert set(own) <= set(base) and own.mode == f.stem, f.name
+        assert all(own[k] != base[k] for k in own if k != "mode"), f"{f.name} repeats a _base value"
+        cfg = OmegaConf.to_container(OmegaConf.merge(base, own))
+        assert cfg.pop("allow_foreign") is False, f.name  # a provenance check (fnet.networks), not a mask parameter
+        cfg.pop("scale_file")  # the pipeline loads it (fnet.pipelines._common.scale_for_mask)
+        spec = build_mask(**cfg, netset=ns, n_layers=ns.n_layers, width=ns.width, scale=scale)
         assert (spec is None) == (cfg["mode"] == "none"), f.name
+        assert MASKS[cfg["mode"]].name == f.stem

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from fnet.study.report import paper_tables, statements, write_report
+from fnet.study.render import write_report
+from fnet.study.report import paper_tables, statements
 
 
 N_ROWS = 400
@@ -154,7 +155,7 @@ def test_a_score_under_the_majority_rate_is_marked_below_chance_not_left_unmarke
 
 
 def test_network_ids_in_the_massive_units_table_stay_short():
-    from fnet.study.report import _ids
+    from fnet.study.report import ids_text as _ids
 
     assert _ids([3, 1, 2], 10) == "1, 2, 3"
     assert _ids(list(range(512)), 512) == "all"

@@ -15,6 +15,8 @@ from fnet.attribution.pos_align import AlignedSentence, WordSamples, pad_batch
 from fnet.attribution.pos_probe import seed_interval
 from fnet.models import LoadedModel
 from fnet.networks import NetworkSet
+from fnet.attribution.methods import target_log_probs
+from fnet.intervene import apply_mask, random_matched_mask
 
 __all__ = ["word_log_probs", "lesion_effects", "key_neuron_set"]
 
@@ -34,9 +36,6 @@ def word_log_probs(
 ) -> np.ndarray:
     """``log p(first token of the word | sentence prefix)`` per sample, [n] float64, optionally with ``mask
     # [layer, unit]`` zeroed (:func:`fnet.intervene.apply_mask`) at every position. One forward per sentence batch."""
-    from fnet.attribution.methods import target_log_probs
-    from fnet.intervene import apply_mask
-
     out = np.zeros(len(samples), dtype=np.float64)
     by_sentence: dict[int, list[int]] = {}
     for row, s in enumerate(samples.sentence):
@@ -84,8 +83,6 @@ def lesion_effects(
 
     Returns ``(rows, clean_log_probs [n])``.
     """
-    from fnet.intervene import random_matched_mask
-
     clean = word_log_probs(lm, aligned, samples, signal=signal, batch_size=batch_size)
     rows = []
     for t in tqdm(list(tags), desc="lesion", unit="tag", disable=not progress):

@@ -18,6 +18,8 @@ from fnet.attribution.keyneurons import KeyNeuronCounter
 from fnet.attribution.methods import attribute
 from fnet.attribution.pos_align import AlignedSentence, WordSamples, pad_batch
 from fnet.models import LoadedModel
+from fnet.intervene import random_matched_mask
+from fnet.recording.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,6 @@ def record_word_features(
     ``position="word"``: at each word's first token; ``"before"``: at the token before it (the position that
     predicts the word). Sentences are recorded once each with :class:`fnet.recording.recorder.Recorder`.
     """
-    from fnet.recording.recorder import Recorder
-
     if position not in ("word", "before"):
         raise ValueError(f"unknown position {position!r}; valid: 'word', 'before'")
     shift = 0 if position == "word" else 1
@@ -129,7 +129,6 @@ def columns_of(mask: torch.Tensor) -> np.ndarray:
 def random_matched_columns(mask: torch.Tensor, seed: int) -> np.ndarray:
     """Columns of a random mask with the same number of neurons in every layer as ``mask`` (drawn from all the
     layer's units: the paper's unbiased "same number of random neurons" control)."""
-    from fnet.intervene import random_matched_mask
 
     return columns_of(random_matched_mask(torch.as_tensor(mask, dtype=torch.bool), seed=seed).mask)
 

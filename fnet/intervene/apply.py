@@ -30,7 +30,7 @@ from torch import nn
 from fnet.hooks import trace_signal
 from fnet.models import ArchSpec, check_signal, down_proj_modules, find_blocks, get_arch, model_dims
 
-__all__ = ["APPLY_MODES", "MaskSpec", "mask_stats", "apply_mask", "expected_mask_shape"]
+__all__ = ["APPLY_MODES", "MaskSpec", "mask_stats", "apply_mask", "expected_mask_shape", "check_bool_mask"]
 
 
 #: How a mask acts on its positions (``apply_mask(mode=...)``).
@@ -43,7 +43,7 @@ APPLY_MODES = ("zero", "amplify", "scale")
 def mask_stats(mask: torch.Tensor) -> dict[str, Any]:
     """Counts of a mask ``[layer, unit]``: ``n_masked`` (total True), ``fraction`` (of all layer*unit neurons),
     ``per_layer`` (list of True counts per layer), ``n_layers``, ``width``."""
-    mask = _check_bool_mask(mask)
+    mask = check_bool_mask(mask)
     per_layer = mask.sum(dim=1, dtype=torch.int64)  # [layer]
     total = int(per_layer.sum())
     return {
@@ -89,7 +89,7 @@ class MaskSpec:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.mask = _check_bool_mask(self.mask)
+        self.mask = check_bool_mask(self.mask)
         check_signal(self.signal)
         _check_apply_mode(self.mode)
         self.value = float(self.value)
@@ -132,7 +132,9 @@ def _check_apply_mode(mode: str) -> str:
     return mode
 
 
-def _check_bool_mask(mask: Any) -> torch.Tensor:
+def check_bool_mask(mask: Any) -> torch.Tensor:
+    """``mask`` as a 2-D bool tensor ``[layer, unit]`` (from a tensor or numpy array), or a ``TypeError`` /
+    ``ValueError`` naming what it got."""
     if isinstance(mask, np.ndarray):
         mask = torch.from_numpy(mask)
     if not isinstance(mask, torch.Tensor):

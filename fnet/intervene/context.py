@@ -2,7 +2,7 @@
 
 :func:`lesion` and :func:`preserve` are context managers over :func:`fnet.intervene.apply_mask`. Given a
 :class:`~fnet.models.LoadedModel`, they first check that the networks were found on this very model
-(:func:`fnet.cache.check_compatible`: weights fingerprint, layers, width, signal), so another model's networks
+(:func:`fnet.networks.check_compatible`: weights fingerprint, layers, width, signal), so another model's networks
 are never applied by accident. :func:`random_control` builds the matched control of a lesion or preservation:
 the same number of neurons in every layer, drawn at random (``match="count"``), or drawn from the same
 per-layer quantile bins of the neurons' activation scale (``match="magnitude"``), so that a control also hits
@@ -32,10 +32,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from fnet.cache import check_compatible
 from fnet.intervene.apply import MaskSpec, apply_mask
 from fnet.intervene.controls import magnitude_matched_draw
 from fnet.intervene.masks import lesion_mask, preserve_mask, random_matched_mask
+from fnet.networks import check_compatible
 
 __all__ = ["lesion", "preserve", "random_control", "CONTROL_MATCHES"]
 

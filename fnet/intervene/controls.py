@@ -21,10 +21,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+import json
+from pathlib import Path
 
-__all__ = ["neuron_scale", "magnitude_bins", "magnitude_matched_draw", "magnitude_matched_mask", "top_units",
-           "recurring_units", "spare", "unit_masks"]
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fnet.cache import atomic_path
+
+__all__ = ["neuron_scale", "save_scale", "load_scale", "magnitude_bins", "magnitude_matched_draw",
+           "magnitude_matched_mask", "top_units", "recurring_units", "massive_units", "spare", "unit_masks"]
+
+#: the ``format`` metadata of a saved neuron scale
+SCALE_FORMAT = "fnet.NeuronScale"
 
 
 def _as_bool_array(mask: Any, name: str) -> np.ndarray:
@@ -85,6 +96,44 @@ def neuron_scale(arrays: Sequence[Any], n_layers: int, *, chunk_rows: int = 4096
     if n_tokens == 0:
         raise ValueError("the activation arrays hold no tokens")
     return np.sqrt(sum_sq / n_tokens).reshape(n_layers, n_neurons // n_layers)
+
+
+def save_scale(path: str | Path, scale: Any, provenance: dict) -> Path:
+    """Write ``scale  # [layer, unit]`` as one safetensors file with its ``provenance`` (the model's fingerprint,
+    signal and the texts it was measured on), atomically; :func:`load_scale` reads it back.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = save_scale(tempfile.mkdtemp() + "/scale.safetensors", np.ones((2, 3)), {"model": "m"})
+    >>> scale, prov = load_scale(path)
+    >>> scale.shape, prov["model"]
+    ((2, 3), 'm')
+    """
+    scale = _as_scale(scale)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({"scale": torch.from_numpy(scale)}, str(tmp),
+                  metadata={"format": SCALE_FORMAT, "provenance": json.dumps(provenance, sort_keys=True, default=str)})
+    return path
+
+
+def load_scale(path: str | Path) -> tuple[np.ndarray, dict]:
+    """``(scale  # [layer, unit] float64, provenance)`` of a file written by :func:`save_scale`; another file is a
+    ``ValueError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"neuron scale file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            scale = handle.get_tensor("scale").numpy() if "scale" in handle.keys() else None
+    except Exception as err:  # safetensors raises its own SafetensorError (not importable stably)
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    if metadata.get("format") != SCALE_FORMAT or scale is None:
+        raise ValueError(f"{path}: not an fnet neuron scale file (format {metadata.get('format')!r}; "
+                         "write one with fnet.intervene.controls.save_scale)")
+    return _as_scale(scale), json.loads(metadata.get("provenance") or "{}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -246,6 +295,21 @@ def recurring_units(netset_or_masks: Any, top: int | None = None, *, among: Sequ
              "network_ids": np.flatnonzero(per_network[:, u]).tolist(),
              "layers": np.flatnonzero(masks[:, :, u].any(axis=0)).tolist()} for u in ranked]
     return rows if top is None else rows[:top]
+
+
+def massive_units(masks: Any, scale: Any, *, top_k: int, n_units: int) -> list[int]:
+    """The massive units of a set of networks: among the ``top_k`` largest-scale units of every layer, the
+    ``n_units`` most frequent across networks (:func:`recurring_units`; fewer when fewer are in any network).
+
+    Examples
+    --------
+    >>> masks = np.zeros((3, 2, 4), dtype=bool); masks[:, :, 3] = True; masks[0, 0, 1] = True
+    >>> scale = np.ones((2, 4)); scale[:, 3] = 100.0; scale[0, 1] = 50.0
+    >>> massive_units(masks, scale, top_k=2, n_units=4)  # unit 3 in all three networks, unit 1 in one
+    [3, 1]
+    """
+    candidates = sorted(set(top_units(scale, top_k).ravel().tolist()))
+    return [row["unit"] for row in recurring_units(masks, n_units, among=candidates)]
 
 
 def spare(mask: Any, units: Sequence[int]) -> np.ndarray:

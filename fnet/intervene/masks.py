@@ -1,8 +1,8 @@
 """Build neuron masks from networks: lesion, preservation, amplification, and matched random controls.
 
 The builders (:func:`lesion_mask`, :func:`preserve_mask`, :func:`amplify_mask`, :func:`random_matched_mask`,
-:func:`random_fraction_mask`, and :func:`build_mask`, which takes the keys of ``conf/mask/*.yaml``) are pure,
-seeded functions that return a :class:`~fnet.intervene.apply.MaskSpec`: the mask ``[layer, unit]`` plus how to
+:func:`random_fraction_mask`; :func:`fnet.intervene.registry.build_mask` takes the keys of ``conf/mask/*.yaml``) are
+pure, seeded functions that return a :class:`~fnet.intervene.apply.MaskSpec`: the mask ``[layer, unit]`` plus how to
 apply it, a description and its counts. Random controls match the count of each layer (or the total) of the
 networks they control for; no library provides count-matched random controls.
 """
@@ -10,16 +10,16 @@ networks they control for; no library provides count-matched random controls.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from fnet.intervene.apply import MaskSpec, _check_bool_mask
+from fnet.intervene.apply import MaskSpec, check_bool_mask
 from fnet.models import check_signal
-from fnet.networks import NetworkSet
 
-__all__ = ["MASK_MODES", "parse_networks", "lesion_mask", "preserve_mask", "amplify_mask", "random_matched_mask", "random_fraction_mask", "build_mask"]
+__all__ = ["parse_networks", "lesion_mask", "preserve_mask", "amplify_mask", "random_matched_mask",
+           "random_fraction_mask"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -160,14 +160,14 @@ def random_matched_mask(
     neurons instead. The returned spec copies the reference's signal / mode / value when given a MaskSpec.
     """
     template = reference_mask if isinstance(reference_mask, MaskSpec) else None
-    reference = _check_bool_mask(template.mask if template is not None else reference_mask).cpu()
+    reference = check_bool_mask(template.mask if template is not None else reference_mask).cpu()
     n_layers, width = reference.shape
     if exclude is None or exclude is False:
         banned = torch.zeros_like(reference)
     elif exclude is True:
         banned = reference
     else:
-        banned = _check_bool_mask(exclude).cpu()
+        banned = check_bool_mask(exclude).cpu()
         if banned.shape != reference.shape:
             raise ValueError(f"exclude has shape {list(banned.shape)}, expected {list(reference.shape)}")
     counts = reference.sum(dim=1)  # [layer]
@@ -220,143 +220,3 @@ def random_fraction_mask(
         kind="random_fraction",
         meta={"seed": int(seed), "target_fraction": float(fraction), "units_per_layer": per_layer},
     )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Config-facing dispatcher
-# --------------------------------------------------------------------------------------------------------------
-def _need_netset(mode: str, netset: Any) -> Any:
-    if netset is None:
-        raise ValueError(
-            f"mask mode {mode!r} needs a NetworkSet: pass netset=... or networks_file=<a file from analyze.py>"
-        )
-    return netset
-
-
-def _build_none(**_: Any) -> None:
-    return None
-
-
-def _build_lesion(*, netset, networks, **_: Any) -> MaskSpec:
-    return lesion_mask(_need_netset("lesion", netset), 0 if networks is None else networks)
-
-
-def _build_preserve(*, netset, networks, **_: Any) -> MaskSpec:
-    return preserve_mask(_need_netset("preserve", netset), "all" if networks is None else networks)
-
-
-def _build_random(*, netset, networks, match, seed, exclude_reference, **_: Any) -> MaskSpec:
-    target = match if match is not None else networks
-    reference = lesion_mask(_need_netset("random", netset), 0 if target is None else target)
-    return random_matched_mask(reference, seed=seed, exclude=True if exclude_reference else None)
-
-
-def _build_random_preserve(*, netset, networks, match, seed, exclude_reference, **_: Any) -> MaskSpec:
-    """Preservation control: keep a random set with the union's per-layer counts, zero the rest."""
-    target = match if match is not None else networks
-    reference = lesion_mask(_need_netset("random_preserve", netset), "all" if target is None else target)
-    keep = random_matched_mask(reference, seed=seed, exclude=True if exclude_reference else None)
-    return MaskSpec(
-        mask=~keep.mask,
-        signal=reference.signal,
-        mode="zero",
-        description=f"preserve {keep.description} (zero the other neurons)",
-        kind="random_preserve",
-        meta={**keep.meta, "networks": reference.meta["networks"]},
-    )
-
-
-def _build_random_fraction(*, netset, fraction, seed, signal, n_layers, width, **_: Any) -> MaskSpec:
-    if netset is not None:
-        n_layers, width = netset.n_layers, netset.width
-    if n_layers is None or width is None:
-        raise ValueError("mask mode 'random_fraction' needs n_layers and width (or a netset)")
-    return random_fraction_mask(n_layers, width, 0.15 if fraction is None else fraction, seed, signal=signal)
-
-
-def _build_amplify(*, netset, networks, value, **_: Any) -> MaskSpec:
-    return amplify_mask(_need_netset("amplify", netset), 0 if networks is None else networks, value, "amplify")
-
-
-def _build_scale(*, netset, networks, value, **_: Any) -> MaskSpec:
-    return amplify_mask(_need_netset("scale", netset), 0 if networks is None else networks, value, "scale")
-
-
-#: ``build_mask`` modes -> builder. Add an experiment type by adding an entry.
-MASK_MODES: dict[str, Callable[..., MaskSpec | None]] = {
-    "none": _build_none,
-    "lesion": _build_lesion,
-    "preserve": _build_preserve,
-    "random": _build_random,
-    "random_preserve": _build_random_preserve,
-    "random_fraction": _build_random_fraction,
-    "amplify": _build_amplify,
-    "scale": _build_scale,
-}
-
-
-def build_mask(
-    mode: str,
-    *,
-    netset: Any = None,
-    networks: Any = None,
-    fraction: float | None = None,
-    seed: int = 0,
-    match: Any = None,
-    signal: str = "mlp_out",
-    n_layers: int | None = None,
-    width: int | None = None,
-    value: float = 0.0,
-    exclude_reference: bool = False,
-    networks_file: str | None = None,
-) -> MaskSpec | None:
-    """Build the mask of one experiment from config values (``conf/mask/*.yaml``).
-
-    Modes (:data:`MASK_MODES`):
-        ``none``            -> ``None`` (the unmasked model);
-        ``lesion``          -> zero the union of ``networks`` (default 0);
-        ``preserve``        -> zero everything but the union of ``networks`` (default ``"all"``);
-        ``random``          -> random control matched per layer to the lesion of ``match`` (default: ``networks``),
-                               ``seed``, optionally disjoint from it (``exclude_reference``);
-        ``random_preserve`` -> preservation control: keep a random set matched per layer to the union of
-                               ``match``/``networks`` (default ``"all"``), zero the rest;
-        ``random_fraction`` -> zero ``round(fraction*width)`` random units in every layer (default 0.15);
-        ``amplify``         -> add ``value`` to the networks' neurons; ``scale`` -> multiply them by ``value``.
-
-    ``netset`` (a :class:`fnet.networks.NetworkSet`) is loaded from ``networks_file`` when not given. Its
-    ``provenance["signal"]`` must equal ``signal``. ``n_layers``/``width`` are only needed for
-    ``random_fraction`` without a netset.
-    """
-    if mode is None:
-        mode = "none"
-    if mode not in MASK_MODES:
-        raise ValueError(f"unknown mask mode {mode!r}; valid modes: {sorted(MASK_MODES)}")
-    signal = check_signal(signal)
-    if netset is None and networks_file:
-
-        netset = NetworkSet.load(networks_file)
-    if netset is not None:
-        netset_signal = getattr(netset, "provenance", {}).get("signal")
-        if netset_signal is not None and netset_signal != signal:
-            raise ValueError(
-                f"the NetworkSet was found on signal {netset_signal!r} but the mask is requested for signal "
-                f"{signal!r}; use the same signal for analysis and masking (or a NetworkSet for {signal!r})"
-            )
-    spec = MASK_MODES[mode](
-        netset=netset,
-        networks=networks,
-        fraction=fraction,
-        seed=int(seed),
-        match=match,
-        signal=signal,
-        n_layers=n_layers,
-        width=width,
-        value=float(value),
-        exclude_reference=bool(exclude_reference),
-    )
-    if spec is not None:
-        spec.signal = signal  # a netset without a recorded signal takes the requested one
-        spec.kind = mode
-        if networks_file:
-            spec.meta["networks_file"] = str(networks_file)
-    return spec

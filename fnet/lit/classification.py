@@ -17,6 +17,7 @@ import logging
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from fnet.models import LoadedModel, find_blocks, get_arch, load_model, model_dims, to_batch_first
+from fnet import scoring
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +262,6 @@ class ConfusionMCC(MulticlassConfusionMatrix):
     which would make a degenerate CoLA model look above chance."""
 
     def compute(self) -> torch.Tensor:
-        from fnet import scoring
-
         return torch.tensor(scoring.mcc_from_confusion(super().compute()), dtype=torch.float32)
 
 
@@ -297,10 +297,6 @@ def classification_result(task_name: str | None, metric_names: Sequence[str], pr
     """The result row evaluate.py reports (the zero-shot module's layout): per metric its value, 95 % CI (Wilson
     for accuracy, percentile bootstrap otherwise) and chance level (best constant predictor); the primary metric
     (the first) as ``score``/``ci``; ``above_chance`` = its CI lies above chance."""
-    import numpy as np
-
-    from fnet import scoring
-
     preds = np.asarray(preds, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
     metrics = {}

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from fnet.scoring.splits import fine_tuning_splits, split_rows  # noqa: F401 - re-exported
+from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,6 @@ class TaskDataModule(pl.LightningDataModule):
         rows: Sequence[dict] | None = None,
     ):
         super().__init__()
-        from fnet.scoring.tasks import get_task
 
         self.task = get_task(task)
         task = self.task.to_dict()  # plain, so the checkpoint's datamodule hyperparameters need no OmegaConf
@@ -289,8 +289,6 @@ class SquadDataModule(TaskDataModule):
         padding_side: str | None = None,
         rows: Sequence[dict] | None = None,
     ):
-        from fnet.scoring.tasks import get_task
-
         task = get_task(task).to_dict()  # plain values in the checkpoint (Lightning records this frame's arguments)
         split = [float(f) for f in split]
         super().__init__(

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 from fnet.scoring.tasks import get_task
 from fnet.intervene.apply import MaskSpec, apply_mask
 from fnet.lit.zeroshot import ZeroShotDataModule, ZeroShotModule
+from fnet.scoring.tasks import load_task_config
 
 __all__ = ["evaluate", "load_task"]
 
@@ -52,8 +53,6 @@ def load_task(name: str, **overrides: Any):
     ...
     ValueError: load_task('sst2'): unknown field(s) ['shots']; valid fields: [...]
     """
-    from fnet.scoring.tasks import load_task_config
-
     config = load_task_config(name)
     unknown = sorted(set(overrides) - set(config))
     if unknown:

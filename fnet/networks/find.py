@@ -26,11 +26,16 @@ from fnet.models import LoadedModel
 from fnet.networks.netset import NetworkSet, NetworkSetFormatError
 from fnet.provenance import provenance
 from fnet.recording import StimulusSet, model_key, record_dataset, slug, text_sha1
+from fnet.decompose import FastICA
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Decomposition", "find_networks", "estimator_settings", "networks_from_estimator", "group_networks",
-           "individual_networks", "find_group_networks"]
+__all__ = ["Decomposition", "NETWORK_CODE", "find_networks", "estimator_settings", "networks_from_estimator",
+           "group_networks", "individual_networks", "find_group_networks"]
+
+#: the modules whose source determines a NetworkSet (part of its cache key and provenance); the texts themselves
+#: are in the key, so the code that chose them (stimuli sources, task prompts) is not
+NETWORK_CODE = ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording", "fnet.decompose", "fnet.networks")
 
 
 @dataclass
@@ -141,7 +146,7 @@ def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], est
     record = {"signal": signal, "max_length": max_length, "batch_size": batch_size}
     key = content_key(model_key(lm), source, record, settings, dict(thresholds), n_init, seed,
                       {n: [(t.id, text_sha1(t.text)) for t in s.template] for n, s in chosen.items()},
-                      code_version("networks"))
+                      code_version(*NETWORK_CODE))
     path = Path(cache_dir) / "networks" / f"{slug(lm.name)}-{source}-{key}.safetensors"
     with lock(path):  # a concurrent run with the same key waits here, then reuses this one's result
         if path.exists():
@@ -156,7 +161,7 @@ def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], est
             store = record_dataset(lm, stim.template, dataset=name, cache_dir=cache_dir, **record)
             arrays += store.arrays([t.id for t in stim.template])
             data_prov[name] = stim.provenance
-        prov = provenance(**lm.identity(), code_version=code_version("networks"), signal=signal,
+        prov = provenance(**lm.identity(), code_version=code_version(*NETWORK_CODE), signal=signal,
                           max_length=min(int(max_length), lm.max_positions or int(max_length)), seed=seed,
                           K=int(settings.get("n_components") or 0), ica=settings, data_detail=data_prov,
                           **dict(provenance_fields or {}))
@@ -207,8 +212,6 @@ def find_networks(store_or_arrays: Any, n_components: int = 10, *, alpha: float 
     >>> sorted(nets.flat()[k].nonzero().flatten().tolist() for k in range(2))
     [[0, 1, 2, 3, 4], [20, 21, 22, 23, 24]]
     """
-    from fnet.decompose import FastICA
-
     if hasattr(store_or_arrays, "arrays") and hasattr(store_or_arrays, "n_layers"):
         arrays = store_or_arrays.arrays()
         n_layers, width = store_or_arrays.n_layers, store_or_arrays.width

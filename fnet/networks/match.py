@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 from fnet.networks.netset import NetworkSet
-from fnet.networks.threshold import _as_tensor
+from fnet.networks.threshold import as_tensor
 
 __all__ = ["iou", "TemplateMatch", "match_templates"]
 
@@ -26,7 +26,7 @@ __all__ = ["iou", "TemplateMatch", "match_templates"]
 def _as_flat_masks(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, NetworkSet):
         return x.flat()
-    x = _as_tensor(x, name)
+    x = as_tensor(x, name)
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2:

@@ -20,7 +20,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from fnet.networks.threshold import _as_tensor, _check_params, _threshold_oriented, orient_maps, zscore_maps
+
+from fnet.networks.threshold import as_tensor, check_threshold_params, threshold_oriented, orient_maps, zscore_maps
+from fnet.version import __version__
+from fnet.cache import atomic_path
 
 __all__ = ["FILE_FORMAT", "FILE_FORMAT_VERSION", "NetworkSetFormatError", "NetworkSet"]
 
@@ -54,10 +57,7 @@ def _normalise_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any
     except (TypeError, ValueError) as err:
         raise TypeError(f"provenance must be JSON-serialisable: {err}") from err
     out = json.loads(text)
-    if "fnet_version" not in out:
-        import fnet  # late import: fnet/__init__ may one day import this module
-
-        out["fnet_version"] = fnet.__version__
+    out.setdefault("fnet_version", __version__)
     return out
 
 
@@ -113,7 +113,7 @@ class NetworkSet:
         provenance: Mapping[str, Any] | None = None,
         signs: Any = None,
     ) -> None:
-        masks = _as_tensor(masks, "masks")
+        masks = as_tensor(masks, "masks")
         if masks.dtype != torch.bool:
             raise TypeError(f"masks must be bool, got {masks.dtype} (use NetworkSet.from_masks to convert 0/1)")
         if masks.ndim != 3:
@@ -123,7 +123,7 @@ class NetworkSet:
 
         self.maps: torch.Tensor | None = None  # [K, layer, unit] float32
         if maps is not None:
-            maps = _as_tensor(maps, "maps").to(torch.float32)
+            maps = as_tensor(maps, "maps").to(torch.float32)
             if maps.ndim == 2 and maps.shape == (n, masks.shape[1] * masks.shape[2]):
                 maps = maps.reshape(masks.shape)
             if maps.shape != masks.shape:
@@ -132,14 +132,14 @@ class NetworkSet:
 
         self.stability: torch.Tensor | None = None  # [K] float64
         if stability is not None:
-            stability = _as_tensor(stability, "stability").to(torch.float64).flatten()
+            stability = as_tensor(stability, "stability").to(torch.float64).flatten()
             if stability.shape != (n,):
                 raise ValueError(f"stability must have {n} values (one per network), got {stability.numel()}")
             self.stability = stability.contiguous()
 
         self.signs: torch.Tensor | None = None  # [K] int8
         if signs is not None:
-            signs = _as_tensor(signs, "signs").flatten()
+            signs = as_tensor(signs, "signs").flatten()
             if signs.shape != (n,):
                 raise ValueError(f"signs must have {n} values (one per network), got {signs.numel()}")
             if not bool(((signs == 1) | (signs == -1)).all()):
@@ -178,8 +178,8 @@ class NetworkSet:
         ``percentile`` for the rule used; ``K`` if absent); a caller value that contradicts one of those
         raises ValueError.
         """
-        _check_params(alpha, rule, percentile, sign)
-        maps = _as_tensor(maps, "maps")
+        check_threshold_params(alpha, rule, percentile, sign)
+        maps = as_tensor(maps, "maps")
         if maps.ndim == 3:
             if tuple(maps.shape[1:]) != (n_layers, width):
                 raise ValueError(f"maps shape {tuple(maps.shape)} != [K, {n_layers}, {width}]")
@@ -190,7 +190,7 @@ class NetworkSet:
                 f"got {tuple(maps.shape)}"
             )
         oriented, signs = orient_maps(zscore_maps(maps), sign)  # [K, neuron], [K]
-        masks = _threshold_oriented(oriented, alpha=alpha, rule=rule, percentile=percentile, sign=sign)
+        masks = threshold_oriented(oriented, alpha=alpha, rule=rule, percentile=percentile, sign=sign)
 
         used: dict[str, Any] = {"rule": rule, "sign": sign}
         used.update({"alpha": float(alpha)} if rule == "z" else {"percentile": float(percentile)})
@@ -213,7 +213,7 @@ class NetworkSet:
         stability: Any = None,
     ) -> "NetworkSet":
         """Wrap explicit masks [K, n_layers, width] (bool, or 0/1 numbers) as a NetworkSet."""
-        masks = _as_tensor(masks, "masks")
+        masks = as_tensor(masks, "masks")
         if masks.dtype != torch.bool:
             if not bool(((masks == 0) | (masks == 1)).all()):
                 raise ValueError("masks must be bool or hold only 0 and 1")
@@ -382,7 +382,6 @@ class NetworkSet:
             "format_version": FILE_FORMAT_VERSION,
             "provenance": json.dumps(self.provenance, sort_keys=True),
         }
-        from fnet.cache import atomic_path
 
         with atomic_path(path) as tmp:  # a killed save never leaves a truncated file at `path`
             save_file(tensors, str(tmp), metadata=metadata)

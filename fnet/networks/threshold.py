@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RULES", "SIGNS", "zscore_maps", "orient_maps", "threshold_maps"]
+__all__ = ["RULES", "SIGNS", "zscore_maps", "orient_maps", "threshold_maps", "threshold_oriented", "as_tensor",
+           "check_threshold_params"]
 
 
 RULES = ("z", "percentile")
@@ -26,7 +27,8 @@ SIGNS = ("flip", "positive", "abs")
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _as_tensor(x: Any, name: str) -> torch.Tensor:
+def as_tensor(x: Any, name: str) -> torch.Tensor:
+    """``x`` (tensor, array or list) as a CPU tensor; anything else is a ``TypeError`` naming ``name``."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu()
     if isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
@@ -35,7 +37,7 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
 
 
 def _as_maps_2d(maps: Any) -> torch.Tensor:
-    maps = _as_tensor(maps, "maps")
+    maps = as_tensor(maps, "maps")
     if maps.ndim != 2:
         raise ValueError(f"maps must be 2-D [K, neuron], got shape {tuple(maps.shape)}")
     if maps.dtype == torch.bool or maps.is_complex():
@@ -141,7 +143,7 @@ def _row_percentile(stat: torch.Tensor, percentile: float) -> torch.Tensor:
     return ordered[:, lo] + frac * (ordered[:, hi] - ordered[:, lo])  # [K]
 
 
-def _threshold_oriented(
+def threshold_oriented(
     oriented: torch.Tensor, *, alpha: float, rule: str, percentile: float, sign: str
 ) -> torch.Tensor:
     """oriented [K, neuron] float32 -> masks [K, neuron] bool (the statistic is |z| for sign='abs')."""
@@ -152,7 +154,8 @@ def _threshold_oriented(
     return stat > cut[:, None]
 
 
-def _check_params(alpha: float, rule: str, percentile: float, sign: str) -> None:
+def check_threshold_params(alpha: float, rule: str, percentile: float, sign: str) -> None:
+    """Raise a ``ValueError`` naming the parameter and its valid values when a threshold setting is invalid."""
     _check_rule(rule)
     _check_sign(sign)
     if not math.isfinite(float(alpha)):
@@ -202,6 +205,6 @@ def threshold_maps(
     >>> threshold_maps(maps, alpha=2.0, sign="positive").nonzero().tolist()
     [[0, 7]]
     """
-    _check_params(alpha, rule, percentile, sign)
+    check_threshold_params(alpha, rule, percentile, sign)
     oriented, _ = orient_maps(zscore_maps(maps), sign)
-    return _threshold_oriented(oriented, alpha=alpha, rule=rule, percentile=percentile, sign=sign)
+    return threshold_oriented(oriented, alpha=alpha, rule=rule, percentile=percentile, sign=sign)

@@ -24,30 +24,22 @@ from omegaconf import DictConfig
 
 from fnet.cache import code_version
 from fnet.models import LoadedModel
-from fnet.networks import Decomposition, NetworkSet, group_networks, individual_networks, iou, match_templates
-from fnet.pipelines._common import load_lm, load_stimuli, make_estimator, thresholds
+from fnet.networks import NETWORK_CODE, Decomposition, NetworkSet, group_networks, individual_networks, iou, match_templates
+from fnet.pipelines._common import load_lm, load_stimuli, make_estimator, record_from_config, thresholds
 from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters
 from fnet.provenance import provenance
-from fnet.recording import ActivationStore, record_dataset, slug
+from fnet.recording import ActivationStore, slug
 from fnet.report import markdown_table, plot_counts_per_layer, plot_iou_matrix, plot_network_maps, provenance_header
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "record_from_config"]
-
-
-def record_from_config(lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *,
-                       progress: bool = True) -> ActivationStore:
-    """:func:`fnet.recording.record_dataset` with the run's ``record`` settings and ``paths.cache_dir``."""
-    rec = cfg.record
-    return record_dataset(lm, texts, dataset=dataset, cache_dir=cfg.paths.cache_dir, signal=rec.signal,
-                          max_length=rec.max_length, batch_size=rec.batch_size, progress=progress)
+__all__ = ["run"]
 
 
 def _provenance(lm: LoadedModel, cfg: DictConfig, **fields: Any) -> dict:
     ica = container(cfg.ica)
     max_length = min(int(cfg.record.max_length), lm.max_positions or int(cfg.record.max_length))
-    return provenance(**lm.identity(), code_version=code_version("networks"), ckpt_path=cfg.ckpt_path,
+    return provenance(**lm.identity(), code_version=code_version(*NETWORK_CODE), ckpt_path=cfg.ckpt_path,
                       signal=cfg.record.signal, max_length=max_length, seed=int(cfg.seed),
                       K=int(ica.get("n_components", 0) or 0), ica=ica, **fields)
 

@@ -27,24 +27,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from fnet.intervene import build_mask, expected_mask_shape
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 
-from fnet.cache import (
-    atomic_write_text,
-    check_compatible,
-    code_version,
-    content_key,
-    lock,
-    model_fingerprint,
-    quarantine,
-    register,
-)
+from fnet.cache import atomic_write_text, code_version, content_key, lock, quarantine, register
+from fnet.intervene import MASKS, build_mask, expected_mask_shape
 from fnet.lit.callbacks import MaskCallback, hooked_model
 from fnet.lit.zeroshot import ZeroShotDataModule, ZeroShotModule
-from fnet.networks import NetworkSet
-from fnet.pipelines._common import load_lm, networks_for_config
+from fnet.models import model_fingerprint
+from fnet.networks import NetworkSet, check_compatible
+from fnet.pipelines._common import load_lm, networks_for_config, scale_for_mask
 from fnet.pipelines._finetuned import evaluation_module
 from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters, overrides
 from fnet.provenance import provenance
@@ -52,10 +44,11 @@ from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "reuse_models", "build_mask_from_config", "mask_and_networks", "result_row", "baseline_cache_key", "TABLE_COLUMNS"]
+__all__ = ["run", "reuse_models", "mask_and_networks", "result_row", "baseline_cache_key", "TABLE_COLUMNS"]
 
-#: mask modes whose mask is built from a NetworkSet
-NETSET_MODES = ("lesion", "preserve", "random", "random_preserve", "amplify", "scale")
+#: the modules whose source determines an unmasked baseline (part of its cache key)
+BASELINE_CODE = ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.scoring", "fnet.lit", "fnet.pipelines.evaluate",
+                 "fnet.pipelines._finetuned")
 
 #: columns of the one-row result table logged to W&B
 TABLE_COLUMNS = ["task", "metric", "score", "ci_low", "ci_high", "mask", "networks", "seed", "K", "n_masked",
@@ -77,36 +70,32 @@ def _json_safe(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Mask
 # --------------------------------------------------------------------------------------------------------------
-def build_mask_from_config(cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None):
-    """``(MaskSpec | None, NetworkSet | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``); see
-    :func:`mask_and_networks`, which also says whether the networks are foreign."""
-    spec, netset, _ = mask_and_networks(cfg, lm, n_layers=n_layers, width=width)
-    return spec, netset
-
-
 def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None,
                       identity: dict | None = None):
     """``(MaskSpec | None, NetworkSet | None, foreign | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``).
 
-    Networks: ``cfg.mask.networks_file`` when set, else -- for modes that need networks --
-    ``fnet.pipelines._common.networks_for_config(cfg, lm)``. Before a mask is built from them they are checked against the
-    model that will be masked (``identity``: ``model`` and ``model_fingerprint``, default ``lm.identity()``) with
-    :func:`fnet.cache.check_compatible`: networks of another model, signal or shape are an error, unless
-    ``cfg.mask.allow_foreign`` is true; then ``foreign`` describes both sides for result.json.
+    What the mode needs comes from its :data:`fnet.intervene.MASKS` entry. Networks: ``cfg.mask.networks_file``
+    when set, else ``fnet.pipelines._common.networks_for_config(cfg, lm)``; the neuron scale (magnitude-matched
+    controls, massive units): :func:`fnet.pipelines._common.scale_for_mask`. Before a mask is built from the
+    networks they are checked against the model that will be masked (``identity``: ``model`` and
+    ``model_fingerprint``, default ``lm.identity()``) with :func:`fnet.networks.check_compatible`: networks of
+    another model, signal or shape are an error, unless ``cfg.mask.allow_foreign`` is true; then ``foreign``
+    describes both sides for result.json. The spec's ``meta["scale"]`` is the scale's provenance.
     """
-
     mask_cfg = dict(container(cfg.mask) or {})
     mode = mask_cfg.pop("mode")  # every conf/mask/*.yaml has the same keys (the schema checks them)
     allow_foreign = bool(mask_cfg.pop("allow_foreign"))
+    mask_cfg.pop("scale_file")
     signal = cfg.record.signal if "record" in cfg else "mlp_out"
+    kind = MASKS[mode]
     if mode == "none":
         return None, None, None
     netset = None
-    if mode in NETSET_MODES and not mask_cfg["networks_file"]:
+    if kind.needs_networks and not mask_cfg["networks_file"]:
         if lm is None:
             raise ValueError(f"mask mode {mode!r} needs networks: set mask.networks_file or give the model")
         netset = networks_for_config(cfg, lm)
-    elif mode in NETSET_MODES:
+    elif kind.needs_networks:
         netset = NetworkSet.load(mask_cfg["networks_file"])  # a user file: unreadable is an error naming it
     if lm is not None and (n_layers is None or width is None):
         n_layers, width = lm.n_layers, lm.width(signal)
@@ -117,8 +106,11 @@ def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, 
         source = f"networks {mask_cfg['networks_file']}" if mask_cfg["networks_file"] else "networks"
         foreign = check_compatible(netset, model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
                                    n_layers=n_layers, width=width, signal=signal, allow_foreign=allow_foreign,
-                                   source=source)
-    spec = build_mask(mode, netset=netset, signal=signal, n_layers=n_layers, width=width, **mask_cfg)
+                                   source=source, override="mask.allow_foreign=true")
+    scale, scale_prov = scale_for_mask(cfg, lm, netset) if kind.needs_scale else (None, None)
+    spec = build_mask(mode, netset=netset, signal=signal, n_layers=n_layers, width=width, scale=scale, **mask_cfg)
+    if scale_prov is not None:
+        spec.meta["scale"] = scale_prov
     return spec, netset, foreign
 
 
@@ -127,7 +119,8 @@ def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
     mask_cfg = dict(container(cfg.mask) or {})
     out = {"mode": mask_cfg["mode"], "networks": mask_cfg["networks"], "seed": mask_cfg["seed"],
            "fraction_requested": mask_cfg["fraction"], "value": mask_cfg["value"],
-           "exclude_reference": mask_cfg["exclude_reference"], "networks_file": mask_cfg["networks_file"]}
+           "exclude_reference": mask_cfg["exclude_reference"], "networks_file": mask_cfg["networks_file"],
+           "stream": mask_cfg["stream"], "scale_file": mask_cfg["scale_file"]}
     if spec is None:
         out.update(n_masked=0, fraction=0.0, per_layer=None, description="no mask")
         return out
@@ -135,7 +128,7 @@ def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
     out.update(description=summary.get("description"), n_masked=int(spec.stats["n_masked"]),
                fraction=float(spec.stats["fraction"]), per_layer=list(spec.stats["per_layer"]), signal=summary.get("signal"), apply_mode=summary.get("mode"),
                network_ids=summary.get("networks"), n_preserved=summary.get("n_preserved"),
-               n_neurons=int(spec.mask.numel()))
+               n_neurons=int(spec.mask.numel()), meta=_json_safe(spec.meta))
     if netset is not None:
         out["K"] = int(netset.n_networks)
         out["network_sizes"] = [int(s) for s in netset.sizes()]
@@ -160,7 +153,7 @@ def baseline_cache_key(cfg: Any, task_dict: dict, identity: dict | None = None) 
     the code that scores them (:func:`fnet.cache.code_version`)."""
 
     payload = {"task": task_dict, "eval": container(cfg.eval),
-               "data_dir": str(Path(cfg.paths.data_dir).resolve()), "code": code_version("eval_baselines"),
+               "data_dir": str(Path(cfg.paths.data_dir).resolve()), "code": code_version(*BASELINE_CODE),
                "seed": int(cfg.seed)}
     if identity is not None:
         payload["model"] = {k: identity.get(k) for k in ("model_fingerprint", "model_dtype")}
@@ -210,13 +203,14 @@ def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra
     (jobs run by ``fnet.pipelines.evaluate_batch``)."""
 
     K = mask.get("K")
-    if K is None and "ica" in cfg and mask.get("mode") in NETSET_MODES and not mask.get("networks_file"):
+    kind = MASKS[mask.get("mode") or "none"]
+    if K is None and "ica" in cfg and kind.needs_networks and not mask.get("networks_file"):
         K = int(cfg.ica.n_components)
     row = dict(results)
     row["mask"] = mask
     row["mask_mode"] = mask.get("mode")
     row["networks"] = mask.get("network_ids", mask.get("networks"))
-    row["seed"] = mask.get("seed") if mask.get("mode") in ("random", "random_preserve", "random_fraction") else None
+    row["seed"] = mask.get("seed") if kind.seeded else None
     row["K"] = K
     if baseline is not None:
         row["baseline"] = {k: baseline.get(k) for k in ("score", "ci", "above_chance", "metrics", "chance", "n")}
@@ -413,11 +407,12 @@ def _run(cfg: Any, lm: Any, module: Any, datamodule: Any, task_dict: dict, ident
 
         signal = cfg.record.signal if "record" in cfg else "mlp_out"
         n_layers, width = expected_mask_shape(hooked_model(module), signal)
-        mode = cfg.mask.mode
-        # the fine-tuned backbone (fnet.pipelines.analyze.load_lm follows cfg.ckpt_path), as analyze.py ckpt_path=... uses:
-        # networks_for_config caches under the checkpoint's key, so base-model networks must never land there
-
-        base_lm = load_lm(cfg) if mode in NETSET_MODES and not cfg.mask.networks_file else None
+        kind = MASKS[cfg.mask.mode]
+        # the fine-tuned backbone (fnet.pipelines._common.load_lm follows cfg.ckpt_path), as analyze.py ckpt_path=...
+        # uses: networks_for_config caches under the checkpoint's key, so base-model networks must never land there
+        needs_lm = ((kind.needs_networks and not cfg.mask.networks_file)
+                    or (kind.needs_scale and not cfg.mask.scale_file))
+        base_lm = load_lm(cfg) if needs_lm else None
         spec, netset, foreign = mask_and_networks(cfg, base_lm, n_layers=n_layers, width=width, identity=identity)
     else:
         spec, netset, foreign = mask_and_networks(cfg, lm, identity=identity)

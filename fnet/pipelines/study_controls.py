@@ -33,7 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from fnet.intervene.controls import magnitude_matched_draw, recurring_units, spare, top_units, unit_masks
+from fnet.intervene.controls import (magnitude_matched_draw, massive_units, recurring_units, spare, top_units,
+                                    unit_masks)
 
 __all__ = ["controls_layout", "derive_controls", "main"]
 
@@ -94,9 +95,8 @@ def derive_controls(masks: np.ndarray, scale: np.ndarray, *, seeds: int, n_units
         if layers:
             overlap[name] = layers
     top = top_units(scale, top_k)  # [layer, top_k]
-    candidates = sorted(set(top.ravel().tolist()))
-    massive = recurring_units(masks, n_units, among=candidates)
-    units = [row["unit"] for row in massive]
+    units = massive_units(masks, scale, top_k=top_k, n_units=n_units)
+    massive = recurring_units(masks, among=units)
     for k in range(K):
         derived[layout[f"spared/net{k}"]] = spare(masks[k], units)
     derived[layout["spared/all"]] = spare(union, units)

@@ -21,7 +21,11 @@ from fnet.recording.texts import Text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["model_key", "record", "record_dataset", "slug"]
+__all__ = ["ACTIVATION_CODE", "model_key", "record", "record_dataset", "slug"]
+
+#: the modules whose source determines recorded activations (part of every store's key)
+ACTIVATION_CODE = ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording.recorder", "fnet.recording.store",
+                   "fnet.recording.cached")
 
 
 def model_key(lm: LoadedModel) -> str:
@@ -82,7 +86,7 @@ def record_dataset(lm: LoadedModel, texts: Sequence[Text], *, dataset: str, cach
         The store, holding ``acts  # [tokens_i, n_layers*width]`` for every text.
     """
     recorder = Recorder(lm, signal, max_length=max_length, batch_size=batch_size, progress=progress)
-    code = code_version("activations")
+    code = code_version(*ACTIVATION_CODE)
     key = content_key(model_key(lm), signal, recorder.max_length, [(t.id, text_sha1(t.text)) for t in texts], code)
     root = Path(cache_dir) / "activations" / slug(lm.name) / f"{signal}-{dataset}-{key}"
     store = _open_cached_store(root, recorder, lm, code, {"dataset": dataset, "model_dtype": lm.dtype,

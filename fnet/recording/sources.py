@@ -25,10 +25,13 @@ from fnet.recording.texts import (
     WIKITEXT2_HUB_CONFIG,
     WIKITEXT_HUB,
     Text,
-    _hub_rows,
-    _join_fields,
-    _local_data_path,
+    hub_rows,
+    join_fields,
+    local_data_path,
 )
+from fnet.scoring.prompts import PromptFields
+from fnet.scoring.splits import fine_tuning_splits
+from fnet.scoring.tasks import get_task
 
 __all__ = ["SOURCES", "SourceSpec", "builtin_genres", "load_source", "load_texts", "trim_at_word_boundary", "valid_sources"]
 
@@ -122,13 +125,13 @@ def _load_wikitext2(_argument: str | None, *, split: str = "test", unit: str = "
     file_split = _WIKITEXT_SPLITS[split]
     if from_hub:
         hub_split = "validation" if file_split == "valid" else file_split
-        rows, info = _hub_rows(hub_name, config=hub_config, split=hub_split, fields=["text"],
+        rows, info = hub_rows(hub_name, config=hub_config, split=hub_split, fields=["text"],
                                offline_note="Without network use wikitext2 with from_hub: false "
                                             "(the local copy).")
         lines = (row["text"] for row in rows)
         label = f"wikitext2/{hub_split}"
     else:
-        file_path = _local_data_path(f"wikitext2/{file_split}.txt", source="wikitext2", override=path,
+        file_path = local_data_path(f"wikitext2/{file_split}.txt", source="wikitext2", override=path,
                                      hub_hint=f"source wikitext2 with from_hub: true ({hub_name}, "
                                               f"{hub_config})")
         import datasets as hf_datasets
@@ -150,13 +153,13 @@ def _load_ag_news(_argument: str | None, *, split: str = "test", path: str | Non
                   from_hub: bool = False, hub_name: str = AG_NEWS_HUB) -> Loaded:
     if from_hub:
         # The hub copy already joins title and description into its "text" field.
-        rows, info = _hub_rows(hub_name, split=split, fields=["text"],
+        rows, info = hub_rows(hub_name, split=split, fields=["text"],
                                offline_note="Without network use ag_news with from_hub: false "
                                             "(the local test.csv).")
         texts = [Text(id=f"ag_news/{split}/{i}", text=str(row["text"]), source="ag_news")
                  for i, row in enumerate(rows)]
         return texts, info
-    file_path = _local_data_path(f"ag_news/{split}.csv", source="ag_news", override=path,
+    file_path = local_data_path(f"ag_news/{split}.csv", source="ag_news", override=path,
                                  hub_hint=f"source ag_news with from_hub: true, or hf:{hub_name}")
     import datasets as hf_datasets
 
@@ -173,7 +176,7 @@ def _load_ag_news(_argument: str | None, *, split: str = "test", path: str | Non
 
 
 def _load_codenet_java(_argument: str | None, *, path: str | None = None, pattern: str = "**/*.java") -> Loaded:
-    folder = _local_data_path("codenet_java", source="codenet_java", override=path,
+    folder = local_data_path("codenet_java", source="codenet_java", override=path,
                               hub_hint=f"hf:{CODENET_HUB} with config: Java, split: train, text_field: code")
     # Read by hand: one file is one text and its path is its id; the datasets text loader
     # (sample_by="document") would give the contents but not which file each row came from.
@@ -186,7 +189,7 @@ def _load_codenet_java(_argument: str | None, *, path: str | None = None, patter
 
 def _load_mathqa(_argument: str | None, *, split: str = "test", hub_name: str = MATHQA_HUB,
                  separator: str = "\n") -> Loaded:
-    rows, info = _hub_rows(
+    rows, info = hub_rows(
         hub_name, split=split, fields=["Problem", "Rationale"],
         offline_note=f"mathqa is hub-only ({hub_name}); no offline copy of MathQA exists in the shared data.",
     )
@@ -211,10 +214,10 @@ def _load_hub(hub_name: str, *, split: str = "train", text_field: str | Sequence
               config: str | None = None, data_dir: str | None = None, revision: str | None = None,
               streaming: bool = False, max_rows: int | None = None, separator: str = "\n") -> Loaded:
     fields = _field_list(text_field)
-    rows, info = _hub_rows(hub_name, split=split, fields=fields, config=config, data_dir=data_dir,
+    rows, info = hub_rows(hub_name, split=split, fields=fields, config=config, data_dir=data_dir,
                            revision=revision, streaming=streaming, max_rows=max_rows)
     source = f"hf:{hub_name}"
-    texts = [Text(id=f"{hub_name}/{split}/{i}", text=_join_fields(row, fields, separator), source=source)
+    texts = [Text(id=f"{hub_name}/{split}/{i}", text=join_fields(row, fields, separator), source=source)
              for i, row in enumerate(rows)]
     return texts, info
 
@@ -264,7 +267,7 @@ def _load_file(raw_path: str, *, text_field: str | Sequence[str] = "text", id_fi
     texts = []
     for i, row in enumerate(table.select_columns(wanted)):
         text_id = str(row[id_field]) if id_field else f"{path.name}/{i}"
-        texts.append(Text(id=text_id, text=_join_fields(row, fields, separator), source=source))
+        texts.append(Text(id=text_id, text=join_fields(row, fields, separator), source=source))
     return texts, {"path": str(path), "format": suffix.lstrip("."), "fields": fields}
 
 
@@ -291,16 +294,12 @@ def _load_task(name: str, *, split: str = "train", split_seed: int = 0,
                fractions: Sequence[float] = (0.7, 0.1, 0.2), data_dir: str | None = None) -> Loaded:
     """A task's rows in its zero-shot prompt (the published evaluation built each task's networks this way):
     by default the training part of the offline 70/10/20 split, i.e. the rows a fine-tuned model learned from."""
-    from fnet.scoring.prompts import _Fields
-    from fnet.scoring.splits import fine_tuning_splits
-    from fnet.scoring.tasks import get_task
-
     task = get_task(name)
     parts, info = fine_tuning_splits(task, data_dir, fractions=fractions, seed=split_seed)
     if split not in parts:
         raise ValueError(f"task:{name} split={split!r} is not valid; choose one of {sorted(parts)}")
     template = task.prompt["template"]
-    records = [Text(id=f"{task.name}-{row['index']}", text=template.format_map(_Fields(
+    records = [Text(id=f"{task.name}-{row['index']}", text=template.format_map(PromptFields(
                    {k: v for k, v in row.items() if v is not None})), source=f"task:{task.name}")
                for row in parts[split]]
     return records, {"task": task.name, "split": split, "split_rule": info.get("rule"), "prompt": template}

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
-__all__ = ["DATA_DIR_ENV", "CORPUS_DIR", "REPO_ROOT", "HubUnavailableError", "StimulusSet", "Text", "data_root", "hub_reachable"]
+__all__ = ["DATA_DIR_ENV", "CORPUS_DIR", "REPO_ROOT", "HubUnavailableError", "StimulusSet", "Text", "data_root",
+           "hub_reachable", "hub_rows", "join_fields", "local_data_path"]
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -98,7 +99,7 @@ def data_root() -> Path | None:
     return None
 
 
-def _local_data_path(relative: str, *, source: str, override: str | os.PathLike | None,
+def local_data_path(relative: str, *, source: str, override: str | os.PathLike | None,
                      hub_hint: str) -> Path:
     """Resolve a file or folder of a local source, or raise a FileNotFoundError that says how to fix it."""
     if override is not None:
@@ -145,7 +146,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_rows(hub_name: str, *, split: str, fields: Sequence[str], config: str | None = None,
+def hub_rows(hub_name: str, *, split: str, fields: Sequence[str], config: str | None = None,
               data_dir: str | None = None, revision: str | None = None, streaming: bool = False,
               max_rows: int | None = None, offline_note: str = "") -> tuple[Iterator[dict], dict]:
     """Open ``hub_name`` with ``datasets.load_dataset`` and yield dicts holding ``fields``.
@@ -211,6 +212,7 @@ def _hub_rows(hub_name: str, *, split: str, fields: Sequence[str], config: str |
     return rows(), info
 
 
-def _join_fields(row: Mapping[str, Any], fields: Sequence[str], separator: str) -> str:
+def join_fields(row: Mapping[str, Any], fields: Sequence[str], separator: str) -> str:
+    """The non-empty ``fields`` of ``row``, stripped and joined by ``separator`` (one text of a multi-field row)."""
     parts = [str(row[f]).strip() for f in fields if row[f] is not None]
     return separator.join(p for p in parts if p)

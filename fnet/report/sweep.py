@@ -26,13 +26,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fnet.intervene import MASKS
 from fnet.report import markdown_table, provenance_header
 
 __all__ = ["collect", "condition_of", "summarize", "aggregate", "plot_preservation_curve", "mean_ci", "main"]
 
 #: the range of bounded metrics (t intervals over few seeds are clipped to it)
 METRIC_RANGE = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "exact_match": (0.0, 1.0), "mcc": (-1.0, 1.0)}
-MODE_ORDER = ["none", "lesion", "random", "random_fraction", "preserve", "random_preserve", "amplify", "scale"]
 SUMMARY_COLUMNS = ["task", "condition", "mode", "networks", "K", "n_seeds", "metric", "mean", "ci_low", "ci_high",
                    "n_masked", "fraction_masked", "unmasked", "delta", "unmasked_above_chance", "chance", "n", "netset"]
 
@@ -84,25 +84,16 @@ def condition_of(row: dict) -> tuple[str, str, str, Any]:
     mode = row.get("mask_mode") or mask.get("mode") or "none"
     K = row.get("K")
     networks = _networks_text(mask.get("network_ids") if mask.get("network_ids") is not None else mask.get("networks"))
-    if mode == "none":
-        label = "none"
-    elif mode == "lesion":
-        label = f"lesion network {networks}"
-    elif mode == "random":
-        label = f"random matched to network {networks}" + (" (disjoint)" if mask.get("exclude_reference") else "")
-    elif mode == "random_fraction":
-        label = f"random {float(mask.get('fraction_requested') or 0):.0%} per layer"
+    kind = MASKS.get(mode)
+    if kind is None:  # a result written by a mode this code does not know
+        return mode, mode, networks, K
+    if not kind.per_network:
         networks = ""
-    elif mode == "preserve":
-        label = f"preserve K={K}" + ("" if networks in ("", "all") or _all_networks(mask, K) else f" networks {networks}")
-    elif mode == "random_preserve":
-        label = f"random preserve matched to K={K}"
-    elif mode in ("amplify", "scale"):
-        label = f"{mode} network {networks} ({mask.get('value')})"
-    else:
-        label = mode
-    if mode in ("lesion", "random", "amplify", "scale") and K is not None:
-        label += f" (K={K})"
+    subset = "" if networks in ("", "all") or _all_networks(mask, K) else f" networks {networks}"
+    label = kind.describe.format(networks=networks, K=K, k="" if K is None else f" (K={K})", subset=subset,
+                                 disjoint=" (disjoint)" if mask.get("exclude_reference") else "",
+                                 fraction=float(mask.get("fraction_requested") or 0), value=mask.get("value"),
+                                 unit=(mask.get("meta") or {}).get("unit_rank", mask.get("unit")))
     return label, mode, networks, K
 
 
@@ -184,7 +175,7 @@ def summarize(results: Sequence[dict]) -> list[dict]:
         })
 
     def order(row: dict) -> tuple:
-        mode_rank = MODE_ORDER.index(row["mode"]) if row["mode"] in MODE_ORDER else len(MODE_ORDER)
+        mode_rank = MASKS[row["mode"]].order if row["mode"] in MASKS else max(k.order for k in MASKS.values()) + 1
         nets = row["networks"]
         first_net = int(nets.split(",")[0]) if nets and nets.split(",")[0].lstrip("-").isdigit() else -1
         return (str(row["task"]), mode_rank, row["K"] if row["K"] is not None else -1, first_net, row["condition"])

@@ -19,7 +19,7 @@ __all__ = ["CONTENT_FREE", "PromptBuilder", "Request", "sample_shots", "use_chat
 
 CONTENT_FREE = "N/A"
 
-class _Fields(dict):
+class PromptFields(dict):
     def __missing__(self, key: str) -> str:  # a template field the row lacks renders empty
         return ""
 
@@ -106,7 +106,7 @@ class PromptBuilder:
                             exclude_index=row["index"] if self.same_split else None)
 
     def question(self, row: Mapping) -> str:
-        return self.task.prompt["template"].format_map(_Fields({k: v for k, v in row.items() if v is not None}))
+        return self.task.prompt["template"].format_map(PromptFields({k: v for k, v in row.items() if v is not None}))
 
     def answer(self, row: Mapping) -> str:
         """The gold answer text of a row (shots show it)."""

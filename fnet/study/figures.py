@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fnet.networks import NetworkSet
+
 __all__ = ["plot_preservation", "plot_layers", "plot_centres", "layer_centres"]
 
 
@@ -57,8 +59,6 @@ def plot_preservation(summary: Sequence[dict], path: Path) -> Path | None:
 
 def plot_layers(network_files: dict[str, str], path: Path) -> Path | None:
     """Neurons of all networks per layer, one line per network file (e.g. raw vs normalised ICA)."""
-    from fnet.networks import NetworkSet
-
     if not network_files:
         return None
     fig = _figure(6.0, 3.5)
@@ -77,8 +77,6 @@ def plot_layers(network_files: dict[str, str], path: Path) -> Path | None:
 
 def layer_centres(network_files: dict[str, str]) -> dict[str, float]:
     """Mean layer of the network neurons of each network file."""
-    from fnet.networks import NetworkSet
-
     out = {}
     for label, file in network_files.items():
         per_layer = NetworkSet.load(file).masks.sum(dim=(0, 2)).double().numpy()

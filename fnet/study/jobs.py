@@ -90,9 +90,9 @@ def machine() -> str:
     say it)."""
     import platform
 
-    import torch
+    import torch  # heavy: the runner process needs it only here, once per run
 
-    from fnet.provenance import cpu_model
+    from fnet.provenance import cpu_model  # imports torch, as above
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     kernels = torch.backends.cpu.get_cpu_capability()

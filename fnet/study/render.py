@@ -2,23 +2,25 @@
 ``preservation.png``.
 
 :func:`render_report` only lays out what it is given, so a report written from a study folder's jobs
-(:func:`fnet.study.report.write_report`) and one composed from committed study folders
+(:func:`write_report`) and one composed from committed study folders
 (:func:`fnet.study.compose.compose_report`) read the same way and make the same statements.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 from fnet.report import markdown_table
-from fnet.study.figures import plot_preservation
-from fnet.study.report import (EFFECT_COLUMNS, FINISHED, JOB_COLUMNS, SUMMARY_COLUMNS, _chance_tasks, _whole_counts,
-                               headline, normalisation, paper_tables, statements)
+from fnet.study.figures import layer_centres, plot_layers, plot_preservation
+from fnet.study.report import (EFFECT_COLUMNS, FINISHED, JOB_COLUMNS, SUMMARY_COLUMNS, chance_tasks, effects, headline,
+                               ids_text, load_results, normalisation, paper_tables, statements, summarize, whole_counts)
+from fnet.study.runlog import machines_line, read_runs, runs_table
 
-__all__ = ["render_report", "paper_for", "INTRO"]
+__all__ = ["render_report", "write_report", "paper_for", "INTRO"]
 
 INTRO = ("Every claim below is computed from the numbers. An effect counts only when the 95 % CI of its paired "
          "difference with the control excludes zero: both are scored on the same held-out rows, the rows are "
@@ -113,7 +115,7 @@ def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], eff
     lines += (["## Settings", "", "Preset `conf/study/" + preset["name"] + ".yaml` (held-out rows scored per job: "
                "`n_rows`):", ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + [""])
     lines += ["## What holds", ""] + (headline(summary, effect_rows) or ["- no finished comparison yet"]) + [""]
-    norm = normalisation(effect_rows, centres, _chance_tasks(summary))
+    norm = normalisation(effect_rows, centres, chance_tasks(summary))
     if norm:
         lines += ["## Raw vs variance-normalised networks", ""] + norm + [""]
     lines += ["## Findings", ""] + (statements(summary, effect_rows) or ["- no finished evaluation yet"]) + [""]
@@ -138,7 +140,7 @@ def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], eff
     else:
         source = f"the paper did not study {preset.get('model')}: no column."
     lines += ["## All conditions", "", f"Paper: {source}", "",
-              markdown_table([_whole_counts(r) for r in summary], cols), ""]
+              markdown_table([whole_counts(r) for r in summary], cols), ""]
     if effect_rows:
         lines += ["## Paired differences", "", "`a - b` on the same rows (`effects.csv`).", "",
                   markdown_table(list(effect_rows), EFFECT_COLUMNS), ""]
@@ -148,3 +150,51 @@ def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], eff
     (out / "report.md").write_text("\n".join(lines))
     return {"report": out / "report.md", "summary": out / "summary.csv", "effects": out / "effects.csv",
             "summary_rows": summary, "effect_rows": effect_rows, "preservation": pres_png, "layers": layers_png}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------------------
+def _controls_info(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
+    """The massive units of every controls job (a table row each) and where magnitude-matched draws fell inside
+    the networks (a line per control and layers, seeds listed)."""
+    massive, overlap = [], []
+    for r in records:
+        if r.get("stage") == "controls" and r.get("status") in ("ran", "skipped"):
+            info = json.loads((Path(r["folder"]) / "controls.json").read_text())
+            seeds_of: dict[tuple, list[str]] = defaultdict(list)
+            for name, layers in (info.get("overlap_layers") or {}).items():
+                control, _, seed = name.rpartition("/")
+                seeds_of[(control, tuple(layers))].append(seed.removeprefix("seed"))
+            for (control, layers), seeds in seeds_of.items():
+                overlap.append(f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}, {control} "
+                               f"(seeds {', '.join(seeds)}): layers {list(layers)}")
+            for m in info["massive_units"]:
+                massive.append({"networks of": f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}",
+                                "unit": m["unit"], "in networks": len(m["network_ids"]),
+                                "network ids": ids_text(m["network_ids"], int(r["meta"]["K"])),
+                                "layers": ", ".join(map(str, m["layers"]))})
+    return massive, overlap
+
+
+def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
+                 n_boot: int = 2000) -> dict:
+    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png`` and
+    ``layers.png`` into ``out`` (default: the study folder ``root``)."""
+    root = Path(root)
+    out = Path(out) if out is not None else root
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(load_results(records), paper_for(preset)[1])
+    effect_rows = effects(summary, n_boot=n_boot)
+    jobs = [{"name": r["name"], "stage": r["stage"], "status": r["status"], "key": r.get("key"),
+             "seconds": r.get("seconds"), "finished": r.get("finished"), "why": r.get("why"),
+             "part": r["meta"].get("task") or r["meta"].get("scope") or ""} for r in records]
+    files = {f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"])
+             for r in records if r.get("stage") == "analyze" and r.get("status") in ("ran", "skipped")
+             and r["meta"].get("K") == preset.get("n_networks") and r.get("output")}
+    massive, overlap = _controls_info(records)
+    runs = read_runs(root)
+    return render_report(out, preset=preset, summary=summary, effect_rows=effect_rows, jobs=jobs,
+                         centres=layer_centres(files) if files else {}, massive=massive, overlap=overlap,
+                         machines=machines_line(runs), runs_lines=runs_table(runs),
+                         layers_png=plot_layers(files, out / "layers.png"))

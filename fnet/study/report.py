@@ -1,4 +1,6 @@
-"""Aggregate a study's jobs into ``report.md``, ``summary.csv``, ``effects.csv`` and figures.
+"""A study's results as rows and statements: summary rows, paired effects and the claims they support.
+
+:mod:`fnet.study.render` lays them out as ``report.md``, CSVs and figures.
 
 Every statement of the report is computed from the numbers. Each effect stands beside its control as a paired
 difference on the same held-out rows with a 95 % CI (:mod:`fnet.study.paired`: rows resampled, and a random
@@ -21,12 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from fnet.report.sweep import mean_ci
-from fnet.study.figures import layer_centres, plot_layers
-from fnet.study.runlog import machines_line, read_runs, runs_table
+from fnet.study.paired import load_outcomes, paired_difference
 
-__all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "write_report",
-           "paper_tables",
-           "SUMMARY_COLUMNS", "EFFECT_COLUMNS", "FINISHED"]
+__all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "paper_tables",
+           "chance_tasks", "whole_counts", "ids_text", "SUMMARY_COLUMNS", "EFFECT_COLUMNS", "FINISHED"]
 
 SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_rows", "n_jobs",
                    "n_masked", "n_kept", "n_neurons", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance",
@@ -155,8 +155,6 @@ def _by_key(summary: Sequence[dict]) -> dict[tuple, dict]:
 def effects(summary: Sequence[dict], n_boot: int = 2000) -> list[dict]:
     """Every effect beside its control as a paired difference ``a - b`` on the same rows, with a 95 % CI
     (:func:`fnet.study.paired.paired_difference`: rows resampled, and a random control's seeds)."""
-    from fnet.study.paired import load_outcomes, paired_difference
-
     by = _by_key(summary)
     cache: dict[str, Any] = {}
 
@@ -189,7 +187,7 @@ def effects(summary: Sequence[dict], n_boot: int = 2000) -> list[dict]:
     return out
 
 
-def _ids(ids: list[int], k: int, show: int = 12) -> str:
+def ids_text(ids: list[int], k: int, show: int = 12) -> str:
     """Network ids for a table cell: all of them when few, else "all", "all but ..." or the first ones."""
     ids = sorted(ids)
     if len(ids) <= show:
@@ -236,14 +234,14 @@ def _claim(e: dict | None, at_chance: bool, *words: str) -> str:
     return "no claim: task at chance" if at_chance and e is not None else _verdict(e, *words)
 
 
-def _whole_counts(row: dict) -> dict:
+def whole_counts(row: dict) -> dict:
     """``row`` with its neuron counts as ints where they are whole (a control's count is a mean over seeds
     of equal counts), so the table says 346, not 346.000."""
     return {**row, **{c: int(row[c]) for c in ("n_masked", "n_kept")
                       if isinstance(row.get(c), float) and row[c].is_integer()}}
 
 
-def _chance_tasks(summary: Sequence[dict]) -> list[str]:
+def chance_tasks(summary: Sequence[dict]) -> list[str]:
     """Tasks whose unmasked score covers chance."""
     return sorted({r["task"] for r in summary if r["condition"] == "unmasked" and r["unmasked_at_chance"]})
 
@@ -327,7 +325,7 @@ def normalisation(effect_rows: Sequence[dict], centres: dict[str, float], at_cha
 def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
     """The answers to the study's questions, counted over all effects (each with its paired 95 % CI)."""
     lines = []
-    chance = _chance_tasks(summary)
+    chance = chance_tasks(summary)
     effect_rows = [e for e in effect_rows if _decided(e) and e["task"] not in chance]  # nothing on chance tasks
     def tally(sel: list) -> str:
         more, less = sum(e["ci_low"] > 0 for e in sel), sum(e["ci_high"] < 0 for e in sel)
@@ -367,53 +365,3 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
     if chance:
         lines.append(f"- At chance unmasked (nothing about them is claimed): {', '.join(chance)}.")
     return lines
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------------------------------------------
-def _controls_info(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
-    """The massive units of every controls job (a table row each) and where magnitude-matched draws fell inside
-    the networks (a line per control and layers, seeds listed)."""
-    massive, overlap = [], []
-    for r in records:
-        if r.get("stage") == "controls" and r.get("status") in ("ran", "skipped"):
-            info = json.loads((Path(r["folder"]) / "controls.json").read_text())
-            seeds_of: dict[tuple, list[str]] = defaultdict(list)
-            for name, layers in (info.get("overlap_layers") or {}).items():
-                control, _, seed = name.rpartition("/")
-                seeds_of[(control, tuple(layers))].append(seed.removeprefix("seed"))
-            for (control, layers), seeds in seeds_of.items():
-                overlap.append(f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}, {control} "
-                               f"(seeds {', '.join(seeds)}): layers {list(layers)}")
-            for m in info["massive_units"]:
-                massive.append({"networks of": f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}",
-                                "unit": m["unit"], "in networks": len(m["network_ids"]),
-                                "network ids": _ids(m["network_ids"], int(r["meta"]["K"])),
-                                "layers": ", ".join(map(str, m["layers"]))})
-    return massive, overlap
-
-
-def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
-                 n_boot: int = 2000) -> dict:
-    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png`` and
-    ``layers.png`` into ``out`` (default: the study folder ``root``)."""
-    from fnet.study.render import paper_for, render_report  # render reads this module's statements
-
-    root = Path(root)
-    out = Path(out) if out is not None else root
-    out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(load_results(records), paper_for(preset)[1])
-    effect_rows = effects(summary, n_boot=n_boot)
-    jobs = [{"name": r["name"], "stage": r["stage"], "status": r["status"], "key": r.get("key"),
-             "seconds": r.get("seconds"), "finished": r.get("finished"), "why": r.get("why"),
-             "part": r["meta"].get("task") or r["meta"].get("scope") or ""} for r in records]
-    files = {f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"])
-             for r in records if r.get("stage") == "analyze" and r.get("status") in ("ran", "skipped")
-             and r["meta"].get("K") == preset.get("n_networks") and r.get("output")}
-    massive, overlap = _controls_info(records)
-    runs = read_runs(root)
-    return render_report(out, preset=preset, summary=summary, effect_rows=effect_rows, jobs=jobs,
-                         centres=layer_centres(files) if files else {}, massive=massive, overlap=overlap,
-                         machines=machines_line(runs), runs_lines=runs_table(runs),
-                         layers_png=plot_layers(files, out / "layers.png"))

@@ -13,7 +13,7 @@ a stopped study continues where it stopped, a rerun of a finished study recomput
 changed setting gives a new hash, hence a new folder (the old one is kept). A failed job is recorded
 (``failed.json``), the jobs that need it are blocked, the rest run, and the command exits non-zero listing them.
 
-Then :func:`fnet.study.report.write_report` aggregates every result into ``report.md``, ``summary.csv`` and
+Then :func:`fnet.study.render.write_report` aggregates every result into ``report.md``, ``summary.csv`` and
 figures. Usage::
 
     python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--batch N] [--hours H] [key=value ...]
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in result["jobs"]:
             print(f"{r['status']:>8}  {r['name']}")
     elif not args.no_report:
-        from fnet.study.report import write_report  # matplotlib behind it; only when a report is written
+        from fnet.study.render import write_report  # matplotlib behind it; only when a report is written
 
         paths = write_report(root, preset=preset, records=result["jobs"], out=args.report_dir)
         print(f"report: {paths['report']}")

@@ -132,14 +132,20 @@ class TaskConfig:
 
 @dataclass
 class MaskConfig:
-    mode: str = req(choices="fnet.intervene:MASK_MODES")
+    mode: str = req(choices="fnet.intervene:MASKS")
     networks: Any = req()  # int | list | "all" | "range(0,10)" | "0,3,5" (fnet.intervene.parse_networks)
     match: Any = req()
     seed: int = req()
+    stream: Optional[str] = req()
     fraction: Optional[float] = req(gt=0, le=1)
     value: float = req()
     exclude_reference: bool = req()
     networks_file: Optional[str] = req()
+    scale_file: Optional[str] = req()
+    bins: int = req(gt=0)
+    top_k: int = req(gt=0)
+    n_units: int = req(gt=0)
+    unit: int = req(ge=0)
     # apply a NetworkSet made for another model (off unless a mask file says so)
     allow_foreign: bool = False
 

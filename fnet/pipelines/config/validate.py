@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fnet.pipelines.config import schemas as S
+from fnet.scoring.tasks import TaskSpec
 
 __all__ = ["ConfigError", "PRIMARY_SCHEMAS", "check_target_kwargs", "register_configs", "validate_config"]
 
@@ -86,8 +87,6 @@ def validate_config(cfg: DictConfig, name: str) -> DictConfig:
             if "analysis" in plain and (sub := S.ANALYSIS_SCHEMAS.get(str(plain["analysis"].get("run")))):
                 _check_values(OmegaConf.merge(OmegaConf.structured(sub), cfg.analysis), sub, "analysis", errors)
     if not errors and "task" in plain:
-        from fnet.scoring.tasks import TaskSpec
-
         try:
             TaskSpec.from_config(cfg.task)
         except (ValueError, TypeError) as err:

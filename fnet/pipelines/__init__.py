@@ -1,0 +1,10 @@
+"""The entry points' code: the only readers of a Hydra config, one top-down function per entry point.
+
+* :mod:`fnet.pipelines.analyze` -- ``analyze.py``: record, decompose, threshold, match, report;
+* :mod:`fnet.pipelines.evaluate` -- ``evaluate.py``: (masked) model on one task -> ``result.json``;
+* :mod:`fnet.pipelines.evaluate_batch` -- several evaluate jobs of one model in one process (studies);
+* :mod:`fnet.pipelines.train` -- ``train.py``: fine-tune with Lightning;
+* :mod:`fnet.pipelines.pos` -- ``analyze.py analysis=pos``: part-of-speech key neurons;
+* :mod:`fnet.pipelines.study_controls` -- a study job that derives control networks;
+* :mod:`fnet.pipelines.config` -- the Hydra schemas and the checks every entry point runs before any work.
+"""

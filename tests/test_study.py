@@ -120,7 +120,7 @@ def test_presets_load_and_bad_keys_are_named():
     assert {j.meta["task"] for j in smol if j.meta.get("path") == "zeroshot"} == {"sst2 (zero-shot)",
                                                                                   "ag_news (zero-shot)"}
     assert len({j.meta["K"] for j in smol if j.meta.get("condition") == "preserve"}) == 5
-    with pytest.raises(ValueError, match="unknown keys \\['sedes'\\]; valid keys"):
+    with pytest.raises(ValueError, match="unknown key sedes \\(did you mean seeds\\?\\); valid keys of the preset"):
         load_preset("tiny", ["sedes=3"])
     with pytest.raises(FileNotFoundError, match="valid presets: .*'tiny'"):
         load_preset("nope")
@@ -214,7 +214,7 @@ def test_task_stimuli_give_each_task_its_own_networks():
         assert "data=task" in j.overrides and f"data.datasets.task.source=task:{j.meta['scope']}" in j.overrides
     smol = load_preset("smollm2")
     assert smol["stimuli"] == "task" and "networks=paper" in smol["analyze"]
-    with pytest.raises(ValueError, match="stimuli='prompts'"):
+    with pytest.raises(ValueError, match="stimuli must be one of \\['genre', 'task'\\], got 'prompts'"):
         load_preset("tiny", ["stimuli=prompts"])
 
 
@@ -279,7 +279,8 @@ def test_task_overrides_reach_only_their_task_and_bad_ones_are_named():
     assert names[0] == "train/sst2" and names.index("evaluate/zeroshot/sst2/unmasked") < names.index("train/ag_news")
     with pytest.raises(ValueError, match="task_overrides \\['qqp'\\] are not in tasks"):
         load_preset("tiny", ["task_overrides={qqp: {train: [a=1]}}"])
-    with pytest.raises(ValueError, match="unknown stages \\['eval'\\]; valid: \\['train', 'analyze', 'evaluate'\\]"):
+    with pytest.raises(ValueError, match="unknown key task_overrides.sst2.eval .*; valid keys of task_overrides.sst2: "
+                                         "analyze, evaluate, train"):
         load_preset("tiny", ["task_overrides={sst2: {eval: [a=1]}}"])
 
 
@@ -399,7 +400,7 @@ def test_table_order_gives_every_task_its_all_networks_lesion_before_any_per_net
     first_preserve = min(i for i, j in enumerate(jobs) if j.meta.get("condition", "").startswith("preserve"))
     assert last_all < first_each < first_preserve
     assert names.index("analyze/squad/K10/raw") < names.index("analyze/sst2/K64/raw")
-    with pytest.raises(ValueError, match="order='tasks'; valid: \\['task', 'table'\\]"):
+    with pytest.raises(ValueError, match="order must be one of \\['task', 'table'\\], got 'tasks'"):
         load_preset("tiny", ["order=tasks"])
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from fnet.study.compose import compose_report, part_name, plan_parts, read_source
 from fnet.study.render import render_report
-from fnet.study.runner import load_preset, main, plan
+from fnet.study.preset import load_preset
+from fnet.study.runner import main, plan
 
 SETS = ["tasks=[sst2,ag_news]", "zeroshot_tasks=[sst2]"]
 

@@ -22,7 +22,6 @@ fixed seed: ``local.holdout`` rows (a seeded permutation's head) form ``train``,
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from fnet.compat import plain
 
@@ -93,11 +92,12 @@ def available_tasks() -> list[str]:
 def load_task_config(name: str) -> dict:
     """The composed ``conf/task/<name>.yaml`` config as a plain dict.
 
-    The file's ``defaults`` list (e.g. ``[_base, _self_]``) is merged in order, as Hydra composes a config group
-    entry: later entries override earlier ones, mappings merge key by key, anything else (lists, scalars, null)
-    is replaced. Read with :func:`yaml.safe_load` rather than Hydra/OmegaConf so that library code does not depend
-    on the Hydra app machinery (``hydra.compose`` needs the global Hydra that a running app holds); the task files
-    use no interpolations, and tests/test_config.py checks that this gives Hydra's composition for every task.
+    Read with OmegaConf as Hydra composes a config group entry: the file's ``defaults`` list (e.g.
+    ``[_base, _self_]``, with ``_self_`` last when it is left out) is merged in order with
+    :meth:`OmegaConf.merge <omegaconf.OmegaConf.merge>`, so later entries override earlier ones, mappings merge key
+    by key and anything else (lists, scalars, null) is replaced. Not with ``hydra.compose``, which needs the global
+    Hydra that a running app holds (and may not start a second one inside it): library code does not depend on the
+    Hydra app machinery. tests/test_config.py checks that this gives Hydra's composition for every task.
 
     Parameters
     ----------
@@ -125,28 +125,26 @@ def load_task_config(name: str) -> dict:
     path = task_config_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown task {name!r}; valid tasks: {available_tasks()} (configs in {task_config_dir()})")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: a task config must be a mapping, got {type(cfg).__name__}")
+    return OmegaConf.to_container(_compose_entry(path), resolve=True)
+
+
+def _compose_entry(path: Path) -> DictConfig:
+    """``path`` with the entries of its ``defaults`` list (files beside it) merged in order."""
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{path}: a task config must be a mapping, got a {type(cfg).__name__}")
     defaults = list(cfg.pop("defaults", None) or [])
-    parts = [cfg if str(d) == "_self_" else load_task_config(str(d)) for d in defaults]
     if "_self_" not in defaults:
-        parts.append(cfg)
-    merged: dict = {}
-    for part in parts:
-        merged = _merge(merged, part)
-    return merged
-
-
-def _merge(base: Mapping, over: Mapping) -> dict:
-    """``over`` merged onto ``base``: mappings recursively, anything else replaced (OmegaConf.merge's rule)."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
+        defaults.append("_self_")
+    parts = []
+    for entry in defaults:
+        if entry == "_self_":
+            parts.append(cfg)
+        elif isinstance(entry, str) and path.with_name(f"{entry}.yaml").is_file():
+            parts.append(_compose_entry(path.with_name(f"{entry}.yaml")))
         else:
-            out[key] = copy.deepcopy(value)
-    return out
+            raise ValueError(f"{path}: defaults entry {entry!r} is not a file of {path.parent} (nor _self_)")
+    return OmegaConf.merge(*parts)
 
 
 @dataclass

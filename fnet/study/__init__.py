@@ -1,6 +1,7 @@
 """Studies: the paper's whole protocol for one model, as a resumable plan of ordinary jobs.
 
-* :mod:`fnet.study.runner` -- presets (``conf/study/*.yaml``) -> jobs (``train.py``, ``analyze.py``, the controls
+* :mod:`fnet.study.preset` -- presets (``conf/study/*.yaml``): their schema, read with OmegaConf and checked;
+* :mod:`fnet.study.runner` -- presets -> jobs (``train.py``, ``analyze.py``, the controls
   job, ``evaluate.py``) and the command line;
 * :mod:`fnet.study.jobs` -- jobs in content-hashed folders, run as their dependencies finish (``--workers``),
   evaluate jobs of one model batched in one process; finished jobs are skipped, failures recorded;
@@ -14,6 +15,7 @@
     python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--report-only] [key=value ...]
 """
 
-from fnet.study.runner import Job, load_preset, main, plan, run_jobs, summary_lines
+from fnet.study.preset import load_preset
+from fnet.study.runner import Job, main, plan, run_jobs, summary_lines
 
 __all__ = ["Job", "load_preset", "main", "plan", "run_jobs", "summary_lines"]

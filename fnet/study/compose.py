@@ -27,7 +27,8 @@ from typing import Any, Sequence
 from fnet.report import markdown_table
 from fnet.study.jobs import Job
 from fnet.study.report import FINISHED, JOB_COLUMNS, RANDOM_CONDITIONS
-from fnet.study.runner import PRESET_KEYS, plan
+from fnet.study.preset import PRESET_KEYS
+from fnet.study.runner import plan
 
 __all__ = ["plan_parts", "read_source", "compose_report", "part_name"]
 
@@ -226,7 +227,7 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
     Parameters
     ----------
     preset : dict
-        The study preset (:func:`fnet.study.runner.load_preset`) whose plan the report covers.
+        The study preset (:func:`fnet.study.preset.load_preset`) whose plan the report covers.
     sources : list of (folder, parts or None)
         Committed study report folders, in order of preference, each with the parts to take from it (names as
         :func:`part_name` reads them), or None: every part it finished that no earlier source gave.

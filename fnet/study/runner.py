@@ -2,8 +2,9 @@
 
 A study is a list of :class:`Job` s, each an entry point of the repository (``train.py``, ``analyze.py``,
 ``evaluate.py``, ``-m fnet.pipelines.study_controls``) with Hydra overrides and dependencies. :func:`plan` turns a preset
-(``conf/study/<preset>.yaml``) into jobs; :func:`run_jobs` runs them as subprocesses (``sys.executable``, cwd =
-the repository root), so every job is what a user would type; ``--workers N`` runs N at once, and evaluate jobs
+(``conf/study/<preset>.yaml``, read and checked by :func:`fnet.study.preset.load_preset`) into jobs;
+:func:`run_jobs` runs them as subprocesses (``sys.executable``, cwd = the repository root), so every job is what a
+user would type; ``--workers N`` runs N at once, and evaluate jobs
 of one task and model share a process (``--batch``, :mod:`fnet.pipelines.evaluate_batch`: same results).
 
 Resuming: a job's folder is named by a content hash of its entry point, its overrides (with its inputs' paths),
@@ -29,106 +30,23 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from filelock import Timeout
 
 from fnet.cache import lock
 from fnet.pipelines.study_controls import controls_layout
 from fnet.study.jobs import (STAGES, Job, environment_key, environment_parts, job_key, machine, run_jobs,
                              summary_lines)
+from fnet.study.preset import load_preset
 from fnet.study.runlog import append_run
 
-__all__ = ["Job", "PRESET_KEYS", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "summary_lines", "main"]
+__all__ = ["Job", "STAGES", "load_preset", "plan", "job_key", "run_jobs", "summary_lines", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-#: keys of a study preset and their defaults (conf/study/*.yaml)
-PRESET_KEYS: dict[str, Any] = {
-    "name": None,            # the study's name (default: the preset's file name)
-    "model": None,           # conf/model/<model>
-    "path": "finetune",      # finetune (train.py per task, then evaluate the checkpoint) | zeroshot
-    "tasks": [],             # every task: unmasked, all networks lesioned (+ controls), preservation
-    "zeroshot_tasks": [],    # path=finetune only: tasks also evaluated zero-shot (unmasked, all lesioned + controls)
-    "lesion_each": [],       # tasks that also get one lesion per network (+ controls, spared, single units)
-    "n_networks": 10,        # K of the lesion study's ICA
-    "preserve_K": [],        # K values of the preservation study (union of all K networks kept)
-    "seeds": 5,              # random-control seeds (count- and magnitude-matched)
-    "controls": ["count", "magnitude"],
-    "massive": {"top_k": 4, "n_units": 4},  # massive candidates per layer; units spared / lesioned alone
-    "n_bins": 10,            # quantile bins of the magnitude-matched control
-    "normalised": None,      # override of the variance-normalised ICA (e.g. ica.standardize=true); null = skip
-    "stimuli": "genre",      # networks from: genre (conf/data, Tables 1-3) | task (each task's own prompts, data=task)
-    "train": [],             # extra overrides of every train.py job
-    "analyze": [],           # ... analyze.py jobs
-    "evaluate": [],          # ... evaluate.py jobs
-    "task_overrides": {},    # per task, after the above: {task: {train: [...], analyze: [...], evaluate: [...]}}
-    "order": "task",         # task: finish each task in turn | table: every task's unmasked and all-networks
-                             # lesion jobs (Table 5) first, then per-network lesions (Table 4), then preservation (8)
-}
-ORDERS = ("task", "table")
-OVERRIDE_STAGES = ("train", "analyze", "evaluate")
-CONTROL_KINDS = ("count", "magnitude")
-
-
 # --------------------------------------------------------------------------------------------------------------
-# Presets -> jobs
+# Presets (fnet.study.preset) -> jobs
 # --------------------------------------------------------------------------------------------------------------
-def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
-    """A preset (``conf/study/<name>.yaml`` or a YAML path) with ``key=value`` overrides, checked."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = REPO_ROOT / "conf" / "study" / f"{name_or_path}.yaml"
-    if not path.exists():
-        valid = sorted(p.stem for p in (REPO_ROOT / "conf" / "study").glob("*.yaml"))
-        raise FileNotFoundError(f"no study preset {name_or_path!r} ({path}); valid presets: {valid}")
-    preset = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(preset, dict):
-        raise ValueError(f"study preset {path}: must be a mapping of keys, got {type(preset).__name__}")
-    for item in overrides:  # key=value (dotted keys reach into mappings), the value read as YAML, as Hydra does
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"study preset override {item!r} is not key=value; valid keys: {sorted(PRESET_KEYS)}")
-        node = preset
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(text)
-    unknown = sorted(set(preset) - set(PRESET_KEYS))
-    if unknown:
-        raise ValueError(f"study preset {path}: unknown keys {unknown}; valid keys: {sorted(PRESET_KEYS)}")
-    out = {k: preset.get(k, v) for k, v in PRESET_KEYS.items()}
-    out["name"] = out["name"] or path.stem
-    if out["stimuli"] not in ("genre", "task"):
-        raise ValueError(f"study preset {path}: stimuli={out['stimuli']!r}; valid: ['genre', 'task']")
-    if out["order"] not in ORDERS:
-        raise ValueError(f"study preset {path}: order={out['order']!r}; valid: {list(ORDERS)}")
-    if out["path"] not in ("finetune", "zeroshot"):
-        raise ValueError(f"study preset {path}: path={out['path']!r}; valid: ['finetune', 'zeroshot']")
-    if not out["model"] or not out["tasks"]:
-        raise ValueError(f"study preset {path}: 'model' and 'tasks' are required")
-    bad = sorted(set(out["controls"]) - set(CONTROL_KINDS))
-    if bad:
-        raise ValueError(f"study preset {path}: unknown controls {bad}; valid: {list(CONTROL_KINDS)}")
-    per_task = out["task_overrides"] or {}
-    if not isinstance(per_task, dict):
-        raise ValueError(f"study preset {path}: task_overrides must map tasks to {{stage: [overrides]}}")
-    bad = sorted(set(per_task) - set(out["tasks"]) - set(out["zeroshot_tasks"]))
-    if bad:
-        raise ValueError(f"study preset {path}: task_overrides {bad} are not in tasks {out['tasks']} or "
-                         f"zeroshot_tasks {out['zeroshot_tasks']}")
-    for task, stages in per_task.items():
-        bad = sorted(set(stages or {}) - set(OVERRIDE_STAGES))
-        if bad:
-            raise ValueError(f"study preset {path}: task_overrides.{task} has unknown stages {bad}; valid: "
-                             f"{list(OVERRIDE_STAGES)}")
-    out["task_overrides"] = per_task
-    bad = sorted(set(out["lesion_each"]) - set(out["tasks"]))
-    if bad:
-        raise ValueError(f"study preset {path}: lesion_each {bad} are not in tasks {out['tasks']}")
-    return out
-
-
 def _controls_args(p: dict) -> list[str]:
     m = p["massive"]
     return ["--seeds", str(p["seeds"]), "--n-units", str(m["n_units"]), "--top-k", str(m["top_k"]),
@@ -136,9 +54,10 @@ def _controls_args(p: dict) -> list[str]:
 
 
 def plan(p: dict) -> list[Job]:
-    """The jobs of a study preset (see :data:`PRESET_KEYS`), task by task (in the preset's order), each task's
-    stage by stage, so every dependency comes before its dependents and a runner finishes the first task first;
-    with ``order: table``, every task's Table-5 jobs come before any Table-4 job, and those before Table 8's."""
+    """The jobs of a study preset (:func:`fnet.study.preset.load_preset`), task by task (in the preset's order),
+    each task's stage by stage, so every dependency comes before its dependents and a runner finishes the first
+    task first; with ``order: table``, every task's Table-5 jobs come before any Table-4 job, and those before
+    Table 8's."""
     jobs: list[Job] = []
     model = [f"model={p['model']}"]
     K = int(p["n_networks"])

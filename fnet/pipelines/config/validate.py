@@ -13,7 +13,9 @@ therefore compared with the schemas of :mod:`fnet.pipelines.config.schemas` at s
 3. values: ranges and choices from the fields' metadata (OmegaConf has no value validators, hence this part).
 
 All problems are reported together in one :class:`ConfigError`. The config itself is returned unchanged: the
-values stay those of the YAML files and overrides.
+values stay those of the YAML files and overrides. :func:`schema_problems` makes the same three checks against
+any dataclass schema, so that other configs (the study presets, :mod:`fnet.study.preset`) fail with the same
+messages.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import difflib
 import importlib
 import inspect
 import typing
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -31,7 +33,8 @@ from omegaconf.errors import OmegaConfBaseException
 from fnet.pipelines.config import schemas as S
 from fnet.scoring.tasks import TaskSpec
 
-__all__ = ["ConfigError", "PRIMARY_SCHEMAS", "check_target_kwargs", "register_configs", "validate_config"]
+__all__ = ["ConfigError", "PRIMARY_SCHEMAS", "check_target_kwargs", "config_error", "register_configs",
+           "schema_problems", "unknown_key", "validate_config"]
 
 #: primary config name -> schema
 PRIMARY_SCHEMAS: dict[str, type] = {"analyze": S.AnalyzeConfig, "evaluate": S.EvaluateConfig, "train": S.TrainConfig}
@@ -92,9 +95,45 @@ def validate_config(cfg: DictConfig, name: str) -> DictConfig:
         except (ValueError, TypeError) as err:
             errors.append(f"task: {err}")
     if errors:
-        lines = "\n".join(f"  - {e}" for e in errors)
-        raise ConfigError(f"invalid config `{name}` ({len(errors)} problem{'s' * (len(errors) > 1)}):\n{lines}")
+        raise config_error(f"config `{name}`", errors)
     return cfg
+
+
+def schema_problems(cfg: Any, schema: type, root: str = "the config") -> tuple[DictConfig | None, list[str]]:
+    """The checks of :func:`validate_config` for any dataclass ``schema`` (a study preset's, for instance): keys
+    (unknown ones with a near miss and the valid keys, missing required ones), then types (``cfg`` merged into the
+    structured schema), then ranges and choices from the fields' metadata.
+
+    Parameters
+    ----------
+    cfg : DictConfig or mapping
+        The config to check.
+    schema : type
+        A dataclass; a field without a default (``MISSING``) is required.
+    root : str
+        How the messages name the top level (``valid keys of the config: ...``).
+
+    Returns
+    -------
+    (DictConfig or None, list of str)
+        The typed config (the schema's defaults merged with ``cfg``; None when a key or a type is wrong) and
+        the problems, each naming its key.
+    """
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    errors: list[str] = []
+    _check_keys(OmegaConf.to_container(cfg, resolve=False), schema, "", errors, root)
+    if errors:  # merging stops at the first unknown key: types and values only when the keys are right
+        return None, errors
+    typed = _merge(cfg, schema, "", errors)
+    if typed is not None:
+        _check_values(typed, schema, "", errors)
+    return typed, errors
+
+
+def config_error(what: str, errors: list[str]) -> ConfigError:
+    """One :class:`ConfigError` listing every problem of ``what`` (e.g. ``config `analyze```)."""
+    lines = "\n".join(f"  - {e}" for e in errors)
+    return ConfigError(f"invalid {what} ({len(errors)} problem{'s' * (len(errors) > 1)}):\n{lines}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -112,23 +151,29 @@ def _dataclass_of(tp: Any) -> type | None:
     return None
 
 
-def _unknown(where: str, key: str, valid: list[str]) -> str:
-    near = difflib.get_close_matches(str(key), valid, n=1)
+def unknown_key(where: str, key: str, valid: Sequence[str], root: str = "the config") -> str:
+    """The message for an unknown ``key`` under ``where`` (a dotted path, "" for the top, which ``root`` names):
+    the key, a near miss if there is one, and the valid keys."""
+    near = difflib.get_close_matches(str(key), list(valid), n=1)
     hint = f" (did you mean {_join(where, near[0])}?)" if near else ""
-    return f"unknown key {_join(where, key)}{hint}; valid keys of {where or 'the config'}: {', '.join(sorted(valid))}"
+    return f"unknown key {_join(where, key)}{hint}; valid keys of {where or root}: {', '.join(sorted(valid))}"
 
 
-def _check_keys(node: dict, schema: type, path: str, errors: list[str]) -> None:
+def _required(f: dataclasses.Field) -> bool:
+    return (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or f.default == "???"
+
+
+def _check_keys(node: dict, schema: type, path: str, errors: list[str], root: str = "the config") -> None:
     fields = {f.name: f for f in dataclasses.fields(schema)}
     hints = typing.get_type_hints(schema)
     for key in node:
         if key not in fields:
-            errors.append(_unknown(path, key, list(fields)))
+            errors.append(unknown_key(path, key, list(fields), root))
     for name, f in fields.items():
         where = _join(path, name)
         if name not in node:
-            if f.default is dataclasses.MISSING or f.default == "???":
-                errors.append(f"missing key {where} (a required key of {path or 'the config'})")
+            if _required(f):
+                errors.append(f"missing key {where} (a required key of {path or root})")
             continue
         value = node[name]
         inner = _dataclass_of(hints[name])
@@ -176,7 +221,7 @@ def check_target_kwargs(node: dict, where: str, extra: tuple[str, ...] = ()) -> 
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return []
     valid = [p for p, v in params.items() if v.kind is not inspect.Parameter.VAR_POSITIONAL] + list(extra)
-    return [_unknown(where, key, valid) + f" (the parameters of {target})"
+    return [unknown_key(where, key, valid) + f" (the parameters of {target})"
             for key in node if key not in _HYDRA_KEYS and key not in valid]
 
 
@@ -185,16 +230,30 @@ def _merge(cfg: DictConfig, schema: type, path: str, errors: list[str]) -> DictC
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except OmegaConfBaseException as err:
-        key = _join(path, err.full_key) if getattr(err, "full_key", None) else path or "?"
+        culprit = getattr(err, "full_key", None) or _failing_key(cfg, schema)
+        key = _join(path, culprit) if culprit else path or "?"
         msg = str(getattr(err, "msg", None) or err).splitlines()[0]
         errors.append(f"{key}: {msg}")
         return None
+
+
+def _failing_key(cfg: DictConfig, schema: type) -> str | None:
+    """The top-level key whose value does not fit ``schema`` (OmegaConf does not name it when a mapping was
+    expected and a scalar came: ``massive=5``)."""
+    for key in cfg:
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), {key: cfg._get_node(key)})
+        except OmegaConfBaseException:
+            return str(key)
+    return None
 
 
 def _choices(spec: Any) -> list:
     if isinstance(spec, str):  # "module:NAME" -> that constant of the code (a dict gives its keys)
         module, name = spec.split(":")
         spec = getattr(importlib.import_module(module), name)
+    if callable(spec):  # a function that lists them (e.g. the task names of conf/task)
+        spec = spec()
     return list(spec)
 
 

@@ -9,7 +9,7 @@ import pytest
 from fnet.pipelines.config import ConfigError
 from fnet.study.compose import _section, _settings
 from fnet.study.preset import PRESET_KEYS, StudyPreset, load_preset
-from fnet.study.runner import main
+from fnet.study.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

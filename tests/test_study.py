@@ -146,10 +146,21 @@ def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
     assert f"{n} jobs, {n} already done, recomputed 0" in second.stdout
 
 
-def test_derived_control_networks_follow_the_layout_and_planted_massive_unit():
+def _netset(masks):
+    import torch
+
+    from fnet.networks import NetworkSet
+
+    return NetworkSet.from_masks(torch.from_numpy(masks), provenance={"model": "planted", "model_fingerprint": "f"})
+
+
+def test_study_controls_follow_the_planted_massive_unit():
+    """The study's magnitude-matched, spared and single-unit masks (registry kinds the plan asks evaluate.py for)
+    keep each network's per-layer counts, avoid it, and find, spare and lesion alone the planted massive unit."""
     import numpy as np
 
-    from fnet.pipelines.study_controls import controls_layout, derive_controls
+    from fnet.intervene import build_mask
+    from fnet.intervene.controls import magnitude_bins
 
     rng = np.random.default_rng(0)
     K, n_layers, width = 3, 4, 40
@@ -159,24 +170,20 @@ def test_derived_control_networks_follow_the_layout_and_planted_massive_unit():
     for k in range(K):
         masks[k, 3, 7] = True
         masks[k, k, 10 + 3 * k: 14 + 3 * k] = True
-    derived, info = derive_controls(masks, scale, seeds=2, n_units=1, top_k=1)
-    layout = controls_layout(K, 2, 1)
-    assert info["layout"] == layout and derived.shape == (len(layout), n_layers, width)
-    assert info["units"] == [7] and info["massive_units"][0]["network_ids"] == [0, 1, 2]
+    nets, bins = _netset(masks), magnitude_bins(scale, 10)
+    massive = dict(scale=scale, top_k=1, n_units=1)
     for k in range(K):
         for s in range(2):
-            drawn = derived[layout[f"magnitude/net{k}/seed{s}"]]
-            assert drawn.sum(axis=1).tolist() == masks[k].sum(axis=1).tolist() and not (drawn & masks[k]).any()
-        assert (derived[layout[f"spared/net{k}"]] == (masks[k] & (np.arange(width) != 7))).all()
-    assert derived[layout["unit/0"]].sum() == 1 and derived[layout["unit/0"], 3, 7]
-    # layer 3 of every network is the massive unit alone: its magnitude match is another top-decile unit
-    from fnet.intervene.controls import magnitude_bins
-
-    bins = magnitude_bins(scale, 10)
-    for k in range(K):
-        drawn = derived[layout[f"magnitude/net{k}/seed0"]]
-        assert drawn[3].sum() == 1 and bins[3, drawn[3]].tolist() == [9] and not drawn[3, 7]
-    assert sum(info["fallbacks"].values()) == 0
+            drawn = build_mask("magnitude", netset=nets, networks=k, seed=s, scale=scale)
+            assert drawn.stats["per_layer"] == masks[k].sum(axis=1).tolist() and drawn.meta["fallbacks"] == 0
+            assert not (drawn.mask.numpy() & masks[k]).any() and drawn.meta["overlap_layers"] == []
+        # layer 3 of every network is the massive unit alone: its magnitude match is another top-decile unit
+        layer3 = build_mask("magnitude", netset=nets, networks=k, seed=0, scale=scale).mask.numpy()[3]
+        assert layer3.sum() == 1 and bins[3, layer3].tolist() == [9] and not layer3[7]
+        spared = build_mask("spared", netset=nets, networks=k, **massive)
+        assert spared.meta["units"] == [7] and (spared.mask.numpy() == (masks[k] & (np.arange(width) != 7))).all()
+    alone = build_mask("unit", netset=nets, unit=0, **massive).mask.numpy()
+    assert alone.sum() == 1 and alone[3, 7]
 
 
 def test_controls_of_networks_that_fill_a_layer_keep_counts_and_list_the_overlap():
@@ -184,7 +191,7 @@ def test_controls_of_networks_that_fill_a_layer_keep_counts_and_list_the_overlap
     overlap it there (and only there); a single network's draws stay disjoint."""
     import numpy as np
 
-    from fnet.pipelines.study_controls import controls_layout, derive_controls
+    from fnet.intervene import build_mask
 
     rng = np.random.default_rng(1)
     K, n_layers, width = 12, 3, 32
@@ -193,15 +200,17 @@ def test_controls_of_networks_that_fill_a_layer_keep_counts_and_list_the_overlap
     for k in range(K):
         masks[k, 1, 2 * k: 2 * k + 3] = True  # together: units 0..24 of layer 1 (25 of 32)
         masks[k, 0, k] = True
-    derived, info = derive_controls(masks, scale, seeds=2, n_units=1, top_k=2)
-    layout = controls_layout(K, 2, 1)
-    union = masks.any(axis=0)
+    nets, union = _netset(masks), masks.any(axis=0)
     for s in range(2):
-        drawn = derived[layout[f"magnitude/all/seed{s}"]]
-        assert drawn.sum(axis=1).tolist() == union.sum(axis=1).tolist() == [12, 25, 0]
-        assert not (drawn[0] & union[0]).any() and (drawn[1] & union[1]).sum() >= 18
-        assert info["overlap_layers"][f"magnitude/all/seed{s}"] == [1]
-    assert not any(name.startswith("magnitude/net") for name in info["overlap_layers"])
+        drawn = build_mask("magnitude", netset=nets, networks="all", seed=s, scale=scale)
+        d = drawn.mask.numpy()
+        assert drawn.stats["per_layer"] == union.sum(axis=1).tolist() == [12, 25, 0]
+        assert not (d[0] & union[0]).any() and (d[1] & union[1]).sum() >= 18
+        assert drawn.meta["overlap_layers"] == [1]
+        kept = build_mask("magnitude_preserve", netset=nets, seed=s, scale=scale)
+        assert (kept.mask.numpy() == ~d).all()
+    for k in range(K):
+        assert build_mask("magnitude", netset=nets, networks=k, seed=0, scale=scale).meta["overlap_layers"] == []
 
 
 def test_task_stimuli_give_each_task_its_own_networks():
@@ -296,7 +305,7 @@ def test_an_interrupted_runner_stops_its_jobs_and_logs_the_run(tmp_path):
 import sys, time
 from pathlib import Path
 from fnet.study import Job, run_jobs
-from fnet.study import runner
+from fnet.study import cli as runner
 jobs = [Job("evaluate/quick", "evaluate", ["slow.py"], ["name=quick"]),
         Job("evaluate/long", "evaluate", ["slow.py"], ["name=long", "sleep=60"], ["evaluate/quick"])]
 runner.plan = lambda preset: jobs
@@ -322,13 +331,13 @@ sys.exit(runner.main(["tiny", "--root", {str(tmp_path / "study")!r}, "--no-repor
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     kernels = torch.backends.cpu.get_cpu_capability()  # AVX2, AVX512, ...: what torch's CPU kernels use
     assert runs[0]["machine"].endswith(f"{kernels} kernels), {os.cpu_count()} CPUs, {gpu}")
-    from fnet.study.jobs import cpu_signature
+    from fnet.study.scheduler import cpu_signature
 
     assert cpu_signature() in runs[0]["machine"]  # family, model, stepping on x86 Linux, else ""
 
 
 def test_the_cpu_signature_tells_apart_cpus_that_a_vm_names_alike():
-    from fnet.study.jobs import cpu_signature
+    from fnet.study.scheduler import cpu_signature
 
     def info(model):  # two processors, as /proc/cpuinfo lists them; a VM names both "AMD EPYC Processor"
         block = (f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
@@ -341,19 +350,19 @@ def test_the_cpu_signature_tells_apart_cpus_that_a_vm_names_alike():
 
 
 def test_the_environment_key_follows_data_bytes_not_modification_times(tmp_path, monkeypatch):
-    from fnet.study.jobs import environment_key, environment_parts
+    from fnet.study.scheduler import environment_key, environment_parts
 
     repo, data = tmp_path / "repo", tmp_path / "data"
     (repo / "fnet" / "study").mkdir(parents=True)
     (repo / "conf").mkdir()
     (repo / "fnet" / "a.py").write_text("x = 1\n")
-    (repo / "fnet" / "study" / "runner.py").write_text("y = 1\n")
+    (repo / "fnet" / "study" / "cli.py").write_text("y = 1\n")
     data.mkdir()
     (data / "rows.csv").write_text("text,label\nhi,1\n")
     monkeypatch.setenv("FNET_DATA_DIR", str(data))
     key = environment_key(repo)
     os.utime(data / "rows.csv", ns=(1, 1))  # re-provisioned: same bytes, another time
-    (repo / "fnet" / "study" / "runner.py").write_text("y = 2\n")  # the study's own code is not in the key
+    (repo / "fnet" / "study" / "cli.py").write_text("y = 2\n")  # the study's own code is not in the key
     assert environment_key(repo) == key
     (data / "rows.csv").write_text("text,label\nhi,0\n")  # same size, other bytes
     changed = environment_parts(repo)
@@ -364,7 +373,7 @@ def test_the_environment_key_follows_data_bytes_not_modification_times(tmp_path,
 
 
 def test_adopt_moves_only_the_same_jobs_to_their_new_keys_and_a_rerun_recomputes_nothing(fake):
-    from fnet.study.adopt import adopt_jobs
+    from fnet.study.rekey import adopt_jobs
 
     _run(fake, _jobs())
     old_x = next((fake / "study" / "evaluate").glob("a_x-*/result.json"))
@@ -405,7 +414,7 @@ def test_table_order_gives_every_task_its_all_networks_lesion_before_any_per_net
 
 
 def test_adopt_picks_the_old_run_with_the_same_settings_among_several(fake):
-    from fnet.study.adopt import adopt_jobs
+    from fnet.study.rekey import adopt_jobs
 
     _run(fake, _jobs(lr="0.2"))
     _run(fake, _jobs(lr="0.1"))  # two finished x: lr=0.2 and lr=0.1

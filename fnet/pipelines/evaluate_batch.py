@@ -16,7 +16,7 @@ so this small loop over ``compose`` is written here.
 
 For each job, in order: its output folder is ``folder`` (``paths.output_dir``), its log ``folder/evaluate.log``.
 When it succeeds, ``folder/job.json`` is written last: ``marker`` with ``status``, ``seconds``, ``output`` and
-``finished`` added (the done-marker of :mod:`fnet.study.runner`). When it fails, ``folder/failed.json`` holds
+``finished`` added (the done-marker of :mod:`fnet.study.scheduler`). When it fails, ``folder/failed.json`` holds
 the error and the next job runs. The exit status is 1 when any job failed.
 """
 

@@ -1,7 +1,7 @@
-"""``python -m fnet.study <preset>``: see :mod:`fnet.study.runner`."""
+"""``python -m fnet.study <preset>``: see :mod:`fnet.study.cli`."""
 
 import sys
 
-from fnet.study.runner import main
+from fnet.study.cli import main
 
 sys.exit(main())

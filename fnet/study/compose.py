@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fnet.report import markdown_table
-from fnet.study.jobs import Job
 from fnet.study.report import FINISHED, JOB_COLUMNS, RANDOM_CONDITIONS
 from fnet.study.preset import PRESET_KEYS
-from fnet.study.runner import plan
+from fnet.study.plan import plan
+from fnet.study.figures import plot_centres
+from fnet.study.render import render_report
+from fnet.study.scheduler import Job
 
 __all__ = ["plan_parts", "read_source", "compose_report", "part_name"]
 
@@ -240,9 +242,6 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
     dict
         :func:`fnet.study.render.render_report`'s paths and rows, and ``parts``: part -> source folder.
     """
-    from fnet.study.figures import plot_centres
-    from fnet.study.render import render_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan(preset)

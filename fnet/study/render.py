@@ -156,24 +156,26 @@ def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], eff
 # Report
 # --------------------------------------------------------------------------------------------------------------
 def _controls_info(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
-    """The massive units of every controls job (a table row each) and where magnitude-matched draws fell inside
-    the networks (a line per control and layers, seeds listed)."""
-    massive, overlap = [], []
+    """The massive units of every scale job (a table row each) and where magnitude-matched draws fell inside the
+    networks (a line per control and layers, seeds listed; from each evaluate job's mask)."""
+    massive, seeds_of = [], defaultdict(list)
     for r in records:
-        if r.get("stage") == "controls" and r.get("status") in ("ran", "skipped"):
+        m = r.get("meta") or {}
+        if r.get("status") not in FINISHED:
+            continue
+        if r.get("stage") == "controls":
             info = json.loads((Path(r["folder"]) / "controls.json").read_text())
-            seeds_of: dict[tuple, list[str]] = defaultdict(list)
-            for name, layers in (info.get("overlap_layers") or {}).items():
-                control, _, seed = name.rpartition("/")
-                seeds_of[(control, tuple(layers))].append(seed.removeprefix("seed"))
-            for (control, layers), seeds in seeds_of.items():
-                overlap.append(f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}, {control} "
-                               f"(seeds {', '.join(seeds)}): layers {list(layers)}")
-            for m in info["massive_units"]:
-                massive.append({"networks of": f"{r['meta']['scope']} K={r['meta']['K']} {r['meta']['variant']}",
-                                "unit": m["unit"], "in networks": len(m["network_ids"]),
-                                "network ids": ids_text(m["network_ids"], int(r["meta"]["K"])),
-                                "layers": ", ".join(map(str, m["layers"]))})
+            massive += [{"networks of": f"{m['scope']} K={m['K']} {m['variant']}", "unit": u["unit"],
+                         "in networks": len(u["network_ids"]), "network ids": ids_text(u["network_ids"], int(m["K"])),
+                         "layers": ", ".join(map(str, u["layers"]))} for u in info["massive_units"]]
+        elif m.get("condition") in ("magnitude", "preserve_magnitude"):
+            mask = json.loads((Path(r["folder"]) / "result.json").read_text()).get("mask") or {}
+            layers = tuple((mask.get("meta") or {}).get("overlap_layers") or ())
+            if layers:
+                key = (m.get("scope"), m.get("K"), m.get("variant", "raw"), f"magnitude/{m.get('target') or 'all'}")
+                seeds_of[key + (layers,)].append(str(m.get("seed")))
+    overlap = [f"{scope} K={K} {variant}, {control} (seeds {', '.join(seeds)}): layers {list(layers)}"
+               for (scope, K, variant, control, layers), seeds in seeds_of.items()]
     return massive, overlap
 
 

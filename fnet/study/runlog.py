@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fnet.report import markdown_table
-from fnet.study.jobs import machine
+from fnet.study.scheduler import machine
 
 __all__ = ["append_run", "read_runs", "machines_line", "runs_table"]
 

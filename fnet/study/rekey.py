@@ -1,7 +1,7 @@
 """Adopt a study's finished jobs under a new environment key, when the environment changed in a way the user has
 checked does not matter.
 
-A job's folder is named by its content key, and that key covers the environment (:func:`~fnet.study.jobs.
+A job's folder is named by its content key, and that key covers the environment (:func:`~fnet.study.scheduler.
 environment_key`). When the environment key changes, every finished job is redone. That is right when code,
 versions or data changed. It is wrong when only the key's recipe changed: studies made before the data part of
 the key was content-based (it hashed the data files' modification times) lose every job when the data is
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fnet.cache import atomic_write_text
-from fnet.study.jobs import STAGES, Job, _done, _output, _prepare, environment_key, REPO_ROOT
+from fnet.study.scheduler import REPO_ROOT, STAGES, Job, done_record, environment_key, output_of, prepare
 
 __all__ = ["adopt_jobs"]
 
@@ -61,10 +61,10 @@ def _same_job(job: Job, item, folder: Path, record: dict, moved: dict) -> bool:
 def _adopt_one(job: Job, root: Path, env_key: str, reason: str, old: dict, outputs: dict, moved: dict,
                counts: dict) -> None:
     """One job: current already, adopted from its old folder, or left (its old record is another job)."""
-    item = _prepare(job, outputs, root, env_key)
-    if _done(item.folder, item.key, job.output) is not None:
+    item = prepare(job, outputs, root, env_key)
+    if done_record(item.folder, item.key, job.output) is not None:
         counts["current"] += 1
-        outputs[job.name] = _output(item.folder, job.output)
+        outputs[job.name] = output_of(item.folder, job.output)
         return
     if job.name not in old:
         return
@@ -83,7 +83,7 @@ def _adopt_one(job: Job, root: Path, env_key: str, reason: str, old: dict, outpu
     atomic_write_text(item.folder / "job.json",
                       json.dumps(dict(record, **item.base, status="done", adopted=adopted), indent=1))
     moved[str(folder)] = str(item.folder)
-    outputs[job.name] = _output(item.folder, job.output)
+    outputs[job.name] = output_of(item.folder, job.output)
     counts["adopted"] += 1
 
 
@@ -100,7 +100,7 @@ def adopt_jobs(jobs: Sequence[Job], root: str | Path, *, reason: str, env_key: s
     reason : str
         Why the environment change does not matter; kept in each adopted ``job.json``.
     env_key : str, optional
-        The new environment key (default: :func:`~fnet.study.jobs.environment_key` of ``cwd``).
+        The new environment key (default: :func:`~fnet.study.scheduler.environment_key` of ``cwd``).
 
     Returns
     -------

@@ -4,7 +4,7 @@ A :class:`Job` is one run of an entry point of the repository with Hydra overrid
 :func:`run_jobs` runs jobs as subprocesses (``sys.executable``, cwd = the repository root), a job as soon as its
 dependencies are done, ``workers`` at once; ready ``evaluate.py`` jobs of one task and model share a process
 (``batch``, :mod:`fnet.pipelines.evaluate_batch`). Resuming: a job's folder is named by :func:`job_key`, and its
-``job.json`` is written last, only after the job's output exists (see :mod:`fnet.study.runner`).
+``job.json`` is written last, only after the job's output exists (see :mod:`fnet.study.cli`).
 
 Written here rather than taken from a workflow tool (snakemake, luigi, submitit): the jobs are a few hundred local
 commands whose identity is fnet's own content key, and a study must run where only fnet's pinned dependencies are.
@@ -26,8 +26,8 @@ from typing import Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
 
-__all__ = ["Job", "STAGES", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature", "run_jobs",
-           "summary_lines"]
+__all__ = ["Job", "Ready", "STAGES", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature",
+           "prepare", "done_record", "output_of", "run_jobs", "summary_lines"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,18 +128,19 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _output(folder: Path, pattern: str) -> Path | None:
+def output_of(folder: Path, pattern: str) -> Path | None:
+    """The one file of ``folder`` that matches the job's output ``pattern``, or None (none, or several)."""
     found = sorted(glob.glob(str(folder / pattern)))
     return Path(found[0]) if len(found) == 1 else None
 
 
-def _done(folder: Path, key: str, pattern: str) -> dict | None:
+def done_record(folder: Path, key: str, pattern: str) -> dict | None:
     """The job record of a finished job in ``folder`` with ``key``, or None."""
     try:
         record = json.loads((folder / "job.json").read_text())
     except (OSError, ValueError):
         return None
-    if record.get("key") != key or record.get("status") != "done" or _output(folder, pattern) is None:
+    if record.get("key") != key or record.get("status") != "done" or output_of(folder, pattern) is None:
         return None
     return record
 
@@ -159,8 +160,8 @@ def _resolve(job: Job, outputs: dict[str, Path], folder: Path) -> list[str]:
 
 
 @dataclass
-class _Ready:
-    """A job whose inputs exist, with its key, folder, resolved overrides and record."""
+class Ready:
+    """A job whose inputs exist, with its key, folder, resolved overrides and record (:func:`prepare`)."""
 
     job: Job
     key: str
@@ -169,14 +170,15 @@ class _Ready:
     base: dict
 
 
-def _prepare(job: Job, outputs: dict[str, Path], root: Path, env_key: str) -> _Ready:
+def prepare(job: Job, outputs: dict[str, Path], root: Path, env_key: str) -> Ready:
+    """``job`` with its inputs' ``outputs`` resolved: its key, its folder under ``root`` and its record."""
     digests = {d: file_digest(outputs[d]) for d in job.deps}
     key = job_key(job, _resolve(job, outputs, Path("{out}")), digests, env_key)
     folder = root / job.stage / f"{_slug(job.name.split('/', 1)[-1])}-{key}"
     overrides = _resolve(job, outputs, folder)
     base = {"name": job.name, "stage": job.stage, "key": key, "folder": str(folder), "meta": job.meta,
             "entry": job.entry, "overrides": overrides, "inputs": digests}
-    return _Ready(job, key, folder, overrides, base)
+    return Ready(job, key, folder, overrides, base)
 
 
 def _fresh_folder(folder: Path) -> None:
@@ -226,7 +228,7 @@ def _stop_running(log) -> None:
         log(f"[study] interrupted: stopped {len(procs)} running job process(es); rerun to continue")
 
 
-def _run_one(item: _Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[_Ready, int, float, bool]]:
+def _run_one(item: Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[Ready, int, float, bool]]:
     _fresh_folder(item.folder)
     argv = [python, *item.job.entry, *item.overrides]
     if item.job.entry[0].endswith(".py"):
@@ -243,7 +245,7 @@ def _batch_group(job: Job) -> tuple:
     return tuple(job.entry), job.meta.get("task"), tuple(job.deps[:1])
 
 
-def _run_batch(items: list[_Ready], python: str, cwd: Path, env: dict, log, root: Path):
+def _run_batch(items: list[Ready], python: str, cwd: Path, env: dict, log, root: Path):
     """evaluate.py jobs in one process (fnet.pipelines.evaluate_batch), which writes each job's marker."""
     for item in items:
         _fresh_folder(item.folder)
@@ -262,6 +264,104 @@ def _run_batch(items: list[_Ready], python: str, cwd: Path, env: dict, log, root
     return [(item, rc, seconds, True) for item in items]
 
 
+class _Run:
+    """The state of one :func:`run_jobs` call: what is waiting, queued, running and finished."""
+
+    def __init__(self, jobs: Sequence[Job], root: Path, env_key: str, only: str | None, dry_run: bool):
+        self.jobs, self.root, self.env_key, self.only, self.dry_run = list(jobs), root, env_key, only, dry_run
+        self.outputs: dict[str, Path] = {}
+        self.records: dict[str, dict] = {}
+        self.status: dict[str, str] = {}
+        self.waiting = list(jobs)
+        self.queue: list[Ready] = []
+        self.order = {job.name: i for i, job in enumerate(jobs)}
+
+    def not_run(self, job: Job, state: str) -> dict:
+        return {"name": job.name, "stage": job.stage, "status": state, "meta": job.meta,
+                "waiting_for": [d for d in job.deps if d not in self.outputs]}
+
+    def settle(self) -> None:
+        """Move every job whose dependencies are settled out of ``waiting``: skipped, queued, or not run."""
+        changed = True
+        while changed:
+            changed, still = False, []
+            for job in self.waiting:
+                if any(self.status.get(d) in ("failed", "blocked") for d in job.deps):
+                    self.status[job.name] = "blocked"
+                    self.records[job.name] = self.not_run(job, "blocked")
+                elif any(d not in self.outputs for d in job.deps):
+                    still.append(job)
+                    continue
+                else:
+                    self.settle_ready(prepare(job, self.outputs, self.root, self.env_key))
+                changed = True
+            self.waiting = still
+        self.queue.sort(key=lambda i: self.order[i.job.name])
+
+    def settle_ready(self, item: Ready) -> None:
+        job = item.job
+        record = done_record(item.folder, item.key, job.output)
+        if record is not None:
+            self.outputs[job.name] = output_of(item.folder, job.output)
+            self.status[job.name] = "skipped"
+            self.records[job.name] = dict(record, status="skipped", folder=str(item.folder))
+        elif self.dry_run or (self.only is not None and job.stage != self.only):
+            self.status[job.name] = "pending" if self.dry_run else "excluded"
+            self.records[job.name] = dict(item.base, status=self.status[job.name])
+        else:
+            self.status[job.name] = "queued"
+            self.queue.append(item)
+
+    def finish(self, item: Ready, rc: int, seconds: float, batched: bool, log) -> None:
+        job, folder = item.job, item.folder
+        produced = output_of(folder, job.output)
+        marker = None
+        if batched:  # the batch process wrote the marker of each job it finished
+            marker = done_record(folder, item.key, job.output)
+        elif rc == 0 and produced is not None:
+            marker = dict(item.base, status="done", seconds=seconds, output=str(produced.relative_to(folder)),
+                          finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_text(folder / "job.json", json.dumps(marker, indent=1))  # the marker: written last
+        if marker is None:
+            why = f"exit code {rc}" if rc != 0 else f"no output {job.output!r} (or more than one)"
+            failed = folder / "failed.json"
+            detail = json.loads(failed.read_text()) if failed.exists() else {}
+            logs = [p for p in (folder / "job.log", folder / "evaluate.log") if p.exists()]
+            tail = logs[0].read_text(errors="replace")[-2000:] if logs else ""
+            record = dict(item.base, status="failed", why=detail.get("error") or why, seconds=seconds, log_tail=tail)
+            atomic_write_text(failed, json.dumps(record, indent=1))
+            log(f"[study] FAILED {job.name} ({record['why']}); log: {logs[0] if logs else folder}")
+            self.status[job.name] = "failed"
+            self.records[job.name] = record
+            return
+        self.outputs[job.name] = produced
+        self.status[job.name] = "ran"
+        self.records[job.name] = dict(marker, status="ran")
+
+    def next_units(self, batch: int) -> list[Ready]:
+        """The next job to start, with the ready evaluate jobs that share its process (up to ``batch``)."""
+        first = self.queue.pop(0)
+        if batch <= 1 or first.job.entry != ["evaluate.py"]:
+            return [first]
+        units = [first] + [i for i in self.queue if _batch_group(i.job) == _batch_group(first.job)][: int(batch) - 1]
+        for i in units[1:]:
+            self.queue.remove(i)
+        return units
+
+    def result(self, deadline: float | None) -> dict:
+        for item in self.queue:  # ready, but the deadline came first
+            self.records[item.job.name] = dict(item.base, status="pending")
+        for job in self.waiting:  # dependencies never done (dry run, --only, failed, deadline): pending or blocked
+            state = "blocked" if any(self.status.get(d) in ("failed", "blocked") for d in job.deps) else "pending"
+            self.records[job.name] = self.not_run(job, state)
+        ordered = [self.records[job.name] for job in self.jobs]
+        counts = {s: sum(1 for r in ordered if r["status"] == s)
+                  for s in ("skipped", "ran", "failed", "blocked", "pending", "excluded")}
+        left = bool(self.queue or self.waiting)
+        return {"jobs": ordered, "counts": counts,
+                "deadline_reached": left and deadline is not None and time.time() >= deadline}
+
+
 def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, dry_run: bool = False,
              python: str = sys.executable, cwd: str | Path = REPO_ROOT, env_key: str | None = None,
              log=print, workers: int = 1, batch: int = 1, deadline: float | None = None) -> dict:
@@ -277,113 +377,32 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
     blocked | pending | excluded), key, folder, seconds; the result's ``deadline_reached`` says whether jobs were
     left for that reason.
     """
-    root = Path(root).resolve()
-    cwd = Path(cwd)
-    env_key = env_key or environment_key(cwd)
+    root, cwd = Path(root).resolve(), Path(cwd)
+    state = _Run(jobs, root, env_key or environment_key(cwd), only, dry_run)
     env = _child_env(workers)
-    outputs: dict[str, Path] = {}
-    records: dict[str, dict] = {}
-    status: dict[str, str] = {}
-    waiting = list(jobs)
-    queue: list[_Ready] = []
     running: dict = {}
-
-    def not_run(job: Job, state: str) -> dict:
-        return {"name": job.name, "stage": job.stage, "status": state, "meta": job.meta,
-                "waiting_for": [d for d in job.deps if d not in outputs]}
-
-    def settle() -> None:
-        """Move every job whose dependencies are settled out of ``waiting``: skipped, queued, or not run."""
-        nonlocal waiting
-        changed = True
-        while changed:
-            changed, still = False, []
-            for job in waiting:
-                if any(status.get(d) in ("failed", "blocked") for d in job.deps):
-                    status[job.name] = "blocked"
-                    records[job.name] = not_run(job, "blocked")
-                elif any(d not in outputs for d in job.deps):
-                    still.append(job)
-                    continue
-                else:
-                    item = _prepare(job, outputs, root, env_key)
-                    record = _done(item.folder, item.key, job.output)
-                    if record is not None:
-                        outputs[job.name] = _output(item.folder, job.output)
-                        status[job.name] = "skipped"
-                        records[job.name] = dict(record, status="skipped", folder=str(item.folder))
-                    elif dry_run or (only is not None and job.stage != only):
-                        status[job.name] = "pending" if dry_run else "excluded"
-                        records[job.name] = dict(item.base, status=status[job.name])
-                    else:
-                        status[job.name] = "queued"
-                        queue.append(item)
-                changed = True
-            waiting = still
-
-    def finish(item: _Ready, rc: int, seconds: float, batched: bool) -> None:
-        job, folder = item.job, item.folder
-        produced = _output(folder, job.output)
-        marker = None
-        if batched:  # the batch process wrote the marker of each job it finished
-            marker = _done(folder, item.key, job.output)
-        elif rc == 0 and produced is not None:
-            marker = dict(item.base, status="done", seconds=seconds, output=str(produced.relative_to(folder)),
-                          finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            atomic_write_text(folder / "job.json", json.dumps(marker, indent=1))  # the marker: written last
-        if marker is None:
-            why = f"exit code {rc}" if rc != 0 else f"no output {job.output!r} (or more than one)"
-            failed = folder / "failed.json"
-            detail = json.loads(failed.read_text()) if failed.exists() else {}
-            logs = [p for p in (folder / "job.log", folder / "evaluate.log") if p.exists()]
-            tail = logs[0].read_text(errors="replace")[-2000:] if logs else ""
-            record = dict(item.base, status="failed", why=detail.get("error") or why, seconds=seconds, log_tail=tail)
-            atomic_write_text(failed, json.dumps(record, indent=1))
-            log(f"[study] FAILED {job.name} ({record['why']}); log: {logs[0] if logs else folder}")
-            status[job.name] = "failed"
-            records[job.name] = record
-            return
-        outputs[job.name] = produced
-        status[job.name] = "ran"
-        records[job.name] = dict(marker, status="ran")
-
-    order = {job.name: i for i, job in enumerate(jobs)}
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
         try:
             while True:
-                settle()
-                queue.sort(key=lambda i: order[i.job.name])
-                open_ = deadline is None or time.time() < deadline
-                while open_ and queue and len(running) < max(1, int(workers)):
-                    first = queue.pop(0)
-                    if batch > 1 and first.job.entry == ["evaluate.py"]:
-                        same = [i for i in queue if _batch_group(i.job) == _batch_group(first.job)]
-                        units = [first] + same[: int(batch) - 1]
-                        for i in units[1:]:
-                            queue.remove(i)
+                state.settle()
+                while state.queue and len(running) < max(1, int(workers)) and (deadline is None
+                                                                               or time.time() < deadline):
+                    units = state.next_units(batch)
+                    if len(units) > 1 or units[0].job.entry == ["evaluate.py"] and batch > 1:
                         running[pool.submit(_run_batch, units, python, cwd, env, log, root)] = units
                     else:
-                        running[pool.submit(_run_one, first, python, cwd, env, log)] = [first]
+                        running[pool.submit(_run_one, units[0], python, cwd, env, log)] = units
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:
                     running.pop(future)
                     for item, rc, seconds, batched in future.result():
-                        finish(item, rc, seconds, batched)
-        except BaseException:  # Ctrl-C, SIGTERM (fnet.study.runner turns it into KeyboardInterrupt), errors
+                        state.finish(item, rc, seconds, batched, log)
+        except BaseException:  # Ctrl-C, SIGTERM (fnet.study.cli turns it into KeyboardInterrupt), errors
             _stop_running(log)
             raise
-    for item in queue:  # ready, but the deadline came first
-        records[item.job.name] = dict(item.base, status="pending")
-    for job in waiting:  # dependencies never done (dry run, --only, failed, deadline): pending or blocked
-        state = "blocked" if any(status.get(d) in ("failed", "blocked") for d in job.deps) else "pending"
-        records[job.name] = not_run(job, state)
-    ordered = [records[job.name] for job in jobs]
-    counts = {s: sum(1 for r in ordered if r["status"] == s)
-              for s in ("skipped", "ran", "failed", "blocked", "pending", "excluded")}
-    return {"jobs": ordered, "counts": counts, "deadline_reached": bool(queue or waiting) and deadline is not None
-            and time.time() >= deadline}
+    return state.result(deadline)
 
 
 def summary_lines(result: dict) -> list[str]:

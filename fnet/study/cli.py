@@ -1,0 +1,165 @@
+"""``python -m fnet.study <preset>``: the whole protocol for one model in one command, resumable.
+
+The command reads a preset (:func:`fnet.study.preset.load_preset`), plans its jobs (:func:`fnet.study.plan.plan`:
+``train.py``, ``analyze.py``, the scale job, ``evaluate.py``), runs them (:func:`fnet.study.scheduler.run_jobs`:
+subprocesses in content-hashed folders, ``--workers N`` at once, evaluate jobs of one task and model in one process
+with ``--batch``), then writes the report (:func:`fnet.study.render.write_report`). ``--compose`` instead writes
+one report from committed study reports (:mod:`fnet.study.compose`).
+
+Resuming: a job's folder is named by a content hash of its entry point, its overrides (with its inputs' paths),
+the content digests of its inputs (checkpoint, networks file), the fnet code and configs, and the offline data
+listing. The folder's ``job.json`` is written last, only after the job's output exists, so a job is done or not:
+a stopped study continues where it stopped, a rerun of a finished study recomputes nothing and says so, and a
+changed setting gives a new hash, hence a new folder (the old one is kept). A failed job is recorded
+(``failed.json``), the jobs that need it are blocked, the rest run, and the command exits non-zero listing them.
+Usage::
+
+    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--batch N] [--hours H] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from filelock import Timeout
+
+from fnet.cache import lock
+from fnet.study.compose import compose_report
+from fnet.study.plan import plan
+from fnet.study.preset import load_preset
+from fnet.study.rekey import adopt_jobs
+from fnet.study.runlog import append_run
+from fnet.study.scheduler import REPO_ROOT, STAGES, environment_key, environment_parts, machine, run_jobs, summary_lines
+
+__all__ = ["main"]
+
+def _compose(preset: dict, items: Sequence[str], out: str | None) -> int:
+    """``--compose``: one report from committed study reports (:func:`fnet.study.compose.compose_report`)."""
+    if not out:
+        print("--compose writes a new report: give it a folder with --report-dir", file=sys.stderr)
+        return 2
+    sources = []
+    for item in items:
+        parts, sep, folder = item.rpartition("=")
+        sources.append((folder, [p for p in parts.split(",") if p] if sep else None))
+    try:
+        paths = compose_report(preset, sources, out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"--compose: {err}", file=sys.stderr)
+        return 2
+    for part, folder in paths["parts"].items():
+        print(f"{part:>20}  from {folder}")
+    print(f"report: {paths['report']}")
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fnet.study", description="Run a study preset, resumably.")
+    parser.add_argument("preset", help="conf/study/<preset>.yaml (smollm2, gpt2, qwen2_5_3b, chatglm3_6b, tiny) "
+                                       "or a YAML path")
+    parser.add_argument("set", nargs="*", help="preset overrides key=value (e.g. seeds=3 'tasks=[sst2]')")
+    parser.add_argument("--dry-run", action="store_true", help="list the jobs and what is done; run nothing")
+    parser.add_argument("--only", choices=STAGES, help="run only this stage's jobs")
+    parser.add_argument("--root", help="study folder (default outputs/study/<name>)")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the jobs done so far; run nothing (works while a run goes on)")
+    parser.add_argument("--report-dir", help="where the report goes (default: the study folder)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="jobs run at once (default 1); without OMP_NUM_THREADS the cores are split among them")
+    parser.add_argument("--adopt", metavar="REASON",
+                        help="first move finished jobs whose key changed only through the environment (see "
+                             "fnet.study.rekey) to their new folders, keeping REASON and the old key; then go on")
+    parser.add_argument("--hours", type=float,
+                        help="start no job after this many hours; running jobs finish, the rest wait for a rerun "
+                             "(a session's or SLURM allocation's budget: leave room for the longest job)")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="evaluate jobs of one task and model run in one process, up to this many (default 32; "
+                             "1 = a process per job, exactly as typed)")
+    parser.add_argument("--compose", action="append", metavar="[TASKS=]FOLDER",
+                        help="write one report for the whole plan from committed study reports (repeat: one per "
+                             "folder, in order of preference), each task whole from one folder that finished it; "
+                             "TASKS (comma-separated, e.g. sst2,sst2-zeroshot) picks them; runs nothing; needs "
+                             "--report-dir (fnet.study.compose)")
+    return parser
+
+
+def _run(args: argparse.Namespace, preset: dict, jobs: list, root: Path) -> dict | int:
+    """Run the jobs under the study folder's lock; the result, or an exit status when the run did not end."""
+    started = time.time()
+    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "workers": args.workers,
+           "dry_run": args.dry_run, "only": args.only, "machine": machine(),
+           "environment": environment_parts()}  # so a later change of key says which part changed
+    env_key = environment_key(parts=run["environment"])  # read and hashed once for adopt and the run
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # kill / scancel: stop like Ctrl-C
+    try:
+        with lock(root / "study", timeout=0):  # two runners on one folder would run the same jobs twice
+            if args.adopt:
+                run["adopted"] = adopt_jobs(jobs, root, reason=args.adopt, env_key=env_key)["adopted"]
+            deadline = None if args.hours is None else started + 3600 * args.hours
+            result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
+                              batch=args.batch, env_key=env_key, deadline=deadline)
+    except Timeout:
+        print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for "
+              "it, pass another --root, or write the report so far with --report-only", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        append_run(root, dict(run, seconds=time.time() - started, interrupted=True))
+        print("interrupted: the running jobs were stopped, every finished job is kept; rerun the same command "
+              "to continue", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    seconds = time.time() - started
+    (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"], "seconds": seconds},
+                                                indent=1, default=str))
+    append_run(root, dict(run, seconds=seconds, counts=result["counts"], hours=args.hours,
+                          deadline_reached=result.get("deadline_reached", False)))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fnet.study PRESET [key=value ...]``: run a study preset, resumably; returns the exit status."""
+    args = _parser().parse_args(argv)
+    preset = load_preset(args.preset, args.set)
+    if args.compose:
+        return _compose(preset, args.compose, args.report_dir)
+    root = Path(args.root or REPO_ROOT / "outputs" / "study" / preset["name"]).resolve()
+    jobs = plan(preset)
+    root.mkdir(parents=True, exist_ok=True)
+    if args.report_only:  # statuses only (a dry run needs no lock), then the report
+        result = run_jobs(jobs, root, dry_run=True)
+    else:
+        result = _run(args, preset, jobs, root)
+        if isinstance(result, int):
+            return result
+    if args.dry_run:
+        for r in result["jobs"]:
+            print(f"{r['status']:>8}  {r['name']}")
+    elif not args.no_report:
+        from fnet.study.render import write_report  # matplotlib behind it; only when a report is written
+
+        paths = write_report(root, preset=preset, records=result["jobs"], out=args.report_dir)
+        print(f"report: {paths['report']}")
+    if args.report_only:
+        print(summary_lines(result)[0].replace("not run", "not done yet"))
+        return 0
+    for line in summary_lines(result):
+        print(line)
+    if result.get("deadline_reached"):
+        print(f"stopped starting jobs after --hours {args.hours:g}: rerun the same command to continue")
+    return 1 if result["counts"]["failed"] or result["counts"]["blocked"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

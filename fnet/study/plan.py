@@ -1,0 +1,220 @@
+"""A study preset as a plan of ordinary jobs: ``train.py``, ``analyze.py``, the scale job and ``evaluate.py``.
+
+:func:`plan` turns a preset (:func:`fnet.study.preset.load_preset`) into :class:`~fnet.study.scheduler.Job` s,
+task by task: a training run per task (fine-tuned path), the networks of each K, a scale job per networks file
+(``-m fnet.pipelines.study_controls``: the neurons' activation scale and massive units, which the
+magnitude-matched and massive-unit masks need), and the evaluations. Every evaluation is one ``evaluate.py``
+command whose mask is a kind of :data:`fnet.intervene.MASKS`: the random controls a preset asks for
+(``controls: [count, magnitude]``) are the registry's controls of a lesion and of a preservation, by their
+condition names, so a new control kind is planned without a line here.
+
+Job names are stable (``evaluate/finetune/sst2/raw/magnitude/net3/seed1``): a committed report lists its finished
+jobs by name, and :mod:`fnet.study.compose` replans a report's settings to check them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fnet.intervene import MaskKind, control_kinds
+from fnet.study.scheduler import STAGES, Job
+
+__all__ = ["plan", "table_of", "lesion_controls", "preserve_controls"]
+
+
+def lesion_controls(p: dict) -> dict[str, MaskKind]:
+    """The preset's random controls of a lesion, by condition name (``count``, ``magnitude``, ...)."""
+    return {name: kind for name, kind in control_kinds("lesion").items() if name in p["controls"]}
+
+
+def preserve_controls(p: dict) -> dict[str, MaskKind]:
+    """The preset's random controls of a preservation (``preserve_count``, ...): those of its lesion controls."""
+    return {name: kind for name, kind in control_kinds("preserve").items()
+            if name.removeprefix("preserve_") in p["controls"]}
+
+
+@dataclass
+class _Task:
+    """One part of the plan: a task on one path, and where its networks come from."""
+
+    task: str
+    path: str            # finetune | zeroshot
+    full: bool           # the task's own path: per-network lesions (lesion_each), preservation, normalised ICA
+    label: str           # the report's part name: "sst2" or "sst2 (zero-shot)"
+    scope: str           # names the networks' jobs: the task, "model" or "<task>-zeroshot"
+    base: list[str]      # overrides every job of the part shares (the checkpoint)
+    deps: list[str]      # ... and the jobs they need (the training run)
+    stimuli: list[str] = field(default_factory=list)
+
+
+class _Planner:
+    """Appends one preset's jobs to ``jobs`` (see :func:`plan`)."""
+
+    def __init__(self, p: dict):
+        self.p = p
+        self.jobs: list[Job] = []
+        self.model = [f"model={p['model']}"]
+        self.K = int(p["n_networks"])
+        self.seeds = range(int(p["seeds"]))
+        self.lesion_controls = lesion_controls(p)
+        self.preserve_controls = preserve_controls(p)
+
+    def over(self, stage: str, task: str) -> list[str]:
+        """The preset's overrides of a stage, then the task's own (task_overrides)."""
+        return list(self.p[stage]) + list((self.p["task_overrides"].get(task) or {}).get(stage) or [])
+
+    def has(self, name: str) -> bool:
+        return any(j.name == name for j in self.jobs)
+
+    # -- the parts -------------------------------------------------------------------------------------------
+    def parts(self) -> list[_Task]:
+        """Each task's fine-tuned (or zero-shot) part, its zero-shot part right after it where the preset asks."""
+        p = self.p
+        zeroshot = p["zeroshot_tasks"] if p["path"] == "finetune" else []
+        todo = []
+        for t in p["tasks"]:
+            todo += [(t, p["path"], True)] + ([(t, "zeroshot", False)] if t in zeroshot else [])
+        todo += [(t, "zeroshot", False) for t in zeroshot if t not in p["tasks"]]
+        out = []
+        for task, path, full in todo:
+            stimuli = ["data=task", f"data.datasets.task.source=task:{task}"] if p["stimuli"] == "task" else []
+            label = task if path == p["path"] else f"{task} (zero-shot)"
+            if path == "finetune":
+                train = f"train/{task}"
+                out.append(_Task(task, path, full, label, task, ["ckpt_path={" + train + "}"], [train], stimuli))
+            else:
+                scope = "model" if not stimuli else f"{task}-zeroshot"
+                out.append(_Task(task, path, full, label, scope, [], [], stimuli))
+        return out
+
+    def train(self, part: _Task) -> None:
+        name = f"train/{part.task}"
+        if part.path == "finetune" and not self.has(name):
+            self.jobs.append(Job(name, "train", ["train.py"], self.model + [f"task={part.task}"]
+                                 + self.over("train", part.task), [], {"task": part.task}, "checkpoints/best-*.ckpt"))
+
+    def networks(self, part: _Task, k: int, variant: str = "raw") -> tuple[str, str]:
+        """The analyze job of K=k (once per scope) and its scale job; returns their names."""
+        a_name, s_name = f"analyze/{part.scope}/K{k}/{variant}", f"controls/{part.scope}/K{k}/{variant}"
+        if self.has(a_name):
+            return a_name, s_name
+        meta = {"scope": part.scope, "K": k, "variant": variant}
+        extra = [self.p["normalised"]] if variant == "normalised" else []
+        a_over = (self.model + part.base + part.stimuli + [f"ica.n_components={k}", "individual=false"] + extra
+                  + self.over("analyze", part.task))
+        self.jobs.append(Job(a_name, "analyze", ["analyze.py"], a_over, list(part.deps), meta,
+                             "networks/all_group.safetensors"))
+        m = self.p["massive"]
+        s_over = (["--networks", "{" + a_name + "}", "--out", "{out}", "--top-k", str(m["top_k"]), "--n-units",
+                   str(m["n_units"]), "--"] + a_over)
+        self.jobs.append(Job(s_name, "controls", ["-m", "fnet.pipelines.study_controls"], s_over,
+                             list(part.deps) + [a_name], meta, "scale.safetensors"))
+        return a_name, s_name
+
+    def evaluate(self, part: _Task, name: str, kind: str, inputs: tuple[str, ...], overrides: list[str],
+                 **meta: Any) -> None:
+        """One evaluate.py job with ``mask=kind``; ``inputs`` are the (analyze, scale) jobs its mask reads."""
+        files = []
+        if inputs:
+            files.append("mask.networks_file={" + inputs[0] + "}")
+        if len(inputs) > 1:
+            m = self.p["massive"]
+            files += ["mask.scale_file={" + inputs[1] + "}", f"mask.bins={self.p['n_bins']}",
+                      f"mask.top_k={m['top_k']}", f"mask.n_units={m['n_units']}"]
+        ev_base = self.model + [f"task={part.task}"] + part.base + self.over("evaluate", part.task)
+        self.jobs.append(Job(f"evaluate/{part.path}/{part.task}/{name}", "evaluate", ["evaluate.py"],
+                             ev_base + [f"mask={kind}"] + overrides + files, part.deps + list(inputs),
+                             {"task": part.label, "path": part.path, "scope": part.scope, **meta}))
+
+    def controls(self, part: _Task, kinds: dict[str, MaskKind], prefix: str, networks: str,
+                 nets: tuple[str, str], **meta: Any) -> None:
+        """Every seed of every random control in ``kinds`` for ``networks``."""
+        for s in self.seeds:
+            for condition, kind in kinds.items():
+                inputs = nets if kind.needs_scale else nets[:1]
+                name = prefix.format(control=condition.removeprefix("preserve_"), seed=s)
+                self.evaluate(part, name, kind.name, inputs, [f"mask.networks={networks}", f"mask.seed={s}"],
+                              condition=condition, seed=s, **meta)
+
+    def lesions(self, part: _Task, variant: str) -> None:
+        """The lesion study of K networks: all lesioned, its controls; for raw networks the massive units spared,
+        and on ``lesion_each`` tasks each network alone (with controls, spared) and each massive unit alone."""
+        nets = self.networks(part, self.K, variant)
+        v = {"variant": variant, "K": self.K}
+        self.evaluate(part, f"{variant}/lesion/all", "lesion", nets[:1], ["mask.networks=all"], condition="lesion",
+                      target="all", **v)
+        self.controls(part, self.lesion_controls, variant + "/{control}/all/seed{seed}", "all", nets,
+                      target="all", **v)
+        if variant != "raw":
+            return  # normalised networks: where they sit and what the all-networks lesion does
+        self.evaluate(part, "raw/spared/all", "spared", nets, ["mask.networks=all"], condition="spared",
+                      target="all", **v)
+        each = range(self.K) if part.full and part.task in self.p["lesion_each"] else []
+        for k in each:
+            self.evaluate(part, f"raw/lesion/net{k}", "lesion", nets[:1], [f"mask.networks={k}"],
+                          condition="lesion", target=f"net{k}", **v)
+            self.evaluate(part, f"raw/spared/net{k}", "spared", nets, [f"mask.networks={k}"], condition="spared",
+                          target=f"net{k}", **v)
+            self.controls(part, self.lesion_controls, f"raw/{{control}}/net{k}/seed{{seed}}", str(k), nets,
+                          target=f"net{k}", **v)
+        if each:
+            for i in range(int(self.p["massive"]["n_units"])):
+                self.evaluate(part, f"raw/unit/{i}", "unit", nets, [f"mask.unit={i}"], condition="unit",
+                              target=f"unit{i}", unit_rank=i, **v)
+
+    def preservation(self, part: _Task, k: int) -> None:
+        """Keep the union of K=k networks, against its random controls."""
+        nets = self.networks(part, k)
+        self.evaluate(part, f"preserve/K{k}/networks", "preserve", nets[:1], ["mask.networks=all"],
+                      condition="preserve", K=k)
+        self.controls(part, self.preserve_controls, f"preserve/K{k}/{{control}}/seed{{seed}}", "all", nets, K=k)
+
+    def part(self, part: _Task) -> None:
+        first = len(self.jobs)
+        self.train(part)
+        self.evaluate(part, "unmasked", "none", (), [], condition="unmasked")
+        for variant in ["raw"] + (["normalised"] if self.p["normalised"] and part.full else []):
+            self.lesions(part, variant)
+        for k in self.p["preserve_K"] if part.full else []:
+            self.preservation(part, int(k))
+        # stage by stage (stable), so each job's dependencies come before it
+        self.jobs[first:] = sorted(self.jobs[first:], key=lambda j: STAGES.index(j.stage))
+
+
+def plan(p: dict) -> list[Job]:
+    """The jobs of a study preset (:func:`fnet.study.preset.load_preset`), task by task (in the preset's order),
+    each task's stage by stage, so every dependency comes before its dependents and a runner finishes the first
+    task first; with ``order: table``, every task's Table-5 jobs come before any Table-4 job, and those before
+    Table 8's.
+
+    Examples
+    --------
+    >>> from fnet.study.preset import load_preset
+    >>> jobs = plan(load_preset("tiny"))
+    >>> [j.name for j in jobs][:3]
+    ['train/sst2', 'analyze/sst2/K3/raw', 'controls/sst2/K3/raw']
+    >>> magnitude = next(j for j in jobs if j.name.endswith("raw/magnitude/all/seed1"))
+    >>> [o for o in magnitude.overrides if o.startswith(("mask=", "mask.seed", "mask.scale"))]
+    ['mask=magnitude', 'mask.seed=1', 'mask.scale_file={controls/sst2/K3/raw}']
+    """
+    planner = _Planner(p)
+    for part in planner.parts():
+        planner.part(part)
+    jobs = planner.jobs
+    if p["order"] == "table":  # stable: dependencies still come first (a table's jobs need only earlier tables')
+        jobs.sort(key=lambda j: table_of(j, planner.K))
+    return jobs
+
+
+def table_of(job: Job, n_networks: int) -> int:
+    """0: training, the lesion study's networks and every all-networks job (Table 5); 1: per-network and
+    single-unit lesions (Table 4); 2: preservation and its networks (Table 8)."""
+    m = job.meta
+    if job.stage in ("analyze", "controls"):
+        return 0 if m.get("K") == n_networks else 2
+    if job.stage == "train":
+        return 0
+    if str(m.get("condition", "")).startswith("preserve"):
+        return 2
+    return 0 if m.get("target", "all") == "all" else 1

@@ -196,3 +196,88 @@ def test_a_stream_gives_every_network_and_kind_its_own_draw():
     assert not torch.equal(draw("random", 0, seed=1).mask, a.mask)
     m0, m1 = draw("magnitude", 0), draw("magnitude", 1)
     assert m0.meta["draw_seed"] not in (m1.meta["draw_seed"], draw("magnitude", 0, stream="x").meta["draw_seed"])
+
+
+def test_tail_bins_separate_a_massive_unit_from_the_top_decile():
+    """Quantile edges fine in the tail: the largest unit of a layer of 1000 sits alone above the 99.9th
+    percentile, so a magnitude-matched draw for it must take a neighbour bin (counted as a fallback), while ten
+    equal-count bins would have matched it with any top-decile unit."""
+    scale = np.arange(1000, dtype=float)[None, :].repeat(2, 0)
+    edges = [0.5, 0.75, 0.9, 0.95, 0.99, 0.999]
+    bins = magnitude_bins(scale, edges)
+    assert bins[0, -1] == 6 and (bins[0, :-1] <= 5).all() and (bins[0] == 5).sum() == 9
+    mask = np.zeros((2, 1000), dtype=bool)
+    mask[:, -1] = True
+    drawn, fallbacks = magnitude_matched_draw(mask, scale, n_bins=edges, seed=0)
+    assert fallbacks == 2 and (np.flatnonzero(drawn[0])[0] >= 990)
+    with pytest.raises(ValueError, match="increase strictly within \\(0, 1\\)"):
+        magnitude_bins(scale, [0.9, 0.5])
+
+
+def test_mean_ablation_leaves_a_constant_channel_unchanged():
+    """A neuron that always outputs the same value: zeroing it changes the model's output, setting it to its
+    mean (over recorded tokens) changes nothing, to the last bit."""
+    import torch
+
+    from fnet.hooks import trace_signal
+    from fnet.intervene import apply_mask, build_mask
+    from fnet.intervene.controls import neuron_moments
+    from fnet.models import load_model
+    from fnet.networks import NetworkSet
+
+    lm = load_model("tiny:gpt2")
+    layer, unit = 1, 5
+    down = lm.model.transformer.h[layer].mlp.c_proj
+    with torch.no_grad():  # mlp_out[unit] = bias[unit], whatever the input: a constant channel
+        down.weight[:, unit] = 0.0
+        down.bias[unit] = 3.0
+    ids = lm.tokenizer(["hello world, a constant channel", "another text"], return_tensors="pt",
+                       padding=True)["input_ids"]
+    acts = []
+    with trace_signal(lm.model, "mlp_out", read=lambda i, h: acts.append((i, h.detach()))):
+        clean = lm.model(ids).logits
+    flat = torch.cat([h.reshape(-1, h.shape[-1]) for _, h in sorted(acts, key=lambda x: x[0])], dim=1)
+    means, _ = neuron_moments([flat.numpy()], lm.n_layers)
+    assert means[layer, unit] == pytest.approx(3.0)
+    masks = torch.zeros(1, lm.n_layers, lm.d_model, dtype=torch.bool)
+    masks[0, layer, unit] = True
+    nets = NetworkSet.from_masks(masks, provenance={"model": lm.name, "model_fingerprint": lm.fingerprint})
+    mean_spec = build_mask("lesion", netset=nets, ablation="mean", means=means)
+    assert mean_spec.mode == "replace" and "mean" in mean_spec.description
+    with apply_mask(lm.model, mean_spec):
+        kept = lm.model(ids).logits
+    with apply_mask(lm.model, build_mask("lesion", netset=nets)):
+        zeroed = lm.model(ids).logits
+    assert torch.allclose(kept, clean, atol=1e-5) and not torch.allclose(zeroed, clean, atol=1e-3)
+    with pytest.raises(ValueError, match="ablation=mean needs the neurons' mean"):
+        build_mask("lesion", netset=nets, ablation="mean")
+    with pytest.raises(ValueError, match="valid: \\['zero', 'mean'\\]"):
+        build_mask("lesion", netset=nets, ablation="median")
+
+
+def test_as_published_masks_every_layer_with_the_last_layers_row():
+    import torch
+
+    from fnet.intervene import build_mask
+    from fnet.networks import NetworkSet
+
+    masks = torch.zeros(1, 3, 6, dtype=torch.bool)
+    masks[0, 0, 0] = masks[0, 2, [4, 5]] = True
+    nets = NetworkSet.from_masks(masks)
+    spec = build_mask("preserve", netset=nets, as_published=True)
+    expected = ~torch.tensor([False, False, False, False, True, True])
+    assert all(torch.equal(spec.mask[layer], expected) for layer in range(3))
+    assert spec.stats["per_layer"] == [4, 4, 4] and "10d96da" in spec.description and spec.meta["as_published"]
+
+
+def test_massive_included_control_keeps_the_networks_massive_units_and_matches_the_rest():
+    from fnet.intervene import build_mask
+
+    nets, scale = _planted_networks()
+    spec = build_mask("massive_included", netset=nets, networks=1, seed=0, scale=scale, top_k=1, n_units=1)
+    mask, own = spec.mask.numpy(), nets.masks[1].numpy()
+    assert spec.meta["units"] == [7] and (mask[:, 7] == own[:, 7]).all()  # the network's own massive unit
+    assert (mask.sum(axis=1) == own.sum(axis=1)).all()  # counts per layer kept
+    rest = mask.copy()
+    rest[:, 7] = False
+    assert not (rest & own).any()  # the rest is drawn outside the network

@@ -4,7 +4,8 @@ A mask is a bool tensor ``mask  # [layer, unit]`` over one recording signal (``m
 layer's down projection; ``mlp_act``: its input). ``True`` marks a neuron to act on; while active, those
 positions of the signal are replaced in every forward pass (also every step of ``model.generate``):
 ``mode="zero"`` sets them to 0 (lesion / preservation), ``"amplify"`` adds ``value``, ``"scale"`` multiplies
-by it. Edits go through the one hook primitive :func:`fnet.hooks.trace_signal` and see ``[batch, seq, width]``
+by it, ``"replace"`` sets each to its own value of ``values  # [layer, unit]`` (mean ablation: the neuron's mean
+over recorded tokens). Edits go through the one hook primitive :func:`fnet.hooks.trace_signal` and see ``[batch, seq, width]``
 in every layout, so nothing here depends on the architecture.
 
 Each layer's edit is a :class:`_LayerMaskHook` object that owns **its own row** of the mask, looked up by the layer
@@ -34,7 +35,7 @@ __all__ = ["APPLY_MODES", "MaskSpec", "mask_stats", "apply_mask", "expected_mask
 
 
 #: How a mask acts on its positions (``apply_mask(mode=...)``).
-APPLY_MODES = ("zero", "amplify", "scale")
+APPLY_MODES = ("zero", "amplify", "scale", "replace")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -77,6 +78,8 @@ class MaskSpec:
         the :func:`build_mask` mode that made it (``lesion``, ``preserve``, ``random``, ...).
     meta
         JSON-able provenance: network indices, seed, matched reference counts, ...
+    values
+        ``[layer, unit]`` float: what ``mode="replace"`` sets each masked neuron to (e.g. its mean activation).
     """
 
     mask: torch.Tensor
@@ -87,12 +90,14 @@ class MaskSpec:
     stats: dict[str, Any] = field(default_factory=dict)
     kind: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    values: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.mask = check_bool_mask(self.mask)
         check_signal(self.signal)
         _check_apply_mode(self.mode)
         self.value = float(self.value)
+        self.values = _check_values(self.values, self.mode, self.mask.shape)
         if not self.stats:
             self.stats = mask_stats(self.mask)
 
@@ -124,6 +129,22 @@ class MaskSpec:
             "fraction": self.fraction,
             "per_layer": list(self.stats["per_layer"]),
         }
+
+
+def _check_values(values: Any, mode: str, shape: tuple) -> torch.Tensor | None:
+    """The per-neuron values of ``mode="replace"`` as a float32 CPU tensor of the mask's shape (None otherwise)."""
+    if mode != "replace":
+        if values is not None:
+            raise ValueError(f"values are only used by mode='replace', not {mode!r}")
+        return None
+    if values is None:
+        raise ValueError("mode='replace' needs values [n_layers, width]: what each masked neuron is set to")
+    values = torch.as_tensor(np.asarray(values, dtype=np.float32))
+    if tuple(values.shape) != tuple(shape):
+        raise ValueError(f"values have shape {list(values.shape)}, expected the mask's {list(shape)}")
+    if not torch.isfinite(values).all():
+        raise ValueError("values must be finite")
+    return values
 
 
 def _check_apply_mode(mode: str) -> str:
@@ -159,11 +180,13 @@ class _LayerMaskHook:
     new (device, dtype) and reused afterwards: the hot path is one comparison and one elementwise op.
     """
 
-    def __init__(self, layer: int, row: torch.Tensor, mode: str, value: float):
+    def __init__(self, layer: int, row: torch.Tensor, mode: str, value: float, values: torch.Tensor | None = None):
         self.layer = layer  # kept for debugging / repr
         self.row = row  # [unit] bool, CPU copy
         self.mode = mode
         self.value = value
+        self.values = values  # [unit] float (mode="replace"), CPU copy
+        self._row_on: torch.Tensor | None = None  # the row on the signal's device (mode="replace")
         self._key: tuple[torch.device, torch.dtype] | None = None
         self._operand: torch.Tensor | None = None  # [unit] on the signal's device
 
@@ -177,6 +200,8 @@ class _LayerMaskHook:
                 operand = self.row.to(device)
             elif self.mode == "amplify":  # value where masked, 0 elsewhere: x + 0 == x exactly
                 operand = torch.where(self.row, self.value, 0.0).to(device=device, dtype=dtype)
+            elif self.mode == "replace":  # the values; the bool row says where they replace the signal
+                operand = self.values.to(device=device, dtype=dtype)
             else:  # scale: value where masked, 1 elsewhere: x * 1 == x exactly
                 operand = torch.where(self.row, self.value, 1.0).to(device=device, dtype=dtype)
             self._operand, self._key = operand, key
@@ -190,7 +215,14 @@ class _LayerMaskHook:
             return hidden.masked_fill(operand, 0.0)
         if self.mode == "amplify":
             return hidden + operand
+        if self.mode == "replace":
+            return torch.where(self._where(hidden.device), operand, hidden)
         return hidden * operand
+
+    def _where(self, device: torch.device) -> torch.Tensor:
+        if self._row_on is None or self._row_on.device != device:
+            self._row_on = self.row.to(device)
+        return self._row_on
 
 
 def expected_mask_shape(model: nn.Module, signal: str = "mlp_out", spec: ArchSpec | None = None) -> tuple[int, int]:
@@ -227,7 +259,8 @@ def apply_mask(
         ``mlp_out`` (default; forward hook on each MLP) or ``mlp_act`` (forward pre-hook on each down
         projection).
     mode
-        ``zero`` (default), ``amplify`` (add ``value``) or ``scale`` (multiply by ``value``).
+        ``zero`` (default), ``amplify`` (add ``value``), ``scale`` (multiply by ``value``) or ``replace`` (set
+        to the MaskSpec's ``values``).
     value
         for ``amplify`` / ``scale``.
     spec
@@ -270,10 +303,12 @@ def apply_mask(
     if mask is None:
         yield []
         return
+    values = None
     if isinstance(mask, MaskSpec):
         signal = signal or mask.signal
         mode = mode or mask.mode
         value = mask.value if value is None else value
+        values = mask.values
         mask = mask.mask
     signal = check_signal(signal or "mlp_out")
     mode = _check_apply_mode(mode or "zero")
@@ -301,7 +336,10 @@ def apply_mask(
 
     mask = mask.detach().to("cpu")
     # one object per layer owns its row; layers whose row is all False get no hook (and no per-call cost)
-    by_layer = {layer: _LayerMaskHook(layer, mask[layer].clone(), mode, value)
+    if mode == "replace" and values is None:
+        raise ValueError("mode='replace' needs a MaskSpec with values [n_layers, width]")
+    by_layer = {layer: _LayerMaskHook(layer, mask[layer].clone(), mode, value,
+                                      None if values is None else values[layer].clone())
                 for layer in range(n_layers) if bool(mask[layer].any())}
     if not by_layer:
         yield []

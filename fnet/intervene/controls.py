@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from fnet.cache import atomic_path
 
-__all__ = ["neuron_scale", "save_scale", "load_scale", "magnitude_bins", "magnitude_matched_draw",
+__all__ = ["neuron_moments", "neuron_scale", "save_scale", "load_scale", "magnitude_bins", "magnitude_matched_draw",
            "magnitude_matched_mask", "top_units", "recurring_units", "massive_units", "spare", "unit_masks"]
 
 #: the ``format`` metadata of a saved neuron scale
@@ -61,8 +61,8 @@ def _as_scale(scale: Any) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 # Scale
 # --------------------------------------------------------------------------------------------------------------
-def neuron_scale(arrays: Sequence[Any], n_layers: int, *, chunk_rows: int = 4096) -> np.ndarray:
-    """Root mean square of every neuron over all recorded tokens.
+def neuron_moments(arrays: Sequence[Any], n_layers: int, *, chunk_rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and root mean square of every neuron over all recorded tokens.
 
     Parameters
     ----------
@@ -76,14 +76,16 @@ def neuron_scale(arrays: Sequence[Any], n_layers: int, *, chunk_rows: int = 4096
 
     Returns
     -------
-    numpy.ndarray
-        ``scale  # [n_layers, width] float64``, sqrt(sum x^2 / tokens), accumulated in float64.
+    (numpy.ndarray, numpy.ndarray)
+        ``mean  # [n_layers, width] float64`` (what mean ablation sets a neuron to) and ``scale  # [n_layers,
+        width] float64``, sqrt(sum x^2 / tokens) (what magnitude-matched controls match), accumulated in float64.
     """
     if not len(arrays):
         raise ValueError("neuron_scale needs at least one activation array")
     n_neurons = int(arrays[0].shape[1])
     if n_neurons % n_layers:
         raise ValueError(f"{n_neurons} neurons per token do not split into n_layers={n_layers} equal layers")
+    total = np.zeros(n_neurons, dtype=np.float64)  # [layers*width]
     sum_sq = np.zeros(n_neurons, dtype=np.float64)  # [layers*width]
     n_tokens = 0
     for i, acts in enumerate(arrays):  # acts  # [tokens, layers*width]
@@ -91,16 +93,24 @@ def neuron_scale(arrays: Sequence[Any], n_layers: int, *, chunk_rows: int = 4096
             raise ValueError(f"array {i} has shape {tuple(acts.shape)}; expected [tokens, {n_neurons}]")
         for start in range(0, acts.shape[0], chunk_rows):
             block = np.asarray(acts[start:start + chunk_rows], dtype=np.float64)  # [chunk, layers*width]
+            total += block.sum(axis=0)
             sum_sq += np.einsum("tn,tn->n", block, block)
         n_tokens += int(acts.shape[0])
     if n_tokens == 0:
         raise ValueError("the activation arrays hold no tokens")
-    return np.sqrt(sum_sq / n_tokens).reshape(n_layers, n_neurons // n_layers)
+    shape = (n_layers, n_neurons // n_layers)
+    return (total / n_tokens).reshape(shape), np.sqrt(sum_sq / n_tokens).reshape(shape)
 
 
-def save_scale(path: str | Path, scale: Any, provenance: dict) -> Path:
-    """Write ``scale  # [layer, unit]`` as one safetensors file with its ``provenance`` (the model's fingerprint,
-    signal and the texts it was measured on), atomically; :func:`load_scale` reads it back.
+def neuron_scale(arrays: Sequence[Any], n_layers: int, *, chunk_rows: int = 4096) -> np.ndarray:
+    """``scale  # [n_layers, width]``: the root mean square of every neuron (:func:`neuron_moments`)."""
+    return neuron_moments(arrays, n_layers, chunk_rows=chunk_rows)[1]
+
+
+def save_scale(path: str | Path, scale: Any, provenance: dict, mean: Any = None) -> Path:
+    """Write ``scale  # [layer, unit]`` (and the neurons' ``mean``, for mean ablation) as one safetensors file with
+    its ``provenance`` (the model's fingerprint, signal and the texts it was measured on), atomically;
+    :func:`load_scale` reads it back.
 
     Examples
     --------
@@ -110,17 +120,21 @@ def save_scale(path: str | Path, scale: Any, provenance: dict) -> Path:
     >>> scale.shape, prov["model"]
     ((2, 3), 'm')
     """
-    scale = _as_scale(scale)
+    tensors = {"scale": torch.from_numpy(_as_scale(scale))}
+    if mean is not None:
+        tensors["mean"] = torch.from_numpy(_as_scale(mean))
+        if tensors["mean"].shape != tensors["scale"].shape:
+            raise ValueError(f"mean {list(tensors['mean'].shape)} and scale {list(tensors['scale'].shape)} differ")
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file({"scale": torch.from_numpy(scale)}, str(tmp),
+        save_file(tensors, str(tmp),
                   metadata={"format": SCALE_FORMAT, "provenance": json.dumps(provenance, sort_keys=True, default=str)})
     return path
 
 
 def load_scale(path: str | Path) -> tuple[np.ndarray, dict]:
     """``(scale  # [layer, unit] float64, provenance)`` of a file written by :func:`save_scale`; another file is a
-    ``ValueError`` naming it."""
+    ``ValueError`` naming it. The neurons' mean, when the file has it, is ``provenance["mean"]`` (an array)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"neuron scale file not found: {path}")
@@ -128,42 +142,60 @@ def load_scale(path: str | Path) -> tuple[np.ndarray, dict]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             scale = handle.get_tensor("scale").numpy() if "scale" in handle.keys() else None
+            mean = handle.get_tensor("mean").numpy() if "mean" in handle.keys() else None
     except Exception as err:  # safetensors raises its own SafetensorError (not importable stably)
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
     if metadata.get("format") != SCALE_FORMAT or scale is None:
         raise ValueError(f"{path}: not an fnet neuron scale file (format {metadata.get('format')!r}; "
                          "write one with fnet.intervene.controls.save_scale)")
-    return _as_scale(scale), json.loads(metadata.get("provenance") or "{}")
+    provenance = json.loads(metadata.get("provenance") or "{}")
+    if mean is not None:
+        provenance["mean"] = _as_scale(mean)
+    return _as_scale(scale), provenance
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Magnitude-matched control
 # --------------------------------------------------------------------------------------------------------------
-def magnitude_bins(scale: Any, n_bins: int = 10) -> np.ndarray:
+def magnitude_bins(scale: Any, n_bins: int | Sequence[float] = 10) -> np.ndarray:
     """Per-layer quantile bin of every neuron's scale.
 
-    Bins are by rank within the layer (equal-count bins; ties broken by unit index), so bin ``b`` of layer ``l``
-    holds the units whose scale lies between that layer's ``b/n_bins`` and ``(b+1)/n_bins`` quantiles.
+    Bins are by rank within the layer (ties broken by unit index). ``n_bins`` an int: equal-count bins, so bin
+    ``b`` of layer ``l`` holds the units between that layer's ``b/n_bins`` and ``(b+1)/n_bins`` quantiles. A
+    sequence of quantile edges in (0, 1) (e.g. ``[0.5, 0.75, 0.9, 0.95, 0.99, 0.999]``): bins between them, fine in
+    the tail, so a massive unit is matched only by the few units as extreme as it in its layer.
 
     Returns
     -------
     numpy.ndarray
-        ``bins  # [layer, unit] int64`` in ``0 .. n_bins-1`` (0 = smallest scale).
+        ``bins  # [layer, unit] int64`` (0 = smallest scale).
+
+    Examples
+    --------
+    >>> magnitude_bins(np.arange(10.0)[None, :], 5).tolist()
+    [[0, 0, 1, 1, 2, 2, 3, 3, 4, 4]]
+    >>> magnitude_bins(np.arange(10.0)[None, :], [0.5, 0.9]).tolist()  # below the median, to the 90th, the top 10 %
+    [[0, 0, 0, 0, 0, 1, 1, 1, 1, 2]]
     """
     scale = _as_scale(scale)
     n_layers, width = scale.shape
-    if not 1 <= n_bins <= width:
-        raise ValueError(f"n_bins must be between 1 and the layer width {width}, got {n_bins}")
     order = np.argsort(scale, axis=1, kind="stable")  # [layer, unit]: units by ascending scale
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(width)[None, :].repeat(n_layers, 0), axis=1)
-    return (ranks * n_bins) // width
+    if np.ndim(n_bins) == 0:
+        if not 1 <= int(n_bins) <= width:
+            raise ValueError(f"n_bins must be between 1 and the layer width {width}, got {n_bins}")
+        return (ranks * int(n_bins)) // width
+    edges = np.asarray(n_bins, dtype=np.float64)
+    if edges.ndim != 1 or not len(edges) or (np.diff(edges) <= 0).any() or edges[0] <= 0 or edges[-1] >= 1:
+        raise ValueError(f"quantile edges must increase strictly within (0, 1), got {list(n_bins)}")
+    return np.searchsorted(edges, (ranks + 0.5) / width, side="right").astype(np.int64)
 
 
 DISJOINT = ("require", "prefer", "no")
 
 
-def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int = 0,
+def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int | Sequence[float] = 10, seed: int = 0,
                            exclude: Any = None, disjoint: str = "require") -> tuple[np.ndarray, int]:
     """A random mask with ``mask``'s per-layer counts and its per-layer magnitude profile.
 
@@ -183,8 +215,8 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int
         The reference (e.g. a network, or the union of networks).
     scale : array ``[layer, unit]``
         Neuron scale (:func:`neuron_scale`).
-    n_bins : int
-        Quantile bins per layer.
+    n_bins : int or sequence of float
+        Quantile bins per layer, or their quantile edges (:func:`magnitude_bins`).
     seed : int
         Seed of the draw (same seed, same inputs -> same mask).
     exclude : bool array ``[layer, unit]``, optional
@@ -210,6 +242,7 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int
             raise ValueError(f"exclude shape {excluded.shape} differs from mask shape {mask.shape}")
     blocked = excluded if disjoint == "no" else mask | excluded
     bins = magnitude_bins(scale, n_bins)  # [layer, unit]
+    count = int(n_bins) if np.ndim(n_bins) == 0 else len(n_bins) + 1  # bins per layer
     rng = np.random.default_rng(seed)
     drawn = np.zeros_like(mask)
     fallbacks = 0
@@ -218,7 +251,7 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int
         layer_blocked = blocked[layer]
         if disjoint == "prefer" and len(wanted) > int((~layer_blocked).sum()):
             layer_blocked = excluded[layer]  # the reference fills this layer: draw among all its neurons
-        free = [list(rng.permutation(np.flatnonzero((bins[layer] == b) & ~layer_blocked))) for b in range(n_bins)]
+        free = [list(rng.permutation(np.flatnonzero((bins[layer] == b) & ~layer_blocked))) for b in range(count)]
         n_free = sum(len(f) for f in free)
         if len(wanted) > n_free:
             raise ValueError(f"layer {layer}: {len(wanted)} neurons to match but only {n_free} neurons outside the "
@@ -226,8 +259,8 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int = 10, seed: int
                              "layer from all its neurons)")
         for unit in rng.permutation(wanted):
             home = int(bins[layer, unit])
-            for distance in range(n_bins):
-                candidates = [b for b in (home - distance, home + distance) if 0 <= b < n_bins and free[b]]
+            for distance in range(count):
+                candidates = [b for b in (home - distance, home + distance) if 0 <= b < count and free[b]]
                 if candidates:
                     break
             chosen = candidates[0]

@@ -34,7 +34,11 @@ from fnet.intervene.masks import amplify_mask, lesion_mask, preserve_mask, rando
 from fnet.models import check_signal
 from fnet.networks import NetworkSet
 
-__all__ = ["MaskKind", "MaskRequest", "MASKS", "MASK_MODES", "register", "build_mask", "draw_seed", "control_kinds"]
+__all__ = ["MaskKind", "MaskRequest", "MASKS", "MASK_MODES", "ABLATIONS", "register", "build_mask", "draw_seed",
+           "control_kinds"]
+
+#: what a lesion (or a preservation's complement) sets its neurons to
+ABLATIONS = ("zero", "mean")
 
 
 @dataclass
@@ -52,7 +56,10 @@ class MaskRequest:
     n_layers: int | None = None
     width: int | None = None
     scale: Any = None          # scale  # [layer, unit]: each neuron's RMS activation (magnitude-matched kinds)
-    bins: int = 10             # quantile bins per layer of the magnitude-matched draws
+    bins: Any = 10             # quantile bins per layer of the magnitude-matched draws, or their quantile edges
+    ablation: str = "zero"     # zero | mean: what a lesion sets its neurons to (mean: ``means``)
+    means: Any = None          # means  # [layer, unit]: each neuron's mean activation (ablation=mean)
+    as_published: bool = False  # every layer masked with the last layer's row (the published 10d96da bug)
     top_k: int = 4             # top-magnitude units per layer that are massive candidates
     n_units: int = 4           # massive units (the candidates most frequent across networks)
     unit: int = 0              # rank of the massive unit a single-unit lesion removes
@@ -211,12 +218,17 @@ def _magnitude_draw(r: MaskRequest, kind: str, default: Any) -> tuple[MaskSpec, 
     reference = r.union(default, kind)
     scale = _need_scale(kind, r)
     seed = draw_seed(r, kind, reference)
-    drawn, fallbacks = magnitude_matched_draw(reference.mask.numpy(), scale, n_bins=int(r.bins), seed=seed,
+    drawn, fallbacks = magnitude_matched_draw(reference.mask.numpy(), scale, n_bins=_bins(r.bins), seed=seed,
                                               disjoint="prefer")
     overlap = np.flatnonzero((drawn & reference.mask.numpy()).any(axis=1)).tolist()
     meta = {"seed": int(r.seed), "draw_seed": seed, "stream": r.stream, "networks": reference.meta["networks"],
-            "bins": int(r.bins), "fallbacks": int(fallbacks), "overlap_layers": overlap}
+            "bins": _bins(r.bins), "fallbacks": int(fallbacks), "overlap_layers": overlap}
     return reference, torch.from_numpy(drawn), meta
+
+
+def _bins(bins: Any) -> int | list[float]:
+    """An int of equal-count bins, or a list of quantile edges (``conf/mask``'s ``bins``)."""
+    return int(bins) if np.ndim(bins) == 0 else [float(b) for b in bins]
 
 
 def _magnitude(r: MaskRequest) -> MaskSpec:
@@ -259,6 +271,26 @@ def _unit(r: MaskRequest) -> MaskSpec:
                     meta={"unit_rank": rank, "unit": unit, "units": units})
 
 
+def _massive_included(r: MaskRequest) -> MaskSpec:
+    """The networks' own massive units, plus random units matched in count and magnitude for the rest: does a
+    lesion hurt more than its massive units and a magnitude-matched remainder do?"""
+    reference = r.union(0, "massive_included")
+    units = _massive(r, "massive_included")
+    own = reference.mask.clone()
+    own[:, [u for u in range(own.shape[1]) if u not in units]] = False  # [layer, unit]: the massive units kept
+    remainder = reference.mask & ~own
+    seed = draw_seed(r, "massive_included", reference)
+    drawn, fallbacks = magnitude_matched_draw(remainder.numpy(), _need_scale("massive_included", r),
+                                              n_bins=_bins(r.bins), seed=seed, disjoint="prefer", exclude=own.numpy())
+    mask = own | torch.from_numpy(drawn)
+    return MaskSpec(mask=mask, signal=reference.signal, mode="zero", kind="massive_included",
+                    description=f"massive units {units} of {reference.description} plus a magnitude-matched draw "
+                                f"for its other {int(remainder.sum())} neurons (seed {r.seed})",
+                    meta={"networks": reference.meta["networks"], "units": units, "seed": int(r.seed),
+                          "draw_seed": seed, "stream": r.stream, "n_massive": int(own.sum()),
+                          "fallbacks": int(fallbacks)})
+
+
 _K = "{k}"
 for _kind in (
     MaskKind("none", lambda r: None, "unmasked", "none", 0, needs_networks=False, condition="unmasked",
@@ -272,6 +304,9 @@ for _kind in (
              needs_scale=True),
     MaskKind("unit", _unit, "single massive unit", "lesion massive unit #{unit}" + _K, 26, needs_scale=True,
              per_network=False),
+    MaskKind("massive_included", _massive_included, "massive-included control",
+             "massive units of network {networks} + magnitude-matched rest" + _K, 22, seeded=True, needs_scale=True,
+             controls="lesion"),
     MaskKind("random_fraction", _random_fraction, "random fraction", "random {fraction:.0%} per layer", 30,
              needs_networks=False, seeded=True, per_network=False),
     MaskKind("preserve", _preserve, "preservation", "preserve K={K}{subset}", 40),
@@ -354,11 +389,45 @@ def build_mask(
     request = MaskRequest(netset=netset, signal=signal, **settings)
     request.seed, request.value = int(request.seed), float(request.value)
     request.exclude_reference = bool(request.exclude_reference)
+    if request.ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {request.ablation!r}; valid: {list(ABLATIONS)}")
     spec = MASKS[mode].build(request)
-    if spec is not None:
-        spec.signal = signal  # a netset without a recorded signal takes the requested one
-        spec.kind = mode
-        if networks_file:
-            spec.meta["networks_file"] = str(networks_file)
+    if spec is None:
+        return None
+    spec.signal = signal  # a netset without a recorded signal takes the requested one
+    spec.kind = mode
+    if networks_file:
+        spec.meta["networks_file"] = str(networks_file)
+    if request.as_published:
+        _as_published(spec)
+    if request.ablation == "mean":
+        _mean_ablation(spec, request.means, mode)
     return spec
+
+
+def _as_published(spec: MaskSpec) -> None:
+    """Every layer masked with the last layer's row: what the published hook loop did up to its commit 10d96da
+    (a late-binding closure), kept only to compare with the paper's Table 8 like with like."""
+    spec.mask = spec.mask[-1:].expand_as(spec.mask).clone()
+    spec.stats = {}
+    spec.__post_init__()
+    spec.description += " [as published: every layer masked with the LAST layer's row, the 10d96da bug]"
+    spec.meta["as_published"] = True
+
+
+def _mean_ablation(spec: MaskSpec, means: Any, mode: str) -> None:
+    """Set the masked neurons to their mean activation instead of zero (Sun et al. 2024: zeroing a massive channel
+    removes its constant offset; setting it to its mean does not)."""
+    if spec.mode != "zero":
+        raise ValueError(f"ablation=mean replaces zeroing; mask mode {mode!r} does not zero its neurons")
+    if means is None:
+        raise ValueError("ablation=mean needs the neurons' mean activations [n_layers, width]: pass means=... "
+                         "(fnet.intervene.controls.neuron_moments) or mask.scale_file=<a scale file with a mean>")
+    means = np.asarray(means, dtype=np.float32)
+    if means.shape != tuple(spec.mask.shape):
+        raise ValueError(f"means have shape {list(means.shape)}, expected the mask's {list(spec.mask.shape)}")
+    spec.mode, spec.values = "replace", torch.from_numpy(means)
+    spec.__post_init__()
+    spec.description += " (set to their mean activation)"
+    spec.meta["ablation"] = "mean"
 

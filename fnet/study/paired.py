@@ -91,13 +91,15 @@ def metric_from_counts(metric: str, outcomes: dict, weights: np.ndarray) -> np.n
 
 
 def paired_difference(a: Sequence[dict], b: Sequence[dict], metric: str, *, n_boot: int = 2000,
-                      seed: int = 0) -> dict | None:
+                      seed: int = 0, keep_replicates: bool = False) -> dict | None:
     """``mean(a) - mean(b)`` over the same rows, with a 95 % percentile CI.
 
     ``a`` and ``b`` are lists of :func:`load_outcomes` results: one job (a network lesion, the unmasked model) or
     the seeds of a random control. Rows are matched by index (only rows every job scored) and resampled with one
     resample for all jobs; a side with several jobs also has its jobs resampled per replicate. Returns
-    ``{"diff", "ci_low", "ci_high", "n", "n_a", "n_b"}``, or None when there is nothing to compare.
+    ``{"diff", "ci_low", "ci_high", "n", "n_a", "n_b"}`` (and ``replicates``, the ``[n_boot]`` bootstrap
+    differences, with ``keep_replicates``: :class:`fnet.study.stats.RunEffect` pools them over training runs), or
+    None when there is nothing to compare.
 
     Examples
     --------
@@ -137,4 +139,7 @@ def paired_difference(a: Sequence[dict], b: Sequence[dict], metric: str, *, n_bo
     if not math.isfinite(diff):
         return None
     lo, hi = np.percentile(a_boot - b_boot, [2.5, 97.5])
-    return {"diff": diff, "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_a": len(a), "n_b": len(b)}
+    out = {"diff": diff, "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_a": len(a), "n_b": len(b)}
+    if keep_replicates:
+        out["replicates"] = a_boot - b_boot
+    return out

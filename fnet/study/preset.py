@@ -31,6 +31,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fnet.intervene import control_kinds
 from fnet.pipelines.config.validate import ConfigError, config_error, schema_problems, unknown_key
 
 __all__ = ["CONTROL_KINDS", "ORDERS", "OVERRIDE_STAGES", "PATHS", "PRESET_KEYS", "STIMULI", "Massive", "StudyPreset",
@@ -39,7 +40,8 @@ __all__ = ["CONTROL_KINDS", "ORDERS", "OVERRIDE_STAGES", "PATHS", "PRESET_KEYS",
 PATHS = ("finetune", "zeroshot")
 STIMULI = ("genre", "task")
 ORDERS = ("task", "table")
-CONTROL_KINDS = ("count", "magnitude")
+#: the random controls of a lesion a preset may ask for (the registry's, by the study's condition names)
+CONTROL_KINDS = tuple(control_kinds("lesion"))
 #: the stages a preset's ``train`` / ``analyze`` / ``evaluate`` lists (and ``task_overrides``) reach
 OVERRIDE_STAGES = ("train", "analyze", "evaluate")
 #: choices: every task of conf/task (a typo fails here, not in the first train job)

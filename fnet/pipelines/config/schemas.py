@@ -142,10 +142,12 @@ class MaskConfig:
     exclude_reference: bool = req()
     networks_file: Optional[str] = req()
     scale_file: Optional[str] = req()
-    bins: int = req(gt=0)
+    bins: Any = req()  # int > 0, or quantile edges in (0, 1) (fnet.intervene.controls.magnitude_bins)
     top_k: int = req(gt=0)
     n_units: int = req(gt=0)
     unit: int = req(ge=0)
+    ablation: str = req(choices="fnet.intervene.registry:ABLATIONS")
+    as_published: bool = req()
     # apply a NetworkSet made for another model (off unless a mask file says so)
     allow_foreign: bool = False
 

@@ -106,20 +106,21 @@ def test_split_rows_disjoint_deterministic_and_grouped():
         split_rows(rows, (0.5, 0.1, 0.1))
 
 
-def test_offline_sst2_split_is_disjoint_and_says_so(caplog):
-    parts, info = fine_tuning_splits("sst2", seed=0)
-    again, _ = fine_tuning_splits("sst2", seed=0)
+def test_offline_qnli_split_is_disjoint_and_says_so(caplog):
+    """QNLI has only its dev file offline: it is split with a seed, and the parts are disjoint."""
+    parts, info = fine_tuning_splits("qnli", seed=0)
+    again, _ = fine_tuning_splits("qnli", seed=0)
     assert [r["index"] for r in parts["test"]] == [r["index"] for r in again["test"]]
     idx = {name: {r["index"] for r in part} for name, part in parts.items()}
     assert not idx["train"] & idx["test"] and not idx["train"] & idx["validation"] and not idx["validation"] & idx["test"]
-    assert sum(len(v) for v in idx.values()) == 872
-    texts_train = {r["text_a"] for r in parts["train"]}
-    assert not any(r["text_a"] in texts_train for r in parts["test"])
-    assert info["source"] == "local" and "offline" in info["rule"] and "seed 0" in info["rule"]
-    assert abs(len(parts["test"]) / 872 - 0.2) < 0.02
+    assert sum(len(v) for v in idx.values()) == 5463
+    texts_train = {(r["text_a"], r["text_b"]) for r in parts["train"]}
+    assert not any((r["text_a"], r["text_b"]) in texts_train for r in parts["test"])
+    assert info["source"] == "local" and "no training split exists" in info["rule"] and "seed 0" in info["rule"]
+    assert abs(len(parts["test"]) / 5463 - 0.2) < 0.02
 
     load = load_model("tiny:gpt2")
-    dm = TaskDataModule("sst2", tokenizer=load.tokenizer, max_train_rows=40, max_eval_rows=20, max_length=32)
+    dm = TaskDataModule("qnli", tokenizer=load.tokenizer, max_train_rows=40, max_eval_rows=20, max_length=32)
     with caplog.at_level(logging.WARNING):
         dm.setup()
     assert "offline" in caplog.text and "split" in caplog.text
@@ -128,6 +129,18 @@ def test_offline_sst2_split_is_disjoint_and_says_so(caplog):
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[1] <= 32 and batch["labels"].shape == (16,)
 
+
+
+@pytest.mark.parametrize("task, n_train_file, n_dev", [("sst2", 67349, 872), ("cola", 8551, 1043), ("mrpc", 3668, 408)])
+def test_glue_tasks_with_a_train_file_train_on_it_and_test_on_the_whole_dev_file(task, n_train_file, n_dev):
+    """SST-2, CoLA and MRPC: train and validation come from the official train.tsv (seeded), the test split is
+    the whole dev.tsv, as GLUE papers do, and the rule says so."""
+    parts, info = fine_tuning_splits(task, seed=0)
+    assert len(parts["test"]) == n_dev and len(parts["train"]) + len(parts["validation"]) == n_train_file
+    assert "train.tsv" in info["path"] and "dev.tsv" in info["test_path"] and f"({n_dev} rows)" in info["rule"]
+    dev = {(r["text_a"], r.get("text_b")) for r in parts["test"]}
+    leaked = sum((r["text_a"], r.get("text_b")) in dev for r in parts["train"])
+    assert leaked <= 18  # CoLA's release repeats 18 dev sentences in train; SST-2 and MRPC share none
 
 def test_pair_task_and_prompt_inputs():
     load = load_model("tiny:gpt2")

@@ -141,14 +141,19 @@ def test_wikitext_rows_are_verbatim(shared_data):
 
 
 def test_offline_split_is_seeded_and_disjoint(shared_data):
-    validation = load_task_rows("sst2", "validation", shared_data)
-    train = load_task_rows("sst2", "train", shared_data)
-    everything = load_task_rows("sst2", "all", shared_data)
-    assert len(train) == 128 and len(validation) == 872 - 128
-    texts_v, texts_t = {r["text_a"] for r in validation}, {r["text_a"] for r in train}
+    validation = load_task_rows("qnli", "validation", shared_data)
+    train = load_task_rows("qnli", "train", shared_data)
+    everything = load_task_rows("qnli", "all", shared_data)
+    assert len(train) == 128 and len(validation) == 5463 - 128
+    texts_v, texts_t = {r["text_a"] + r["text_b"] for r in validation}, {r["text_a"] + r["text_b"] for r in train}
     assert not texts_v & texts_t
-    assert texts_v | texts_t == {r["text_a"] for r in everything}
-    assert [r["text_a"] for r in load_task_rows("sst2", "train", shared_data)] == [r["text_a"] for r in train]
+    assert texts_v | texts_t == {r["text_a"] + r["text_b"] for r in everything}
+    assert [r["text_a"] for r in load_task_rows("qnli", "train", shared_data)] == [r["text_a"] for r in train]
+
+
+def test_a_task_with_a_train_file_scores_its_whole_dev_file(shared_data):
+    assert len(load_task_rows("sst2", "validation", shared_data)) == 872
+    assert len(load_task_rows("sst2", "train", shared_data)) == 67349
 
 
 def test_source_resolution(shared_data, tmp_path):

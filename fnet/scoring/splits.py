@@ -1,5 +1,9 @@
-"""Seeded train / validation / test splits of a task's rows (offline there are no training splits: the local
-dev file is split 70/10/20 with seed 0, rows sharing a text in one part).
+"""Seeded train / validation / test splits of a task's rows for fine-tuning.
+
+A task with a training split of its own (on the hub, or offline in ``local.paths.train``: SST-2, CoLA and MRPC's
+official GLUE train files) trains on it (a seeded part held out for validation) and is tested on its whole scored
+split (the GLUE dev file), as GLUE papers do. A task with only a dev/test file offline (QNLI, MNLI, AG News, SQuAD)
+has that file split with a seed into train/validation/test (70/10/20 by default), rows sharing a text in one part.
 
 Used by fine-tuning (:mod:`fnet.lit.datamodules`) and by the ``task:<name>`` stimulus source, which records
 the training rows a fine-tuned model learned from.
@@ -72,7 +76,8 @@ def fine_tuning_splits(
                     f"(train/validation/test fractions {fractions}, seed {seed})")
         return parts, info
     resolved = resolve_source(spec, data_dir, "all" if spec.local else "validation")
-    if resolved == "local":
+    own_train = resolved == "local" and bool(((spec.local or {}).get("paths") or {}).get("train"))
+    if resolved == "local" and not own_train:
         pool = load_task_rows(spec, "all", data_dir)
         parts = split_rows(pool, fractions, seed, group_key)
         local = spec.local or {}
@@ -83,16 +88,26 @@ def fine_tuning_splits(
                   f"with seed {seed} into train/validation/test = {fractions}; rows sharing a text (SQuAD: a "
                   f"paragraph) stay in one part, and the test part is never trained on"),
         )
-    else:
+    else:  # a training split of its own: train/validation from it, test = the whole scored split
         pool = load_task_rows(spec, "train", data_dir)
         total = fractions[0] + fractions[1]
         train_val = split_rows(pool, [fractions[0] / total, fractions[1] / total, 0.0], seed, group_key)
         parts = {"train": train_val["train"], "validation": train_val["validation"],
                  "test": load_task_rows(spec, "validation", data_dir)}
-        hub = spec.hub or {}
-        info.update(
-            source="hub", path=f"{hub.get('path')}/{hub.get('name')}",
-            rule=(f"hub: train split divided with seed {seed} into train/validation "
-                  f"({fractions[0] / total:.2f}/{fractions[1] / total:.2f}); test = the hub's validation split"),
-        )
+        if own_train:
+            local = spec.local or {}
+            root = Path(resolve_data_dir(data_dir))
+            info.update(source="local", path=str((root / str(local["paths"]["train"])).resolve()),
+                        test_path=str((root / str(local["path"])).resolve()),
+                        rule=(f"offline: the official train file {Path(local['paths']['train']).name} "
+                              f"({len(pool)} rows) divided with seed {seed} into train/validation "
+                              f"({fractions[0] / total:.2f}/{fractions[1] / total:.2f}); test = the whole "
+                              f"{Path(str(local['path'])).name} ({len(parts['test'])} rows), never trained on"))
+        else:
+            hub = spec.hub or {}
+            info.update(
+                source="hub", path=f"{hub.get('path')}/{hub.get('name')}",
+                rule=(f"hub: train split divided with seed {seed} into train/validation "
+                      f"({fractions[0] / total:.2f}/{fractions[1] / total:.2f}); test = the hub's validation split"),
+            )
     return parts, info

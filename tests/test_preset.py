@@ -20,7 +20,11 @@ def test_preset_keys_come_from_the_schema_with_their_defaults():
         "name": None, "model": None, "path": "finetune", "tasks": [], "zeroshot_tasks": [], "lesion_each": [],
         "n_networks": 10, "preserve_K": [], "seeds": 5, "controls": ["count", "magnitude"],
         "massive": {"top_k": 4, "n_units": 4}, "n_bins": 10, "normalised": None, "stimuli": "genre", "train": [],
-        "analyze": [], "evaluate": [], "task_overrides": {}, "order": "task"}
+        "analyze": [], "evaluate": [], "task_overrides": {}, "order": "task",
+        # v2 keys: all empty by default, so a v1 preset plans and reports (Settings) exactly as before
+        "training_runs": None, "runs_per_task": {}, "core_seeds": None, "streams": None, "tail_bins": [],
+        "ablations": [], "preserve_alpha": [], "as_published": None, "correction": None, "margin": None,
+        "train_minutes": {}}
 
 
 def test_the_committed_reports_settings_are_the_preset():
@@ -39,7 +43,7 @@ def test_a_bad_key_in_a_preset_file_names_the_key_and_the_valid_keys(tmp_path):
         load_preset(str(path))
     text = str(info.value)
     assert f"invalid study preset {path}" in text
-    assert "unknown key masive (did you mean massive?); valid keys of the preset: analyze, controls, " in text
+    assert "unknown key masive (did you mean massive?); valid keys of the preset: ablations, analyze, as_published, " in text
     path.write_text("model: tiny_gpt2\ntasks: [sst2]\nmassive: {top_k: 1, n_unit: 1}\n")
     with pytest.raises(ConfigError, match="unknown key massive.n_unit \\(did you mean massive.n_units\\?\\); "
                                           "valid keys of massive: n_units, top_k"):
@@ -59,7 +63,8 @@ def test_a_bad_override_names_the_key_and_the_valid_keys():
     assert "(2 problems)" in text
     assert "unknown key sedes (did you mean seeds?); valid keys of the preset: " in text
     assert "unknown key n_network (did you mean n_networks?)" in text
-    assert ", seeds, stimuli, task_overrides, tasks, train, zeroshot_tasks" in text
+    assert ", seeds, stimuli, streams, tail_bins, task_overrides, tasks, train, train_minutes, training_runs, " \
+           "zeroshot_tasks" in text
     with pytest.raises(ConfigError, match="override 'seeds' is not key=value; valid keys: name, model, "):
         load_preset("tiny", ["seeds"])
     with pytest.raises(ConfigError, match="seeds: Value 'abc' of type 'str' could not be converted to Integer"):
@@ -71,7 +76,8 @@ def test_a_bad_override_names_the_key_and_the_valid_keys():
 def test_a_bad_choice_names_the_value_and_the_choices():
     with pytest.raises(ConfigError, match="order must be one of \\['task', 'table'\\], got 'tasks'"):
         load_preset("tiny", ["order=tasks"])
-    with pytest.raises(ConfigError, match="controls must be one of \\['count', 'magnitude'\\], got 'rand'"):
+    with pytest.raises(ConfigError, match="controls must be one of \\['count', 'magnitude', 'massive_included'\\], "
+                                          "got 'rand'"):
         load_preset("tiny", ["controls=[count, rand]"])
     with pytest.raises(ConfigError, match="path must be one of \\['finetune', 'zeroshot'\\], got 'fewshot'"):
         load_preset("tiny", ["path=fewshot"])

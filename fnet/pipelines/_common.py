@@ -12,7 +12,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fnet.intervene.controls import load_scale, neuron_scale
+from fnet.intervene.controls import load_scale, neuron_moments
 from fnet.lit.checkpoints import load_finetuned_lm
 from fnet.models import LoadedModel
 from fnet.networks import NetworkSet, find_group_networks
@@ -80,15 +80,17 @@ def record_from_config(lm: LoadedModel, cfg: DictConfig, dataset: str, texts: li
 def neuron_scale_for_config(cfg: DictConfig, lm: LoadedModel) -> tuple[np.ndarray, dict]:
     """``(scale  # [layer, unit], provenance)``: every neuron's RMS activation over the template texts of the run's
     stimuli (``cfg.data``), the texts the group ICA is fitted on; their recording is the cached one analyze.py made
-    (the same key), so this reads it back rather than recording again."""
+    (the same key), so this reads it back rather than recording again. ``provenance["mean"]`` is every neuron's
+    mean over the same tokens (``[layer, unit]``, what mean ablation sets a neuron to)."""
     arrays, texts = [], {}
     for name, stim in load_stimuli(cfg).items():
         store = record_from_config(lm, cfg, name, list(stim.template) + list(stim.individual), progress=False)
         arrays += store.arrays([t.id for t in stim.template])
         texts[name] = len(stim.template)
+    mean, scale = neuron_moments(arrays, lm.n_layers)
     provenance = {**lm.identity(), "signal": cfg.record.signal, "template_texts": texts,
-                  "max_length": int(cfg.record.max_length)}
-    return neuron_scale(arrays, lm.n_layers), provenance
+                  "max_length": int(cfg.record.max_length), "mean": mean}
+    return scale, provenance
 
 
 def scale_for_mask(cfg: DictConfig, lm: LoadedModel | None, netset: NetworkSet) -> tuple[np.ndarray, dict]:

@@ -107,9 +107,12 @@ def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, 
         foreign = check_compatible(netset, model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
                                    n_layers=n_layers, width=width, signal=signal, allow_foreign=allow_foreign,
                                    source=source, override="mask.allow_foreign=true")
-    scale, scale_prov = scale_for_mask(cfg, lm, netset) if kind.needs_scale else (None, None)
-    spec = build_mask(mode, netset=netset, signal=signal, n_layers=n_layers, width=width, scale=scale, **mask_cfg)
-    if scale_prov is not None:
+    needs_scale = kind.needs_scale or mask_cfg["ablation"] == "mean"  # mean ablation reads the scale file's means
+    scale, scale_prov = scale_for_mask(cfg, lm, netset) if needs_scale else (None, {})
+    means = scale_prov.pop("mean", None)
+    spec = build_mask(mode, netset=netset, signal=signal, n_layers=n_layers, width=width, scale=scale, means=means,
+                      **mask_cfg)
+    if scale_prov:
         spec.meta["scale"] = scale_prov
     return spec, netset, foreign
 
@@ -411,7 +414,7 @@ def _run(cfg: Any, lm: Any, module: Any, datamodule: Any, task_dict: dict, ident
         # the fine-tuned backbone (fnet.pipelines._common.load_lm follows cfg.ckpt_path), as analyze.py ckpt_path=...
         # uses: networks_for_config caches under the checkpoint's key, so base-model networks must never land there
         needs_lm = ((kind.needs_networks and not cfg.mask.networks_file)
-                    or (kind.needs_scale and not cfg.mask.scale_file))
+                    or ((kind.needs_scale or cfg.mask.ablation == "mean") and not cfg.mask.scale_file))
         base_lm = load_lm(cfg) if needs_lm else None
         spec, netset, foreign = mask_and_networks(cfg, base_lm, n_layers=n_layers, width=width, identity=identity)
     else:

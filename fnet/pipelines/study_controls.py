@@ -7,8 +7,8 @@ recording of those stimuli is reused from the activation cache (the same key as 
 neuron's scale (:func:`fnet.intervene.controls.neuron_scale`, RMS over the template tokens the ICA was fitted on)
 is computed from it. The job writes into ``DIR``:
 
-- ``scale.safetensors``: ``scale  # [layer, unit]`` with its provenance (the model's fingerprint, signal, texts;
-  :func:`fnet.intervene.controls.save_scale`);
+- ``scale.safetensors``: ``scale  # [layer, unit]`` and each neuron's mean (for ``mask.ablation=mean``) with their
+  provenance (the model's fingerprint, signal, texts; :func:`fnet.intervene.controls.save_scale`);
 - ``controls.json``: the massive units (the ``top_k`` largest-scale units of every layer, ranked by how many
   networks hold them; the first ``n_units``), their recurrence across networks, the per-layer top units, and what
   share of each network they are.
@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = massive_info(masks, scale, n_units=args.n_units, top_k=args.top_k)
-    save_scale(out / "scale.safetensors", scale, dict(provenance, networks=str(Path(args.networks).resolve())))
+    mean = provenance.pop("mean")
+    save_scale(out / "scale.safetensors", scale, dict(provenance, networks=str(Path(args.networks).resolve())), mean)
     atomic_write_text(out / "controls.json", json.dumps(info, indent=1))
     log.info("massive units %s; scale of %s in %s", info["units"], lm.name, out)
     return 0

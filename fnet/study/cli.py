@@ -31,6 +31,7 @@ from filelock import Timeout
 
 from fnet.cache import lock
 from fnet.study.compose import compose_report
+from fnet.study.estimate import estimate_lines
 from fnet.study.plan import plan
 from fnet.study.preset import load_preset
 from fnet.study.rekey import adopt_jobs
@@ -146,10 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         for r in result["jobs"]:
             print(f"{r['status']:>8}  {r['name']}")
+        print("\n".join(estimate_lines(jobs, preset)))
     elif not args.no_report:
-        from fnet.study.render import write_report  # matplotlib behind it; only when a report is written
+        # matplotlib behind both; only when a report is written. Training runs: the v2 report, pooled over them
+        from fnet.study.render import write_report
+        from fnet.study.render_pooled import write_pooled_report
 
-        paths = write_report(root, preset=preset, records=result["jobs"], out=args.report_dir)
+        writer = write_pooled_report if preset.get("training_runs") else write_report
+        paths = writer(root, preset=preset, records=result["jobs"], out=args.report_dir)
         print(f"report: {paths['report']}")
     if args.report_only:
         print(summary_lines(result)[0].replace("not run", "not done yet"))

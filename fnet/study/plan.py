@@ -10,6 +10,15 @@ condition names, so a new control kind is planned without a line here.
 
 Job names are stable (``evaluate/finetune/sst2/raw/magnitude/net3/seed1``): a committed report lists its finished
 jobs by name, and :mod:`fnet.study.compose` replans a report's settings to check them.
+
+The v2 keys of a preset (:class:`fnet.study.preset.StudyPreset`) add levels without renaming v1's jobs:
+``training_runs`` makes every fine-tuned task one part per training run (``train/sst2/run2`` trains with
+``seed=2``; its networks, controls and evaluations carry ``run2`` in their names and ``run`` in their meta),
+``streams`` gives each random control its own stream (``mask.stream=<task>/run<r>``), ``core_seeds`` sets the
+control seeds of the all-networks lesion and of preservation, ``ablations: [mean]`` adds mean ablation beside
+zeroing for the core lesions (all networks, spared, single units) and their controls, ``tail_bins`` sets the
+magnitude bins, ``preserve_alpha`` adds preservation networks at lower thresholds, and ``as_published`` adds the
+published code's masking of the preserved networks.
 """
 
 from __future__ import annotations
@@ -42,10 +51,21 @@ class _Task:
     path: str            # finetune | zeroshot
     full: bool           # the task's own path: per-network lesions (lesion_each), preservation, normalised ICA
     label: str           # the report's part name: "sst2" or "sst2 (zero-shot)"
-    scope: str           # names the networks' jobs: the task, "model" or "<task>-zeroshot"
+    scope: str           # names the networks' jobs: the task, "model", "<task>-zeroshot" or "<task>/run<r>"
     base: list[str]      # overrides every job of the part shares (the checkpoint)
     deps: list[str]      # ... and the jobs they need (the training run)
     stimuli: list[str] = field(default_factory=list)
+    run: int | None = None  # the training run (v2 presets with training_runs), else None
+
+    @property
+    def stream(self) -> str:
+        """The random controls' stream of this part: its task and training run."""
+        return self.task if self.run is None else f"{self.task}/run{self.run}"
+
+    @property
+    def prefix(self) -> str:
+        """What names its evaluate jobs: ``evaluate/<path>/<task>[/run<r>]``."""
+        return f"evaluate/{self.path}/{self.task}" + ("" if self.run is None else f"/run{self.run}")
 
 
 class _Planner:
@@ -57,6 +77,9 @@ class _Planner:
         self.model = [f"model={p['model']}"]
         self.K = int(p["n_networks"])
         self.seeds = range(int(p["seeds"]))
+        self.core_seeds = range(int(p.get("core_seeds") or p["seeds"]))
+        self.bins = f"[{','.join(str(b) for b in p['tail_bins'])}]" if p.get("tail_bins") else str(p["n_bins"])
+        self.ablations = ["zero"] + list(p.get("ablations") or [])
         self.lesion_controls = lesion_controls(p)
         self.preserve_controls = preserve_controls(p)
 
@@ -80,27 +103,36 @@ class _Planner:
         for task, path, full in todo:
             stimuli = ["data=task", f"data.datasets.task.source=task:{task}"] if p["stimuli"] == "task" else []
             label = task if path == p["path"] else f"{task} (zero-shot)"
-            if path == "finetune":
-                train = f"train/{task}"
-                out.append(_Task(task, path, full, label, task, ["ckpt_path={" + train + "}"], [train], stimuli))
-            else:
+            if path == "zeroshot":
                 scope = "model" if not stimuli else f"{task}-zeroshot"
                 out.append(_Task(task, path, full, label, scope, [], [], stimuli))
+                continue
+            runs = p["runs_per_task"].get(task) or p.get("training_runs")
+            for run in [None] if runs is None else range(int(runs)):
+                train = f"train/{task}" + ("" if run is None else f"/run{run}")
+                scope = task if run is None else f"{task}/run{run}"
+                out.append(_Task(task, path, full, label, scope, ["ckpt_path={" + train + "}"], [train], stimuli,
+                                 run))
         return out
 
     def train(self, part: _Task) -> None:
-        name = f"train/{part.task}"
+        name = part.deps[0] if part.deps else ""
         if part.path == "finetune" and not self.has(name):
-            self.jobs.append(Job(name, "train", ["train.py"], self.model + [f"task={part.task}"]
-                                 + self.over("train", part.task), [], {"task": part.task}, "checkpoints/best-*.ckpt"))
+            seed = [] if part.run is None else [f"seed={part.run}"]
+            meta = {"task": part.task} if part.run is None else {"task": part.task, "run": part.run}
+            self.jobs.append(Job(name, "train", ["train.py"], self.model + [f"task={part.task}"] + seed
+                                 + self.over("train", part.task), [], meta, "checkpoints/best-*.ckpt"))
 
-    def networks(self, part: _Task, k: int, variant: str = "raw") -> tuple[str, str]:
-        """The analyze job of K=k (once per scope) and its scale job; returns their names."""
+    def networks(self, part: _Task, k: int, variant: str = "raw", alpha: float | None = None) -> tuple[str, str]:
+        """The analyze job of K=k (once per scope; at threshold ``alpha`` when given) and its scale job; returns
+        their names."""
+        variant = variant if alpha is None else f"{variant}_a{alpha:g}"
         a_name, s_name = f"analyze/{part.scope}/K{k}/{variant}", f"controls/{part.scope}/K{k}/{variant}"
         if self.has(a_name):
             return a_name, s_name
-        meta = {"scope": part.scope, "K": k, "variant": variant}
+        meta = {"scope": part.scope, "K": k, "variant": variant} | ({} if part.run is None else {"run": part.run})
         extra = [self.p["normalised"]] if variant == "normalised" else []
+        extra += [] if alpha is None else [f"networks.alpha={alpha:g}"]
         a_over = (self.model + part.base + part.stimuli + [f"ica.n_components={k}", "individual=false"] + extra
                   + self.over("analyze", part.task))
         self.jobs.append(Job(a_name, "analyze", ["analyze.py"], a_over, list(part.deps), meta,
@@ -120,36 +152,44 @@ class _Planner:
             files.append("mask.networks_file={" + inputs[0] + "}")
         if len(inputs) > 1:
             m = self.p["massive"]
-            files += ["mask.scale_file={" + inputs[1] + "}", f"mask.bins={self.p['n_bins']}",
+            files += ["mask.scale_file={" + inputs[1] + "}", f"mask.bins={self.bins}",
                       f"mask.top_k={m['top_k']}", f"mask.n_units={m['n_units']}"]
         ev_base = self.model + [f"task={part.task}"] + part.base + self.over("evaluate", part.task)
-        self.jobs.append(Job(f"evaluate/{part.path}/{part.task}/{name}", "evaluate", ["evaluate.py"],
+        run = {} if part.run is None else {"run": part.run}
+        self.jobs.append(Job(f"{part.prefix}/{name}", "evaluate", ["evaluate.py"],
                              ev_base + [f"mask={kind}"] + overrides + files, part.deps + list(inputs),
-                             {"task": part.label, "path": part.path, "scope": part.scope, **meta}))
+                             {"task": part.label, "path": part.path, "scope": part.scope, **run, **meta}))
 
     def controls(self, part: _Task, kinds: dict[str, MaskKind], prefix: str, networks: str,
-                 nets: tuple[str, str], **meta: Any) -> None:
-        """Every seed of every random control in ``kinds`` for ``networks``."""
-        for s in self.seeds:
+                 nets: tuple[str, str], seeds: range | None = None, ablation: str = "zero", **meta: Any) -> None:
+        """Every seed of every random control in ``kinds`` for ``networks`` (with mean ablation: ``<kind>_mean``)."""
+        stream = [f"mask.stream={part.stream}"] if self.p.get("streams") else []
+        mean = [] if ablation == "zero" else [f"mask.ablation={ablation}"]
+        for s in self.seeds if seeds is None else seeds:
             for condition, kind in kinds.items():
-                inputs = nets if kind.needs_scale else nets[:1]
-                name = prefix.format(control=condition.removeprefix("preserve_"), seed=s)
-                self.evaluate(part, name, kind.name, inputs, [f"mask.networks={networks}", f"mask.seed={s}"],
-                              condition=condition, seed=s, **meta)
+                inputs = nets if kind.needs_scale or mean else nets[:1]
+                control = condition.removeprefix("preserve_") + ("" if not mean else f"_{ablation}")
+                self.evaluate(part, prefix.format(control=control, seed=s), kind.name, inputs,
+                              [f"mask.networks={networks}", f"mask.seed={s}"] + stream + mean,
+                              condition=condition + ("" if not mean else f"_{ablation}"), seed=s, **meta)
 
     def lesions(self, part: _Task, variant: str) -> None:
         """The lesion study of K networks: all lesioned, its controls; for raw networks the massive units spared,
         and on ``lesion_each`` tasks each network alone (with controls, spared) and each massive unit alone."""
         nets = self.networks(part, self.K, variant)
         v = {"variant": variant, "K": self.K}
-        self.evaluate(part, f"{variant}/lesion/all", "lesion", nets[:1], ["mask.networks=all"], condition="lesion",
-                      target="all", **v)
-        self.controls(part, self.lesion_controls, variant + "/{control}/all/seed{seed}", "all", nets,
-                      target="all", **v)
+        for ab in self.ablations:
+            sfx, mean = ("", []) if ab == "zero" else (f"_{ab}", [f"mask.ablation={ab}"])
+            self.evaluate(part, f"{variant}/lesion{sfx}/all", "lesion", nets if mean else nets[:1],
+                          ["mask.networks=all"] + mean, condition=f"lesion{sfx}", target="all", **v)
+            self.controls(part, self.lesion_controls, variant + "/{control}/all/seed{seed}", "all", nets,
+                          self.core_seeds, ab, target="all", **v)
         if variant != "raw":
             return  # normalised networks: where they sit and what the all-networks lesion does
-        self.evaluate(part, "raw/spared/all", "spared", nets, ["mask.networks=all"], condition="spared",
-                      target="all", **v)
+        for ab in self.ablations:
+            sfx, mean = ("", []) if ab == "zero" else (f"_{ab}", [f"mask.ablation={ab}"])
+            self.evaluate(part, f"raw/spared{sfx}/all", "spared", nets, ["mask.networks=all"] + mean,
+                          condition=f"spared{sfx}", target="all", **v)
         each = range(self.K) if part.full and part.task in self.p["lesion_each"] else []
         for k in each:
             self.evaluate(part, f"raw/lesion/net{k}", "lesion", nets[:1], [f"mask.networks={k}"],
@@ -158,17 +198,26 @@ class _Planner:
                           target=f"net{k}", **v)
             self.controls(part, self.lesion_controls, f"raw/{{control}}/net{k}/seed{{seed}}", str(k), nets,
                           target=f"net{k}", **v)
-        if each:
-            for i in range(int(self.p["massive"]["n_units"])):
-                self.evaluate(part, f"raw/unit/{i}", "unit", nets, [f"mask.unit={i}"], condition="unit",
-                              target=f"unit{i}", unit_rank=i, **v)
+        for i in range(int(self.p["massive"]["n_units"])) if each else []:
+            for ab in self.ablations:
+                sfx, mean = ("", []) if ab == "zero" else (f"_{ab}", [f"mask.ablation={ab}"])
+                self.evaluate(part, f"raw/unit{sfx}/{i}", "unit", nets, [f"mask.unit={i}"] + mean,
+                              condition=f"unit{sfx}", target=f"unit{i}", unit_rank=i, **v)
 
-    def preservation(self, part: _Task, k: int) -> None:
-        """Keep the union of K=k networks, against its random controls."""
-        nets = self.networks(part, k)
-        self.evaluate(part, f"preserve/K{k}/networks", "preserve", nets[:1], ["mask.networks=all"],
-                      condition="preserve", K=k)
-        self.controls(part, self.preserve_controls, f"preserve/K{k}/{{control}}/seed{{seed}}", "all", nets, K=k)
+    def preservation(self, part: _Task, k: int, alpha: float | None = None) -> None:
+        """Keep the union of K=k networks (at threshold ``alpha`` when given), against its random controls, and
+        with the published masking when the preset asks."""
+        nets = self.networks(part, k, alpha=alpha)
+        at = "" if alpha is None else f"/a{alpha:g}"
+        a = {} if alpha is None else {"alpha": alpha}
+        self.evaluate(part, f"preserve/K{k}{at}/networks", "preserve", nets[:1], ["mask.networks=all"],
+                      condition="preserve", K=k, **a)
+        if self.p.get("as_published"):
+            self.evaluate(part, f"preserve/K{k}{at}/as_published", "preserve", nets[:1],
+                          ["mask.networks=all", "mask.as_published=true"], condition="preserve_as_published", K=k,
+                          **a)
+        self.controls(part, self.preserve_controls, f"preserve/K{k}{at}/{{control}}/seed{{seed}}", "all", nets,
+                      self.core_seeds, K=k, **a)
 
     def part(self, part: _Task) -> None:
         first = len(self.jobs)
@@ -177,7 +226,8 @@ class _Planner:
         for variant in ["raw"] + (["normalised"] if self.p["normalised"] and part.full else []):
             self.lesions(part, variant)
         for k in self.p["preserve_K"] if part.full else []:
-            self.preservation(part, int(k))
+            for alpha in [None] + list(self.p.get("preserve_alpha") or []):
+                self.preservation(part, int(k), None if alpha is None else float(alpha))
         # stage by stage (stable), so each job's dependencies come before it
         self.jobs[first:] = sorted(self.jobs[first:], key=lambda j: STAGES.index(j.stage))
 

@@ -42,6 +42,8 @@ STIMULI = ("genre", "task")
 ORDERS = ("task", "table")
 #: the random controls of a lesion a preset may ask for (the registry's, by the study's condition names)
 CONTROL_KINDS = tuple(control_kinds("lesion"))
+#: the controls a preset gets when it names none (v1's: a preset written before other kinds existed plans the same)
+DEFAULT_CONTROLS = ("count", "magnitude")
 #: the stages a preset's ``train`` / ``analyze`` / ``evaluate`` lists (and ``task_overrides``) reach
 OVERRIDE_STAGES = ("train", "analyze", "evaluate")
 #: choices: every task of conf/task (a typo fails here, not in the first train job)
@@ -88,7 +90,7 @@ class StudyPreset:
     #: random-control seeds (count- and magnitude-matched)
     seeds: int = _key(5, ge=0)
     #: the random controls: count-matched (mask=random) and magnitude-matched (the controls job's draws)
-    controls: List[str] = _key(list(CONTROL_KINDS), choices=CONTROL_KINDS)
+    controls: List[str] = _key(list(DEFAULT_CONTROLS), choices=CONTROL_KINDS)
     #: massive candidates per layer; units spared / lesioned alone
     massive: Massive = field(default_factory=Massive)
     #: quantile bins of the magnitude-matched control
@@ -108,6 +110,30 @@ class StudyPreset:
     #: task: finish each task in turn | table: every task's unmasked and all-networks lesion jobs (Table 5) first,
     #: then per-network lesions (Table 4), then preservation (Table 8)
     order: str = _key("task", choices=ORDERS)
+    # -- v2 methods (study v2). Every key below defaults to empty, so a v1 preset plans and reports as before. --
+    #: training runs per fine-tuned task (train.py seed=0..n-1), each with its own networks and controls;
+    #: null = one run named as in v1 (train/<task>)
+    training_runs: Optional[int] = _key(None, gt=0)
+    #: per task, another number of training runs (e.g. {sst2: 5, ag_news: 5})
+    runs_per_task: Dict[str, int] = _key({})
+    #: control seeds of the core conditions (all networks lesioned, preservation); null = seeds
+    core_seeds: Optional[int] = _key(None, gt=0)
+    #: true: every random control draws from its own stream (task, training run, networks, K, kind, seed)
+    streams: Optional[bool] = None
+    #: magnitude bins as quantile edges fine in the tail (e.g. [0.5, 0.75, 0.9, 0.95, 0.99, 0.999]); [] = n_bins
+    tail_bins: List[float] = _key([])
+    #: ablations besides zeroing for the core lesions (all networks, spared, single units): [mean]
+    ablations: List[str] = _key([], choices=("mean",))
+    #: thresholds (networks.alpha) of extra preservation networks, so the kept share spans ~1 % to ~80 %
+    preserve_alpha: List[float] = _key([])
+    #: true: also the published code's masking (every layer with the last layer's row, 10d96da) for preservation
+    as_published: Optional[bool] = None
+    #: the report's correction over its family of headline tests: holm | bh | none (null: holm)
+    correction: Optional[str] = _key(None, choices=("holm", "bh", "none"))
+    #: equivalence margin of "performance kept" (TOST), absolute in the metric's units (null: 0.02)
+    margin: Optional[float] = _key(None, gt=0)
+    #: CPU minutes of one training run per task, for the dry run's estimate (from bench/results_finetune.md)
+    train_minutes: Dict[str, float] = _key({})
 
 
 def _default(f: dataclasses.Field, hint: Any) -> Any:
@@ -205,6 +231,9 @@ def _across_keys(p: dict) -> list[str]:
     bad = [t for t in p["lesion_each"] if t not in p["tasks"]]
     if bad:
         errors.append(f"lesion_each {bad} are not in tasks {p['tasks']}")
+    bad = [t for t in p["runs_per_task"] if t not in p["tasks"]]
+    if bad:
+        errors.append(f"runs_per_task {bad} are not in tasks {p['tasks']}")
     bad = [t for t in p["task_overrides"] if t not in p["tasks"] and t not in p["zeroshot_tasks"]]
     if bad:
         errors.append(f"task_overrides {bad} are not in tasks {p['tasks']} or zeroshot_tasks {p['zeroshot_tasks']}")

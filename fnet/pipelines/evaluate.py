@@ -3,7 +3,7 @@
 :func:`run` composes the pieces from a Hydra config (``conf/evaluate.yaml``):
 
 1. the model (``hydra.utils.instantiate(cfg.model)`` -> :class:`fnet.models.LoadedModel`), or, when
-   ``cfg.ckpt_path`` is set, a fine-tuned checkpoint through ``fnet.pipelines._finetuned.evaluation_module(cfg)``;
+   ``cfg.ckpt_path`` is set, a fine-tuned checkpoint through ``fnet.pipelines.checkpoint_eval.evaluation_module(cfg)``;
 2. the task (``cfg.task``, :mod:`fnet.scoring.tasks`) as a :class:`fnet.lit.zeroshot.ZeroShotDataModule`;
 3. the mask (``cfg.mask`` -> :func:`fnet.intervene.build_mask`); its networks come from ``cfg.mask.networks_file``
    or, when that is null, from ``fnet.pipelines._common.networks_for_config(cfg, lm)`` (computed once, cached);
@@ -37,7 +37,7 @@ from fnet.lit.zeroshot import ZeroShotDataModule, ZeroShotModule
 from fnet.models import model_fingerprint
 from fnet.networks import NetworkSet, check_compatible
 from fnet.pipelines._common import load_lm, networks_for_config, scale_for_mask
-from fnet.pipelines._finetuned import evaluation_module
+from fnet.pipelines.checkpoint_eval import evaluation_module
 from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters, overrides
 from fnet.provenance import provenance
 from fnet.scoring.tasks import get_task
@@ -48,7 +48,7 @@ __all__ = ["run", "reuse_models", "mask_and_networks", "result_row", "baseline_c
 
 #: the modules whose source determines an unmasked baseline (part of its cache key)
 BASELINE_CODE = ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.scoring", "fnet.lit", "fnet.pipelines.evaluate",
-                 "fnet.pipelines._finetuned")
+                 "fnet.pipelines.checkpoint_eval")
 
 #: columns of the one-row result table logged to W&B
 TABLE_COLUMNS = ["task", "metric", "score", "ci_low", "ci_high", "mask", "networks", "seed", "K", "n_masked",

@@ -13,7 +13,8 @@ from fnet.lit.classification import (
     position_ids_from_mask,
     set_trainable,
 )
-from fnet.lit.datamodules import TaskDataModule, fine_tuning_splits, split_rows
+from fnet.lit.datamodules import TaskDataModule
+from fnet.scoring.splits import fine_tuning_splits, split_rows
 from fnet.models import find_blocks, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")

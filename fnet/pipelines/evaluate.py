@@ -4,7 +4,7 @@
 
 1. the model (``hydra.utils.instantiate(cfg.model)`` -> :class:`fnet.models.LoadedModel`), or, when
    ``cfg.ckpt_path`` is set, a fine-tuned checkpoint through ``fnet.pipelines.checkpoint_eval.evaluation_module(cfg)``;
-2. the task (``cfg.task``, :mod:`fnet.scoring.tasks`) as a :class:`fnet.lit.zeroshot.ZeroShotDataModule`;
+2. the task (``cfg.task``, :mod:`fnet.scoring.tasks`) as a :class:`fnet.lit.zeroshot_data.ZeroShotDataModule`;
 3. the mask (``cfg.mask`` -> :func:`fnet.intervene.build_mask`); its networks come from ``cfg.mask.networks_file``
    or, when that is null, from ``fnet.pipelines._common.networks_for_config(cfg, lm)`` (computed once, cached);
 4. a Lightning ``Trainer`` (``cfg.trainer``) with the callbacks (``cfg.callbacks``; the mask callback is finished
@@ -33,7 +33,8 @@ from lightning.pytorch.loggers import WandbLogger
 from fnet.cache import atomic_write_text, code_version, content_key, lock, quarantine, register
 from fnet.intervene import MASKS, build_mask, expected_mask_shape
 from fnet.lit.callbacks import MaskCallback, hooked_model
-from fnet.lit.zeroshot import ZeroShotDataModule, ZeroShotModule
+from fnet.lit.zeroshot import ZeroShotModule
+from fnet.lit.zeroshot_data import ZeroShotDataModule
 from fnet.models import model_fingerprint
 from fnet.networks import NetworkSet, check_compatible
 from fnet.pipelines._common import load_lm, networks_for_config, scale_for_mask

@@ -28,6 +28,7 @@ from torchmetrics import MetricCollection
 from transformers import get_scheduler
 
 from fnet.models import LoadedModel, find_blocks, get_arch, load_model, model_dims, to_batch_first
+from fnet.models.stop import stop_at
 from fnet import scoring
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,6 @@ def warmup_scheduler(
 # --------------------------------------------------------------------------------------------------------------
 # Backbone helpers
 # --------------------------------------------------------------------------------------------------------------
-class _StopAtHead(Exception):
-    """Raised by the LM-head pre-hook once the final hidden states are read (the vocab logits are not needed)."""
-
-
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """``attention_mask  # [batch, seq]`` -> ``[batch]``: index of the last position whose mask is 1.
 
@@ -94,20 +91,9 @@ def final_hidden_states(
             use_cache=False,
         )
         return to_batch_first(out.last_hidden_state, arch)
-    head = _lm_head(model)
     captured: list[torch.Tensor] = []
-
-    def grab(_module, inputs):
-        captured.append(inputs[0])
-        raise _StopAtHead
-
-    handle = head.register_forward_pre_hook(grab)
-    try:
+    with stop_at(_lm_head(model), before=True, read=lambda inputs: captured.append(inputs[0])):  # no vocab logits
         model(input_ids=input_ids, attention_mask=attention_mask)
-    except _StopAtHead:
-        pass
-    finally:
-        handle.remove()
     if not captured:
         raise RuntimeError(f"the LM head of {type(model).__name__} was not called; cannot read final hidden states")
     return to_batch_first(captured[0], arch)

@@ -36,7 +36,8 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from fnet.provenance import cpu_model  # noqa: E402
 from fnet import scoring  # noqa: E402
-from fnet.lit.zeroshot import ZeroShotDataModule, ZeroShotModule  # noqa: E402
+from fnet.lit.zeroshot import ZeroShotModule  # noqa: E402
+from fnet.lit.zeroshot_data import ZeroShotDataModule  # noqa: E402
 from fnet.models import load_model  # noqa: E402
 from fnet.scoring.tasks import get_task, load_task_config  # noqa: E402
 

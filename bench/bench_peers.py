@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from omegaconf import OmegaConf  # noqa: E402
 
 from fnet.scoring import loglik  # noqa: E402
-from fnet.lit.zeroshot import ZeroShotDataModule  # noqa: E402
+from fnet.lit.zeroshot_data import ZeroShotDataModule  # noqa: E402
 from fnet.models import load_model, signal_modules  # noqa: E402
 from fnet.recording import Recorder, tokenize_texts  # noqa: E402
 from fnet.scoring.tasks import get_task, load_task_config  # noqa: E402

@@ -42,8 +42,8 @@ _API = {
     "preserve": "fnet.intervene.context",
     "random_control": "fnet.intervene.context",
     # tasks and attribution
-    "load_task": "fnet.lit.evaluate",
-    "evaluate": "fnet.lit.evaluate",
+    "load_task": "fnet.lit.notebook",
+    "evaluate": "fnet.lit.notebook",
     "attribute": "fnet.attribution.methods",
 }
 

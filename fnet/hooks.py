@@ -8,6 +8,11 @@ loop variable can bind every layer to the last one (the bug of the published cod
 keeps a copy of that loop and shows it fails). The sequence-first conversion happens here and only here:
 ``read`` and ``edit`` see ``[batch, seq, width]`` in every architecture.
 
+Stopping: with ``stop=True`` the last traced site raises :class:`fnet.models.stop.StopForward` and
+:func:`trace_signal` swallows it, so ``with trace_signal(..., stop=True): model(...)`` simply returns early. That
+exception, and :func:`fnet.models.stop.stop_at` (stop at any one module), live one layer down, in ``models``,
+because the architecture discovery's dry run stops a forward pass too, before any site exists.
+
 Sites have TransformerLens-style names, used in logs, errors and provenance: ``blocks.{l}.hook_mlp_out`` and
 ``blocks.{l}.mlp.hook_post`` (``mlp_act``).
 
@@ -26,8 +31,9 @@ import torch
 from torch import nn
 
 from fnet.models import ArchSpec, check_signal, get_arch, signal_modules, to_batch_first
+from fnet.models.stop import StopForward
 
-__all__ = ["SITE_NAMES", "site_name", "StopForward", "SiteHook", "trace_signal"]
+__all__ = ["SITE_NAMES", "site_name", "SiteHook", "trace_signal"]
 
 #: signal -> TransformerLens-style site name pattern
 SITE_NAMES = {"mlp_out": "blocks.{layer}.hook_mlp_out", "mlp_act": "blocks.{layer}.mlp.hook_post"}
@@ -36,11 +42,6 @@ SITE_NAMES = {"mlp_out": "blocks.{layer}.hook_mlp_out", "mlp_act": "blocks.{laye
 def site_name(signal: str, layer: int) -> str:
     """``blocks.3.hook_mlp_out`` for ``("mlp_out", 3)``, ``blocks.3.mlp.hook_post`` for ``("mlp_act", 3)``."""
     return SITE_NAMES[check_signal(signal)].format(layer=int(layer))
-
-
-class StopForward(Exception):
-    """Raised by the last traced site when ``stop=True``: nothing after it is computed. :func:`trace_signal`
-    swallows it, so ``with trace_signal(..., stop=True): model(...)`` simply returns early."""
 
 
 Read = Callable[[int, torch.Tensor], None]

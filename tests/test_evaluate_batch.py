@@ -92,3 +92,30 @@ def test_batched_checkpoint_jobs_equal_evaluate_py_and_a_failure_does_not_stop_t
     assert ours["score"] == theirs["score"] and ours["mask"]["n_masked"] == theirs["mask"]["n_masked"] > 0
     assert _predictions(tmp_path / "batch" / "lesion") == _predictions(alone)
     assert _predictions(tmp_path / "batch" / "again") == _predictions(tmp_path / "batch" / "unmasked")
+
+
+def test_model_pool_lends_one_load_and_drops_a_model_left_hooked(monkeypatch):
+    """The pool loads a model once for the jobs that ask for it, and forgets it when a job leaves a hook behind."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from fnet.pipelines import evaluate
+
+    loads = []
+
+    def load(cfg):
+        loads.append(cfg.seed)
+        return evaluate.Loaded(None, torch.nn.Linear(2, 2), None, {}, {})
+
+    monkeypatch.setattr(evaluate, "load_model_and_rows", load)
+    cfg = OmegaConf.create({"ckpt_path": "x.ckpt", "task": {"name": "sst2"}, "eval": {}, "paths": {"data_dir": "d"},
+                            "seed": 0})
+    pool = evaluate.ModelPool()
+    with pool.lend(cfg) as first:
+        pass
+    with pool.lend(cfg) as second:
+        assert second is first
+        second.module.register_forward_hook(lambda *_: None)  # a mask that was not removed
+    with pool.lend(cfg) as third:
+        assert third is not first
+    assert len(loads) == 2

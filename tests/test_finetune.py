@@ -13,7 +13,8 @@ from fnet.lit.classification import (
     position_ids_from_mask,
     set_trainable,
 )
-from fnet.lit.datamodules import TaskDataModule, fine_tuning_splits, split_rows
+from fnet.lit.datamodules import TaskDataModule
+from fnet.scoring.splits import fine_tuning_splits, split_rows
 from fnet.models import find_blocks, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -229,7 +230,7 @@ def test_mixed_precision_and_gradient_accumulation_from_trainer_config():
 def test_scheduler_partial_and_frozen_backbone_train_only_head():
     from functools import partial
 
-    from fnet.lit.finetune import warmup_scheduler
+    from fnet.lit.classification import warmup_scheduler
 
     module = SequenceClassificationModule(
         "tiny:gpt2", num_labels=2, trainable_layers=0,
@@ -269,7 +270,7 @@ def test_load_finetuned_lm_and_evaluation_module(tmp_path):
     from omegaconf import OmegaConf
 
     from fnet.lit.checkpoints import load_finetuned_lm
-    from fnet.pipelines._finetuned import evaluation_module
+    from fnet.pipelines.checkpoint_eval import evaluation_module
 
     module, dm, path = _fit_and_checkpoint(tmp_path)
     base = load_model("tiny:gpt2")
@@ -306,7 +307,7 @@ def test_checkpoint_without_frozen_weights(tmp_path):
         torch.testing.assert_close(value, module.model.state_dict()[key])
     from omegaconf import OmegaConf
 
-    from fnet.pipelines._finetuned import evaluation_module
+    from fnet.pipelines.checkpoint_eval import evaluation_module
 
     cfg = OmegaConf.create({"ckpt_path": str(path), "task": {"name": "sst2", "limit": 5}, "eval": {"batch_size": 2}})
     eval_module, eval_dm = evaluation_module(cfg)

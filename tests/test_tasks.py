@@ -57,7 +57,7 @@ def test_counts_given_as_text_are_read():
 
 
 def test_datamodule_limit_override_is_checked():
-    from fnet.lit.zeroshot import ZeroShotDataModule
+    from fnet.lit.zeroshot_data import ZeroShotDataModule
     from fnet.models import byte_tokenizer
 
     with pytest.raises(ValueError, match="limit must be a whole number >= 1, got 'abc'"):

@@ -92,7 +92,7 @@ def test_experiment_configs_compose(experiment):
         cfg = compose(config_name="train", overrides=[f"experiment={experiment}"])
     assert cfg.model.name == "smollm2_135m"
     assert cfg.callbacks.model_checkpoint.monitor == f"val/{cfg.task.metric[0]}"
-    from fnet.lit.finetune import task_kind
+    from fnet.lit.task_modules import task_kind
 
     assert task_kind(cfg.task) in ("classification", "qa")
 

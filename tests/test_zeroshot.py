@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from fnet import scoring
-from fnet.lit.zeroshot import ZeroShotDataModule, UnpaddedDistributedSampler, ZeroShotModule, subsample
+from fnet.lit.zeroshot import ZeroShotModule
+from fnet.lit.zeroshot_data import UnpaddedDistributedSampler, ZeroShotDataModule, subsample
 from fnet.models import load_model
 from fnet.scoring.tasks import get_task, load_task_config
 

@@ -25,7 +25,6 @@ from fnet.attribution.pos_align import (
                                       align_sentences,
                                       align_words,
                                       cap_per_tag,
-                                      pad_batch,
                                       word_samples,
 )
 from fnet.attribution.pos_lesion import key_neuron_set, lesion_effects, word_log_probs
@@ -45,6 +44,6 @@ __all__ = [
     "SELECTION_RULES", "WordSamples", "activation_x_gradient", "align_sentences", "align_words",
     "attribute", "attribute_samples", "bootstrap_metrics", "cap_per_tag", "columns_of", "compare_classifiers",
     "gauss_legendre_01", "integrated_gradients", "key_neuron_set", "lesion_effects", "mean_signal", "n_top",
-    "pad_batch", "random_matched_columns", "record_word_features", "replace_signals", "seed_interval",
+    "random_matched_columns", "record_word_features", "replace_signals", "seed_interval",
     "select_key_neurons", "target_log_probs", "word_log_probs", "word_samples",
 ]

@@ -12,9 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from fnet.attribution.conllu import UPOS_TAGS, Sentence, Word, sentence_text
-from fnet.batching import right_pad as pad_batch  # re-exported: the POS code's name for it
 
-__all__ = ["AlignedSentence", "align_words", "align_sentences", "WordSamples", "word_samples", "cap_per_tag", "pad_batch"]
+__all__ = ["AlignedSentence", "align_words", "align_sentences", "WordSamples", "word_samples", "cap_per_tag"]
 
 
 # --------------------------------------------------------------------------------------------------------------

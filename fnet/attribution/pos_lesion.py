@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fnet.attribution.keyneurons import KeyNeuronCounter
-from fnet.attribution.pos_align import AlignedSentence, WordSamples, pad_batch
+from fnet.attribution.pos_align import AlignedSentence, WordSamples
+from fnet.batching import right_pad
 from fnet.attribution.pos_probe import seed_interval
 from fnet.models import LoadedModel
 from fnet.networks import NetworkSet
@@ -45,7 +46,7 @@ def word_log_probs(
     with apply_mask(lm.model, mask, signal=signal, spec=lm.arch):
         for start in range(0, len(sentences), batch_size):
             batch = sentences[start : start + batch_size]
-            input_ids, attention_mask = pad_batch([aligned[s].input_ids for s in batch], lm.tokenizer.pad_token_id)
+            input_ids, attention_mask = right_pad([aligned[s].input_ids for s in batch], lm.tokenizer.pad_token_id)
             logits = lm.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                               use_cache=False).logits  # [batch, seq, vocab]
             b_index, rows = [], []

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from fnet.attribution.keyneurons import KeyNeuronCounter
 from fnet.attribution.methods import attribute
-from fnet.attribution.pos_align import AlignedSentence, WordSamples, pad_batch
+from fnet.attribution.pos_align import AlignedSentence, WordSamples
+from fnet.batching import right_pad
 from fnet.models import LoadedModel
 from fnet.intervene import random_matched_mask
 from fnet.recording.recorder import Recorder
@@ -59,7 +60,7 @@ def attribute_samples(
             rows = order[start : start + batch_size]
             prefixes = [aligned[samples.sentence[i]].input_ids[: samples.token[i]] for i in rows]
             targets = torch.as_tensor([aligned[samples.sentence[i]].input_ids[samples.token[i]] for i in rows])
-            input_ids, attention_mask = pad_batch(prefixes, pad_id)
+            input_ids, attention_mask = right_pad(prefixes, pad_id)
             target_positions = torch.as_tensor([len(p) - 1 for p in prefixes])
             result = attribute(
                 lm.model, input_ids, attention_mask, target_positions, targets, signal=signal, method=method,

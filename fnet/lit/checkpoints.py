@@ -29,9 +29,12 @@ __all__ = ["OLD_MODULE_PATHS", "old_module_paths", "load_checkpoint_file", "read
 
 #: module paths of fnet before its modules moved into stage packages -> where their objects live now. A
 #: checkpoint pickles objects by module path; these let checkpoints written before the move load. (The old
-#: modules fnet.recording and fnet.scoring are packages again, exporting the same names.)
+#: modules fnet.recording and fnet.scoring are packages again, exporting the same names.) fnet.finetune, later
+#: fnet.lit.finetune, held the one fnet function a checkpoint may pickle, warmup_scheduler (a scheduler partial);
+#: it lives in fnet.lit.classification now (the rest of that module is fnet.lit.task_modules: strings and helpers).
 OLD_MODULE_PATHS = {
-    "fnet.finetune": "fnet.lit.finetune",
+    "fnet.finetune": "fnet.lit.classification",
+    "fnet.lit.finetune": "fnet.lit.classification",
     "fnet.tasks": "fnet.scoring.tasks",
     "fnet.prompts": "fnet.scoring.prompts",
     "fnet.loglik": "fnet.scoring.loglik",

@@ -2,8 +2,9 @@
 
 :class:`CausalLMTaskModule` holds the causal LM as ``self.model`` (the registry finds its blocks, so
 ``fnet.intervene.apply_mask`` and the mask callback hook it directly), decides which of its parameters train
-(``trainable_layers``), builds the optimiser and scheduler from Hydra partials, and writes an ``fnet`` entry into
-every checkpoint so that :func:`fnet.lit.checkpoints.load_finetuned_lm` can rebuild the fine-tuned LM without this class.
+(``trainable_layers``), builds the optimiser and scheduler from Hydra partials (``conf/scheduler`` names
+:func:`warmup_scheduler`), and writes an ``fnet`` entry into every checkpoint so that
+:func:`fnet.lit.checkpoints.load_finetuned_lm` can rebuild the fine-tuned LM without this class.
 
 :class:`SequenceClassificationModule` pools the hidden state of the **last real token** of each sequence (the
 last position whose attention mask is 1, so right and left padding give the same result; position ids are
@@ -14,6 +15,7 @@ Metrics are torchmetrics objects per stage, logged under the task configs' metri
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
@@ -23,8 +25,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
+from transformers import get_scheduler
 
 from fnet.models import LoadedModel, find_blocks, get_arch, load_model, model_dims, to_batch_first
+from fnet.models.stop import stop_at
 from fnet import scoring
 
 log = logging.getLogger(__name__)
@@ -33,12 +37,25 @@ CHECKPOINT_KEY = "fnet"  # the checkpoint entry describing the backbone (see on_
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Learning-rate schedule (conf/scheduler/*.yaml point here)
+# --------------------------------------------------------------------------------------------------------------
+def warmup_scheduler(
+    optimizer: torch.optim.Optimizer,
+    num_training_steps: int,
+    name: str = "linear",
+    warmup_ratio: float = 0.1,
+    num_warmup_steps: int | None = None,
+):
+    """A transformers schedule (``linear``, ``cosine``, ``constant_with_warmup``...) with warmup over
+    ``warmup_ratio`` of the run (or ``num_warmup_steps``). The modules call it with the run's optimiser-step count
+    (``trainer.estimated_stepping_batches``, which accounts for gradient accumulation and devices)."""
+    warmup = int(num_warmup_steps) if num_warmup_steps is not None else int(math.ceil(warmup_ratio * num_training_steps))
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=int(num_training_steps))
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Backbone helpers
 # --------------------------------------------------------------------------------------------------------------
-class _StopAtHead(Exception):
-    """Raised by the LM-head pre-hook once the final hidden states are read (the vocab logits are not needed)."""
-
-
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """``attention_mask  # [batch, seq]`` -> ``[batch]``: index of the last position whose mask is 1.
 
@@ -74,20 +91,9 @@ def final_hidden_states(
             use_cache=False,
         )
         return to_batch_first(out.last_hidden_state, arch)
-    head = _lm_head(model)
     captured: list[torch.Tensor] = []
-
-    def grab(_module, inputs):
-        captured.append(inputs[0])
-        raise _StopAtHead
-
-    handle = head.register_forward_pre_hook(grab)
-    try:
+    with stop_at(_lm_head(model), before=True, read=lambda inputs: captured.append(inputs[0])):  # no vocab logits
         model(input_ids=input_ids, attention_mask=attention_mask)
-    except _StopAtHead:
-        pass
-    finally:
-        handle.remove()
     if not captured:
         raise RuntimeError(f"the LM head of {type(model).__name__} was not called; cannot read final hidden states")
     return to_batch_first(captured[0], arch)
@@ -168,7 +174,7 @@ class CausalLMTaskModule(pl.LightningModule):
         a partial optimiser (Hydra ``_partial_: true``), called with the parameter groups; default AdamW.
     scheduler
         a partial ``f(optimizer, num_training_steps) -> LRScheduler`` (see
-        :func:`fnet.lit.finetune.warmup_scheduler`), stepped every optimiser step; ``None`` keeps the rate constant.
+        :func:`warmup_scheduler`), stepped every optimiser step; ``None`` keeps the rate constant.
     trainable_layers
         ``None`` trains the whole model, ``0`` freezes the backbone, ``N`` trains the top N blocks.
     checkpoint_frozen

@@ -1,7 +1,7 @@
 """LightningDataModules for fine-tuning a causal LM on an fnet task (``conf/task/*.yaml``).
 
 Rows come from :func:`fnet.scoring.tasks.load_task_rows`, the single source of rows. Where they come from decides the
-splits (:func:`fine_tuning_splits`):
+splits (:func:`fnet.scoring.splits.fine_tuning_splits`):
 
 * ``local`` (offline; only a dev/test file exists): the **whole file** is split with a fixed seed into
   train / validation / test (default 70/10/20). Rows that share a text (or, for SQuAD, a paragraph) stay in the
@@ -30,7 +30,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from fnet.scoring.splits import fine_tuning_splits, split_rows  # noqa: F401 - re-exported
+from fnet.scoring.splits import fine_tuning_splits
 from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,9 @@
 scoring batched, with a progress bar, under any callback (the mask callback hooks ``pl_module.model``), on one
 or many devices.
 
-* :class:`ZeroShotDataModule` (defined in :mod:`fnet.lit.zeroshot_data`, re-exported here) -- the scored rows of a
+* :class:`~fnet.lit.zeroshot_data.ZeroShotDataModule` (:mod:`fnet.lit.zeroshot_data`) -- the scored rows of a
   task (``limit``: a seeded subsample), tokenised into :class:`fnet.scoring.Request`\\ s, sorted by length so
-  batches pad little; under DDP each example goes to exactly one process (:class:`UnpaddedDistributedSampler`: no
+  batches pad little; under DDP each example goes to exactly one process (:class:`~fnet.lit.zeroshot_data.UnpaddedDistributedSampler`: no
   duplicated rows, unlike ``DistributedSampler``'s padding).
 * :class:`ZeroShotModule` -- ``self.model`` is the causal LM; each step scores a batch (loglik / generate /
   perplexity, see :mod:`fnet.scoring`) and updates torchmetrics metrics, whose states Lightning/torchmetrics sync
@@ -28,15 +28,11 @@ from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, Mult
 
 from fnet import scoring
 from fnet.scoring import Request
-from fnet.lit.zeroshot_data import RequestDataset, UnpaddedDistributedSampler, ZeroShotDataModule, subsample
 from fnet.scoring.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
-# the data module, sampler and subsample live in fnet.lit.zeroshot_data and are re-exported here, where checkpoints,
-# the pipelines and older code import them
-__all__ = ["ZeroShotDataModule", "ZeroShotModule", "UnpaddedDistributedSampler", "ExampleStore", "RequestDataset",
-           "subsample"]
+__all__ = ["ZeroShotModule", "ExampleStore"]
 
 
 # --------------------------------------------------------------------------------------------------------------

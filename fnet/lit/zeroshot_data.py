@@ -3,7 +3,7 @@
 :class:`ZeroShotDataModule` loads the scored split (``limit``: a seeded :func:`subsample`), turns rows into
 :class:`fnet.scoring.Request`\\ s (or perplexity windows), sorts them by length so batches pad little, and under DDP
 hands each example to exactly one process (:class:`UnpaddedDistributedSampler`). The scoring module that consumes
-it is :class:`fnet.lit.zeroshot.ZeroShotModule`; both names are importable from :mod:`fnet.lit.zeroshot`.
+it is :class:`fnet.lit.zeroshot.ZeroShotModule`.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fnet.models.stop import stop_at
+
 __all__ = ["ArchSpec", "DiscoveryError", "discover", "config_dims", "linear_dims", "resolve_path"]
 
 #: forward parameters that mark an attention module (never an MLP)
@@ -201,10 +203,6 @@ def _find_blocks(model: nn.Module, n_layers: int | None, d_model: int, d_mlp: in
     return paths
 
 
-class _Stop(Exception):
-    pass
-
-
 def _dry_run(model: nn.Module, block: nn.Module, mlp: nn.Module, down: nn.Module | None) -> dict[str, Any]:
     """One forward of ``[2, 3]`` tokens, stopped after block 0: the down projection's calls and shapes."""
     seen: dict[str, Any] = {"down_calls": 0}
@@ -217,10 +215,7 @@ def _dry_run(model: nn.Module, block: nn.Module, mlp: nn.Module, down: nn.Module
         out = output[0] if isinstance(output, tuple) else output
         seen["mlp_out"] = out.detach().clone()
 
-    def on_block(*_):
-        raise _Stop
-
-    handles = [mlp.register_forward_hook(on_mlp), block.register_forward_hook(on_block)]
+    handles = [mlp.register_forward_hook(on_mlp)]
     if down is not None:
         handles.append(down.register_forward_hook(on_down))
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -230,10 +225,8 @@ def _dry_run(model: nn.Module, block: nn.Module, mlp: nn.Module, down: nn.Module
     was_training = model.training
     model.eval()  # no dropout: the MLP's output is compared with its down projection's
     try:
-        with torch.no_grad():
+        with torch.no_grad(), stop_at(block):  # nothing after block 0 is needed
             model(input_ids=input_ids.to(device) if device else input_ids, use_cache=False)
-    except _Stop:
-        pass
     finally:
         model.train(was_training)
         for handle in handles:

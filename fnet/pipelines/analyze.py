@@ -160,9 +160,26 @@ def _log_figures(logger, fig_dir: Path) -> None:
 
 
 def _write_report(cfg, out: Path, lm, stimuli, results, combined, timings) -> dict:
+    """``report.md`` (one section per step and dataset) and ``summary.json``; returns the summary."""
+    lines = _report_header(cfg, lm, stimuli, results, combined)
+    lines += _convergence_section(results, combined)
+    summary: dict[str, Any] = {"datasets": {}, "timings": timings}
+    for name, res in results.items():
+        section, summary["datasets"][name] = _dataset_section(cfg, name, res)
+        lines += section
+    lines += _similarity_section(results)
+    lines += ["## Timings", "", markdown_table([{"step": k.removesuffix("_s"), "seconds": round(v, 1)}
+                                                for k, v in timings.items()]), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _report_header(cfg, lm, stimuli, results, combined) -> list[str]:
+    """Title, provenance, what was decomposed and thresholded, and the data table."""
     K = int(cfg.ica.n_components)
     n_neurons = lm.n_neurons(cfg.record.signal)
-    lines = [
+    return [
         "# fnet functional-network analysis",
         "",
         provenance_header({k: v for k, v in combined.networks.provenance.items()
@@ -181,9 +198,11 @@ def _write_report(cfg, out: Path, lm, stimuli, results, combined, timings) -> di
              "template tokens": results[n]["group"].n_tokens} for n, s in stimuli.items()
         ]),
         "",
-        "## Group decompositions",
-        "",
     ]
+
+
+def _convergence_section(results, combined) -> list[str]:
+    """One row per group decomposition (each dataset, then all): tokens, iterations, convergence, sizes."""
     conv_rows = []
     for name, res in list(results.items()) + [("all", {"group": combined})]:
         g = res["group"]
@@ -194,55 +213,58 @@ def _write_report(cfg, out: Path, lm, stimuli, results, combined, timings) -> di
             "mean stability": (float(nets.stability.double().mean()) if nets.stability is not None else None),
             "seconds": round(g.seconds, 1),
         })
-    lines += [markdown_table(conv_rows), ""]
+    lines = ["## Group decompositions", "", markdown_table(conv_rows), ""]
     if any(r["converged"] is False for r in conv_rows):
         lines += ["**Warning:** at least one group decomposition did not converge (see `n_iter`); raise "
                   "`ica.max_iter` or loosen `ica.tol`.", ""]
+    return lines
 
-    summary: dict[str, Any] = {"datasets": {}, "timings": timings}
-    for name, res in results.items():
-        nets = res["group"].networks
-        lines += [f"## {name}", "", f"Network files: `networks/{name}_group.safetensors`, individual networks in "
-                  f"`networks/{name}_individual/`. Figures: `figures/{name}_*.png`.", ""]
-        size_rows = []
-        counts = nets.counts_per_layer()
-        for k in range(len(nets)):
-            row = {"network": k, "neurons": int(nets.sizes()[k]), "fraction": float(nets.fractions()[k])}
-            if nets.stability is not None:
-                row["stability"] = float(nets.stability[k])
-            top_layers = torch.argsort(counts[k], descending=True)[:3].tolist()
-            row["top layers (count)"] = ", ".join(f"{l} ({int(counts[k, l])})" for l in top_layers)
-            size_rows.append(row)
-        lines += ["### Template networks", "", markdown_table(size_rows), ""]
-        ind = res["individuals"]
-        if ind:
-            n_conv = sum(1 for i in ind if i.converged)
-            lines += [f"Individual decompositions: {len(ind)} texts, {n_conv} converged.", ""]
-        match = res["match"]
-        if match is not None:
-            lines += [f"### Template matching (individual networks with IoU > {cfg.networks.match_threshold})", "",
-                      markdown_table(match.as_rows()), ""]
-        summary["datasets"][name] = {
-            "sizes": nets.sizes().tolist(),
-            "stability": None if nets.stability is None else nets.stability.tolist(),
-            "matches": None if match is None else match.counts.tolist(),
-        }
 
-    # cross-dataset similarity of templates: do different stimuli recruit the same networks?
+def _dataset_section(cfg, name: str, res: dict) -> tuple[list[str], dict]:
+    """One dataset's template networks (size, stability, top layers), individual fits and template matching;
+    with its entry of ``summary.json``."""
+    nets = res["group"].networks
+    lines = [f"## {name}", "", f"Network files: `networks/{name}_group.safetensors`, individual networks in "
+             f"`networks/{name}_individual/`. Figures: `figures/{name}_*.png`.", ""]
+    size_rows = []
+    counts = nets.counts_per_layer()
+    for k in range(len(nets)):
+        row = {"network": k, "neurons": int(nets.sizes()[k]), "fraction": float(nets.fractions()[k])}
+        if nets.stability is not None:
+            row["stability"] = float(nets.stability[k])
+        top_layers = torch.argsort(counts[k], descending=True)[:3].tolist()
+        row["top layers (count)"] = ", ".join(f"{l} ({int(counts[k, l])})" for l in top_layers)
+        size_rows.append(row)
+    lines += ["### Template networks", "", markdown_table(size_rows), ""]
+    ind = res["individuals"]
+    if ind:
+        n_conv = sum(1 for i in ind if i.converged)
+        lines += [f"Individual decompositions: {len(ind)} texts, {n_conv} converged.", ""]
+    match = res["match"]
+    if match is not None:
+        lines += [f"### Template matching (individual networks with IoU > {cfg.networks.match_threshold})", "",
+                  markdown_table(match.as_rows()), ""]
+    summary = {
+        "sizes": nets.sizes().tolist(),
+        "stability": None if nets.stability is None else nets.stability.tolist(),
+        "matches": None if match is None else match.counts.tolist(),
+    }
+    return lines, summary
+
+
+def _similarity_section(results) -> list[str]:
+    """Cross-dataset similarity of templates: do different stimuli recruit the same networks? (Two or more
+    datasets only.)"""
     names = list(results)
-    if len(names) > 1:
-        rows = []
-        for a in names:
-            row = {"dataset": a}
-            for b in names:
-                m = iou(results[a]["group"].networks, results[b]["group"].networks)
-                row[b] = float(m.max(dim=1).values.mean())
-            rows.append(row)
-        lines += ["## Cross-dataset template similarity", "",
-                  "Mean over the row dataset's templates of the best IoU with the column dataset's templates.", "",
-                  markdown_table(rows), ""]
-    lines += ["## Timings", "", markdown_table([{"step": k.removesuffix("_s"), "seconds": round(v, 1)}
-                                                for k, v in timings.items()]), ""]
-    (out / "report.md").write_text("\n".join(lines))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    if len(names) < 2:
+        return []
+    rows = []
+    for a in names:
+        row = {"dataset": a}
+        for b in names:
+            m = iou(results[a]["group"].networks, results[b]["group"].networks)
+            row[b] = float(m.max(dim=1).values.mean())
+        rows.append(row)
+    return ["## Cross-dataset template similarity", "",
+            "Mean over the row dataset's templates of the best IoU with the column dataset's templates.", "",
+            markdown_table(rows), ""]

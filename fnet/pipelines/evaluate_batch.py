@@ -4,8 +4,8 @@ Why: the jobs of a study (or any sweep over masks) differ only in their mask. Ru
 imports and for loading the model: about 15 s on the 2-core CPU machine, next to 15-30 s of scoring. Here each job's
 config is composed with Hydra's compose API from ``conf/evaluate.yaml`` and its overrides, checked like the
 command line's (:func:`fnet.pipelines.config.validate_config`) and run by :func:`fnet.pipelines.evaluate.run`
-inside :func:`fnet.pipelines.evaluate.reuse_models`, so the model (or checkpoint) and the task's rows are loaded
-once. A job's result is the one ``evaluate.py`` would write with the same overrides (tested).
+with one :class:`fnet.pipelines.evaluate.ModelPool` for the whole batch, so the model (or checkpoint) and the task's
+rows are loaded once. A job's result is the one ``evaluate.py`` would write with the same overrides (tested).
 
 Hydra's launcher plugins start one process per job by design, and ``hydra.main`` cannot run twice in a process,
 so this small loop over ``compose`` is written here.
@@ -35,7 +35,7 @@ from hydra import compose, initialize_config_dir
 
 from fnet.cache import atomic_write_text
 from fnet.pipelines.config import register_configs, validate_config
-from fnet.pipelines.evaluate import reuse_models
+from fnet.pipelines.evaluate import ModelPool
 from fnet.pipelines.evaluate import run as evaluate
 
 __all__ = ["run_batch", "main"]
@@ -78,31 +78,31 @@ def run_batch(jobs: Sequence[dict], *, conf_dir: str | Path | None = None, root:
 
 def _run_all(jobs: Sequence[dict], conf_dir: Path, root: Path) -> int:
     failed = 0
-    with reuse_models():
-        for i, job in enumerate(jobs):
-            folder = Path(job["folder"])
-            folder.mkdir(parents=True, exist_ok=True)
-            handler = _job_log(folder)
-            started = time.time()
-            try:
-                log.info("[batch %d/%d] %s", i + 1, len(jobs), " ".join(job["overrides"]))
-                cfg = _compose(conf_dir, job["overrides"], folder, root)
-                validate_config(cfg, "evaluate")
-                evaluate(cfg, job_overrides=list(job["overrides"]))
-            except Exception as err:  # noqa: BLE001 - recorded; the batch goes on with the next job
-                failed += 1
-                log.error("job %s failed: %s", folder, err)
-                atomic_write_text(folder / "failed.json", json.dumps(
-                    {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
-                     "seconds": round(time.time() - started, 2), "overrides": list(job["overrides"])}, indent=1))
-                continue
-            finally:
-                logging.getLogger().removeHandler(handler)
-                handler.close()
-            if job.get("marker") is not None:
-                marker = dict(job["marker"], status="done", seconds=time.time() - started, output="result.json",
-                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-                atomic_write_text(folder / "job.json", json.dumps(marker, indent=1))  # written last
+    models = ModelPool()  # the jobs' models and rows, loaded once
+    for i, job in enumerate(jobs):
+        folder = Path(job["folder"])
+        folder.mkdir(parents=True, exist_ok=True)
+        handler = _job_log(folder)
+        started = time.time()
+        try:
+            log.info("[batch %d/%d] %s", i + 1, len(jobs), " ".join(job["overrides"]))
+            cfg = _compose(conf_dir, job["overrides"], folder, root)
+            validate_config(cfg, "evaluate")
+            evaluate(cfg, job_overrides=list(job["overrides"]), models=models)
+        except Exception as err:  # noqa: BLE001 - recorded; the batch goes on with the next job
+            failed += 1
+            log.error("job %s failed: %s", folder, err)
+            atomic_write_text(folder / "failed.json", json.dumps(
+                {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                 "seconds": round(time.time() - started, 2), "overrides": list(job["overrides"])}, indent=1))
+            continue
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if job.get("marker") is not None:
+            marker = dict(job["marker"], status="done", seconds=time.time() - started, output="result.json",
+                          finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_text(folder / "job.json", json.dumps(marker, indent=1))  # written last
     return failed
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from omegaconf import OmegaConf
 
 from fnet.attribution import (
     KeyNeuronCounter,
+    WordSamples,
     align_sentences,
     attribute_samples,
     cap_per_tag,
@@ -75,8 +77,77 @@ __all__ = ["run_pos_analysis", "ica_overlap"]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The analysis run
+# The analysis run: one step per line
 # --------------------------------------------------------------------------------------------------------------
+def run_pos_analysis(cfg) -> dict:
+    """POS key neurons from the Hydra config (``analysis: pos``); see the module docstring and
+    ``conf/analysis/pos.yaml`` for the options. Returns a dict of the results (tables as lists of rows)."""
+    clock = _Laps()
+    out = Path(cfg.paths.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(int(cfg.seed))
+    lm, max_length = _load_model(cfg)
+    clock.lap("load model")
+    data = _load_data(cfg, lm.tokenizer, max_length)
+    clock.lap("data + alignment")
+    X_train, X_test = _classifier_features(cfg, lm, data)  # recorded first: the IG mean baseline is the train words'
+    clock.lap("record classifier features")
+    counter, target_lp = _attribute(cfg, lm, data, X_train)
+    clock.lap(f"attribution ({cfg.analysis.attribution.method})")
+    keys = _key_neurons(cfg, lm, data, counter, target_lp, out)
+    clock.lap("key neurons + figures")
+    class_rows, seed_rows = _classifier(cfg, data, X_train, X_test, keys.netset, out)
+    del X_train, X_test
+    clock.lap("classifier")
+    lesion_rows = _lesion(cfg, lm, data, keys, out)
+    clock.lap("lesion")
+    ica_rows, ica_note, ica_figures = _ica_step(cfg, lm, keys.netset, out)
+    clock.lap("ICA overlap")
+    results = {
+        "networks": keys.netset, "networks_path": keys.path, "tags": [data.tag_names[t] for t in keys.tags],
+        "data": data.rows(), "tag_rows": keys.tag_rows, "classifier": class_rows, "classifier_seeds": seed_rows,
+        "lesion": lesion_rows, "ica_overlap": ica_rows, "ica_note": ica_note, "timings": clock.total(),
+        "skipped_tags": keys.skipped_tags, "unaligned_words": data.n_unaligned,
+        "figures": keys.figures + ica_figures, "dropped_test_sentences": data.n_shared,
+    }
+    results["report"] = _write_report(out, cfg, keys.netset, results)
+    log.info("pos: report %s", results["report"])
+    return results
+
+
+class _Laps:
+    """Seconds per step (``timings``), logged as each step ends; ``total`` since the start."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.started = self.since = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        self.timings[name] = time.perf_counter() - self.since
+        log.info("pos: %s took %.1f s", name, self.timings[name])
+        self.since = time.perf_counter()
+
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = time.perf_counter() - self.started
+        return self.timings
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model and data
+# --------------------------------------------------------------------------------------------------------------
+def _load_model(cfg) -> tuple[LoadedModel, int]:
+    """The model (``cfg.model``, or a LoadedModel in its place) and the sentence length in tokens:
+    ``record.max_length``, cut to the model's context."""
+    lm = instantiate(cfg.model) if not isinstance(cfg.model, LoadedModel) else cfg.model
+    max_length = int(cfg.record.max_length)
+    model_limit = _max_positions(lm)
+    if model_limit is not None and model_limit < max_length:
+        log.info("pos: record.max_length=%d exceeds the model's %d positions; sentences are cut at %d tokens",
+                 max_length, model_limit, model_limit)
+        max_length = model_limit
+    return lm, max_length
+
+
 def _max_positions(lm: LoadedModel) -> int | None:
     """The model's context length from its config (``n_positions`` / ``max_position_embeddings`` / ``seq_length``),
     or None when the config does not say."""
@@ -87,6 +158,79 @@ def _max_positions(lm: LoadedModel) -> int | None:
     return None
 
 
+@dataclass
+class _Words:
+    """One set of sentences of a split, aligned to tokens, and its word samples."""
+
+    split: str
+    sentences: list
+    aligned: list
+    samples: WordSamples
+
+
+@dataclass
+class _PosData:
+    """The tags (UPOS, then any other tag the files use) and the four sets of the analysis."""
+
+    tag_names: list[str]
+    attribution: _Words
+    train: _Words
+    test: _Words
+    lesion: _Words
+    n_shared: int  # test sentences dropped because the train split has them verbatim
+
+    @property
+    def n_unaligned(self) -> int:
+        """Attribution words without a token of their own (left out)."""
+        return sum(sum(1 for f in s.first_token if f < 0) for s in self.attribution.aligned)
+
+    def rows(self) -> list[dict]:
+        sets = {"attribution": self.attribution, "classifier train": self.train, "classifier test": self.test,
+                "lesion": self.lesion}
+        return [{"set": name, "split": words.split, "sentences": len(words.sentences),
+                 "words": sum(len(s.words) for s in words.sentences), "samples": len(words.samples)}
+                for name, words in sets.items()]
+
+
+def _load_data(cfg, tokenizer: Any, max_length: int) -> _PosData:
+    """UD English-EWT's train and test splits (test without sentences the train split also has), and seeded subsets
+    of them for attribution (train), the classifier (train / test) and the lesion (test), aligned to tokens."""
+    a = cfg.analysis
+    seed = int(cfg.seed)
+    train_split, test_split = str(a.treebank.train_split), str(a.treebank.test_split)
+    train_all, test_all, n_shared = _treebank(cfg, train_split, test_split)
+    extra_tags = sorted({w.upos for s in train_all + test_all for w in s.words} - set(UPOS_TAGS))
+    tag_names = list(UPOS_TAGS) + extra_tags
+    check_lesion_tags(a.lesion.tags, tag_names)
+
+    def words(split: str, sentences: list, **options: Any) -> _Words:
+        aligned = align_sentences(tokenizer, sentences, max_length)
+        return _Words(split, sentences, aligned, word_samples(aligned, tag_names, **options))
+
+    before = str(a.classifier.position) == "before"  # the classifier reads the position predicting the word
+    attribution = words(train_split, _subset(train_all, a.attribution.max_sentences, seed))
+    attribution.samples = cap_per_tag(attribution.samples, a.attribution.max_samples_per_tag, seed)
+    return _PosData(
+        tag_names, attribution,
+        train=words(train_split, _subset(train_all, a.classifier.max_train_sentences, seed + 1), need_context=before),
+        test=words(test_split, _subset(test_all, a.classifier.max_test_sentences, seed + 2), need_context=before),
+        lesion=words(test_split, _subset(test_all, a.lesion.max_sentences, seed + 3)), n_shared=n_shared)
+
+
+def _treebank(cfg, train_split: str, test_split: str) -> tuple[list, list, int]:
+    """All sentences of both splits, and how many test sentences were dropped as verbatim train sentences."""
+    a = cfg.analysis
+    data_dir = a.treebank.dir or str(Path(cfg.paths.data_dir) / "ud_english_ewt")
+    tb = dict(pattern=str(a.treebank.pattern), source=str(a.treebank.source), hub_name=str(a.treebank.hub_name),
+              hub_config=str(a.treebank.hub_config))
+    train_all = load_treebank(train_split, data_dir, **tb)
+    test_all = load_treebank(test_split, data_dir, **tb)
+    n_shared = 0
+    if test_split != train_split:  # test on sentences the key neurons and classifier never saw
+        test_all, n_shared = drop_shared_sentences(test_all, train_all)
+    return train_all, test_all, n_shared
+
+
 def _subset(sentences: list, limit: int | None, seed: int) -> list:
     """A seeded random subset of ``limit`` sentences, in file order (the files are ordered by genre)."""
     if limit is None or limit >= len(sentences):
@@ -95,100 +239,28 @@ def _subset(sentences: list, limit: int | None, seed: int) -> list:
     return [sentences[i] for i in np.sort(rng.choice(len(sentences), size=int(limit), replace=False))]
 
 
-def _write_csv(rows: list[dict], path: Path) -> Path:
-    import pandas as pd
-
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
-def run_pos_analysis(cfg) -> dict:
-    """POS key neurons from the Hydra config (``analysis: pos``); see the module docstring and
-    ``conf/analysis/pos.yaml`` for the options. Returns a dict of the results (tables as lists of rows)."""
-    timings: dict[str, float] = {}
-    started_all = time.perf_counter()
-
-    def lap(name: str, since: float) -> float:
-        timings[name] = time.perf_counter() - since
-        log.info("pos: %s took %.1f s", name, timings[name])
-        return time.perf_counter()
-
-    a = cfg.analysis
-    seed = int(cfg.seed)
-    out = Path(cfg.paths.output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    fig_dir = out / "figures"
-    signal = str(cfg.record.signal)
-    max_length = int(cfg.record.max_length)
+def _sentence_batch(cfg) -> int:
     # sentences are short: batch more of them than record.batch_size (sized for 1024-token texts)
-    sentence_batch = int(cfg.analysis.sentence_batch_size or cfg.record.batch_size)
-    progress = bool(a.progress)
-    torch.manual_seed(seed)
+    return int(cfg.analysis.sentence_batch_size or cfg.record.batch_size)
 
-    t = time.perf_counter()
-    lm = instantiate(cfg.model) if not isinstance(cfg.model, LoadedModel) else cfg.model
+
+# --------------------------------------------------------------------------------------------------------------
+# Features, attribution and key neurons
+# --------------------------------------------------------------------------------------------------------------
+def _classifier_features(cfg, lm: LoadedModel, data: _PosData) -> tuple[Any, Any]:
+    """The activations the classifier reads for each train and test word (``analysis.classifier.position``)."""
+    rec = dict(signal=str(cfg.record.signal), batch_size=_sentence_batch(cfg),
+               position=str(cfg.analysis.classifier.position), progress=bool(cfg.analysis.progress))
+    return (record_word_features(lm, data.train.aligned, data.train.samples, **rec),
+            record_word_features(lm, data.test.aligned, data.test.samples, **rec))
+
+
+def _attribute(cfg, lm: LoadedModel, data: _PosData, X_train: Any) -> tuple[KeyNeuronCounter, Any]:
+    """Attribute every attribution sample's word to the neurons and count each sample's top neurons per tag;
+    returns the counter and the model's log-probability of each sample's word."""
+    a = cfg.analysis
+    signal = str(cfg.record.signal)
     n_layers, width = lm.n_layers, lm.width(signal)
-    model_limit = _max_positions(lm)
-    if model_limit is not None and model_limit < max_length:
-        log.info("pos: record.max_length=%d exceeds the model's %d positions; sentences are cut at %d tokens",
-                 max_length, model_limit, model_limit)
-        max_length = model_limit
-    t = lap("load model", t)
-
-    # --- data -------------------------------------------------------------------------------------------
-    data_dir = a.treebank.dir or str(Path(cfg.paths.data_dir) / "ud_english_ewt")
-    tb = dict(pattern=str(a.treebank.pattern),
-              source=str(a.treebank.source),
-              hub_name=str(a.treebank.hub_name),
-              hub_config=str(a.treebank.hub_config))
-    train_split, test_split = str(a.treebank.train_split), str(a.treebank.test_split)
-    train_all = load_treebank(train_split, data_dir, **tb)
-    test_all = load_treebank(test_split, data_dir, **tb)
-    n_shared = 0
-    if test_split != train_split:  # test on sentences the key neurons and classifier never saw
-        test_all, n_shared = drop_shared_sentences(test_all, train_all)
-    extra_tags = sorted({w.upos for s in train_all + test_all for w in s.words} - set(UPOS_TAGS))
-    tag_names = list(UPOS_TAGS) + extra_tags
-    check_lesion_tags(a.lesion.tags, tag_names)
-
-    attr_sentences = _subset(train_all, a.attribution.max_sentences, seed)
-    train_sentences = _subset(train_all, a.classifier.max_train_sentences, seed + 1)
-    test_sentences = _subset(test_all, a.classifier.max_test_sentences, seed + 2)
-    lesion_sentences = _subset(test_all, a.lesion.max_sentences, seed + 3)
-    tok = lm.tokenizer
-    attr_aligned = align_sentences(tok, attr_sentences, max_length)
-    train_aligned = align_sentences(tok, train_sentences, max_length)
-    test_aligned = align_sentences(tok, test_sentences, max_length)
-    lesion_aligned = align_sentences(tok, lesion_sentences, max_length)
-    position = str(a.classifier.position)
-    attr_samples = cap_per_tag(word_samples(attr_aligned, tag_names), a.attribution.max_samples_per_tag,
-                               seed)
-    train_samples = word_samples(train_aligned, tag_names, need_context=position == "before")
-    test_samples = word_samples(test_aligned, tag_names, need_context=position == "before")
-    lesion_samples = word_samples(lesion_aligned, tag_names)
-    n_words_attr = sum(len(s.words) for s in attr_sentences)
-    n_unaligned = sum(sum(1 for f in s.first_token if f < 0) for s in attr_aligned)
-    data_rows = [
-        {"set": "attribution", "split": train_split, "sentences": len(attr_sentences), "words": n_words_attr,
-         "samples": len(attr_samples)},
-        {"set": "classifier train", "split": train_split, "sentences": len(train_sentences),
-         "words": sum(len(s.words) for s in train_sentences), "samples": len(train_samples)},
-        {"set": "classifier test", "split": test_split, "sentences": len(test_sentences),
-         "words": sum(len(s.words) for s in test_sentences), "samples": len(test_samples)},
-        {"set": "lesion", "split": test_split, "sentences": len(lesion_sentences),
-         "words": sum(len(s.words) for s in lesion_sentences), "samples": len(lesion_samples)},
-    ]
-    t = lap("data + alignment", t)
-
-    # --- classifier features (recorded first: the IG mean baseline comes from the train words) ------------
-    rec = dict(signal=signal, batch_size=sentence_batch, position=position, progress=progress)
-    X_train = record_word_features(lm, train_aligned, train_samples, **rec)
-    X_test = record_word_features(lm, test_aligned, test_samples, **rec)
-    t = lap("record classifier features", t)
-
-    # --- attribution -> key neurons -----------------------------------------------------------------------
-    method = str(a.attribution.method)
-    steps = int(a.attribution.steps)
     baseline_name = str(a.attribution.baseline)
     if baseline_name == "mean":
         baseline: Any = mean_signal(X_train, n_layers, width)
@@ -196,114 +268,140 @@ def run_pos_analysis(cfg) -> dict:
         baseline = "zero"
     else:
         raise ValueError(f"unknown attribution.baseline {baseline_name!r}; valid: 'zero', 'mean'")
-    top_fraction = float(a.selection.top_fraction)
-    top_k = int(a.selection.top_k)
-    rank_by = str(a.selection.rank_by)
-    positions = str(a.attribution.positions)
-    counter = KeyNeuronCounter(len(tag_names), n_layers * width, top_fraction, rank_by)
+    counter = KeyNeuronCounter(len(data.tag_names), n_layers * width, float(a.selection.top_fraction),
+                               str(a.selection.rank_by))
     target_lp = attribute_samples(
-        lm, attr_aligned, attr_samples, counter, signal=signal, method=method, steps=steps, baseline=baseline,
+        lm, data.attribution.aligned, data.attribution.samples, counter, signal=signal,
+        method=str(a.attribution.method), steps=int(a.attribution.steps), baseline=baseline,
         alpha_batch=a.attribution.alpha_batch, batch_size=int(a.attribution.batch_size),
-        positions=positions, progress=progress,
+        positions=str(a.attribution.positions), progress=bool(a.progress),
     )
-    t = lap(f"attribution ({method})", t)
+    return counter, target_lp
 
+
+@dataclass
+class _KeyNeurons:
+    """The POS networks (one per tag with enough samples; ``tags``: their tag ids) and what was written of them."""
+
+    netset: NetworkSet
+    tags: list[int]
+    path: Path
+    tag_rows: list[dict]
+    skipped_tags: list[str]
+    figures: list[Path]
+
+
+def _key_neurons(cfg, lm: LoadedModel, data: _PosData, counter: KeyNeuronCounter, target_lp: Any,
+                 out: Path) -> _KeyNeurons:
+    """Select each tag's key neurons; save them (NetworkSet, counts, CSVs) and plot them."""
+    a = cfg.analysis
+    signal = str(cfg.record.signal)
+    n_layers, width = lm.n_layers, lm.width(signal)
+    method, top_fraction = str(a.attribution.method), float(a.selection.top_fraction)
     prov = provenance(
-        model=lm.name, model_source=lm.source, signal=signal, seed=seed,
-        data=f"UD English-EWT {train_split} ({len(attr_sentences)} sentences, {len(attr_samples)} words)",
-        method=method, steps=steps if method == "ig" else 1, baseline=baseline_name, positions=positions,
-        n_layers=n_layers, width=width, per_sample_kept=n_top(n_layers * width, top_fraction),
+        model=lm.name, model_source=lm.source, signal=signal, seed=int(cfg.seed),
+        data=f"UD English-EWT {data.attribution.split} ({len(data.attribution.sentences)} sentences, "
+             f"{len(data.attribution.samples)} words)",
+        method=method, steps=int(a.attribution.steps) if method == "ig" else 1, baseline=str(a.attribution.baseline),
+        positions=str(a.attribution.positions), n_layers=n_layers, width=width,
+        per_sample_kept=n_top(n_layers * width, top_fraction),
     )
-    rule = str(a.selection.rule)
-    netset, net_tags = key_neuron_set(counter, top_k, n_layers, width, tag_names, rule=rule,
+    top_k, rule = int(a.selection.top_k), str(a.selection.rule)
+    netset, net_tags = key_neuron_set(counter, top_k, n_layers, width, data.tag_names, rule=rule,
                                       min_samples=int(a.selection.min_samples), provenance=prov)
-    net_path = netset.save(out / "pos_key_neurons.safetensors")
-    counter.save(out / "pos_selection_counts.safetensors", tag_names)  # re-select without attributing again
-    key_rows = []
-    frequency, mean_score = counter.frequency(), counter.mean_score()
-    chosen_neurons, contrast = counter.key_neurons(top_k, rule), counter.contrast()
-    for tag in net_tags:
-        for rank, neuron in enumerate(chosen_neurons[tag].tolist()):
-            key_rows.append({"tag": tag_names[tag], "rank": rank, "layer": neuron // width, "unit": neuron % width,
-                             "count": int(counter.counts[tag, neuron]), "frequency": float(frequency[tag, neuron]),
-                             "contrast": float(contrast[tag, neuron]), "mean_score": float(mean_score[tag, neuron])})
-    _write_csv(key_rows, out / "pos_key_neurons.csv")
-    counts_layer = netset.counts_per_layer()  # [K, layer]
-    tag_rows = []
-    for k, tag in enumerate(net_tags):
-        tag_rows.append({
-            "network": k, "tag": tag_names[tag], "samples": int(counter.n_samples[tag]),
-            "neurons": int(netset.sizes()[k]),
-            "mean_frequency": float(frequency[tag][netset.flat()[k]].mean()) if int(netset.sizes()[k]) else 0.0,
-            "mean_logprob": float(target_lp[attr_samples.tag == tag].mean()),
-            "top_layers": ",".join(str(int(x)) for x in torch.argsort(counts_layer[k], descending=True)[:3]),
-        })
-    skipped_tags = [tag_names[t] for t in range(len(tag_names))
+    path = netset.save(out / "pos_key_neurons.safetensors")
+    counter.save(out / "pos_selection_counts.safetensors", data.tag_names)  # re-select without attributing again
+    _write_csv(_key_neuron_rows(counter, net_tags, data.tag_names, top_k, rule, width), out / "pos_key_neurons.csv")
+    tag_rows = _tag_rows(counter, netset, net_tags, data, target_lp)
+    skipped_tags = [data.tag_names[t] for t in range(len(data.tag_names))
                     if t not in net_tags and int(counter.n_samples[t]) > 0]
     _write_csv(tag_rows, out / "pos_tags.csv")
     figures = []
     if netset.n_networks:
-
+        fig_dir = out / "figures"
         figures.append(plot_network_maps(netset, fig_dir / "pos_key_neurons_maps.png", ncols=4))
         figures.append(plot_counts_per_layer(netset, fig_dir / "pos_key_neurons_per_layer.png", kind="heatmap"))
-    t = lap("key neurons + figures", t)
+    return _KeyNeurons(netset, net_tags, path, tag_rows, skipped_tags, figures)
 
-    # --- classifier -----------------------------------------------------------------------------------------
-    union = netset.union()  # [layer, unit]
-    class_rows, seed_rows = [], []
-    if len(train_samples) and len(test_samples) and netset.n_networks:
-        class_rows, seed_rows = compare_classifiers(
-            X_train, train_samples.tag, X_test, test_samples.tag, union,
-            random_seeds=list(a.classifier.random_seeds),
-            all_neurons=bool(a.classifier.all_neurons), C=float(a.classifier.C),
-            max_iter=int(a.classifier.max_iter), n_bootstrap=int(a.classifier.bootstrap),
-            seed=seed,
-        )
-        _write_csv(class_rows, out / "pos_classifier.csv")
-        _write_csv(seed_rows, out / "pos_classifier_seeds.csv")
-    del X_train, X_test
-    t = lap("classifier", t)
 
-    # --- lesion ---------------------------------------------------------------------------------------------
-    lesion_rows: list[dict] = []
-    if bool(a.lesion.enabled) and netset.n_networks and len(lesion_samples):
-        wanted = a.lesion.tags
-        chosen = [k for k, tag in enumerate(net_tags) if wanted is None or tag_names[tag] in list(wanted)]
-        min_words = int(a.lesion.min_words)
-        chosen = [k for k in chosen if int((lesion_samples.tag == net_tags[k]).sum()) >= min_words]
-        # lesion_effects indexes masks by tag id
-        masks_by_tag = torch.zeros(len(tag_names), n_layers, width, dtype=torch.bool)
-        for k, tag in enumerate(net_tags):
-            masks_by_tag[tag] = netset.masks[k]
-        lesion_rows, _ = lesion_effects(
-            lm, lesion_aligned, lesion_samples, masks_by_tag, [net_tags[k] for k in chosen], signal=signal,
-            random_seeds=list(a.lesion.random_seeds), batch_size=sentence_batch, progress=progress,
-        )
-        _write_csv(lesion_rows, out / "pos_lesion.csv")
-    t = lap("lesion", t)
+def _key_neuron_rows(counter: KeyNeuronCounter, net_tags: list[int], tag_names: list[str], top_k: int, rule: str,
+                     width: int) -> list[dict]:
+    """One row per (tag, rank): the neuron's layer and unit, how often it was kept, its contrast and mean score."""
+    frequency, mean_score = counter.frequency(), counter.mean_score()
+    chosen_neurons, contrast = counter.key_neurons(top_k, rule), counter.contrast()
+    return [{"tag": tag_names[tag], "rank": rank, "layer": neuron // width, "unit": neuron % width,
+             "count": int(counter.counts[tag, neuron]), "frequency": float(frequency[tag, neuron]),
+             "contrast": float(contrast[tag, neuron]), "mean_score": float(mean_score[tag, neuron])}
+            for tag in net_tags for rank, neuron in enumerate(chosen_neurons[tag].tolist())]
 
-    # --- ICA overlap ----------------------------------------------------------------------------------------
-    ica_rows: list[dict] = []
-    ica_note = "skipped (analysis.ica_overlap=false)"
-    if bool(a.ica_overlap) and netset.n_networks:
-        ica_rows, ica_note, ica_figure = ica_overlap(cfg, lm, netset, fig_dir)
-        if ica_figure is not None:
-            figures.append(ica_figure)
-        if ica_rows:
-            _write_csv(ica_rows, out / "pos_ica_overlap.csv")
-    t = lap("ICA overlap", t)
-    timings["total"] = time.perf_counter() - started_all
 
-    results = {
-        "networks": netset, "networks_path": net_path, "tags": [tag_names[t] for t in net_tags], "data": data_rows,
-        "tag_rows": tag_rows, "classifier": class_rows, "classifier_seeds": seed_rows, "lesion": lesion_rows,
-        "ica_overlap": ica_rows, "ica_note": ica_note, "timings": timings, "skipped_tags": skipped_tags,
-        "unaligned_words": n_unaligned, "figures": figures, "dropped_test_sentences": n_shared,
-    }
-    report_path = _write_report(out, cfg, netset, results)
-    results["report"] = report_path
-    log.info("pos: report %s", report_path)
-    return results
+def _tag_rows(counter: KeyNeuronCounter, netset: NetworkSet, net_tags: list[int], data: _PosData,
+              target_lp: Any) -> list[dict]:
+    """One row per POS network: its tag, samples, size, mean keep-frequency, mean log-prob and top layers."""
+    frequency = counter.frequency()
+    counts_layer = netset.counts_per_layer()  # [K, layer]
+    rows = []
+    for k, tag in enumerate(net_tags):
+        rows.append({
+            "network": k, "tag": data.tag_names[tag], "samples": int(counter.n_samples[tag]),
+            "neurons": int(netset.sizes()[k]),
+            "mean_frequency": float(frequency[tag][netset.flat()[k]].mean()) if int(netset.sizes()[k]) else 0.0,
+            "mean_logprob": float(target_lp[data.attribution.samples.tag == tag].mean()),
+            "top_layers": ",".join(str(int(x)) for x in torch.argsort(counts_layer[k], descending=True)[:3]),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classifier, lesion, ICA overlap
+# --------------------------------------------------------------------------------------------------------------
+def _classifier(cfg, data: _PosData, X_train: Any, X_test: Any, netset: NetworkSet,
+                out: Path) -> tuple[list[dict], list[dict]]:
+    """UPOS of held-out words from the union of the key neurons, against matched random neurons, all neurons and
+    the majority class (:func:`fnet.attribution.compare_classifiers`)."""
+    c = cfg.analysis.classifier
+    if not (len(data.train.samples) and len(data.test.samples) and netset.n_networks):
+        return [], []
+    class_rows, seed_rows = compare_classifiers(
+        X_train, data.train.samples.tag, X_test, data.test.samples.tag, netset.union(),  # union: [layer, unit]
+        random_seeds=list(c.random_seeds), all_neurons=bool(c.all_neurons), C=float(c.C),
+        max_iter=int(c.max_iter), n_bootstrap=int(c.bootstrap), seed=int(cfg.seed),
+    )
+    _write_csv(class_rows, out / "pos_classifier.csv")
+    _write_csv(seed_rows, out / "pos_classifier_seeds.csv")
+    return class_rows, seed_rows
+
+
+def _lesion(cfg, lm: LoadedModel, data: _PosData, keys: _KeyNeurons, out: Path) -> list[dict]:
+    """Zero each chosen tag's key neurons (``analysis.lesion.tags``, with at least ``min_words`` lesion words) and
+    measure the change of its words' log-likelihood against other words and matched random masks."""
+    a = cfg.analysis.lesion
+    samples, netset, net_tags = data.lesion.samples, keys.netset, keys.tags
+    if not (bool(a.enabled) and netset.n_networks and len(samples)):
+        return []
+    wanted = a.tags
+    chosen = [k for k, tag in enumerate(net_tags) if wanted is None or data.tag_names[tag] in list(wanted)]
+    chosen = [k for k in chosen if int((samples.tag == net_tags[k]).sum()) >= int(a.min_words)]
+    masks_by_tag = torch.zeros(len(data.tag_names), netset.n_layers, netset.width, dtype=torch.bool)
+    for k, tag in enumerate(net_tags):  # lesion_effects indexes masks by tag id
+        masks_by_tag[tag] = netset.masks[k]
+    lesion_rows, _ = lesion_effects(
+        lm, data.lesion.aligned, samples, masks_by_tag, [net_tags[k] for k in chosen],
+        signal=str(cfg.record.signal), random_seeds=list(a.random_seeds), batch_size=_sentence_batch(cfg),
+        progress=bool(cfg.analysis.progress),
+    )
+    _write_csv(lesion_rows, out / "pos_lesion.csv")
+    return lesion_rows
+
+
+def _ica_step(cfg, lm: LoadedModel, netset: NetworkSet, out: Path) -> tuple[list[dict], str, list[Path]]:
+    """:func:`ica_overlap` when ``analysis.ica_overlap`` is on: its rows (also as CSV), note and figure."""
+    if not (bool(cfg.analysis.ica_overlap) and netset.n_networks):
+        return [], "skipped (analysis.ica_overlap=false)", []
+    rows, note, figure = ica_overlap(cfg, lm, netset, out / "figures")
+    if rows:
+        _write_csv(rows, out / "pos_ica_overlap.csv")
+    return rows, note, [figure] if figure is not None else []
 
 
 def ica_overlap(cfg, lm: LoadedModel, netset: NetworkSet, fig_dir: Path) -> tuple[list[dict], str, Path | None]:
@@ -341,9 +439,15 @@ def ica_overlap(cfg, lm: LoadedModel, netset: NetworkSet, fig_dir: Path) -> tupl
     return rows, note, figure
 
 
+def _write_csv(rows: list[dict], path: Path) -> Path:
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
 def _write_report(out: Path, cfg, netset: NetworkSet, results: dict) -> Path:
-
-
+    """``pos_report.md``: options, data, key neurons, classifier, lesion, ICA overlap and timings."""
     a = cfg.analysis
     lines = ["# POS key neurons", "", provenance_header(netset.provenance), ""]
     lines += ["## Options", "", "```yaml", OmegaConf.to_yaml(a).rstrip(), "```", ""]

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fnet.lit.checkpoints import load_checkpoint_file
-from fnet.lit.finetune import (
+from fnet.lit.task_modules import (
     CLASSIFICATION_DATA,
     CLASSIFICATION_MODULE,
     QA_DATA,

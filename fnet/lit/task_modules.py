@@ -1,6 +1,7 @@
-"""Fine-tuning pieces the Lightning modules and pipelines share: which module and data module a task gets,
-the learning-rate schedule factory (``conf/scheduler/*.yaml`` points at :func:`warmup_scheduler`), and keyword
-filtering so one config serves both heads.
+"""The registry of fine-tuning task modules: which LightningModule and LightningDataModule a task gets
+(:func:`task_kind`, the class paths below), importing a class by its dotted path, and keyword filtering so one
+config serves both heads. ``train.py`` builds a run from it and ``evaluate.py ckpt_path=...``
+(:mod:`fnet.pipelines.checkpoint_eval`) rebuilds a checkpoint's data module from it.
 """
 
 from __future__ import annotations
@@ -8,40 +9,20 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import math
 from typing import Any, Mapping
-
-import torch
-from transformers import get_scheduler
 
 from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLASSIFICATION_MODULE", "QA_MODULE", "CLASSIFICATION_DATA", "QA_DATA", "warmup_scheduler", "task_kind", "import_class", "accepted_kwargs"]
+__all__ = ["CLASSIFICATION_MODULE", "QA_MODULE", "CLASSIFICATION_DATA", "QA_DATA", "task_kind", "import_class",
+           "accepted_kwargs"]
 
 
 CLASSIFICATION_MODULE = "fnet.lit.classification.SequenceClassificationModule"
 QA_MODULE = "fnet.lit.qa.ExtractiveQAModule"
 CLASSIFICATION_DATA = "fnet.lit.datamodules.TaskDataModule"
 QA_DATA = "fnet.lit.datamodules.SquadDataModule"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Schedules
-# --------------------------------------------------------------------------------------------------------------
-def warmup_scheduler(
-    optimizer: torch.optim.Optimizer,
-    num_training_steps: int,
-    name: str = "linear",
-    warmup_ratio: float = 0.1,
-    num_warmup_steps: int | None = None,
-):
-    """A transformers schedule (``linear``, ``cosine``, ``constant_with_warmup``...) with warmup over
-    ``warmup_ratio`` of the run (or ``num_warmup_steps``). The modules call it with the run's optimiser-step count
-    (``trainer.estimated_stepping_batches``, which accounts for gradient accumulation and devices)."""
-    warmup = int(num_warmup_steps) if num_warmup_steps is not None else int(math.ceil(warmup_ratio * num_training_steps))
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=int(num_training_steps))
 
 
 # --------------------------------------------------------------------------------------------------------------

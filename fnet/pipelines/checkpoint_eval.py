@@ -8,7 +8,7 @@ import logging
 from typing import Any, Mapping
 
 from fnet.lit.checkpoints import old_module_paths, read_checkpoint
-from fnet.lit.finetune import CLASSIFICATION_DATA, QA_DATA, accepted_kwargs, import_class, task_kind
+from fnet.lit.task_modules import CLASSIFICATION_DATA, QA_DATA, accepted_kwargs, import_class, task_kind
 from fnet.pipelines.hydra_utils import container
 
 log = logging.getLogger(__name__)

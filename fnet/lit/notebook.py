@@ -1,6 +1,6 @@
 """``fnet.evaluate(model, task, mask=None, limit=None)``: one task's score in a notebook, with its CI and chance.
 
-The same Lightning test loop that ``evaluate.py`` runs (:class:`~fnet.lit.zeroshot.ZeroShotDataModule` and
+The same Lightning test loop that ``evaluate.py`` runs (:class:`~fnet.lit.zeroshot_data.ZeroShotDataModule` and
 :class:`~fnet.lit.zeroshot.ZeroShotModule` under ``Trainer.test``), without Hydra, loggers or checkpoints; a
 mask, when given, is applied around the whole loop with :func:`fnet.intervene.apply_mask`.
 """
@@ -15,7 +15,8 @@ import lightning.pytorch as pl
 
 from fnet.scoring.tasks import get_task
 from fnet.intervene.apply import MaskSpec, apply_mask
-from fnet.lit.zeroshot import ZeroShotDataModule, ZeroShotModule
+from fnet.lit.zeroshot import ZeroShotModule
+from fnet.lit.zeroshot_data import ZeroShotDataModule
 from fnet.scoring.tasks import load_task_config
 
 __all__ = ["evaluate", "load_task"]

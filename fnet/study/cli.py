@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.no_report:
         # matplotlib behind both; only when a report is written. Training runs: the v2 report, pooled over them
         from fnet.study.render import write_report
-        from fnet.study.render_pooled import write_pooled_report
+        from fnet.study.render_pooled import write_pooled_report  # (as above)
 
         writer = write_pooled_report if preset.get("training_runs") else write_report
         paths = writer(root, preset=preset, records=result["jobs"], out=args.report_dir)

@@ -14,12 +14,17 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from fnet.decompose._base import ON_TOO_SHORT, _check_choice, _check_int, _numpy
 from sklearn.base import clone
 from sklearn.utils import check_random_state
 
-__all__ = ["RestartResult", "fit_with_restarts", "restart_stability", "abs_corr_matrix", "best_match_abs_corr", "group_decomposition", "individual_decompositions"]
+from fnet.decompose.base import Choice, Integer
+from fnet.decompose.tokens import to_numpy
 
+__all__ = ["ON_TOO_SHORT", "RestartResult", "fit_with_restarts", "restart_stability",
+           "abs_corr_matrix", "best_match_abs_corr", "group_decomposition", "individual_decompositions"]
+
+#: what :func:`individual_decompositions` does with a text too short for its own fit
+ON_TOO_SHORT = ("raise", "skip")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Similarity, restarts, group and individual fits
@@ -27,7 +32,7 @@ __all__ = ["RestartResult", "fit_with_restarts", "restart_stability", "abs_corr_
 
 
 def _as_2d_float64(x: Any, name: str) -> np.ndarray:
-    array = _numpy(x).astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    array = to_numpy(x).astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D [components, neurons]; got shape {array.shape}")
     return array
@@ -102,11 +107,25 @@ def fit_with_restarts(estimator, X, n_init: int = 5, seeds: Sequence[int] | None
 
     Seeds: ``seeds`` if given; otherwise ``random_state + 0 .. n_init-1`` for an int ``random_state``, or drawn
     from it (RandomState or fresh entropy for None). Rule: keep the restart whose components have the highest
-    *mean* stability (see :func:`restart_stability`); ties go to the earliest seed. Every restart's warnings
-    (e.g. ConvergenceWarning) are passed through.
+    *mean* stability (see :func:`restart_stability`, ICASSO-style); ties go to the earliest seed. Every restart's
+    warnings (e.g. ConvergenceWarning) are passed through.
+
+    Parameters
+    ----------
+    estimator : an unfitted estimator with ``random_state`` and ``spatial_maps_``
+    X : array or list of arrays
+        ``[tokens, neurons]`` each, passed to every ``fit``.
+    n_init : int
+        Restarts, when ``seeds`` is not given.
+    seeds : sequence of int, optional
+        The restarts' ``random_state`` values.
+
+    Returns
+    -------
+    RestartResult
     """
     if seeds is None:
-        n_init = _check_int(n_init, "n_init", 1)
+        n_init = Integer(1).check("n_init", n_init)
         seeds = _restart_seeds(estimator, n_init)
     else:
         seeds = [int(s) for s in seeds]
@@ -128,8 +147,8 @@ def fit_with_restarts(estimator, X, n_init: int = 5, seeds: Sequence[int] | None
 
 
 def _min_tokens(estimator) -> int:
-    if hasattr(estimator, "_min_tokens"):
-        return int(estimator._min_tokens())
+    if hasattr(estimator, "min_tokens"):
+        return int(estimator.min_tokens())
     return int(getattr(estimator, "n_components")) + 1
 
 
@@ -151,7 +170,7 @@ def individual_decompositions(estimator, arrays: Sequence[Any], *, on_too_short:
     ValueError naming every such text and its token count, before anything is fitted; with
     ``on_too_short="skip"`` its entry is None and a warning names it.
     """
-    _check_choice(on_too_short, "on_too_short", ON_TOO_SHORT)
+    Choice(ON_TOO_SHORT).check("on_too_short", on_too_short)
     arrays = list(arrays)
     if not arrays:
         raise ValueError("empty input: individual_decompositions got no arrays")

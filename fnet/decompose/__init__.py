@@ -10,6 +10,7 @@ All estimators extend one base and are scikit-learn compatible (``get_params``/`
   ``spatial_maps_``, parameter validation, convergence reporting and the shared parameter docs;
 * :class:`TemporalICA` (:mod:`~fnet.decompose.temporal`) -- temporal ICA as shared whitening plus a rotation;
 * :class:`FastICA` (:mod:`~fnet.decompose.fastica`) -- its fixed-point rotation (and scikit-learn's as reference);
+* :class:`Picard` (:mod:`~fnet.decompose.picard`) -- Picard / Picard-O's rotation (python-picard), same whitening;
 * :class:`CanICA` (:mod:`~fnet.decompose.canica`) -- spatial ICA after per-text and group PCA;
 * :class:`DictionaryLearningDecomposition` (:mod:`~fnet.decompose.dictlearning`);
 * :mod:`~fnet.decompose.restarts` -- map similarity, restarts with stability, group and individual fits;
@@ -23,12 +24,14 @@ from fnet.decompose.base import BaseDecomposition
 from fnet.decompose.canica import CanICA
 from fnet.decompose.dictlearning import DictionaryLearningDecomposition
 from fnet.decompose.fastica import FastICA
+from fnet.decompose.picard import Picard
 from fnet.decompose.restarts import (RestartResult, abs_corr_matrix, best_match_abs_corr, fit_with_restarts,
                                      group_decomposition, individual_decompositions, restart_stability)
 from fnet.decompose.temporal import TemporalICA
 
 __all__ = [
-    "BaseDecomposition", "CanICA", "DictionaryLearningDecomposition", "FastICA", "RestartResult", "TemporalICA",
+    "BaseDecomposition", "CanICA", "DictionaryLearningDecomposition", "FastICA", "Picard", "RestartResult",
+    "TemporalICA",
     "abs_corr_matrix", "best_match_abs_corr", "fit_with_restarts", "group_decomposition",
     "individual_decompositions", "restart_stability",
 ]

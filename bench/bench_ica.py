@@ -280,7 +280,11 @@ def write_results(shape, meta, info, rows, load_before, load_after, subspace) ->
             lines.append(f"| {r['K']} | {r['oversamples']} | {r['gap']:.4f} | {r['min_cos']:.4f} | "
                          f"{r['mean_cos2']:.5f} |")
     lines.append("")
-    Path(args.out).write_text("\n".join(lines))
+    # bench/bench_picard.py writes its own section into the same file: keep it (and the notes after it)
+    out, picard_section = Path(args.out), ""
+    if out.exists() and "<!-- bench_picard.py: begin -->" in (previous := out.read_text()):
+        picard_section = "\n" + previous[previous.index("<!-- bench_picard.py: begin -->"):]
+    out.write_text("\n".join(lines) + picard_section)
     print("\n".join(lines))
 
 

@@ -95,8 +95,10 @@ def test_a_new_temporal_algorithm_is_its_rotation_only():
     ica = FastICA(3, random_state=0).fit(X)
     projection = ica.spatial_maps_ @ np.linalg.pinv(est.spatial_maps_) @ est.spatial_maps_
     np.testing.assert_allclose(projection, ica.spatial_maps_, atol=1e-8)
-    with pytest.warns(ConvergenceWarning, match=r"^_Whitened did not converge: it never tried\. Increase max_iter"):
+    not_converged = r"^_Whitened did not converge: it never tried\. Increase max_iter"
+    with pytest.warns(ConvergenceWarning, match=not_converged) as caught:
         _Whitened(3, converge=False).fit(X)
+    assert caught[0].filename == __file__  # the warning points at the caller of fit
     with pytest.raises(ValueError, match=r"unknown whiten='zca'; valid choices: 'unit-variance', 'arbitrary-variance'"):
         _Whitened(3, whiten="zca").fit(X)
     with pytest.raises(ValueError, match=r"X has 39 neurons; this _Whitened was fitted on 40"):

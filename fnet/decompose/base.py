@@ -304,8 +304,9 @@ class BaseDecomposition(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self.n_features_in_ = data.n_neurons
         if not self.converged_:
             label, detail = self._convergence_detail
+            # stacklevel 3: the line that called fit / fit_transform
             warnings.warn(f"{label} did not converge: {detail}. Increase max_iter or tol; the components may be "
-                          "unreliable.", ConvergenceWarning, stacklevel=4)  # user -> fit -> _fit -> here
+                          "unreliable.", ConvergenceWarning, stacklevel=3)
         return sources
 
     def _fit_core(self, data: TokenMatrix) -> np.ndarray | None:

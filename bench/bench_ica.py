@@ -187,20 +187,20 @@ def main() -> None:
 def subspace_check(X) -> list[dict]:
     """Principal cosines between fnet's randomized top-K principal subspace and the exact one (fnet's eigh path),
     for the default oversampling max(10, K) and for a constant 10."""
-    from fnet.decompose._base import _column_stats, _pca, _TokenMatrix
+    from fnet.decompose.tokens import TokenMatrix, column_stats, principal_axes
 
-    data, f64, cpu = _TokenMatrix(X), torch.float64, torch.device("cpu")
-    mean, _ = _column_stats(data, f64, cpu, None)
+    data, f64, cpu = TokenMatrix(X), torch.float64, torch.device("cpu")
+    mean, _ = column_stats(data, f64, cpu, None)
     started = time.perf_counter()
-    exact = _pca(data, max(args.ks) + 1, "eigh", mean=mean, scale=None, n_oversamples=None, n_power_iter=0,
-                 rng=np.random.RandomState(0), dtype=f64, device=cpu, block_rows=None)
+    exact = principal_axes(data, max(args.ks) + 1, "eigh", mean=mean, scale=None, n_oversamples=None,
+                           n_power_iter=0, rng=np.random.RandomState(0), dtype=f64, device=cpu, block_rows=None)
     print(f"exact PCA {time.perf_counter() - started:.0f}s", flush=True)
     results = []
     for K in args.ks:
         for oversamples in (None, 10):
-            approx = _pca(data, K, "randomized", mean=mean, scale=None, n_oversamples=oversamples, n_power_iter=4,
-                          rng=np.random.RandomState(0), dtype=f64, device=cpu, block_rows=None,
-                          sketch_dtype=torch.float32)
+            approx = principal_axes(data, K, "randomized", mean=mean, scale=None, n_oversamples=oversamples,
+                                    n_power_iter=4, rng=np.random.RandomState(0), dtype=f64, device=cpu,
+                                    block_rows=None, sketch_dtype=torch.float32)
             cosines = torch.linalg.svdvals(exact.neuron_axes[:, :K].T @ approx.neuron_axes).numpy()
             sv = exact.singular_values.numpy()
             results.append({"K": K, "oversamples": "max(10, K)" if oversamples is None else str(oversamples),
@@ -280,7 +280,11 @@ def write_results(shape, meta, info, rows, load_before, load_after, subspace) ->
             lines.append(f"| {r['K']} | {r['oversamples']} | {r['gap']:.4f} | {r['min_cos']:.4f} | "
                          f"{r['mean_cos2']:.5f} |")
     lines.append("")
-    Path(args.out).write_text("\n".join(lines))
+    # bench/bench_picard.py writes its own section into the same file: keep it (and the notes after it)
+    out, picard_section = Path(args.out), ""
+    if out.exists() and "<!-- bench_picard.py: begin -->" in (previous := out.read_text()):
+        picard_section = "\n" + previous[previous.index("<!-- bench_picard.py: begin -->"):]
+    out.write_text("\n".join(lines) + picard_section)
     print("\n".join(lines))
 
 

@@ -33,6 +33,7 @@ _API = {
     # decomposition and networks
     "FastICA": "fnet.decompose",
     "CanICA": "fnet.decompose",
+    "Picard": "fnet.decompose",
     "find_networks": "fnet.networks.find",
     "NetworkSet": "fnet.networks.netset",
     "match_templates": "fnet.networks.match",

@@ -46,6 +46,26 @@ def test_analysis_writes_report_networks_and_figures(tmp_path, fnet_cache):
     assert "news/mean_network_size" in metrics
 
 
+def test_unconverged_decompositions_are_reported_once_by_name(tmp_path, fnet_cache, caplog, recwarn):
+    """No wall of ConvergenceWarnings (one per fit, restarts included): one log line per group decomposition and
+    one per dataset's individual decompositions, naming them, and the same names in the report."""
+    import logging
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    only_news = [f"~data.datasets.{d}" for d in ("encyclopedia", "math", "code")]
+    with caplog.at_level(logging.WARNING, logger="fnet.pipelines.analyze"):
+        run(make_cfg(tmp_path / "run", ["ica=fastica", "ica.max_iter=1", "ica.restarts.n_init=2", *only_news]))
+    assert not [w for w in recwarn if issubclass(w.category, ConvergenceWarning)]
+    lines = [r.getMessage() for r in caplog.records if "did not converge" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("group decomposition 'news' did not converge: 2 of 2 restarts")
+    assert lines[1].startswith("2 of 2 individual decompositions of 'news' did not converge: news-")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "group decomposition(s) news, all did not converge" in report  # `all` is news' fit here
+    assert "Individual decompositions: 2 texts, 0 converged. Not converged: news-" in report
+
+
 def test_same_seed_gives_identical_networks_other_seed_differs(tmp_path, fnet_cache):
     masks = []
     for name, seed in (("a", 0), ("b", 0), ("c", 10)):  # restarts use seed..seed+2: disjoint for 0 and 10

@@ -8,29 +8,15 @@ nilearn's CanICA works on brain images, not on activation matrices.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from fnet.decompose._base import (
-    DTYPES,
-    FUNS,
-    WHITEN_SOLVERS,
-    _check_choice,
-    _check_fun_args,
-    _check_int,
-    _column_stats,
-    _numpy,
-    _pca,
-    _project,
-    _resolve_solver,
-    _TokenMatrix,
-    _warn_not_converged,
-)
-from fnet.decompose.fastica import _fastica_rotation
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+
+from fnet.decompose.base import (DTYPES, FUNS, WHITEN_SOLVERS, BaseDecomposition, Choice, FunArgs, Integer, Positive,
+                                 fill_doc)
+from fnet.decompose.fastica import fixed_point_rotation
+from fnet.decompose.tokens import TokenMatrix, column_stats, to_numpy
 
 __all__ = ["CanICA"]
 
@@ -40,7 +26,8 @@ __all__ = ["CanICA"]
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+@fill_doc
+class CanICA(BaseDecomposition):
     """CanICA-style spatial ICA: components independent *over neurons* (as fMRI CanICA is over voxels).
 
     1. Per text (subject) ``X_s  # [tokens_s, neurons]``: centre each neuron over the text's tokens (and
@@ -55,8 +42,36 @@ class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     A single array is one text. ``transform`` gives per-token component activity by least squares
     (``(X - mean_) @ pinv(spatial_maps_)``).
 
-    Attributes: ``components_`` = ``spatial_maps_`` [K, neurons], ``group_axes_`` [K, neurons], ``mean_``
-    [neurons] (over all tokens), ``n_iter_``, ``converged_``, ``n_features_in_``.
+    Parameters
+    ----------
+    %(n_components)s
+    subject_components : int or None
+        Principal axes kept per text (None: ``n_components``).
+    standardize : bool
+        z-score every neuron within each text before its PCA.
+    %(fun)s
+    %(fun_args)s
+    max_iter, tol : int, float
+        The fixed-point iteration's limit and tolerance (as :class:`~fnet.decompose.FastICA`'s).
+    pca_solver : {"auto", "randomized", "eigh"}
+        Solver of the per-text and group PCAs (as FastICA's ``whiten_solver``).
+    %(n_oversamples)s
+    %(n_power_iter)s
+    %(sketch_dtype)s
+    %(random_state)s
+    %(device)s
+    %(dtype)s
+    %(block_rows)s
+
+    Attributes
+    ----------
+    %(attributes)s
+    components_ : ndarray [K, neurons]
+        Here the spatial maps themselves (``mixing_`` is their transpose).
+    unmixing_ : ndarray [K, neurons]
+        ``pinv(spatial_maps_).T``: least-squares activity, ``sources = (X - mean_) @ unmixing_.T``.
+    group_axes_ : ndarray [K, neurons]
+        The group PCA's orthonormal axes.
 
     Examples
     --------
@@ -70,6 +85,12 @@ class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     >>> bool(corr.min() > 0.99)
     True
     """
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "subject_components": Integer(1, optional=True), "fun": Choice(FUNS), "fun_args": FunArgs(),
+        "pca_solver": Choice(WHITEN_SOLVERS), "max_iter": Integer(1), "tol": Positive(),
+        "n_oversamples": Integer(0, optional=True), "n_power_iter": Integer(0), "sketch_dtype": Choice(tuple(DTYPES)),
+    }
 
     def __init__(
         self,
@@ -109,20 +130,12 @@ class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _subject_k(self) -> int:
         return int(self.n_components if self.subject_components is None else self.subject_components)
 
-    def _min_tokens(self) -> int:
+    def min_tokens(self) -> int:
+        """The fewest tokens one text needs: ``subject_components + 1``."""
         return self._subject_k() + 1
 
-    def fit(self, X, y=None):
-        """Fit on a list of texts ``[tokens_s, neurons]`` (or one array = one text)."""
-        K = _check_int(self.n_components, "n_components", 1)
-        k = _check_int(self._subject_k(), "subject_components", 1)
-        _check_choice(self.fun, "fun", FUNS)
-        _check_choice(self.pca_solver, "pca_solver", WHITEN_SOLVERS)
-        _check_choice(self.dtype, "dtype", tuple(DTYPES))
-        _check_int(self.max_iter, "max_iter", 1)
-        fun_args = _check_fun_args(self.fun_args)
-        dtype, device = DTYPES[self.dtype], torch.device(self.device)
-        data = _TokenMatrix(X)
+    def _check_data(self, data: TokenMatrix) -> None:
+        K, k = int(self.n_components), self._subject_k()
         if K > data.n_neurons:
             raise ValueError(f"n_components={K} is larger than the number of neurons ({data.n_neurons})")
         if k > data.n_neurons:
@@ -138,33 +151,33 @@ class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"n_components={K} exceeds the {k * len(data.parts)} stacked text components "
                 f"({len(data.parts)} texts x subject_components={k})"
             )
+
+    # -- the core: per-text PCA, group PCA, ICA over neurons -------------------------------------------------
+    def _fit_core(self, data: TokenMatrix) -> None:
+        K, k = int(self.n_components), self._subject_k()
+        dtype, device = self._compute()
         rng = check_random_state(self.random_state)
         w_init = torch.as_tensor(rng.normal(size=(K, K)), dtype=dtype, device=device)
-        _check_choice(self.sketch_dtype, "sketch_dtype", tuple(DTYPES))
-        pca_args = dict(n_oversamples=self.n_oversamples, n_power_iter=self.n_power_iter, rng=rng, dtype=dtype,
-                        device=device, block_rows=self.block_rows, sketch_dtype=DTYPES[self.sketch_dtype])
 
         # 1. per-text PCA over tokens
         loadings, mean_sum = [], torch.zeros(data.n_neurons, dtype=torch.float64, device=device)
         for index, part in enumerate(data.parts):
-            text = _TokenMatrix(part)
+            text = TokenMatrix(part)
             try:
-                mean, std = _column_stats(text, dtype, device, self.block_rows, with_std=self.standardize)
+                mean, std = column_stats(text, dtype, device, self.block_rows, with_std=self.standardize)
             except ValueError as error:
                 raise ValueError(f"text {index}: {error}") from None
             scale = torch.where(std > 0, std, torch.ones_like(std)) if self.standardize else None
-            solver = _resolve_solver(self.pca_solver, k, self.n_oversamples, text.n_tokens, text.n_neurons)
             try:
-                pca = _pca(text, k, solver, mean=mean, scale=scale, **pca_args)
+                pca, _ = self._principal_axes(text, k, self.pca_solver, mean=mean, scale=scale, rng=rng)
             except ValueError as error:
                 raise ValueError(f"text {index}: {error}") from None
             loadings.append((pca.neuron_axes * (pca.singular_values / math.sqrt(text.n_tokens))).T)  # [k, neurons]
             mean_sum += mean.to(torch.float64) * text.n_tokens
 
         # 2. group PCA of the stacked loadings (not centred: they are axes, not samples)
-        stacked = _TokenMatrix(torch.cat(loadings, dim=0))  # [texts * k, neurons]
-        solver = _resolve_solver(self.pca_solver, K, self.n_oversamples, stacked.n_tokens, stacked.n_neurons)
-        group = _pca(stacked, K, solver, mean=None, scale=None, **pca_args)
+        stacked = TokenMatrix(torch.cat(loadings, dim=0))  # [texts * k, neurons]
+        group, _ = self._principal_axes(stacked, K, self.pca_solver, mean=None, scale=None, rng=rng)
         group_axes = group.neuron_axes.T  # [K, neurons], orthonormal rows
 
         # 3. ICA over neurons: centre each group axis over neurons and whiten the K x K covariance
@@ -175,43 +188,17 @@ class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise ValueError("the group components are linearly dependent after centring over neurons; "
                              "lower n_components")
         white = (eigenvectors * eigenvalues.rsqrt()).T @ centred  # [K, neurons], identity covariance
-        W, n_iter, converged, change = _fastica_rotation(
-            white, w_init, fun=self.fun, fun_args=fun_args, algorithm="parallel", max_iter=self.max_iter,
-            tol=self.tol,
+        W, n_iter, converged, change = fixed_point_rotation(
+            white, w_init, fun=self.fun, fun_args=dict(self.fun_args or {}), algorithm="parallel",
+            max_iter=self.max_iter, tol=self.tol,
         )
         maps = W @ white  # [K, neurons]
         maps = maps * torch.sign((maps**3).mean(dim=1) + torch.finfo(dtype).tiny)[:, None]
 
-        self.components_ = _numpy(maps)
-        self.group_axes_ = _numpy(group_axes)
-        self.mean_ = _numpy((mean_sum / data.n_tokens).to(dtype))
-        self.n_iter_ = int(n_iter)
-        self.converged_ = bool(converged)
-        self.n_features_in_ = n_neurons
-        self._projection = _numpy(torch.linalg.pinv(maps))  # [neurons, K]
-        if not converged:
-            _warn_not_converged("CanICA", n_iter, change, self.tol)
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        """Per-token activity of each map, ``[tokens, K]``: least squares of ``X - mean_`` on the maps."""
-        check_is_fitted(self, "components_")
-        data = _TokenMatrix(X)
-        dtype, device = DTYPES[self.dtype], torch.device(self.device)
-        projection = torch.as_tensor(self._projection, dtype=dtype, device=device)
-        mean = torch.as_tensor(self.mean_, dtype=dtype, device=device)
-        return _numpy(_project(data, projection, mean=mean, scale=None, block_rows=self.block_rows))
-
-    def inverse_transform(self, X) -> np.ndarray:
-        check_is_fitted(self, "components_")
-        return np.asarray(X) @ self.components_ + self.mean_
-
-    @property
-    def spatial_maps_(self) -> np.ndarray:
-        """``maps  # [K, neurons]``, zero mean and unit variance over neurons, heavy tail positive."""
-        check_is_fitted(self, "components_")
-        return np.array(self.components_, copy=True)
-
-    @property
-    def _n_features_out(self) -> int:
-        return self.components_.shape[0]
+        self.components_ = to_numpy(maps)
+        self.mixing_ = self.components_.T  # [neurons, K]: spatial_maps_ = mixing_.T = the maps
+        self.unmixing_ = to_numpy(torch.linalg.pinv(maps)).T  # [K, neurons]
+        self.group_axes_ = to_numpy(group_axes)
+        self.mean_ = to_numpy((mean_sum / data.n_tokens).to(dtype))
+        self._record_convergence(n_iter, converged,
+                                 f"stopped after {n_iter} iterations with final change {change:.3g} > tol={self.tol:g}")

@@ -8,15 +8,14 @@ scikit-learn's ``MiniBatchDictionaryLearning`` on centred [tokens, neurons] data
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
-from fnet.decompose._base import DTYPES, _check_choice, _check_int, _check_n_components_fit, _numpy, _TokenMatrix
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.validation import check_is_fitted
+from sklearn.decomposition import MiniBatchDictionaryLearning
+
+from fnet.decompose.base import DTYPES, BaseDecomposition, fill_doc
+from fnet.decompose.tokens import TokenMatrix, to_numpy
 
 __all__ = ["DictionaryLearningDecomposition"]
 
@@ -26,7 +25,8 @@ __all__ = ["DictionaryLearningDecomposition"]
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class DictionaryLearningDecomposition(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+@fill_doc
+class DictionaryLearningDecomposition(BaseDecomposition):
     """Sparse dictionary learning on centred ``X  # [tokens, neurons]``: ``Xc ~= codes @ atoms`` with sparse
     ``codes  # [tokens, K]``; the unit-norm atoms are the spatial maps ``[K, neurons]``.
 
@@ -34,7 +34,27 @@ class DictionaryLearningDecomposition(ClassNamePrefixFeaturesOutMixin, Transform
     to give the same interface as the ICA estimators: list-of-texts input (concatenated in ``dtype``, float32 by
     default to halve memory; scikit-learn needs one array), per-neuron centring (``center``), ``spatial_maps_``,
     ``n_iter_`` and ``converged_`` (False, with a ConvergenceWarning, when all ``max_iter`` epochs ran without
-    scikit-learn's early stopping firing).
+    scikit-learn's early stopping firing). Its core is ``_fit_core`` (the learner) and ``_encode`` (sparse
+    codes: ``transform`` is not linear).
+
+    Parameters
+    ----------
+    %(n_components)s
+    alpha, max_iter, batch_size, fit_algorithm, transform_algorithm, transform_alpha
+        Passed to ``MiniBatchDictionaryLearning`` (``max_iter``: epochs).
+    positive_code, positive_dict, tol, max_no_improvement
+        Passed to ``MiniBatchDictionaryLearning``.
+    center : bool
+        Subtract each neuron's mean first.
+    random_state : int, RandomState or None
+        Passed to the learner.
+    %(dtype)s
+
+    Attributes
+    ----------
+    %(attributes)s
+    components_ : ndarray [K, neurons]
+        The atoms (``mixing_`` is their transpose). learner_ : the fitted learner. n_steps_ : its mini-batch steps.
     """
 
     def __init__(
@@ -70,68 +90,40 @@ class DictionaryLearningDecomposition(ClassNamePrefixFeaturesOutMixin, Transform
         self.random_state = random_state
         self.dtype = dtype
 
-    def _min_tokens(self) -> int:
-        return int(self.n_components) + 1
-
-    def _stacked(self, X) -> np.ndarray:
-        data = _TokenMatrix(X)
+    def _stacked(self, data: TokenMatrix) -> np.ndarray:
+        """``stacked  # [tokens, neurons]`` in ``dtype``: scikit-learn needs one array."""
         np_dtype = np.float32 if self.dtype == "float32" else np.float64
         stacked = np.empty((data.n_tokens, data.n_neurons), dtype=np_dtype)
         for _, start, stop, block in data.row_blocks(DTYPES[self.dtype], torch.device("cpu")):
-            stacked[start:stop] = _numpy(block)
+            stacked[start:stop] = to_numpy(block)
         if not np.isfinite(stacked).all():
             raise ValueError("X contains NaN or infinity; decompositions need finite activations")
         return stacked
 
-    def fit(self, X, y=None):
-        from sklearn.decomposition import MiniBatchDictionaryLearning
-
-        K = _check_int(self.n_components, "n_components", 1)
-        _check_choice(self.dtype, "dtype", tuple(DTYPES))
-        stacked = self._stacked(X)  # [tokens, neurons]
-        _check_n_components_fit(K, stacked.shape[0], stacked.shape[1])
+    # -- the core: the learner and the sparse codes ----------------------------------------------------------
+    def _fit_core(self, data: TokenMatrix) -> None:
+        stacked = self._stacked(data)  # [tokens, neurons]
         self.mean_ = stacked.mean(axis=0) if self.center else np.zeros(stacked.shape[1], dtype=stacked.dtype)
         stacked -= self.mean_
         learner = MiniBatchDictionaryLearning(
-            n_components=K, alpha=self.alpha, max_iter=self.max_iter, batch_size=self.batch_size,
-            fit_algorithm=self.fit_algorithm, transform_algorithm=self.transform_algorithm,
-            transform_alpha=self.transform_alpha, positive_code=self.positive_code,
-            positive_dict=self.positive_dict, tol=self.tol, max_no_improvement=self.max_no_improvement,
-            random_state=self.random_state,
+            n_components=int(self.n_components), alpha=self.alpha, max_iter=self.max_iter,
+            batch_size=self.batch_size, fit_algorithm=self.fit_algorithm,
+            transform_algorithm=self.transform_algorithm, transform_alpha=self.transform_alpha,
+            positive_code=self.positive_code, positive_dict=self.positive_dict, tol=self.tol,
+            max_no_improvement=self.max_no_improvement, random_state=self.random_state,
         )
         learner.fit(stacked)
         batches_per_epoch = math.ceil(stacked.shape[0] / min(self.batch_size, stacked.shape[0]))
         self.learner_ = learner
         self.components_ = learner.components_  # [K, neurons]
-        self.n_iter_ = int(learner.n_iter_)
+        self.mixing_ = self.components_.T  # [neurons, K]: spatial_maps_ = the atoms
         self.n_steps_ = int(learner.n_steps_)
-        self.converged_ = bool(learner.n_steps_ < self.max_iter * batches_per_epoch)
-        self.n_features_in_ = stacked.shape[1]
-        if not self.converged_:
-            warnings.warn(
-                f"MiniBatchDictionaryLearning did not converge: ran all {self.max_iter} epochs "
-                f"({learner.n_steps_} mini-batch steps) without early stopping (tol={self.tol:g}). "
-                "Increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return self
+        self._record_convergence(
+            learner.n_iter_, learner.n_steps_ < self.max_iter * batches_per_epoch,
+            f"ran all {self.max_iter} epochs ({learner.n_steps_} mini-batch steps) without early stopping "
+            f"(tol={self.tol:g})", label="MiniBatchDictionaryLearning",
+        )
 
-    def transform(self, X) -> np.ndarray:
+    def _encode(self, data: TokenMatrix) -> np.ndarray:
         """Sparse codes ``[tokens, K]`` of ``X - mean_``."""
-        check_is_fitted(self, "components_")
-        return self.learner_.transform(self._stacked(X) - self.mean_)
-
-    def inverse_transform(self, X) -> np.ndarray:
-        check_is_fitted(self, "components_")
-        return np.asarray(X) @ self.components_ + self.mean_
-
-    @property
-    def spatial_maps_(self) -> np.ndarray:
-        """``atoms  # [K, neurons]`` (unit norm)."""
-        check_is_fitted(self, "components_")
-        return np.array(self.components_, copy=True)
-
-    @property
-    def _n_features_out(self) -> int:
-        return self.components_.shape[0]
+        return self.learner_.transform(self._stacked(data) - self.mean_)

@@ -3,46 +3,33 @@
 **Why it exists:** scikit-learn whitens with a full SVD of the centred [neurons, tokens] matrix (about 1e13
 flops for 17,280 x 9,000, minutes on a laptop) and needs the whole matrix in RAM as float64. fnet only keeps
 K << neurons components, so it whitens with a randomized range finder, streamed over row blocks of one or many
-float16 arrays (memory-maps of many texts; :mod:`fnet.decompose._base`), then runs the same fixed-point
-iteration on the small whitened [K, tokens] data. ``backend="sklearn"`` runs scikit-learn's FastICA instead, as
-the reference. The spatial maps are ``spatial_maps_  # [K, neurons]``.
+float16 arrays (memory-maps of many texts; :mod:`fnet.decompose.temporal`), then runs the same fixed-point
+iteration (:func:`fixed_point_rotation`, this module's core) on the small whitened [K, tokens] data.
+``backend="sklearn"`` runs scikit-learn's FastICA instead, as the reference. The spatial maps are
+``spatial_maps_  # [K, neurons]``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from fnet.decompose._base import (
-    ALGORITHMS,
-    BACKENDS,
-    DTYPES,
-    FUNS,
-    WHITEN_MODES,
-    WHITEN_SOLVERS,
-    _check_choice,
-    _check_fun_args,
-    _check_int,
-    _check_n_components_fit,
-    _column_stats,
-    _numpy,
-    _pca,
-    _project,
-    _resolve_solver,
-    _TokenMatrix,
-    _warn_not_converged,
-)
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.decomposition import FastICA as SklearnFastICA
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["FastICA"]
+from fnet.decompose.base import Choice, fill_doc
+from fnet.decompose.temporal import TemporalICA, symmetric_decorrelation
+from fnet.decompose.tokens import TokenMatrix, to_numpy
+
+__all__ = ["FastICA", "ALGORITHMS", "BACKENDS", "fixed_point_rotation"]
+
+#: how the fixed-point iteration treats the components
+ALGORITHMS = ("parallel", "deflation")
+#: who computes the decomposition
+BACKENDS = ("torch", "sklearn")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,13 +60,6 @@ def _nonlinearity(name: str, fun_args: dict):
     return g
 
 
-def _sym_decorrelation(W: torch.Tensor) -> torch.Tensor:
-    """``(W W^T)^(-1/2) W`` for ``W  # [K, K]``: the nearest orthogonal matrix, all rows treated alike."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(W @ W.T)
-    eigenvalues = eigenvalues.clamp_min(torch.finfo(W.dtype).tiny)
-    return (eigenvectors * eigenvalues.rsqrt()) @ eigenvectors.T @ W
-
-
 # Below this many entries of the whitened data, the fixed-point iteration runs on one CPU thread: its ops are tiny
 # (K x K eigh, [K, samples] tanh/matmul), and on a loaded machine an OpenMP region per op costs more than the op
 # (measured: 70 ms instead of <1 ms per iteration for K=10 x 2,000 tokens while other jobs shared the 2 cores).
@@ -99,13 +79,36 @@ def _few_threads_for(white: torch.Tensor):
         torch.set_num_threads(previous)
 
 
-def _fastica_rotation(
+def fixed_point_rotation(
     white: torch.Tensor,  # [K, samples], identity covariance
     w_init: torch.Tensor,  # [K, K]
-    **kwargs,
+    *,
+    fun: str,
+    fun_args: dict,
+    algorithm: str,
+    max_iter: int,
+    tol: float,
 ) -> tuple[torch.Tensor, int, bool, float]:
+    """FastICA's fixed-point iteration on whitened data (scikit-learn's algorithm and stopping rule).
+
+    Parameters
+    ----------
+    white : torch.Tensor
+        ``[K, samples]`` with identity covariance (samples: tokens for temporal ICA, neurons for CanICA).
+    w_init : torch.Tensor
+        ``[K, K]`` initial unmixing (decorrelated first by the parallel algorithm).
+    fun, fun_args, algorithm, max_iter, tol
+        Keyword arguments as in :class:`FastICA`; ``fun_args`` already checked.
+
+    Returns
+    -------
+    (W, n_iter, converged, change)
+        ``W  # [K, K]`` orthogonal, the iterations run, whether ``change < tol`` was reached, and the final
+        ``change = max_k | |<w_k_new, w_k_old>| - 1 |``.
+    """
     with _few_threads_for(white):
-        return _fastica_iterate(white, w_init, **kwargs)
+        return _fastica_iterate(white, w_init, fun=fun, fun_args=fun_args, algorithm=algorithm, max_iter=max_iter,
+                                tol=tol)
 
 
 def _fastica_iterate(
@@ -126,10 +129,10 @@ def _fastica_iterate(
     n_samples = white.shape[1]
     change = float("inf")
     if algorithm == "parallel":
-        W = _sym_decorrelation(w_init)
+        W = symmetric_decorrelation(w_init)
         for iteration in range(1, max_iter + 1):
             g_wx, g_prime_mean = g(W @ white)
-            W_next = _sym_decorrelation(g_wx @ white.T / n_samples - g_prime_mean[:, None] * W)
+            W_next = symmetric_decorrelation(g_wx @ white.T / n_samples - g_prime_mean[:, None] * W)
             change = float((torch.abs(torch.abs((W_next * W).sum(dim=1)) - 1)).max())
             W = W_next
             if change < tol:
@@ -165,45 +168,52 @@ def _fastica_iterate(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class FastICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+@fill_doc
+class FastICA(TemporalICA):
     """Temporal FastICA of ``X  # [tokens, neurons]`` (samples = tokens), torch, scikit-learn compatible.
 
     Same model and conventions as ``sklearn.decomposition.FastICA`` (same ``w_init`` drawn from ``random_state``,
     same sign convention, same stopping rule), so with ``whiten_solver="eigh"`` both give the same components to
-    rounding; the randomized whitening gives the same components up to the sketch's accuracy.
+    rounding; the randomized whitening gives the same components up to the sketch's accuracy. The whitening and
+    everything after the rotation are :class:`~fnet.decompose.temporal.TemporalICA`'s; this class adds the
+    fixed-point rotation (:func:`fixed_point_rotation`) and the scikit-learn reference backend.
 
     Parameters
     ----------
-    n_components : K, the number of components.
-    algorithm : "parallel" (symmetric decorrelation) or "deflation".
-    fun, fun_args : negentropy proxy, "logcosh" (``fun_args={"alpha": a}``, 1 <= a <= 2), "exp" or "cube".
-    max_iter, tol : fixed-point iteration limit and tolerance (scikit-learn's criterion).
-    whiten : "unit-variance" (sources scaled to unit variance) or "arbitrary-variance".
-    whiten_solver : "auto" (randomized when ``4 (K + oversamples) <= min(tokens, neurons)``, else exact),
-        "randomized" (streamed range finder + Rayleigh-Ritz) or "eigh" (exact, Gram matrix of the smaller side).
-    n_oversamples : extra sketch columns, sketch width K + n_oversamples; None (default) = max(10, K), because
-        activation spectra are flat around K ~ 64 and 10 extra columns then miss part of the top-K subspace.
-    n_power_iter : subspace iterations of the range finder.
-    sketch_dtype : "float32" (default) or "float64": precision of the range finder's subspace iterations only.
-    random_state : int, RandomState or None. ``w_init`` is drawn first (as scikit-learn does), then the sketch.
-    device : torch device for the computation. dtype : "float64" (default) or "float32" (GPU speed).
-    backend : "torch" or "sklearn" (runs ``sklearn.decomposition.FastICA`` on the same, concatenated data and
-        copies its attributes; ``whiten_solver`` "auto" maps to scikit-learn's default "svd").
-    block_rows : rows per streamed block; None sizes blocks to ~256 MiB.
-    standardize : divide every neuron by its standard deviation before the decomposition (variance
-        normalisation, FSL MELODIC's default), so that a few high-variance neurons do not dominate;
-        ``spatial_maps_`` are then in units of each neuron's standard deviation. Default False (the paper's
-        unstandardised ICA).
+    %(n_components)s
+    algorithm : {"parallel", "deflation"}
+        Symmetric decorrelation of all components at once, or one component at a time.
+    %(fun)s
+    %(fun_args)s
+    max_iter, tol : int, float
+        Fixed-point iteration limit and tolerance (scikit-learn's criterion,
+        ``max_k | |<w_k_new, w_k_old>| - 1 | < tol``).
+    %(whiten)s
+    %(whiten_solver)s
+    %(n_oversamples)s
+    %(n_power_iter)s
+    %(sketch_dtype)s
+    %(random_state)s
+    %(device)s
+    %(dtype)s
+    backend : {"torch", "sklearn"}
+        ``sklearn`` runs ``sklearn.decomposition.FastICA`` on the same, concatenated data and copies its
+        attributes (``whiten_solver`` "auto" maps to scikit-learn's default "svd").
+    %(block_rows)s
+    %(standardize)s
 
     Attributes
     ----------
-    components_ : [K, neurons] unmixing incl. whitening: ``sources = (X - mean_) @ components_.T``.
-    mixing_ : [neurons, K] pseudo-inverse of ``components_``. spatial_maps_ : ``mixing_.T`` [K, neurons].
-    mean_ : [neurons]. whitening_ : [K, neurons], scikit-learn's convention (``principal axes / singular values``;
-        ``(X - mean_) @ whitening_.T * sqrt(n_tokens)`` is white).
-    n_iter_, converged_ : iterations run and whether ``change < tol`` was reached (ConvergenceWarning if not).
-    whiten_solver_ : the solver actually used. n_features_in_ : neurons.
-    scale_ : [neurons] the standard deviations divided out when ``standardize=True``, else None.
+    %(attributes)s
+    unmixing_ : ndarray [K, neurons]
+        Is ``components_``: ``sources = (X - mean_) @ components_.T`` (unmixing including whitening).
+    whitening_ : ndarray [K, neurons]
+        scikit-learn's convention (principal axes / singular values; ``(X - mean_) @ whitening_.T *
+        sqrt(tokens)`` is white).
+    whiten_solver_ : str
+        The solver used.
+    scale_ : ndarray [neurons] or None
+        The standard deviations divided out when ``standardize=True``.
 
     Examples
     --------
@@ -216,6 +226,8 @@ class FastICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     >>> bool(corr.min() > 0.99)                               # each planted map recovered
     True
     """
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {"algorithm": Choice(ALGORITHMS), "backend": Choice(BACKENDS)}
 
     def __init__(
         self,
@@ -256,22 +268,7 @@ class FastICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.block_rows = block_rows
         self.standardize = standardize
 
-    # -- validation ------------------------------------------------------------------------------------------
-    def _validate_params(self) -> dict:
-        _check_int(self.n_components, "n_components", 1)
-        _check_choice(self.algorithm, "algorithm", ALGORITHMS)
-        _check_choice(self.fun, "fun", FUNS)
-        _check_choice(self.whiten, "whiten", WHITEN_MODES)
-        _check_choice(self.whiten_solver, "whiten_solver", WHITEN_SOLVERS)
-        _check_choice(self.backend, "backend", BACKENDS)
-        _check_choice(self.dtype, "dtype", tuple(DTYPES))
-        _check_int(self.max_iter, "max_iter", 1)
-        if self.n_oversamples is not None:
-            _check_int(self.n_oversamples, "n_oversamples", 0)
-        _check_int(self.n_power_iter, "n_power_iter", 0)
-        _check_choice(self.sketch_dtype, "sketch_dtype", tuple(DTYPES))
-        if not (isinstance(self.tol, numbers.Real) and self.tol > 0):
-            raise ValueError(f"tol must be a positive number; got {self.tol!r}")
+    def _check_param_combinations(self) -> None:
         if self.backend == "sklearn" and self.standardize:
             raise ValueError("standardize=True is implemented by backend='torch' only; use backend='torch'")
         if self.backend == "sklearn" and self.whiten_solver == "randomized":
@@ -279,75 +276,25 @@ class FastICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 "backend='sklearn' has no randomized whitening; use whiten_solver='auto' (scikit-learn's 'svd') "
                 "or 'eigh'"
             )
-        return _check_fun_args(self.fun_args)
 
-    # -- fitting ---------------------------------------------------------------------------------------------
-    def fit(self, X, y=None):
-        """Fit on ``X  # [tokens, neurons]`` or a list of such arrays (stacked along tokens, streamed)."""
-        self._fit(X)
-        return self
-
-    def fit_transform(self, X, y=None, **fit_params) -> np.ndarray:
-        """Fit and return the training sources ``[tokens, K]`` (no extra pass over the data)."""
-        return self._fit(X)
-
-    def _fit(self, X) -> np.ndarray:
-        fun_args = self._validate_params()
-        data = _TokenMatrix(X)
-        _check_n_components_fit(self.n_components, data.n_tokens, data.n_neurons)
-        if self.backend == "sklearn":
-            return self._fit_sklearn(data)
-
-        dtype, device = DTYPES[self.dtype], torch.device(self.device)
-        K, n_tokens = self.n_components, data.n_tokens
-        rng = check_random_state(self.random_state)
-        # drawn before anything else, exactly as scikit-learn does, so an int seed gives both backends one w_init
-        w_init = torch.as_tensor(rng.normal(size=(K, K)), dtype=dtype, device=device)  # [K, K]
-
-        mean, std = _column_stats(data, dtype, device, self.block_rows, with_std=bool(self.standardize))
-        # variance normalisation (FSL MELODIC's default): every neuron divided by its std before the PCA, so the
-        # decomposition is not dominated by the few neurons with the largest variance; constant neurons keep 1
-        scale = None if std is None else torch.where(std > 0, std, torch.ones_like(std))  # [neurons]
-        solver = _resolve_solver(self.whiten_solver, K, self.n_oversamples, n_tokens, data.n_neurons)
-        pca = _pca(data, K, solver, mean=mean, scale=scale, n_oversamples=self.n_oversamples,
-                   n_power_iter=self.n_power_iter, rng=rng, dtype=dtype, device=device, block_rows=self.block_rows,
-                   sketch_dtype=DTYPES[self.sketch_dtype])
-        white = pca.token_axes.T * math.sqrt(n_tokens)  # [K, tokens], identity covariance
-        whitening = (pca.neuron_axes / pca.singular_values).T  # [K, neurons]
-
-        W, n_iter, converged, change = _fastica_rotation(
-            white, w_init, fun=self.fun, fun_args=fun_args, algorithm=self.algorithm,
+    # -- the core: the fixed-point rotation ------------------------------------------------------------------
+    def _rotate(self, white: torch.Tensor, w_init: torch.Tensor) -> tuple[torch.Tensor, int, bool, str]:
+        W, n_iter, converged, change = fixed_point_rotation(
+            white, w_init, fun=self.fun, fun_args=dict(self.fun_args or {}), algorithm=self.algorithm,
             max_iter=self.max_iter, tol=self.tol,
         )
-        sources = W @ white / math.sqrt(n_tokens)  # [K, tokens] == W @ whitening @ Xc.T
-        if self.whiten == "unit-variance":
-            source_std = sources.std(dim=1, correction=0)  # [K]
-            W = W / source_std[:, None]
-            sources = sources / source_std[:, None]
-        components = W @ whitening  # [K, neurons], on the standardized neurons when standardize=True
-        if scale is not None:
-            whitening = whitening / scale[None, :]  # back to raw units: sources = (X - mean_) @ components_.T
-            components = components / scale[None, :]
+        detail = f"stopped after {n_iter} iterations with final change {change:.3g} > tol={self.tol:g}"
+        return W, n_iter, converged, detail
 
-        self.components_ = _numpy(components)
-        self.mixing_ = _numpy(torch.linalg.pinv(components))  # [neurons, K]
-        self.mean_ = _numpy(mean)
-        self.scale_ = None if scale is None else _numpy(scale)
-        self.whitening_ = _numpy(whitening)
-        self.n_iter_ = int(n_iter)
-        self.converged_ = bool(converged)
-        self.whiten_solver_ = solver
-        self.n_features_in_ = data.n_neurons
-        if not converged:
-            _warn_not_converged("FastICA", n_iter, change, self.tol, stacklevel=4)  # user -> fit -> _fit
-        return _numpy(sources.T)
+    def _fit_core(self, data: TokenMatrix) -> np.ndarray:
+        if self.backend == "sklearn":
+            return self._fit_sklearn(data)
+        return super()._fit_core(data)
 
-    def _fit_sklearn(self, data: _TokenMatrix) -> np.ndarray:
+    def _fit_sklearn(self, data: TokenMatrix) -> np.ndarray:
         """Reference path: scikit-learn's FastICA on the concatenated data (it needs the whole matrix anyway)."""
-        from sklearn.decomposition import FastICA as SklearnFastICA
-
         np_dtype = np.float32 if self.dtype == "float32" else np.float64
-        X = np.concatenate([_numpy(torch.as_tensor(p)) if isinstance(p, torch.Tensor) else np.asarray(p)
+        X = np.concatenate([to_numpy(torch.as_tensor(p)) if isinstance(p, torch.Tensor) else np.asarray(p)
                             for p in data.parts], axis=0).astype(np_dtype, copy=False)
         if not np.isfinite(X).all():
             raise ValueError("X contains NaN or infinity; decompositions need finite activations")
@@ -365,56 +312,16 @@ class FastICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.sklearn_estimator_ = reference
         self.components_ = reference.components_
+        self.unmixing_ = self.components_
         self.mixing_ = reference.mixing_
         self.mean_ = reference.mean_
         self.whitening_ = reference.whitening_
-        self.n_iter_ = int(reference.n_iter_)
-        # scikit-learn warns for "parallel" only; for "deflation" reaching max_iter is the only signal it gives
-        self.converged_ = not sklearn_warned and self.n_iter_ < self.max_iter
         self.whiten_solver_ = reference.whiten_solver
-        self.n_features_in_ = data.n_neurons
-        if not self.converged_:
-            warnings.warn(
-                f"FastICA (backend='sklearn') did not converge: stopped after {self.n_iter_} iterations "
-                f"(tol={self.tol:g}; scikit-learn does not report the final change). Increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
+        n_iter = int(reference.n_iter_)
+        # scikit-learn warns for "parallel" only; for "deflation" reaching max_iter is the only signal it gives
+        self._record_convergence(
+            n_iter, not sklearn_warned and n_iter < self.max_iter,
+            f"stopped after {n_iter} iterations (tol={self.tol:g}; scikit-learn does not report the final change)",
+            label="FastICA (backend='sklearn')",
+        )
         return sources
-
-    # -- applying --------------------------------------------------------------------------------------------
-    def transform(self, X) -> np.ndarray:
-        """``sources  # [tokens, K] = (X - mean_) @ components_.T``, streamed over row blocks."""
-        check_is_fitted(self, "components_")
-        data = _TokenMatrix(X)
-        if data.n_neurons != self.components_.shape[1]:
-            raise ValueError(f"X has {data.n_neurons} neurons; this FastICA was fitted on {self.components_.shape[1]}")
-        dtype = DTYPES[self.dtype] if self.dtype in DTYPES else torch.float64
-        device = torch.device(self.device)
-        unmixing_t = torch.as_tensor(self.components_, dtype=dtype, device=device).T  # [neurons, K]
-        mean = torch.as_tensor(self.mean_, dtype=dtype, device=device)
-        return _numpy(_project(data, unmixing_t, mean=mean, scale=None, block_rows=self.block_rows))
-
-    def inverse_transform(self, X) -> np.ndarray:
-        """``X_reconstructed  # [tokens, neurons] = sources @ mixing_.T + mean_`` for ``sources  # [tokens, K]``."""
-        check_is_fitted(self, "mixing_")
-        sources = _numpy(X) if isinstance(X, torch.Tensor) else np.asarray(X, dtype=self.mixing_.dtype)
-        return sources @ self.mixing_.T + self.mean_
-
-    @property
-    def spatial_maps_(self) -> np.ndarray:
-        """``maps  # [K, neurons]`` = ``mixing_.T``: each component's loading on every neuron. With
-        ``standardize=True``, in units of each neuron's standard deviation (``mixing_.T / scale_``), so that
-        thresholding the maps does not favour high-variance neurons again."""
-        check_is_fitted(self, "mixing_")
-        maps = np.asarray(self.mixing_).T
-        if getattr(self, "scale_", None) is not None:
-            maps = maps / self.scale_[None, :]
-        return np.ascontiguousarray(maps)
-
-    @property
-    def _n_features_out(self) -> int:
-        return self.components_.shape[0]
-
-    def _min_tokens(self) -> int:
-        return int(self.n_components) + 1

@@ -7,6 +7,7 @@ over the stacked texts) and :func:`individual_decompositions` (one fit per text)
 
 from __future__ import annotations
 
+import logging
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -14,11 +15,22 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from fnet.decompose._base import ON_TOO_SHORT, _check_choice, _check_int, _numpy
 from sklearn.base import clone
 from sklearn.utils import check_random_state
 
-__all__ = ["RestartResult", "fit_with_restarts", "restart_stability", "abs_corr_matrix", "best_match_abs_corr", "group_decomposition", "individual_decompositions"]
+from fnet.decompose.base import Choice, Integer
+from fnet.decompose.tokens import to_numpy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MIN_STABILITY", "ON_TOO_SHORT", "RestartResult", "fit_with_restarts", "restart_stability",
+           "abs_corr_matrix", "best_match_abs_corr", "group_decomposition", "individual_decompositions"]
+
+#: what :func:`individual_decompositions` does with a text too short for its own fit
+ON_TOO_SHORT = ("raise", "skip")
+#: below this stability over restarts a component is logged as unreliable (ICASSO's quality index is judged
+#: on the same 0..1 scale; a component that does not reach 0.6 is not reproduced by the other restarts)
+MIN_STABILITY = 0.6
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -27,7 +39,7 @@ __all__ = ["RestartResult", "fit_with_restarts", "restart_stability", "abs_corr_
 
 
 def _as_2d_float64(x: Any, name: str) -> np.ndarray:
-    array = _numpy(x).astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    array = to_numpy(x).astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D [components, neurons]; got shape {array.shape}")
     return array
@@ -97,16 +109,34 @@ def restart_stability(maps: Sequence[Any]) -> np.ndarray:
     return (best * off_diagonal[:, None, :]).sum(axis=2) / (n_restarts - 1)
 
 
-def fit_with_restarts(estimator, X, n_init: int = 5, seeds: Sequence[int] | None = None) -> RestartResult:
+def fit_with_restarts(estimator, X, n_init: int = 5, seeds: Sequence[int] | None = None,
+                      min_stability: float = MIN_STABILITY) -> RestartResult:
     """Fit ``n_init`` clones of ``estimator`` with different ``random_state`` and keep the most stable one.
 
     Seeds: ``seeds`` if given; otherwise ``random_state + 0 .. n_init-1`` for an int ``random_state``, or drawn
     from it (RandomState or fresh entropy for None). Rule: keep the restart whose components have the highest
-    *mean* stability (see :func:`restart_stability`); ties go to the earliest seed. Every restart's warnings
-    (e.g. ConvergenceWarning) are passed through.
+    *mean* stability (see :func:`restart_stability`, ICASSO-style); ties go to the earliest seed. Every restart's
+    warnings (e.g. ConvergenceWarning) are passed through. With two or more restarts, the kept solution's
+    components whose stability is below ``min_stability`` are logged (one warning line naming them).
+
+    Parameters
+    ----------
+    estimator : an unfitted estimator with ``random_state`` and ``spatial_maps_``
+    X : array or list of arrays
+        ``[tokens, neurons]`` each, passed to every ``fit``.
+    n_init : int
+        Restarts, when ``seeds`` is not given.
+    seeds : sequence of int, optional
+        The restarts' ``random_state`` values.
+    min_stability : float
+        Threshold of the warning (default :data:`MIN_STABILITY`).
+
+    Returns
+    -------
+    RestartResult
     """
     if seeds is None:
-        n_init = _check_int(n_init, "n_init", 1)
+        n_init = Integer(1).check("n_init", n_init)
         seeds = _restart_seeds(estimator, n_init)
     else:
         seeds = [int(s) for s in seeds]
@@ -117,6 +147,8 @@ def fit_with_restarts(estimator, X, n_init: int = 5, seeds: Sequence[int] | None
     fitted = [clone(estimator).set_params(random_state=seed).fit(X) for seed in seeds]
     all_stability = restart_stability([f.spatial_maps_ for f in fitted])  # [n_init, K]
     best_index = 0 if len(fitted) == 1 else int(np.argmax(all_stability.mean(axis=1)))
+    if len(fitted) > 1:
+        _log_unstable(fitted[best_index], all_stability[best_index], len(fitted), min_stability)
     return RestartResult(
         best=fitted[best_index],
         stability=all_stability[best_index],
@@ -127,9 +159,19 @@ def fit_with_restarts(estimator, X, n_init: int = 5, seeds: Sequence[int] | None
     )
 
 
+def _log_unstable(fitted, stability: np.ndarray, n_restarts: int, min_stability: float) -> None:
+    """One warning line for the components of ``fitted`` whose ``stability  # [K]`` is below ``min_stability``."""
+    unstable = np.flatnonzero(stability < min_stability)
+    if unstable.size:
+        listing = ", ".join(f"{k}: {stability[k]:.2f}" for k in unstable)
+        log.warning("%s (K=%d, %d restarts): %d component(s) below stability %.2g (%s); their networks are not "
+                    "reproduced by the other restarts", type(fitted).__name__, len(stability), n_restarts,
+                    unstable.size, min_stability, listing)
+
+
 def _min_tokens(estimator) -> int:
-    if hasattr(estimator, "_min_tokens"):
-        return int(estimator._min_tokens())
+    if hasattr(estimator, "min_tokens"):
+        return int(estimator.min_tokens())
     return int(getattr(estimator, "n_components")) + 1
 
 
@@ -151,7 +193,7 @@ def individual_decompositions(estimator, arrays: Sequence[Any], *, on_too_short:
     ValueError naming every such text and its token count, before anything is fitted; with
     ``on_too_short="skip"`` its entry is None and a warning names it.
     """
-    _check_choice(on_too_short, "on_too_short", ON_TOO_SHORT)
+    Choice(ON_TOO_SHORT).check("on_too_short", on_too_short)
     arrays = list(arrays)
     if not arrays:
         raise ValueError("empty input: individual_decompositions got no arrays")

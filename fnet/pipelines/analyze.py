@@ -16,11 +16,13 @@ import dataclasses
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
+from sklearn.exceptions import ConvergenceWarning
 
 from fnet.cache import code_version
 from fnet.models import LoadedModel
@@ -44,10 +46,34 @@ def _provenance(lm: LoadedModel, cfg: DictConfig, **fields: Any) -> dict:
                       K=int(ica.get("n_components", 0) or 0), ica=ica, **fields)
 
 
+def _collecting_convergence(fit: Callable, *args, **kwargs) -> tuple[Any, list[str]]:
+    """``fit(*args, **kwargs)`` with its ConvergenceWarnings collected instead of shown (one per fit, restarts
+    included, would make a wall of warnings); every other warning passes through. Returns the result and the
+    collected messages, which the caller reports once per decomposition, by name."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(*args, **kwargs)
+    messages = []
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            messages.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result, messages
+
+
 def _group(lm: LoadedModel, cfg: DictConfig, name: str, arrays: list, data_prov: dict) -> Decomposition:
     estimator, n_init = make_estimator(cfg.ica, int(cfg.seed))
-    return group_networks(estimator, arrays, lm.n_layers, lm.width(cfg.record.signal), thresholds(cfg), name=name,
-                          n_init=n_init, seed=int(cfg.seed), provenance=_provenance(lm, cfg, data_detail=data_prov))
+    group, messages = _collecting_convergence(
+        group_networks, estimator, arrays, lm.n_layers, lm.width(cfg.record.signal), thresholds(cfg), name=name,
+        n_init=n_init, seed=int(cfg.seed), provenance=_provenance(lm, cfg, data_detail=data_prov))
+    if group.converged is False:
+        log.warning("group decomposition %r did not converge: %d of %d restarts stopped short, the kept one "
+                    "included (first: %s)", name, len(messages), n_init, messages[0] if messages else "no message")
+    elif messages:
+        log.info("group decomposition %r converged; %d of its other %d restarts did not", name, len(messages),
+                 n_init - 1)
+    return group
 
 
 def _as_all(group: Decomposition, provenance: dict) -> Decomposition:
@@ -63,8 +89,14 @@ def _as_all(group: Decomposition, provenance: dict) -> Decomposition:
 
 def _individuals(lm: LoadedModel, cfg: DictConfig, name: str, store: ActivationStore, ids: list[str]):
     estimator, _ = make_estimator(cfg.ica, int(cfg.seed))
-    return individual_networks(estimator, store.arrays(ids), ids, lm.n_layers, lm.width(cfg.record.signal),
-                               thresholds(cfg), name=name, provenance=_provenance(lm, cfg))
+    individuals, _ = _collecting_convergence(
+        individual_networks, estimator, store.arrays(ids), ids, lm.n_layers, lm.width(cfg.record.signal),
+        thresholds(cfg), name=name, provenance=_provenance(lm, cfg))
+    failed = [ind.name for ind in individuals if ind.converged is False]
+    if failed:
+        log.warning("%d of %d individual decompositions of %r did not converge: %s", len(failed), len(individuals),
+                    name, ", ".join(failed))
+    return individuals
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,11 +246,11 @@ def _convergence_section(results, combined) -> list[str]:
             "seconds": round(g.seconds, 1),
         })
     lines = ["## Group decompositions", "", markdown_table(conv_rows), ""]
-    if any(r["converged"] is False for r in conv_rows):
-        lines += ["**Warning:** at least one group decomposition did not converge (see `n_iter`); raise "
-                  "`ica.max_iter` or loosen `ica.tol`.", ""]
+    unconverged = [r["dataset"] for r in conv_rows if r["converged"] is False]
+    if unconverged:
+        lines += [f"**Warning:** group decomposition(s) {', '.join(unconverged)} did not converge (see `n_iter`); "
+                  "raise `ica.max_iter`, loosen `ica.tol` or use `ica=picard`.", ""]
     return lines
-
 
 def _dataset_section(cfg, name: str, res: dict) -> tuple[list[str], dict]:
     """One dataset's template networks (size, stability, top layers), individual fits and template matching;
@@ -238,8 +270,10 @@ def _dataset_section(cfg, name: str, res: dict) -> tuple[list[str], dict]:
     lines += ["### Template networks", "", markdown_table(size_rows), ""]
     ind = res["individuals"]
     if ind:
-        n_conv = sum(1 for i in ind if i.converged)
-        lines += [f"Individual decompositions: {len(ind)} texts, {n_conv} converged.", ""]
+        failed = [i.name for i in ind if i.converged is False]
+        not_converged = f" Not converged: {', '.join(failed)}." if failed else ""
+        lines += [f"Individual decompositions: {len(ind)} texts, {len(ind) - len(failed)} converged.{not_converged}",
+                  ""]
     match = res["match"]
     if match is not None:
         lines += [f"### Template matching (individual networks with IoU > {cfg.networks.match_threshold})", "",

@@ -1,33 +1,24 @@
-"""What the decompositions share: the token matrix read in blocks, its streamed PCA, and argument checks.
+"""The token matrix every decomposition reads, and its streamed PCA (public helpers of the base estimator).
 
 Input everywhere: one array ``[tokens, neurons]`` (numpy, numpy memmap or torch; float16 accepted) or a
 list/tuple of such arrays of equal width, read as if stacked along tokens. The torch estimators never
 concatenate a list: they stream row blocks through one reusable buffer of the compute dtype
-(:class:`_TokenMatrix`). The PCA keeps the K leading axes, by a randomized range finder (a handful of passes of
-``block @ [neurons, K + oversamples]`` matmuls) or exactly.
+(:class:`TokenMatrix`). :func:`principal_axes` keeps the K leading axes, by a randomized range finder (a handful
+of passes of ``block @ [neurons, K + oversamples]`` matmuls) or exactly. :class:`fnet.decompose.base.BaseDecomposition`
+uses them for whitening; ``bench/bench_ica.py`` uses them to check the randomized subspace.
 """
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
-__all__ = []
-
-
-FUNS = ("logcosh", "exp", "cube")
-ALGORITHMS = ("parallel", "deflation")
-WHITEN_MODES = ("unit-variance", "arbitrary-variance")
-WHITEN_SOLVERS = ("auto", "randomized", "eigh")
-BACKENDS = ("torch", "sklearn")
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
-ON_TOO_SHORT = ("raise", "skip")
+__all__ = ["TokenMatrix", "PrincipalAxes", "column_stats", "project", "back_project", "resolve_solver",
+           "principal_axes", "to_numpy"]
 
 # A streamed row block (or, for the exact wide solver, a column chunk) is sized to about this many bytes.
 _BLOCK_BYTES = 256 * 2**20
@@ -85,11 +76,26 @@ def _to_torch_view(rows: Any) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
 
 
-class _TokenMatrix:
+class TokenMatrix:
     """One or many ``[tokens_i, neurons]`` arrays viewed as a single matrix stacked along tokens.
 
     Nothing is concatenated. :meth:`row_blocks` copies row blocks, converted to the compute dtype and optionally
     centred/scaled, into one reusable buffer; :meth:`column_chunks` does the same for column chunks of all rows.
+
+    Parameters
+    ----------
+    X : array or list of arrays
+        ``[tokens, neurons]`` (numpy, memmap or torch, any real dtype) or a list of such arrays of equal width.
+
+    Attributes
+    ----------
+    parts : list
+        The arrays, uncopied. part_tokens : list of int, tokens of each. n_tokens, n_neurons : int.
+
+    Raises
+    ------
+    ValueError
+        For empty input, arrays that are not 2-D or not real, or arrays of different widths.
     """
 
     def __init__(self, X: Any):
@@ -156,10 +162,27 @@ class _TokenMatrix:
             yield chunk
 
 
-def _column_stats(
-    data: _TokenMatrix, dtype: torch.dtype, device: torch.device, block_rows: int | None, with_std: bool = False
+def column_stats(
+    data: TokenMatrix, dtype: torch.dtype, device: torch.device, block_rows: int | None, with_std: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One pass: ``mean  # [neurons]`` (and the population std if asked); raises on NaN/inf, naming where."""
+    """One pass: ``mean  # [neurons]`` (and the population std if asked, a second pass).
+
+    Parameters
+    ----------
+    data : TokenMatrix
+    dtype, device : the compute dtype and device. block_rows : rows per streamed block (None: ~256 MiB).
+    with_std : bool
+        Also return ``std  # [neurons]`` (population, around the mean).
+
+    Returns
+    -------
+    (mean, std) : ``std`` is None unless asked.
+
+    Raises
+    ------
+    ValueError
+        On a NaN or infinity, naming the first stacked row (and the array of the list) holding one.
+    """
     total = torch.zeros(data.n_neurons, dtype=torch.float64, device=device)
     for part_index, start, stop, block in data.row_blocks(dtype, device, block_rows):
         block_sum = block.sum(dim=0, dtype=torch.float64)  # [neurons]
@@ -183,16 +206,46 @@ def _column_stats(
     return mean, std
 
 
-def _project(data: _TokenMatrix, basis: torch.Tensor, *, mean, scale, block_rows) -> torch.Tensor:
-    """``scores  # [tokens, l] = Xc @ basis`` with ``basis  # [neurons, l]``, streamed over row blocks."""
+def project(data: TokenMatrix, basis: torch.Tensor, *, mean, scale, block_rows) -> torch.Tensor:
+    """``scores  # [tokens, l] = Xc @ basis`` with ``basis  # [neurons, l]``, streamed over row blocks.
+
+    Parameters
+    ----------
+    data : TokenMatrix
+    basis : torch.Tensor
+        ``[neurons, l]``; its dtype and device are the computation's.
+    mean, scale : ``[neurons]`` or None
+        ``Xc = (X - mean) / scale``.
+    block_rows : int or None
+        Rows per streamed block.
+
+    Returns
+    -------
+    torch.Tensor
+        ``scores  # [tokens, l]``.
+    """
     scores = torch.empty((data.n_tokens, basis.shape[1]), dtype=basis.dtype, device=basis.device)
     for _, start, stop, block in data.row_blocks(basis.dtype, basis.device, block_rows, mean, scale):
         torch.matmul(block, basis, out=scores[start:stop])
     return scores
 
 
-def _back_project(data: _TokenMatrix, scores: torch.Tensor, *, mean, scale, block_rows) -> torch.Tensor:
-    """``basis  # [neurons, l] = Xc.T @ scores`` with ``scores  # [tokens, l]``, streamed over row blocks."""
+def back_project(data: TokenMatrix, scores: torch.Tensor, *, mean, scale, block_rows) -> torch.Tensor:
+    """``basis  # [neurons, l] = Xc.T @ scores`` with ``scores  # [tokens, l]``, streamed over row blocks.
+
+    Parameters
+    ----------
+    data : TokenMatrix
+    scores : torch.Tensor
+        ``[tokens, l]``; its dtype and device are the computation's.
+    mean, scale, block_rows
+        As in :func:`project`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``basis  # [neurons, l]``.
+    """
     basis = torch.zeros((data.n_neurons, scores.shape[1]), dtype=scores.dtype, device=scores.device)
     for _, start, stop, block in data.row_blocks(scores.dtype, scores.device, block_rows, mean, scale):
         basis.addmm_(block.T, scores[start:stop])
@@ -205,7 +258,19 @@ def _back_project(data: _TokenMatrix, scores: torch.Tensor, *, mean, scale, bloc
 
 
 @dataclass
-class _PCA:
+class PrincipalAxes:
+    """The K leading principal axes of a centred token matrix ``Xc = U diag(s) V^T`` (:func:`principal_axes`).
+
+    Attributes
+    ----------
+    neuron_axes : torch.Tensor
+        ``[neurons, K]`` orthonormal columns, V.
+    singular_values : torch.Tensor
+        ``[K]`` descending, s.
+    token_axes : torch.Tensor
+        ``[tokens, K]`` orthonormal columns, U.
+    """
+
     neuron_axes: torch.Tensor  # [neurons, K] orthonormal columns (right singular vectors of Xc)
     singular_values: torch.Tensor  # [K] descending
     token_axes: torch.Tensor  # [tokens, K] orthonormal columns (left singular vectors of Xc)
@@ -222,8 +287,25 @@ def _oversamples(n_oversamples: int | None, n_keep: int) -> int:
     return max(10, n_keep) if n_oversamples is None else int(n_oversamples)
 
 
-def _resolve_solver(solver: str, n_keep: int, n_oversamples: int | None, n_tokens: int, n_neurons: int) -> str:
-    """``auto``: randomized when the sketch width K + oversamples is at most a quarter of min(tokens, neurons)."""
+def resolve_solver(solver: str, n_keep: int, n_oversamples: int | None, n_tokens: int, n_neurons: int) -> str:
+    """The PCA solver to use: ``solver`` itself unless it is ``auto``.
+
+    ``auto`` means randomized when the sketch width K + oversamples is at most a quarter of min(tokens, neurons),
+    else the exact ``eigh``.
+
+    Parameters
+    ----------
+    solver : {"auto", "randomized", "eigh"}
+    n_keep : int
+        K, the axes kept. n_oversamples : int or None, extra sketch columns (None: max(10, K)).
+    n_tokens, n_neurons : int
+        The matrix's shape.
+
+    Returns
+    -------
+    str
+        ``"randomized"`` or ``"eigh"``.
+    """
     if solver != "auto":
         return solver
     sketch_width = n_keep + _oversamples(n_oversamples, n_keep)
@@ -231,7 +313,7 @@ def _resolve_solver(solver: str, n_keep: int, n_oversamples: int | None, n_token
 
 
 def _randomized_pca(
-    data: _TokenMatrix,
+    data: TokenMatrix,
     n_keep: int,
     *,
     mean,
@@ -243,7 +325,7 @@ def _randomized_pca(
     device: torch.device,
     block_rows: int | None,
     sketch_dtype: torch.dtype | None = None,
-) -> _PCA:
+) -> PrincipalAxes:
     """Randomized range finder over the neuron space (Halko, Martinsson & Tropp 2011), streamed.
 
     The basis of ``l = K + oversamples`` neuron directions is refined by ``n_power_iter`` subspace iterations
@@ -263,12 +345,12 @@ def _randomized_pca(
     sketch_stream = dict(mean=None if mean is None else mean.to(sketch_dtype),
                          scale=None if scale is None else scale.to(sketch_dtype), block_rows=block_rows)
     for _ in range(n_power_iter):
-        scores = torch.linalg.qr(_project(data, basis, **sketch_stream)).Q  # [tokens, l]
-        basis = torch.linalg.qr(_back_project(data, scores, **sketch_stream)).Q  # [neurons, l]
+        scores = torch.linalg.qr(project(data, basis, **sketch_stream)).Q  # [tokens, l]
+        basis = torch.linalg.qr(back_project(data, scores, **sketch_stream)).Q  # [neurons, l]
     basis = torch.linalg.qr(basis.to(dtype)).Q  # re-orthonormalised in the compute dtype
-    projection = _project(data, basis, mean=mean, scale=scale, block_rows=block_rows)  # [tokens, l]
+    projection = project(data, basis, mean=mean, scale=scale, block_rows=block_rows)  # [tokens, l]
     left, singular_values, right_h = torch.linalg.svd(projection, full_matrices=False)
-    return _PCA(
+    return PrincipalAxes(
         neuron_axes=basis @ right_h[:n_keep].T,
         singular_values=singular_values[:n_keep],
         token_axes=left[:, :n_keep],
@@ -276,8 +358,8 @@ def _randomized_pca(
 
 
 def _exact_pca(
-    data: _TokenMatrix, n_keep: int, *, mean, scale, dtype: torch.dtype, device: torch.device, block_rows
-) -> _PCA:
+    data: TokenMatrix, n_keep: int, *, mean, scale, dtype: torch.dtype, device: torch.device, block_rows
+) -> PrincipalAxes:
     """Exact PCA via ``eigh`` of the smaller Gram matrix, streamed.
 
     Tall data (tokens >= neurons): covariance ``Xc.T @ Xc  # [neurons, neurons]`` accumulated over row blocks.
@@ -298,14 +380,14 @@ def _exact_pca(
     singular_values = eigenvalues[order].clamp_min(0).sqrt()
     if data.n_tokens >= data.n_neurons:
         neuron_axes = eigenvectors[:, order]
-        token_axes = _project(data, neuron_axes, **stream) / singular_values
+        token_axes = project(data, neuron_axes, **stream) / singular_values
     else:
         token_axes = eigenvectors[:, order]
-        neuron_axes = _back_project(data, token_axes, **stream) / singular_values
-    return _PCA(neuron_axes=neuron_axes, singular_values=singular_values, token_axes=token_axes)
+        neuron_axes = back_project(data, token_axes, **stream) / singular_values
+    return PrincipalAxes(neuron_axes=neuron_axes, singular_values=singular_values, token_axes=token_axes)
 
 
-def _check_rank(spectrum: torch.Tensor, n_keep: int, data: _TokenMatrix, dtype: torch.dtype) -> None:
+def _check_rank(spectrum: torch.Tensor, n_keep: int, data: TokenMatrix, dtype: torch.dtype) -> None:
     """Whitening divides by the singular values: refuse a K beyond the data's numerical rank.
 
     ``spectrum  # [K]`` descending: singular values (randomized path, from an SVD) or Gram eigenvalues (exact
@@ -322,8 +404,37 @@ def _check_rank(spectrum: torch.Tensor, n_keep: int, data: _TokenMatrix, dtype: 
         )
 
 
-def _pca(data: _TokenMatrix, n_keep: int, solver: str, *, mean, scale, n_oversamples, n_power_iter, rng, dtype,
-         device, block_rows, sketch_dtype=None) -> _PCA:
+def principal_axes(data: TokenMatrix, n_keep: int, solver: str, *, mean, scale, n_oversamples, n_power_iter, rng,
+                   dtype, device, block_rows, sketch_dtype=None) -> PrincipalAxes:
+    """The ``n_keep`` leading principal axes of ``Xc = (X - mean) / scale``, streamed.
+
+    Parameters
+    ----------
+    data : TokenMatrix
+    n_keep : int
+        K.
+    solver : {"randomized", "eigh"}
+        Randomized range finder with a Rayleigh-Ritz step, or exact (``eigh`` of the smaller Gram matrix); see
+        :func:`resolve_solver`.
+    mean, scale : ``[neurons]`` tensors or None
+    n_oversamples, n_power_iter : int
+        Extra sketch columns (None: max(10, K)) and subspace iterations of the randomized solver.
+    rng : numpy.random.RandomState
+        Draws the randomized solver's Gaussian sketch.
+    dtype, device, block_rows : the computation's dtype, device and rows per block.
+    sketch_dtype : torch.dtype, optional
+        Precision of the subspace iterations only (default ``dtype``).
+
+    Returns
+    -------
+    PrincipalAxes
+        Signed by scikit-learn's convention: the first neuron loads positively on every axis.
+
+    Raises
+    ------
+    ValueError
+        When the data's numerical rank is below ``n_keep``.
+    """
     if solver == "randomized":
         result = _randomized_pca(data, n_keep, mean=mean, scale=scale, n_oversamples=n_oversamples,
                                  n_power_iter=n_power_iter, rng=rng, dtype=dtype, device=device,
@@ -345,43 +456,6 @@ def _pca(data: _TokenMatrix, n_keep: int, solver: str, *, mean, scale, n_oversam
     return result
 
 
-def _warn_not_converged(name: str, n_iter: int, change: float, tol: float, stacklevel: int = 3) -> None:
-    warnings.warn(
-        f"{name} did not converge: stopped after {n_iter} iterations with final change {change:.3g} "
-        f"> tol={tol:g}. Increase max_iter or tol; the components may be unreliable.",
-        ConvergenceWarning,
-        stacklevel=stacklevel,
-    )
-
-
-def _check_choice(value: Any, name: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name}={value!r}; valid choices: {', '.join(map(repr, choices))}")
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_fun_args(fun_args: dict | None) -> dict:
-    fun_args = {} if fun_args is None else dict(fun_args)
-    alpha = fun_args.get("alpha", 1.0)
-    if not 1 <= alpha <= 2:
-        raise ValueError(f"fun_args['alpha'] must be in [1, 2]; got {alpha}")
-    return fun_args
-
-
-def _check_n_components_fit(n_components: int, n_tokens: int, n_neurons: int, what: str = "tokens") -> None:
-    if n_components > n_neurons:
-        raise ValueError(f"n_components={n_components} is larger than the number of neurons ({n_neurons})")
-    if n_components >= n_tokens:
-        raise ValueError(
-            f"n_components={n_components} needs at least {n_components + 1} {what} (centring removes one "
-            f"dimension); got {n_tokens} {what}"
-        )
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a numpy array on the CPU (detached; no copy when it already lives there)."""
     return t.detach().cpu().numpy()

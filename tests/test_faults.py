@@ -50,12 +50,41 @@ def _empty_stimulus_file(tmp: Path, _mp) -> Any:
     return load_stimulus_sets({"mine": {"source": f"file:{tmp / 'empty.jsonl'}"}}, n_template=1, n_individual=0)
 
 
+def _builtin_corpus_missing(tmp: Path, mp) -> Any:
+    """A wheel without the built-in corpus (packaging is another issue): the lookup pointed at an empty folder."""
+    import fnet.recording.sources as sources
+
+    mp.setattr(sources, "CORPUS_DIR", tmp / "corpus")
+    return sources.load_texts("builtin:news")
+
+
+def _presets_missing(tmp: Path, mp) -> Any:
+    import fnet.study.preset as preset
+    from fnet.study.cli import main
+
+    mp.setattr(preset, "preset_dir", lambda: tmp / "conf" / "study")
+    return main(["tiny", "--dry-run", "--root", str(tmp / "study")])
+
+
+def _task_configs_missing(tmp: Path, mp) -> Any:
+    import fnet.scoring.tasks as tasks
+
+    mp.setattr(tasks, "task_config_dir", lambda: tmp / "conf" / "task")
+    return tasks.load_task_config("sst2")
+
+
 FAULTS = [
     Fault("6 record no texts", _record_nothing, ValueError,
           ("no texts to record", "got an empty list"), not_made=("cache/activations",)),
     Fault("9 empty jsonl stimulus file", _empty_stimulus_file, ValueError,
           ("data set 'mine'", "empty.jsonl", "is empty", "one JSON record per line"),
           setup=lambda tmp: (tmp / "empty.jsonl").write_text("\n  \n")),
+    Fault("11 built-in corpus not installed", _builtin_corpus_missing, FileNotFoundError,
+          ("installation of fnet is incomplete", "corpus", "no <genre>.jsonl files")),
+    Fault("11 study presets not installed", _presets_missing, FileNotFoundError,
+          ("installation of fnet is incomplete", "conf/study", "a preset's YAML path"), not_made=("study",)),
+    Fault("11 task configs not installed", _task_configs_missing, FileNotFoundError,
+          ("installation of fnet is incomplete", "conf/task")),
 ]
 
 

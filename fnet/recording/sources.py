@@ -52,6 +52,11 @@ def builtin_genres() -> list[str]:
 
 def _load_builtin(genre: str | None) -> Loaded:
     genres = builtin_genres()
+    if not genres:  # not a wrong name: the package's data files are not where they belong
+        raise FileNotFoundError(
+            f"fnet's built-in corpus is not installed: {CORPUS_DIR} holds no <genre>.jsonl files, so this "
+            "installation of fnet is incomplete (the corpus ships inside the fnet package); reinstall fnet from a "
+            "checkout of its repository (pip install -e .) or use another source (file:<path>, wikitext2, ...)")
     if genre is not None and genre not in genres:
         raise ValueError(f"unknown built-in genre {genre!r}; valid genres: {', '.join(genres)} "
                          f"(use 'builtin' for all of them)")

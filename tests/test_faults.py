@@ -73,12 +73,44 @@ def _task_configs_missing(tmp: Path, mp) -> Any:
     return tasks.load_task_config("sst2")
 
 
+def _validated(name: str, *overrides: str) -> Callable[[Path, Any], Any]:
+    """The check an entry point makes first (``validate_config`` of the composed config), on these overrides."""
+    def run(tmp: Path, _mp) -> Any:
+        from hydra import compose, initialize_config_dir
+
+        from fnet.pipelines.config import register_configs, validate_config
+
+        register_configs()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(name, overrides=list(overrides))
+        return validate_config(cfg, name)
+
+    return run
+
+
+#: analyze.py in seconds, its run folder and cache under the test's folder
+ANALYZE = ("analyze.py", "debug=default", "logger=none", "hydra.run.dir={tmp}/run")
+
+
 FAULTS = [
     Fault("6 record no texts", _record_nothing, ValueError,
           ("no texts to record", "got an empty list"), not_made=("cache/activations",)),
     Fault("9 empty jsonl stimulus file", _empty_stimulus_file, ValueError,
           ("data set 'mine'", "empty.jsonl", "is empty", "one JSON record per line"),
           setup=lambda tmp: (tmp / "empty.jsonl").write_text("\n  \n")),
+    Fault("7 data.n_template=0", (*ANALYZE, "data.n_template=0"), 1,
+          ("invalid config `analyze`", "data.n_template must be > 0, got 0"),
+          not_made=("run/networks", "cache/activations")),
+    Fault("7 data.datasets.<name>.n_template=0", _validated("analyze", "debug=default", "+data.datasets.news.n_template=0"),
+          ValueError, ("data.datasets.news.n_template must be > 0, got 0",)),
+    Fault("8 ica.n_components=0", _validated("analyze", "debug=default", "ica.n_components=0"), ValueError,
+          ("ica.n_components must be >= 1, got 0",)),
+    Fault("8 ica.n_components above the model's neurons", (*ANALYZE, "ica.n_components=100000"), 1,
+          ("invalid config `analyze`", "ica.n_components must be <= 96, the number of mlp_out neurons of tiny:gpt2 "
+           "(3 layers x 32), got 100000"), not_made=("run/networks", "cache/activations")),
+    Fault("8 ica.n_components above the model's mlp_act neurons (evaluate)",
+          _validated("evaluate", "debug=evaluate", "record.signal=mlp_act", "ica.n_components=385"), ValueError,
+          ("ica.n_components must be <= 384, the number of mlp_act neurons of tiny:gpt2 (3 layers x 128), got 385",)),
     Fault("11 built-in corpus not installed", _builtin_corpus_missing, FileNotFoundError,
           ("installation of fnet is incomplete", "corpus", "no <genre>.jsonl files")),
     Fault("11 study presets not installed", _presets_missing, FileNotFoundError,

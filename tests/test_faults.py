@@ -145,3 +145,20 @@ def test_a_fault_gets_a_clear_answer_before_work_starts(fault: Fault, tmp_path, 
         assert fragment in message, f"{fragment!r} not in:\n{message[-3000:]}"
     for path in fault.not_made:
         assert not (tmp_path / path).exists(), f"{path} was made: the work started"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# silent faults: exit 0, wrong or ignored
+# --------------------------------------------------------------------------------------------------------------
+def test_2_model_dtype_applies_to_tiny_models_and_so_to_their_fingerprint_and_caches(tmp_path):
+    """model.dtype=bfloat16 was ignored for tiny:* models: the run reused the float32 activations and the report
+    said float32."""
+    import fnet
+
+    f32, b16 = fnet.load_model("tiny:gpt2"), fnet.load_model("tiny:gpt2", dtype="bfloat16")
+    assert (f32.dtype, b16.dtype) == ("float32", "bfloat16")
+    assert b16.identity()["model_dtype"] == "bfloat16" and b16.fingerprint != f32.fingerprint
+    assert {p.dtype for p in b16.model.parameters()} == {__import__("torch").bfloat16}
+    stores = [fnet.record(lm, ["a short text to record"], max_length=16, cache_dir=tmp_path) for lm in (f32, b16)]
+    assert stores[0].root != stores[1].root  # another dtype is another model: recorded again, not reused
+    assert fnet.load_model("tiny:gpt2", dtype="auto").dtype == "float32"  # auto: the model's own

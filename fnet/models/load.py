@@ -245,7 +245,7 @@ def load_model(
     name : str
         A registry name (``smollm2_135m``, ``gpt2``, ``tiny:gpt2``, ...), a Hugging Face id or a local folder.
     dtype : str
-        ``float32``, ``float16``, ``bfloat16`` or ``auto`` (the checkpoint's own).
+        ``float32``, ``float16``, ``bfloat16`` or ``auto`` (the checkpoint's own; float32 for ``tiny:*``).
     device : str
         Where the weights go, unless ``device_map`` is given.
     trust_remote_code, revision : optional
@@ -275,6 +275,8 @@ def load_model(
     if name.startswith("tiny:"):
         family = name.split(":", 1)[1]
         model, tokenizer = tiny_model(family, seed=seed)
+        if torch_dtype != "auto":  # built in float32 (its own dtype, what "auto" keeps); the weights follow dtype
+            model.to(torch_dtype)
         source = f"random tiny {family} (seed {seed})"
     else:
         path = Path(name).expanduser()

@@ -162,3 +162,63 @@ def test_2_model_dtype_applies_to_tiny_models_and_so_to_their_fingerprint_and_ca
     stores = [fnet.record(lm, ["a short text to record"], max_length=16, cache_dir=tmp_path) for lm in (f32, b16)]
     assert stores[0].root != stores[1].root  # another dtype is another model: recorded again, not reused
     assert fnet.load_model("tiny:gpt2", dtype="auto").dtype == "float32"  # auto: the model's own
+
+
+def _seeded_start(seed: int, model_by_name: bool) -> dict:
+    """What train.py does before fitting, on a tiny model: seed, load the model (or let the module load it by name,
+    as a checkpoint is rebuilt), build the classification head, draw the first epoch's order of training rows."""
+    import lightning.pytorch as pl
+
+    from fnet.lit.classification import SequenceClassificationModule
+    from fnet.lit.datamodules import TaskDataModule
+    from fnet.models import load_model
+
+    pl.seed_everything(seed, workers=True)
+    module = SequenceClassificationModule("tiny:gpt2" if model_by_name else load_model("tiny:gpt2"), num_labels=2)
+    rows = [{"text_a": f"row {i} was {'great' if i % 2 else 'awful'}", "text_b": None, "label": i % 2, "index": i}
+            for i in range(40)]
+    data = TaskDataModule("sst2", tokenizer=module.tokenizer, rows=rows, batch_size=4, max_length=24)
+    data.setup("fit")
+    order = [int(i) for batch in data.train_dataloader() for i in batch["row_index"]]
+    backbone = {k: v.clone() for k, v in module.model.state_dict().items()}
+    return {"head": module.score.weight.detach().clone(), "order": order, "backbone": backbone}
+
+
+@pytest.mark.parametrize("model_by_name", [False, True], ids=["loaded LM", "LM loaded by the module"])
+def test_1_the_training_seed_reaches_the_head_and_the_data_order_and_the_model_seed_only_the_weights(model_by_name):
+    """train.py seed=0 and seed=1 gave identical checkpoints on tiny models: tiny_model called
+    torch.manual_seed(<model seed>) after pl.seed_everything(seed), resetting the global RNG."""
+    import torch
+
+    from fnet.models import load_model
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    load_model("tiny:gpt2", seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # building a tiny model leaves the global RNG alone
+    a, b, a_again = _seeded_start(0, model_by_name), _seeded_start(1, model_by_name), _seeded_start(0, model_by_name)
+    assert not torch.equal(a["head"], b["head"]) and a["order"] != b["order"]  # the training seed reaches both
+    assert torch.equal(a["head"], a_again["head"]) and a["order"] == a_again["order"]  # and decides them
+    assert all(torch.equal(a["backbone"][k], b["backbone"][k]) for k in a["backbone"])  # same model (seed 0)
+
+
+def test_1_train_py_with_two_seeds_gives_two_checkpoints(tmp_path):
+    """The whole path of train.py debug=train (in process): two training seeds, two different trained heads."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from fnet.pipelines.config import register_configs, validate_config
+    from fnet.pipelines.train import run_training
+
+    register_configs()
+    heads = []
+    for seed in (0, 1):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=["debug=train", f"seed={seed}", "logger=none", "test_after_fit=false",
+                                              "~callbacks.progress_bar", f"paths.output_dir={tmp_path / str(seed)}",
+                                              f"paths.root_dir={REPO}"])
+        validate_config(cfg, "train")
+        result = run_training(cfg)
+        state = torch.load(result["checkpoints"]["best"], map_location="cpu", weights_only=False)["state_dict"]
+        heads.append(state["score.weight"])
+    assert not torch.equal(heads[0], heads[1])

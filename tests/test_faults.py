@@ -88,6 +88,18 @@ def _validated(name: str, *overrides: str) -> Callable[[Path, Any], Any]:
     return run
 
 
+def _command(tmp: Path, *argv: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", FNET_CACHE=str(tmp / "cache"), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _sweep_report(tmp: Path, _mp) -> Any:
+    from fnet.report.sweep import main
+
+    return main([str(tmp / "sweep")])
+
+
 #: analyze.py in seconds, its run folder and cache under the test's folder
 ANALYZE = ("analyze.py", "debug=default", "logger=none", "hydra.run.dir={tmp}/run")
 
@@ -111,6 +123,10 @@ FAULTS = [
     Fault("8 ica.n_components above the model's mlp_act neurons (evaluate)",
           _validated("evaluate", "debug=evaluate", "record.signal=mlp_act", "ica.n_components=385"), ValueError,
           ("ica.n_components must be <= 384, the number of mlp_act neurons of tiny:gpt2 (3 layers x 128), got 385",)),
+    Fault("4 sweep report of an analyze multirun", _sweep_report, 0,
+          ("1 finished jobs (1 analyze), 0 failed.", "## Analysis jobs", "ica.n_components=3", "report.md"),
+          setup=lambda tmp: _command(tmp, "analyze.py", "-m", "debug=default", "logger=none", "ica.n_components=3",
+                                     f"hydra.sweep.dir={tmp / 'sweep'}")),
     Fault("11 built-in corpus not installed", _builtin_corpus_missing, FileNotFoundError,
           ("installation of fnet is incomplete", "corpus", "no <genre>.jsonl files")),
     Fault("11 study presets not installed", _presets_missing, FileNotFoundError,

@@ -100,6 +100,29 @@ def _sweep_report(tmp: Path, _mp) -> Any:
     return main([str(tmp / "sweep")])
 
 
+def _study_source(tmp: Path, name: str, finished: list[str], *sets: str) -> Path:
+    """A committed tiny study report (tests/test_study_compose.py's) that finished the parts ``finished``."""
+    from test_study_compose import SETS, _source
+
+    from fnet.study.preset import load_preset
+
+    planted = {"sst2": (0.90, 0.55, 0.88, 0.33, (0.25, 0.41)), "sst2 (zero-shot)": (0.80, 0.70, 0.78, 0.08, (0.01, 0.15)),
+               "ag_news": (0.85, 0.80, 0.70, -0.10, (-0.18, -0.03))}
+    return _source(tmp / name, load_preset("tiny", SETS + list(sets)), finished, planted, machine=f"machine {name}")
+
+
+def _compose(*sets: str) -> Callable[[Path, Any], Any]:
+    def run(tmp: Path, _mp) -> Any:
+        from test_study_compose import SETS
+
+        from fnet.study.cli import main
+
+        return main(["tiny", *SETS, *sets, "--compose", str(tmp / "a"), "--compose", str(tmp / "b"),
+                     "--report-dir", str(tmp / "out")])
+
+    return run
+
+
 #: analyze.py in seconds, its run folder and cache under the test's folder
 ANALYZE = ("analyze.py", "debug=default", "logger=none", "hydra.run.dir={tmp}/run")
 
@@ -127,6 +150,16 @@ FAULTS = [
           ("1 finished jobs (1 analyze), 0 failed.", "## Analysis jobs", "ica.n_components=3", "report.md"),
           setup=lambda tmp: _command(tmp, "analyze.py", "-m", "debug=default", "logger=none", "ica.n_components=3",
                                      f"hydra.sweep.dir={tmp / 'sweep'}")),
+    Fault("10 compose with other seeds", _compose("seeds=3"), 2,
+          ("no source finished the parts ['ag_news', 'sst2', 'sst2 (zero-shot)'] with the plan's settings",
+           "- sst2: ", "/a ran other settings (its plan lacks 10 of the plan's jobs (['evaluate/finetune/sst2/preserve/K3/count/seed2'", "settings that differ: seeds: 2 in its report, 3 in the plan"),
+          setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]),
+                             _study_source(tmp, "b", ["ag_news"])), not_made=("out/report.md",)),
+    Fault("10 compose from a source that did not finish a part", _compose(), 2,
+          ("no source finished the parts ['ag_news']", "- ag_news: ", "/a finished 0 of its 15 jobs (not ['train/ag_news'",
+           "/b finished 0 of its 15 jobs"),
+          setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]),
+                             _study_source(tmp, "b", ["sst2"]))),
     Fault("11 built-in corpus not installed", _builtin_corpus_missing, FileNotFoundError,
           ("installation of fnet is incomplete", "corpus", "no <genre>.jsonl files")),
     Fault("11 study presets not installed", _presets_missing, FileNotFoundError,

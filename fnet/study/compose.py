@@ -181,7 +181,8 @@ def _same_jobs(ours: Sequence[Job], theirs: Sequence[Job]) -> str | None:
     mine, other = {j.name: j for j in ours}, {j.name: j for j in theirs}
     if set(mine) != set(other):
         extra, lacking = sorted(set(other) - set(mine)), sorted(set(mine) - set(other))
-        return f"its plan has {len(extra)} other jobs ({extra[:3]}) and lacks {len(lacking)} ({lacking[:3]})"
+        return " and ".join(([f"its plan has {len(extra)} other jobs ({extra[:3]})"] if extra else [])
+                            + ([f"its plan lacks {len(lacking)} of the plan's jobs ({lacking[:3]})"] if lacking else []))
     for name, job in mine.items():
         for field in ("stage", "entry", "overrides", "deps", "output"):
             if getattr(job, field) != getattr(other[name], field):
@@ -189,10 +190,19 @@ def _same_jobs(ours: Sequence[Job], theirs: Sequence[Job]) -> str | None:
     return None
 
 
-def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str] | None]]) -> dict:
+def _settings_diff(preset: dict, settings: dict) -> str:
+    """The settings a source's report and the plan differ in (``seeds: 2 in its report, 3 in the plan``)."""
+    keys = [k for k in PRESET_KEYS if k != "name" and settings.get(k) != preset.get(k)]
+    return ", ".join(f"{k}: {settings.get(k)!r} in its report, {preset.get(k)!r} in the plan" for k in keys)
+
+
+def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str] | None]],
+            preset: dict | None = None) -> dict:
     """Part -> source: first the parts each source is asked for, then, in order, every part a source given
-    without parts finished that none gave before."""
+    without parts finished that none gave before. A part no source gave is an error that says, per source, why
+    it did not (the jobs it did not finish, or the settings it ran with)."""
     taken: dict[str, dict] = {}
+    passed: dict[str, list[str]] = {}  # part -> why each source given without parts did not give it
     asked = [(s, w) for s, w in sources if w is not None] + [(s, w) for s, w in sources if w is None]
     for source, wanted in asked:
         folder = source["folder"]
@@ -207,19 +217,26 @@ def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str]
             if part in taken:
                 raise ValueError(f"part {part!r} is asked of {taken[part]['folder']} and of {folder}; take it from one")
             lacking = [j.name for j in parts[part] if j.name not in finished]
-            why = _same_jobs(parts[part], theirs.get(part, [])) if not lacking else None
-            if wanted is None and (lacking or why):
-                continue  # not complete there: another source may have it
+            why = _same_jobs(parts[part], theirs.get(part, []))  # other settings say more than unfinished jobs
+            if why and preset is not None and (differ := _settings_diff(preset, source["settings"])):
+                why = f"{why}; settings that differ: {differ}"
+            lacking = lacking if not why else []
+            not_finished = (f"{folder} finished {len(parts[part]) - len(lacking)} of its {len(parts[part])} jobs "
+                            f"(not {lacking[:3]}{'...' if len(lacking) > 3 else ''})")
+            if wanted is None and (lacking or why):  # not complete there: another source may have it
+                passed.setdefault(part, []).append(not_finished if lacking else f"{folder} ran other settings ({why})")
+                continue
             if lacking:
-                raise ValueError(f"part {part!r}: {folder} finished {len(parts[part]) - len(lacking)} of its "
-                                 f"{len(parts[part])} jobs (not {lacking[:3]}...); a part is taken whole or not at all")
+                raise ValueError(f"part {part!r}: {not_finished}; a part is taken whole or not at all")
             if why:
                 raise ValueError(f"part {part!r}: {folder} ran other settings ({why})")
             taken[part] = source
     left = sorted(set(parts) - set(taken))
     if left:
+        reasons = "".join(f"\n  - {part}: " + "; ".join(passed.get(part) or ["no source was given for it"])
+                          for part in left)
         raise ValueError(f"no source finished the parts {left} with the plan's settings: add a study report folder "
-                         "that did, or leave those tasks out of the preset (e.g. 'tasks=[...]')")
+                         f"that did, or leave those tasks out of the preset (e.g. 'tasks=[...]'):{reasons}")
     return taken
 
 
@@ -248,7 +265,7 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
     parts = plan_parts(jobs)
     read = [(read_source(folder), None if wanted is None else [part_name(p) for p in wanted])
             for folder, wanted in sources]
-    taken = _assign(parts, read)
+    taken = _assign(parts, read, preset)
     rel = {id(s): str(os.path.relpath(s["folder"], out)) for s, _ in read}  # each source as the report links it
     summary, effect_rows, job_rows, centres, massive, overlap = [], [], [], {}, [], []
     listed: set[tuple[str, str]] = set()

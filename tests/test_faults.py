@@ -100,15 +100,21 @@ def _sweep_report(tmp: Path, _mp) -> Any:
     return main([str(tmp / "sweep")])
 
 
-def _study_source(tmp: Path, name: str, finished: list[str], *sets: str) -> Path:
-    """A committed tiny study report (tests/test_study_compose.py's) that finished the parts ``finished``."""
+#: the code key of a study report made by other code than this checkout's
+OTHER_CODE = "0123456789abcdef"
+
+
+def _study_source(tmp: Path, name: str, finished: list[str], *sets: str, code: str | None = "this") -> Path:
+    """A committed tiny study report (tests/test_study_compose.py's) that finished the parts ``finished``, made
+    by this checkout's code (``code="this"``), by other code, or by a runner that recorded none (None)."""
     from test_study_compose import SETS, _source
 
     from fnet.study.preset import load_preset
 
     planted = {"sst2": (0.90, 0.55, 0.88, 0.33, (0.25, 0.41)), "sst2 (zero-shot)": (0.80, 0.70, 0.78, 0.08, (0.01, 0.15)),
                "ag_news": (0.85, 0.80, 0.70, -0.10, (-0.18, -0.03))}
-    return _source(tmp / name, load_preset("tiny", SETS + list(sets)), finished, planted, machine=f"machine {name}")
+    return _source(tmp / name, load_preset("tiny", SETS + list(sets)), finished, planted, machine=f"machine {name}",
+                   code=code)
 
 
 def _compose(*sets: str) -> Callable[[Path, Any], Any]:
@@ -160,6 +166,14 @@ FAULTS = [
            "/b finished 0 of its 15 jobs"),
           setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]),
                              _study_source(tmp, "b", ["sst2"]))),
+    Fault("3 compose a report made by other code", _compose(), 2,
+          (f"made by code `{OTHER_CODE}`", "this checkout is code `", f"--accept-code {OTHER_CODE}", "--any-code"),
+          setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"], code=OTHER_CODE),
+                             _study_source(tmp, "b", ["ag_news"])), not_made=("out/report.md",)),
+    Fault("3 compose a report that records no code", _compose(), 2,
+          ("/b records no code version", "cannot be checked", "pass --any-code"),
+          setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]),
+                             _study_source(tmp, "b", ["ag_news"], code=None)), not_made=("out/report.md",)),
     Fault("11 built-in corpus not installed", _builtin_corpus_missing, FileNotFoundError,
           ("installation of fnet is incomplete", "corpus", "no <genre>.jsonl files")),
     Fault("11 study presets not installed", _presets_missing, FileNotFoundError,
@@ -271,3 +285,50 @@ def test_1_train_py_with_two_seeds_gives_two_checkpoints(tmp_path):
         state = torch.load(result["checkpoints"]["best"], map_location="cpu", weights_only=False)["state_dict"]
         heads.append(state["score.weight"])
     assert not torch.equal(heads[0], heads[1])
+
+
+def test_3_a_study_report_records_its_code_and_compose_takes_other_code_only_when_told(tmp_path, capsys):
+    """--compose never checked the code version of the folders it read, and the composed report recorded none."""
+    from test_study_compose import SETS
+
+    from fnet.study.cli import main
+    from fnet.study.compose import read_source
+    from fnet.study.scheduler import code_key
+
+    this = code_key()
+    a = _study_source(tmp_path, "a", ["sst2", "sst2 (zero-shot)"], code=OTHER_CODE)
+    b = _study_source(tmp_path, "b", ["ag_news"])
+    assert read_source(a)["codes"] == [OTHER_CODE] and read_source(b)["codes"] == [this]
+    compose = ["tiny", *SETS, "--compose", str(a), "--compose", str(b)]
+    assert main([*compose, "--report-dir", str(tmp_path / "out"), "--accept-code", OTHER_CODE]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"Code: `{this}` (../b); `{OTHER_CODE}` (../a, accepted with --accept-code)." in report
+    assert "| code " in report and read_source(tmp_path / "out")["codes"] == [this, OTHER_CODE]
+    assert main([*compose, "--report-dir", str(tmp_path / "any"), "--any-code"]) == 0  # any code, recorded or not
+    assert main([*compose, "--report-dir", str(tmp_path / "bad"), "--accept-code", "fedcba9876543210"]) == 2
+    assert f"made by code `{OTHER_CODE}`" in capsys.readouterr().err
+
+
+def test_3_results_paper_smollm2_composes_byte_for_byte_from_its_sources_with_the_readme_command(tmp_path):
+    """The committed composed report, made from five study reports that predate recorded code keys (so the
+    README's command says --any-code), composes again byte for byte."""
+    import re
+    import shlex
+    import shutil
+
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"```bash\n(python -m fnet\.study smollm2 --report-dir results/paper_smollm2 [^`]*?)\n```",
+                        readme).group(1)
+    argv = shlex.split(command.replace("\\\n", " "))[3:]
+    sources = [argv[i + 1] for i, a in enumerate(argv) if a == "--compose"]
+    assert "--any-code" in argv and len(sources) == 5
+    for folder in sources:
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "fnet.study", *argv], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    made, committed = tmp_path / "results" / "paper_smollm2", REPO / "results" / "paper_smollm2"
+    assert sorted(p.name for p in made.iterdir()) == sorted(p.name for p in committed.iterdir())
+    for path in committed.iterdir():
+        assert (made / path.name).read_bytes() == path.read_bytes(), path.name

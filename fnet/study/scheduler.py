@@ -26,7 +26,7 @@ from typing import Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
 
-__all__ = ["Job", "Ready", "STAGES", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature",
+__all__ = ["Job", "Ready", "STAGES", "code_key", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature",
            "prepare", "done_record", "output_of", "run_jobs", "summary_lines"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,23 +56,29 @@ class Job:
 # --------------------------------------------------------------------------------------------------------------
 # Keys and markers
 # --------------------------------------------------------------------------------------------------------------
-def environment_parts(repo: Path = REPO_ROOT) -> dict:
-    """What every job depends on besides its overrides, as content keys: ``code`` (the fnet sources but the
-    study's own runner and report, the entry points, the configs but the study presets), ``data`` (the offline
-    data files' names and bytes) and the torch / transformers versions. Contents, never modification times: a
-    re-provisioned copy of the same data must not invalidate a study."""
-    import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
-    import transformers
-
+def code_key(repo: Path = REPO_ROOT) -> str:
+    """The content key of the code every job depends on: the fnet sources but the study's own runner and report,
+    the entry points, and the configs but the study presets (file names and contents). A study report records it
+    (``Code:``), and ``--compose`` compares it with this checkout's."""
     code = []
     for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
         if path.parent in (repo / "fnet" / "study", repo / "conf" / "study"):
             continue
         code.append((str(path.relative_to(repo)), content_key(path.read_text())))
+    return content_key(code)
+
+
+def environment_parts(repo: Path = REPO_ROOT) -> dict:
+    """What every job depends on besides its overrides, as content keys: ``code`` (:func:`code_key`), ``data``
+    (the offline data files' names and bytes) and the torch / transformers versions. Contents, never modification
+    times: a re-provisioned copy of the same data must not invalidate a study."""
+    import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
+    import transformers
+
     data_dir = Path(os.environ.get("FNET_DATA_DIR", repo.parent / "shared" / "data"))
     data = sorted((str(f.relative_to(data_dir)), file_digest(f, memo=False))
                   for f in data_dir.rglob("*") if f.is_file()) if data_dir.is_dir() else []
-    return {"code": content_key(code), "data": content_key(data), "torch": torch.__version__,
+    return {"code": code_key(repo), "data": content_key(data), "torch": torch.__version__,
             "transformers": transformers.__version__}
 
 

@@ -332,3 +332,144 @@ def test_3_results_paper_smollm2_composes_byte_for_byte_from_its_sources_with_th
     assert sorted(p.name for p in made.iterdir()) == sorted(p.name for p in committed.iterdir())
     for path in committed.iterdir():
         assert (made / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# race: kill -9 of a study runner, then a rerun at once
+# --------------------------------------------------------------------------------------------------------------
+FAKE_TRAIN = '''
+import json, os, pathlib, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+out = pathlib.Path(args["hydra.run.dir"])
+with open(out / "writers.txt", "a") as f:
+    f.write(f"{os.getpid()}\\n")
+(out / "result.json").write_text(json.dumps({"name": args["name"]}))
+'''
+
+#: the real batch worker (fnet.pipelines.evaluate_batch.main: its folders, locks and markers) with a fake evaluate
+#: that writes its pid into the job folder, waits for the gate file to exist, writes its pid again and then the
+#: result, which counts the writes and the writers
+FAKE_BATCH = '''
+import json, os, pathlib, sys, time
+import fnet.pipelines.evaluate_batch as batch
+
+def compose(conf_dir, overrides, folder, root):
+    return {"folder": str(folder), "args": dict(o.split("=", 1) for o in overrides)}
+
+def evaluate(cfg, job_overrides=None):
+    folder, gate = pathlib.Path(cfg["folder"]), pathlib.Path(cfg["args"]["gate"])
+    for step in range(2):
+        with open(folder / "writers.txt", "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        while not gate.exists():
+            time.sleep(0.02)
+    writes = (folder / "writers.txt").read_text().split()
+    (folder / "result.json").write_text(json.dumps({"name": cfg["args"]["name"], "writes": len(writes),
+                                                    "writers": len(set(writes))}))
+
+batch._compose, batch.validate_config, batch.evaluate = compose, lambda cfg, name: cfg, evaluate
+sys.exit(batch.main())
+'''
+
+
+def _study_jobs(gate: Path) -> list:
+    from fnet.study import Job
+
+    jobs = [Job("train/t", "train", ["fake_train.py"], ["name=t"], [], {"task": "t"})]
+    return jobs + [Job(f"evaluate/t/{i}", "evaluate", ["evaluate.py"], [f"name={i}", f"gate={gate}", "ckpt={train/t}"],
+                       ["train/t"], {"task": "t"}) for i in range(6)]
+
+
+def _fake_batch(call: Callable, here: Path) -> Callable:
+    def run(argv, **kwargs):  # the batch worker's command, with the fake evaluate
+        if argv[1:3] == ["-m", "fnet.pipelines.evaluate_batch"]:
+            argv = [argv[0], str(here / "fake_batch.py"), *argv[3:]]
+        return call(argv, **kwargs)
+
+    return run
+
+
+#: python runner.py ROOT GATE: python -m fnet.study with the fake jobs
+RUNNER = '''
+import sys
+from pathlib import Path
+from fnet.study import run_jobs, scheduler
+from fnet.study import cli as runner
+from test_faults import _fake_batch, _study_jobs
+here = Path(__file__).parent
+runner.plan = lambda preset: _study_jobs(Path(sys.argv[2]))
+scheduler._call = _fake_batch(scheduler._call, here)
+runner.run_jobs = lambda jobs, root, **kw: run_jobs(jobs, root, cwd=here, **dict(kw, env_key="e"))
+sys.exit(runner.main(["tiny", "--root", sys.argv[1], "--no-report"]))
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (killed, not yet reaped by whoever adopted it) is dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _results(root: Path) -> dict:
+    import json
+
+    return {r["name"]: r for r in (json.loads(p.read_text()) for p in (root / "evaluate").glob("*/result.json")
+                                   if ".interrupted-" not in p.parent.name)}
+
+
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 180) -> None:
+    import time
+
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_5_a_study_runner_killed_with_sigkill_takes_its_batch_worker_along_and_a_rerun_runs_no_job_twice(
+        tmp_path, monkeypatch):
+    """kill -9 of python -m fnet.study left its evaluate_batch worker running; a rerun started at once started a
+    second worker on the same jobs, and both wrote into the same job folders. Here the killed run's worker is held
+    inside its first job (by a gate file) until the rerun has set its folders up and started its own worker."""
+    import signal
+
+    from fnet.study import run_jobs, scheduler
+
+    for name, text in (("fake_train.py", FAKE_TRAIN), ("fake_batch.py", FAKE_BATCH), ("runner.py", RUNNER)):
+        (tmp_path / name).write_text(text)
+    path = os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", path)  # this checkout's fnet, in every process
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(scheduler, "_call", _fake_batch(scheduler._call, tmp_path))
+    (tmp_path / "open").touch()
+    reference = run_jobs(_study_jobs(tmp_path / "open"), tmp_path / "ref", cwd=tmp_path, env_key="e", batch=32,
+                         log=lambda *_: None)  # uninterrupted
+    assert reference["counts"]["ran"] == 7, reference
+
+    root, gate, batches = tmp_path / "study", tmp_path / "gate", tmp_path / "study" / "batches"
+    runner = [sys.executable, str(tmp_path / "runner.py"), str(root), str(gate)]
+    first = subprocess.Popen(runner, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: list((root / "evaluate").glob("*/writers.txt")), "the batch worker's first job")
+    worker = int(next((root / "evaluate").glob("*/writers.txt")).read_text().split()[0])
+    first.send_signal(signal.SIGKILL)  # kill -9 while the worker is inside a job
+    first.wait()
+    second = subprocess.Popen(runner, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if sys.platform.startswith("linux"):  # the kernel kills it with its runner (elsewhere: within a poll period)
+        _wait_for(lambda: not _alive(worker), "the killed runner's batch worker to die", 5)
+    _wait_for(lambda: len(list(batches.glob("*.json"))) == 2 or second.poll() is not None, "the rerun's batch")
+    gate.touch()  # a surviving worker would now go on writing, into the folders the rerun made afresh
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, out[-2000:] + err[-3000:]
+
+    folders = [p for p in (root / "evaluate").iterdir() if p.is_dir()]
+    assert any(".interrupted-" in p.name for p in folders)  # the killed run's unfinished job, set aside
+    for folder in folders:  # no job folder was written by two processes
+        writers = set((folder / "writers.txt").read_text().split()) if (folder / "writers.txt").exists() else set()
+        assert len(writers) <= 1, f"{folder.name} was written by processes {sorted(writers)}"
+    assert _results(root) == _results(tmp_path / "ref") and len(_results(root)) == 6  # as if never interrupted
+    assert all(r["writes"] == 2 and r["writers"] == 1 for r in _results(root).values())

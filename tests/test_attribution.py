@@ -50,7 +50,8 @@ def plain_log_probs(lm, ids, mask, positions, targets):
 def test_ig_completeness(tiny, signal, baseline):
     ids, mask, positions, targets = batch(tiny)
     width = tiny.width(signal)
-    base = "zero" if baseline == "zero" else torch.randn(tiny.n_layers, width, dtype=torch.float64) * 0.5
+    draw = torch.Generator().manual_seed(0)  # its own RNG: the test must not depend on what ran before it
+    base = "zero" if baseline == "zero" else torch.randn(tiny.n_layers, width, dtype=torch.float64, generator=draw) * 0.5
     result = attribute(tiny.model, ids, mask, positions, targets, signal=signal, method="ig", steps=32,
                        baseline=base, alpha_batch=12, return_baseline_output=True)
     assert result.attributions.shape == (len(TEXTS), ids.shape[1], tiny.n_layers, width)

@@ -28,9 +28,14 @@ def _effect(task, a, b, diff, ci, *, n_a=1, n_b=1):
             "diff": diff, "ci_low": ci[0], "ci_high": ci[1], "n_rows": 200, "n_a": n_a, "n_b": n_b}
 
 
-def _source(folder, preset, finished, planted, *, machine):
+def _source(folder, preset, finished, planted, *, machine, code="this"):
     """A committed study report (as render_report writes it) whose jobs of the parts in ``finished`` are done and
-    the rest pending; ``planted``: part -> (unmasked, lesion, count-matched, paired count - lesion diff, its CI)."""
+    the rest pending; ``planted``: part -> (unmasked, lesion, count-matched, paired count - lesion diff, its CI);
+    ``code``: the code key it records ("this": this checkout's, None: none)."""
+    if code == "this":
+        from fnet.study.scheduler import code_key
+
+        code = code_key()
     jobs = plan(preset)
     parts = plan_parts(jobs)
     done = {j.name for p in finished for j in parts[p]}
@@ -48,7 +53,8 @@ def _source(folder, preset, finished, planted, *, machine):
                   centres={f"{scope[p]} raw": 20.0 + i for i, p in enumerate(planted)},
                   massive=[{"networks of": f"{scope[p]} K=3 raw", "unit": 7, "in networks": 2, "network ids": "0, 1",
                             "layers": "1"} for p in planted],
-                  overlap=[], machines=machine, runs_lines=[], layers_png=None)
+                  overlap=[], machines=machine, runs_lines=[], layers_png=None,
+                  codes=[(code, "this source's jobs")] if code else [])
     return folder
 
 

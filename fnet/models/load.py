@@ -25,12 +25,12 @@ from fnet.cache import atomic_path, cache_root, code_version, content_key, file_
 from fnet.models.arch import check_signal, model_dims
 from fnet.models.discovery import ArchSpec, discover
 from fnet.models.fingerprint import model_fingerprint
-from fnet.models.tiny import tiny_model
+from fnet.models.tiny import tiny_config, tiny_model
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LoadedModel", "NAMED_MODELS", "SMOLLM2_GGUF", "MODEL_CODE", "smollm2_gguf_path", "cached_gguf_dir",
-           "load_model"]
+           "load_model", "read_config"]
 
 #: the modules whose source determines a converted model folder (its cache key, :func:`fnet.cache.code_version`)
 MODEL_CODE = ("fnet.models",)
@@ -164,14 +164,19 @@ def _gguf_to_safetensors(gguf_file: Path, out_dir: Path, digest: str = "") -> Pa
     return out_dir
 
 
+def _gguf_folder(gguf_file: Path) -> tuple[Path, str]:
+    """(where the converted folder of ``gguf_file`` goes, the GGUF's content digest)."""
+    digest = file_digest(gguf_file)
+    key = content_key(digest, code_version(*MODEL_CODE), length=12)
+    return cache_root() / "models" / f"{gguf_file.stem}-{key}", digest
+
+
 def cached_gguf_dir(gguf_file: Path) -> Path:
     """The converted safetensors folder of a GGUF file, keyed by the GGUF's *content* hash (memoised per file by
     path, size and mtime) and the conversion code's version; converted under a lock, so concurrent first runs
     convert once. A folder that was left incomplete is moved aside and converted again."""
     gguf_file = Path(gguf_file)
-    digest = file_digest(gguf_file)
-    key = content_key(digest, code_version(*MODEL_CODE), length=12)
-    out = cache_root() / "models" / f"{gguf_file.stem}-{key}"
+    out, digest = _gguf_folder(gguf_file)
     with lock(out):
         if out.exists() and not ((out / "model.safetensors").is_file() and (out / "config.json").is_file()):
             quarantine(out, "incomplete converted model folder (no model.safetensors / config.json)")
@@ -179,6 +184,40 @@ def cached_gguf_dir(gguf_file: Path) -> Path:
             _gguf_to_safetensors(gguf_file, out, digest)
             register(out, "models", model=gguf_file.name, fingerprint=digest, source=str(gguf_file))
     return out
+
+
+def read_config(name: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    """The transformers config of the model :func:`load_model` would load for ``name``, read without its weights,
+    or None where that cannot be done without the network or a conversion (a hub model not in the local hub cache,
+    a missing file: :func:`load_model` then says what is wrong).
+
+    Entry points read it before any work, to check the sizes a config asks for (``ica.n_components`` against the
+    neuron count). ``tiny:<family>``: the config it is built from; ``smollm2_135m`` and ``.gguf`` files: the
+    converted folder's ``config.json`` when it exists, else the GGUF's metadata (a few seconds, once); folders
+    and hub names: ``config.json`` from the folder or the local hub cache.
+
+    Examples
+    --------
+    >>> read_config("tiny:gpt2").n_layer
+    3
+    """
+    if name.startswith("tiny:"):
+        return tiny_config(name.split(":", 1)[1])
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    try:
+        if name == "smollm2_135m" or path.suffix == ".gguf":
+            gguf = smollm2_gguf_path() if name == "smollm2_135m" else path.resolve()
+            folder, _ = _gguf_folder(gguf)
+            if (folder / "config.json").is_file():
+                return AutoConfig.from_pretrained(folder)
+            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision,
+                                          local_files_only=True)
+    except (OSError, ValueError, KeyError, ImportError) as err:  # not readable here: the load will say why
+        log.debug("no config of %s without loading it: %s", name, err)
+        return None
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
@@ -209,7 +248,7 @@ def load_model(
     name : str
         A registry name (``smollm2_135m``, ``gpt2``, ``tiny:gpt2``, ...), a Hugging Face id or a local folder.
     dtype : str
-        ``float32``, ``float16``, ``bfloat16`` or ``auto`` (the checkpoint's own).
+        ``float32``, ``float16``, ``bfloat16`` or ``auto`` (the checkpoint's own; float32 for ``tiny:*``).
     device : str
         Where the weights go, unless ``device_map`` is given.
     trust_remote_code, revision : optional
@@ -239,6 +278,8 @@ def load_model(
     if name.startswith("tiny:"):
         family = name.split(":", 1)[1]
         model, tokenizer = tiny_model(family, seed=seed)
+        if torch_dtype != "auto":  # built in float32 (its own dtype, what "auto" keeps); the weights follow dtype
+            model.to(torch_dtype)
         source = f"random tiny {family} (seed {seed})"
     else:
         path = Path(name).expanduser()

@@ -61,14 +61,27 @@ def tiny_config(family: str):
 
 
 def tiny_model(family: str, seed: int = 0):
-    """A randomly initialised tiny model of a registry family, and the byte tokenizer. Deterministic per seed."""
+    """A randomly initialised tiny model of a registry family, and the byte tokenizer. Deterministic per seed.
+
+    ``seed`` decides the weights only: they are drawn inside :func:`torch.random.fork_rng`, so the global RNG is
+    as the caller left it (a training run's ``pl.seed_everything(seed)`` still decides its head and data order).
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(7); before = torch.random.get_rng_state()
+    >>> _ = tiny_model("gpt2", seed=1)
+    >>> torch.equal(torch.random.get_rng_state(), before)
+    True
+    """
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(family)
-    torch.manual_seed(seed)
-    if family == "chatglm":
-        model = TinyChatGLMForCausalLM(config)
-    else:
-        model = AutoModelForCausalLM.from_config(config)
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: only its RNG is forked and restored
+        torch.manual_seed(seed)
+        if family == "chatglm":
+            model = TinyChatGLMForCausalLM(config)
+        else:
+            model = AutoModelForCausalLM.from_config(config)
     model.eval()
     return model, byte_tokenizer()

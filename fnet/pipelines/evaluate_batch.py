@@ -15,9 +15,12 @@ so this small loop over ``compose`` is written here.
     {"jobs": [{"folder": "...", "overrides": ["task=sst2", "mask=lesion", ...], "marker": {...}}, ...]}
 
 For each job, in order: its output folder is ``folder`` (``paths.output_dir``), its log ``folder/evaluate.log``.
-When it succeeds, ``folder/job.json`` is written last: ``marker`` with ``status``, ``seconds``, ``output`` and
+While it runs, this process owns the folder (:func:`fnet.owner.own`: ``folder/job.lock``, released by the OS
+however the process ends); a folder another live process owns is left untouched and counts as failed. When it
+succeeds, ``folder/job.json`` is written last: ``marker`` with ``status``, ``seconds``, ``output`` and
 ``finished`` added (the done-marker of :mod:`fnet.study.scheduler`). When it fails, ``folder/failed.json`` holds
-the error and the next job runs. The exit status is 1 when any job failed.
+the error and the next job runs. The exit status is 1 when any job failed. Started by a study runner, the process
+dies with it (:func:`fnet.owner.die_with_runner`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Sequence
 from hydra import compose, initialize_config_dir
 
 from fnet.cache import atomic_write_text
+from fnet.owner import FolderOwned, die_with_runner, own
 from fnet.pipelines.config import register_configs, validate_config
 from fnet.pipelines.evaluate import ModelPool
 from fnet.pipelines.evaluate import run as evaluate
@@ -81,33 +85,45 @@ def _run_all(jobs: Sequence[dict], conf_dir: Path, root: Path) -> int:
     models = ModelPool()  # the jobs' models and rows, loaded once
     for i, job in enumerate(jobs):
         folder = Path(job["folder"])
-        folder.mkdir(parents=True, exist_ok=True)
-        handler = _job_log(folder)
-        started = time.time()
         try:
-            log.info("[batch %d/%d] %s", i + 1, len(jobs), " ".join(job["overrides"]))
-            cfg = _compose(conf_dir, job["overrides"], folder, root)
-            validate_config(cfg, "evaluate")
-            evaluate(cfg, job_overrides=list(job["overrides"]), models=models)
-        except Exception as err:  # noqa: BLE001 - recorded; the batch goes on with the next job
+            held = own(folder)  # the folder is this process's while the job runs
+        except FolderOwned as err:  # another live process writes it: leave it alone, write nothing into it
             failed += 1
-            log.error("job %s failed: %s", folder, err)
-            atomic_write_text(folder / "failed.json", json.dumps(
-                {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
-                 "seconds": round(time.time() - started, 2), "overrides": list(job["overrides"])}, indent=1))
+            log.error("job %s not run: %s", folder, err)
             continue
-        finally:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-        if job.get("marker") is not None:
-            marker = dict(job["marker"], status="done", seconds=time.time() - started, output="result.json",
-                          finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            atomic_write_text(folder / "job.json", json.dumps(marker, indent=1))  # written last
+        with held:
+            failed += not _run_job(i, len(jobs), job, folder, conf_dir, root, models)
     return failed
+
+
+def _run_job(i: int, n: int, job: dict, folder: Path, conf_dir: Path, root: Path, models: ModelPool) -> bool:
+    """One job of the batch in its (owned) folder; whether it succeeded."""
+    handler = _job_log(folder)
+    started = time.time()
+    try:
+        log.info("[batch %d/%d] %s", i + 1, n, " ".join(job["overrides"]))
+        cfg = _compose(conf_dir, job["overrides"], folder, root)
+        validate_config(cfg, "evaluate")
+        evaluate(cfg, job_overrides=list(job["overrides"]), models=models)
+    except Exception as err:  # noqa: BLE001 - recorded; the batch goes on with the next job
+        log.error("job %s failed: %s", folder, err)
+        atomic_write_text(folder / "failed.json", json.dumps(
+            {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+             "seconds": round(time.time() - started, 2), "overrides": list(job["overrides"])}, indent=1))
+        return False
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    if job.get("marker") is not None:
+        marker = dict(job["marker"], status="done", seconds=time.time() - started, output="result.json",
+                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_text(folder / "job.json", json.dumps(marker, indent=1))  # written last
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fnet.pipelines.evaluate_batch SPEC.json``; returns the exit status."""
+    die_with_runner()  # started by a study runner: never outlive it (a rerun would meet this process's writes)
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
         print(__doc__.split("\n\n")[0] + "\nusage: python -m fnet.pipelines.evaluate_batch SPEC.json", file=sys.stderr)

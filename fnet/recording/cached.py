@@ -85,6 +85,9 @@ def record_dataset(lm: LoadedModel, texts: Sequence[Text], *, dataset: str, cach
     ActivationStore
         The store, holding ``acts  # [tokens_i, n_layers*width]`` for every text.
     """
+    if not texts:  # before any folder is made (transformers would fail with an IndexError deep inside)
+        raise ValueError(f"no texts to record for data set {dataset!r}: got an empty list; give at least one "
+                         "non-empty text")
     recorder = Recorder(lm, signal, max_length=max_length, batch_size=batch_size, progress=progress)
     code = code_version(*ACTIVATION_CODE)
     key = content_key(model_key(lm), signal, recorder.max_length, [(t.id, text_sha1(t.text)) for t in texts], code)

@@ -46,7 +46,9 @@ def signal_hooks(
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated. Empty texts are an error naming their index."""
+    """Token ids per text, truncated. Empty texts are an error naming their index, and so is no text at all."""
+    if not texts:
+        raise ValueError("no texts to record: got an empty list; give at least one non-empty text")
     for index, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text {index} is empty; every stimulus must contain text")

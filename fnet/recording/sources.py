@@ -52,6 +52,11 @@ def builtin_genres() -> list[str]:
 
 def _load_builtin(genre: str | None) -> Loaded:
     genres = builtin_genres()
+    if not genres:  # not a wrong name: the package's data files are not where they belong
+        raise FileNotFoundError(
+            f"fnet's built-in corpus is not installed: {CORPUS_DIR} holds no <genre>.jsonl files, so this "
+            "installation of fnet is incomplete (the corpus ships inside the fnet package); reinstall fnet from a "
+            "checkout of its repository (pip install -e .) or use another source (file:<path>, wikitext2, ...)")
     if genre is not None and genre not in genres:
         raise ValueError(f"unknown built-in genre {genre!r}; valid genres: {', '.join(genres)} "
                          f"(use 'builtin' for all of them)")
@@ -236,6 +241,15 @@ def _resolve_user_path(raw: str) -> Path:
     return path
 
 
+def _blank(path: Path) -> bool:
+    """Whether a file holds nothing but whitespace (read in blocks: a large file stops at its first text)."""
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            if block.strip():
+                return False
+    return True
+
+
 def _load_file(raw_path: str, *, text_field: str | Sequence[str] = "text", id_field: str | None = None,
                separator: str = "\n") -> Loaded:
     path = _resolve_user_path(raw_path)
@@ -251,6 +265,10 @@ def _load_file(raw_path: str, *, text_field: str | Sequence[str] = "text", id_fi
     if suffix not in _JSON_SUFFIXES | _CSV_SUFFIXES:
         raise ValueError(f"source {source!r}: unsupported file type {suffix or '(none)'}; use one of "
                          f"{', '.join(sorted(_TEXT_FILE_SUFFIXES | _JSON_SUFFIXES | _CSV_SUFFIXES))}")
+    if _blank(path):  # datasets' json/csv loaders fail on it with a bare StopIteration()
+        kind = {".json": "a list of JSON records", ".csv": "a header line and one row per text",
+                ".tsv": "a header line and one row per text"}.get(suffix, "one JSON record per line")
+        raise ValueError(f"source {source!r}: {path} is empty; a {suffix} stimulus file holds {kind}")
     import datasets as hf_datasets
 
     fields = _field_list(text_field)

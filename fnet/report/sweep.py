@@ -1,7 +1,8 @@
 """Aggregate a sweep of ``evaluate.py`` jobs into paper-style tables and a preservation curve.
 
 ``python -m fnet.report.sweep <sweep_dir> [--out DIR]`` (or :func:`aggregate`) reads every ``result.json`` under the
-sweep folder (and every ``failure.json``, listed as failed jobs) and writes:
+sweep folder (and every ``failure.json``, listed as failed jobs; an ``analyze.py`` job, which writes its report and
+networks instead of a result, is listed as finished with its K and report, ``analyses.csv``) and writes:
 
 * ``summary.md`` / ``summary.csv`` -- one row per task x mask condition (``none``, ``lesion`` of a network,
   ``random`` matched control, ``random_fraction``, ``preserve`` K, ...): the mean score over the condition's jobs
@@ -29,7 +30,7 @@ import numpy as np
 from fnet.intervene import MASKS
 from fnet.report import markdown_table, provenance_header
 
-__all__ = ["collect", "condition_of", "summarize", "aggregate", "plot_preservation_curve", "mean_ci", "main"]
+__all__ = ["collect", "collect_analyses", "condition_of", "summarize", "aggregate", "plot_preservation_curve", "mean_ci", "main"]
 
 #: the range of bounded metrics (t intervals over few seeds are clipped to it)
 METRIC_RANGE = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "exact_match": (0.0, 1.0), "mcc": (-1.0, 1.0)}
@@ -68,6 +69,37 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
         failures.append({"job_dir": str(path.parent), "overrides": " ".join(overrides),
                          "error": str(record.get("error", "")).splitlines()[0][:300] if record.get("error") else ""})
     return results, failures
+
+
+#: what a finished analyze.py job writes last, by analysis (``analysis=networks``, ``analysis=pos``)
+ANALYSIS_REPORTS = {"report.md": "networks", "pos_report.md": "pos"}
+ANALYSIS_COLUMNS = ["job_dir", "overrides", "analysis", "K", "datasets", "mean network size", "report"]
+
+
+def collect_analyses(sweep_dir: str | Path) -> list[dict]:
+    """Every finished ``analyze.py`` job below ``sweep_dir``: a folder with its report (``report.md`` beside
+    ``summary.json``, or ``pos_report.md``), which an analysis writes instead of ``result.json``. One row each:
+    folder, overrides, analysis, K and data sets (``summary.json``), mean network size, report path."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for name, analysis in ANALYSIS_REPORTS.items():
+        for report in sorted(sweep_dir.rglob(name)):
+            job = report.parent
+            if analysis == "networks" and not (job / "summary.json").is_file():
+                continue  # some other report.md (a sweep's own summary is summary.md)
+            row = {"job_dir": str(job), "overrides": " ".join(_job_overrides(job)), "analysis": analysis,
+                   "K": None, "datasets": "", "mean network size": None, "report": str(report)}
+            if analysis == "networks":
+                try:
+                    datasets = json.loads((job / "summary.json").read_text()).get("datasets") or {}
+                except (OSError, ValueError):
+                    datasets = {}
+                sizes = [s for d in datasets.values() for s in (d.get("sizes") or [])]
+                first = next(iter(datasets.values()), {})
+                row.update(K=len(first.get("sizes") or []) or None, datasets=", ".join(datasets),
+                           **{"mean network size": round(float(np.mean(sizes)), 1) if sizes else None})
+            rows.append(row)
+    return sorted(rows, key=lambda r: r["job_dir"])
 
 
 def _networks_text(networks: Any) -> str:
@@ -261,11 +293,14 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict:
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir
     results, failures = collect(sweep_dir)
+    analyses = collect_analyses(sweep_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     paths: dict[str, Path] = {}
+    kinds = f" ({len(results)} evaluate, {len(analyses)} analyze)" if results and analyses else (
+        f" ({len(analyses)} analyze)" if analyses else "")
     lines = [f"# Sweep summary: {sweep_dir}", "",
-             f"{len(results)} finished jobs, {len(failures)} failed.", ""]
+             f"{len(results) + len(analyses)} finished jobs{kinds}, {len(failures)} failed.", ""]
     if results:
         first = results[0].get("provenance") or {}
         lines += [provenance_header({k: first.get(k) for k in ("model", "signal", "fnet_version")}), ""]
@@ -276,6 +311,10 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict:
         lines.append(markdown_table(_display_rows(summary), SUMMARY_COLUMNS))
         lines.append("")
         paths["csv"] = _write_csv(summary, SUMMARY_COLUMNS, out_dir / "summary.csv")
+    if analyses:
+        lines += ["## Analysis jobs", "", "Each job's networks, figures and tables are in its folder (`report`).", "",
+                  markdown_table(analyses, ANALYSIS_COLUMNS), ""]
+        paths["analyses_csv"] = _write_csv(analyses, ANALYSIS_COLUMNS, out_dir / "analyses.csv")
     if failures:
         lines += ["## Failed jobs", "", markdown_table(failures, ["job_dir", "overrides", "error"]), ""]
         paths["failures_csv"] = _write_csv(failures, ["job_dir", "overrides", "error"], out_dir / "failures.csv")
@@ -285,7 +324,7 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict:
         lines += ["![preservation curve](preservation_curve.png)", ""]
     paths["markdown"] = out_dir / "summary.md"
     paths["markdown"].write_text("\n".join(lines))
-    return {"summary": summary, "failures": failures, "results": results, "paths": paths}
+    return {"summary": summary, "failures": failures, "results": results, "analyses": analyses, "paths": paths}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,12 +81,19 @@ def task_config_dir() -> Path:
 
 
 def available_tasks() -> list[str]:
-    """The task names of ``conf/task`` (files starting with ``_`` hold shared keys, not tasks).
+    """The task names of ``conf/task`` (files starting with ``_`` hold shared keys, not tasks); a
+    ``FileNotFoundError`` names the folder when it holds none (an incomplete installation).
 
     >>> {"sst2", "squad", "wikitext2"} <= set(available_tasks())
     True
     """
-    return sorted(p.stem for p in task_config_dir().glob("*.yaml") if not p.stem.startswith("_"))  # _base: shared keys
+    names = sorted(p.stem for p in task_config_dir().glob("*.yaml") if not p.stem.startswith("_"))  # _base: shared
+    if not names:  # not a wrong name: the task configs are not where this fnet looks for them
+        raise FileNotFoundError(
+            f"no task configs in {task_config_dir()}: this installation of fnet is incomplete (the tasks are the "
+            "repository's conf/task/*.yaml, beside the fnet package, not part of a wheel); run from a checkout of "
+            "the repository")
+    return names
 
 
 def load_task_config(name: str) -> dict:
@@ -113,6 +120,8 @@ def load_task_config(name: str) -> dict:
     ------
     ValueError
         For an unknown task name (the message lists the valid ones).
+    FileNotFoundError
+        When ``conf/task`` holds no task at all (an incomplete installation; the message names the folder).
 
     Examples
     --------
@@ -124,6 +133,7 @@ def load_task_config(name: str) -> dict:
     """
     path = task_config_dir() / f"{name}.yaml"
     if not path.is_file():
+        available_tasks()  # an empty folder is an incomplete installation, not a wrong name
         raise ValueError(f"unknown task {name!r}; valid tasks: {available_tasks()} (configs in {task_config_dir()})")
     return OmegaConf.to_container(_compose_entry(path), resolve=True)
 

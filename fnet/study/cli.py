@@ -40,7 +40,8 @@ from fnet.study.scheduler import REPO_ROOT, STAGES, environment_key, environment
 
 __all__ = ["main"]
 
-def _compose(preset: dict, items: Sequence[str], out: str | None) -> int:
+def _compose(preset: dict, items: Sequence[str], out: str | None, accept_code: Sequence[str] = (),
+             any_code: bool = False) -> int:
     """``--compose``: one report from committed study reports (:func:`fnet.study.compose.compose_report`)."""
     if not out:
         print("--compose writes a new report: give it a folder with --report-dir", file=sys.stderr)
@@ -50,7 +51,7 @@ def _compose(preset: dict, items: Sequence[str], out: str | None) -> int:
         parts, sep, folder = item.rpartition("=")
         sources.append((folder, [p for p in parts.split(",") if p] if sep else None))
     try:
-        paths = compose_report(preset, sources, out)
+        paths = compose_report(preset, sources, out, accept_code=accept_code, any_code=any_code)
     except (ValueError, FileNotFoundError) as err:
         print(f"--compose: {err}", file=sys.stderr)
         return 2
@@ -92,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
                              "folder, in order of preference), each task whole from one folder that finished it; "
                              "TASKS (comma-separated, e.g. sst2,sst2-zeroshot) picks them; runs nothing; needs "
                              "--report-dir (fnet.study.compose)")
+    parser.add_argument("--accept-code", action="append", metavar="CODEKEY",
+                        help="with --compose: also take sources made by this code key (a study report's Code: line; "
+                             "repeat for several), once you have checked that the change does not matter")
+    parser.add_argument("--any-code", action="store_true",
+                        help="with --compose: take sources of any code, also reports that record none (made before "
+                             "study reports recorded their code)")
     return parser
 
 
@@ -134,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     preset = load_preset(args.preset, args.set)
     if args.compose:
-        return _compose(preset, args.compose, args.report_dir)
+        return _compose(preset, args.compose, args.report_dir, args.accept_code or (), args.any_code)
     root = Path(args.root or REPO_ROOT / "outputs" / "study" / preset["name"]).resolve()
     jobs = plan(preset)
     root.mkdir(parents=True, exist_ok=True)

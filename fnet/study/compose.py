@@ -21,6 +21,7 @@ import ast
 import csv
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +31,7 @@ from fnet.study.preset import PRESET_KEYS
 from fnet.study.plan import plan
 from fnet.study.figures import plot_centres
 from fnet.study.render import render_report
-from fnet.study.scheduler import Job
+from fnet.study.scheduler import Job, code_key
 
 __all__ = ["plan_parts", "read_source", "compose_report", "part_name"]
 
@@ -143,7 +144,8 @@ def _centres(lines: Sequence[str]) -> dict[str, float]:
 
 def read_source(folder: str | Path) -> dict:
     """A committed study report read back: ``settings`` (its preset), typed ``summary`` and ``effects`` rows,
-    ``jobs`` rows, ``machines``, ``centres``, ``massive`` rows, ``overlap`` lines and ``runs`` lines."""
+    ``jobs`` rows, ``machines``, ``codes`` (the code keys of its ``Code:`` line; [] when it records none),
+    ``centres``, ``massive`` rows, ``overlap`` lines and ``runs`` lines."""
     folder = Path(folder)
     files = {name: folder / name for name in ("report.md", "summary.csv", "effects.csv", "jobs.csv")}
     missing = [name for name, path in files.items() if not path.is_file()]
@@ -158,6 +160,7 @@ def read_source(folder: str | Path) -> dict:
 
     machines = next((line[len("Machines: "):].rstrip(".") for line in text.splitlines()
                      if line.startswith("Machines: ")), "not recorded")
+    code_line = next((line for line in text.splitlines() if line.startswith("Code: ")), "")
     wall = _section(text, "Wall time")
     runs_at = next((i for i, line in enumerate(wall) if line.startswith("Runs of the study command")), None)
     runs = []
@@ -166,7 +169,7 @@ def read_source(folder: str | Path) -> dict:
     return {"folder": folder, "settings": _settings(_section(text, "Settings"), folder),
             "summary": [_summary_row(r) for r in rows("summary.csv")],
             "effects": [_effect_row(r) for r in rows("effects.csv")], "jobs": rows("jobs.csv"),
-            "machines": machines, "centres": _centres(_section(text, "Where the networks sit")),
+            "machines": machines, "codes": re.findall(r"`([0-9a-f]+)`", code_line), "centres": _centres(_section(text, "Where the networks sit")),
             "massive": _table(_section(text, "Massive units")),
             "overlap": [line[2:] for line in _section(text, "Magnitude-matched draws inside the networks")
                         if line.startswith("- ")],
@@ -181,7 +184,8 @@ def _same_jobs(ours: Sequence[Job], theirs: Sequence[Job]) -> str | None:
     mine, other = {j.name: j for j in ours}, {j.name: j for j in theirs}
     if set(mine) != set(other):
         extra, lacking = sorted(set(other) - set(mine)), sorted(set(mine) - set(other))
-        return f"its plan has {len(extra)} other jobs ({extra[:3]}) and lacks {len(lacking)} ({lacking[:3]})"
+        return " and ".join(([f"its plan has {len(extra)} other jobs ({extra[:3]})"] if extra else [])
+                            + ([f"its plan lacks {len(lacking)} of the plan's jobs ({lacking[:3]})"] if lacking else []))
     for name, job in mine.items():
         for field in ("stage", "entry", "overrides", "deps", "output"):
             if getattr(job, field) != getattr(other[name], field):
@@ -189,10 +193,19 @@ def _same_jobs(ours: Sequence[Job], theirs: Sequence[Job]) -> str | None:
     return None
 
 
-def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str] | None]]) -> dict:
+def _settings_diff(preset: dict, settings: dict) -> str:
+    """The settings a source's report and the plan differ in (``seeds: 2 in its report, 3 in the plan``)."""
+    keys = [k for k in PRESET_KEYS if k != "name" and settings.get(k) != preset.get(k)]
+    return ", ".join(f"{k}: {settings.get(k)!r} in its report, {preset.get(k)!r} in the plan" for k in keys)
+
+
+def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str] | None]],
+            preset: dict | None = None) -> dict:
     """Part -> source: first the parts each source is asked for, then, in order, every part a source given
-    without parts finished that none gave before."""
+    without parts finished that none gave before. A part no source gave is an error that says, per source, why
+    it did not (the jobs it did not finish, or the settings it ran with)."""
     taken: dict[str, dict] = {}
+    passed: dict[str, list[str]] = {}  # part -> why each source given without parts did not give it
     asked = [(s, w) for s, w in sources if w is not None] + [(s, w) for s, w in sources if w is None]
     for source, wanted in asked:
         folder = source["folder"]
@@ -207,23 +220,70 @@ def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str]
             if part in taken:
                 raise ValueError(f"part {part!r} is asked of {taken[part]['folder']} and of {folder}; take it from one")
             lacking = [j.name for j in parts[part] if j.name not in finished]
-            why = _same_jobs(parts[part], theirs.get(part, [])) if not lacking else None
-            if wanted is None and (lacking or why):
-                continue  # not complete there: another source may have it
+            why = _same_jobs(parts[part], theirs.get(part, []))  # other settings say more than unfinished jobs
+            if why and preset is not None and (differ := _settings_diff(preset, source["settings"])):
+                why = f"{why}; settings that differ: {differ}"
+            lacking = lacking if not why else []
+            not_finished = (f"{folder} finished {len(parts[part]) - len(lacking)} of its {len(parts[part])} jobs "
+                            f"(not {lacking[:3]}{'...' if len(lacking) > 3 else ''})")
+            if wanted is None and (lacking or why):  # not complete there: another source may have it
+                passed.setdefault(part, []).append(not_finished if lacking else f"{folder} ran other settings ({why})")
+                continue
             if lacking:
-                raise ValueError(f"part {part!r}: {folder} finished {len(parts[part]) - len(lacking)} of its "
-                                 f"{len(parts[part])} jobs (not {lacking[:3]}...); a part is taken whole or not at all")
+                raise ValueError(f"part {part!r}: {not_finished}; a part is taken whole or not at all")
             if why:
                 raise ValueError(f"part {part!r}: {folder} ran other settings ({why})")
             taken[part] = source
     left = sorted(set(parts) - set(taken))
     if left:
+        reasons = "".join(f"\n  - {part}: " + "; ".join(passed.get(part) or ["no source was given for it"])
+                          for part in left)
         raise ValueError(f"no source finished the parts {left} with the plan's settings: add a study report folder "
-                         "that did, or leave those tasks out of the preset (e.g. 'tasks=[...]')")
+                         f"that did, or leave those tasks out of the preset (e.g. 'tasks=[...]'):{reasons}")
     return taken
 
 
-def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[str] | None]], out: str | Path) -> dict:
+def _check_code(read: Sequence[tuple[dict, Any]], code: str, accept_code: Sequence[str], any_code: bool) -> None:
+    """Refuse a source made by other code than ``code`` (unless its key is in ``accept_code``), or one that records
+    no code, unless ``any_code``."""
+    if any_code:
+        return
+    for source, _ in read:
+        folder, theirs = source["folder"], source["codes"]
+        if not theirs:
+            raise ValueError(
+                f"{folder} records no code version (its report.md has no Code: line; it was made before study "
+                f"reports recorded one), so it cannot be checked against this checkout's code `{code}`; if its "
+                "numbers are still what this code computes, pass --any-code to compose from it anyway")
+        other = [k for k in theirs if k != code and k not in accept_code]
+        if other:
+            raise ValueError(
+                f"{folder} was made by code `{other[0]}`, this checkout is code `{code}` (fnet's sources, entry points "
+                "or configs differ, so its numbers may not be what this code computes); check that the change does "
+                f"not matter, then pass --accept-code {other[0]} (or --any-code to take any code)")
+
+
+def _codes(used: Sequence[dict], rel: dict, code: str, accept_code: Sequence[str]) -> list[tuple[str | None, str]]:
+    """The composed report's code keys, each with the sources made by it (this checkout's code first); none when
+    no source recorded one."""
+    if not any(s["codes"] for s in used):
+        return []
+    by_key: dict[str | None, list[str]] = {}
+    for s in used:
+        for key in s["codes"] or [None]:
+            by_key.setdefault(key, []).append(rel[id(s)])
+    order = sorted(by_key, key=lambda k: (k != code, k is None))
+
+    def note(key: str | None) -> str:
+        if key == code:
+            return ""
+        return ", accepted with --accept-code" if key in accept_code else ", accepted with --any-code"
+
+    return [(key, ", ".join(by_key[key]) + note(key)) for key in order]
+
+
+def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[str] | None]], out: str | Path, *,
+                   code: str | None = None, accept_code: Sequence[str] = (), any_code: bool = False) -> dict:
     """Write one report for ``preset``'s whole plan into ``out``, each part taken whole from one source.
 
     Parameters
@@ -236,6 +296,13 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
     out : path
         Where ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv`` (with each job's ``source``) and the
         figures go.
+    code : str, optional
+        The code key every source must record (its ``Code:`` line): default this checkout's
+        (:func:`fnet.study.scheduler.code_key`). A source made by other code is refused, naming both keys.
+    accept_code : list of str
+        Other code keys to take sources of (the user checked that the change does not matter).
+    any_code : bool
+        Take sources of any code, also those that record none (reports made before the Code: line existed).
 
     Returns
     -------
@@ -243,12 +310,14 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
         :func:`fnet.study.render.render_report`'s paths and rows, and ``parts``: part -> source folder.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = plan(preset)
     parts = plan_parts(jobs)
     read = [(read_source(folder), None if wanted is None else [part_name(p) for p in wanted])
             for folder, wanted in sources]
-    taken = _assign(parts, read)
+    code = code or code_key()
+    _check_code(read, code, list(accept_code), any_code)
+    taken = _assign(parts, read, preset)
+    out.mkdir(parents=True, exist_ok=True)
     rel = {id(s): str(os.path.relpath(s["folder"], out)) for s, _ in read}  # each source as the report links it
     summary, effect_rows, job_rows, centres, massive, overlap = [], [], [], {}, [], []
     listed: set[tuple[str, str]] = set()
@@ -272,9 +341,12 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
     def hours(s: dict) -> float:
         return sum(float(r["seconds"] or 0) for r in job_rows if r["source"] == rel[id(s)]) / 3600
 
+    codes = _codes(used, rel, code, list(accept_code))
     table = [{"tasks": ", ".join(p for p in parts if taken[p] is s), "from": f"[{rel[id(s)]}]({rel[id(s)]}/report.md)",
               "jobs": sum(r["source"] == rel[id(s)] for r in job_rows), "job hours": round(hours(s), 2),
-              "machines": s["machines"]} for s in used]
+              "machines": s["machines"],
+              **({"code": ", ".join(f"`{k}`" for k in s["codes"]) or "not recorded"} if codes else {})}
+             for s in used]
     sources_lines = ["## Sources", "",
                      f"No single study folder holds every job of this plan, so this report is composed from "
                      f"{len(used)} committed study reports (`python -m fnet.study PRESET --compose FOLDER ...`). Each "
@@ -295,5 +367,5 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
                           runs_lines=runs_lines, layers_png=plot_centres(centres, out / "layers.png"),
                           title=f"# Study `{preset['name']}`: {preset['model']} ({preset['path']}), composed from "
                                 f"{len(used)} study reports",
-                          sources_lines=sources_lines, job_columns=JOB_COLUMNS + ["part", "source"])
+                          sources_lines=sources_lines, job_columns=JOB_COLUMNS + ["part", "source"], codes=codes)
     return {**paths, "parts": {p: taken[p]["folder"] for p in parts}}

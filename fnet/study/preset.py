@@ -174,7 +174,8 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
     Raises
     ------
     FileNotFoundError
-        For a preset that does not exist (the message lists the valid ones).
+        For a preset that does not exist (the message lists the valid ones), or when no preset is installed
+        (the message names the folder looked in).
     fnet.pipelines.config.ConfigError
         (a ValueError) listing every problem: an unknown key (with the valid keys), a missing required key, a
         value of the wrong type or outside its choices or range, an override that is not ``key=value``, and the
@@ -194,6 +195,11 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
         path = preset_dir() / f"{name_or_path}.yaml"
     if not path.exists():
         valid = sorted(p.stem for p in preset_dir().glob("*.yaml"))
+        if not valid:  # not a wrong name: the presets are not where this fnet looks for them
+            raise FileNotFoundError(
+                f"no study presets in {preset_dir()}: this installation of fnet is incomplete (the presets live in "
+                "the repository's conf/study, beside the fnet package, and are not part of a wheel); run from a "
+                "checkout of the repository, or give a preset's YAML path")
         raise FileNotFoundError(f"no study preset {name_or_path!r} ({path}); valid presets: {valid}")
     what = f"study preset {path}" + (f" with overrides {list(overrides)}" if overrides else "")
     cfg = OmegaConf.load(path)

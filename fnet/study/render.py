@@ -19,6 +19,7 @@ from fnet.study.figures import layer_centres, plot_layers, plot_preservation
 from fnet.study.report import (EFFECT_COLUMNS, FINISHED, JOB_COLUMNS, SUMMARY_COLUMNS, chance_tasks, effects, headline,
                                ids_text, load_results, normalisation, paper_tables, statements, summarize, whole_counts)
 from fnet.study.runlog import machines_line, read_runs, runs_table
+from fnet.study.scheduler import code_key
 
 __all__ = ["render_report", "write_report", "paper_for", "INTRO"]
 
@@ -32,6 +33,8 @@ INTRO = ("Every claim below is computed from the numbers. An effect counts only 
          "lies far above the rest of its layer's top decile, so the magnitude-matched control (decile bins) "
          "rarely draws one: the spared lesions and single-unit lesions, not that control, test how much of an "
          "effect the massive units carry.")
+#: what a study report's code key covers (its ``Code:`` line)
+CODE_COVERS = "fnet's sources, entry points and configs that every finished job here ran with: the code part of its key"
 _ONE_TRAINING_RUN = (" Each fine-tuned task's effects are those of one fine-tuned model (one training run): the CIs "
                      "cover held-out rows and control seeds, not training runs, and fine-tuning on CPU is not "
                      "bit-identical across CPU models (see Machines).")
@@ -81,7 +84,8 @@ def _not_finished(jobs: Sequence[dict]) -> list[str]:
 def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], effect_rows: Sequence[dict],
                   jobs: Sequence[dict], centres: dict[str, float], massive: Sequence[dict], overlap: Sequence[str],
                   machines: str, runs_lines: Sequence[str], layers_png: Path | None, title: str | None = None,
-                  sources_lines: Sequence[str] = (), job_columns: Sequence[str] = JOB_COLUMNS) -> dict:
+                  sources_lines: Sequence[str] = (), job_columns: Sequence[str] = JOB_COLUMNS,
+                  codes: Sequence[tuple[str | None, str]] = ()) -> dict:
     """Write the report and its tables into ``out``.
 
     Parameters
@@ -101,6 +105,9 @@ def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], eff
         The figure of where the networks sit, if drawn.
     title, sources_lines
         A composed report's title and its section on where each task's numbers come from.
+    codes : list of (str or None, str)
+        The code keys (:func:`fnet.study.scheduler.code_key`) the jobs ran with, each with what it covers: the
+        ``Code:`` line, which :func:`fnet.study.compose.read_source` reads back (None: not recorded). Empty: no line.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +117,11 @@ def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], eff
         _write_csv(out / name, rows, columns)
     pres_png = plot_preservation(summary, out / "preservation.png")
     lines = [title or f"# Study `{preset['name']}`: {preset['model']} ({preset['path']})", "",
-             f"Machines: {machines}.", "", INTRO + _ONE_TRAINING_RUN * (preset.get("path") == "finetune"), ""]
+             f"Machines: {machines}.", ""]
+    if codes:
+        lines += ["Code: " + "; ".join((f"`{key}`" if key else "not recorded") + f" ({what})" for key, what in codes)
+                  + ".", ""]
+    lines += [INTRO + _ONE_TRAINING_RUN * (preset.get("path") == "finetune"), ""]
     lines += list(sources_lines)
     lines += (["## Settings", "", "Preset `conf/study/" + preset["name"] + ".yaml` (held-out rows scored per job: "
                "`n_rows`):", ""] + [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + [""])
@@ -180,9 +191,11 @@ def _controls_info(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
 
 
 def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
-                 n_boot: int = 2000) -> dict:
+                 n_boot: int = 2000, code: str | None = None) -> dict:
     """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png`` and
-    ``layers.png`` into ``out`` (default: the study folder ``root``)."""
+    ``layers.png`` into ``out`` (default: the study folder ``root``). ``code``: the code key the jobs' keys were
+    computed with (default: this checkout's, :func:`fnet.study.scheduler.code_key`), recorded as the ``Code:``
+    line."""
     root = Path(root)
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
@@ -199,4 +212,5 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
     return render_report(out, preset=preset, summary=summary, effect_rows=effect_rows, jobs=jobs,
                          centres=layer_centres(files) if files else {}, massive=massive, overlap=overlap,
                          machines=machines_line(runs), runs_lines=runs_table(runs),
-                         layers_png=plot_layers(files, out / "layers.png"))
+                         layers_png=plot_layers(files, out / "layers.png"),
+                         codes=[(code or code_key(), CODE_COVERS)])

@@ -4,7 +4,10 @@ A :class:`Job` is one run of an entry point of the repository with Hydra overrid
 :func:`run_jobs` runs jobs as subprocesses (``sys.executable``, cwd = the repository root), a job as soon as its
 dependencies are done, ``workers`` at once; ready ``evaluate.py`` jobs of one task and model share a process
 (``batch``, :mod:`fnet.pipelines.evaluate_batch`). Resuming: a job's folder is named by :func:`job_key`, and its
-``job.json`` is written last, only after the job's output exists (see :mod:`fnet.study.cli`).
+``job.json`` is written last, only after the job's output exists (see :mod:`fnet.study.cli`). A job folder has one
+owner at a time (:mod:`fnet.owner`): the job process holds its lock while it runs and dies with the runner, and a
+rerun sets an unfinished folder aside only once no process of the earlier run holds it, so a runner killed with
+SIGKILL and restarted at once never has two processes writing one job folder.
 
 Written here rather than taken from a workflow tool (snakemake, luigi, submitit): the jobs are a few hundred local
 commands whose identity is fnet's own content key, and a study must run where only fnet's pinned dependencies are.
@@ -25,8 +28,9 @@ from pathlib import Path
 from typing import Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
+from fnet.owner import RUNNER_ENV, FolderOwned, own
 
-__all__ = ["Job", "Ready", "STAGES", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature",
+__all__ = ["Job", "OWNED", "OWNER_WAIT", "Ready", "STAGES", "code_key", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature",
            "prepare", "done_record", "output_of", "run_jobs", "summary_lines"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,23 +60,29 @@ class Job:
 # --------------------------------------------------------------------------------------------------------------
 # Keys and markers
 # --------------------------------------------------------------------------------------------------------------
-def environment_parts(repo: Path = REPO_ROOT) -> dict:
-    """What every job depends on besides its overrides, as content keys: ``code`` (the fnet sources but the
-    study's own runner and report, the entry points, the configs but the study presets), ``data`` (the offline
-    data files' names and bytes) and the torch / transformers versions. Contents, never modification times: a
-    re-provisioned copy of the same data must not invalidate a study."""
-    import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
-    import transformers
-
+def code_key(repo: Path = REPO_ROOT) -> str:
+    """The content key of the code every job depends on: the fnet sources but the study's own runner and report,
+    the entry points, and the configs but the study presets (file names and contents). A study report records it
+    (``Code:``), and ``--compose`` compares it with this checkout's."""
     code = []
     for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
         if path.parent in (repo / "fnet" / "study", repo / "conf" / "study"):
             continue
         code.append((str(path.relative_to(repo)), content_key(path.read_text())))
+    return content_key(code)
+
+
+def environment_parts(repo: Path = REPO_ROOT) -> dict:
+    """What every job depends on besides its overrides, as content keys: ``code`` (:func:`code_key`), ``data``
+    (the offline data files' names and bytes) and the torch / transformers versions. Contents, never modification
+    times: a re-provisioned copy of the same data must not invalidate a study."""
+    import torch  # only their versions: the planner (--dry-run) need not pay seconds to import them
+    import transformers
+
     data_dir = Path(os.environ.get("FNET_DATA_DIR", repo.parent / "shared" / "data"))
     data = sorted((str(f.relative_to(data_dir)), file_digest(f, memo=False))
                   for f in data_dir.rglob("*") if f.is_file()) if data_dir.is_dir() else []
-    return {"code": content_key(code), "data": content_key(data), "torch": torch.__version__,
+    return {"code": code_key(repo), "data": content_key(data), "torch": torch.__version__,
             "transformers": transformers.__version__}
 
 
@@ -181,17 +191,43 @@ def prepare(job: Job, outputs: dict[str, Path], root: Path, env_key: str) -> Rea
     return Ready(job, key, folder, overrides, base)
 
 
-def _fresh_folder(folder: Path) -> None:
-    if folder.exists():  # an interrupted run: keep it aside, start clean (nothing finished is lost)
-        folder.rename(folder.with_name(f"{folder.name}.interrupted-{int(time.time())}"))
+#: seconds a runner waits for a process of an earlier run to let go of a job folder (such a process dies with its
+#: runner, so it is gone at once on Linux and within a second elsewhere)
+OWNER_WAIT = 60.0
+#: the exit status of ``python -m fnet.owner`` when the folder is owned by another live process
+_OWNED_EXIT = 75
+
+
+def _claim(item: Ready, log) -> bool:
+    """Make ``item``'s folder fresh for this run; False when the job turns out to be done. A folder left by an
+    earlier run is set aside (nothing finished is lost) once no process of that run still owns it
+    (:func:`fnet.owner.own`: a worker of a runner killed with SIGKILL dies with it, and this waits for that); a
+    batch worker of that run may have finished the job meanwhile. Raises :class:`fnet.owner.FolderOwned` when the
+    folder is still owned after :data:`OWNER_WAIT` seconds."""
+    folder = item.folder
+    if folder.exists():
+        with own(folder, wait=OWNER_WAIT, log=lambda line: log(f"[study] {item.job.name}: {line}"), record=False):
+            if done_record(folder, item.key, item.job.output) is not None:
+                return False
+            aside = folder.with_name(f"{folder.name}.interrupted-{int(time.time())}")
+            while aside.exists():
+                aside = aside.with_name(aside.name + "_")
+            folder.rename(aside)
     folder.mkdir(parents=True)
+    return True
 
 
 def _child_env(workers: int) -> dict:
-    """The jobs' environment: with several workers and no OMP_NUM_THREADS of the user's, the cores are shared."""
+    """The jobs' environment: with several workers and no OMP_NUM_THREADS of the user's, the cores are shared;
+    ``$FNET_RUNNER_PID`` tells a job process whose death it must not outlive (:func:`fnet.owner.die_with_runner`);
+    ``$PYTHONPATH`` starts with the folder of the fnet the runner imported, so every job (also one started from
+    another working folder) runs the code whose key names its folder."""
     env = dict(os.environ)
     if workers > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    env[RUNNER_ENV] = str(os.getpid())
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                           if p and p != str(REPO_ROOT)])
     return env
 
 
@@ -201,7 +237,8 @@ _RUNNING_LOCK = threading.Lock()
 
 
 def _call(argv: list[str], **kwargs) -> int:
-    """``subprocess.run(argv).returncode``, with the process registered in :data:`_RUNNING` while it runs."""
+    """``subprocess.run(argv).returncode``, with the process registered in :data:`_RUNNING` while it runs. The job
+    process stays in the runner's process group and dies with the runner (:mod:`fnet.owner`)."""
     proc = subprocess.Popen(argv, **kwargs)
     with _RUNNING_LOCK:
         _RUNNING.add(proc)
@@ -228,16 +265,26 @@ def _stop_running(log) -> None:
         log(f"[study] interrupted: stopped {len(procs)} running job process(es); rerun to continue")
 
 
+#: the return code of a job that did not run because a process of an earlier run still owns its folder
+OWNED = -_OWNED_EXIT
+
+
 def _run_one(item: Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[Ready, int, float, bool]]:
-    _fresh_folder(item.folder)
-    argv = [python, *item.job.entry, *item.overrides]
+    """One job in its own process, which owns the job's folder (``python -m fnet.owner FOLDER -- COMMAND``)."""
+    try:
+        if not _claim(item, log):
+            return [(item, 0, 0.0, True)]  # finished by an earlier run's process: its marker is there
+    except FolderOwned:
+        return [(item, OWNED, 0.0, False)]
+    command = [python, *item.job.entry, *item.overrides]
     if item.job.entry[0].endswith(".py"):
-        argv.append(f"hydra.run.dir={item.folder}")
-    log(f"[study] run {item.job.name}: {' '.join(argv[1:])}")
+        command.append(f"hydra.run.dir={item.folder}")
+    log(f"[study] run {item.job.name}: {' '.join(command[1:])}")
     started = time.time()
     with open(item.folder / "job.log", "w") as handle:
-        rc = _call(argv, cwd=str(cwd), env=env, stdout=handle, stderr=subprocess.STDOUT)
-    return [(item, rc, time.time() - started, False)]
+        rc = _call([python, "-m", "fnet.owner", str(item.folder), "--", *command], cwd=str(cwd), env=env,
+                   stdout=handle, stderr=subprocess.STDOUT)
+    return [(item, OWNED if rc == _OWNED_EXIT else rc, time.time() - started, False)]
 
 
 def _batch_group(job: Job) -> tuple:
@@ -246,9 +293,17 @@ def _batch_group(job: Job) -> tuple:
 
 
 def _run_batch(items: list[Ready], python: str, cwd: Path, env: dict, log, root: Path):
-    """evaluate.py jobs in one process (fnet.pipelines.evaluate_batch), which writes each job's marker."""
+    """evaluate.py jobs in one process (fnet.pipelines.evaluate_batch), which owns each job's folder in turn and
+    writes its marker."""
+    settled, todo = [], []
     for item in items:
-        _fresh_folder(item.folder)
+        try:
+            (todo if _claim(item, log) else settled).append((item, 0, 0.0, True))
+        except FolderOwned:
+            settled.append((item, OWNED, 0.0, False))
+    items = [item for item, *_ in todo]
+    if not items:
+        return settled
     batches = root / "batches"
     batches.mkdir(exist_ok=True)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{items[0].key[:8]}"
@@ -261,7 +316,7 @@ def _run_batch(items: list[Ready], python: str, cwd: Path, env: dict, log, root:
         rc = _call([python, "-m", "fnet.pipelines.evaluate_batch", str(spec)], cwd=str(cwd), env=env,
                    stdout=handle, stderr=subprocess.STDOUT)
     seconds = (time.time() - started) / len(items)
-    return [(item, rc, seconds, True) for item in items]
+    return settled + [(item, rc, seconds, True) for item in items]
 
 
 class _Run:
@@ -325,11 +380,17 @@ class _Run:
         if marker is None:
             why = f"exit code {rc}" if rc != 0 else f"no output {job.output!r} (or more than one)"
             failed = folder / "failed.json"
-            detail = json.loads(failed.read_text()) if failed.exists() else {}
+            try:  # failed.json goes only into a folder no other process writes
+                held = own(folder, record=False)
+            except FolderOwned as err:
+                held, why = None, f"not run: {err}"
+            detail = json.loads(failed.read_text()) if held is not None and failed.exists() else {}
             logs = [p for p in (folder / "job.log", folder / "evaluate.log") if p.exists()]
             tail = logs[0].read_text(errors="replace")[-2000:] if logs else ""
             record = dict(item.base, status="failed", why=detail.get("error") or why, seconds=seconds, log_tail=tail)
-            atomic_write_text(failed, json.dumps(record, indent=1))
+            if held is not None:
+                with held:
+                    atomic_write_text(failed, json.dumps(record, indent=1))
             log(f"[study] FAILED {job.name} ({record['why']}); log: {logs[0] if logs else folder}")
             self.status[job.name] = "failed"
             self.records[job.name] = record

@@ -23,7 +23,7 @@ from omegaconf import MISSING
 __all__ = [
     "AnalyzeConfig", "DataConfig", "DatamoduleConfig", "EvalConfig", "EvaluateConfig", "FewshotConfig", "MaskConfig",
     "ModelConfig", "ModuleConfig", "NetworksConfig", "PathsConfig", "PosAnalysisConfig", "PromptConfig",
-    "RecordConfig", "TaskConfig", "TrainConfig", "ANALYSIS_SCHEMAS",
+    "RecordConfig", "TaskConfig", "TrainConfig", "ANALYSIS_SCHEMAS", "DATASET_RULES", "ICA_RULES",
 ]
 
 
@@ -78,10 +78,17 @@ class NetworksConfig:
 @dataclass
 class DataConfig:
     _target_: str = req()
-    n_template: int = req(ge=0)
+    n_template: int = req(gt=0)  # the group ICA is fitted on the template texts: none is nothing to fit
     n_individual: int = req(ge=0)
     seed: int = req()
     datasets: Dict[str, Any] = req()  # name -> loader options (free-form per source; fnet.recording checks them)
+
+
+#: rules of keys inside free-form groups: every ``ica`` config's ``n_components`` (its upper bound, the model's
+#: neuron count, is checked once the model's config is read), and a data set's own sampling keys
+#: (``data.datasets.<name>.n_template``, ...); each value must be an integer
+ICA_RULES: Dict[str, Dict[str, Any]] = {"n_components": {"ge": 1}}
+DATASET_RULES: Dict[str, Dict[str, Any]] = {"n_template": {"gt": 0}, "n_individual": {"ge": 0}, "min_chars": {"ge": 0}}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -89,6 +89,10 @@ def validate_config(cfg: DictConfig, name: str) -> DictConfig:
             _check_values(typed, schema, "", errors)
             if "analysis" in plain and (sub := S.ANALYSIS_SCHEMAS.get(str(plain["analysis"].get("run")))):
                 _check_values(OmegaConf.merge(OmegaConf.structured(sub), cfg.analysis), sub, "analysis", errors)
+    if not errors:
+        _check_free_keys(plain, errors)
+    if not errors:
+        _check_sizes(cfg, errors)
     if not errors and "task" in plain:
         try:
             TaskSpec.from_config(cfg.task)
@@ -271,6 +275,59 @@ def _rule_problems(value: Any, rules: dict) -> str | None:
         symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
         return "must be " + " and ".join(f"{symbols[op]} {bound}" for op, bound in limits) + f", got {value!r}"
     return None
+
+
+def _integer_rules(value: Any, rules: dict, where: str) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{where} must be an integer, got {value!r}"
+    problem = _rule_problems(value, rules)
+    return f"{where} {problem}" if problem else None
+
+
+def _check_free_keys(plain: dict, errors: list[str]) -> None:
+    """The rules of :data:`~fnet.pipelines.config.schemas.ICA_RULES` and ``DATASET_RULES`` (keys of free-form
+    groups, which the schemas type ``Any``)."""
+    ica = plain.get("ica")
+    if isinstance(ica, dict):
+        for key, rules in S.ICA_RULES.items():
+            if key in ica and (problem := _integer_rules(ica[key], rules, f"ica.{key}")):
+                errors.append(problem)
+    datasets = (plain.get("data") or {}).get("datasets") if isinstance(plain.get("data"), dict) else None
+    for name, options in (datasets or {}).items():
+        for key, rules in S.DATASET_RULES.items():
+            if isinstance(options, dict) and key in options:
+                problem = _integer_rules(options[key], rules, f"data.datasets.{name}.{key}")
+                if problem:
+                    errors.append(problem)
+
+
+def _check_sizes(cfg: DictConfig, errors: list[str]) -> None:
+    """Upper bounds that the model's config decides, read without loading the weights
+    (:func:`fnet.models.read_config`): ``ica.n_components`` at most the neurons of the recorded signal. Skipped
+    for a fine-tuned checkpoint (``ckpt_path``: its backbone is known once the checkpoint is read) and where the
+    model's config cannot be read here (the load says why). The number of tokens, the other bound, is known only
+    once the texts are recorded; the decomposition checks it then."""
+    from fnet.models import config_dims, read_config
+
+    ica, model, record = cfg.get("ica"), cfg.get("model"), cfg.get("record")
+    if not ica or "n_components" not in ica or not model or not record or cfg.get("ckpt_path"):
+        return
+    try:
+        config = read_config(str(model.name), trust_remote_code=bool(model.get("trust_remote_code", False)))
+    except ValueError as err:  # a tiny:<family> that does not exist
+        errors.append(f"model.name: {err}")
+        return
+    if config is None:
+        return
+    dims = config_dims(config)
+    signal = str(record.signal)
+    width = dims["d_model"] if signal == "mlp_out" else dims["d_mlp"]
+    if not dims["n_layers"] or not width:
+        return
+    neurons, k = int(dims["n_layers"]) * int(width), int(ica.n_components)
+    if k > neurons:
+        errors.append(f"ica.n_components must be <= {neurons}, the number of {signal} neurons of {model.name} "
+                      f"({dims['n_layers']} layers x {width}), got {k}")
 
 
 def _check_values(typed: DictConfig, schema: type, path: str, errors: list[str]) -> None:

@@ -32,6 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fnet.pipelines.config import schemas as S
 from fnet.scoring.tasks import TaskSpec
+from fnet.models import config_dims, read_config
 
 __all__ = ["ConfigError", "PRIMARY_SCHEMAS", "check_target_kwargs", "config_error", "register_configs",
            "schema_problems", "unknown_key", "validate_config"]
@@ -307,7 +308,6 @@ def _check_sizes(cfg: DictConfig, errors: list[str]) -> None:
     for a fine-tuned checkpoint (``ckpt_path``: its backbone is known once the checkpoint is read) and where the
     model's config cannot be read here (the load says why). The number of tokens, the other bound, is known only
     once the texts are recorded; the decomposition checks it then."""
-    from fnet.models import config_dims, read_config
 
     ica, model, record = cfg.get("ica"), cfg.get("model"), cfg.get("record")
     if not ica or "n_components" not in ica or not model or not record or cfg.get("ckpt_path"):

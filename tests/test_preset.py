@@ -24,7 +24,8 @@ def test_preset_keys_come_from_the_schema_with_their_defaults():
         # v2 keys: all empty by default, so a v1 preset plans and reports (Settings) exactly as before
         "training_runs": None, "runs_per_task": {}, "core_seeds": None, "streams": None, "tail_bins": [],
         "ablations": [], "preserve_alpha": [], "as_published": None, "correction": None, "margin": None,
-        "train_minutes": {}}
+        "train_minutes": {}, "curve_tasks": [], "detail_runs": None, "ablation_controls": [],
+        "normalised_seeds": None}
 
 
 def test_the_committed_reports_settings_are_the_preset():
@@ -43,7 +44,7 @@ def test_a_bad_key_in_a_preset_file_names_the_key_and_the_valid_keys(tmp_path):
         load_preset(str(path))
     text = str(info.value)
     assert f"invalid study preset {path}" in text
-    assert "unknown key masive (did you mean massive?); valid keys of the preset: ablations, analyze, as_published, " in text
+    assert "unknown key masive (did you mean massive?); valid keys of the preset: ablation_controls, ablations, " in text
     path.write_text("model: tiny_gpt2\ntasks: [sst2]\nmassive: {top_k: 1, n_unit: 1}\n")
     with pytest.raises(ConfigError, match="unknown key massive.n_unit \\(did you mean massive.n_units\\?\\); "
                                           "valid keys of massive: n_units, top_k"):

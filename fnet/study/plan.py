@@ -82,6 +82,8 @@ class _Planner:
         self.ablations = ["zero"] + list(p.get("ablations") or [])
         self.lesion_controls = lesion_controls(p)
         self.preserve_controls = preserve_controls(p)
+        chosen = p.get("ablation_controls") or list(self.lesion_controls)
+        self.ablated_controls = {c: k for c, k in self.lesion_controls.items() if c in chosen}
 
     def over(self, stage: str, task: str) -> list[str]:
         """The preset's overrides of a stage, then the task's own (task_overrides)."""
@@ -178,19 +180,21 @@ class _Planner:
         and on ``lesion_each`` tasks each network alone (with controls, spared) and each massive unit alone."""
         nets = self.networks(part, self.K, variant)
         v = {"variant": variant, "K": self.K}
+        seeds = self.core_seeds if variant == "raw" else range(int(self.p.get("normalised_seeds") or self.p["seeds"]))
         for ab in self.ablations:
             sfx, mean = ("", []) if ab == "zero" else (f"_{ab}", [f"mask.ablation={ab}"])
             self.evaluate(part, f"{variant}/lesion{sfx}/all", "lesion", nets if mean else nets[:1],
                           ["mask.networks=all"] + mean, condition=f"lesion{sfx}", target="all", **v)
-            self.controls(part, self.lesion_controls, variant + "/{control}/all/seed{seed}", "all", nets,
-                          self.core_seeds, ab, target="all", **v)
+            kinds = self.lesion_controls if ab == "zero" else self.ablated_controls
+            self.controls(part, kinds, variant + "/{control}/all/seed{seed}", "all", nets, seeds, ab, target="all",
+                          **v)
         if variant != "raw":
             return  # normalised networks: where they sit and what the all-networks lesion does
         for ab in self.ablations:
             sfx, mean = ("", []) if ab == "zero" else (f"_{ab}", [f"mask.ablation={ab}"])
             self.evaluate(part, f"raw/spared{sfx}/all", "spared", nets, ["mask.networks=all"] + mean,
                           condition=f"spared{sfx}", target="all", **v)
-        each = range(self.K) if part.full and part.task in self.p["lesion_each"] else []
+        each = range(self.K) if self.detailed(part) and part.task in self.p["lesion_each"] else []
         for k in each:
             self.evaluate(part, f"raw/lesion/net{k}", "lesion", nets[:1], [f"mask.networks={k}"],
                           condition="lesion", target=f"net{k}", **v)
@@ -219,13 +223,20 @@ class _Planner:
         self.controls(part, self.preserve_controls, f"preserve/K{k}{at}/{{control}}/seed{{seed}}", "all", nets,
                       self.core_seeds, K=k, **a)
 
+    def detailed(self, part: _Task) -> bool:
+        """Whether the part gets per-network lesions and the preservation curve: its task's own path, and one of
+        the first ``detail_runs`` training runs."""
+        limit = self.p.get("detail_runs")
+        return part.full and (limit is None or part.run is None or part.run < int(limit))
+
     def part(self, part: _Task) -> None:
         first = len(self.jobs)
         self.train(part)
         self.evaluate(part, "unmasked", "none", (), [], condition="unmasked")
         for variant in ["raw"] + (["normalised"] if self.p["normalised"] and part.full else []):
             self.lesions(part, variant)
-        for k in self.p["preserve_K"] if part.full else []:
+        curve = self.detailed(part) and (not self.p.get("curve_tasks") or part.task in self.p["curve_tasks"])
+        for k in self.p["preserve_K"] if curve else []:
             for alpha in [None] + list(self.p.get("preserve_alpha") or []):
                 self.preservation(part, int(k), None if alpha is None else float(alpha))
         # stage by stage (stable), so each job's dependencies come before it

@@ -134,6 +134,14 @@ class StudyPreset:
     margin: Optional[float] = _key(None, gt=0)
     #: CPU minutes of one training run per task, for the dry run's estimate (from bench/results_finetune.md)
     train_minutes: Dict[str, float] = _key({})
+    #: tasks that get the preservation curve ([] = every task, as v1)
+    curve_tasks: List[str] = _key([])
+    #: per-network lesions and the preservation curve on the first N training runs of a task only (null = all)
+    detail_runs: Optional[int] = _key(None, gt=0)
+    #: the controls that also run with mean ablation ([] = every control of the preset)
+    ablation_controls: List[str] = _key([], choices=CONTROL_KINDS)
+    #: control seeds of the variance-normalised networks' lesion (null = seeds)
+    normalised_seeds: Optional[int] = _key(None, gt=0)
 
 
 def _default(f: dataclasses.Field, hint: Any) -> Any:
@@ -237,9 +245,10 @@ def _across_keys(p: dict) -> list[str]:
     bad = [t for t in p["lesion_each"] if t not in p["tasks"]]
     if bad:
         errors.append(f"lesion_each {bad} are not in tasks {p['tasks']}")
-    bad = [t for t in p["runs_per_task"] if t not in p["tasks"]]
+    bad = [t for t in p["runs_per_task"] if t not in p["tasks"]] + [t for t in p["curve_tasks"]
+                                                                     if t not in p["tasks"]]
     if bad:
-        errors.append(f"runs_per_task {bad} are not in tasks {p['tasks']}")
+        errors.append(f"runs_per_task / curve_tasks {bad} are not in tasks {p['tasks']}")
     bad = [t for t in p["task_overrides"] if t not in p["tasks"] and t not in p["zeroshot_tasks"]]
     if bad:
         errors.append(f"task_overrides {bad} are not in tasks {p['tasks']} or zeroshot_tasks {p['zeroshot_tasks']}")

@@ -356,7 +356,7 @@ import fnet.pipelines.evaluate_batch as batch
 def compose(conf_dir, overrides, folder, root):
     return {"folder": str(folder), "args": dict(o.split("=", 1) for o in overrides)}
 
-def evaluate(cfg, job_overrides=None):
+def evaluate(cfg, job_overrides=None, models=None):
     folder, gate = pathlib.Path(cfg["folder"]), pathlib.Path(cfg["args"]["gate"])
     for step in range(2):
         with open(folder / "writers.txt", "a") as f:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 
+from fnet.lit.lower_blocks import LowerBlocks, find_lower_blocks, replay_lower_blocks
 from fnet.models import LoadedModel, find_blocks, get_arch, load_model, model_dims, to_batch_first
 from fnet import scoring
 
@@ -175,6 +176,9 @@ class CausalLMTaskModule(pl.LightningModule):
         keep frozen backbone weights in checkpoints (self-contained). ``False`` stores only what
         trains; loading then rebuilds the frozen part from ``model`` (the same registry name must resolve to the
         same weights, true for the offline default and the tiny models).
+
+    A batch may carry ``lower_hidden`` ``[batch, seq, d_model]``, the stored output of the frozen lower blocks
+    (:mod:`fnet.lit.features`); the forward then runs only the blocks above them (:attr:`lower_blocks`).
     """
 
     def __init__(
@@ -200,6 +204,8 @@ class CausalLMTaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.param_counts = set_trainable(self.model, trainable_layers)
+        #: the frozen lower blocks a batch's ``lower_hidden`` replaces (found on first use, or set by the caller)
+        self.lower_blocks: LowerBlocks | None = None
         self.strict_loading = bool(checkpoint_frozen)
         log.info(
             "%s on %s: %d of %d backbone parameters train (trainable_layers=%s)",
@@ -208,9 +214,18 @@ class CausalLMTaskModule(pl.LightningModule):
         )
 
     # ---- backbone ------------------------------------------------------------------------------------------------
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """``[batch, seq, d_model]`` after the final norm (MLP hooks on ``self.model`` fire during this call)."""
-        return final_hidden_states(self.model, input_ids, attention_mask)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      lower_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """``[batch, seq, d_model]`` after the final norm (MLP hooks on ``self.model`` fire during this call).
+
+        ``lower_hidden``: the stored output of the frozen lower blocks for this batch (padded like
+        ``input_ids``); only the blocks above them run."""
+        if lower_hidden is None:
+            return final_hidden_states(self.model, input_ids, attention_mask)
+        if self.lower_blocks is None:
+            self.lower_blocks = find_lower_blocks(self.model, final_hidden_states)
+        with replay_lower_blocks(self.model, self.lower_blocks, lower_hidden):
+            return final_hidden_states(self.model, input_ids, attention_mask)
 
     # ---- optimisation --------------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -379,17 +394,18 @@ class SequenceClassificationModule(CausalLMTaskModule):
         self.outputs: list[dict] = []
         self.results: dict[str, Any] | None = None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                lower_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """-> logits ``[batch, num_labels]`` from the last real token of each sequence."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.hidden_states(input_ids, attention_mask)  # [batch, seq, d_model]
+        hidden = self.hidden_states(input_ids, attention_mask, lower_hidden)  # [batch, seq, d_model]
         last = last_token_index(attention_mask)  # [batch]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [batch, d_model]
         return self.score(self.dropout(pooled).to(self.score.weight.dtype))
 
     def _shared_step(self, batch: Mapping[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch.get("attention_mask")).float()
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden")).float()
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels)
         preds = logits.argmax(dim=-1)
@@ -427,7 +443,7 @@ class SequenceClassificationModule(CausalLMTaskModule):
                 [r["target"] for r in self.outputs], self.num_labels, bootstrap=self.bootstrap)
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden"))
         return {"logits": logits, "pred": logits.argmax(dim=-1), "labels": batch.get("labels")}
 
     def fnet_checkpoint_info(self) -> dict[str, Any]:

@@ -18,7 +18,9 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from fnet.lit.callbacks import MaskCallback
 from fnet.lit.checkpoints import load_checkpoint_file
+from fnet.lit.features import cached_feature_data
 from fnet.lit.finetune import (
     CLASSIFICATION_DATA,
     CLASSIFICATION_MODULE,
@@ -57,6 +59,7 @@ def build_module(cfg: Any, lm: LoadedModel, kind: str, datamodule: Any):
     """The Lightning module of ``cfg.module`` (its ``_target_``, else the default of ``kind``) for the loaded model
     and data module, given only the keyword arguments its class accepts."""
     module_cfg = dict(container(cfg.module))
+    module_cfg.pop("cache_features", None)  # the pipeline's (run_training), not the module's
     target = module_cfg.pop("_target_", None) or (QA_MODULE if kind == "qa" else CLASSIFICATION_MODULE)
     cls = import_class(target)
     optimizer = instantiate(cfg.optimizer) if cfg.optimizer else None
@@ -93,6 +96,14 @@ def run_training(cfg: Any) -> dict[str, Any]:
     module = build_module(cfg, lm, kind, datamodule)
 
     callbacks = instantiate_callbacks(cfg.callbacks)
+    fit_data, features = datamodule, {"used": False}
+    if cfg.module.get("cache_features"):
+        # the frozen lower blocks' output, computed once per row (shared by every seed) and replayed each step
+        if any(isinstance(c, MaskCallback) for c in callbacks):
+            raise ValueError("module.cache_features=true cannot run with a mask callback: a mask changes the lower "
+                             "blocks whose stored output would replace them")
+        fit_data, features = cached_feature_data(module, datamodule, fingerprint=lm.fingerprint, dtype=lm.dtype,
+                                                 model_name=lm.name)
     loggers = instantiate_loggers(cfg.logger)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_hyperparameters(loggers, cfg, extra={"data/" + k: v for k, v in datamodule.split_info.items()
@@ -104,7 +115,7 @@ def run_training(cfg: Any) -> dict[str, Any]:
         start_step = int(load_checkpoint_file(ckpt_path).get("global_step", 0))
         log.warning("resuming from %s (global step %d)", ckpt_path, start_step)
     fit_started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    trainer.fit(module, datamodule=fit_data, ckpt_path=ckpt_path, weights_only=False)
     fit_seconds = time.time() - fit_started
     val_metrics = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
@@ -115,7 +126,7 @@ def run_training(cfg: Any) -> dict[str, Any]:
     test_seconds = 0.0
     if cfg.test_after_fit:
         test_started = time.time()
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
+        results = trainer.test(module, datamodule=fit_data, ckpt_path=best_path or None, weights_only=False)
         test_seconds = time.time() - test_started
         test_metrics = {k: _number(v) for k, v in (results[0] if results else {}).items()}
 
@@ -135,8 +146,10 @@ def run_training(cfg: Any) -> dict[str, Any]:
         "global_step": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "trainable_params": module.param_counts,
+        "feature_cache": features,
         "seed": seed,
-        "seconds": {"fit": round(fit_seconds, 1), "test": round(test_seconds, 1),
+        "seconds": {"features": features.get("seconds", 0.0), "fit": round(fit_seconds, 1),
+                    "test": round(test_seconds, 1),
                     "total": round(time.time() - started, 1)},
         "trainer": {"devices": trainer.num_devices, "strategy": type(trainer.strategy).__name__,
                     "precision": str(trainer.precision), "accumulate_grad_batches": trainer.accumulate_grad_batches},

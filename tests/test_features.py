@@ -1,5 +1,5 @@
-"""Fine-tuning from cached lower-block features (fnet.lit.features, fnet.lit.lower_blocks) on tiny models: the same
-weights as the uncached run, cache keys, corrupt entries."""
+"""Fine-tuning from cached lower-block features (fnet.lit.features, fnet.lit.lower_blocks) and LoRA (fnet.lit.lora)
+on tiny models: the same weights as the uncached run, cache keys, corrupt entries, what LoRA trains."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from fnet.lit.checkpoints import load_finetuned_lm
 from fnet.lit.classification import SequenceClassificationModule, final_hidden_states
 from fnet.lit.datamodules import TaskDataModule
 from fnet.lit.features import KIND, cached_feature_data
@@ -48,8 +49,8 @@ def _data(lm, rows=None, side="right", max_length=32):
 
 def _module(lm, trainable_layers=1, lora=None):
     optimizer = lambda groups: torch.optim.AdamW(groups, lr=1e-2)  # noqa: E731 - big steps: differences show
-    assert lora is None
-    return SequenceClassificationModule(lm, num_labels=2, trainable_layers=trainable_layers, optimizer=optimizer)
+    return SequenceClassificationModule(lm, num_labels=2, trainable_layers=trainable_layers, lora=lora,
+                                        optimizer=optimizer)
 
 
 def _fit(module, data, steps=5):
@@ -202,3 +203,49 @@ def test_states_that_depend_on_padding_are_refused():
         cached_feature_data(module, _data(lm, side="left"), fingerprint=lm.fingerprint, dtype=lm.dtype)
     _, info = cached_feature_data(module, _data(lm, side="right"), fingerprint=lm.fingerprint, dtype=lm.dtype)
     assert info["built"] == 3  # right padding: positions of real tokens are unchanged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_lora_trains_only_adapters_and_head(family, tmp_path):
+    pl.seed_everything(0)
+    lm = load_model(f"tiny:{family}")
+    module = _module(lm, trainable_layers=0, lora={"r": 4, "alpha": 8})
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n or n.startswith("score.") for n in trainable)
+    assert any(n.startswith("score.") for n in trainable)
+    n_blocks = len(find_blocks(lm.model))
+    assert len({n.split(".lora_")[0] for n in trainable if ".lora_" in n}) == module.lora["n_adapted"] >= 2 * n_blocks
+    frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    lora_b = {n: p.detach().clone() for n, p in module.named_parameters() if "lora_B" in n}
+    trainer = _fit(module, _data(lm), steps=4)
+    assert all(torch.equal(p, frozen[n]) for n, p in module.named_parameters() if n in frozen)
+    assert max((p - lora_b[n]).abs().max().item() for n, p in module.named_parameters() if n in lora_b) > 1e-4
+    # the checkpoint reads back as a plain LM with the adapters merged into its weights
+    ckpt = tmp_path / "lora.ckpt"
+    trainer.save_checkpoint(ckpt)
+    merged = load_finetuned_lm(ckpt)
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())
+    module.eval()
+    ids = torch.tensor([lm.tokenizer("the film was great")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(final_hidden_states(merged.model, ids), module.hidden_states(ids, None),
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_lora_needs_frozen_blocks_and_valid_keys():
+    lm = load_model("tiny:gpt2")
+    with pytest.raises(ValueError, match="trainable_layers=0"):
+        _module(lm, trainable_layers=2, lora={"r": 4})
+    with pytest.raises(ValueError, match="unknown keys"):
+        _module(load_model("tiny:gpt2"), trainable_layers=0, lora={"rank": 4})
+
+
+def test_lora_on_top_blocks_trains_the_same_from_cached_features():
+    uncached, _ = _train("gpt2", cached=False, lora={"r": 4, "layers": 1})
+    cached, _ = _train("gpt2", cached=True, lora={"r": 4, "layers": 1})
+    assert all(".h.2." in n for n in cached if ".lora_" in n)  # the top block only
+    for name in uncached:
+        torch.testing.assert_close(cached[name], uncached[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -25,6 +25,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from fnet.lit.lower_blocks import LowerBlocks, find_lower_blocks, replay_lower_blocks
+from fnet.lit.lora import add_lora
 from fnet.models import LoadedModel, find_blocks, get_arch, load_model, model_dims, to_batch_first
 from fnet import scoring
 
@@ -176,6 +177,9 @@ class CausalLMTaskModule(pl.LightningModule):
         keep frozen backbone weights in checkpoints (self-contained). ``False`` stores only what
         trains; loading then rebuilds the frozen part from ``model`` (the same registry name must resolve to the
         same weights, true for the offline default and the tiny models).
+    lora
+        LoRA adapters instead of trained blocks (:func:`fnet.lit.lora.add_lora`: ``r``, ``alpha``, ``dropout``,
+        ``layers`` = top N blocks or null for all, ``targets``); needs ``trainable_layers=0``.
 
     A batch may carry ``lower_hidden`` ``[batch, seq, d_model]``, the stored output of the frozen lower blocks
     (:mod:`fnet.lit.features`); the forward then runs only the blocks above them (:attr:`lower_blocks`).
@@ -189,6 +193,7 @@ class CausalLMTaskModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         trainable_layers: int | None = None,
         checkpoint_frozen: bool = True,
+        lora: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         loaded = model if isinstance(model, LoadedModel) else load_model(model, **dict(model_kwargs or {}))
@@ -204,6 +209,14 @@ class CausalLMTaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.param_counts = set_trainable(self.model, trainable_layers)
+        self.lora = None
+        if lora:
+            if trainable_layers != 0:
+                raise ValueError(f"module.lora trains adapters; set module.trainable_layers=0, not {trainable_layers}")
+            self.lora = add_lora(self.model, lora)
+            self.hparams["lora"] = self.lora["settings"]
+            self.param_counts["backbone_trainable_params"] = self.lora["adapter_params"]
+            self.param_counts["lora_adapted_layers"] = self.lora["n_adapted"]
         #: the frozen lower blocks a batch's ``lower_hidden`` replaces (found on first use, or set by the caller)
         self.lower_blocks: LowerBlocks | None = None
         self.strict_loading = bool(checkpoint_frozen)
@@ -254,6 +267,7 @@ class CausalLMTaskModule(pl.LightningModule):
             "arch_family": self.arch.family,
             "dims": self.dims,
             "trainable_layers": self.hparams.get("trainable_layers"),
+            "lora": self.hparams.get("lora"),
             "backbone_prefix": "model.",
             "frozen_weights_included": bool(self.hparams.get("checkpoint_frozen", True)),
         }
@@ -371,10 +385,11 @@ class SequenceClassificationModule(CausalLMTaskModule):
         scheduler: Callable[..., Any] | None = None,
         trainable_layers: int | None = None,
         checkpoint_frozen: bool = True,
+        lora: Mapping[str, Any] | None = None,
     ):
         super().__init__(
             model=model, model_kwargs=model_kwargs, optimizer=optimizer, scheduler=scheduler,
-            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen,
+            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen, lora=lora,
         )
         if num_labels < 2:
             raise ValueError(f"num_labels must be >= 2, got {num_labels}")

@@ -118,10 +118,11 @@ class ExtractiveQAModule(CausalLMTaskModule):
         scheduler: Callable[..., Any] | None = None,
         trainable_layers: int | None = None,
         checkpoint_frozen: bool = True,
+        lora: Mapping[str, Any] | None = None,
     ):
         super().__init__(
             model=model, model_kwargs=model_kwargs, optimizer=optimizer, scheduler=scheduler,
-            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen,
+            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen, lora=lora,
         )
         self.max_answer_length = int(max_answer_length)
         self.task_name = task_name

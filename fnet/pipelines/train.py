@@ -147,6 +147,7 @@ def run_training(cfg: Any) -> dict[str, Any]:
         "epochs": int(trainer.current_epoch),
         "trainable_params": module.param_counts,
         "feature_cache": features,
+        "lora": getattr(module, "lora", None),
         "seed": seed,
         "seconds": {"features": features.get("seconds", 0.0), "fit": round(fit_seconds, 1),
                     "test": round(test_seconds, 1),

@@ -187,6 +187,7 @@ class ModuleConfig:
     checkpoint_frozen: bool = req()
     max_answer_length: int = req(gt=0)
     cache_features: bool = req()
+    lora: Optional[Dict[str, Any]] = req()  # keys checked by fnet.lit.lora.lora_settings
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -249,3 +249,56 @@ def test_lora_on_top_blocks_trains_the_same_from_cached_features():
     assert all(".h.2." in n for n in cached if ".lora_" in n)  # the top block only
     for name in uncached:
         torch.testing.assert_close(cached[name], uncached[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The v2 recipe files and train.py
+# ---------------------------------------------------------------------------------------------------------------
+V2_MAX_LENGTH = {"sst2": 64, "cola": 48, "mrpc": 96, "qnli": 128, "mnli": 96, "ag_news": 128, "squad": 192}
+
+
+@pytest.mark.parametrize("task", sorted(V2_MAX_LENGTH))
+def test_v2_experiment_files_compose_validate_and_cache_features(task):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from fnet.pipelines.config import validate_config
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment=finetune_{task}_v2"])
+    assert validate_config(cfg, "train") is cfg
+    assert cfg.task.name == task and cfg.model.name == "smollm2_135m"
+    assert cfg.datamodule.max_length == V2_MAX_LENGTH[task]
+    assert cfg.module.cache_features and cfg.module.trainable_layers > 0 and cfg.module.lora is None
+    if task == "mnli":  # trains on the mismatched file, tests on the whole matched file
+        assert cfg.task.local.paths.train.endswith("mnli_mismatched.tsv") and cfg.task.local.holdout is None
+
+
+@pytest.mark.slow
+def test_train_cli_records_and_reuses_the_feature_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    args = ["model=tiny_gpt2", "datamodule.max_train_rows=32", "datamodule.max_eval_rows=16",
+            "datamodule.max_length=32", "datamodule.batch_size=8", "torch_threads=1", "trainer.max_epochs=1",
+            "callbacks.progress_bar.refresh_rate=0", "module.trainable_layers=1", "logger=none"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", FNET_CACHE=str(tmp_path / "cache"))
+    results = {}
+    for name, extra in (("uncached", ["module.cache_features=false"]), ("first", ["module.cache_features=true"]),
+                        ("second", ["module.cache_features=true", "seed=1"])):
+        run = tmp_path / name
+        proc = subprocess.run([sys.executable, str(repo / "train.py"), *args, *extra, f"hydra.run.dir={run}"],
+                              cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads((run / "result.json").read_text())
+    assert results["uncached"]["feature_cache"] == {"used": False}
+    first, second = results["first"]["feature_cache"], results["second"]["feature_cache"]
+    assert first["used"] and first["built"] == 3 and first["lower_blocks"]["split"] == 2
+    assert second["used"] and second["reused"] == 3  # another seed: the same stored states
+    assert results["first"]["test_result"]["score"] == pytest.approx(results["uncached"]["test_result"]["score"])
+    assert results["first"]["cpu_seconds"]["total"] > 0

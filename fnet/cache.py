@@ -1,8 +1,9 @@
 """fnet's on-disk caches: content keys, model fingerprints, atomic writes, locks, corrupt entries, listing.
 
-Every cached result (a converted GGUF folder, an activation store, a NetworkSet, an unmasked baseline) lives
-under one root, :func:`cache_root` (``$FNET_CACHE``, the same folder as ``paths.cache_dir`` of
-``conf/paths/default.yaml``), in a folder per kind, and is keyed by the *content* that determines it:
+Every cached result (a converted GGUF folder, an activation store, a NetworkSet, an unmasked baseline, the stored
+lower-block states of fine-tuning rows) lives under one root, :func:`cache_root` (``$FNET_CACHE``, the same folder
+as ``paths.cache_dir`` of ``conf/paths/default.yaml``), in a folder per kind, and is keyed by the *content* that
+determines it:
 
 * the model's fingerprint (:func:`fnet.models.fingerprint.model_fingerprint`, a hash of the loaded weights and
   the tokenizer, so a re-saved checkpoint or another dtype is a new model whatever its path says);
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 #: the cache's kinds, each a folder under the root
-KINDS = ("models", "activations", "networks", "eval_baselines")
+KINDS = ("models", "activations", "networks", "eval_baselines", "features")
 ENTRY_SUFFIX = ".fnet-entry"  # JSON; not named *.json so globs over a kind's entries never match it
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from fnet.lit.lora import add_lora, merge_lora
 from fnet.models import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,13 @@ def load_finetuned_lm(ckpt_path: str | os.PathLike) -> LoadedModel:
     checkpoint = read_checkpoint(path)
     info = checkpoint["fnet"]
     lm = load_model(info["model_name"], **dict(info.get("model_kwargs") or {}))
+    if info.get("lora"):  # adapters as trained, then folded into plain weights (the LM's own module names)
+        add_lora(lm.model, info["lora"])
     prefix = info.get("backbone_prefix", "model.")
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     missing, unexpected = lm.model.load_state_dict(state, strict=False)
+    if info.get("lora"):
+        merge_lora(lm.model)
     if unexpected:
         raise ValueError(f"checkpoint {path} has backbone weights the base model lacks: {unexpected[:5]}")
     if missing and info.get("frozen_weights_included", True):

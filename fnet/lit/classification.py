@@ -27,6 +27,8 @@ from torch import nn
 from torchmetrics import MetricCollection
 from transformers import get_scheduler
 
+from fnet.lit.lower_blocks import LowerBlocks, find_lower_blocks, replay_lower_blocks
+from fnet.lit.lora import add_lora
 from fnet.models import LoadedModel, find_blocks, get_arch, load_model, model_dims, to_batch_first
 from fnet.models.stop import stop_at
 from fnet import scoring
@@ -181,6 +183,12 @@ class CausalLMTaskModule(pl.LightningModule):
         keep frozen backbone weights in checkpoints (self-contained). ``False`` stores only what
         trains; loading then rebuilds the frozen part from ``model`` (the same registry name must resolve to the
         same weights, true for the offline default and the tiny models).
+    lora
+        LoRA adapters instead of trained blocks (:func:`fnet.lit.lora.add_lora`: ``r``, ``alpha``, ``dropout``,
+        ``layers`` = top N blocks or null for all, ``targets``); needs ``trainable_layers=0``.
+
+    A batch may carry ``lower_hidden`` ``[batch, seq, d_model]``, the stored output of the frozen lower blocks
+    (:mod:`fnet.lit.features`); the forward then runs only the blocks above them (:attr:`lower_blocks`).
     """
 
     def __init__(
@@ -191,6 +199,7 @@ class CausalLMTaskModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         trainable_layers: int | None = None,
         checkpoint_frozen: bool = True,
+        lora: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         loaded = model if isinstance(model, LoadedModel) else load_model(model, **dict(model_kwargs or {}))
@@ -206,6 +215,16 @@ class CausalLMTaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.param_counts = set_trainable(self.model, trainable_layers)
+        self.lora = None
+        if lora:
+            if trainable_layers != 0:
+                raise ValueError(f"module.lora trains adapters; set module.trainable_layers=0, not {trainable_layers}")
+            self.lora = add_lora(self.model, lora)
+            self.hparams["lora"] = self.lora["settings"]
+            self.param_counts["backbone_trainable_params"] = self.lora["adapter_params"]
+            self.param_counts["lora_adapted_layers"] = self.lora["n_adapted"]
+        #: the frozen lower blocks a batch's ``lower_hidden`` replaces (found on first use, or set by the caller)
+        self.lower_blocks: LowerBlocks | None = None
         self.strict_loading = bool(checkpoint_frozen)
         log.info(
             "%s on %s: %d of %d backbone parameters train (trainable_layers=%s)",
@@ -214,9 +233,18 @@ class CausalLMTaskModule(pl.LightningModule):
         )
 
     # ---- backbone ------------------------------------------------------------------------------------------------
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """``[batch, seq, d_model]`` after the final norm (MLP hooks on ``self.model`` fire during this call)."""
-        return final_hidden_states(self.model, input_ids, attention_mask)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      lower_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """``[batch, seq, d_model]`` after the final norm (MLP hooks on ``self.model`` fire during this call).
+
+        ``lower_hidden``: the stored output of the frozen lower blocks for this batch (padded like
+        ``input_ids``); only the blocks above them run."""
+        if lower_hidden is None:
+            return final_hidden_states(self.model, input_ids, attention_mask)
+        if self.lower_blocks is None:
+            self.lower_blocks = find_lower_blocks(self.model, final_hidden_states)
+        with replay_lower_blocks(self.model, self.lower_blocks, lower_hidden):
+            return final_hidden_states(self.model, input_ids, attention_mask)
 
     # ---- optimisation --------------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -245,6 +273,7 @@ class CausalLMTaskModule(pl.LightningModule):
             "arch_family": self.arch.family,
             "dims": self.dims,
             "trainable_layers": self.hparams.get("trainable_layers"),
+            "lora": self.hparams.get("lora"),
             "backbone_prefix": "model.",
             "frozen_weights_included": bool(self.hparams.get("checkpoint_frozen", True)),
         }
@@ -362,10 +391,11 @@ class SequenceClassificationModule(CausalLMTaskModule):
         scheduler: Callable[..., Any] | None = None,
         trainable_layers: int | None = None,
         checkpoint_frozen: bool = True,
+        lora: Mapping[str, Any] | None = None,
     ):
         super().__init__(
             model=model, model_kwargs=model_kwargs, optimizer=optimizer, scheduler=scheduler,
-            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen,
+            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen, lora=lora,
         )
         if num_labels < 2:
             raise ValueError(f"num_labels must be >= 2, got {num_labels}")
@@ -385,17 +415,18 @@ class SequenceClassificationModule(CausalLMTaskModule):
         self.outputs: list[dict] = []
         self.results: dict[str, Any] | None = None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                lower_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """-> logits ``[batch, num_labels]`` from the last real token of each sequence."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.hidden_states(input_ids, attention_mask)  # [batch, seq, d_model]
+        hidden = self.hidden_states(input_ids, attention_mask, lower_hidden)  # [batch, seq, d_model]
         last = last_token_index(attention_mask)  # [batch]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [batch, d_model]
         return self.score(self.dropout(pooled).to(self.score.weight.dtype))
 
     def _shared_step(self, batch: Mapping[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch.get("attention_mask")).float()
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden")).float()
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels)
         preds = logits.argmax(dim=-1)
@@ -433,7 +464,7 @@ class SequenceClassificationModule(CausalLMTaskModule):
                 [r["target"] for r in self.outputs], self.num_labels, bootstrap=self.bootstrap)
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden"))
         return {"logits": logits, "pred": logits.argmax(dim=-1), "labels": batch.get("labels")}
 
     def fnet_checkpoint_info(self) -> dict[str, Any]:

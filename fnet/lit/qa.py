@@ -118,10 +118,11 @@ class ExtractiveQAModule(CausalLMTaskModule):
         scheduler: Callable[..., Any] | None = None,
         trainable_layers: int | None = None,
         checkpoint_frozen: bool = True,
+        lora: Mapping[str, Any] | None = None,
     ):
         super().__init__(
             model=model, model_kwargs=model_kwargs, optimizer=optimizer, scheduler=scheduler,
-            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen,
+            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen, lora=lora,
         )
         self.max_answer_length = int(max_answer_length)
         self.task_name = task_name
@@ -137,10 +138,11 @@ class ExtractiveQAModule(CausalLMTaskModule):
         self.results: dict[str, Any] | None = None
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        lower_hidden: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ``start_logits``, ``end_logits`` ``[batch, seq]`` (float32)."""
-        hidden = self.hidden_states(input_ids, attention_mask)  # [batch, seq, d_model]
+        hidden = self.hidden_states(input_ids, attention_mask, lower_hidden)  # [batch, seq, d_model]
         logits = self.qa_outputs(hidden.to(self.qa_outputs.weight.dtype)).float()  # [batch, seq, 2]
         return logits[..., 0], logits[..., 1]
 
@@ -159,7 +161,7 @@ class ExtractiveQAModule(CausalLMTaskModule):
         return (F.cross_entropy(start_logits, starts[has_answer]) + F.cross_entropy(end_logits, ends[has_answer])) / 2
 
     def training_step(self, batch, batch_idx):
-        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"))
+        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden"))
         loss = self._loss(start_logits, end_logits, batch)
         if loss is None:  # cannot happen with SquadDataModule (training windows contain their answer)
             loss = (start_logits.sum() + end_logits.sum()) * 0.0
@@ -168,7 +170,7 @@ class ExtractiveQAModule(CausalLMTaskModule):
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
     def _eval_step(self, batch, stage: str) -> None:
-        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"))
+        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden"))
         loss = self._loss(start_logits, end_logits, batch)
         if loss is not None:
             self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=int((batch["start_positions"] >= 0).sum()),
@@ -227,7 +229,7 @@ class ExtractiveQAModule(CausalLMTaskModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"))
+        start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden"))
         starts, ends, scores = best_spans(start_logits, end_logits, self.context_mask(batch), self.max_answer_length)
         offsets = batch["offsets"].cpu()
         return [

@@ -18,7 +18,9 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from fnet.lit.callbacks import MaskCallback
 from fnet.lit.checkpoints import load_checkpoint_file
+from fnet.lit.features import cached_feature_data
 from fnet.lit.task_modules import (
     CLASSIFICATION_DATA,
     CLASSIFICATION_MODULE,
@@ -57,6 +59,7 @@ def build_module(cfg: Any, lm: LoadedModel, kind: str, datamodule: Any):
     """The Lightning module of ``cfg.module`` (its ``_target_``, else the default of ``kind``) for the loaded model
     and data module, given only the keyword arguments its class accepts."""
     module_cfg = dict(container(cfg.module))
+    module_cfg.pop("cache_features", None)  # the pipeline's (run_training), not the module's
     target = module_cfg.pop("_target_", None) or (QA_MODULE if kind == "qa" else CLASSIFICATION_MODULE)
     cls = import_class(target)
     optimizer = instantiate(cfg.optimizer) if cfg.optimizer else None
@@ -78,7 +81,7 @@ def _checkpoint_callbacks(callbacks: list) -> tuple[Any, Any]:
 
 def run_training(cfg: Any) -> dict[str, Any]:
     """Fine-tune, test the best checkpoint, write ``result.json`` into ``cfg.paths.output_dir``; returns it."""
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))  # a shared CPU: fewer threads can be much faster
     seed = int(cfg.seed)
@@ -93,6 +96,16 @@ def run_training(cfg: Any) -> dict[str, Any]:
     module = build_module(cfg, lm, kind, datamodule)
 
     callbacks = instantiate_callbacks(cfg.callbacks)
+    fit_data, features = datamodule, {"used": False}
+    if cfg.module.get("cache_features"):
+        # the frozen lower blocks' output, computed once per row (shared by every seed) and replayed each step
+        if any(isinstance(c, MaskCallback) for c in callbacks):
+            raise ValueError("module.cache_features=true cannot run with a mask callback: a mask changes the lower "
+                             "blocks whose stored output would replace them")
+        features_cpu = time.process_time()
+        fit_data, features = cached_feature_data(module, datamodule, fingerprint=lm.fingerprint, dtype=lm.dtype,
+                                                 model_name=lm.name)
+        features["cpu_seconds"] = round(time.process_time() - features_cpu, 1)
     loggers = instantiate_loggers(cfg.logger)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_hyperparameters(loggers, cfg, extra={"data/" + k: v for k, v in datamodule.split_info.items()
@@ -103,20 +116,20 @@ def run_training(cfg: Any) -> dict[str, Any]:
     if ckpt_path:
         start_step = int(load_checkpoint_file(ckpt_path).get("global_step", 0))
         log.warning("resuming from %s (global step %d)", ckpt_path, start_step)
-    fit_started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    fit_seconds = time.time() - fit_started
+    fit_started, fit_cpu = time.time(), time.process_time()
+    trainer.fit(module, datamodule=fit_data, ckpt_path=ckpt_path, weights_only=False)
+    fit_seconds, fit_cpu = time.time() - fit_started, time.process_time() - fit_cpu
     val_metrics = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     best_cb, last_cb = _checkpoint_callbacks(callbacks)
     best_path = best_cb.best_model_path if best_cb is not None else ""
     best_score = _number(best_cb.best_model_score) if best_cb is not None and best_cb.best_model_score is not None else None
     test_metrics: dict[str, float] = {}
-    test_seconds = 0.0
+    test_seconds = test_cpu = 0.0
     if cfg.test_after_fit:
-        test_started = time.time()
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
-        test_seconds = time.time() - test_started
+        test_started, test_cpu = time.time(), time.process_time()
+        results = trainer.test(module, datamodule=fit_data, ckpt_path=best_path or None, weights_only=False)
+        test_seconds, test_cpu = time.time() - test_started, time.process_time() - test_cpu
         test_metrics = {k: _number(v) for k, v in (results[0] if results else {}).items()}
 
     result = {
@@ -124,6 +137,8 @@ def run_training(cfg: Any) -> dict[str, Any]:
         "kind": kind,
         "model": lm.name,
         "model_source": lm.source,
+        # the held-out score with its 95 % CI and chance level (classification_result / qa_result); null untested
+        "test_result": getattr(module, "results", None) if cfg.test_after_fit else None,
         "metrics": {"test": test_metrics, "val_last": val_metrics, "best_val_score": best_score,
                     "monitor": best_cb.monitor if best_cb is not None else None},
         "majority_rate_test": (datamodule.split_info.get("test_labels") or {}).get("majority_rate"),
@@ -135,9 +150,15 @@ def run_training(cfg: Any) -> dict[str, Any]:
         "global_step": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "trainable_params": module.param_counts,
+        "feature_cache": features,
+        "lora": getattr(module, "lora", None),
         "seed": seed,
-        "seconds": {"fit": round(fit_seconds, 1), "test": round(test_seconds, 1),
+        "seconds": {"features": features.get("seconds", 0.0), "fit": round(fit_seconds, 1),
+                    "test": round(test_seconds, 1),
                     "total": round(time.time() - started, 1)},
+        # CPU time of this process (every thread), the cost a shared machine's wall time hides
+        "cpu_seconds": {"features": features.get("cpu_seconds", 0.0), "fit": round(fit_cpu, 1),
+                        "test": round(test_cpu, 1), "total": round(time.process_time() - cpu_started, 1)},
         "trainer": {"devices": trainer.num_devices, "strategy": type(trainer.strategy).__name__,
                     "precision": str(trainer.precision), "accumulate_grad_batches": trainer.accumulate_grad_batches},
         "provenance": provenance(model=lm.name, task=datamodule.task.name, seed=seed, data=datamodule.split_info.get("rule"),

@@ -99,8 +99,8 @@ def fine_tuning_splits(
             root = Path(resolve_data_dir(data_dir))
             info.update(source="local", path=str((root / str(local["paths"]["train"])).resolve()),
                         test_path=str((root / str(local["path"])).resolve()),
-                        rule=(f"offline: the official train file {Path(local['paths']['train']).name} "
-                              f"({len(pool)} rows) divided with seed {seed} into train/validation "
+                        rule=(f"offline: the train file {Path(local['paths']['train']).name} (local.paths.train, "
+                              f"{len(pool)} rows) divided with seed {seed} into train/validation "
                               f"({fractions[0] / total:.2f}/{fractions[1] / total:.2f}); test = the whole "
                               f"{Path(str(local['path'])).name} ({len(parts['test'])} rows), never trained on"))
         else:

@@ -193,6 +193,8 @@ class ModuleConfig:
     head_dropout: float = req(ge=0, lt=1)
     checkpoint_frozen: bool = req()
     max_answer_length: int = req(gt=0)
+    cache_features: bool = req()
+    lora: Optional[Dict[str, Any]] = req()  # keys checked by fnet.lit.lora.lora_settings
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -25,11 +25,18 @@ from pathlib import Path
 from typing import Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
+from fnet.paths import PACKAGE_DIR, checkout_root, project_root
 
 __all__ = ["Job", "Ready", "STAGES", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature",
            "prepare", "done_record", "output_of", "run_jobs", "summary_lines"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+#: where jobs run and ``outputs/`` go: the checkout, or the working folder of an installed fnet (fnet.paths)
+REPO_ROOT = project_root()
+#: whose ``fnet/``, entry points and ``conf`` the code key hashes: the checkout, or the installed package's folder
+CODE_ROOT = checkout_root() or PACKAGE_DIR.parent
+#: the entry points a plan names, as the modules that run them (fnet.cli: what analyze.py etc. run too, and
+#: there without a checkout); another entry (a test's fake script) runs as a script
+ENTRY_MODULES = {"analyze.py": "fnet.cli.analyze", "evaluate.py": "fnet.cli.evaluate", "train.py": "fnet.cli.train"}
 
 #: stages in run order
 STAGES = ("train", "analyze", "controls", "evaluate")
@@ -56,7 +63,7 @@ class Job:
 # --------------------------------------------------------------------------------------------------------------
 # Keys and markers
 # --------------------------------------------------------------------------------------------------------------
-def environment_parts(repo: Path = REPO_ROOT) -> dict:
+def environment_parts(repo: Path = CODE_ROOT) -> dict:
     """What every job depends on besides its overrides, as content keys: ``code`` (the fnet sources but the
     study's own runner and report, the entry points, the configs but the study presets), ``data`` (the offline
     data files' names and bytes) and the torch / transformers versions. Contents, never modification times: a
@@ -65,8 +72,10 @@ def environment_parts(repo: Path = REPO_ROOT) -> dict:
     import transformers
 
     code = []
-    for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
-        if path.parent in (repo / "fnet" / "study", repo / "conf" / "study"):
+    conf = repo / "conf" if (repo / "conf").is_dir() else repo / "fnet" / "conf"  # an installed fnet: no ./conf link
+    scripts = list(repo.glob("*.py")) if conf.parent == repo else []  # an installed fnet: no analyze.py etc.
+    for path in sorted(list((repo / "fnet").rglob("*.py")) + scripts + list(conf.rglob("*.yaml"))):
+        if path.parent in (repo / "fnet" / "study", conf / "study"):
             continue
         code.append((str(path.relative_to(repo)), content_key(path.read_text())))
     data_dir = Path(os.environ.get("FNET_DATA_DIR", repo.parent / "shared" / "data"))
@@ -76,7 +85,7 @@ def environment_parts(repo: Path = REPO_ROOT) -> dict:
             "transformers": transformers.__version__}
 
 
-def environment_key(repo: Path = REPO_ROOT, parts: dict | None = None) -> str:
+def environment_key(repo: Path = CODE_ROOT, parts: dict | None = None) -> str:
     """One content key of :func:`environment_parts` (``parts``: already computed, not read again)."""
     parts = parts or environment_parts(repo)
     return content_key(parts["code"], parts["data"], parts["torch"], parts["transformers"])
@@ -230,7 +239,9 @@ def _stop_running(log) -> None:
 
 def _run_one(item: Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[Ready, int, float, bool]]:
     _fresh_folder(item.folder)
-    argv = [python, *item.job.entry, *item.overrides]
+    entry = item.job.entry
+    argv = [python, *(["-m", ENTRY_MODULES[entry[0]]] if entry[0] in ENTRY_MODULES else entry[:1]), *entry[1:],
+            *item.overrides]
     if item.job.entry[0].endswith(".py"):
         argv.append(f"hydra.run.dir={item.folder}")
     log(f"[study] run {item.job.name}: {' '.join(argv[1:])}")
@@ -378,7 +389,7 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
     left for that reason.
     """
     root, cwd = Path(root).resolve(), Path(cwd)
-    state = _Run(jobs, root, env_key or environment_key(cwd), only, dry_run)
+    state = _Run(jobs, root, env_key or environment_key(cwd if (cwd / "fnet").is_dir() else CODE_ROOT), only, dry_run)
     env = _child_env(workers)
     running: dict = {}
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:

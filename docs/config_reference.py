@@ -292,7 +292,7 @@ def render() -> str:
     """
     lines = ["# Configuration reference", "",
              "Generated when the site is built from the config schemas (`fnet/pipelines/config/schemas.py`, "
-             "`fnet/study/preset.py`) and the YAML files of `fnet/conf` (`conf/` in a checkout): types, ranges and "
+             "`fnet/study/preset.py`) and the YAML files of `conf/` (`fnet/conf` in an installed package): types, ranges and "
              "choices come from the schemas, defaults and meanings from the YAML files and their comments. Every "
              "entry point checks its composed config against these schemas before any work, so an unknown key, a "
              "value of the wrong type or out of range stops the run naming the key.", "",

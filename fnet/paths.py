@@ -4,10 +4,10 @@ The one module that knows the package's layout on disk; every run-time lookup of
 :func:`conf_dir`. It imports nothing of fnet (the bottom layer, beside :mod:`fnet.cache`).
 
 fnet runs the same from a checkout (``pip install -e .``: the package is the repository's ``fnet/``) and from an
-installed wheel (``site-packages/fnet``). The configs are package data, ``fnet/conf``, in both; the checkout's
-``conf`` is a link to them, so ``python analyze.py`` and ``--config-dir conf`` work as before. What only a checkout
-has (``results/``, ``../shared/data`` beside it) is looked up through :func:`checkout_root`, which is ``None`` for
-an installed fnet.
+installed wheel (``site-packages/fnet``). The configs are package data at ``fnet/conf`` in both: in a checkout that
+is a link to the repository's ``conf/`` (where they are edited, and where their history is), and a wheel holds the
+files themselves. What only a checkout has (``results/``, ``../shared/data`` beside it) is looked up through
+:func:`checkout_root`, which is ``None`` for an installed fnet.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def conf_dir() -> Path:
     Returns
     -------
     pathlib.Path
-        An absolute path inside the imported package (a checkout's ``conf`` links to it).
+        An absolute path inside the imported package (in a checkout, a link to the repository's ``conf/``).
 
     Examples
     --------

@@ -72,7 +72,7 @@ def environment_parts(repo: Path = CODE_ROOT) -> dict:
     import transformers
 
     code = []
-    conf = repo / "conf" if (repo / "conf").is_dir() else repo / "fnet" / "conf"  # an installed fnet: no ./conf link
+    conf = repo / "conf" if (repo / "conf").is_dir() else repo / "fnet" / "conf"  # an installed fnet: no ./conf
     scripts = list(repo.glob("*.py")) if conf.parent == repo else []  # an installed fnet: no analyze.py etc.
     for path in sorted(list((repo / "fnet").rglob("*.py")) + scripts + list(conf.rglob("*.yaml"))):
         if path.parent in (repo / "fnet" / "study", conf / "study"):

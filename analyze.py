@@ -3,28 +3,11 @@
     python analyze.py                         # default: SmolLM2-135M, built-in corpus, K=10, offline
     python analyze.py -m ica.n_components=10,64,128
     python analyze.py analysis=pos            # key neurons for part-of-speech
+
+An alias of ``fnet analyze`` (``fnet-analyze``), :mod:`fnet.cli.analyze`; the configs are ``conf/`` (``fnet/conf`` links to it).
 """
 
-import hydra
-from hydra.utils import get_method
-from omegaconf import DictConfig
-
-from fnet.pipelines.config import register_configs, validate_config
-from fnet.pipelines.hydra_utils import task_wrapper
-
-register_configs()
-
-
-@task_wrapper
-def run(cfg: DictConfig):
-    validate_config(cfg, "analyze")  # unknown keys (+typos), types, ranges: before any work
-    return get_method(cfg.analysis.run)(cfg)
-
-
-@hydra.main(config_path="conf", config_name="analyze", version_base="1.3")
-def main(cfg: DictConfig):
-    run(cfg)
-
+from fnet.cli.analyze import main
 
 if __name__ == "__main__":
     main()

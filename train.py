@@ -5,30 +5,11 @@
     python train.py ckpt_path=outputs/train/<run>/checkpoints/last.ckpt   # resume a killed run
     python train.py trainer=ddp_cpu                         # 2 CPU processes (gloo)
 
-Everything happens in :func:`fnet.pipelines.train.run_training`; see conf/train.yaml.
+An alias of ``fnet train`` (``fnet-train``), :mod:`fnet.cli.train`; everything happens in
+:func:`fnet.pipelines.train.run_training`; see conf/train.yaml.
 """
 
-import hydra
-from omegaconf import DictConfig
-
-from fnet.pipelines.config import register_configs, validate_config
-from fnet.pipelines.hydra_utils import task_wrapper
-from fnet.pipelines.train import run_training
-
-register_configs()
-
-
-@task_wrapper
-def run(cfg: DictConfig):
-    validate_config(cfg, "train")  # unknown keys (+typos), types, ranges: before any work
-
-    return run_training(cfg)
-
-
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
+from fnet.cli.train import main
 
 if __name__ == "__main__":
     main()

@@ -216,6 +216,8 @@ def attribute(
         that many times); default all ``steps`` at once. Lower it to save memory.
     return_baseline_output
         also compute ``G(baseline)`` (one extra forward pass) for completeness checks.
+    spec
+        The model's :class:`~fnet.models.ArchSpec` (where its MLPs are); found from ``model`` when ``None``.
 
     Returns
     -------

@@ -89,7 +89,24 @@ def lesion(model: Any, networks: Any, which: Any = 0, *, allow_foreign: bool = F
 @contextlib.contextmanager
 def preserve(model: Any, networks: Any, which: Any = "all", *, allow_foreign: bool = False) -> Iterator[MaskSpec]:
     """Zero every neuron *outside* the union of networks ``which`` while the block runs (the paper's
-    preservation). Parameters as :func:`lesion`."""
+    preservation).
+
+    Parameters
+    ----------
+    model : LoadedModel or torch.nn.Module
+        The model; a :class:`~fnet.models.LoadedModel` is checked against the networks' provenance.
+    networks : NetworkSet
+        Networks found on this model.
+    which : int, list of int, str
+        The networks whose union is kept (``"all"``, ``[0, 2]``, ``"range(0,10)"``).
+    allow_foreign : bool
+        Apply networks found on another model anyway (recorded in the spec's ``meta``); shapes must still fit.
+
+    Yields
+    ------
+    MaskSpec
+        The applied mask (True = zeroed: every neuron outside the union).
+    """
     with _applied(model, networks, preserve_mask(networks, which), allow_foreign) as spec:
         yield spec
 

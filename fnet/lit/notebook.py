@@ -80,6 +80,8 @@ def evaluate(model: Any, task: Any, mask: MaskSpec | Any = None, limit: int | No
     batch_size, data_dir, bootstrap
         Rows per step; the offline data folder (default ``$FNET_DATA_DIR`` or ``../shared/data``); bootstrap
         resamples for the CIs of MCC / F1 / SQuAD / perplexity (accuracy uses Wilson's interval).
+    tokenizer : optional
+        The tokenizer, needed only with a bare ``torch.nn.Module`` (a :class:`~fnet.models.LoadedModel` has one).
 
     Returns
     -------

@@ -255,6 +255,11 @@ def load_model(
         Passed to transformers (models with their own code, e.g. ChatGLM; a hub revision).
     seed : int
         Seed of the random weights of the ``tiny:*`` models.
+    blocks, mlp, down_proj : str, optional
+        Dotted paths of the decoder blocks (from the model), of each block's MLP and of the MLP's down projection,
+        where the structural discovery should not guess (``None``: found by structure).
+    device_map : str or dict, optional
+        accelerate's device map (``"auto"``, or module -> device); ``None`` puts the whole model on ``device``.
 
     Returns
     -------

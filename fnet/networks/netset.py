@@ -64,18 +64,18 @@ def _normalise_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any
 class NetworkSet:
     """K functional networks over a model's neurons.
 
-    Attributes
+    Parameters
     ----------
-    masks
+    masks : torch.Tensor
         [K, layer, unit] bool, True = neuron in that network.
-    maps
+    maps : torch.Tensor, optional
         [K, layer, unit] float32 or None: the z-scored maps after the sign policy (``oriented`` in
         ``orient_maps``), so for sign 'flip'/'positive' and rule 'z', ``masks == maps > alpha``.
-    stability
+    stability : array-like, optional
         [K] float64 or None: per-network stability (e.g. ICASSO index), caller-defined.
-    signs
+    signs : array-like, optional
         [K] int8 in {+1, -1} or None: the factor applied to each z-map by the sign policy.
-    provenance
+    provenance : dict, optional
         JSON-able dict (model, signal, data, seed, K, alpha, sign, rule, ...);
         ``fnet_version`` is filled from ``fnet.__version__`` if absent. ``select`` records
         ``network_indices``: the indices of the kept networks in the original set.

@@ -38,13 +38,15 @@ from hydra import compose, initialize_config_dir
 
 from fnet.cache import atomic_write_text
 from fnet.owner import FolderOwned, die_with_runner, own
+from fnet.paths import conf_dir as fnet_conf_dir
+from fnet.paths import project_root
 from fnet.pipelines.config import register_configs, validate_config
 from fnet.pipelines.evaluate import ModelPool
 from fnet.pipelines.evaluate import run as evaluate
 
 __all__ = ["run_batch", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = project_root()  # paths.root_dir of the jobs: the checkout, or the working folder of an installed fnet
 log = logging.getLogger("fnet")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # evaluate.py's (Hydra's job log format)
 
@@ -68,7 +70,7 @@ def _job_log(folder: Path) -> logging.Handler:
 
 def run_batch(jobs: Sequence[dict], *, conf_dir: str | Path | None = None, root: str | Path = REPO_ROOT) -> int:
     """Run ``jobs`` (``folder``, ``overrides``, optional ``marker``) in this process; returns how many failed."""
-    conf_dir = Path(conf_dir or Path(root) / "conf").resolve()
+    conf_dir = Path(conf_dir or fnet_conf_dir()).resolve()
     register_configs()
     failed = 0
     level = log.level

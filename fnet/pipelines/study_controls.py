@@ -34,6 +34,7 @@ from hydra import compose, initialize_config_dir
 from fnet.cache import atomic_write_text
 from fnet.intervene.controls import massive_units, recurring_units, save_scale, top_units
 from fnet.networks import NetworkSet
+from fnet.paths import conf_dir
 from fnet.pipelines._common import load_lm, neuron_scale_for_config
 from fnet.pipelines.config import register_configs
 
@@ -68,8 +69,7 @@ def massive_info(masks: np.ndarray, scale: np.ndarray, *, n_units: int, top_k: i
 def _analysis_config(overrides: Sequence[str]):
     register_configs()
     os.environ.setdefault("PROJECT_ROOT", os.getcwd())  # paths.root_dir outside a Hydra run
-    conf_dir = str(Path(__file__).resolve().parents[2] / "conf")
-    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name="analyze", overrides=list(overrides) + ["paths.output_dir=."])
 
 

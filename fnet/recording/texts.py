@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
+from fnet.paths import corpus_dir, project_root
+
 __all__ = ["DATA_DIR_ENV", "CORPUS_DIR", "REPO_ROOT", "HubUnavailableError", "StimulusSet", "Text", "data_root",
            "hub_reachable", "hub_rows", "join_fields", "local_data_path"]
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parents[1]
-CORPUS_DIR = PACKAGE_DIR / "corpus"
+REPO_ROOT = project_root()  # the checkout, or the working folder of an installed fnet (fnet.paths)
+CORPUS_DIR = corpus_dir()
 DATA_DIR_ENV = "FNET_DATA_DIR"
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 

@@ -34,6 +34,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from fnet.compat import plain
+from fnet.paths import conf_dir, project_root
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ class TaskDataError(RuntimeError):
 # Configs
 # --------------------------------------------------------------------------------------------------------------
 def task_config_dir() -> Path:
-    """``conf/task`` of this checkout (fnet is installed editable; the configs live beside the package)."""
-    return Path(__file__).resolve().parents[2] / "conf" / "task"
+    """``conf/task`` of fnet's configs (package data: :func:`fnet.paths.conf_dir`)."""
+    return conf_dir() / "task"
 
 
 def available_tasks() -> list[str]:
@@ -290,13 +291,14 @@ def get_task(task: Any) -> TaskSpec:
 # Sources
 # --------------------------------------------------------------------------------------------------------------
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The offline data folder: the argument, else ``$FNET_DATA_DIR``, else ``../shared/data`` beside the repo."""
+    """The offline data folder: the argument, else ``$FNET_DATA_DIR``, else ``../shared/data`` beside the repo
+    (beside the working folder for an installed fnet: :func:`fnet.paths.project_root`)."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
     env = os.environ.get("FNET_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    return project_root().parent / "shared" / "data"
 
 
 def _local_path(task: TaskSpec, split: str, data_dir: Path) -> Path:

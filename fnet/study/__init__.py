@@ -12,9 +12,10 @@
 * :mod:`fnet.study.render` -- those -> ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv`` and figures;
 * :mod:`fnet.study.compose` -- one report for a whole plan from committed study reports, each task taken whole
   from one that finished it (``--compose``);
-* :mod:`fnet.study.cli` -- ``python -m fnet.study``.
+* :mod:`fnet.study.cli` -- ``python -m fnet.study`` (``fnet study``).
 
-    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--report-only] [key=value ...]
+Usage: ``python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--report-only]
+[key=value ...]``.
 """
 
 from fnet.study.cli import main

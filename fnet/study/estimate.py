@@ -24,12 +24,14 @@ from typing import Sequence
 
 from fnet.scoring.splits import fine_tuning_splits
 from fnet.scoring.tasks import load_task_rows
-from fnet.study.scheduler import REPO_ROOT, Job
+from fnet.paths import project_root
+from fnet.study.scheduler import Job
 
 __all__ = ["REFERENCE", "estimate", "estimate_lines"]
 
-#: the measured study the estimate scales from
-REFERENCE = REPO_ROOT / "results" / "paper_smollm2"
+#: the measured study the estimate scales from: committed in the repository, so an installed fnet (no checkout)
+#: has none, and the dry run says so instead of an estimate
+REFERENCE = project_root() / "results" / "paper_smollm2"
 
 
 def _reference(folder: Path) -> tuple[dict, dict]:
@@ -107,11 +109,15 @@ def estimate(jobs: Sequence[Job], preset: dict, reference: Path = REFERENCE) -> 
 
 
 def estimate_lines(jobs: Sequence[Job], preset: dict, reference: Path = REFERENCE) -> list[str]:
-    """The dry run's summary: job count and CPU hours, by stage and by task."""
-    e = estimate(jobs, preset, reference)
+    """The dry run's summary: job count and CPU hours, by stage and by task (only the count without a reference)."""
     counts: dict[str, int] = defaultdict(int)
     for job in jobs:
         counts[job.stage] += 1
+    if not (Path(reference) / "jobs.csv").is_file():  # an installed fnet: the committed results are not in a wheel
+        return [f"{len(jobs)} jobs (" + ", ".join(f"{stage}: {n}" for stage, n in counts.items()) + "); no CPU-hour "
+                f"estimate: its reference study {reference} is not here (committed in fnet's repository, not part of "
+                "an installed package: run from a checkout to see one)"]
+    e = estimate(jobs, preset, reference)
     lines = [f"{len(jobs)} jobs, about {e['hours']:.1f} CPU-hours (scaled from {reference.name}'s measured jobs; "
              "see fnet.study.estimate)"]
     lines += [f"  {stage:>9}: {counts[stage]:5d} jobs, {hours / 3600:6.1f} h" for stage, hours in e["by_stage"].items()]

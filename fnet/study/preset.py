@@ -32,6 +32,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fnet.intervene import control_kinds
+from fnet.paths import conf_dir
 from fnet.pipelines.config.validate import ConfigError, config_error, schema_problems, unknown_key
 
 __all__ = ["CONTROL_KINDS", "ORDERS", "OVERRIDE_STAGES", "PATHS", "PRESET_KEYS", "STIMULI", "Massive", "StudyPreset",
@@ -160,8 +161,8 @@ PRESET_KEYS: dict[str, Any] = {f.name: _default(f, typing.get_type_hints(StudyPr
 
 
 def preset_dir() -> Path:
-    """``conf/study`` of this checkout."""
-    return Path(__file__).resolve().parents[2] / "conf" / "study"
+    """``conf/study`` of fnet's configs (package data: :func:`fnet.paths.conf_dir`)."""
+    return conf_dir() / "study"
 
 
 def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:

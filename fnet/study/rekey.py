@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fnet.cache import atomic_write_text
-from fnet.study.scheduler import REPO_ROOT, STAGES, Job, done_record, environment_key, output_of, prepare
+from fnet.study.scheduler import CODE_ROOT, REPO_ROOT, STAGES, Job, done_record, environment_key, output_of, prepare
 
 __all__ = ["adopt_jobs"]
 
@@ -110,7 +110,7 @@ def adopt_jobs(jobs: Sequence[Job], root: str | Path, *, reason: str, env_key: s
     if not reason.strip():
         raise ValueError("adopt_jobs: give the reason the environment change does not matter (reason=...)")
     root = Path(root).resolve()
-    env_key = env_key or environment_key(Path(cwd))
+    env_key = env_key or environment_key(Path(cwd) if (Path(cwd) / "fnet").is_dir() else CODE_ROOT)
     old = _finished_by_name(root)
     outputs: dict[str, Path] = {}
     moved: dict[str, str] = {}  # old folder -> new folder

@@ -29,11 +29,18 @@ from typing import Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
 from fnet.owner import RUNNER_ENV, FolderOwned, own
+from fnet.paths import PACKAGE_DIR, checkout_root, project_root
 
 __all__ = ["Job", "OWNED", "OWNER_WAIT", "Ready", "STAGES", "code_key", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature",
            "prepare", "done_record", "output_of", "run_jobs", "summary_lines"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+#: where jobs run and ``outputs/`` go: the checkout, or the working folder of an installed fnet (fnet.paths)
+REPO_ROOT = project_root()
+#: whose ``fnet/``, entry points and ``conf`` the code key hashes: the checkout, or the installed package's folder
+CODE_ROOT = checkout_root() or PACKAGE_DIR.parent
+#: the entry points a plan names, as the modules that run them (fnet.cli: what analyze.py etc. run too, and
+#: there without a checkout); another entry (a test's fake script) runs as a script
+ENTRY_MODULES = {"analyze.py": "fnet.cli.analyze", "evaluate.py": "fnet.cli.evaluate", "train.py": "fnet.cli.train"}
 
 #: stages in run order
 STAGES = ("train", "analyze", "controls", "evaluate")
@@ -60,19 +67,21 @@ class Job:
 # --------------------------------------------------------------------------------------------------------------
 # Keys and markers
 # --------------------------------------------------------------------------------------------------------------
-def code_key(repo: Path = REPO_ROOT) -> str:
+def code_key(repo: Path = CODE_ROOT) -> str:
     """The content key of the code every job depends on: the fnet sources but the study's own runner and report,
     the entry points, and the configs but the study presets (file names and contents). A study report records it
     (``Code:``), and ``--compose`` compares it with this checkout's."""
     code = []
-    for path in sorted(list((repo / "fnet").rglob("*.py")) + list(repo.glob("*.py")) + list((repo / "conf").rglob("*.yaml"))):
-        if path.parent in (repo / "fnet" / "study", repo / "conf" / "study"):
+    conf = repo / "conf" if (repo / "conf").is_dir() else repo / "fnet" / "conf"  # an installed fnet: no ./conf
+    scripts = list(repo.glob("*.py")) if conf.parent == repo else []  # an installed fnet: no analyze.py etc.
+    for path in sorted(list((repo / "fnet").rglob("*.py")) + scripts + list(conf.rglob("*.yaml"))):
+        if path.parent in (repo / "fnet" / "study", conf / "study"):
             continue
         code.append((str(path.relative_to(repo)), content_key(path.read_text())))
     return content_key(code)
 
 
-def environment_parts(repo: Path = REPO_ROOT) -> dict:
+def environment_parts(repo: Path = CODE_ROOT) -> dict:
     """What every job depends on besides its overrides, as content keys: ``code`` (:func:`code_key`), ``data``
     (the offline data files' names and bytes) and the torch / transformers versions. Contents, never modification
     times: a re-provisioned copy of the same data must not invalidate a study."""
@@ -86,7 +95,7 @@ def environment_parts(repo: Path = REPO_ROOT) -> dict:
             "transformers": transformers.__version__}
 
 
-def environment_key(repo: Path = REPO_ROOT, parts: dict | None = None) -> str:
+def environment_key(repo: Path = CODE_ROOT, parts: dict | None = None) -> str:
     """One content key of :func:`environment_parts` (``parts``: already computed, not read again)."""
     parts = parts or environment_parts(repo)
     return content_key(parts["code"], parts["data"], parts["torch"], parts["transformers"])
@@ -226,8 +235,8 @@ def _child_env(workers: int) -> dict:
     if workers > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     env[RUNNER_ENV] = str(os.getpid())
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                                           if p and p != str(REPO_ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(CODE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                           if p and p != str(CODE_ROOT)])
     return env
 
 
@@ -276,7 +285,9 @@ def _run_one(item: Ready, python: str, cwd: Path, env: dict, log) -> list[tuple[
             return [(item, 0, 0.0, True)]  # finished by an earlier run's process: its marker is there
     except FolderOwned:
         return [(item, OWNED, 0.0, False)]
-    command = [python, *item.job.entry, *item.overrides]
+    entry = item.job.entry
+    command = [python, *(["-m", ENTRY_MODULES[entry[0]]] if entry[0] in ENTRY_MODULES else entry[:1]), *entry[1:],
+               *item.overrides]
     if item.job.entry[0].endswith(".py"):
         command.append(f"hydra.run.dir={item.folder}")
     log(f"[study] run {item.job.name}: {' '.join(command[1:])}")
@@ -439,7 +450,7 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
     left for that reason.
     """
     root, cwd = Path(root).resolve(), Path(cwd)
-    state = _Run(jobs, root, env_key or environment_key(cwd), only, dry_run)
+    state = _Run(jobs, root, env_key or environment_key(cwd if (cwd / "fnet").is_dir() else CODE_ROOT), only, dry_run)
     env = _child_env(workers)
     running: dict = {}
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:

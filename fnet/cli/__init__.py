@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fnet.paths import conf_dir
+from fnet.version import __version__
+
 __all__ = ["COMMANDS", "hydra_entry", "main"]
 
 #: ``fnet <command>``: the module that runs it and what it does
@@ -54,9 +57,9 @@ def hydra_entry(config_name: str, job: Callable[[Any], Any]) -> Callable[[], Any
     """
     import hydra  # here, not at the top: ``fnet --help`` and ``fnet study`` need no Hydra
 
-    from fnet.paths import conf_dir
+    # here too: the pipelines import torch and transformers, which `fnet --help` must not wait for
     from fnet.pipelines.config import register_configs, validate_config
-    from fnet.pipelines.hydra_utils import task_wrapper
+    from fnet.pipelines.hydra_utils import task_wrapper  # (the same reason)
 
     register_configs()
 
@@ -71,8 +74,6 @@ def hydra_entry(config_name: str, job: Callable[[Any], Any]) -> Callable[[], Any
 
 
 def _usage() -> str:
-    from fnet.version import __version__
-
     lines = [f"fnet {__version__}: functional networks and key neurons in language models", "",
              "usage: fnet COMMAND [ARGS...]    (fnet COMMAND --help: the command's options)", "", "commands:"]
     lines += [f"  {name:<9} {what}" for name, (_, what) in COMMANDS.items()]
@@ -102,8 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
-        from fnet.version import __version__
-
         print(__version__)
         return 0
     name, rest = args[0], args[1:]

@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         The exit status.
     """
-    from fnet.study.cli import main as study_main
+    from fnet.study.cli import main as study_main  # on call: `fnet --help` need not import the study's planner
 
     return study_main(sys.argv[1:] if argv is None else list(argv))
 

@@ -196,6 +196,20 @@ def read_config(name: str, *, trust_remote_code: bool = False, revision: str | N
     converted folder's ``config.json`` when it exists, else the GGUF's metadata (a few seconds, once); folders
     and hub names: ``config.json`` from the folder or the local hub cache.
 
+    Parameters
+    ----------
+    name : str
+        What :func:`load_model` takes: ``tiny:<family>``, ``smollm2_135m``, a ``.gguf`` file, a folder or a hub name.
+    trust_remote_code : bool
+        Passed to ``AutoConfig.from_pretrained`` (a hub model with its own code).
+    revision : str, optional
+        The hub revision (branch, tag or commit).
+
+    Returns
+    -------
+    transformers.PretrainedConfig or None
+        The model's config, or None where it cannot be read offline without the weights.
+
     Examples
     --------
     >>> read_config("tiny:gpt2").n_layer

@@ -31,7 +31,18 @@ SIGNALS = ("mlp_out", "mlp_act")
 def get_arch(model_or_config: Any) -> ArchSpec:
     """The :class:`ArchSpec` of a model, found by :func:`fnet.models.discovery.discover` (remembered per model).
 
-    A bare config is not enough: the spec is read off the module tree, so pass the model."""
+    A bare config is not enough: the spec is read off the module tree, so pass the model.
+
+    Parameters
+    ----------
+    model_or_config : torch.nn.Module
+        The model; a bare config raises :class:`DiscoveryError`.
+
+    Returns
+    -------
+    ArchSpec
+        Where the model's blocks, MLP and down projection live.
+    """
     if isinstance(model_or_config, nn.Module):
         return discover(model_or_config)
     model_type = getattr(model_or_config, "model_type", None)
@@ -42,20 +53,59 @@ def get_arch(model_or_config: Any) -> ArchSpec:
 
 
 def find_blocks(model: nn.Module, spec: ArchSpec | None = None) -> nn.ModuleList:
-    """The list of transformer blocks of ``model`` (an LM, its backbone, or any module holding one)."""
+    """The list of transformer blocks of ``model`` (an LM, its backbone, or any module holding one).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (or a module holding its blocks).
+    spec : ArchSpec, optional
+        The model's spec; default :func:`get_arch` of ``model``.
+
+    Returns
+    -------
+    torch.nn.ModuleList
+        The blocks, one per layer.
+    """
     spec = spec or get_arch(model)
     return resolve_path(model, spec.blocks)
 
 
 def mlp_modules(model: nn.Module, spec: ArchSpec | None = None) -> list[nn.Module]:
-    """One MLP module per layer (for OPT-style blocks without an MLP module: the block)."""
+    """One MLP module per layer (for OPT-style blocks without an MLP module: the block).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (or a module holding its blocks).
+    spec : ArchSpec, optional
+        The model's spec; default :func:`get_arch` of ``model``.
+
+    Returns
+    -------
+    list of torch.nn.Module
+        ``n_layers`` MLP modules.
+    """
     spec = spec or get_arch(model)
     return [resolve_path(block, spec.mlp) for block in find_blocks(model, spec)]
 
 
 def down_proj_modules(model: nn.Module, spec: ArchSpec | None = None) -> list[nn.Module]:
     """One down projection per layer: its forward *input* is ``mlp_act``, its *output* (bias included) is
-    ``mlp_out``. A mixture-of-experts MLP has none: a :class:`DiscoveryError` says so."""
+    ``mlp_out``. A mixture-of-experts MLP has none: a :class:`DiscoveryError` says so.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (or a module holding its blocks).
+    spec : ArchSpec, optional
+        The model's spec; default :func:`get_arch` of ``model``.
+
+    Returns
+    -------
+    list of torch.nn.Module
+        ``n_layers`` down projections.
+    """
     spec = spec or get_arch(model)
     if spec.moe:
         raise DiscoveryError(
@@ -67,7 +117,22 @@ def down_proj_modules(model: nn.Module, spec: ArchSpec | None = None) -> list[nn
 
 def signal_modules(model: nn.Module, signal: str, spec: ArchSpec | None = None) -> list[nn.Module]:
     """Per layer, the module whose forward *output* is ``mlp_out`` (the down projection; a mixture of experts'
-    block) or whose forward *input* is ``mlp_act`` (the down projection)."""
+    block) or whose forward *input* is ``mlp_act`` (the down projection).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (or a module holding its blocks).
+    signal : str
+        ``"mlp_out"`` or ``"mlp_act"`` (:data:`SIGNALS`).
+    spec : ArchSpec, optional
+        The model's spec; default :func:`get_arch` of ``model``.
+
+    Returns
+    -------
+    list of torch.nn.Module
+        ``n_layers`` modules to hook.
+    """
     spec = spec or get_arch(model)
     if check_signal(signal) == "mlp_out" and spec.moe:
         return mlp_modules(model, spec)
@@ -77,6 +142,18 @@ def signal_modules(model: nn.Module, signal: str, spec: ArchSpec | None = None) 
 def check_signal(signal: str) -> str:
     """``signal`` unchanged when it is one of :data:`SIGNALS`, else a ValueError listing the valid ones.
 
+    Parameters
+    ----------
+    signal : str
+        The signal name to check.
+
+    Returns
+    -------
+    str
+        ``signal`` itself.
+
+    Examples
+    --------
     >>> check_signal("mlp_out")
     'mlp_out'
     """
@@ -87,7 +164,20 @@ def check_signal(signal: str) -> str:
 
 def model_dims(config: Any, spec: ArchSpec | None = None) -> dict[str, int]:
     """``n_layers``, ``d_model``, ``d_mlp``: measured on the modules when a spec (or a model) is given, else as the
-    config states them (a ``ValueError`` names what the config lacks)."""
+    config states them (a ``ValueError`` names what the config lacks).
+
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig or torch.nn.Module
+        The model's config, or the model itself (then measured on its modules).
+    spec : ArchSpec, optional
+        The model's spec; when given, the dimensions are read off it.
+
+    Returns
+    -------
+    dict of str to int
+        ``{"n_layers": .., "d_model": .., "d_mlp": ..}``.
+    """
     if spec is None and isinstance(config, nn.Module):
         spec = get_arch(config)
     if spec is not None:
@@ -100,5 +190,18 @@ def model_dims(config: Any, spec: ArchSpec | None = None) -> dict[str, int]:
 
 
 def to_batch_first(hidden: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
-    """A hooked tensor in the architecture's layout -> ``[batch, seq, width]`` (its own inverse)."""
+    """A hooked tensor in the architecture's layout -> ``[batch, seq, width]`` (its own inverse).
+
+    Parameters
+    ----------
+    hidden : torch.Tensor
+        A hooked tensor, ``[seq, batch, width]`` when ``spec.seq_first``, else ``[batch, seq, width]``.
+    spec : ArchSpec
+        The model's spec.
+
+    Returns
+    -------
+    torch.Tensor
+        ``hidden`` transposed when ``spec.seq_first``, else ``hidden`` itself.
+    """
     return hidden.transpose(0, 1) if spec.seq_first else hidden

@@ -54,27 +54,27 @@ class DiscoveryError(ValueError):
 class ArchSpec:
     """Where a model's MLP signals live (found by :func:`discover`). Paths are dotted attribute paths.
 
-    Attributes
+    Parameters
     ----------
-    family
+    family : str
         ``config.model_type`` (for logs and provenance; nothing dispatches on it).
-    blocks
+    blocks : str
         path of the block ``ModuleList`` relative to the model the spec was found on.
-    mlp
+    mlp : str
         path of the MLP relative to a block (``""``: the block itself, as in OPT).
-    down_proj
+    down_proj : str
         path of the down projection relative to the MLP (``""`` for a mixture of experts).
-    seq_first
+    seq_first : bool
         hidden states are ``[seq, batch, ..]`` (ChatGLM) instead of ``[batch, seq, ..]``.
-    flat
-        the MLP sees tokens flattened to ``[batch * seq, ..]`` (OPT, some mixtures of experts).
-    n_layers, d_model, d_mlp
+    n_layers, d_model, d_mlp : int
         dimensions measured on the modules (``d_mlp`` 0 for a mixture of experts).
-    moe
+    moe : bool
         the MLP is a mixture of experts: ``mlp_out`` is its routed output, ``mlp_act`` is undefined.
-    mlp_adds_residual
+    flat : bool
+        the MLP sees tokens flattened to ``[batch * seq, ..]`` (OPT, some mixtures of experts).
+    mlp_adds_residual : bool
         the MLP module's output is not its down projection's (Bloom adds the residual).
-    conv1d
+    conv1d : bool
         the down projection is a ``Conv1D`` (weight ``[in, out]``, GPT-2).
     """
 
@@ -96,7 +96,20 @@ class ArchSpec:
 
 
 def resolve_path(obj: Any, dotted: str) -> Any:
-    """``obj.a.b.0.c`` for ``"a.b.0.c"``; ``""`` is ``obj`` itself."""
+    """``obj.a.b.0.c`` for ``"a.b.0.c"``; ``""`` is ``obj`` itself.
+
+    Parameters
+    ----------
+    obj : Any
+        The object to start from (a model, a block, ...).
+    dotted : str
+        The dotted path; digits index a ``ModuleList``/``Sequential``.
+
+    Returns
+    -------
+    Any
+        The object at the path.
+    """
     for part in dotted.split(".") if dotted else ():
         obj = obj[int(part)] if part.isdigit() and isinstance(obj, (nn.ModuleList, nn.Sequential)) else getattr(obj, part)
     return obj
@@ -112,7 +125,18 @@ def _first(config: Any, keys: tuple[str, ...]) -> int | None:
 
 def config_dims(config: Any) -> dict[str, int | None]:
     """``n_layers``, ``d_model``, ``d_mlp`` as the (text) config states them; ``None`` where it does not.
-    GPT-2-style configs with ``n_inner=None`` mean ``4 * d_model``."""
+    GPT-2-style configs with ``n_inner=None`` mean ``4 * d_model``.
+
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        The config (a multimodal one's text config is read).
+
+    Returns
+    -------
+    dict of str to int or None
+        ``{"n_layers": .., "d_model": .., "d_mlp": ..}``.
+    """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     dims = {"n_layers": _first(text, _N_LAYERS_KEYS), "d_model": _first(text, _D_MODEL_KEYS),
             "d_mlp": _first(text, _D_MLP_KEYS)}
@@ -249,6 +273,24 @@ def discover(
 
     The result is remembered per model object, so later calls (hooks, masks) are free; passing overrides
     replaces what was remembered. Raises :class:`DiscoveryError` naming what was ambiguous or missing.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM.
+    blocks : str, optional
+        Override: path of the block ``ModuleList`` relative to the model.
+    mlp : str, optional
+        Override: path of the MLP relative to a block.
+    down_proj : str, optional
+        Override: path of the down projection relative to the MLP.
+    dry_run : bool
+        Run the one-forward check and layout measurement (default True).
+
+    Returns
+    -------
+    ArchSpec
+        Where the model's MLP signals live.
     """
     if blocks is None and mlp is None and down_proj is None and model in _CACHE:
         return _CACHE[model]

@@ -69,6 +69,18 @@ def model_fingerprint(model: Any, tokenizer: Any = None) -> str:
     """The identity of a loaded model: :func:`tensors_digest` of its state dict plus :func:`tokenizer_digest`.
     32 hex digits; equal only when weights (with dtype), shapes and tokenizer are equal.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model whose state dict is digested.
+    tokenizer : optional
+        Its tokenizer, digested by :func:`tokenizer_digest`.
+
+    Returns
+    -------
+    str
+        32 hex digits.
+
     Examples
     --------
     >>> import torch

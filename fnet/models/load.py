@@ -41,7 +41,27 @@ MODEL_CODE = ("fnet.models",)
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """A model with its tokenizer and registry entry. ``name`` is what the user asked for (provenance)."""
+    """A model with its tokenizer and registry entry. ``name`` is what the user asked for (provenance).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM.
+    tokenizer : Any
+        Its tokenizer.
+    arch : ArchSpec
+        Where its MLP signals live.
+    name : str
+        What the user asked for.
+    source : str
+        Where the weights came from (default ``""``).
+    extra : dict
+        Further entries for provenance (default empty).
+    description : str
+        What the weights are, in words (default ``""``).
+    fingerprint : str
+        Content identity of weights and tokenizer; computed when empty (the default).
+    """
 
     model: nn.Module
     tokenizer: Any

@@ -18,7 +18,13 @@ __all__ = ["byte_tokenizer", "TINY_VOCAB", "tiny_config", "tiny_model"]
 # --------------------------------------------------------------------------------------------------------------
 def byte_tokenizer():
     """A byte-level BPE tokenizer with no merges: 256 byte tokens + ``<|endoftext|>``. Built in code so tests need
-    no download; it has offsets and a real ``tokenizers`` backend like the hub tokenizers."""
+    no download; it has offsets and a real ``tokenizers`` backend like the hub tokenizers.
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerFast
+        The tokenizer (257 tokens; ``<|endoftext|>`` is its eos, pad and bos token).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -38,7 +44,18 @@ TINY_VOCAB = 257
 
 
 def tiny_config(family: str):
-    """The transformers config of the tiny random ``family`` model (``gpt2`` or ``llama``) that tests use."""
+    """The transformers config of the tiny random ``family`` model (``gpt2`` or ``llama``) that tests use.
+
+    Parameters
+    ----------
+    family : str
+        ``"gpt2"``, ``"llama"`` or ``"chatglm"``; another raises a ValueError.
+
+    Returns
+    -------
+    transformers.PretrainedConfig
+        A 3-layer config with the byte tokenizer's vocabulary (257).
+    """
     from transformers import GPT2Config, LlamaConfig
 
     if family == "gpt2":
@@ -65,6 +82,20 @@ def tiny_model(family: str, seed: int = 0):
 
     ``seed`` decides the weights only: they are drawn inside :func:`torch.random.fork_rng`, so the global RNG is
     as the caller left it (a training run's ``pl.seed_everything(seed)`` still decides its head and data order).
+
+    Parameters
+    ----------
+    family : str
+        ``"gpt2"``, ``"llama"`` or ``"chatglm"`` (see :func:`tiny_config`).
+    seed : int
+        Seed of the weights (default 0).
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        The model, in eval mode.
+    tokenizer : transformers.PreTrainedTokenizerFast
+        :func:`byte_tokenizer`.
 
     Examples
     --------

@@ -30,13 +30,35 @@ ACTIVATION_CODE = ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording
 
 def model_key(lm: LoadedModel) -> str:
     """What identifies the model in cache keys: its content fingerprint and dtype (never a name or a path: a
-    checkpoint overwritten at the same path or a re-saved folder is another model)."""
+    checkpoint overwritten at the same path or a re-saved folder is another model).
+
+    Parameters
+    ----------
+    lm : LoadedModel
+        The model.
+
+    Returns
+    -------
+    str
+        ``"<fingerprint>-<dtype>"``.
+    """
     return f"{lm.fingerprint}-{lm.dtype}"
 
 
 def slug(text: str) -> str:
     """``text`` as a file-name part: other characters than letters, digits and ``-_.`` become ``_``, the last 60
-    kept (names of models can be paths)."""
+    kept (names of models can be paths).
+
+    Parameters
+    ----------
+    text : str
+        The text (a model name, a path, ...).
+
+    Returns
+    -------
+    str
+        At most 60 characters of letters, digits, ``-``, ``_``, ``.``.
+    """
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-60:]
 
 

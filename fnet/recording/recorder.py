@@ -46,7 +46,22 @@ def signal_hooks(
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated. Empty texts are an error naming their index, and so is no text at all."""
+    """Token ids per text, truncated. Empty texts are an error naming their index, and so is no text at all.
+
+    Parameters
+    ----------
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The model's tokenizer (special tokens added).
+    texts : Sequence of str
+        The texts, none empty.
+    max_length : int
+        Most tokens kept per text.
+
+    Returns
+    -------
+    list of list of int
+        Token ids per text, in input order.
+    """
     if not texts:
         raise ValueError("no texts to record: got an empty list; give at least one non-empty text")
     for index, text in enumerate(texts):
@@ -66,6 +81,21 @@ class Recorder:
     ``iter_record(texts)`` yields ``(index, acts)`` with ``acts  # [tokens_i, n_layers*width]`` (CPU, ``dtype``)
     in length-sorted batch order; ``record`` returns them in input order; ``record_to_store`` writes them to an
     :class:`ActivationStore`, skipping texts already there (resume).
+
+    Parameters
+    ----------
+    lm : LoadedModel
+        The model to record.
+    signal : str
+        ``"mlp_out"`` (default) or ``"mlp_act"``.
+    max_length : int
+        Most tokens per text (default 1024; lowered to the model's positions when it has fewer).
+    batch_size : int
+        Texts per forward pass (default 4).
+    dtype : torch.dtype
+        dtype of the recorded activations (default ``torch.float32``).
+    progress : bool
+        Show a progress bar over tokens (default True).
     """
 
     def __init__(
@@ -164,10 +194,42 @@ def record_texts(
     batch_size: int = 4,
     progress: bool = False,
 ) -> list[torch.Tensor]:
-    """Convenience: ``[tokens_i, n_layers*width]`` float32 activations per text, in input order."""
+    """Convenience: ``[tokens_i, n_layers*width]`` float32 activations per text, in input order.
+
+    Parameters
+    ----------
+    lm : LoadedModel
+        The model to record.
+    texts : Sequence of str
+        The texts.
+    signal : str
+        ``"mlp_out"`` (default) or ``"mlp_act"``.
+    max_length : int
+        Most tokens per text (default 1024).
+    batch_size : int
+        Texts per forward pass (default 4).
+    progress : bool
+        Show a progress bar (default False).
+
+    Returns
+    -------
+    list of torch.Tensor
+        One ``[tokens_i, n_layers*width]`` tensor per text.
+    """
     return Recorder(lm, signal, max_length=max_length, batch_size=batch_size, progress=progress).record(texts)
 
 
 def stack_arrays(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Texts stacked along tokens (for small data; large group decompositions stream the list instead)."""
+    """Texts stacked along tokens (for small data; large group decompositions stream the list instead).
+
+    Parameters
+    ----------
+    arrays : Sequence of ndarray
+        Per-text arrays ``[tokens_i, n_layers*width]``.
+
+    Returns
+    -------
+    ndarray [sum(tokens_i), n_layers*width]
+        The arrays concatenated along tokens.
+    """
     return np.concatenate([np.asarray(a) for a in arrays], axis=0)

@@ -46,7 +46,13 @@ Loaded = tuple[list[Text], dict[str, Any]]
 
 
 def builtin_genres() -> list[str]:
-    """Genres of the built-in corpus (one ``<genre>.jsonl`` file each)."""
+    """Genres of the built-in corpus (one ``<genre>.jsonl`` file each).
+
+    Returns
+    -------
+    list of str
+        The genre names, sorted.
+    """
     return sorted(p.stem for p in CORPUS_DIR.glob("*.jsonl"))
 
 
@@ -354,7 +360,13 @@ COMMON_OPTIONS = ("max_chars",)
 
 
 def valid_sources() -> list[str]:
-    """Human-readable list of accepted source strings (used in error messages)."""
+    """Human-readable list of accepted source strings (used in error messages).
+
+    Returns
+    -------
+    list of str
+        The source strings (``builtin:<genre>`` per genre, ``file:<path>``, ``hf:<hub name>``, ...).
+    """
     genres = builtin_genres()
     names = []
     for name, spec in SOURCES.items():
@@ -396,7 +408,20 @@ def _check_options(name: str, loader: Callable[..., Loaded], options: Mapping[st
 
 def trim_at_word_boundary(text: str, max_chars: int | None) -> str:
     """Shorten ``text`` to at most ``max_chars`` characters, cutting at the last whitespace
-    (a single word longer than the limit is cut inside the word)."""
+    (a single word longer than the limit is cut inside the word).
+
+    Parameters
+    ----------
+    text : str
+        The text.
+    max_chars : int or None
+        Most characters kept; None keeps the whole text.
+
+    Returns
+    -------
+    str
+        The shortened text, trailing whitespace stripped (``text`` itself when it fits).
+    """
     if max_chars is None or len(text) <= max_chars:
         return text
     if max_chars < 1:
@@ -450,6 +475,18 @@ def load_texts(source: str, **options: Any) -> list[Text]:
     ``source`` is one of :func:`valid_sources` (``builtin:news``, ``wikitext2``, ``hf:fancyzhx/ag_news``,
     ``file:stimuli.jsonl``, ...). ``options`` are that source's keyword options (``split``,
     ``text_field``, ``from_hub``, ``path``, ...) plus ``max_chars`` (trim long texts at a word boundary).
+
+    Parameters
+    ----------
+    source : str
+        The source string.
+    **options : Any
+        The source's options and ``max_chars``.
+
+    Returns
+    -------
+    list of Text
+        The cleaned texts.
     """
     texts, _info = load_source(source, options)
     return texts

@@ -48,6 +48,26 @@ def sample_stimuli(texts: Sequence[Text | str], *, n_template: int, n_individual
     ``texts`` may be Text records or plain strings (the user's own list). An empty or
     whitespace-only text raises ValueError naming its index; texts shorter than ``min_chars``
     (after stripping) are not eligible. The same texts and seed always give the same samples.
+
+    Parameters
+    ----------
+    texts : Sequence of Text or str
+        The texts to draw from.
+    n_template : int
+        Size of the template sample.
+    n_individual : int
+        Size of the individual sample.
+    seed : int
+        Seed of the draw.
+    min_chars : int
+        Fewest characters (after stripping) of an eligible text (default 1).
+
+    Returns
+    -------
+    template : list of Text
+        ``n_template`` texts.
+    individual : list of Text
+        ``n_individual`` texts, none of them in ``template``.
     """
     n_template = _count(n_template, "n_template")
     n_individual = _count(n_individual, "n_individual")
@@ -95,6 +115,22 @@ def load_stimulus_sets(datasets: Mapping[str, Mapping[str, Any] | None], n_templ
     or to ``texts`` when a ``texts`` list is given), the source's loader options, ``max_chars``,
     and optionally per-set overrides of ``n_template``, ``n_individual``, ``seed`` and
     ``min_chars``. Returns name -> StimulusSet, in the order given.
+
+    Parameters
+    ----------
+    datasets : Mapping of str to Mapping or None
+        Data set name -> options (see above).
+    n_template : int
+        Template texts per data set, unless a set overrides it (default 10).
+    n_individual : int
+        Individual texts per data set, unless a set overrides it (default 10).
+    seed : int
+        Sampling seed, unless a set overrides it (default 0).
+
+    Returns
+    -------
+    dict of str to StimulusSet
+        One per data set, in the order given.
     """
     datasets = plain(datasets)
     if not isinstance(datasets, Mapping) or not datasets:

@@ -56,7 +56,18 @@ class CorruptShardError(RuntimeError):
 
 
 def text_sha1(text: str) -> str:
-    """The SHA-1 of a text's UTF-8 bytes: how a store knows that a text id still names the same text."""
+    """The SHA-1 of a text's UTF-8 bytes: how a store knows that a text id still names the same text.
+
+    Parameters
+    ----------
+    text : str
+        The text.
+
+    Returns
+    -------
+    str
+        40 hex digits.
+    """
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 

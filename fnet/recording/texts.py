@@ -47,7 +47,17 @@ OFFLINE_ALTERNATIVES = (
 
 @dataclass(frozen=True)
 class Text:
-    """One stimulus text. ``id`` is unique within its source; ``source`` names where it came from."""
+    """One stimulus text. ``id`` is unique within its source; ``source`` names where it came from.
+
+    Parameters
+    ----------
+    id : str
+        Unique within its source.
+    text : str
+        The text.
+    source : str
+        The source it came from.
+    """
 
     id: str
     text: str
@@ -56,7 +66,19 @@ class Text:
 
 @dataclass
 class StimulusSet:
-    """The two disjoint samples drawn from one data set, plus how they were obtained."""
+    """The two disjoint samples drawn from one data set, plus how they were obtained.
+
+    Parameters
+    ----------
+    name : str
+        The data set's name.
+    template : list of Text
+        The sample for the group (template) decomposition.
+    individual : list of Text
+        The sample for the individual decompositions, disjoint from ``template``.
+    provenance : dict
+        How the samples were obtained (source info, options, seed, counts).
+    """
 
     name: str
     template: list[Text]
@@ -92,6 +114,11 @@ def data_root() -> Path | None:
 
     ``$FNET_DATA_DIR`` when set (returned even if it does not exist, so errors name it), else
     ``<repo root>/../shared/data`` when that folder exists, else ``None``.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The data folder, or None when neither is set or present.
     """
     configured = os.environ.get(DATA_DIR_ENV)
     if configured:
@@ -134,7 +161,18 @@ def _env_flag(name: str) -> bool:
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Cheap check that the hub host accepts connections (so offline runs fail in seconds, not
-    after the datasets library's retries). Assumes reachable when a proxy is configured."""
+    after the datasets library's retries). Assumes reachable when a proxy is configured.
+
+    Parameters
+    ----------
+    timeout : float
+        Seconds to wait for the connection (default 3.0).
+
+    Returns
+    -------
+    bool
+        True when the host accepted a connection or a proxy is configured.
+    """
     if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")

@@ -27,7 +27,30 @@ __all__ = ["generate_greedy", "parse_choice", "perplexity_windows", "window_nll"
 @torch.no_grad()
 def generate_greedy(model: torch.nn.Module, tokenizer: Any, contexts: Sequence[list[int]], *, max_new_tokens: int,
                     until: Sequence[str] = ("\n",), pad_token_id: int, max_length: int | None = None) -> list[str]:
-    """Greedy continuations of a batch of prompts (left padding), cut at the first ``until`` string."""
+    """Greedy continuations of a batch of prompts (left padding), cut at the first ``until`` string.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM.
+    tokenizer : Any
+        Its tokenizer (decodes the new tokens).
+    contexts : Sequence of list of int
+        Prompt tokens per row.
+    max_new_tokens : int
+        Most tokens generated.
+    until : Sequence of str
+        Stop strings; the text is cut at the first (default ``("\\n",)``).
+    pad_token_id : int
+        The padding token.
+    max_length : int, optional
+        Most tokens of prompt plus generation; prompts are cut from the left to fit.
+
+    Returns
+    -------
+    list of str
+        The continuation per row.
+    """
     device = next(model.parameters()).device
     budget = None if max_length is None else max(max_length - max_new_tokens, 1)
     sequences = [list(c)[-budget:] if budget else list(c) for c in contexts]
@@ -61,6 +84,18 @@ def parse_choice(text: str, choices: Sequence[str]) -> int | None:
     ``_``/``-`` read as spaces ("not_entailment" = "not entailment"). The **earliest** label in the text wins;
     at the same position the longest label wins, and a label inside a longer label's match does not count
     (so "not entailment" is never read as "entailment"). Neither rule depends on the order of ``choices``.
+
+    Parameters
+    ----------
+    text : str
+        The generated answer.
+    choices : Sequence of str
+        The label words.
+
+    Returns
+    -------
+    int or None
+        Index of the named choice; None when no choice or two equal ones match.
     """
     haystack = _normalise_label_text(text)
     spans = []  # (start, -length, choice index)
@@ -95,6 +130,20 @@ def perplexity_windows(n_tokens: int, max_length: int, stride: int | None = None
     ``stride`` = tokens newly scored per window, at most ``max_length - 1`` (the default): then consecutive
     windows overlap by one token, just enough to predict each window's first scored token -- plain chunking.
     Smaller strides give each scored token up to ``max_length - stride`` tokens of extra context (sliding window).
+
+    Parameters
+    ----------
+    n_tokens : int
+        Length of the token sequence.
+    max_length : int
+        Most tokens per window (at least 2).
+    stride : int, optional
+        Tokens newly scored per window (default ``max_length - 1``).
+
+    Returns
+    -------
+    list of tuple of int
+        ``(begin, end, n_scored)`` per window.
     """
     max_length = int(max_length)
     if max_length < 2:
@@ -115,7 +164,24 @@ def perplexity_windows(n_tokens: int, max_length: int, stride: int | None = None
 @torch.no_grad()
 def window_nll(model: torch.nn.Module, windows: Sequence[list[int]], n_scored: Sequence[int], *,
                pad_token_id: int) -> torch.Tensor:
-    """Summed negative log-likelihood ``nll  # [window]`` of each window's last ``n_scored`` tokens."""
+    """Summed negative log-likelihood ``nll  # [window]`` of each window's last ``n_scored`` tokens.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM.
+    windows : Sequence of list of int
+        Token ids per window.
+    n_scored : Sequence of int
+        Tokens scored at the end of each window.
+    pad_token_id : int
+        The padding token.
+
+    Returns
+    -------
+    torch.Tensor [window]
+        Summed NLL per window (float64, CPU).
+    """
     device = next(model.parameters()).device
     width = max(len(w) for w in windows)
     input_ids = torch.full((len(windows), width), pad_token_id, dtype=torch.long)  # [window, pos]

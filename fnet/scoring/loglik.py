@@ -29,7 +29,20 @@ def _left_truncate(context: list[int], continuation: list[int], max_length: int 
 @torch.no_grad()
 def prefix_key_values(model: torch.nn.Module, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per-layer (keys, values) of a shared prompt prefix (e.g. a fixed set of few-shot shots), computed once.
-    Compute it under the same mask as the scoring that reuses it."""
+    Compute it under the same mask as the scoring that reuses it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM.
+    prefix : Sequence of int
+        The prefix's tokens.
+
+    Returns
+    -------
+    list of tuple of torch.Tensor
+        ``(keys, values)`` per layer.
+    """
     device = next(model.parameters()).device
     out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True)
     cache = output_cache(out)
@@ -76,6 +89,30 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
     ``share_context``: with multi-token choices, each row's context goes through the model once and its
     keys/values are repeated for the row's choices (:func:`_score_shared_context`), instead of one full sequence
     per (row, choice) -- n_choices times less work on the context, the same numbers.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The causal LM.
+    contexts : Sequence of list of int
+        Prompt tokens per row.
+    continuations : Sequence of Sequence of list of int
+        Tokens of each choice per row.
+    pad_token_id : int
+        The padding token.
+    max_length : int, optional
+        Most tokens per sequence; contexts are cut from the left to fit.
+    prefix_len : int
+        Leading tokens shared by every context (default 0).
+    kv_memo : dict, optional
+        Keeps the shared prefix's keys/values between calls.
+    share_context : bool
+        Compute each row's context once for multi-token choices (default True).
+
+    Returns
+    -------
+    torch.Tensor [row, choice]
+        Summed log-probabilities (float64).
     """
     n_rows = len(contexts)
     n_choices = len(continuations[0]) if n_rows else 0

@@ -20,7 +20,22 @@ __all__ = ["wilson_interval", "bootstrap_interval", "chance_levels", "metric_cha
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95 % by default); ``(nan, nan)`` for n = 0."""
+    """Wilson score interval of a proportion (95 % by default); ``(nan, nan)`` for n = 0.
+
+    Parameters
+    ----------
+    successes : float
+        Number of successes.
+    n : int
+        Number of trials.
+    z : float
+        Normal quantile of the level (default 1.959964: 95 %).
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``, clipped to [0, 1].
+    """
     if n <= 0:
         return (math.nan, math.nan)
     p = successes / n
@@ -36,7 +51,26 @@ def class_metric(name: str, preds: torch.Tensor, targets: torch.Tensor, n_classe
 
     ``failure_class``: predictions may also be ``n_classes`` (a generate-mode parse failure), an extra class that
     no target has: wrong for accuracy, its own class for MCC (so constant failures give MCC 0, not -1), "not
-    class 1" for binary F1."""
+    class 1" for binary F1.
+
+    Parameters
+    ----------
+    name : str
+        ``"accuracy"``, ``"mcc"`` or ``"f1"``.
+    preds : torch.Tensor
+        Predicted classes ``[row]``.
+    targets : torch.Tensor
+        True classes ``[row]``.
+    n_classes : int
+        Number of classes.
+    failure_class : bool
+        ``preds`` may hold ``n_classes`` for a parse failure (default False).
+
+    Returns
+    -------
+    float
+        The metric.
+    """
     from torchmetrics.functional import accuracy, f1_score  # torchmetrics takes ~1 s to import; rows-only users skip it
 
     preds, targets = torch.as_tensor(preds).long(), torch.as_tensor(targets).long()
@@ -58,7 +92,18 @@ def mcc_from_confusion(confusion: torch.Tensor) -> float:
     """Matthews correlation from a confusion matrix ``[true, pred]`` (Gorodkin's K-class form; the usual binary MCC
     for 2 classes), **0 when undefined** (a constant prediction or a single true class), as scikit-learn and GLUE
     report it. ``torchmetrics``' MatthewsCorrCoef returns a nonzero value for a constant predictor (0.077 for all
-    "acceptable" on 68 % acceptable rows), which would make a degenerate model look above chance."""
+    "acceptable" on 68 % acceptable rows), which would make a degenerate model look above chance.
+
+    Parameters
+    ----------
+    confusion : torch.Tensor
+        Counts ``[true, pred]``.
+
+    Returns
+    -------
+    float
+        The MCC, 0.0 when undefined.
+    """
     cm = torch.as_tensor(confusion, dtype=torch.float64)
     total = cm.sum()
     correct = torch.trace(cm)
@@ -70,7 +115,26 @@ def mcc_from_confusion(confusion: torch.Tensor) -> float:
 
 def bootstrap_interval(statistic, arrays: Sequence[np.ndarray], *, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(*resampled_arrays)`` (rows resampled jointly, seeded)."""
+    """Percentile bootstrap interval of ``statistic(*resampled_arrays)`` (rows resampled jointly, seeded).
+
+    Parameters
+    ----------
+    statistic : callable
+        Maps the resampled arrays to a number; non-finite values are dropped.
+    arrays : Sequence of ndarray
+        Arrays of the same length, their rows resampled together.
+    n_boot : int
+        Bootstrap resamples (default 1000).
+    seed : int
+        Seed of the resampling (default 0).
+    level : float
+        Coverage of the interval (default 0.95).
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``; ``(nan, nan)`` for empty arrays or no finite value.
+    """
     n = len(arrays[0])
     if n == 0:
         return (math.nan, math.nan)
@@ -87,7 +151,20 @@ def bootstrap_interval(statistic, arrays: Sequence[np.ndarray], *, n_boot: int =
 
 
 def chance_levels(targets: Sequence[int], n_classes: int) -> dict[str, float]:
-    """``majority`` (rate of the most frequent class among the scored rows) and ``uniform`` (1 / n_classes)."""
+    """``majority`` (rate of the most frequent class among the scored rows) and ``uniform`` (1 / n_classes).
+
+    Parameters
+    ----------
+    targets : Sequence of int
+        True classes of the scored rows.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    dict
+        ``{"majority": float, "uniform": float, "majority_class": int}`` (``majority_class`` -1 for no rows).
+    """
     targets = np.asarray(targets, dtype=np.int64)
     counts = np.bincount(targets, minlength=n_classes) if targets.size else np.zeros(n_classes)
     return {"majority": float(counts.max() / max(targets.size, 1)), "uniform": 1.0 / n_classes,
@@ -96,7 +173,22 @@ def chance_levels(targets: Sequence[int], n_classes: int) -> dict[str, float]:
 
 def metric_chance(name: str, targets: Sequence[int], n_classes: int) -> float:
     """The score of the best trivial (constant) predictor under a metric: majority rate for accuracy, 0 for MCC,
-    F1 of always answering class 1 for F1 (= 2p / (1 + p), p = rate of class 1)."""
+    F1 of always answering class 1 for F1 (= 2p / (1 + p), p = rate of class 1).
+
+    Parameters
+    ----------
+    name : str
+        ``"accuracy"``, ``"mcc"`` or ``"f1"`` (another metric gets the uniform rate).
+    targets : Sequence of int
+        True classes of the scored rows.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    float
+        The chance score.
+    """
     levels = chance_levels(targets, n_classes)
     if name == "accuracy":
         return levels["majority"]
@@ -115,6 +207,18 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 def normalize_answer(text: str) -> str:
     """SQuAD v1.1's answer normalisation: lower case, no punctuation, no articles, single spaces.
 
+    Parameters
+    ----------
+    text : str
+        An answer.
+
+    Returns
+    -------
+    str
+        The normalised answer.
+
+    Examples
+    --------
     >>> normalize_answer("The  Eiffel Tower!")
     'eiffel tower'
     """
@@ -129,7 +233,20 @@ def squad_scores(prediction: str, answers: Sequence[str]) -> tuple[float, float]
     normalised by :func:`normalize_answer`, F1 from the overlap of whitespace tokens -- 0 when they share no token,
     so a prediction and a gold answer that both normalise to empty (gold ".") get EM 1 and F1 0 -- and the max over
     the gold answers. The reported totals are the means of these (``torchmetrics``' SQuAD gives F1 1 in the empty
-    case, so it is not used)."""
+    case, so it is not used).
+
+    Parameters
+    ----------
+    prediction : str
+        The generated answer.
+    answers : Sequence of str
+        The gold answers.
+
+    Returns
+    -------
+    tuple of float
+        ``(em, f1)``.
+    """
     def f1(pred: str, gold: str) -> float:
         p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
         common = sum((Counter(p) & Counter(g)).values())

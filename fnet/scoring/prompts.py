@@ -25,7 +25,20 @@ class PromptFields(dict):
 
 
 def use_chat_template(task: TaskSpec, tokenizer: Any) -> bool:
-    """``task.chat_template``: true / false, or ``auto`` = the tokenizer has a chat template (instruct models)."""
+    """``task.chat_template``: true / false, or ``auto`` = the tokenizer has a chat template (instruct models).
+
+    Parameters
+    ----------
+    task : TaskSpec
+        The task.
+    tokenizer : Any
+        The model's tokenizer.
+
+    Returns
+    -------
+    bool
+        Whether prompts are chat-formatted.
+    """
     if task.chat_template == "auto":
         return bool(getattr(tokenizer, "chat_template", None))
     if task.chat_template and not getattr(tokenizer, "chat_template", None):
@@ -37,7 +50,28 @@ def sample_shots(pool: Sequence[Mapping], k: int, rng: np.random.Generator, *, b
                  n_classes: int = 0, exclude_index: int | None = None) -> list[Mapping]:
     """``k`` rows of ``pool`` without replacement. ``balanced``: as equal a count per class as the pool allows
     (remainder classes chosen at random), then shuffled. ``exclude_index``: a row index never drawn (used when
-    shots come from the scored split itself)."""
+    shots come from the scored split itself).
+
+    Parameters
+    ----------
+    pool : Sequence of Mapping
+        The few-shot rows (with ``index`` and, when balanced, ``label``).
+    k : int
+        Shots wanted (fewer when the pool is smaller).
+    rng : numpy.random.Generator
+        The draw's generator.
+    balanced : bool
+        Balance the classes (default False).
+    n_classes : int
+        Number of classes; balancing needs at least 2 (default 0).
+    exclude_index : int, optional
+        A row index never drawn.
+
+    Returns
+    -------
+    list of Mapping
+        The shots.
+    """
     candidates = [r for r in pool if exclude_index is None or r["index"] != exclude_index]
     k = min(int(k), len(candidates))
     if k <= 0:
@@ -69,6 +103,17 @@ class PromptBuilder:
     Shots: ``task.num_fewshot`` rows of ``fewshot_pool`` (the task's ``fewshot_split``, disjoint from the scored
     rows), drawn with ``task.fewshot.seed`` -- per scored row (``sampling: per_example``, the row's index seeds the
     draw, so a row gets the same shots in any batch, order or process) or once for all rows (``fixed``).
+
+    Parameters
+    ----------
+    task : TaskSpec
+        The task.
+    tokenizer : Any
+        The model's tokenizer.
+    fewshot_pool : Sequence of Mapping, optional
+        The rows shots are drawn from (at least ``task.num_fewshot``).
+    same_split : bool
+        The pool is the scored split itself: a row is never its own shot (default False).
     """
 
     def __init__(self, task: TaskSpec, tokenizer: Any, fewshot_pool: Sequence[Mapping] | None = None,
@@ -221,7 +266,18 @@ class PromptBuilder:
 
 
 def common_prefix_len(sequences: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common prefix of token sequences (0 for none)."""
+    """Length of the longest common prefix of token sequences (0 for none).
+
+    Parameters
+    ----------
+    sequences : Sequence of Sequence of int
+        Token sequences.
+
+    Returns
+    -------
+    int
+        The prefix length.
+    """
     if not sequences:
         return 0
     n = min(len(s) for s in sequences)
@@ -234,7 +290,18 @@ def common_prefix_len(sequences: Sequence[Sequence[int]]) -> int:
 
 def align_prefixes(requests: Sequence["Request"]) -> int:
     """Give every request the same ``prefix_len``: the shortest of theirs, a token prefix of every prompt (and of
-    every content-free prompt), so one set of prefix keys/values serves the whole task. Returns it."""
+    every content-free prompt), so one set of prefix keys/values serves the whole task. Returns it.
+
+    Parameters
+    ----------
+    requests : Sequence of Request
+        The task's requests, changed in place.
+
+    Returns
+    -------
+    int
+        The shared ``prefix_len``.
+    """
     if not requests:
         return 0
     shared = min(r.prefix_len for r in requests)
@@ -249,7 +316,29 @@ class Request:
     generation tasks); ``content_free_tokens`` the calibration prompt (or None); the first ``prefix_len`` context
     tokens are the same for every row (fixed shots), so their keys/values can be computed once. Choice tokens
     depend on the prompt they follow (:meth:`PromptBuilder.choice_tokens`), hence
-    ``content_free_continuation_tokens`` for the calibration prompt."""
+    ``content_free_continuation_tokens`` for the calibration prompt.
+
+    Parameters
+    ----------
+    index : int
+        The row's index in its split.
+    label : int
+        The row's label (-1 when it has none).
+    context : str
+        The prompt text.
+    context_tokens : list of int
+        The prompt's tokens.
+    continuation_tokens : list of list of int
+        Tokens of each choice (empty for generation tasks).
+    content_free_tokens : list of int, optional
+        Tokens of the calibration prompt.
+    content_free_continuation_tokens : list of list of int, optional
+        Tokens of each choice after the calibration prompt.
+    row : dict
+        The task row.
+    prefix_len : int
+        Leading tokens shared by every request of the task (default 0).
+    """
 
     index: int
     label: int

@@ -85,6 +85,13 @@ def available_tasks() -> list[str]:
     """The task names of ``conf/task`` (files starting with ``_`` hold shared keys, not tasks); a
     ``FileNotFoundError`` names the folder when it holds none (an incomplete installation).
 
+    Returns
+    -------
+    list of str
+        The task names, sorted.
+
+    Examples
+    --------
     >>> {"sst2", "squad", "wikitext2"} <= set(available_tasks())
     True
     """
@@ -160,7 +167,53 @@ def _compose_entry(path: Path) -> DictConfig:
 
 @dataclass
 class TaskSpec:
-    """A validated task config. Field meanings: see ``conf/task/sst2.yaml`` (every key is commented there)."""
+    """A validated task config. Field meanings: see ``conf/task/sst2.yaml`` (every key is commented there).
+
+    Parameters
+    ----------
+    name : str
+        The task's name.
+    type : str
+        ``multiple_choice``, ``generation`` or ``perplexity``.
+    prompt : dict
+        ``template`` (required) and the delimiters.
+    hub : dict, optional
+        The hub data source.
+    local : dict, optional
+        The local data source (paths relative to the data dir).
+    source : str
+        ``auto`` (local when the file exists, else hub), ``local`` or ``hub``.
+    description : str
+        In words.
+    eval_split : str
+        The scored split (default ``validation``).
+    fewshot_split : str, optional
+        The split shots are drawn from (default ``train``).
+    target : dict
+        Label names (``names``).
+    choices : list of str, optional
+        The label words; ``choices[i]`` answers label i.
+    metric : list of str
+        Metrics; the first is the primary one (default ``["accuracy"]``).
+    scoring : str
+        ``loglik`` (default), ``generate`` or ``perplexity``.
+    calibrate : bool
+        Subtract content-free choice scores (loglik only; default False).
+    chat_template : bool or str
+        True, False (default) or ``"auto"``.
+    num_fewshot : int
+        Shots per prompt (default 0).
+    fewshot : dict
+        ``seed``, ``sampling`` and ``balanced`` of the shots.
+    limit : int, optional
+        Score at most this many rows (seeded subsample).
+    seed : int
+        Subsampling seed (default 0).
+    generation : dict
+        Generation settings (``max_new_tokens``, ``until``).
+    perplexity : dict
+        Perplexity settings (``max_length``, ``stride``: see :func:`perplexity_windows`).
+    """
 
     name: str
     type: str
@@ -279,7 +332,18 @@ def check_whole_number(value: Any, key: str, *, minimum: int, allow_none: bool =
 
 
 def get_task(task: Any) -> TaskSpec:
-    """A :class:`TaskSpec` from a task name, a config mapping (``cfg.task``) or a TaskSpec."""
+    """A :class:`TaskSpec` from a task name, a config mapping (``cfg.task``) or a TaskSpec.
+
+    Parameters
+    ----------
+    task : str or Mapping or TaskSpec
+        A task name of ``conf/task``, a config mapping or a TaskSpec (returned as is).
+
+    Returns
+    -------
+    TaskSpec
+        The validated task.
+    """
     if isinstance(task, TaskSpec):
         return task
     if isinstance(task, str):
@@ -343,6 +407,20 @@ def load_task_rows(task: Any, split: str = "validation", data_dir: str | os.Path
 
     Source: ``task.source`` (``auto`` = the local file when it exists, else the hub). A task without a local
     file (QQP) fails offline with a :class:`TaskDataError` that says so.
+
+    Parameters
+    ----------
+    task : str or Mapping or TaskSpec
+        The task (see :func:`get_task`).
+    split : str
+        ``validation`` (default), ``train``, ``test`` or ``all``.
+    data_dir : str or os.PathLike, optional
+        The offline data folder (default :func:`resolve_data_dir`).
+
+    Returns
+    -------
+    list of dict
+        The rows, each with its ``index``.
     """
     task = get_task(task)
     if split not in SPLITS:

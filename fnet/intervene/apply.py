@@ -43,7 +43,18 @@ APPLY_MODES = ("zero", "amplify", "scale", "replace")
 # --------------------------------------------------------------------------------------------------------------
 def mask_stats(mask: torch.Tensor) -> dict[str, Any]:
     """Counts of a mask ``[layer, unit]``: ``n_masked`` (total True), ``fraction`` (of all layer*unit neurons),
-    ``per_layer`` (list of True counts per layer), ``n_layers``, ``width``."""
+    ``per_layer`` (list of True counts per layer), ``n_layers``, ``width``.
+
+    Parameters
+    ----------
+    mask : torch.Tensor [layer, unit]
+        A bool mask.
+
+    Returns
+    -------
+    dict
+        ``n_masked``, ``fraction``, ``per_layer``, ``n_layers``, ``width``.
+    """
     mask = check_bool_mask(mask)
     per_layer = mask.sum(dim=1, dtype=torch.int64)  # [layer]
     total = int(per_layer.sum())
@@ -60,25 +71,25 @@ def mask_stats(mask: torch.Tensor) -> dict[str, Any]:
 class MaskSpec:
     """A mask and how to apply it.
 
-    Attributes
+    Parameters
     ----------
-    mask
+    mask : torch.Tensor
         ``[layer, unit]`` bool, True = act on that neuron.
-    signal
+    signal : str
         ``mlp_out`` or ``mlp_act``.
-    mode
+    mode : str
         how :func:`apply_mask` acts: ``zero`` / ``amplify`` / ``scale``.
-    value
+    value : float
         added (amplify) or multiplied (scale) value; unused for ``zero``.
-    description
+    description : str
         human-readable, e.g. ``"lesion networks [0, 2]"``.
-    stats
+    stats : dict
         :func:`mask_stats` of ``mask`` (filled in when not given).
-    kind
+    kind : str
         the :func:`build_mask` mode that made it (``lesion``, ``preserve``, ``random``, ...).
-    meta
+    meta : dict
         JSON-able provenance: network indices, seed, matched reference counts, ...
-    values
+    values : torch.Tensor, optional
         ``[layer, unit]`` float: what ``mode="replace"`` sets each masked neuron to (e.g. its mean activation).
     """
 
@@ -227,7 +238,22 @@ class _LayerMaskHook:
 
 def expected_mask_shape(model: nn.Module, signal: str = "mlp_out", spec: ArchSpec | None = None) -> tuple[int, int]:
     """``(n_layers, width)`` a mask over ``signal`` must have for ``model`` (width: d_model for ``mlp_out``,
-    d_mlp for ``mlp_act``)."""
+    d_mlp for ``mlp_act``).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model.
+    signal : str
+        ``mlp_out`` (default) or ``mlp_act``.
+    spec : ArchSpec, optional
+        The model's spec; default :func:`fnet.models.get_arch` of ``model``.
+
+    Returns
+    -------
+    tuple of int
+        ``(n_layers, width)``.
+    """
     spec = spec or get_arch(model)
     if check_signal(signal) == "mlp_act" and spec.moe:
         down_proj_modules(model, spec)  # raises: a mixture of experts has no single mlp_act

@@ -35,6 +35,18 @@ def parse_networks(networks: Any, n_networks: int) -> list[int]:
     (no networks), ``"range(a,b)"`` / ``"range(b)"`` / ``"range(a,b,step)"``, or a comma list ``"0,3,5"``
     (Hydra sweeps pass strings). Duplicates are dropped, order kept. Any index outside ``0..K-1`` is a
     ``ValueError`` naming the valid range.
+
+    Parameters
+    ----------
+    networks : int, Sequence of int, str, torch.Tensor or None
+        The spec.
+    n_networks : int
+        K, the number of networks.
+
+    Returns
+    -------
+    list of int
+        The indices.
     """
     k = int(n_networks)
     if networks is None:
@@ -99,7 +111,20 @@ def _original_ids(netset: Any, indices: list[int]) -> list[int]:
 # Builders
 # --------------------------------------------------------------------------------------------------------------
 def lesion_mask(netset: Any, networks: Any = 0) -> MaskSpec:
-    """Zero the neurons of the selected networks (their union). ``networks``: see :func:`parse_networks`."""
+    """Zero the neurons of the selected networks (their union). ``networks``: see :func:`parse_networks`.
+
+    Parameters
+    ----------
+    netset : NetworkSet
+        The networks; ``provenance["signal"]`` gives the mask's signal (default ``mlp_out``).
+    networks : int, Sequence of int or str
+        The networks to lesion (:func:`parse_networks`; default 0).
+
+    Returns
+    -------
+    MaskSpec
+        A ``mode="zero"`` mask.
+    """
     union, indices = _selected_union(netset, networks)
     return MaskSpec(
         mask=union,
@@ -113,7 +138,20 @@ def lesion_mask(netset: Any, networks: Any = 0) -> MaskSpec:
 
 def preserve_mask(netset: Any, networks: Any = "all") -> MaskSpec:
     """Keep only the union of the selected networks (default: all K) and zero every other neuron:
-    ``mask = ~union``."""
+    ``mask = ~union``.
+
+    Parameters
+    ----------
+    netset : NetworkSet
+        The networks; ``provenance["signal"]`` gives the mask's signal (default ``mlp_out``).
+    networks : int, Sequence of int or str
+        The networks to keep (:func:`parse_networks`; default ``"all"``).
+
+    Returns
+    -------
+    MaskSpec
+        A ``mode="zero"`` mask.
+    """
     union, indices = _selected_union(netset, networks)
     return MaskSpec(
         mask=~union,
@@ -127,7 +165,24 @@ def preserve_mask(netset: Any, networks: Any = "all") -> MaskSpec:
 
 def amplify_mask(netset: Any, networks: Any = 0, value: float = 5.0, mode: str = "amplify") -> MaskSpec:
     """Add ``value`` to (``mode="amplify"``) or multiply by ``value`` (``mode="scale"``) the selected networks'
-    neurons."""
+    neurons.
+
+    Parameters
+    ----------
+    netset : NetworkSet
+        The networks; ``provenance["signal"]`` gives the mask's signal (default ``mlp_out``).
+    networks : int, Sequence of int or str
+        The networks to act on (:func:`parse_networks`; default 0).
+    value : float
+        Added or multiplied value (default 5.0).
+    mode : str
+        ``"amplify"`` (default) or ``"scale"``.
+
+    Returns
+    -------
+    MaskSpec
+        The mask.
+    """
     if mode not in ("amplify", "scale"):
         raise ValueError(f"amplify_mask mode must be 'amplify' or 'scale', got {mode!r}")
     union, indices = _selected_union(netset, networks)
@@ -158,6 +213,20 @@ def random_matched_mask(
     unbiased null. ``True`` draws only from neurons *outside* the reference (a disjoint control; a layer with
     fewer free neurons than it needs is a ``ValueError``). A bool ``[n_layers, width]`` tensor excludes those
     neurons instead. The returned spec copies the reference's signal / mode / value when given a MaskSpec.
+
+    Parameters
+    ----------
+    reference_mask : torch.Tensor [layer, unit] or MaskSpec
+        The reference whose per-layer counts are matched.
+    seed : int
+        Seed of the draw (default 0).
+    exclude : bool or torch.Tensor [layer, unit], optional
+        Neurons never drawn (see above).
+
+    Returns
+    -------
+    MaskSpec
+        The control (``kind="random"``).
     """
     template = reference_mask if isinstance(reference_mask, MaskSpec) else None
     reference = check_bool_mask(template.mask if template is not None else reference_mask).cpu()
@@ -205,7 +274,26 @@ def random_fraction_mask(
     n_layers: int, width: int, fraction: float = 0.15, seed: int = 0, signal: str = "mlp_out"
 ) -> MaskSpec:
     """The paper's flat random mask: in **every layer** exactly ``round(fraction * width)`` units, chosen
-    uniformly at random (seeded), so the total is ``n_layers * round(fraction * width)``."""
+    uniformly at random (seeded), so the total is ``n_layers * round(fraction * width)``.
+
+    Parameters
+    ----------
+    n_layers : int
+        Layers of the mask.
+    width : int
+        Units per layer.
+    fraction : float
+        Share of every layer's units, in [0, 1] (default 0.15).
+    seed : int
+        Seed of the draw (default 0).
+    signal : str
+        ``mlp_out`` (default) or ``mlp_act``.
+
+    Returns
+    -------
+    MaskSpec
+        A ``mode="zero"`` mask (``kind="random_fraction"``).
+    """
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     per_layer = int(round(float(fraction) * int(width)))

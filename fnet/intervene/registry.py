@@ -43,7 +43,47 @@ ABLATIONS = ("zero", "mean")
 
 @dataclass
 class MaskRequest:
-    """What a builder may read: the networks and every ``conf/mask`` setting (see :func:`build_mask`)."""
+    """What a builder may read: the networks and every ``conf/mask`` setting (see :func:`build_mask`).
+
+    Parameters
+    ----------
+    netset : NetworkSet, optional
+        The networks.
+    networks : int, list of int or str, optional
+        The selected networks (:func:`parse_networks`).
+    match : int, list of int or str, optional
+        A control matched to these networks instead of ``networks``.
+    seed : int
+        The draw of a random control (default 0).
+    fraction : float, optional
+        ``random_fraction``: the share of every layer's units.
+    value : float
+        ``amplify``: added; ``scale``: multiplied (default 0.0).
+    exclude_reference : bool
+        Count-matched controls: draw only outside the networks (default False).
+    signal : str
+        ``mlp_out`` (default) or ``mlp_act``.
+    n_layers, width : int, optional
+        The mask's shape (``random_fraction`` without networks).
+    scale : torch.Tensor [layer, unit], optional
+        Each neuron's RMS activation (magnitude-matched kinds).
+    bins : int or list of float
+        Quantile bins per layer of the magnitude-matched draws, or their quantile edges (default 10).
+    ablation : str
+        ``zero`` (default) or ``mean``: what a lesion sets its neurons to.
+    means : torch.Tensor [layer, unit], optional
+        Each neuron's mean activation (``ablation="mean"``).
+    as_published : bool
+        Every layer masked with the last layer's row, the published code's bug (default False).
+    top_k : int
+        Top-magnitude units per layer that are massive candidates (default 4).
+    n_units : int
+        Massive units: the candidates most frequent across networks (default 4).
+    unit : int
+        Rank of the massive unit a single-unit lesion removes (default 0).
+    stream : str, optional
+        None: the seed alone picks the draw; a string: an independent stream (:func:`draw_seed`).
+    """
 
     netset: Any = None
     networks: Any = None
@@ -75,26 +115,26 @@ class MaskRequest:
 class MaskKind:
     """One mask mode.
 
-    Attributes
+    Parameters
     ----------
-    name
+    name : str
         The ``mask.mode`` value (``conf/mask/<name>.yaml``).
-    build
+    build : callable
         ``build(request: MaskRequest) -> MaskSpec | None``.
-    label
+    label : str
         What a report calls it (``"count-matched control"``).
-    describe
+    describe : str
         The sweep table's condition label, a format string over ``networks``, ``K``, ``disjoint``, ``fraction``,
         ``value`` and ``subset``; ``{k}`` adds `` (K=..)`` where the networks' K is known.
-    order
+    order : int
         Position in tables (lower first).
-    needs_networks, seeded, needs_scale
+    needs_networks, seeded, needs_scale : bool
         Whether it is built from a NetworkSet, drawn at random (reported over seeds), or needs neuron scale.
-    controls
+    controls : str, optional
         For a random control: the kind it controls (``lesion`` or ``preserve``); else None.
-    condition
+    condition : str
         The name a study's report gives the condition (default: ``name``).
-    per_network
+    per_network : bool
         Whether ``networks`` selects what it acts on (a sweep groups its jobs by it).
     """
 
@@ -119,7 +159,18 @@ MASKS: dict[str, MaskKind] = {}
 
 
 def register(kind: MaskKind) -> MaskKind:
-    """Add ``kind`` to :data:`MASKS` (a name registered twice is an error: it would silently replace a builder)."""
+    """Add ``kind`` to :data:`MASKS` (a name registered twice is an error: it would silently replace a builder).
+
+    Parameters
+    ----------
+    kind : MaskKind
+        The mask mode.
+
+    Returns
+    -------
+    MaskKind
+        ``kind`` itself.
+    """
     if kind.name in MASKS:
         raise ValueError(f"mask kind {kind.name!r} is registered already")
     MASKS[kind.name] = kind
@@ -127,7 +178,18 @@ def register(kind: MaskKind) -> MaskKind:
 
 
 def control_kinds(controls: str) -> dict[str, MaskKind]:
-    """The random controls of ``controls`` (``lesion`` or ``preserve``), by study condition name."""
+    """The random controls of ``controls`` (``lesion`` or ``preserve``), by study condition name.
+
+    Parameters
+    ----------
+    controls : str
+        ``lesion`` or ``preserve``.
+
+    Returns
+    -------
+    dict of str to MaskKind
+        The controls by condition name, in table order.
+    """
     return {k.condition_name(): k for k in sorted(MASKS.values(), key=lambda k: k.order) if k.controls == controls}
 
 

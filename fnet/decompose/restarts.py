@@ -49,6 +49,18 @@ def abs_corr_matrix(a: Any, b: Any) -> np.ndarray:
     """``|corr|  # [K1, K2]`` between the rows of ``a  # [K1, N]`` and ``b  # [K2, N]`` (Pearson, vectorised).
 
     A constant row has correlation 0 with everything (not NaN).
+
+    Parameters
+    ----------
+    a : array-like [K1, N]
+        Rows to correlate (ndarray or tensor).
+    b : array-like [K2, N]
+        Rows to correlate, as wide as ``a``.
+
+    Returns
+    -------
+    ndarray [K1, K2]
+        Absolute Pearson correlations (float64).
     """
     a, b = _as_2d_float64(a, "a"), _as_2d_float64(b, "b")
     if a.shape[1] != b.shape[1]:
@@ -64,7 +76,22 @@ def abs_corr_matrix(a: Any, b: Any) -> np.ndarray:
 
 def best_match_abs_corr(reference: Any, estimate: Any) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``reference  # [K1, N]``: the highest |corr| with any row of ``estimate  # [K2, N]`` and
-    that row's index; returns ``(abs_corr  # [K1], index  # [K1])``. Not one-to-one (a greedy best match)."""
+    that row's index; returns ``(abs_corr  # [K1], index  # [K1])``. Not one-to-one (a greedy best match).
+
+    Parameters
+    ----------
+    reference : array-like [K1, N]
+        The reference rows.
+    estimate : array-like [K2, N]
+        The rows searched for a match.
+
+    Returns
+    -------
+    abs_corr : ndarray [K1]
+        The best |corr| per reference row.
+    index : ndarray [K1]
+        Index of that row of ``estimate``.
+    """
     similarity = abs_corr_matrix(reference, estimate)  # [K1, K2]
     return similarity.max(axis=1), similarity.argmax(axis=1)
 
@@ -73,10 +100,21 @@ def best_match_abs_corr(reference: Any, estimate: Any) -> tuple[np.ndarray, np.n
 class RestartResult:
     """Outcome of :func:`fit_with_restarts`.
 
-    best : the kept fitted estimator. stability : [K] for its components (in its own order): mean over the other
-    restarts of the best-match |corr| of spatial maps (NaN when n_init == 1). all_stability : [n_init, K], the same
-    for every restart. seeds : the random_state of each restart. best_index : index of ``best`` in ``seeds``.
-    estimators : every fitted restart.
+    Parameters
+    ----------
+    best : estimator
+        The kept fitted estimator.
+    stability : ndarray [K]
+        For its components (in its own order): mean over the other restarts of the best-match |corr| of spatial
+        maps (NaN when n_init == 1).
+    all_stability : ndarray [n_init, K]
+        The same for every restart.
+    seeds : list of int
+        The random_state of each restart.
+    best_index : int
+        Index of ``best`` in ``seeds``.
+    estimators : list
+        Every fitted restart.
     """
 
     best: Any
@@ -97,7 +135,18 @@ def _restart_seeds(estimator, n_init: int) -> list[int]:
 
 def restart_stability(maps: Sequence[Any]) -> np.ndarray:
     """``stability  # [R, K]`` for ``R`` solutions ``maps[r]  # [K, N]``: for component k of restart r, the mean
-    over the other restarts s != r of ``max_j |corr(maps[r][k], maps[s][j])|``. All pairs in one matmul."""
+    over the other restarts s != r of ``max_j |corr(maps[r][k], maps[s][j])|``. All pairs in one matmul.
+
+    Parameters
+    ----------
+    maps : Sequence of array-like [K, N]
+        The spatial maps of each restart.
+
+    Returns
+    -------
+    ndarray [R, K]
+        The stabilities (NaN when ``R < 2``).
+    """
     stacked = np.stack([_as_2d_float64(m, "maps") for m in maps])  # [R, K, N]
     n_restarts, n_components, _ = stacked.shape
     if n_restarts < 2:
@@ -179,6 +228,18 @@ def group_decomposition(estimator, arrays: Sequence[Any]):
     """Fit a clone of ``estimator`` on all texts together (``arrays[i]  # [tokens_i, neurons]``) and return it.
 
     FastICA streams the texts as one matrix stacked along tokens; CanICA treats each as a subject.
+
+    Parameters
+    ----------
+    estimator : estimator
+        An unfitted decomposition estimator (cloned, not changed).
+    arrays : Sequence of array-like [tokens_i, neurons]
+        The texts' activations.
+
+    Returns
+    -------
+    estimator
+        The fitted clone.
     """
     arrays = list(arrays)
     if not arrays:
@@ -192,6 +253,20 @@ def individual_decompositions(estimator, arrays: Sequence[Any], *, on_too_short:
     A text with too few tokens (fewer than ``n_components + 1``: centring removes one dimension) raises a
     ValueError naming every such text and its token count, before anything is fitted; with
     ``on_too_short="skip"`` its entry is None and a warning names it.
+
+    Parameters
+    ----------
+    estimator : estimator
+        An unfitted decomposition estimator (cloned per text).
+    arrays : Sequence of array-like [tokens_i, neurons]
+        The texts' activations.
+    on_too_short : str
+        ``"raise"`` (default) or ``"skip"``.
+
+    Returns
+    -------
+    list
+        One fitted estimator per text (None for a skipped text).
     """
     Choice(ON_TOO_SHORT).check("on_too_short", on_too_short)
     arrays = list(arrays)

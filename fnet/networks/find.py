@@ -40,7 +40,25 @@ NETWORK_CODE = ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording", 
 
 @dataclass
 class Decomposition:
-    """A fitted group or individual decomposition turned into networks."""
+    """A fitted group or individual decomposition turned into networks.
+
+    Parameters
+    ----------
+    name : str
+        The data set's name (group) or the text's id (individual).
+    networks : NetworkSet
+        The thresholded networks.
+    n_tokens : int
+        Tokens the decomposition was fitted on.
+    n_iter : int or None
+        The estimator's ``n_iter_``, when it has one.
+    converged : bool or None
+        The estimator's ``converged_``, when it has one.
+    seconds : float
+        Fitting time (0.0 for individual decompositions).
+    extra : dict
+        Further information (default empty).
+    """
 
     name: str
     networks: NetworkSet
@@ -52,7 +70,18 @@ class Decomposition:
 
 
 def estimator_settings(estimator: Any) -> dict[str, Any]:
-    """What identifies an unfitted estimator: its class path and its parameters (``get_params(deep=False)``)."""
+    """What identifies an unfitted estimator: its class path and its parameters (``get_params(deep=False)``).
+
+    Parameters
+    ----------
+    estimator : Any
+        An estimator with ``get_params``.
+
+    Returns
+    -------
+    dict
+        ``{"estimator": "<module>.<class>", **params}``.
+    """
     cls = type(estimator)
     return {"estimator": f"{cls.__module__}.{cls.__qualname__}", **estimator.get_params(deep=False)}
 
@@ -62,7 +91,28 @@ def networks_from_estimator(fitted: Any, n_layers: int, width: int, thresholds: 
     """The thresholded ``spatial_maps_  # [K, n_layers*width]`` of a fitted estimator as a NetworkSet.
 
     ``thresholds`` holds the keyword arguments of :meth:`NetworkSet.from_maps` (``alpha``, ``rule``,
-    ``percentile``, ``sign``)."""
+    ``percentile``, ``sign``).
+
+    Parameters
+    ----------
+    fitted : Any
+        A fitted estimator with ``spatial_maps_``.
+    n_layers : int
+        Layers of the recorded signal.
+    width : int
+        Units per layer.
+    thresholds : Mapping
+        Keyword arguments of :meth:`NetworkSet.from_maps`.
+    stability : array-like [K], optional
+        Per-component stability stored with the networks.
+    provenance : Mapping, optional
+        Stored with the networks.
+
+    Returns
+    -------
+    NetworkSet
+        K networks over ``[n_layers, width]``.
+    """
     maps = np.asarray(fitted.spatial_maps_, dtype=np.float32)  # [K, n_layers*width]
     return NetworkSet.from_maps(torch.from_numpy(maps), n_layers, width, **dict(thresholds),
                                 stability=None if stability is None else torch.as_tensor(stability),
@@ -83,7 +133,34 @@ def group_networks(estimator: Any, arrays: Sequence[Any], n_layers: int, width: 
 
     With ``n_init > 1`` the estimator is fitted with seeds ``seed .. seed + n_init - 1`` and the most stable
     solution is kept (:func:`fnet.decompose.fit_with_restarts`); the networks then carry per-component stability.
-    ``provenance`` is stored with the networks, completed with ``n_init`` and ``n_tokens``."""
+    ``provenance`` is stored with the networks, completed with ``n_init`` and ``n_tokens``.
+
+    Parameters
+    ----------
+    estimator : Any
+        An unfitted decomposition estimator (cloned, not changed).
+    arrays : Sequence of ndarray
+        Activations ``[tokens_i, n_layers*width]`` per text.
+    n_layers : int
+        Layers of the recorded signal.
+    width : int
+        Units per layer.
+    thresholds : Mapping
+        Keyword arguments of :meth:`NetworkSet.from_maps`.
+    name : str
+        The data set's name (``data`` in the provenance).
+    n_init : int
+        Fits with different seeds (default 1).
+    seed : int
+        The first seed (default 0).
+    provenance : Mapping, optional
+        Stored with the networks.
+
+    Returns
+    -------
+    Decomposition
+        The group decomposition.
+    """
     started = time.time()
     fitted, stability = _fit(estimator, arrays, n_init, seed)
     n_tokens = int(sum(a.shape[0] for a in arrays))
@@ -96,7 +173,32 @@ def group_networks(estimator: Any, arrays: Sequence[Any], n_layers: int, width: 
 def individual_networks(estimator: Any, arrays: Sequence[Any], ids: Sequence[str], n_layers: int, width: int,
                         thresholds: Mapping[str, Any], *, name: str,
                         provenance: Mapping[str, Any] | None = None) -> list[Decomposition]:
-    """One decomposition per text (``arrays[i]`` is text ``ids[i]``), each as networks."""
+    """One decomposition per text (``arrays[i]`` is text ``ids[i]``), each as networks.
+
+    Parameters
+    ----------
+    estimator : Any
+        An unfitted decomposition estimator (cloned per text).
+    arrays : Sequence of ndarray
+        Activations ``[tokens_i, n_layers*width]`` per text.
+    ids : Sequence of str
+        The texts' ids.
+    n_layers : int
+        Layers of the recorded signal.
+    width : int
+        Units per layer.
+    thresholds : Mapping
+        Keyword arguments of :meth:`NetworkSet.from_maps`.
+    name : str
+        The data set's name (``data`` in the provenance).
+    provenance : Mapping, optional
+        Stored with each text's networks.
+
+    Returns
+    -------
+    list of Decomposition
+        One per text.
+    """
     started = time.time()
     out = []
     for text_id, array, fitted in zip(ids, arrays, individual_decompositions(estimator, arrays)):
@@ -121,6 +223,8 @@ def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], est
         The model whose networks are found.
     stimuli
         Data set name -> :class:`~fnet.recording.StimulusSet`; only the template texts are used.
+    source
+        A data set of ``stimuli``, or ``all`` (the default): every data set's template texts stacked.
     estimator
         An unfitted decomposition estimator (e.g. :class:`fnet.decompose.FastICA`); its class and parameters
         are part of the cache key.

@@ -81,23 +81,23 @@ def iou(a: Any, b: Any) -> torch.Tensor:
 class TemplateMatch:
     """Result of ``match_templates``.
 
-    Attributes
+    Parameters
     ----------
-    iou
+    iou : torch.Tensor
         [K_templates, total individual networks] float64, individuals' networks concatenated in order.
-    counts
+    counts : torch.Tensor
         [K_templates] int64: individual networks (over all individuals) with IoU > threshold.
-    best_iou
+    best_iou : list of torch.Tensor
         one [K_ind_i] float64 per individual: each network's max IoU over templates.
-    individual
+    individual : torch.Tensor
         [total] int64: which individual each column of ``iou`` belongs to.
-    template_sizes
+    template_sizes : torch.Tensor
         [K_templates] int64.
-    n_individuals
+    n_individuals : int
         number of individuals.
-    threshold
+    threshold : float
         the IoU threshold (strict >).
-    template_ids
+    template_ids : list of int
         each template's index in its original set (see ``NetworkSet.network_ids``).
     """
 

@@ -69,6 +69,13 @@ def plot_network_maps(
         which networks to draw (positions in ``netset``); default all.
     ncols
         panels per row.
+    dpi
+        resolution of the saved image.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``, written.
     """
     order = list(range(netset.n_networks)) if indices is None else [int(i) for i in indices]
     if max_networks is not None:
@@ -112,6 +119,22 @@ def plot_counts_per_layer(
 
     kind: ``"lines"`` (one line per network), ``"heatmap"`` (networks x layers, with a colorbar), or
     ``"auto"``: lines for up to 10 networks, heatmap beyond.
+
+    Parameters
+    ----------
+    netset
+        the networks.
+    path
+        output image (format from the suffix, e.g. .png).
+    kind
+        ``"auto"`` (default), ``"lines"`` or ``"heatmap"``.
+    dpi
+        resolution of the saved image.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``, written.
     """
     if kind not in ("auto", "lines", "heatmap"):
         raise ValueError(f"unknown kind {kind!r}; valid: 'auto', 'lines', 'heatmap'")
@@ -156,6 +179,26 @@ def plot_iou_matrix(
     """Heatmap of an IoU matrix [K1, K2] (rows along y, columns along x), colour range [0, 1], colorbar.
 
     annotate: write each value in its cell; default only when the matrix has at most 15 x 15 cells.
+
+    Parameters
+    ----------
+    iou
+        the matrix [K1, K2] (tensor or array).
+    path
+        output image (format from the suffix, e.g. .png).
+    xlabel, ylabel
+        axis labels.
+    title
+        the figure's title; default none.
+    annotate
+        write each value in its cell (see above).
+    dpi
+        resolution of the saved image.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``, written.
     """
     matrix = _to_numpy(iou).astype(np.float64)
     if matrix.ndim != 2 or 0 in matrix.shape:

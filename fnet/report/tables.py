@@ -59,6 +59,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     floatfmt
         format spec for floats (ints, bools and strings are written as they are).
 
+    Returns
+    -------
+    str
+        The table, without a trailing newline; "" if there are no columns at all.
+
     Notes
     -----
     Cells are padded to the column width; a column whose filled cells are all numbers is right-aligned
@@ -116,6 +121,16 @@ def provenance_header(provenance: Mapping[str, Any]) -> str:
     Always lists model, signal, data, seed, K and fnet version (``(not recorded)`` when missing), then any
     other keys in sorted order. Values are shown in backticks; dicts/lists as compact JSON. Ends without a
     trailing newline.
+
+    Parameters
+    ----------
+    provenance
+        the run's provenance (a mapping).
+
+    Returns
+    -------
+    str
+        The markdown block.
     """
     if not isinstance(provenance, Mapping):
         raise TypeError(f"provenance must be a dict, got {type(provenance).__name__}")

@@ -53,11 +53,6 @@ PENDING: dict[str, set[str]] = {
     "fnet.attribution.word_log_probs": {'PR01', 'RT01'},
     "fnet.attribution.word_samples": {'PR01', 'RT01'},
     "fnet.networks.find_group_networks": {'RT01'},
-    "fnet.study.Job": {'PR01'},
-    "fnet.study.main": {'PR01', 'RT01'},
-    "fnet.study.plan": {'PR01', 'RT01'},
-    "fnet.study.run_jobs": {'PR01', 'RT01'},
-    "fnet.study.summary_lines": {'PR01', 'RT01'},
 }
 
 

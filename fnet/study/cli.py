@@ -137,7 +137,18 @@ def _run(args: argparse.Namespace, preset: dict, jobs: list, root: Path) -> dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fnet.study PRESET [key=value ...]``: run a study preset, resumably; returns the exit status."""
+    """``python -m fnet.study PRESET [key=value ...]``: run a study preset, resumably; returns the exit status.
+
+    Parameters
+    ----------
+    argv : Sequence of str, optional
+        The arguments; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status.
+    """
     args = _parser().parse_args(argv)
     preset = load_preset(args.preset, args.set)
     if args.compose:

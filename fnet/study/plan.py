@@ -249,6 +249,16 @@ def plan(p: dict) -> list[Job]:
     task first; with ``order: table``, every task's Table-5 jobs come before any Table-4 job, and those before
     Table 8's.
 
+    Parameters
+    ----------
+    p : dict
+        The preset.
+
+    Returns
+    -------
+    list of Job
+        The jobs, each after its dependencies.
+
     Examples
     --------
     >>> from fnet.study.preset import load_preset

@@ -52,6 +52,23 @@ class Job:
 
     ``overrides`` may hold ``{dep_name}`` placeholders, replaced by the output path of job ``dep_name`` (which
     must be in ``deps``) when the job runs. ``meta`` describes the job for the report (task, condition, ...).
+
+    Parameters
+    ----------
+    name : str
+        Unique name, also the job's folder under the study root (``train/sst2``).
+    stage : str
+        One of :data:`STAGES`.
+    entry : list of str
+        What ``python`` runs, before the overrides (``["train.py"]``, ``["-m", "<module>"]``).
+    overrides : list of str
+        The Hydra overrides (``key=value``).
+    deps : list of str
+        Names of the jobs it needs (default none).
+    meta : dict
+        Description for the report (default empty).
+    output : str
+        Glob of the job's output, relative to its folder (default ``result.json``).
     """
 
     name: str
@@ -448,6 +465,36 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
     wall-clock budget; rerun to continue). Every record: name, stage, status (done | skipped | ran | failed |
     blocked | pending | excluded), key, folder, seconds; the result's ``deadline_reached`` says whether jobs were
     left for that reason.
+
+    Parameters
+    ----------
+    jobs : Sequence of Job
+        The jobs, dependencies first.
+    root : str or pathlib.Path
+        The study's folder (one subfolder per job).
+    only : str, optional
+        Run only jobs of this stage.
+    dry_run : bool
+        Say what would run, run nothing (default False).
+    python : str
+        The interpreter jobs run with (default ``sys.executable``).
+    cwd : str or pathlib.Path
+        The jobs' working folder (default the repository root).
+    env_key : str, optional
+        Content key of code, data and libraries, part of every job's key (default :func:`environment_key`).
+    log : callable
+        Takes each progress line (default ``print``).
+    workers : int
+        Jobs run at once (default 1).
+    batch : int
+        Most ``evaluate.py`` jobs per process (default 1).
+    deadline : float, optional
+        A ``time.time()`` value after which no job starts.
+
+    Returns
+    -------
+    dict
+        ``{"jobs": [records], "counts": {status: n}, "deadline_reached": bool}``.
     """
     root, cwd = Path(root).resolve(), Path(cwd)
     state = _Run(jobs, root, env_key or environment_key(cwd if (cwd / "fnet").is_dir() else CODE_ROOT), only, dry_run)
@@ -478,7 +525,18 @@ def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, 
 
 
 def summary_lines(result: dict) -> list[str]:
-    """The end-of-run lines: totals, then one line per failed or blocked job."""
+    """The end-of-run lines: totals, then one line per failed or blocked job.
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`run_jobs` returned.
+
+    Returns
+    -------
+    list of str
+        The lines.
+    """
     c = result["counts"]
     n = len(result["jobs"])
     lines = [f"{n} jobs, {c['skipped']} already done, recomputed {c['ran']}, failed {c['failed']}, "

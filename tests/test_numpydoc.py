@@ -27,32 +27,6 @@ CHECKS = ("GL08", "PR01", "PR02", "RT01")
 PENDING: dict[str, set[str]] = {
     # an abstract base: its Parameters are its subclasses' (FastICA, Picard), whose __init__ take them
     "fnet.decompose.TemporalICA": {'PR02'},
-    "fnet.attribution.AlignedSentence": {'PR01'},
-    "fnet.attribution.AttributionResult": {'PR01'},
-    "fnet.attribution.KeyNeuronCounter": {'PR01'},
-    "fnet.attribution.WordSamples": {'PR01'},
-    "fnet.attribution.activation_x_gradient": {'PR01', 'RT01'},
-    "fnet.attribution.align_sentences": {'PR01', 'RT01'},
-    "fnet.attribution.align_words": {'PR01', 'RT01'},
-    "fnet.attribution.attribute_samples": {'PR01', 'RT01'},
-    "fnet.attribution.bootstrap_metrics": {'PR01', 'RT01'},
-    "fnet.attribution.cap_per_tag": {'PR01', 'RT01'},
-    "fnet.attribution.columns_of": {'PR01', 'RT01'},
-    "fnet.attribution.compare_classifiers": {'PR01'},
-    "fnet.attribution.gauss_legendre_01": {'PR01', 'RT01'},
-    "fnet.attribution.integrated_gradients": {'PR01', 'RT01'},
-    "fnet.attribution.key_neuron_set": {'PR01', 'RT01'},
-    "fnet.attribution.lesion_effects": {'PR01', 'RT01'},
-    "fnet.attribution.mean_signal": {'PR01', 'RT01'},
-    "fnet.attribution.n_top": {'PR01', 'RT01'},
-    "fnet.attribution.random_matched_columns": {'PR01', 'RT01'},
-    "fnet.attribution.record_word_features": {'PR01', 'RT01'},
-    "fnet.attribution.replace_signals": {'PR01'},
-    "fnet.attribution.seed_interval": {'PR01', 'RT01'},
-    "fnet.attribution.select_key_neurons": {'PR01', 'RT01'},
-    "fnet.attribution.word_log_probs": {'PR01', 'RT01'},
-    "fnet.attribution.word_samples": {'PR01', 'RT01'},
-    "fnet.networks.find_group_networks": {'RT01'},
 }
 
 

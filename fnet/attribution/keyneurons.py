@@ -26,7 +26,20 @@ SELECTION_RULES = ("frequency", "contrast")
 # Key neurons: per-sample top fraction, per-tag most frequent
 # --------------------------------------------------------------------------------------------------------------
 def n_top(n_neurons: int, top_fraction: float) -> int:
-    """Neurons kept per sample: ``round(top_fraction * n_neurons)``, at least 1."""
+    """Neurons kept per sample: ``round(top_fraction * n_neurons)``, at least 1.
+
+    Parameters
+    ----------
+    n_neurons
+        neurons per sample.
+    top_fraction
+        the kept fraction, in (0, 1].
+
+    Returns
+    -------
+    int
+        the number kept.
+    """
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
     return max(1, int(round(top_fraction * n_neurons)))
@@ -40,6 +53,17 @@ class KeyNeuronCounter:
     one pushing for it) or the signed attribution (``rank_by="signed"``: only neurons that raise the right
     word's probability). Per tag, ``counts[tag, neuron]`` is how many of the tag's samples kept the neuron, and
     ``score_sums`` the sum of its score over those samples (used to break ties, and for mean scores).
+
+    Parameters
+    ----------
+    n_tags
+        number of tags.
+    n_neurons
+        neurons per sample (all layers, flat).
+    top_fraction
+        fraction of neurons kept per sample (default 0.05; :func:`n_top`).
+    rank_by
+        ``"abs"`` (default) or ``"signed"``.
 
     Attributes
     ----------
@@ -158,7 +182,32 @@ def select_key_neurons(
     rule: str = "frequency",
 ) -> tuple[list[torch.Tensor], KeyNeuronCounter]:
     """Key neurons per tag from an in-memory ``attributions  # [samples, n_neurons]`` array (see
-    :class:`KeyNeuronCounter`). Returns ``(per-tag flat neuron indices, counter)``."""
+    :class:`KeyNeuronCounter`). Returns ``(per-tag flat neuron indices, counter)``.
+
+    Parameters
+    ----------
+    attributions
+        [samples, n_neurons] (or [samples, layer, unit], flattened).
+    tag_ids
+        [samples] tag id of each sample.
+    n_tags
+        number of tags.
+    top_fraction
+        fraction of neurons kept per sample (default 0.05).
+    top_k
+        key neurons per tag (default 100).
+    rank_by
+        ``"abs"`` (default) or ``"signed"``.
+    rule
+        ``"frequency"`` (default) or ``"contrast"`` (:meth:`KeyNeuronCounter.key_neurons`).
+
+    Returns
+    -------
+    key_neurons : list of torch.Tensor
+        per tag, up to ``top_k`` flat neuron indices, best first.
+    counter : KeyNeuronCounter
+        the counts they were selected from.
+    """
     attributions = torch.as_tensor(attributions)
     counter = KeyNeuronCounter(n_tags, attributions.reshape(attributions.shape[0], -1).shape[1], top_fraction,
                                rank_by)

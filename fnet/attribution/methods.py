@@ -77,6 +77,22 @@ def replace_signals(
     ``hidden`` is the signal the module computed, in batch-first layout ``[batch, seq, width]``; the return value
     (same shape, batch-first) is what the rest of the model sees. An ``edit`` of :func:`fnet.hooks.trace_signal`
     (per-layer hook objects, layout handled there); hooks are removed on exit, also on error.
+
+    Parameters
+    ----------
+    model
+        the causal LM.
+    signal
+        ``mlp_out`` | ``mlp_act``.
+    replace
+        ``replace(layer, hidden) -> hidden``.
+    spec
+        the model's :class:`~fnet.models.ArchSpec`; found from ``model`` when ``None``.
+
+    Yields
+    ------
+    list
+        the per-layer hook objects.
     """
     with trace_signal(model, check_signal(signal), edit=replace, spec=spec) as hooks:
         yield hooks
@@ -105,7 +121,20 @@ def target_log_probs(logits: torch.Tensor, target_positions: torch.Tensor, targe
 
 
 def gauss_legendre_01(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss-Legendre nodes and weights on [0, 1]: ``(alphas [steps], weights [steps])``, weights sum to 1."""
+    """Gauss-Legendre nodes and weights on [0, 1]: ``(alphas [steps], weights [steps])``, weights sum to 1.
+
+    Parameters
+    ----------
+    steps
+        number of nodes (>= 1).
+
+    Returns
+    -------
+    alphas : torch.Tensor
+        [steps] nodes in (0, 1), float64.
+    weights : torch.Tensor
+        [steps] weights, float64.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     nodes, weights = np.polynomial.legendre.leggauss(int(steps))  # on [-1, 1]
@@ -119,7 +148,7 @@ def gauss_legendre_01(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 class AttributionResult:
     """Attributions of each sample's target log-probability to every neuron at every position.
 
-    Attributes
+    Parameters
     ----------
     attributions
         [batch, seq, layer, unit] (the model's dtype, on CPU; 0 at padded positions: nothing
@@ -348,11 +377,49 @@ def _act_x_grad(model, input_ids, attention_mask, target_positions, target_ids, 
 
 
 def integrated_gradients(model, input_ids, attention_mask, target_positions, target_ids, **kwargs) -> AttributionResult:
-    """:func:`attribute` with ``method="ig"``."""
+    """:func:`attribute` with ``method="ig"``.
+
+    Parameters
+    ----------
+    model
+        a registry causal LM (eval mode).
+    input_ids, attention_mask
+        [batch, seq] (right padding).
+    target_positions
+        [batch] position whose logits predict the target.
+    target_ids
+        [batch] the target token ids.
+    **kwargs
+        the other keyword arguments of :func:`attribute`.
+
+    Returns
+    -------
+    AttributionResult
+        ``attributions`` and ``activations`` [batch, seq, layer, unit], ``target_logprob`` [batch].
+    """
     return attribute(model, input_ids, attention_mask, target_positions, target_ids, method="ig", **kwargs)
 
 
 def activation_x_gradient(model, input_ids, attention_mask, target_positions, target_ids, **kwargs) -> AttributionResult:
-    """:func:`attribute` with ``method="act_x_grad"``."""
+    """:func:`attribute` with ``method="act_x_grad"``.
+
+    Parameters
+    ----------
+    model
+        a registry causal LM (eval mode).
+    input_ids, attention_mask
+        [batch, seq] (right padding).
+    target_positions
+        [batch] position whose logits predict the target.
+    target_ids
+        [batch] the target token ids.
+    **kwargs
+        the other keyword arguments of :func:`attribute` (``steps`` is ignored).
+
+    Returns
+    -------
+    AttributionResult
+        ``attributions`` and ``activations`` [batch, seq, layer, unit], ``target_logprob`` [batch].
+    """
     kwargs.pop("steps", None)
     return attribute(model, input_ids, attention_mask, target_positions, target_ids, method="act_x_grad", **kwargs)

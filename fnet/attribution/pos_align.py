@@ -23,7 +23,7 @@ __all__ = ["AlignedSentence", "align_words", "align_sentences", "WordSamples", "
 class AlignedSentence:
     """A sentence as the model sees it.
 
-    Attributes
+    Parameters
     ----------
     sent_id, text
         the sentence's id and its rebuilt text.
@@ -75,6 +75,24 @@ def align_words(
       token (``'t``) is the word's first token.
 
     Returns ``(text, input_ids, first_token)`` with ``first_token[i]`` in ``[0, len(input_ids))`` or -1.
+
+    Parameters
+    ----------
+    tokenizer
+        a fast tokenizer (offset mapping).
+    words
+        the sentence's words.
+    max_length
+        truncate to this many tokens; default no truncation.
+
+    Returns
+    -------
+    text : str
+        the rebuilt sentence.
+    input_ids : list of int
+        its token ids.
+    first_token : list of int
+        per word, the index of its first token, or -1.
     """
     text, spans = sentence_text(words)
     kwargs: dict[str, Any] = {"return_offsets_mapping": True, "add_special_tokens": True}
@@ -109,7 +127,22 @@ def align_words(
 
 def align_sentences(tokenizer, sentences: Sequence[Sentence], max_length: int | None = None) -> list[AlignedSentence]:
     """Each sentence aligned to the tokenizer with :func:`align_words`: its text, token ids and the first token
-    of every word (``max_length`` caps the tokens), with the sentence id and tags kept."""
+    of every word (``max_length`` caps the tokens), with the sentence id and tags kept.
+
+    Parameters
+    ----------
+    tokenizer
+        a fast tokenizer (offset mapping).
+    sentences
+        the sentences (:mod:`fnet.attribution.conllu`).
+    max_length
+        truncate each sentence to this many tokens; default no truncation.
+
+    Returns
+    -------
+    list of AlignedSentence
+        one per sentence, in order.
+    """
     out = []
     for sentence in sentences:
         text, input_ids, first_token = align_words(tokenizer, sentence.words, max_length)
@@ -124,7 +157,7 @@ def align_sentences(tokenizer, sentences: Sequence[Sentence], max_length: int | 
 class WordSamples:
     """Aligned words as flat arrays (one entry per sample).
 
-    Attributes
+    Parameters
     ----------
     sentence
         [n] index into the aligned sentence list.
@@ -158,7 +191,22 @@ class WordSamples:
 def word_samples(aligned: Sequence[AlignedSentence], tag_names: Sequence[str], *, need_context: bool = True) -> WordSamples:
     """Every aligned word (``first_token >= 0``) as a sample. ``need_context``: only words with a token before
     their first token (a prediction needs a prefix; a tokenizer without BOS gives the first word none).
-    Tags not in ``tag_names`` are an error."""
+    Tags not in ``tag_names`` are an error.
+
+    Parameters
+    ----------
+    aligned
+        the aligned sentences.
+    tag_names
+        the tag vocabulary (tag ids index it).
+    need_context
+        keep only words with a token before their first token (default True).
+
+    Returns
+    -------
+    WordSamples
+        one sample per kept word, in sentence and word order.
+    """
     index = {t: i for i, t in enumerate(tag_names)}
     rows = []
     for s, sentence in enumerate(aligned):
@@ -174,7 +222,22 @@ def word_samples(aligned: Sequence[AlignedSentence], tag_names: Sequence[str], *
 
 def cap_per_tag(samples: WordSamples, max_per_tag: int | None, seed: int = 0) -> WordSamples:
     """At most ``max_per_tag`` samples per tag, drawn uniformly (seeded); rare tags keep all theirs. Keeps the
-    original order. ``None`` = no cap."""
+    original order. ``None`` = no cap.
+
+    Parameters
+    ----------
+    samples
+        the samples.
+    max_per_tag
+        most samples per tag; None keeps all.
+    seed
+        seed of the draw (default 0).
+
+    Returns
+    -------
+    WordSamples
+        the kept samples (``samples`` itself when ``max_per_tag`` is None).
+    """
     if max_per_tag is None:
         return samples
     rng = np.random.default_rng(seed)

@@ -36,7 +36,28 @@ def word_log_probs(
     batch_size: int = 8,
 ) -> np.ndarray:
     """``log p(first token of the word | sentence prefix)`` per sample, [n] float64, optionally with ``mask
-    # [layer, unit]`` zeroed (:func:`fnet.intervene.apply_mask`) at every position. One forward per sentence batch."""
+    # [layer, unit]`` zeroed (:func:`fnet.intervene.apply_mask`) at every position. One forward per sentence batch.
+
+    Parameters
+    ----------
+    lm
+        the model.
+    aligned
+        the aligned sentences.
+    samples
+        the words (indices into ``aligned``).
+    signal
+        ``mlp_out`` | ``mlp_act``.
+    mask
+        [layer, unit] bool, neurons zeroed; default none.
+    batch_size
+        sentences per forward pass (default 8).
+
+    Returns
+    -------
+    ndarray
+        [n] float64 log-probabilities.
+    """
     out = np.zeros(len(samples), dtype=np.float64)
     by_sentence: dict[int, list[int]] = {}
     for row, s in enumerate(samples.sentence):
@@ -83,6 +104,34 @@ def lesion_effects(
     more than other words *and* more than the random masks do.
 
     Returns ``(rows, clean_log_probs [n])``.
+
+    Parameters
+    ----------
+    lm
+        the model.
+    aligned
+        the aligned sentences.
+    samples
+        the words (indices into ``aligned``).
+    key_masks
+        [n_tags, layer, unit] bool, each tag's key neurons.
+    tags
+        the tag ids to lesion (a tag with no words, or only its words, is skipped).
+    signal
+        ``mlp_out`` | ``mlp_act``.
+    random_seeds
+        seeds of the matched random masks (default 0, 1).
+    batch_size
+        sentences per forward pass (default 8).
+    progress
+        show a progress bar (default False).
+
+    Returns
+    -------
+    rows : list of dict
+        one per lesioned tag.
+    clean_log_probs : ndarray
+        [n] float64, without a lesion.
     """
     clean = word_log_probs(lm, aligned, samples, signal=signal, batch_size=batch_size)
     rows = []
@@ -126,7 +175,34 @@ def key_neuron_set(
 ) -> tuple[NetworkSet, list[int]]:
     """One network per tag with at least ``min_samples`` samples: its ``top_k`` key neurons (selection ``rule``,
     see :meth:`KeyNeuronCounter.key_neurons`). ``maps`` hold the fraction of the tag's samples that kept each
-    neuron. Returns ``(netset, tag ids of its networks)``."""
+    neuron. Returns ``(netset, tag ids of its networks)``.
+
+    Parameters
+    ----------
+    counter
+        the key-neuron counts.
+    top_k
+        key neurons per tag.
+    n_layers
+        layers.
+    width
+        units per layer.
+    tag_names
+        the tag vocabulary.
+    min_samples
+        fewest samples of a tag with a network (default 1).
+    rule
+        ``"frequency"`` (default) or ``"contrast"``.
+    provenance
+        stored with the networks, completed with the selection's settings.
+
+    Returns
+    -------
+    netset : NetworkSet
+        one network per kept tag.
+    tags : list of int
+        the tag id of each network.
+    """
     keep = [t for t in range(counter.n_tags) if int(counter.n_samples[t]) >= max(1, int(min_samples))]
     chosen = counter.key_neurons(top_k, rule)
     masks = torch.zeros(len(keep), n_layers * width, dtype=torch.bool)

@@ -49,6 +49,34 @@ def attribute_samples(
     per-sample neuron scores into ``counter``. Prefixes are sorted by length so a batch wastes little padding.
 
     Returns the samples' clean target log-probabilities, [n] float64 (in sample order).
+
+    Parameters
+    ----------
+    lm
+        the model.
+    aligned
+        the aligned sentences.
+    samples
+        the words to attribute (indices into ``aligned``).
+    counter
+        updated in place with each sample's scores.
+    signal
+        ``mlp_out`` | ``mlp_act``.
+    method
+        ``act_x_grad`` (default) | ``ig``.
+    steps, baseline, alpha_batch
+        as in :func:`fnet.attribution.methods.attribute`.
+    batch_size
+        samples per attribution batch (default 16).
+    positions
+        ``"target"`` (default): the scores at the predicting position; ``"sum"``: summed over positions.
+    progress
+        show a progress bar (default False).
+
+    Returns
+    -------
+    ndarray
+        [n] float64 clean target log-probabilities.
     """
     if positions not in ("target", "sum"):
         raise ValueError(f"unknown positions {positions!r}; valid: 'target', 'sum'")
@@ -90,6 +118,28 @@ def record_word_features(
 
     ``position="word"``: at each word's first token; ``"before"``: at the token before it (the position that
     predicts the word). Sentences are recorded once each with :class:`fnet.recording.recorder.Recorder`.
+
+    Parameters
+    ----------
+    lm
+        the model.
+    aligned
+        the aligned sentences.
+    samples
+        the words (indices into ``aligned``).
+    signal
+        ``mlp_out`` | ``mlp_act``.
+    batch_size
+        sentences per forward pass (default 8).
+    position
+        ``"word"`` (default) or ``"before"``.
+    progress
+        show a progress bar (default False).
+
+    Returns
+    -------
+    ndarray
+        [n_samples, n_layers * width] float32.
     """
     if position not in ("word", "before"):
         raise ValueError(f"unknown position {position!r}; valid: 'word', 'before'")
@@ -115,7 +165,22 @@ def record_word_features(
 
 
 def mean_signal(X: np.ndarray, n_layers: int, width: int) -> torch.Tensor:
-    """Per-neuron mean of recorded activations, ``[layer, unit]`` (the IG ``mean`` baseline)."""
+    """Per-neuron mean of recorded activations, ``[layer, unit]`` (the IG ``mean`` baseline).
+
+    Parameters
+    ----------
+    X
+        [n_samples, n_layers * width] activations (layer-major columns).
+    n_layers
+        layers.
+    width
+        units per layer.
+
+    Returns
+    -------
+    torch.Tensor
+        [layer, unit] float32 means.
+    """
     return torch.from_numpy(np.asarray(X, dtype=np.float64).mean(axis=0)).float().reshape(n_layers, width)
 
 
@@ -123,13 +188,37 @@ def mean_signal(X: np.ndarray, n_layers: int, width: int) -> torch.Tensor:
 # Classifier comparison
 # --------------------------------------------------------------------------------------------------------------
 def columns_of(mask: torch.Tensor) -> np.ndarray:
-    """Flat layer-major column indices of a ``[layer, unit]`` bool mask."""
+    """Flat layer-major column indices of a ``[layer, unit]`` bool mask.
+
+    Parameters
+    ----------
+    mask
+        [layer, unit] bool.
+
+    Returns
+    -------
+    ndarray
+        [n] int64 column indices of the True neurons.
+    """
     return torch.nonzero(torch.as_tensor(mask).reshape(-1)).flatten().numpy()
 
 
 def random_matched_columns(mask: torch.Tensor, seed: int) -> np.ndarray:
     """Columns of a random mask with the same number of neurons in every layer as ``mask`` (drawn from all the
-    layer's units: the paper's unbiased "same number of random neurons" control)."""
+    layer's units: the paper's unbiased "same number of random neurons" control).
+
+    Parameters
+    ----------
+    mask
+        [layer, unit] bool, the reference.
+    seed
+        seed of the draw.
+
+    Returns
+    -------
+    ndarray
+        [mask.sum()] int64 column indices.
+    """
 
     return columns_of(random_matched_mask(torch.as_tensor(mask, dtype=torch.bool), seed=seed).mask)
 
@@ -148,7 +237,26 @@ def bootstrap_metrics(
     confidence: float = 0.95, seed: int = 0,
 ) -> dict[str, float]:
     """Accuracy and macro-F1 (over ``labels``, default the test labels) with percentile bootstrap CIs over test
-    words (``scipy.stats.bootstrap``, paired resampling of (true, predicted))."""
+    words (``scipy.stats.bootstrap``, paired resampling of (true, predicted)).
+
+    Parameters
+    ----------
+    y_true, y_pred
+        [words] true and predicted tag ids.
+    labels
+        the labels macro-F1 averages over; default those of ``y_true``.
+    n_resamples
+        bootstrap resamples (default 1000); 0 gives no intervals.
+    confidence
+        level of the intervals (default 0.95).
+    seed
+        seed of the resampling (default 0).
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``macro_f1`` and, with resamples and more than one word, their ``_lo``/``_hi`` bounds.
+    """
     from scipy.stats import bootstrap
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -168,7 +276,20 @@ def bootstrap_metrics(
 
 
 def seed_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and t-interval over seeds: ``(mean, low, high)``; one value gives a zero-width interval."""
+    """Mean and t-interval over seeds: ``(mean, low, high)``; one value gives a zero-width interval.
+
+    Parameters
+    ----------
+    values
+        one value per seed.
+    confidence
+        level of the interval (default 0.95).
+
+    Returns
+    -------
+    tuple of float
+        ``(mean, low, high)``.
+    """
     from scipy.stats import t as student_t
 
     values = np.asarray(values, dtype=np.float64)
@@ -218,6 +339,16 @@ def compare_classifiers(
         [words] tag ids.
     key_mask
         [layer, unit] bool, the neurons of the key-neuron classifier.
+    random_seeds
+        seeds of the matched random-neuron classifiers (default 0, 1, 2).
+    all_neurons
+        also fit a classifier on all neurons (default True).
+    C, max_iter
+        the logistic regression's inverse regularisation (default 1.0) and iteration limit (default 300).
+    n_bootstrap
+        bootstrap resamples of the test words (default 1000).
+    seed
+        seed of the classifiers and of the bootstrap (default 0).
 
     Returns
     -------

@@ -237,6 +237,11 @@ def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], est
     provenance_fields
         Extra fields for the networks' provenance (e.g. ``ckpt_path``).
 
+    Returns
+    -------
+    NetworkSet
+        The group networks (from the cache when an earlier run with the same key wrote them).
+
     Raises
     ------
     ValueError

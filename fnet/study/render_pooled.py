@@ -1,5 +1,6 @@
 """A v2 study's report: ``report.md``, ``summary.csv`` (per run and pooled), ``effects.csv`` (per run and pooled,
-with corrected p values), ``runs.csv`` (every training run and where it ran) and figures a reader looks at first.
+with corrected p values), ``runs.csv`` (every training run and where it ran), figures a reader looks at first and
+``explorer.html`` (:mod:`fnet.study.explorer`).
 
 :func:`write_pooled_report` is what ``python -m fnet.study`` writes for a preset with training runs
 (``training_runs``); the statistics are :mod:`fnet.study.pooled`'s, the layout is here.
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fnet.report import markdown_table
+from fnet.study.explorer import csv_table, write_study_explorer
 from fnet.study.figures import plot_layers, plot_lesion_effects, plot_preservation_panels
 from fnet.study.pooled import (POOLED_COLUMNS, POOLED_EFFECT_COLUMNS, claims, mechanisms, pool, pooled_summary,
                                run_effects, run_summary)
@@ -136,5 +138,12 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
     lines += ["## All conditions (per run and pooled)", "", markdown_table(summary, POOLED_COLUMNS), ""]
     lines += ["## Wall time", ""] + runs_table(runs_log)
     (out / "report.md").write_text("\n".join(lines))
+    explorer = write_study_explorer(
+        out, preset=preset, records=records, effect_rows=effects, figures=[lesion_png, pres_png, layers_png],
+        title=f"Study {preset['name']}: {description}", meta=[("machines", machines_line(runs_log))],
+        tables=[csv_table("claims", "What holds (pooled over runs, corrected)", verdicts,
+                          POOLED_EFFECT_COLUMNS + ["verdict"]),
+                csv_table("runs", "Training runs (runs.csv)", runs, RUN_COLUMNS),
+                csv_table("summary", "All conditions, per run and pooled (summary.csv)", summary, POOLED_COLUMNS)])
     return {"report": out / "report.md", "summary": out / "summary.csv", "effects": out / "effects.csv",
-            "runs": out / "runs.csv", "figures": figures, "claims": verdicts}
+            "runs": out / "runs.csv", "figures": figures, "claims": verdicts, "explorer": explorer}

@@ -112,11 +112,12 @@ def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], eff
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paper_model, _ = paper_for(preset)
+    paper_model, paper = paper_for(preset)
     for name, rows, columns in (("summary.csv", summary, SUMMARY_COLUMNS), ("effects.csv", effect_rows, EFFECT_COLUMNS),
                                 ("jobs.csv", jobs, job_columns)):
         _write_csv(out / name, rows, columns)
-    pres_png = plot_preservation(summary, out / "preservation.png")
+    pres_png = plot_preservation(summary, out / "preservation.png", paper=paper, paper_name=paper_model,
+                                 same_model=paper_model == preset.get("model"))
     lines = [title or f"# Study `{preset['name']}`: {preset['model']} ({preset['path']})", "",
              f"Machines: {machines}.", ""]
     if codes:

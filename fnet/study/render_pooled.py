@@ -89,7 +89,7 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
     root = Path(root)
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
-    paper = paper_for(preset)[1]
+    paper_model, paper = paper_for(preset)
     rows = load_results(records)
     per_run = run_summary(rows, paper)
     pooled_rows = pooled_summary(per_run)
@@ -107,7 +107,8 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
                POOLED_EFFECT_COLUMNS + ["verdict"])
     _write_csv(out / "runs.csv", runs, RUN_COLUMNS)
     lesion_png = plot_lesion_effects(verdicts, out / "lesion_effects.png")
-    pres_png = plot_preservation_panels(summary, out / "preservation.png")
+    pres_png = plot_preservation_panels(summary, out / "preservation.png", paper=paper, paper_name=paper_model,
+                                        same_model=paper_model == preset.get("model"))
     files = {f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"]) for r in records
              if r.get("stage") == "analyze" and r.get("status") in FINISHED and r.get("output")
              and r["meta"].get("K") == preset.get("n_networks") and r["meta"].get("run", 0) == 0}

@@ -6,7 +6,9 @@ Debian's ``chromium`` package (``.ci/run`` installs it when missing); ``FNET_CHR
 
 Usage as a script (the README's card screenshot)::
 
-    python tests/browser.py screenshot PAGE.html "#card-all-0" docs/network_card.png
+    python tests/browser.py screenshot PAGE.html "#card-all-9" docs/network_card.png [WIDTH]
+
+(``WIDTH``: the window's width in pixels, default 1400; the README's was taken at 1000.)
 """
 
 from __future__ import annotations
@@ -216,11 +218,11 @@ class Browser:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 4 or argv[0] != "screenshot":
+    if len(argv) not in (4, 5) or argv[0] != "screenshot":
         print(__doc__, file=sys.stderr)
         return 2
-    _, page, selector, out = argv
-    with Browser() as browser:
+    _, page, selector, out = argv[:4]
+    with Browser(width=int(argv[4]) if len(argv) == 5 else 1400) as browser:
         browser.open(page)
         browser.screenshot(out, selector)
         errors = browser.errors()

@@ -229,6 +229,9 @@ def _report_header(cfg, lm, stimuli, results, combined) -> list[str]:
         f"with rule `{cfg.networks.rule}` (alpha {cfg.networks.alpha}, sign policy `{cfg.networks.sign}`); "
         f"template match = IoU > {cfg.networks.match_threshold}.",
         "",
+        "What each network responds to (its top tokens in context, the texts that drive it, its layers, top units "
+        "and massive units): `explorer.html`, one self-contained page beside this report; open it in a browser.",
+        "",
         "## Data",
         "",
         markdown_table([

@@ -221,4 +221,7 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
         figures=[paths["preservation"], paths["layers"]], title=f"Study {preset['name']}: {preset['model']}",
         tables=[csv_table("summary", "All conditions (summary.csv)", summary, SUMMARY_COLUMNS),
                 csv_table("effects", "Paired differences (effects.csv)", effect_rows, EFFECT_COLUMNS)])
+    with open(paths["report"], "a") as handle:  # a composed report (render_report alone) has no explorer
+        handle.write("\n\nThe figures and tables with a card per network (what it responds to, what lesioning it "
+                     "costs): `explorer.html`, one self-contained page; open it in a browser.\n")
     return paths

@@ -127,6 +127,8 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
     figures = [p.name for p in (lesion_png, pres_png, layers_png) if p]
     if figures:
         lines += ["Figures: " + ", ".join(f"`{f}`" for f in figures) + ".", ""]
+    lines += ["The same figures and tables, with a card per network (what it responds to, what lesioning it costs): "
+              "`explorer.html`, one self-contained page; open it in a browser.", ""]
     mech = mechanisms(records, effects)
     if mech:
         lines += ["## Mechanisms: single-network lesions by shared massive units", ""]

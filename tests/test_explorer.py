@@ -287,6 +287,9 @@ def test_study_explorer_tables_and_cards_match_its_csvs(study):
     table = page.tables["summary"]
     assert [[r[table["head"].index(c)] for c in ("score", "ci_low", "ci_high")] for r in table["rows"]] == \
         [[shown(float(s[c])) for c in ("score", "ci_low", "ci_high")] for s in summary]
+    # counts as counts: n_rows and K as in the CSV, not as 200.000
+    assert [[r[table["head"].index(c)] for c in ("K", "n_rows", "n_jobs")] for r in table["rows"]] == \
+        [[s[c] for c in ("K", "n_rows", "n_jobs")] for s in summary]
     table = page.tables["effects"]
     assert [[r[table["head"].index(c)] for c in ("target", "a", "b", "diff", "ci_low", "ci_high")]
             for r in table["rows"]] == [[e["target"], e["a"], e["b"], shown(float(e["diff"])),

@@ -34,9 +34,12 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    """A number as the page shows it: ``digits`` decimals, scientific below 10^-digits, blank for None/NaN."""
+    """A number as the page shows it: an integer as is (counts, K), else ``digits`` decimals, scientific below
+    10^-digits; blank for None, ``n/a`` for NaN."""
     if value is None:
         return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     value = float(value)
     if math.isnan(value):
         return "n/a"

@@ -97,10 +97,10 @@ def netset() -> NetworkSet:
 def test_plot_network_maps(tmp_path, netset):
     path = plot_network_maps(netset, tmp_path / "figs" / "maps.png")
     image = check_png(path)
-    # 4 columns x 2 rows of 4in x 2.2in panels at 100 dpi
-    assert image.shape[1] == 1600
-    small = check_png(plot_network_maps(netset, tmp_path / "two.png", max_networks=2))
-    assert small.shape[1] == 800
+    # one readable panel per network: 2 columns x 3 rows of 5.5 in x (1.3 + 0.16 per layer) in at 100 dpi
+    assert image.shape[1] == 1100 and image.shape[0] == round(100 * (0.4 + 3 * (1.3 + 0.16 * 4)))
+    small = check_png(plot_network_maps(netset, tmp_path / "two.png", max_networks=1))
+    assert small.shape[1] == 550
     # after select, a lone neuron still draws (dark pixels present)
     lone = NetworkSet.from_neuron_sets([[(1, 7)]], 4, 32)
     img = check_png(plot_network_maps(lone, tmp_path / "lone.png"))

@@ -140,6 +140,11 @@ def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
     assert "sst2, all networks lesioned" in report and "count-matched" in report
     assert "only the K=3 networks kept" in report
     assert (root / "summary.csv").exists() and (root / "layers.png").exists() and (root / "preservation.png").exists()
+    explorer = (root / "explorer.html").read_text()  # v1: the analyze jobs' networks as cards, with time courses
+    sets = [j for j in plan(load_preset("tiny", ["lesion_each=[]", "seeds=2"])) if j.stage == "analyze"
+            and j.meta["K"] == 3]
+    assert explorer.count('<article class="card"') == 3 * len(sets) > 0 and "Top contexts" in explorer
+    assert "predates time courses" not in explorer
     second = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     assert second.returncode == 0
     n = len(plan(load_preset("tiny", ["lesion_each=[]", "seeds=2"])))
@@ -174,6 +179,9 @@ def test_tiny_v2_study_runs_every_level_end_to_end_and_pools_its_runs(tmp_path):
         pooled = [r for r in csv.DictReader(handle) if r["run"] == "pooled"]
     assert pooled and all(r["p_adjusted"] and float(r["p_adjusted"]) >= float(r["p"]) for r in pooled)
     assert (root / "lesion_effects.png").exists() and (root / "preservation.png").exists()
+    explorer = (root / "explorer.html").read_text()  # v2: each run's networks, per-network lesion effects
+    sets = [j for j in plan(load_preset("tiny_v2")) if j.stage == "analyze" and j.meta["K"] == 3]
+    assert explorer.count('<article class="card"') == 3 * len(sets) > 0 and 'class="effect"' in explorer
     assert "Holm" in (root / "report.md").read_text() or "holm" in (root / "report.md").read_text()
     second = subprocess.run(cmd + ["--no-report"], cwd=repo, env=env, capture_output=True, text=True)
     assert f"{n} jobs, {n} already done, recomputed 0" in second.stdout

@@ -190,3 +190,40 @@ def test_the_report_names_each_runs_machine_and_a_study_resumed_elsewhere_names_
     write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "zeroshot", "n_networks": 10},
                  records=recs, out=tmp_path / "zeroshot")
     assert "one training run" not in (tmp_path / "zeroshot" / "report.md").read_text()  # nothing was trained
+
+
+def _curve_rows(tasks, *, pooled=False):
+    """Summary rows of a preservation curve per task: networks, count-matched controls, unmasked and chance."""
+    rows = []
+    for task in tasks:
+        for cond, base in (("preserve", 0.6), ("preserve_count", 0.5)):
+            for i, kept in enumerate((100, 1000, 10000)):
+                score = base + 0.1 * i
+                rows.append({"task": task, "condition": cond, "metric": "accuracy", "score": score,
+                             "ci_low": score - 0.05, "ci_high": score + 0.05, "n_kept": kept, "n_neurons": 36864,
+                             "unmasked": 0.9, "chance": 0.5, "run": "pooled" if pooled else None})
+    return rows
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_preservation_figures_give_every_task_a_readable_panel_and_the_papers_numbers(tmp_path, pooled):
+    """7 tasks: a 3 x 3 grid of 5 x 3.9 in panels, not a strip of 7; the paper's preservation points are drawn
+    only when the paper studied the study's model (its neuron counts compare), its unmasked score always."""
+    from PIL import Image
+    import numpy as np
+
+    from fnet.study.figures import plot_preservation, plot_preservation_panels
+
+    plot, dpi = (plot_preservation_panels, 110) if pooled else (plot_preservation, 100)
+    tasks = ["cola", "mrpc", "qqp", "sst2", "mnli", "qnli", "ag_news"]
+    gpt2 = paper_tables()["models"]["gpt2"]
+    paths = {}
+    for label, kwargs in (("none", {}), ("line", dict(paper=gpt2, paper_name="gpt2")),
+                          ("points", dict(paper=gpt2, paper_name="gpt2", same_model=True))):
+        paths[label] = plot(_curve_rows(tasks, pooled=pooled), tmp_path / f"{label}.png", **kwargs)
+    image = {k: np.asarray(Image.open(p).convert("L"), dtype=np.int16) for k, p in paths.items()}
+    assert image["none"].shape == (round(dpi * 3 * 3.9), round(dpi * 3 * 5.0))
+    assert all(a.shape == image["none"].shape for a in image.values())
+    assert (image["line"] != image["none"]).sum() > 500 and (image["points"] != image["line"]).sum() > 100
+    assert plot([r for r in _curve_rows(["sst2"], pooled=pooled) if r["condition"] != "preserve"],
+                tmp_path / "empty.png") is None

@@ -67,6 +67,9 @@ class Decomposition:
     converged: bool | None
     seconds: float
     extra: dict = field(default_factory=dict)
+    #: with ``keep_sources``: each text's component time courses ``[tokens_i, K]`` float32 (``transform`` of the
+    #: fitted estimator), in the fit's component order and sign (orient them with ``networks.signs``)
+    sources: list | None = None
 
 
 def estimator_settings(estimator: Any) -> dict[str, Any]:
@@ -119,6 +122,13 @@ def networks_from_estimator(fitted: Any, n_layers: int, width: int, thresholds: 
                                 provenance=provenance)
 
 
+def _time_courses(fitted: Any, arrays: Sequence[Any]) -> list[np.ndarray]:
+    """``transform`` of the stacked texts, split back into one ``[tokens_i, K]`` float32 array per text."""
+    stacked = np.asarray(fitted.transform(list(arrays)), dtype=np.float32)  # [tokens, K]
+    bounds = np.cumsum([0] + [int(a.shape[0]) for a in arrays])
+    return [stacked[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _fit(estimator: Any, arrays: Sequence[Any], n_init: int, seed: int):
     if n_init > 1:
         result = fit_with_restarts(estimator, arrays, seeds=[seed + i for i in range(n_init)])
@@ -127,13 +137,14 @@ def _fit(estimator: Any, arrays: Sequence[Any], n_init: int, seed: int):
 
 
 def group_networks(estimator: Any, arrays: Sequence[Any], n_layers: int, width: int, thresholds: Mapping[str, Any],
-                   *, name: str, n_init: int = 1, seed: int = 0,
-                   provenance: Mapping[str, Any] | None = None) -> Decomposition:
+                   *, name: str, n_init: int = 1, seed: int = 0, provenance: Mapping[str, Any] | None = None,
+                   keep_sources: bool = False) -> Decomposition:
     """One decomposition over ``arrays`` (``[tokens_i, n_layers*width]`` each, read as stacked), as networks.
 
     With ``n_init > 1`` the estimator is fitted with seeds ``seed .. seed + n_init - 1`` and the most stable
     solution is kept (:func:`fnet.decompose.fit_with_restarts`); the networks then carry per-component stability.
-    ``provenance`` is stored with the networks, completed with ``n_init`` and ``n_tokens``.
+    ``provenance`` is stored with the networks, completed with ``n_init`` and ``n_tokens``. ``keep_sources``: the
+    kept fit's time courses over every text (one more pass over the data) go into ``Decomposition.sources``.
 
     Parameters
     ----------
@@ -155,6 +166,9 @@ def group_networks(estimator: Any, arrays: Sequence[Any], n_layers: int, width: 
         The first seed (default 0).
     provenance : Mapping, optional
         Stored with the networks.
+    keep_sources : bool
+        Keep the components' time courses over the recorded tokens (``Decomposition.sources``), for
+        :func:`fnet.networks.describe` (default False).
 
     Returns
     -------
@@ -167,13 +181,13 @@ def group_networks(estimator: Any, arrays: Sequence[Any], n_layers: int, width: 
     prov = dict(provenance or {}, level="group", data=name, n_init=n_init, n_tokens=n_tokens)
     nets = networks_from_estimator(fitted, n_layers, width, thresholds, stability=stability, provenance=prov)
     return Decomposition(name, nets, n_tokens, getattr(fitted, "n_iter_", None), getattr(fitted, "converged_", None),
-                         time.time() - started)
+                         time.time() - started, sources=_time_courses(fitted, arrays) if keep_sources else None)
 
 
 def individual_networks(estimator: Any, arrays: Sequence[Any], ids: Sequence[str], n_layers: int, width: int,
-                        thresholds: Mapping[str, Any], *, name: str,
-                        provenance: Mapping[str, Any] | None = None) -> list[Decomposition]:
-    """One decomposition per text (``arrays[i]`` is text ``ids[i]``), each as networks.
+                        thresholds: Mapping[str, Any], *, name: str, provenance: Mapping[str, Any] | None = None,
+                        keep_sources: bool = False) -> list[Decomposition]:
+        """One decomposition per text (``arrays[i]`` is text ``ids[i]``), each as networks.
 
     Parameters
     ----------
@@ -193,6 +207,8 @@ def individual_networks(estimator: Any, arrays: Sequence[Any], ids: Sequence[str
         The data set's name (``data`` in the provenance).
     provenance : Mapping, optional
         Stored with each text's networks.
+    keep_sources : bool
+        Keep each text's time courses (``Decomposition.sources``, one array) (default False).
 
     Returns
     -------
@@ -205,7 +221,8 @@ def individual_networks(estimator: Any, arrays: Sequence[Any], ids: Sequence[str
         prov = dict(provenance or {}, level="individual", data=name, text_id=text_id, n_tokens=int(array.shape[0]))
         nets = networks_from_estimator(fitted, n_layers, width, thresholds, provenance=prov)
         out.append(Decomposition(text_id, nets, int(array.shape[0]), getattr(fitted, "n_iter_", None),
-                                 getattr(fitted, "converged_", None), 0.0))
+                                 getattr(fitted, "converged_", None), 0.0,
+                                 sources=_time_courses(fitted, [array]) if keep_sources else None))
     log.info("%s: %d individual decompositions in %.1f s", name, len(out), time.time() - started)
     return out
 

@@ -7,7 +7,8 @@ templates, restarts and stability) and individual ICA per text (:mod:`fnet.netwo
 spatial maps into :class:`~fnet.networks.NetworkSet` s, counts how many individual networks match each template
 (IoU > ``networks.match_threshold``, the paper's Tables 1-3), and writes ``report.md``, the network files and
 figures into the Hydra run folder. A group decomposition over all datasets' template texts together (``all``) is
-made too: it is the default network set that ``evaluate.py`` lesions.
+made too: it is the default network set that ``evaluate.py`` lesions. ``explorer.html`` shows what each network
+responds to (:mod:`fnet.pipelines.explore`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fnet.cache import code_version
 from fnet.models import LoadedModel
 from fnet.networks import NETWORK_CODE, Decomposition, NetworkSet, group_networks, individual_networks, iou, match_templates
 from fnet.pipelines._common import load_lm, load_stimuli, make_estimator, record_from_config, thresholds
+from fnet.pipelines.explore import log_explorer, write_analysis_explorer
 from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters
 from fnet.provenance import provenance
 from fnet.recording import ActivationStore, slug
@@ -66,7 +68,7 @@ def _group(lm: LoadedModel, cfg: DictConfig, name: str, arrays: list, data_prov:
     estimator, n_init = make_estimator(cfg.ica, int(cfg.seed))
     group, messages = _collecting_convergence(
         group_networks, estimator, arrays, lm.n_layers, lm.width(cfg.record.signal), thresholds(cfg), name=name,
-        n_init=n_init, seed=int(cfg.seed), provenance=_provenance(lm, cfg, data_detail=data_prov))
+        n_init=n_init, seed=int(cfg.seed), provenance=_provenance(lm, cfg, data_detail=data_prov), keep_sources=True)
     if group.converged is False:
         log.warning("group decomposition %r did not converge: %d of %d restarts stopped short, the kept one "
                     "included (first: %s)", name, len(messages), n_init, messages[0] if messages else "no message")
@@ -91,7 +93,7 @@ def _individuals(lm: LoadedModel, cfg: DictConfig, name: str, store: ActivationS
     estimator, _ = make_estimator(cfg.ica, int(cfg.seed))
     individuals, _ = _collecting_convergence(
         individual_networks, estimator, store.arrays(ids), ids, lm.n_layers, lm.width(cfg.record.signal),
-        thresholds(cfg), name=name, provenance=_provenance(lm, cfg))
+        thresholds(cfg), name=name, provenance=_provenance(lm, cfg), keep_sources=True)
     failed = [ind.name for ind in individuals if ind.converged is False]
     if failed:
         log.warning("%d of %d individual decompositions of %r did not converge: %s", len(failed), len(individuals),
@@ -119,6 +121,7 @@ def run(cfg: DictConfig) -> dict:
     timings = {"load_model_s": time.time() - t0}
 
     results: dict[str, dict] = {}
+    stores: dict[str, ActivationStore] = {}
     group_arrays_all: list = []
     all_prov: dict = {}
     metrics: dict[str, float] = {}
@@ -126,6 +129,7 @@ def run(cfg: DictConfig) -> dict:
         t = time.time()
         store = record_from_config(lm, cfg, name, list(stim.template) + list(stim.individual))
         timings[f"record_{name}_s"] = time.time() - t
+        stores[name] = store
         template_arrays = store.arrays([x.id for x in stim.template])
         group_arrays_all += template_arrays
         all_prov[name] = stim.provenance
@@ -167,9 +171,12 @@ def run(cfg: DictConfig) -> dict:
     timings["decompose_all_s"] = time.time() - t
 
     summary = _write_report(cfg, out, lm, stimuli, results, combined, timings)
+    explorer, page = write_analysis_explorer(out, cfg, lm, stimuli, stores, results, combined)
+    networks = {slug(n): r["group"].networks for n, r in results.items()} | {"all": combined.networks}
     for logger in loggers:
         logger.log_metrics(metrics)
         _log_figures(logger, fig_dir)
+        log_explorer(logger, page, explorer, networks, fig_dir)
         logger.finalize("success")
     log.info("analysis report: %s", out / "report.md")
     return summary
@@ -221,6 +228,9 @@ def _report_header(cfg, lm, stimuli, results, combined) -> list[str]:
         f"Decomposition `{cfg.ica['_target_']}` with K = {K}; networks = z-scored spatial maps thresholded "
         f"with rule `{cfg.networks.rule}` (alpha {cfg.networks.alpha}, sign policy `{cfg.networks.sign}`); "
         f"template match = IoU > {cfg.networks.match_threshold}.",
+        "",
+        "What each network responds to (its top tokens in context, the texts that drive it, its layers, top units "
+        "and massive units): `explorer.html`, one self-contained page beside this report; open it in a browser.",
         "",
         "## Data",
         "",

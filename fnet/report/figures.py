@@ -1,4 +1,5 @@
-"""Figures of functional networks: network maps over layers x units, counts per layer, IoU matrices.
+"""Figures of functional networks: one panel per network (neurons per layer, top units), counts per layer, IoU
+matrices.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects directly (Agg canvas), never through pyplot:
 no display is needed, the global backend is left alone, and no figure is kept alive after saving.
@@ -44,18 +45,32 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _top_units_text(netset: NetworkSet, k: int, n: int) -> str:
+    """Network ``k``'s ``n`` strongest neurons as lines ``layer L, unit U (z Z)`` (by oriented map value when the
+    set has maps, else the first in layer order)."""
+    members = _to_numpy(netset.neurons(k))  # [m, 2] (layer, unit)
+    if netset.maps is not None and len(members):
+        z = _to_numpy(netset.maps[k])[members[:, 0], members[:, 1]]
+        order = np.argsort(-z, kind="stable")[:n]
+        return "\n".join(f"layer {members[i, 0]}, unit {members[i, 1]} (z {z[i]:.1f})" for i in order)
+    return "\n".join(f"layer {layer}, unit {unit}" for layer, unit in members[:n])
+
+
 def plot_network_maps(
     netset: NetworkSet,
     path: str | Path,
     max_networks: int | None = None,
     *,
     indices: Sequence[int] | None = None,
-    ncols: int = 4,
+    ncols: int = 2,
+    n_units: int = 6,
     dpi: int = 100,
 ) -> Path:
-    """Each network as a layers x units panel: rows = layers (layer 0 at the top), columns = units, one
-    dark mark per neuron in the network. Marks are drawn as points, not image pixels, so a lone neuron
-    stays visible at any width. Panel titles give the network's original index and its size.
+    """One readable panel per network: its neurons per layer as horizontal bars (layer 0 at the top, every layer
+    labelled), its strongest units listed beside them, and its size in the title.
+
+    A layer x unit dot map of a real model (SmolLM2: 30 x 576) shrinks a network to a few specks; the counts per
+    layer say where it sits, and the top units (by oriented z-map value) say which neurons carry it.
 
     Parameters
     ----------
@@ -69,6 +84,8 @@ def plot_network_maps(
         which networks to draw (positions in ``netset``); default all.
     ncols
         panels per row.
+    n_units
+        strongest units listed per network.
     dpi
         resolution of the saved image.
 
@@ -83,25 +100,37 @@ def plot_network_maps(
     if not order:
         raise ValueError("plot_network_maps: no networks to draw")
     ids = netset.network_ids()
-    sizes = netset.sizes()
+    sizes = _to_numpy(netset.sizes())
+    counts = _to_numpy(netset.counts_per_layer())  # [K, layer]
+    stability = None if netset.stability is None else _to_numpy(netset.stability)
     ncols = max(1, min(int(ncols), len(order)))
     nrows = math.ceil(len(order) / ncols)
-    fig = _new_figure(4.0 * ncols, 0.6 + 2.2 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
     n_layers, width = netset.n_layers, netset.width
+    panel_height = 1.3 + 0.16 * n_layers
+    fig = _new_figure(5.5 * ncols, 0.4 + panel_height * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    layers = np.arange(n_layers)
     for panel, ax in enumerate(axes.flat):
         if panel >= len(order):
             ax.set_axis_off()
             continue
         k = order[panel]
-        layer_unit = _to_numpy(netset.neurons(k))  # [n, 2] (layer, unit)
-        ax.scatter(layer_unit[:, 1], layer_unit[:, 0], s=4, marker="s", c="black", linewidths=0)
-        ax.set_xlim(-0.5, width - 0.5)
+        ax.barh(layers, counts[k], height=0.8, color="#2b5c8a")
         ax.set_ylim(n_layers - 0.5, -0.5)
-        ax.set_title(f"network {ids[k]} ({int(sizes[k])} neurons)", fontsize=9)
-        ax.set_xlabel("unit", fontsize=8)
+        ax.set_yticks(layers, [str(l) for l in layers], fontsize=max(5, min(8, 240 // max(n_layers, 1))))
+        ax.set_xlim(0, max(1, int(counts[k].max())) * 1.15)
+        ax.set_xlabel(f"neurons in the network (count; {width} units per layer)", fontsize=8)
         ax.set_ylabel("layer", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        title = f"network {ids[k]}: {int(sizes[k])} neurons ({100 * sizes[k] / max(netset.n_neurons, 1):.2f} % of all)"
+        if stability is not None and np.isfinite(stability[k]):
+            title += f", stability {stability[k]:.2f}"
+        ax.set_title(title, fontsize=9)
+        listing = _top_units_text(netset, k, n_units)
+        if listing:
+            ax.text(0.98, 0.02, "top units\n" + listing, transform=ax.transAxes, ha="right", va="bottom",
+                    fontsize=7, family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
     model = netset.provenance.get("model")
     if model is not None:
         fig.suptitle(str(model), fontsize=10)

@@ -1,4 +1,6 @@
-"""The study report's figures: preservation curves with control bands, and where the networks sit by layer."""
+"""The study report's figures, laid out to be read: one panel per task at a readable size, axes labelled with their
+units, CIs as bars (the networks) or bands (random controls), the paper's numbers where it has them; and where the
+networks sit by layer."""
 
 from __future__ import annotations
 
@@ -26,33 +28,71 @@ def _figure(width: float, height: float):
     return fig
 
 
-def plot_preservation(summary: Sequence[dict], path: Path) -> Path | None:
-    """Score vs neurons kept per task: networks (points), count-matched control band, unmasked, chance."""
+def _grid(fig, n: int, cols: int):
+    """``n`` axes on a grid of at most ``cols`` columns, row by row."""
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    return [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+
+
+def _paper_marks(ax, paper: dict | None, paper_name: str | None, task: str, x_of=None) -> None:
+    """The paper's numbers for ``task`` on a preservation panel: its unmasked score as a line and, with ``x_of``
+    (neurons kept -> the panel's x), its preservation scores as crosses."""
+    if not paper:
+        return
+    unmasked = (paper.get("unmasked") or {}).get(task)
+    if unmasked is not None:
+        ax.axhline(unmasked, linestyle="-.", color="C3", linewidth=1, label=f"paper: {paper_name} unmasked")
+    points = sorted(((p["kept"], p["score"]) for p in ((paper.get("preserve") or {}).get(task) or {}).values()
+                     if p.get("kept")), key=lambda p: p[0])
+    if points and x_of is not None:
+        ax.plot([x_of(k) for k, _ in points], [v for _, v in points], "x", color="C3", markersize=7,
+                label=f"paper: {paper_name} networks kept")
+
+
+def _networks(ax, pts: Sequence[dict], x: Sequence[float], style: str, label: str) -> None:
+    """Scores as points with their 95 % CIs as bars (a point without a CI: no bar)."""
+    y = np.array([_f(p["score"]) for p in pts])
+    low, high = np.array([_f(p["ci_low"]) for p in pts]), np.array([_f(p["ci_high"]) for p in pts])
+    err = np.nan_to_num(np.vstack([y - low, high - y]), nan=0.0).clip(min=0)
+    ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, label=label)
+
+
+def plot_preservation(summary: Sequence[dict], path: Path, *, paper: dict | None = None,
+                      paper_name: str | None = None, same_model: bool = False) -> Path | None:
+    """One readable panel per task (at most 3 per row): score vs neurons kept, the networks with their 95 % CIs
+    as bars, the random controls with theirs as bands, unmasked, chance and, with ``paper`` (one model's entry of
+    :func:`fnet.study.report.paper_tables`, named ``paper_name``), the paper's unmasked score and, when it is the
+    study's model (``same_model``: neuron counts compare), its preservation points."""
     tasks = sorted({r["task"] for r in summary if r["condition"] == "preserve"})
     if not tasks:
         return None
-    fig = _figure(4.0 * len(tasks), 3.5)
-    for i, task in enumerate(tasks):
-        ax = fig.add_subplot(1, len(tasks), i + 1)
-        for cond, style in (("preserve", "o-"), ("preserve_count", "s--"), ("preserve_magnitude", "^:")):
+    cols = min(3, len(tasks))
+    fig = _figure(5.0 * cols, 3.9 * ((len(tasks) + cols - 1) // cols))
+    for ax, task in zip(_grid(fig, len(tasks), cols), tasks):
+        for cond, style, label in (("preserve", "o-", "networks kept"), ("preserve_count", "s--", "random, count-matched"),
+                                   ("preserve_magnitude", "^:", "random, magnitude-matched")):
             pts = sorted((r for r in summary if r["task"] == task and r["condition"] == cond and r["n_kept"]),
                          key=lambda r: r["n_kept"])
             if not pts:
                 continue
             x = [p["n_kept"] for p in pts]
-            y = np.array([p["score"] for p in pts])
-            ax.plot(x, y, style, label=cond.replace("preserve_", "random ").replace("preserve", "networks"))
-            if cond != "preserve":
+            if cond == "preserve":
+                _networks(ax, pts, x, style, label)
+            else:
+                ax.plot(x, [_f(p["score"]) for p in pts], style, label=label)
                 ax.fill_between(x, [_f(p["ci_low"]) for p in pts], [_f(p["ci_high"]) for p in pts], alpha=0.2)
         row = next(r for r in summary if r["task"] == task)
         if row["unmasked"] is not None:
             ax.axhline(row["unmasked"], linestyle="--", color="k", linewidth=1, label="unmasked")
         if row["chance"] is not None:
             ax.axhline(row["chance"], linestyle=":", color="grey", linewidth=1, label="chance")
+        _paper_marks(ax, paper, paper_name, task, (lambda kept: kept) if same_model else None)
         ax.set_xscale("log")
-        ax.set_xlabel("neurons kept")
-        ax.set_ylabel(row["metric"])
+        ax.set_xlabel("neurons kept (count, log scale)")
+        ax.set_ylabel(f"{row['metric']} on held-out rows (95 % CI)")
         ax.set_title(task)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=100)
     return path
@@ -134,27 +174,33 @@ def plot_lesion_effects(claims: Sequence[dict], path: Path) -> Path | None:
     return path
 
 
-def plot_preservation_panels(summary: Sequence[dict], path: Path) -> Path | None:
-    """One readable panel per task: score vs share of neurons kept (pooled over runs), the networks, the
-    count-matched control band, the magnitude-matched control, the as-published masking, unmasked and chance."""
+def plot_preservation_panels(summary: Sequence[dict], path: Path, *, paper: dict | None = None,
+                             paper_name: str | None = None, same_model: bool = False) -> Path | None:
+    """One readable panel per task (at most 3 per row): score vs share of neurons kept (pooled over runs), the
+    networks with their 95 % CIs as bars, the count-matched control band, the magnitude-matched control, the
+    as-published masking, unmasked, chance and the paper's numbers as in :func:`plot_preservation`."""
     pooled = [r for r in summary if r.get("run") == "pooled"]
     tasks = sorted({r["task"] for r in pooled if r["condition"] == "preserve"})
     if not tasks:
         return None
-    cols = min(2, len(tasks))
-    fig = _figure(5.5 * cols, 4.0 * ((len(tasks) + cols - 1) // cols))
-    styles = {"preserve": ("o-", "networks"), "preserve_count": ("s--", "random (count-matched)"),
-              "preserve_magnitude": ("^:", "random (magnitude-matched)"),
+    cols = min(3, len(tasks))
+    fig = _figure(5.0 * cols, 3.9 * ((len(tasks) + cols - 1) // cols))
+    styles = {"preserve": ("o-", "networks kept"), "preserve_count": ("s--", "random, count-matched"),
+              "preserve_magnitude": ("^:", "random, magnitude-matched"),
               "preserve_as_published": ("x", "networks, as published (10d96da masking)")}
-    for i, task in enumerate(tasks):
-        ax = fig.add_subplot((len(tasks) + cols - 1) // cols, cols, i + 1)
+    for ax, task in zip(_grid(fig, len(tasks), cols), tasks):
+        n_neurons = None
         for cond, (style, label) in styles.items():
             pts = sorted((r for r in pooled if r["task"] == task and r["condition"] == cond and r.get("n_kept")
                           and r.get("n_neurons")), key=lambda r: r["n_kept"])
             if not pts:
                 continue
+            n_neurons = pts[0]["n_neurons"]
             x = [100 * p["n_kept"] / p["n_neurons"] for p in pts]
-            ax.plot(x, [p["score"] for p in pts], style, label=label)
+            if cond == "preserve":
+                _networks(ax, pts, x, style, label)
+            else:
+                ax.plot(x, [_f(p["score"]) for p in pts], style, label=label)
             if cond == "preserve_count":
                 ax.fill_between(x, [_f(p["ci_low"]) for p in pts], [_f(p["ci_high"]) for p in pts], alpha=0.2)
         row = next(r for r in pooled if r["task"] == task)
@@ -162,10 +208,13 @@ def plot_preservation_panels(summary: Sequence[dict], path: Path) -> Path | None
             ax.axhline(row["unmasked"], linestyle="--", color="k", linewidth=1, label="unmasked")
         if row.get("chance") is not None:
             ax.axhline(row["chance"], linestyle=":", color="grey", linewidth=1, label="chance")
+        _paper_marks(ax, paper, paper_name, task,
+                     (lambda kept, n=n_neurons: 100 * kept / n) if same_model and n_neurons else None)
         ax.set_xscale("log")
-        ax.set_xlabel("neurons kept (% of all)")
-        ax.set_ylabel(f"{row['metric']} (pooled over runs)")
+        ax.set_xlabel("neurons kept (% of all, log scale)")
+        ax.set_ylabel(f"{row['metric']}, pooled over runs (95 % CI)")
         ax.set_title(task)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
     return path

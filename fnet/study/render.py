@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fnet.report import markdown_table
+from fnet.study.explorer import csv_table, write_study_explorer
 from fnet.study.figures import layer_centres, plot_layers, plot_preservation
 from fnet.study.report import (EFFECT_COLUMNS, FINISHED, JOB_COLUMNS, SUMMARY_COLUMNS, chance_tasks, effects, headline,
                                ids_text, load_results, normalisation, paper_tables, statements, summarize, whole_counts)
@@ -111,11 +112,12 @@ def render_report(out: str | Path, *, preset: dict, summary: Sequence[dict], eff
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paper_model, _ = paper_for(preset)
+    paper_model, paper = paper_for(preset)
     for name, rows, columns in (("summary.csv", summary, SUMMARY_COLUMNS), ("effects.csv", effect_rows, EFFECT_COLUMNS),
                                 ("jobs.csv", jobs, job_columns)):
         _write_csv(out / name, rows, columns)
-    pres_png = plot_preservation(summary, out / "preservation.png")
+    pres_png = plot_preservation(summary, out / "preservation.png", paper=paper, paper_name=paper_model,
+                                 same_model=paper_model == preset.get("model"))
     lines = [title or f"# Study `{preset['name']}`: {preset['model']} ({preset['path']})", "",
              f"Machines: {machines}.", ""]
     if codes:
@@ -192,10 +194,10 @@ def _controls_info(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
 
 def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
                  n_boot: int = 2000, code: str | None = None) -> dict:
-    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png`` and
-    ``layers.png`` into ``out`` (default: the study folder ``root``). ``code``: the code key the jobs' keys were
-    computed with (default: this checkout's, :func:`fnet.study.scheduler.code_key`), recorded as the ``Code:``
-    line."""
+    """Write ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv``, ``preservation.png``, ``layers.png``
+    and ``explorer.html`` (:mod:`fnet.study.explorer`) into ``out`` (default: the study folder ``root``).
+    ``code``: the code key the jobs' keys were computed with (default: this checkout's,
+    :func:`fnet.study.scheduler.code_key`), recorded as the ``Code:`` line."""
     root = Path(root)
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
@@ -209,8 +211,17 @@ def write_report(root: str | Path, *, preset: dict, records: Sequence[dict], out
              and r["meta"].get("K") == preset.get("n_networks") and r.get("output")}
     massive, overlap = _controls_info(records)
     runs = read_runs(root)
-    return render_report(out, preset=preset, summary=summary, effect_rows=effect_rows, jobs=jobs,
-                         centres=layer_centres(files) if files else {}, massive=massive, overlap=overlap,
-                         machines=machines_line(runs), runs_lines=runs_table(runs),
-                         layers_png=plot_layers(files, out / "layers.png"),
-                         codes=[(code or code_key(), CODE_COVERS)])
+    paths = render_report(out, preset=preset, summary=summary, effect_rows=effect_rows, jobs=jobs,
+                          centres=layer_centres(files) if files else {}, massive=massive, overlap=overlap,
+                          machines=machines_line(runs), runs_lines=runs_table(runs),
+                          layers_png=plot_layers(files, out / "layers.png"),
+                          codes=[(code or code_key(), CODE_COVERS)])
+    paths["explorer"] = write_study_explorer(
+        out, preset=preset, records=records, effect_rows=effect_rows,
+        figures=[paths["preservation"], paths["layers"]], title=f"Study {preset['name']}: {preset['model']}",
+        tables=[csv_table("summary", "All conditions (summary.csv)", summary, SUMMARY_COLUMNS),
+                csv_table("effects", "Paired differences (effects.csv)", effect_rows, EFFECT_COLUMNS)])
+    with open(paths["report"], "a") as handle:  # a composed report (render_report alone) has no explorer
+        handle.write("\n\nThe figures and tables with a card per network (what it responds to, what lesioning it "
+                     "costs): `explorer.html`, one self-contained page; open it in a browser.\n")
+    return paths

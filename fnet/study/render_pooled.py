@@ -1,5 +1,6 @@
 """A v2 study's report: ``report.md``, ``summary.csv`` (per run and pooled), ``effects.csv`` (per run and pooled,
-with corrected p values), ``runs.csv`` (every training run and where it ran) and figures a reader looks at first.
+with corrected p values), ``runs.csv`` (every training run and where it ran), figures a reader looks at first and
+``explorer.html`` (:mod:`fnet.study.explorer`).
 
 :func:`write_pooled_report` is what ``python -m fnet.study`` writes for a preset with training runs
 (``training_runs``); the statistics are :mod:`fnet.study.pooled`'s, the layout is here.
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fnet.report import markdown_table
+from fnet.study.explorer import csv_table, write_study_explorer
 from fnet.study.figures import plot_layers, plot_lesion_effects, plot_preservation_panels
 from fnet.study.pooled import (POOLED_COLUMNS, POOLED_EFFECT_COLUMNS, claims, mechanisms, pool, pooled_summary,
                                run_effects, run_summary)
@@ -87,7 +89,7 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
     root = Path(root)
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
-    paper = paper_for(preset)[1]
+    paper_model, paper = paper_for(preset)
     rows = load_results(records)
     per_run = run_summary(rows, paper)
     pooled_rows = pooled_summary(per_run)
@@ -105,7 +107,8 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
                POOLED_EFFECT_COLUMNS + ["verdict"])
     _write_csv(out / "runs.csv", runs, RUN_COLUMNS)
     lesion_png = plot_lesion_effects(verdicts, out / "lesion_effects.png")
-    pres_png = plot_preservation_panels(summary, out / "preservation.png")
+    pres_png = plot_preservation_panels(summary, out / "preservation.png", paper=paper, paper_name=paper_model,
+                                        same_model=paper_model == preset.get("model"))
     files = {f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"]) for r in records
              if r.get("stage") == "analyze" and r.get("status") in FINISHED and r.get("output")
              and r["meta"].get("K") == preset.get("n_networks") and r["meta"].get("run", 0) == 0}
@@ -124,6 +127,8 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
     figures = [p.name for p in (lesion_png, pres_png, layers_png) if p]
     if figures:
         lines += ["Figures: " + ", ".join(f"`{f}`" for f in figures) + ".", ""]
+    lines += ["The same figures and tables, with a card per network (what it responds to, what lesioning it costs): "
+              "`explorer.html`, one self-contained page; open it in a browser.", ""]
     mech = mechanisms(records, effects)
     if mech:
         lines += ["## Mechanisms: single-network lesions by shared massive units", ""]
@@ -136,5 +141,12 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
     lines += ["## All conditions (per run and pooled)", "", markdown_table(summary, POOLED_COLUMNS), ""]
     lines += ["## Wall time", ""] + runs_table(runs_log)
     (out / "report.md").write_text("\n".join(lines))
+    explorer = write_study_explorer(
+        out, preset=preset, records=records, effect_rows=effects, figures=[lesion_png, pres_png, layers_png],
+        title=f"Study {preset['name']}: {description}", meta=[("machines", machines_line(runs_log))],
+        tables=[csv_table("claims", "What holds (pooled over runs, corrected)", verdicts,
+                          POOLED_EFFECT_COLUMNS + ["verdict"]),
+                csv_table("runs", "Training runs (runs.csv)", runs, RUN_COLUMNS),
+                csv_table("summary", "All conditions, per run and pooled (summary.csv)", summary, POOLED_COLUMNS)])
     return {"report": out / "report.md", "summary": out / "summary.csv", "effects": out / "effects.csv",
-            "runs": out / "runs.csv", "figures": figures, "claims": verdicts}
+            "runs": out / "runs.csv", "figures": figures, "claims": verdicts, "explorer": explorer}

@@ -40,14 +40,13 @@ import yaml
 from fnet.cache import atomic_write_text
 from fnet.study.runlog import append_run
 from fnet.study.scheduler import REPO_ROOT, Job, machine, run_jobs
+from fnet.study.units import UNITS, Unit, closure, ordered, part_of, units_of
 
 __all__ = ["EXECUTORS", "UNITS", "Settings", "Unit", "dispatch", "executor_parameters", "parse_options", "part_of",
            "run_unit", "units_of"]
 
 #: ``--executor`` choices: ``local`` is the study's own runner (no submitit)
 EXECUTORS = ("local", "slurm", "submitit_local")
-#: ``--unit`` choices: a submitted job per training run, or per stage group of one
-UNITS = ("run", "stage")
 #: SLURM job states of a job that may still run (a unit in one of them is not submitted again)
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
           "REQUEUE_FED"}
@@ -77,15 +76,6 @@ class Settings:
     name: str = "study"               # the preset's name, in the job names
 
 
-@dataclass
-class Unit:
-    """One submitted job's share of the plan: its jobs (plan order) and the units they need."""
-
-    name: str
-    jobs: list[str]
-    needs: list[str] = field(default_factory=list)
-
-
 def parse_options(items: Sequence[str]) -> dict:
     """``key=value`` strings (``--executor-opt``) as a dict, each value read as YAML (``3``, ``[a, b]``)."""
     out = {}
@@ -98,64 +88,28 @@ def parse_options(items: Sequence[str]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Units
-# --------------------------------------------------------------------------------------------------------------
-def part_of(job: Job) -> str:
-    """The plan part a job belongs to: its networks' scope (``sst2/run0``, ``sst2-zeroshot``, ``model``), for a
-    training job its task and run."""
-    meta = job.meta or {}
-    if meta.get("scope"):
-        return str(meta["scope"])
-    task = str(meta.get("task") or job.name.split("/")[1])
-    return task if meta.get("run") is None else f"{task}/run{meta['run']}"
-
-
-def units_of(jobs: Sequence[Job], by: str = "run") -> list[Unit]:
-    """The plan's units (``by``: ``run`` or ``stage``), in the order of their first job, each with the units its
-    jobs' dependencies belong to.
-
-    Examples
-    --------
-    >>> from fnet.study.plan import plan
-    >>> from fnet.study.preset import load_preset
-    >>> [u.name for u in units_of(plan(load_preset("tiny_v2")))]
-    ['sst2/run0', 'sst2/run1']
-    >>> [(u.name, u.needs) for u in units_of(plan(load_preset("tiny_v2")), "stage")][:3]
-    [('sst2/run0/train', []), ('sst2/run0/evaluate', ['sst2/run0/train', 'sst2/run0/analyze', 'sst2/run0/controls']), ('sst2/run0/analyze', ['sst2/run0/train'])]
-    """
-    if by not in UNITS:
-        raise ValueError(f"unknown unit {by!r}; valid: {', '.join(UNITS)}")
-    owner = {job.name: part_of(job) + (f"/{job.stage}" if by == "stage" else "") for job in jobs}
-    units: dict[str, Unit] = {}
-    for job in jobs:
-        unit = units.setdefault(owner[job.name], Unit(owner[job.name], []))
-        unit.jobs.append(job.name)
-        for dep in job.deps:
-            if owner[dep] != unit.name and owner[dep] not in unit.needs:
-                unit.needs.append(owner[dep])
-    return list(units.values())
-
-
-def _closure(jobs: Sequence[Job], names: Sequence[str]) -> list[Job]:
-    """The jobs named and every job they depend on, directly or not, in plan order."""
-    by_name = {j.name: j for j in jobs}
-    keep, todo = set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name not in keep:
-            keep.add(name)
-            todo += by_name[name].deps
-    return [j for j in jobs if j.name in keep]
-
-
-# --------------------------------------------------------------------------------------------------------------
 # What a submitted job runs
 # --------------------------------------------------------------------------------------------------------------
 def run_unit(jobs: Sequence[Job], names: Sequence[str], root: str, env_key: str, workers: int = 1,
              batch: int = 32, unit: str = "") -> dict:
-    """Run one unit's jobs (``names``; ``jobs`` also holds what they need, which must be done) with the study's
-    runner; returns its counts, or raises when a job of the unit is not done (the submitted job then fails, and
-    SLURM cancels the units that need it)."""
+    """Run one unit's jobs with the study's runner: what a submitted job executes.
+
+    Parameters
+    ----------
+    jobs
+        the unit's jobs and every job they need (those must be done).
+    names
+        the unit's job names.
+    root, env_key, workers, batch
+        as for :func:`fnet.study.scheduler.run_jobs`.
+    unit
+        the unit's name (in ``runs.jsonl`` and errors).
+
+    Returns
+    -------
+    ``{"unit", "counts"}``; raises ``RuntimeError`` when a job of the unit is not done, so the submitted job fails
+    and SLURM cancels the units that need it.
+    """
     started = time.time()
     result = run_jobs(jobs, root, only=set(names), env_key=env_key, workers=workers, batch=batch)
     mine = [r for r in result["jobs"] if r["name"] in set(names)]
@@ -280,30 +234,13 @@ def _statuses(jobs: Sequence[Job], root: Path, env_key: str) -> dict[str, dict]:
     return {r["name"]: r for r in result["jobs"]}
 
 
-def _ordered(units: Sequence[Unit]) -> list[Unit]:
-    """Units with every unit after the units it needs (stable otherwise)."""
-    by_name, out, seen = {u.name: u for u in units}, [], set()
-
-    def visit(unit: Unit) -> None:
-        if unit.name in seen:
-            return
-        seen.add(unit.name)
-        for need in unit.needs:
-            visit(by_name[need])
-        out.append(unit)
-
-    for unit in units:
-        visit(unit)
-    return out
-
-
 class _Dispatcher:
     """Submits the units of one plan and follows them (:func:`dispatch`)."""
 
     def __init__(self, jobs: Sequence[Job], root: Path, settings: Settings, env_key: str, log):
         self.jobs, self.root, self.settings, self.env_key, self.log = list(jobs), root, settings, env_key, log
         self.folder = root / "submitit"
-        self.units = _ordered(units_of(self.jobs, settings.unit))
+        self.units = ordered(units_of(self.jobs, settings.unit))
         self.records = _Records(self.folder)
         self.native = settings.executor == "slurm"  # SLURM resolves afterok itself; the local executor cannot
         self.max_jobs = settings.max_jobs or (None if self.native else 2)
@@ -321,7 +258,7 @@ class _Dispatcher:
         executor.update_parameters(**executor_parameters(self.settings, self.job_name(unit), after))
         s = self.settings
         with _exported_pythonpath():
-            job = executor.submit(run_unit, _closure(self.jobs, unit.jobs), unit.jobs, str(self.root), self.env_key,
+            job = executor.submit(run_unit, closure(self.jobs, unit.jobs), unit.jobs, str(self.root), self.env_key,
                                   s.workers, s.batch, unit.name)
         self.records.add(unit.name, job.job_id, s.executor)
         self.log(f"[study] submitted {unit.name} ({len(unit.jobs)} jobs) as job {job.job_id}"
@@ -447,8 +384,28 @@ def _result(jobs: Sequence[Job], statuses: dict, first_done: set, outcome: dict,
 def dispatch(jobs: Sequence[Job], root: str | Path, settings: Settings, *, env_key: str, log=print,
              dry_run: bool = False) -> dict:
     """Submit the plan's units that are not done (see the module's docstring) and, with ``settings.wait``, follow
-    them and resubmit what did not finish up to ``settings.retries`` times; returns a :func:`run_jobs`-shaped
-    result (``jobs``, ``counts``) plus ``units``: each unit's outcome (done, failed, blocked, submitted)."""
+    them and resubmit what did not finish up to ``settings.retries`` times.
+
+    Parameters
+    ----------
+    jobs
+        the study's plan (:func:`fnet.study.plan.plan`).
+    root
+        the study folder; the units' records and job logs go to ``root/submitit``.
+    settings
+        executor, unit, SLURM options, waiting and retries.
+    env_key
+        the environment part of every job's key (as for :func:`fnet.study.scheduler.run_jobs`).
+    log
+        called with each progress line.
+    dry_run
+        list the units and (SLURM) the first one's ``#SBATCH`` lines; submit nothing.
+
+    Returns
+    -------
+    A :func:`fnet.study.scheduler.run_jobs`-shaped result (``jobs``, ``counts``) plus ``units``: each unit's
+    outcome (done, failed, blocked, submitted).
+    """
     if settings.executor not in EXECUTORS[1:]:
         raise ValueError(f"dispatch needs a submitit executor ({', '.join(EXECUTORS[1:])}), not {settings.executor!r}")
     if not settings.wait and settings.executor != "slurm":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ from torch import nn
 from fnet.hooks import trace_signal
 from fnet.models import ArchSpec, check_signal, down_proj_modules, find_blocks, get_arch, model_dims
 
-__all__ = ["APPLY_MODES", "MaskSpec", "mask_stats", "apply_mask", "expected_mask_shape", "check_bool_mask"]
+__all__ = ["APPLY_MODES", "MaskSpec", "mask_stats", "apply_mask", "apply_masks", "expected_mask_shape",
+           "check_bool_mask"]
 
 
 #: How a mask acts on its positions (``apply_mask(mode=...)``).
@@ -329,6 +330,95 @@ def apply_mask(
     if mask is None:
         yield []
         return
+    spec = spec or get_arch(model)
+    signal, by_layer = _layer_hooks(model, mask, signal, mode, value, spec)
+    if not by_layer:
+        yield []
+        return
+    with trace_signal(model, signal, edit=lambda layer, hidden: by_layer[layer].transform(hidden),
+                      layers=sorted(by_layer), spec=spec):
+        yield list(by_layer.values())
+
+
+@contextlib.contextmanager
+def apply_masks(model: nn.Module, masks: Sequence[torch.Tensor | MaskSpec | None], *, signal: str | None = None,
+                spec: ArchSpec | None = None) -> Iterator[int]:
+    """Several masks in one forward pass: the batch is ``len(masks)`` equal slices, slice i gets ``masks[i]``.
+
+    Parameters
+    ----------
+    model
+        as for :func:`apply_mask`.
+    masks
+        each as :func:`apply_mask` takes it (a bool ``[n_layers, width]`` tensor (mode ``zero``), a
+        :class:`MaskSpec` with its own mode, value and values, or ``None``: that slice runs unmasked). All must act
+        on one signal.
+    signal
+        ``mlp_out`` or ``mlp_act`` (default: the MaskSpecs' signal, else ``mlp_out``).
+    spec
+        the model's :class:`fnet.models.ArchSpec` (looked up when omitted).
+
+    Yields
+    ------
+    The number of slices, ``len(masks)``.
+
+    Notes
+    -----
+    Every forward pass in the context must have a batch of ``len(masks) * rows``, slice i being rows
+    ``i * rows .. (i + 1) * rows - 1``: repeat the inputs mask-major, e.g. ``input_ids.repeat(len(masks), 1)``,
+    and read mask i's outputs at the same slice. Each slice is edited by the same per-layer operation
+    :func:`apply_mask` uses, so every slice's values equal a separate run with that mask and the same rows
+    (``tests/test_mask_batch.py`` checks logits and scores for equality, both signals, lesion and preservation).
+    A batch that does not split evenly raises ``ValueError``. A forward pass of another batch size (a shared
+    prefix computed once, for instance) cannot be masked per slice: score without such shortcuts
+    (:func:`fnet.intervene.batched.score_loglik_masks` does).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fnet.models import load_model
+    >>> lm = load_model("tiny:gpt2")
+    >>> ids = lm.tokenizer(["hello world", "good night!"], return_tensors="pt")["input_ids"]  # [2, 11]
+    >>> masks = [torch.zeros(lm.n_layers, lm.d_model, dtype=torch.bool) for _ in range(3)]
+    >>> masks[1][0, :8] = True
+    >>> masks[2][2, 5] = True
+    >>> with torch.no_grad(), apply_masks(lm.model, masks):
+    ...     batched = lm.model(ids.repeat(3, 1)).logits.view(3, 2, 11, -1)  # [mask, row, pos, vocab]
+    >>> with torch.no_grad(), apply_mask(lm.model, masks[1]):
+    ...     alone = lm.model(ids).logits
+    >>> torch.equal(batched[1], alone), torch.equal(batched[0], batched[1])
+    (True, False)
+    """
+    spec = spec or get_arch(model)
+    masks = list(masks)
+    if not masks:
+        raise ValueError("apply_masks needs at least one mask")
+    signals = {m.signal for m in masks if isinstance(m, MaskSpec)}
+    if signal is None and len(signals) > 1:
+        raise ValueError(f"the masks act on different signals {sorted(signals)}: one forward pass edits one signal")
+    signal = check_signal(signal or (signals.pop() if signals else "mlp_out"))
+    slices = [{} if m is None else _layer_hooks(model, m, signal, None, None, spec)[1] for m in masks]
+    layers = sorted({layer for hooks in slices for layer in hooks})
+    n = len(masks)
+
+    def edit(layer: int, hidden: torch.Tensor) -> torch.Tensor:  # hidden  # [mask * row, seq, width]
+        if hidden.shape[0] % n:
+            raise ValueError(f"a batch of {hidden.shape[0]} does not split into {n} equal slices, one per mask")
+        rows = hidden.shape[0] // n
+        parts = [hidden[i * rows:(i + 1) * rows] for i in range(n)]
+        return torch.cat([part if layer not in hooks else hooks[layer].transform(part)
+                          for part, hooks in zip(parts, slices)])
+
+    if not layers:
+        yield n
+        return
+    with trace_signal(model, signal, edit=edit, layers=layers, spec=spec):
+        yield n
+
+
+def _layer_hooks(model: nn.Module, mask: torch.Tensor | MaskSpec, signal: str | None, mode: str | None,
+                 value: float | None, spec: ArchSpec | None) -> tuple[str, dict[int, _LayerMaskHook]]:
+    """The checked signal and one :class:`_LayerMaskHook` per layer whose row of ``mask`` has a True entry."""
     values = None
     if isinstance(mask, MaskSpec):
         signal = signal or mask.signal
@@ -367,9 +457,4 @@ def apply_mask(
     by_layer = {layer: _LayerMaskHook(layer, mask[layer].clone(), mode, value,
                                       None if values is None else values[layer].clone())
                 for layer in range(n_layers) if bool(mask[layer].any())}
-    if not by_layer:
-        yield []
-        return
-    with trace_signal(model, signal, edit=lambda layer, hidden: by_layer[layer].transform(hidden),
-                      layers=sorted(by_layer), spec=spec):
-        yield list(by_layer.values())
+    return signal, by_layer

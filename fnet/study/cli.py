@@ -15,6 +15,10 @@ changed setting gives a new hash, hence a new folder (the old one is kept). A fa
 Usage::
 
     python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--batch N] [--hours H] [key=value ...]
+    python -m fnet.study smollm2 --executor slurm --slurm-partition gpu --slurm-gpus 1 --slurm-time 240 [--dry-run]
+
+``--executor slurm`` submits the plan's training runs (``--unit stage``: their stage groups) as SLURM jobs through
+submitit, with afterok dependencies, and resubmits what did not finish (:mod:`fnet.study.dispatch`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from filelock import Timeout
 
 from fnet.cache import lock
 from fnet.study.compose import compose_report
+from fnet.study.dispatch import EXECUTORS, UNITS, Settings, dispatch, parse_options
 from fnet.study.estimate import estimate_lines
 from fnet.study.plan import plan
 from fnet.study.preset import load_preset
@@ -99,7 +104,45 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--any-code", action="store_true",
                         help="with --compose: take sources of any code, also reports that record none (made before "
                              "study reports recorded their code)")
+    _cluster_options(parser.add_argument_group("cluster (fnet.study.dispatch; submitit, the cluster extra)"))
     return parser
+
+
+def _cluster_options(group) -> None:
+    group.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help="local: this process runs the jobs (default); slurm: submit units of the plan with "
+                            "sbatch through submitit, with afterok dependencies; submitit_local: the same through "
+                            "submitit's local executor")
+    group.add_argument("--unit", choices=UNITS, default="run",
+                       help="one submitted job per training run (default) or per stage group of one")
+    group.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
+    group.add_argument("--slurm-account", metavar="NAME", help="SLURM account")
+    group.add_argument("--slurm-gpus", type=int, metavar="N", help="GPUs per submitted job")
+    group.add_argument("--slurm-time", type=int, default=240, metavar="MIN",
+                       help="time limit per submitted job, minutes (default 240)")
+    group.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per submitted job")
+    group.add_argument("--slurm-mem", type=float, metavar="GB", help="memory per submitted job, GB")
+    group.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="any submitit parameter, value read as YAML (repeat): slurm_qos=high, "
+                            "slurm_constraint=a100, 'slurm_setup=[source .venv/bin/activate]'")
+    group.add_argument("--no-wait", action="store_true",
+                       help="slurm: submit and return (rerun the same command to follow up and resubmit what failed)")
+    group.add_argument("--retries", type=int, default=1, metavar="N",
+                       help="resubmit units that did not finish up to N times while waiting (default 1)")
+    group.add_argument("--max-jobs", type=int, metavar="N",
+                       help="submitted jobs in flight at once (default: all on SLURM, 2 with submitit_local)")
+
+
+def _settings(args: argparse.Namespace, preset: dict) -> Settings:
+    """The ``--executor`` options as :class:`fnet.study.dispatch.Settings`."""
+    if args.hours is not None or args.only or args.adopt:
+        raise ValueError("--hours, --only and --adopt are the local runner's: with --executor, give each job its "
+                         "time with --slurm-time")
+    return Settings(executor=args.executor, unit=args.unit, partition=args.slurm_partition,
+                    account=args.slurm_account, gpus=args.slurm_gpus, minutes=args.slurm_time, cpus=args.slurm_cpus,
+                    mem_gb=args.slurm_mem, options=parse_options(args.executor_opt), wait=not args.no_wait,
+                    retries=args.retries, max_jobs=args.max_jobs, workers=args.workers, batch=args.batch,
+                    name=str(preset["name"]))
 
 
 def _run(args: argparse.Namespace, preset: dict, jobs: list, root: Path) -> dict | int:
@@ -115,8 +158,12 @@ def _run(args: argparse.Namespace, preset: dict, jobs: list, root: Path) -> dict
             if args.adopt:
                 run["adopted"] = adopt_jobs(jobs, root, reason=args.adopt, env_key=env_key)["adopted"]
             deadline = None if args.hours is None else started + 3600 * args.hours
-            result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
-                              batch=args.batch, env_key=env_key, deadline=deadline)
+            if args.executor != "local":
+                run["executor"] = args.executor
+                result = dispatch(jobs, root, args.settings, env_key=env_key, dry_run=args.dry_run)
+            else:
+                result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
+                                  batch=args.batch, env_key=env_key, deadline=deadline)
     except Timeout:
         print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for "
               "it, pass another --root, or write the report so far with --report-only", file=sys.stderr)
@@ -154,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compose:
         return _compose(preset, args.compose, args.report_dir, args.accept_code or (), args.any_code)
     root = Path(args.root or REPO_ROOT / "outputs" / "study" / preset["name"]).resolve()
+    if args.executor != "local":
+        try:
+            args.settings = _settings(args, preset)
+        except ValueError as err:
+            print(f"--executor {args.executor}: {err}", file=sys.stderr)
+            return 2
     jobs = plan(preset)
     root.mkdir(parents=True, exist_ok=True)
     if args.report_only:  # statuses only (a dry run needs no lock), then the report
@@ -162,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = _run(args, preset, jobs, root)
         if isinstance(result, int):
             return result
+    submitted = [u for u, state in (result.get("units") or {}).items() if state == "submitted"]
+    if submitted and not args.dry_run:  # --no-wait: the jobs run on the cluster; nothing to report yet
+        print(f"submitted {len(submitted)} units ({root / 'submitit' / 'units.json'}); rerun the same command to "
+              "follow them up and resubmit what failed, or write the report so far with --report-only")
+        return 0
     if args.dry_run:
         for r in result["jobs"]:
             print(f"{r['status']:>8}  {r['name']}")

@@ -9,8 +9,9 @@ owner at a time (:mod:`fnet.owner`): the job process holds its lock while it run
 rerun sets an unfinished folder aside only once no process of the earlier run holds it, so a runner killed with
 SIGKILL and restarted at once never has two processes writing one job folder.
 
-Written here rather than taken from a workflow tool (snakemake, luigi, submitit): the jobs are a few hundred local
-commands whose identity is fnet's own content key, and a study must run where only fnet's pinned dependencies are.
+Written here rather than taken from a workflow tool (snakemake, luigi): the jobs are a few hundred local commands
+whose identity is fnet's own content key, and a study must run where only fnet's pinned dependencies are. On a
+cluster, :mod:`fnet.study.dispatch` submits parts of the plan through submitit, each running this runner.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from fnet.cache import atomic_write_text, content_key, file_digest
 from fnet.owner import RUNNER_ENV, FolderOwned, own
@@ -350,7 +351,8 @@ def _run_batch(items: list[Ready], python: str, cwd: Path, env: dict, log, root:
 class _Run:
     """The state of one :func:`run_jobs` call: what is waiting, queued, running and finished."""
 
-    def __init__(self, jobs: Sequence[Job], root: Path, env_key: str, only: str | None, dry_run: bool):
+    def __init__(self, jobs: Sequence[Job], root: Path, env_key: str, only: str | Collection[str] | None,
+                 dry_run: bool):
         self.jobs, self.root, self.env_key, self.only, self.dry_run = list(jobs), root, env_key, only, dry_run
         self.outputs: dict[str, Path] = {}
         self.records: dict[str, dict] = {}
@@ -381,6 +383,12 @@ class _Run:
             self.waiting = still
         self.queue.sort(key=lambda i: self.order[i.job.name])
 
+    def included(self, job: Job) -> bool:
+        """Whether ``only`` lets this run start ``job`` (a stage's name, or a collection of job names)."""
+        if self.only is None:
+            return True
+        return job.stage == self.only if isinstance(self.only, str) else job.name in self.only
+
     def settle_ready(self, item: Ready) -> None:
         job = item.job
         record = done_record(item.folder, item.key, job.output)
@@ -388,7 +396,7 @@ class _Run:
             self.outputs[job.name] = output_of(item.folder, job.output)
             self.status[job.name] = "skipped"
             self.records[job.name] = dict(record, status="skipped", folder=str(item.folder))
-        elif self.dry_run or (self.only is not None and job.stage != self.only):
+        elif self.dry_run or not self.included(job):
             self.status[job.name] = "pending" if self.dry_run else "excluded"
             self.records[job.name] = dict(item.base, status=self.status[job.name])
         else:
@@ -451,16 +459,18 @@ class _Run:
                 "deadline_reached": left and deadline is not None and time.time() >= deadline}
 
 
-def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | None = None, dry_run: bool = False,
-             python: str = sys.executable, cwd: str | Path = REPO_ROOT, env_key: str | None = None,
-             log=print, workers: int = 1, batch: int = 1, deadline: float | None = None) -> dict:
+def run_jobs(jobs: Sequence[Job], root: str | Path, *, only: str | Collection[str] | None = None,
+             dry_run: bool = False, python: str = sys.executable, cwd: str | Path = REPO_ROOT,
+             env_key: str | None = None, log=print, workers: int = 1, batch: int = 1,
+             deadline: float | None = None) -> dict:
     """Run ``jobs``, skipping finished ones; returns ``{"jobs": [records], "counts": {...}}``.
 
     A job starts as soon as its dependencies are done, in the order of ``jobs`` (so a preset's first task is
     finished first); ``workers`` jobs run at once. ``batch`` > 1: up to that many ready ``evaluate.py`` jobs with
     the same inputs run in one process (:mod:`fnet.pipelines.evaluate_batch`: the model is loaded once); each
     still has its own folder, result and marker. ``only``: run only jobs of that stage (earlier stages must be
-    done; their outputs are used). ``dry_run``: say what would run, run nothing. ``deadline`` (a ``time.time()``
+    done; their outputs are used), or only the jobs so named (a submitted unit of :mod:`fnet.study.dispatch`: the
+    others must be done). ``dry_run``: say what would run, run nothing. ``deadline`` (a ``time.time()``
     value): start no job after it; running jobs finish, the rest stay pending (a session's or an allocation's
     wall-clock budget; rerun to continue). Every record: name, stage, status (done | skipped | ran | failed |
     blocked | pending | excluded), key, folder, seconds; the result's ``deadline_reached`` says whether jobs were

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from fnet.scoring.tasks import (TaskDataError, TaskSpec, available_tasks, get_task, load_task_config, load_task_rows,
-                        resolve_source)
+from fnet.scoring.rows import load_task_rows, resolve_source
+from fnet.scoring.tasks import TaskDataError, TaskSpec, available_tasks, get_task, load_task_config
 
 OFFLINE = ["sst2", "cola", "mrpc", "mnli", "qnli", "ag_news", "squad", "wikitext2"]
 

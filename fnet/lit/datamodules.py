@@ -1,6 +1,6 @@
 """LightningDataModules for fine-tuning a causal LM on an fnet task (``conf/task/*.yaml``).
 
-Rows come from :func:`fnet.scoring.tasks.load_task_rows`, the single source of rows. Where they come from decides the
+Rows come from :func:`fnet.scoring.rows.load_task_rows`, the single source of rows. Where they come from decides the
 splits (:func:`fnet.scoring.splits.fine_tuning_splits`):
 
 * ``local`` (offline; only a dev/test file exists): the **whole file** is split with a fixed seed into

@@ -136,6 +136,17 @@ def top_texts(courses: Sequence[np.ndarray], component: int, *, n: int = 5,
               text_ids: Sequence[str] | None = None) -> list[dict]:
     """The ``n`` texts where ``component`` is highest on average.
 
+    Parameters
+    ----------
+    courses : sequence of ndarray
+        Each text's oriented, z-scored time courses ``[tokens_i, K]``.
+    component : int
+        The component (network) to rank texts by.
+    n : int
+        Texts returned (default 5).
+    text_ids : sequence of str, optional
+        The texts' ids (default ``text0``, ``text1``, ...).
+
     Returns
     -------
     list of dict
@@ -154,6 +165,17 @@ def top_texts(courses: Sequence[np.ndarray], component: int, *, n: int = 5,
 
 def top_units(nets: NetworkSet, k: int, n: int = 10, scale: Any = None) -> list[dict]:
     """Network ``k``'s ``n`` strongest neurons: by oriented z-map value when the set has maps, else layer-major.
+
+    Parameters
+    ----------
+    nets : NetworkSet
+        The networks (with their z-maps, when they have them).
+    k : int
+        The network.
+    n : int
+        Neurons returned (default 10).
+    scale : array-like, optional
+        ``[layer, unit]`` RMS activation of each neuron, reported beside it.
 
     Returns
     -------

@@ -58,6 +58,8 @@ class Decomposition:
         Fitting time (0.0 for individual decompositions).
     extra : dict
         Further information (default empty).
+    sources : list of ndarray, optional
+        With ``keep_sources``: each text's component time courses ``[tokens_i, K]`` (default None).
     """
 
     name: str
@@ -187,7 +189,7 @@ def group_networks(estimator: Any, arrays: Sequence[Any], n_layers: int, width: 
 def individual_networks(estimator: Any, arrays: Sequence[Any], ids: Sequence[str], n_layers: int, width: int,
                         thresholds: Mapping[str, Any], *, name: str, provenance: Mapping[str, Any] | None = None,
                         keep_sources: bool = False) -> list[Decomposition]:
-        """One decomposition per text (``arrays[i]`` is text ``ids[i]``), each as networks.
+    """One decomposition per text (``arrays[i]`` is text ``ids[i]``), each as networks.
 
     Parameters
     ----------

@@ -13,7 +13,8 @@ from fnet.scoring.metrics import (bootstrap_interval, chance_levels, class_metri
                                    metric_chance, normalize_answer, squad_scores, wilson_interval)
 from fnet.scoring.prompts import (CONTENT_FREE, PromptBuilder, Request, align_prefixes, common_prefix_len,
                                    sample_shots, use_chat_template)
-from fnet.scoring.tasks import TaskSpec, available_tasks, get_task, load_task_rows
+from fnet.scoring.tasks import TaskSpec, available_tasks, get_task
+from fnet.scoring.rows import load_task_rows
 
 __all__ = [
     "CONTENT_FREE", "PATH_COUNTS", "PromptBuilder", "Request", "TaskSpec", "align_prefixes", "available_tasks",

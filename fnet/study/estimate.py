@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fnet.scoring.splits import fine_tuning_splits
-from fnet.scoring.tasks import load_task_rows
+from fnet.scoring.rows import load_task_rows
 from fnet.paths import project_root
 from fnet.study.scheduler import Job
 

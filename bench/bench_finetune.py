@@ -41,38 +41,71 @@ REPO = Path(__file__).resolve().parent.parent
 RECIPES = {
     "top4": ["module.trainable_layers=4", "module.cache_features=true", "optimizer.lr=3.0e-4"],
     "top8": ["module.trainable_layers=8", "module.cache_features=true", "optimizer.lr=2.0e-4"],
-    "lora": ["module.trainable_layers=0", "module.cache_features=true",
-             "module.lora={r:16,alpha:32,dropout:0.05,layers:8}", "optimizer.lr=1.0e-3"],
+    "lora": [
+        "module.trainable_layers=0",
+        "module.cache_features=true",
+        "module.lora={r:16,alpha:32,dropout:0.05,layers:8}",
+        "optimizer.lr=1.0e-3",
+    ],
     "v2": [],  # the experiment file as it is
 }
 RECIPE_TEXT = {
     "top4": "top 4 blocks + norm + head, lr 3e-4, cached features",
     "top8": "top 8 blocks + norm + head, lr 2e-4, cached features",
     "lora": "LoRA r=16 (alpha 32, dropout 0.05) on every Linear of the top 8 blocks + head, lr 1e-3, cached features "
-            "(the top-8 recipe's)",
+    "(the top-8 recipe's)",
     "v2": "the v2 experiment file (top 8 blocks + norm + head, lr 2e-4, cached features)",
 }
 #: goals on the test split: (metric, threshold); MRPC also needs F1 above the constant predictor's
-GOALS = {"sst2": ("accuracy", 0.86), "ag_news": ("accuracy", 0.87), "qnli": ("accuracy", 0.70),
-         "mrpc": ("accuracy", 0.75), "cola": ("mcc", 0.20), "squad": ("f1", 0.30), "mnli": ("accuracy", 0.50)}
-SPEEDUP = ["datamodule.max_train_rows=500", "datamodule.max_eval_rows=300", "trainer.max_epochs=1",
-           "module.trainable_layers=4", "optimizer.lr=3.0e-4"]
+GOALS = {
+    "sst2": ("accuracy", 0.86),
+    "ag_news": ("accuracy", 0.87),
+    "qnli": ("accuracy", 0.70),
+    "mrpc": ("accuracy", 0.75),
+    "cola": ("mcc", 0.20),
+    "squad": ("f1", 0.30),
+    "mnli": ("accuracy", 0.50),
+}
+SPEEDUP = [
+    "datamodule.max_train_rows=500",
+    "datamodule.max_eval_rows=300",
+    "trainer.max_epochs=1",
+    "module.trainable_layers=4",
+    "optimizer.lr=3.0e-4",
+]
 
 
 def plan() -> list[dict]:
     runs = []
     for cached in ("false", "true"):
         for seed in range(3):
-            runs.append({"group": "speedup", "name": f"speedup_sst2_{'cached' if cached == 'true' else 'uncached'}_s{seed}",
-                         "task": "sst2", "recipe": "top4", "seed": seed, "cached": cached == "true",
-                         "overrides": [*SPEEDUP, f"module.cache_features={cached}"]})
+            runs.append(
+                {
+                    "group": "speedup",
+                    "name": f"speedup_sst2_{'cached' if cached == 'true' else 'uncached'}_s{seed}",
+                    "task": "sst2",
+                    "recipe": "top4",
+                    "seed": seed,
+                    "cached": cached == "true",
+                    "overrides": [*SPEEDUP, f"module.cache_features={cached}"],
+                }
+            )
     for task in ("sst2", "qnli"):
         for recipe in ("top4", "top8", "lora"):
-            runs.append({"group": "compare", "name": f"compare_{task}_{recipe}", "task": task, "recipe": recipe,
-                         "seed": 0, "overrides": list(RECIPES[recipe])})
+            runs.append(
+                {
+                    "group": "compare",
+                    "name": f"compare_{task}_{recipe}",
+                    "task": task,
+                    "recipe": recipe,
+                    "seed": 0,
+                    "overrides": list(RECIPES[recipe]),
+                }
+            )
     for task in ("cola", "mrpc", "mnli", "ag_news", "squad"):
-        runs.append({"group": "chosen", "name": f"chosen_{task}_v2", "task": task, "recipe": "v2", "seed": 0,
-                     "overrides": []})
+        runs.append(
+            {"group": "chosen", "name": f"chosen_{task}_v2", "task": task, "recipe": "v2", "seed": 0, "overrides": []}
+        )
     return runs
 
 
@@ -85,8 +118,15 @@ def machine() -> dict:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem_gib = float("nan")
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1), "os": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
 
 
 def _alive(pid: int) -> bool:
@@ -117,15 +157,29 @@ def run_one(spec: dict, runs_dir: Path) -> dict | None:
     os.close(fd)
     if (run_dir / "result.json").exists():  # finished without its bench process: its own CPU count stands in
         result = json.loads((run_dir / "result.json").read_text())
-        record = dict(spec, command="python train.py " + " ".join([f"experiment=finetune_{spec['task']}_v2",
-                                                                   *spec["overrides"], f"seed={spec['seed']}"]),
-                      run_dir=str(run_dir), wall_s=result["seconds"]["total"],
-                      cpu_s=result["cpu_seconds"]["total"], cpu_from="result.json (process_time, imports excluded)",
-                      load_before=[float("nan")] * 3, load_after=os.getloadavg(), result=result)
+        record = dict(
+            spec,
+            command="python train.py "
+            + " ".join([f"experiment=finetune_{spec['task']}_v2", *spec["overrides"], f"seed={spec['seed']}"]),
+            run_dir=str(run_dir),
+            wall_s=result["seconds"]["total"],
+            cpu_s=result["cpu_seconds"]["total"],
+            cpu_from="result.json (process_time, imports excluded)",
+            load_before=[float("nan")] * 3,
+            load_after=os.getloadavg(),
+            result=result,
+        )
         record_file.write_text(json.dumps(record, indent=1, default=str))
         return record
-    cmd = [sys.executable, str(REPO / "train.py"), f"experiment=finetune_{spec['task']}_v2", *spec["overrides"],
-           f"seed={spec['seed']}", f"hydra.run.dir={run_dir}", "callbacks.progress_bar.refresh_rate=0"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"experiment=finetune_{spec['task']}_v2",
+        *spec["overrides"],
+        f"seed={spec['seed']}",
+        f"hydra.run.dir={run_dir}",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if spec["group"] == "speedup":  # a cache of its own, so the cached seed 0 pays for every split's states
         cache = runs_dir / "cache_speedup"
@@ -144,13 +198,23 @@ def run_one(spec: dict, runs_dir: Path) -> dict | None:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{spec['name']} failed (exit {code}); see {run_dir / 'train.log'}")
-    record = dict(spec, command="python train.py " + " ".join(cmd[2:-2]), run_dir=str(run_dir), wall_s=wall,
-                  cpu_s=usage.ru_utime + usage.ru_stime, load_before=load_before, load_after=os.getloadavg(),
-                  result=json.loads((run_dir / "result.json").read_text()))
+    record = dict(
+        spec,
+        command="python train.py " + " ".join(cmd[2:-2]),
+        run_dir=str(run_dir),
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        load_before=load_before,
+        load_after=os.getloadavg(),
+        result=json.loads((run_dir / "result.json").read_text()),
+    )
     record_file.write_text(json.dumps(record, indent=1, default=str))
     res = record["result"]["test_result"]
-    print(f"{spec['name']}: {res['metric']} {res['score']:.3f} [{res['ci'][0]:.3f}, {res['ci'][1]:.3f}] in "
-          f"{record['cpu_s'] / 60:.1f} CPU-min, {wall / 60:.1f} min", flush=True)
+    print(
+        f"{spec['name']}: {res['metric']} {res['score']:.3f} [{res['ci'][0]:.3f}, {res['ci'][1]:.3f}] in "
+        f"{record['cpu_s'] / 60:.1f} CPU-min, {wall / 60:.1f} min",
+        flush=True,
+    )
     return record
 
 
@@ -218,7 +282,8 @@ def report(info: dict, records: list[dict]) -> str:
         f"on {info['cores']} cores during the runs, so wall times are 2-4x the CPU times. Costs are therefore given in "
         "**CPU minutes** (user + system time of the `train.py` process, start-up and model loading included, ~0.3 "
         "CPU-min), which the load does not inflate much; wall minutes are listed for completeness."
-        if loads and max(loads) > 0.5 * (info["cores"] or 1) else "The machine was otherwise idle.",
+        if loads and max(loads) > 0.5 * (info["cores"] or 1)
+        else "The machine was otherwise idle.",
         "",
     ]
 
@@ -226,54 +291,74 @@ def report(info: dict, records: list[dict]) -> str:
     unc = [by_name.get(f"speedup_sst2_uncached_s{s}") for s in range(3)]
     cac = [by_name.get(f"speedup_sst2_cached_s{s}") for s in range(3)]
     if all(unc) and all(cac):
-        lines += ["## Feature cache: 3 seeds from cached features vs 3 independent runs", "",
-                  "SST-2, top-4 recipe (top 4 blocks + norm + head, lr 3e-4), 500 training rows (32 steps), 1 epoch, "
-                  "300 validation and 300 test rows; seeds 0, 1, 2. Uncached: every step runs all 30 blocks. "
-                  "Cached: the first run stores the output of blocks 0-25 for every train / validation / test row "
-                  "(`module.cache_features=true`); every run then trains and evaluates blocks 26-29 + norm + head "
-                  "only, the second and third seeds reading the stored states.", "",
-                  "| run | seed | test accuracy | feature cache (CPU-min) | training + test (CPU-min) | total CPU-min | "
-                  "wall min |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Feature cache: 3 seeds from cached features vs 3 independent runs",
+            "",
+            "SST-2, top-4 recipe (top 4 blocks + norm + head, lr 3e-4), 500 training rows (32 steps), 1 epoch, "
+            "300 validation and 300 test rows; seeds 0, 1, 2. Uncached: every step runs all 30 blocks. "
+            "Cached: the first run stores the output of blocks 0-25 for every train / validation / test row "
+            "(`module.cache_features=true`); every run then trains and evaluates blocks 26-29 + norm + head "
+            "only, the second and third seeds reading the stored states.",
+            "",
+            "| run | seed | test accuracy | feature cache (CPU-min) | training + test (CPU-min) | total CPU-min | "
+            "wall min |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for label, group in (("uncached", unc), ("cached", cac)):
             for r in group:
                 res = r["result"]["test_result"]
                 cache, rest = _cpu_split(r)
-                lines.append(f"| {label} | {r['seed']} | {res['score']:.3f} | {cache:.1f} | {rest:.1f} | "
-                             f"{r['cpu_s'] / 60:.1f} | {r['wall_s'] / 60:.1f} |")
+                lines.append(
+                    f"| {label} | {r['seed']} | {res['score']:.3f} | {cache:.1f} | {rest:.1f} | "
+                    f"{r['cpu_s'] / 60:.1f} | {r['wall_s'] / 60:.1f} |"
+                )
         total_u = sum(r["cpu_s"] for r in unc) / 60
         total_c = sum(r["cpu_s"] for r in cac) / 60
         fit_u = sum(r["result"]["cpu_seconds"]["fit"] for r in unc) / 3
         fit_c = sum(r["result"]["cpu_seconds"]["fit"] for r in cac) / 3
         steps = unc[0]["result"]["global_step"]
         diff = _weights_diff(unc[0], cac[0])
-        lines += ["", f"Three seeds: **{total_u:.1f} CPU-min uncached vs {total_c:.1f} CPU-min cached "
-                      f"({total_u / total_c:.1f}x)**, the cache included once "
-                      f"({_cpu_split(cac[0])[0]:.1f} CPU-min). Training alone (`fit`, {steps} steps + validation): "
-                      f"{fit_u / 60:.1f} vs {fit_c / 60:.1f} CPU-min per seed ({fit_u / fit_c:.1f}x, "
-                      f"{fit_u / steps:.2f} vs {fit_c / steps:.2f} CPU-s per step)."]
+        lines += [
+            "",
+            f"Three seeds: **{total_u:.1f} CPU-min uncached vs {total_c:.1f} CPU-min cached "
+            f"({total_u / total_c:.1f}x)**, the cache included once "
+            f"({_cpu_split(cac[0])[0]:.1f} CPU-min). Training alone (`fit`, {steps} steps + validation): "
+            f"{fit_u / 60:.1f} vs {fit_c / 60:.1f} CPU-min per seed ({fit_u / fit_c:.1f}x, "
+            f"{fit_u / steps:.2f} vs {fit_c / steps:.2f} CPU-s per step).",
+        ]
         if diff is not None:
-            lines += ["", f"Same weights: the seed-0 runs' best checkpoints (trained parameters: "
-                          f"{diff[1] / 1e6:.1f} M) differ by at most **{diff[0]:.2e}** (max |Δ|), test accuracy "
-                          f"{unc[0]['result']['test_result']['score']:.4f} uncached vs "
-                          f"{cac[0]['result']['test_result']['score']:.4f} cached. (Exact equality is tested on the tiny "
-                          "GPT-2 and Llama models, `tests/test_features.py`; on SmolLM2 the stored states are computed "
-                          "in other batch compositions than the uncached steps, so float rounding differs.)"]
+            lines += [
+                "",
+                f"Same weights: the seed-0 runs' best checkpoints (trained parameters: "
+                f"{diff[1] / 1e6:.1f} M) differ by at most **{diff[0]:.2e}** (max |Δ|), test accuracy "
+                f"{unc[0]['result']['test_result']['score']:.4f} uncached vs "
+                f"{cac[0]['result']['test_result']['score']:.4f} cached. (Exact equality is tested on the tiny "
+                "GPT-2 and Llama models, `tests/test_features.py`; on SmolLM2 the stored states are computed "
+                "in other batch compositions than the uncached steps, so float rounding differs.)",
+            ]
         lines.append("")
 
     # ---- recipes --------------------------------------------------------------------------------------------------
     rows = [r for r in records if r["group"] in ("compare", "chosen")]
     if rows:
-        lines += ["## Recipes: test score vs CPU minutes", "",
-                  "One run per task and recipe (seed 0). Score: the task's primary metric on its test split with the 95 % "
-                  "CI (Wilson for accuracy, percentile bootstrap otherwise) and the best constant predictor's score "
-                  "(chance). CPU-min: **cache** = storing the frozen blocks' output of the train / validation / test rows "
-                  "(paid once per task and reused by every seed of the same recipe and data; 0 when reused), **run** = "
-                  "everything else of the run (training, validation each epoch, test, start-up), i.e. what each further "
-                  "seed costs.", "",
-                  "| task | recipe | train / val / test rows | epochs | steps | test score [95 % CI] | chance | goal | "
-                  "cache CPU-min | run CPU-min | wall min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(rows, key=lambda r: (["sst2", "qnli", "cola", "mrpc", "mnli", "ag_news", "squad"].index(r["task"]),
-                                            r["recipe"])):
+        lines += [
+            "## Recipes: test score vs CPU minutes",
+            "",
+            "One run per task and recipe (seed 0). Score: the task's primary metric on its test split with the 95 % "
+            "CI (Wilson for accuracy, percentile bootstrap otherwise) and the best constant predictor's score "
+            "(chance). CPU-min: **cache** = storing the frozen blocks' output of the train / validation / test rows "
+            "(paid once per task and reused by every seed of the same recipe and data; 0 when reused), **run** = "
+            "everything else of the run (training, validation each epoch, test, start-up), i.e. what each further "
+            "seed costs.",
+            "",
+            "| task | recipe | train / val / test rows | epochs | steps | test score [95 % CI] | chance | goal | "
+            "cache CPU-min | run CPU-min | wall min |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(
+            rows,
+            key=lambda r: (["sst2", "qnli", "cola", "mrpc", "mnli", "ag_news", "squad"].index(r["task"]), r["recipe"]),
+        ):
             res = r["result"]
             tr = res["test_result"]
             value, lo, hi, chance = _score(tr)
@@ -292,9 +377,15 @@ def report(info: dict, records: list[dict]) -> str:
             lines.append(
                 f"| {r['task']} | {r['recipe']} | {_rows(res)} | {res['epochs']} | "
                 f"{res['global_step']} | {tr['metric']} **{value:.3f}** [{lo:.3f}, {hi:.3f}]{extra} | {chance:.3f} | "
-                f"{'met' if ok else 'not met'} ({text}) | {cache:.1f} | {rest:.1f} | {r['wall_s'] / 60:.0f} |")
-        lines += ["", "## Goals", "", "| task | goal | best run | score [95 % CI] | chance | CI above chance | met | tried |",
-                  "|---|---|---|---|---|---|---|---|"]
+                f"{'met' if ok else 'not met'} ({text}) | {cache:.1f} | {rest:.1f} | {r['wall_s'] / 60:.0f} |"
+            )
+        lines += [
+            "",
+            "## Goals",
+            "",
+            "| task | goal | best run | score [95 % CI] | chance | CI above chance | met | tried |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for task in ["sst2", "qnli", "cola", "mrpc", "mnli", "ag_news", "squad"]:
             runs = [r for r in rows if r["task"] == task]
             if not runs:
@@ -304,18 +395,26 @@ def report(info: dict, records: list[dict]) -> str:
             tr = best["result"]["test_result"]
             value, lo, hi, chance = _score(tr, GOALS[task][0])
             ok, text = goal_met(task, tr)
-            tried = "; ".join(f"{r['recipe']} {_score(r['result']['test_result'], GOALS[task][0])[0]:.3f}"
-                              for r in runs)
-            lines.append(f"| {task} | {text} | {best['recipe']} | {value:.3f} [{lo:.3f}, {hi:.3f}] | {chance:.3f} | "
-                         f"{'yes' if lo > chance else 'no'} | **{'yes' if ok else 'no'}** | {tried} |")
+            tried = "; ".join(
+                f"{r['recipe']} {_score(r['result']['test_result'], GOALS[task][0])[0]:.3f}" for r in runs
+            )
+            lines.append(
+                f"| {task} | {text} | {best['recipe']} | {value:.3f} [{lo:.3f}, {hi:.3f}] | {chance:.3f} | "
+                f"{'yes' if lo > chance else 'no'} | **{'yes' if ok else 'no'}** | {tried} |"
+            )
         lines += ["", "Recipes:", ""]
-        lines += [f"- `{name}`: {RECIPE_TEXT[name]} (`{' '.join(RECIPES[name]) or 'no overrides'}`)"
-                  for name in RECIPES if any(r["recipe"] == name for r in rows)]
+        lines += [
+            f"- `{name}`: {RECIPE_TEXT[name]} (`{' '.join(RECIPES[name]) or 'no overrides'}`)"
+            for name in RECIPES
+            if any(r["recipe"] == name for r in rows)
+        ]
         lines += ["", "Commands and splits:", ""]
         for r in rows:
             res = r["result"]
-            lines += [f"- `{r['command']}`", f"  - {res['data']['rule']}; kept {res['data']['sizes']} "
-                                             f"(limits {res['data'].get('limits')})"]
+            lines += [
+                f"- `{r['command']}`",
+                f"  - {res['data']['rule']}; kept {res['data']['sizes']} (limits {res['data'].get('limits')})",
+            ]
     lines.append("")
     return "\n".join(lines)
 

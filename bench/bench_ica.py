@@ -33,8 +33,11 @@ parser.add_argument("--wikitext", default="/work/shared/data/wikitext2/valid.txt
 parser.add_argument("--cache-dir", default="~/.cache/fnet/bench")
 parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_ica.md"))
 parser.add_argument("--skip-sklearn", action="store_true", help="time fnet only (no ratio)")
-parser.add_argument("--subspace-check", action="store_true",
-                    help="also compare the randomized whitening subspace with the exact one (slow: exact eigh)")
+parser.add_argument(
+    "--subspace-check",
+    action="store_true",
+    help="also compare the randomized whitening subspace with the exact one (slow: exact eigh)",
+)
 args = parser.parse_args()
 
 # Same thread count for scikit-learn/scipy (OpenBLAS or MKL through OpenMP) and torch; must precede the imports.
@@ -107,10 +110,16 @@ def load_or_record(min_tokens: int) -> tuple[np.ndarray, dict]:
     if not np.isfinite(half).all():
         sys.exit(f"float16 overflow: max |activation| = {np.abs(matrix).max():.4g} > 65504")
     meta = {
-        "model": MODEL, "signal": SIGNAL, "n_texts": len(texts), "n_tokens": int(half.shape[0]),
-        "n_neurons": int(half.shape[1]), "n_layers": int(loaded.n_layers), "max_length": args.max_length,
+        "model": MODEL,
+        "signal": SIGNAL,
+        "n_texts": len(texts),
+        "n_tokens": int(half.shape[0]),
+        "n_neurons": int(half.shape[1]),
+        "n_layers": int(loaded.n_layers),
+        "max_length": args.max_length,
         "source": f"{args.wikitext} (first {len(texts)} non-heading paragraphs)",
-        "record_seconds": round(record_seconds, 1), "float32_max_abs": float(np.abs(matrix).max()),
+        "record_seconds": round(record_seconds, 1),
+        "float32_max_abs": float(np.abs(matrix).max()),
     }
     cache.mkdir(parents=True, exist_ok=True)
     np.save(matrix_path, half)
@@ -125,9 +134,15 @@ def machine() -> dict:
     cpu = cpu_model()
     blas = sorted({f"{p['internal_api']} {p.get('version') or ''}".strip() for p in threadpool_info()})
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
-        "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__, "blas/openmp": ", ".join(blas),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "blas/openmp": ", ".join(blas),
     }
 
 
@@ -147,8 +162,12 @@ def agreement(reference_maps: np.ndarray, maps: np.ndarray) -> dict:
     best = similarity.max(axis=1)
     rows, cols = linear_sum_assignment(-similarity)
     matched = similarity[rows, cols]
-    return {"best_mean": best.mean(), "best_min": best.min(), "matched_mean": matched.mean(),
-            "matched_min": matched.min()}
+    return {
+        "best_mean": best.mean(),
+        "best_min": best.min(),
+        "matched_mean": matched.mean(),
+        "matched_min": matched.min(),
+    }
 
 
 def main() -> None:
@@ -165,16 +184,29 @@ def main() -> None:
         ours32 = FastICA(n_components=K, random_state=0, dtype="float32")
         ours32_seconds, ours32_converged = timed_fit(ours32, X)
         print(f"K={K}: fnet float32 {ours32_seconds:.2f}s ({ours32.n_iter_} it)", flush=True)
-        row = {"K": K, "ours_s": ours_seconds, "ours_iter": ours.n_iter_, "ours_conv": ours_converged,
-               "ours32_s": ours32_seconds, "ours32_iter": ours32.n_iter_, "ours32_conv": ours32_converged,
-               "f32_vs_f64": agreement(ours.spatial_maps_, ours32.spatial_maps_)}
+        row = {
+            "K": K,
+            "ours_s": ours_seconds,
+            "ours_iter": ours.n_iter_,
+            "ours_conv": ours_converged,
+            "ours32_s": ours32_seconds,
+            "ours32_iter": ours32.n_iter_,
+            "ours32_conv": ours32_converged,
+            "f32_vs_f64": agreement(ours.spatial_maps_, ours32.spatial_maps_),
+        }
         if not args.skip_sklearn:
             reference = SklearnFastICA(n_components=K, random_state=0)
             sk_seconds, sk_converged = timed_fit(reference, X)
             print(f"K={K}: sklearn {sk_seconds:.1f}s ({reference.n_iter_} it)", flush=True)
-            row.update({"sk_s": sk_seconds, "sk_iter": reference.n_iter_, "sk_conv": sk_converged,
-                        "agree": agreement(reference.mixing_.T, ours.spatial_maps_),
-                        "agree32": agreement(reference.mixing_.T, ours32.spatial_maps_)})
+            row.update(
+                {
+                    "sk_s": sk_seconds,
+                    "sk_iter": reference.n_iter_,
+                    "sk_conv": sk_converged,
+                    "agree": agreement(reference.mixing_.T, ours.spatial_maps_),
+                    "agree32": agreement(reference.mixing_.T, ours32.spatial_maps_),
+                }
+            )
             del reference
         rows.append(row)
         del ours, ours32
@@ -192,20 +224,48 @@ def subspace_check(X) -> list[dict]:
     data, f64, cpu = TokenMatrix(X), torch.float64, torch.device("cpu")
     mean, _ = column_stats(data, f64, cpu, None)
     started = time.perf_counter()
-    exact = principal_axes(data, max(args.ks) + 1, "eigh", mean=mean, scale=None, n_oversamples=None,
-                           n_power_iter=0, rng=np.random.RandomState(0), dtype=f64, device=cpu, block_rows=None)
+    exact = principal_axes(
+        data,
+        max(args.ks) + 1,
+        "eigh",
+        mean=mean,
+        scale=None,
+        n_oversamples=None,
+        n_power_iter=0,
+        rng=np.random.RandomState(0),
+        dtype=f64,
+        device=cpu,
+        block_rows=None,
+    )
     print(f"exact PCA {time.perf_counter() - started:.0f}s", flush=True)
     results = []
     for K in args.ks:
         for oversamples in (None, 10):
-            approx = principal_axes(data, K, "randomized", mean=mean, scale=None, n_oversamples=oversamples,
-                                    n_power_iter=4, rng=np.random.RandomState(0), dtype=f64, device=cpu,
-                                    block_rows=None, sketch_dtype=torch.float32)
+            approx = principal_axes(
+                data,
+                K,
+                "randomized",
+                mean=mean,
+                scale=None,
+                n_oversamples=oversamples,
+                n_power_iter=4,
+                rng=np.random.RandomState(0),
+                dtype=f64,
+                device=cpu,
+                block_rows=None,
+                sketch_dtype=torch.float32,
+            )
             cosines = torch.linalg.svdvals(exact.neuron_axes[:, :K].T @ approx.neuron_axes).numpy()
             sv = exact.singular_values.numpy()
-            results.append({"K": K, "oversamples": "max(10, K)" if oversamples is None else str(oversamples),
-                            "min_cos": float(cosines.min()), "mean_cos2": float((cosines**2).mean()),
-                            "gap": float(sv[K - 1] / sv[K])})
+            results.append(
+                {
+                    "K": K,
+                    "oversamples": "max(10, K)" if oversamples is None else str(oversamples),
+                    "min_cos": float(cosines.min()),
+                    "mean_cos2": float((cosines**2).mean()),
+                    "gap": float(sv[K - 1] / sv[K]),
+                }
+            )
     return results
 
 
@@ -262,8 +322,10 @@ def write_results(shape, meta, info, rows, load_before, load_after, subspace) ->
     ]
     for r in rows:
         b = r["f32_vs_f64"]
-        line = (f"| {r['K']} | {r['ours32_s']:.2f} ({r['ours32_iter']}, {r['ours32_conv']}) | "
-                f"{b['best_mean']:.4f} / {b['best_min']:.4f} |")
+        line = (
+            f"| {r['K']} | {r['ours32_s']:.2f} ({r['ours32_iter']}, {r['ours32_conv']}) | "
+            f"{b['best_mean']:.4f} / {b['best_min']:.4f} |"
+        )
         if "sk_s" in r:
             a = r["agree32"]
             line += f" {a['best_mean']:.4f} / {a['best_min']:.4f} | {r['sk_s'] / r['ours32_s']:.0f}x |"
@@ -277,13 +339,14 @@ def write_results(shape, meta, info, rows, load_before, load_after, subspace) ->
             "|---|---|---|---|---|",
         ]
         for r in subspace:
-            lines.append(f"| {r['K']} | {r['oversamples']} | {r['gap']:.4f} | {r['min_cos']:.4f} | "
-                         f"{r['mean_cos2']:.5f} |")
+            lines.append(
+                f"| {r['K']} | {r['oversamples']} | {r['gap']:.4f} | {r['min_cos']:.4f} | {r['mean_cos2']:.5f} |"
+            )
     lines.append("")
     # bench/bench_picard.py writes its own section into the same file: keep it (and the notes after it)
     out, picard_section = Path(args.out), ""
     if out.exists() and "<!-- bench_picard.py: begin -->" in (previous := out.read_text()):
-        picard_section = "\n" + previous[previous.index("<!-- bench_picard.py: begin -->"):]
+        picard_section = "\n" + previous[previous.index("<!-- bench_picard.py: begin -->") :]
     out.write_text("\n".join(lines) + picard_section)
     print("\n".join(lines))
 

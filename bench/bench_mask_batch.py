@@ -38,8 +38,10 @@ from fnet.scoring.loglik import score_loglik  # noqa: E402
 def machine() -> str:
     from fnet.provenance import cpu_model  # bench-only helper, imported where used
 
-    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
@@ -82,13 +84,25 @@ def main() -> None:
                 base_t.append(took["base"])
                 batch_t.append(took["batch"])
                 ratios.append(took["base"] / took["batch"])
-                print(f"M={m} rep {rep}: one at a time {took['base']:.2f} s, batched {took['batch']:.2f} s, "
-                      f"ratio {ratios[-1]:.2f}x", flush=True)
-            rows.append((m, statistics.median(base_t), statistics.median(batch_t), statistics.median(ratios),
-                         min(ratios), max(ratios)))
+                print(
+                    f"M={m} rep {rep}: one at a time {took['base']:.2f} s, batched {took['batch']:.2f} s, "
+                    f"ratio {ratios[-1]:.2f}x",
+                    flush=True,
+                )
+            rows.append(
+                (
+                    m,
+                    statistics.median(base_t),
+                    statistics.median(batch_t),
+                    statistics.median(ratios),
+                    min(ratios),
+                    max(ratios),
+                )
+            )
     load = os.getloadavg()[0]
     text = [
-        "# Mask-batched evaluation (bench/bench_mask_batch.py)", "",
+        "# Mask-batched evaluation (bench/bench_mask_batch.py)",
+        "",
         f"- machine: {machine()}",
         f"- model: smollm2_135m ({lm.n_layers} layers, d_model {lm.d_model}), float32, CPU; load {loaded:.1f} s, "
         f"benchmark {time.time() - started:.0f} s",
@@ -99,7 +113,8 @@ def main() -> None:
         f"- the machine is shared with other workers (load average {load:.1f} on {os.cpu_count()} cores at the end): "
         "single timings are noisy",
         f"- largest |batched - separate| score over all masks and repetitions: {worst:.2e} (the per-mask equality is "
-        "tested bit-exactly at the same batch layout in tests/test_mask_batch.py)", "",
+        "tested bit-exactly at the same batch layout in tests/test_mask_batch.py)",
+        "",
         "| masks M | one at a time (s, median) | batched (s, median) | median ratio | min ratio | max ratio |",
         "|---:|---:|---:|---:|---:|---:|",
     ]

@@ -35,8 +35,10 @@ def machine() -> str:
     from fnet.provenance import cpu_model
 
     cpu = cpu_model()
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
 
 
 def batches(tokenizer, n_batches: int, batch: int, seq: int) -> list[dict[str, torch.Tensor]]:
@@ -102,7 +104,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in names}
     t_bench = time.perf_counter()
     for rep in range(args.reps):
-        order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no condition always first
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no condition always first
         for name in order:
             with apply_mask(lm.model, conditions[name]):
                 times[name].append(run(lm.model, data))

@@ -97,11 +97,16 @@ def fnet_scores(lm, requests, batch_size: int, kv_memo: dict) -> dict[int, torch
     pad = lm.tokenizer.pad_token_id
     out = {}
     for i in range(0, len(requests), batch_size):
-        batch = requests[i: i + batch_size]
+        batch = requests[i : i + batch_size]
         prefix_len = batch[0].prefix_len if all(r.prefix_len == batch[0].prefix_len for r in batch) else 0
-        scores = loglik.score_loglik(lm.model, [r.context_tokens for r in batch],
-                                     [r.continuation_tokens for r in batch], pad_token_id=pad,
-                                     prefix_len=prefix_len, kv_memo=kv_memo)  # [row, choice]
+        scores = loglik.score_loglik(
+            lm.model,
+            [r.context_tokens for r in batch],
+            [r.continuation_tokens for r in batch],
+            pad_token_id=pad,
+            prefix_len=prefix_len,
+            kv_memo=kv_memo,
+        )  # [row, choice]
         out.update({r.index: s for r, s in zip(batch, scores)})
     return out
 
@@ -110,11 +115,14 @@ def lmeval_scores(hflm, requests, continuations: list[str]) -> dict[int, torch.T
     """Row index -> choice log-likelihoods from lm-eval, given the same context and continuation strings."""
     from lm_eval.api.instance import Instance
 
-    instances = [Instance(request_type="loglikelihood", doc={}, arguments=(r.context, cont), idx=c)
-                 for r in requests for c, cont in enumerate(continuations)]
+    instances = [
+        Instance(request_type="loglikelihood", doc={}, arguments=(r.context, cont), idx=c)
+        for r in requests
+        for c, cont in enumerate(continuations)
+    ]
     values = [ll for ll, _greedy in hflm.loglikelihood(instances, disable_tqdm=True)]
     n = len(continuations)
-    return {r.index: torch.tensor(values[k * n: (k + 1) * n], dtype=torch.float64) for k, r in enumerate(requests)}
+    return {r.index: torch.tensor(values[k * n : (k + 1) * n], dtype=torch.float64) for k, r in enumerate(requests)}
 
 
 def compare_eval(lm, hflm, task_name: str, shots: int, limit: int, batch_size: int, chunk: int) -> dict:
@@ -128,7 +136,7 @@ def compare_eval(lm, hflm, task_name: str, shots: int, limit: int, batch_size: i
     ours, theirs = {}, {}
     t_ours = t_theirs = 0.0
     for k, start in enumerate(range(0, len(requests), chunk)):
-        part = requests[start: start + chunk]
+        part = requests[start : start + chunk]
         sample_load()
         order = ("fnet", "lm_eval") if k % 2 == 0 else ("lm_eval", "fnet")
         for who in order:
@@ -147,11 +155,23 @@ def compare_eval(lm, hflm, task_name: str, shots: int, limit: int, batch_size: i
         return sum(int(scores[i].argmax()) == y for i, y in labels.items()) / len(labels)
 
     choice_tokens = sorted({len(c) for r in requests for c in r.continuation_tokens})
-    return {"task": task.name, "shots": shots, "rows": len(requests), "diff": diff, "acc_fnet": accuracy(ours),
-            "acc_lmeval": accuracy(theirs), "t_fnet": t_ours, "t_lmeval": t_theirs, "speedup": t_theirs / t_ours,
-            "paths": paths, "prompt_tokens": sum(len(r.context_tokens) for r in requests),
-            "prefix_len": requests[0].prefix_len, "choice_tokens": choice_tokens, "requests": requests,
-            "continuations": continuations}
+    return {
+        "task": task.name,
+        "shots": shots,
+        "rows": len(requests),
+        "diff": diff,
+        "acc_fnet": accuracy(ours),
+        "acc_lmeval": accuracy(theirs),
+        "t_fnet": t_ours,
+        "t_lmeval": t_theirs,
+        "speedup": t_theirs / t_ours,
+        "paths": paths,
+        "prompt_tokens": sum(len(r.context_tokens) for r in requests),
+        "prefix_len": requests[0].prefix_len,
+        "choice_tokens": choice_tokens,
+        "requests": requests,
+        "continuations": continuations,
+    }
 
 
 def profile(fn, rows: int = 8) -> str:
@@ -219,15 +239,19 @@ def compare_recording(lm, n_texts: int, n_tokens: int, reps: int, with_tl: bool)
             # its own copy of the same weights: the bridge switches its model to eager attention, which must not
             # change the model the others run
             bridge = TransformerBridge.boot_transformers(
-                "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=copy.deepcopy(lm.model), tokenizer=lm.tokenizer,
-                device="cpu")
+                "HuggingFaceTB/SmolLM2-135M-Instruct",
+                hf_model=copy.deepcopy(lm.model),
+                tokenizer=lm.tokenizer,
+                device="cpu",
+            )
             hook_names = {f"blocks.{i}.mlp.hook_out" for i in range(lm.n_layers)}
 
             @torch.no_grad()
             def transformer_lens():
                 _, cache = bridge.run_with_cache(input_ids, names_filter=lambda name: name in hook_names)
                 results["TransformerLens run_with_cache"] = torch.cat(
-                    [cache[f"blocks.{i}.mlp.hook_out"] for i in range(lm.n_layers)], dim=-1)
+                    [cache[f"blocks.{i}.mlp.hook_out"] for i in range(lm.n_layers)], dim=-1
+                )
 
             methods["TransformerLens run_with_cache"] = transformer_lens
         except Exception as err:  # noqa: BLE001 - report why the peer could not run
@@ -240,14 +264,23 @@ def compare_recording(lm, n_texts: int, n_tokens: int, reps: int, with_tl: bool)
     names = list(methods)
     for rep in range(reps):
         sample_load()
-        for name in names[rep % len(names):] + names[: rep % len(names)]:  # rotate the order per repetition
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotate the order per repetition
             started = time.perf_counter()
             methods[name]()
             times[name].append(time.perf_counter() - started)
     diffs = {name: float((results[name] - results["fnet Recorder"]).abs().max()) for name in results}
     ratio_nnsight = statistics.median(f / n for f, n in zip(times["fnet Recorder"], times["nnsight trace"]))
-    return {"times": times, "diffs": diffs, "ratio_nnsight": ratio_nnsight, "tokens": int(attention_mask.sum()),
-            "n_texts": n_texts, "n_tokens": n_tokens, "reps": reps, "tl_note": tl_note, "methods": methods}
+    return {
+        "times": times,
+        "diffs": diffs,
+        "ratio_nnsight": ratio_nnsight,
+        "tokens": int(attention_mask.sum()),
+        "n_texts": n_texts,
+        "n_tokens": n_tokens,
+        "reps": reps,
+        "tl_note": tl_note,
+        "methods": methods,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -272,11 +305,18 @@ def main() -> None:
         limit = quick_rows if args.quick else rows
         evals[label] = compare_eval(lm, hflm, task_name, shots, limit, args.batch_size, chunk=max(limit // 4, 8))
         e = evals[label]
-        print(f"{label}: diff {e['diff']:.2e} acc {e['acc_fnet']:.3f}/{e['acc_lmeval']:.3f} "
-              f"fnet {e['t_fnet']:.1f}s lm-eval {e['t_lmeval']:.1f}s speed-up {e['speedup']:.2f}x {e['paths']}",
-              flush=True)
-    rec = compare_recording(lm, n_texts=8, n_tokens=128 if args.quick else 256, reps=2 if args.quick else 3,
-                            with_tl=not args.no_transformer_lens)
+        print(
+            f"{label}: diff {e['diff']:.2e} acc {e['acc_fnet']:.3f}/{e['acc_lmeval']:.3f} "
+            f"fnet {e['t_fnet']:.1f}s lm-eval {e['t_lmeval']:.1f}s speed-up {e['speedup']:.2f}x {e['paths']}",
+            flush=True,
+        )
+    rec = compare_recording(
+        lm,
+        n_texts=8,
+        n_tokens=128 if args.quick else 256,
+        reps=2 if args.quick else 3,
+        with_tl=not args.no_transformer_lens,
+    )
     print("recording", {k: [round(t, 2) for t in v] for k, v in rec["times"].items()}, rec["diffs"], flush=True)
 
     # where the time goes, for each missed speed target
@@ -285,26 +325,52 @@ def main() -> None:
         target = TARGETS["shots"] if e["shots"] else TARGETS["zero"]
         if e["speedup"] < target:
             part = e["requests"][:16]
-            profiles += [f"### {label}: speed-up {e['speedup']:.2f}x < {target}x", "",
-                         "fnet, 16 rows:", "", "```",
-                         profile(lambda: fnet_scores(lm, part, args.batch_size, {})), "```", "",
-                         "lm-eval, same 16 rows:", "", "```",
-                         profile(lambda: lmeval_scores(hflm, part, e["continuations"])), "```", ""]
+            profiles += [
+                f"### {label}: speed-up {e['speedup']:.2f}x < {target}x",
+                "",
+                "fnet, 16 rows:",
+                "",
+                "```",
+                profile(lambda: fnet_scores(lm, part, args.batch_size, {})),
+                "```",
+                "",
+                "lm-eval, same 16 rows:",
+                "",
+                "```",
+                profile(lambda: lmeval_scores(hflm, part, e["continuations"])),
+                "```",
+                "",
+            ]
     if rec["ratio_nnsight"] > TARGETS["recording"]:
-        profiles += [f"### Recording: {rec['ratio_nnsight']:.2f}x nnsight's time > {TARGETS['recording']}x", "",
-                     "fnet Recorder:", "", "```", profile(rec["methods"]["fnet Recorder"]), "```", "",
-                     "nnsight trace:", "", "```", profile(rec["methods"]["nnsight trace"]), "```", ""]
+        profiles += [
+            f"### Recording: {rec['ratio_nnsight']:.2f}x nnsight's time > {TARGETS['recording']}x",
+            "",
+            "fnet Recorder:",
+            "",
+            "```",
+            profile(rec["methods"]["fnet Recorder"]),
+            "```",
+            "",
+            "nnsight trace:",
+            "",
+            "```",
+            profile(rec["methods"]["nnsight trace"]),
+            "```",
+            "",
+        ]
     sample_load()
     total = time.perf_counter() - started
     write_report(args, evals, rec, profiles, total)
 
 
 def write_report(args, evals: dict, rec: dict, profiles: list[str], total: float) -> None:
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                         text=True).stdout.strip()
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     ok = lambda met: "met" if met else "**NOT met**"  # noqa: E731
     lines = [
-        "# fnet vs its peers (bench/bench_peers.py)", "",
+        "# fnet vs its peers (bench/bench_peers.py)",
+        "",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores shared with other jobs; 1-minute load average during "
         f"the run {min(LOADS):.1f}-{max(LOADS):.1f} (mean {statistics.mean(LOADS):.1f}); torch threads "
         f"{torch.get_num_threads()}; Python {platform.python_version()}",
@@ -333,7 +399,8 @@ def write_report(args, evals: dict, rec: dict, profiles: list[str], total: float
             f"| {label} | {e['rows']} | {e['prompt_tokens']} | {e['prefix_len']} | {e['choice_tokens']} | "
             f"{e['diff']:.1e} ({ok(same)}) | {e['acc_fnet']:.3f} | {e['acc_lmeval']:.3f} | {e['t_fnet']:.1f} | "
             f"{e['t_lmeval']:.1f} | {e['speedup']:.2f}x | >= {target}x: {ok(e['speedup'] >= target)} | "
-            f"{', '.join(f'{k} {v}' for k, v in e['paths'].items())} |")
+            f"{', '.join(f'{k} {v}' for k, v in e['paths'].items())} |"
+        )
     lines += [
         "",
         "fnet path: how many batches took each scoring path (`fnet.scoring.loglik.PATH_COUNTS`): `prefix` = the fixed "
@@ -353,8 +420,11 @@ def write_report(args, evals: dict, rec: dict, profiles: list[str], total: float
     plain = statistics.median(rec["times"]["plain forward"])
     for name, values in rec["times"].items():
         median = statistics.median(values)
-        diff = "" if name not in rec["diffs"] else ("reference" if name == "fnet Recorder"
-                                                    else f"{rec['diffs'][name]:.1e}")
+        diff = (
+            ""
+            if name not in rec["diffs"]
+            else ("reference" if name == "fnet Recorder" else f"{rec['diffs'][name]:.1e}")
+        )
         lines.append(f"| {name} | {median:.2f} | {median / plain:.2f}x | {diff} |")
     lines += [
         "",
@@ -368,13 +438,19 @@ def write_report(args, evals: dict, rec: dict, profiles: list[str], total: float
     if rec["tl_note"]:
         lines += [rec["tl_note"], ""]
     else:
-        lines += ["TransformerLens 4 (`TransformerBridge.boot_transformers(..., hf_model=<copy of the loaded "
-                  "model>)`) loads SmolLM2 offline when handed the model; it switches that model to eager attention "
-                  "(hence a copy, and differences of float32 rounding size against the SDPA model the others run).",
-                  ""]
+        lines += [
+            "TransformerLens 4 (`TransformerBridge.boot_transformers(..., hf_model=<copy of the loaded "
+            "model>)`) loads SmolLM2 offline when handed the model; it switches that model to eager attention "
+            "(hence a copy, and differences of float32 rounding size against the SDPA model the others run).",
+            "",
+        ]
     if profiles:
-        lines += ["## Where the time goes (missed targets)", "", "torch.profiler, top operators by self CPU time.",
-                  ""] + profiles
+        lines += [
+            "## Where the time goes (missed targets)",
+            "",
+            "torch.profiler, top operators by self CPU time.",
+            "",
+        ] + profiles
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {args.out} in {total / 60:.1f} min")

@@ -54,8 +54,12 @@ METHODS = ("fastica200", "fastica1000", "picard")
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--individual", type=int, default=None, help="individual texts per genre (default: all)")
 parser.add_argument("--datasets", nargs="+", default=None, help="genres to use (default: all four)")
-parser.add_argument("--repeats", type=int, default=1,
-                    help="timed fits per decomposition and method; the fastest counts (the machine is shared)")
+parser.add_argument(
+    "--repeats",
+    type=int,
+    default=1,
+    help="timed fits per decomposition and method; the fastest counts (the machine is shared)",
+)
 parser.add_argument("--out", default=str(REPO / "bench" / "results_ica.md"))
 args = parser.parse_args()
 
@@ -132,8 +136,11 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     for kind, name, arrays in jobs:
-        row = {"kind": kind, "name": name, "tokens": int(sum(a.shape[0] for a in arrays) if kind == "group"
-                                                         else arrays.shape[0])}
+        row = {
+            "kind": kind,
+            "name": name,
+            "tokens": int(sum(a.shape[0] for a in arrays) if kind == "group" else arrays.shape[0]),
+        }
         nets, fitted = {}, {}
         for repeat in range(args.repeats):  # the methods in turn, in alternating order; fits are deterministic
             order = list(estimators(int(cfg.seed)).items())
@@ -159,8 +166,12 @@ def main() -> None:
                 if method == "fastica200":  # the baseline: how much two seeds of today's default agree
                     seed1, _, _ = timed(lambda: clone(estimator).set_params(random_state=1).fit(arrays))
             if seed1 is not None:  # seed 0 against seed 1 of the same method
-                seeds = [NetworkSet.from_maps(torch.from_numpy(np.asarray(f.spatial_maps_, dtype=np.float32)),
-                                              lm.n_layers, width, **net_args) for f in (fits[0], seed1)]
+                seeds = [
+                    NetworkSet.from_maps(
+                        torch.from_numpy(np.asarray(f.spatial_maps_, dtype=np.float32)), lm.n_layers, width, **net_args
+                    )
+                    for f in (fits[0], seed1)
+                ]
                 row[f"iou_seeds_{method}"] = matched_iou(*seeds)
             row[f"{method}_fits"] = len(fits)
             row[f"{method}_conv_fits"] = sum(bool(f.converged_) for f in fits)
@@ -171,8 +182,12 @@ def main() -> None:
         for a, b in (("fastica200", "picard"), ("fastica1000", "picard"), ("fastica200", "fastica1000")):
             row[f"iou_{a}_{b}"] = matched_iou(nets[a], nets[b])
         rows.append(row)
-        print(name, {m: (row[f"{m}_s"].round(2).tolist(), row[f"{m}_iter"], row[f"{m}_conv"]) for m in METHODS},
-              {k: round(v[0], 3) for k, v in row.items() if k.startswith("iou_")}, flush=True)
+        print(
+            name,
+            {m: (row[f"{m}_s"].round(2).tolist(), row[f"{m}_iter"], row[f"{m}_conv"]) for m in METHODS},
+            {k: round(v[0], 3) for k, v in row.items() if k.startswith("iou_")},
+            flush=True,
+        )
     write(rows, load_before, os.getloadavg(), lm)
 
 
@@ -200,8 +215,7 @@ def write(rows, load_before, load_after, lm) -> None:
         "",
         "### Summary",
         "",
-        "| method | converged: group (kept) | group fits (all restarts) | individual | "
-        "iterations: median / max |",
+        "| method | converged: group (kept) | group fits (all restarts) | individual | iterations: median / max |",
         "|---|---|---|---|---|",
     ]
     for m in METHODS:
@@ -209,46 +223,71 @@ def write(rows, load_before, load_after, lm) -> None:
         lines.append(
             f"| {m} | {sum(r[f'{m}_conv'] for r in groups)}/{len(groups)} | "
             f"{sum(r[f'{m}_conv_fits'] for r in groups)}/{sum(r[f'{m}_fits'] for r in groups)} | "
-            f"{sum(r[f'{m}_conv'] for r in individuals)}/{len(individuals)} | {int(np.median(iters))} / {max(iters)} |")
-    lines += ["", "Seconds of whole fits (whitening included), wall and CPU (this process, all threads; CPU time "
-              "depends less on the other jobs), and of the rotations alone:", "",
-              "| method | wall: groups | individual | total | vs fastica200 | CPU: total | vs fastica200 | "
-              "rotations: wall / CPU |", "|---|---|---|---|---|---|---|---|"]
+            f"{sum(r[f'{m}_conv'] for r in individuals)}/{len(individuals)} | {int(np.median(iters))} / {max(iters)} |"
+        )
+    lines += [
+        "",
+        "Seconds of whole fits (whitening included), wall and CPU (this process, all threads; CPU time "
+        "depends less on the other jobs), and of the rotations alone:",
+        "",
+        "| method | wall: groups | individual | total | vs fastica200 | CPU: total | vs fastica200 | "
+        "rotations: wall / CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     totals = {m: sum(r[f"{m}_s"] for r in rows) for m in METHODS}  # [wall, CPU]
     for m in METHODS:
         rotation = sum(r[f"{m}_rotation_s"] for r in rows)
         lines.append(
             f"| {m} | {sum(r[f'{m}_s'][0] for r in groups):.1f} | {sum(r[f'{m}_s'][0] for r in individuals):.1f} | "
             f"{totals[m][0]:.1f} | {totals[m][0] / totals['fastica200'][0]:.2f}x | {totals[m][1]:.1f} | "
-            f"{totals[m][1] / totals['fastica200'][1]:.2f}x | {rotation[0]:.1f} / {rotation[1]:.1f} |")
-    lines += ["", "Network agreement (matched IoU, mean over decompositions of the per-decomposition mean; "
-              "worst decomposition's mean in brackets):", "",
-              "| pair | groups | individual |", "|---|---|---|"]
-    pairs = {"fastica200 vs picard": "iou_fastica200_picard", "fastica1000 vs picard": "iou_fastica1000_picard",
-             "fastica200 vs fastica1000": "iou_fastica200_fastica1000",
-             "baseline: fastica200 seed 0 vs seed 1": "iou_seeds_fastica200",
-             "baseline: fastica1000 seed 0 vs seed 1": "iou_seeds_fastica1000",
-             "baseline: picard seed 0 vs seed 1": "iou_seeds_picard"}
+            f"{totals[m][1] / totals['fastica200'][1]:.2f}x | {rotation[0]:.1f} / {rotation[1]:.1f} |"
+        )
+    lines += [
+        "",
+        "Network agreement (matched IoU, mean over decompositions of the per-decomposition mean; "
+        "worst decomposition's mean in brackets):",
+        "",
+        "| pair | groups | individual |",
+        "|---|---|---|",
+    ]
+    pairs = {
+        "fastica200 vs picard": "iou_fastica200_picard",
+        "fastica1000 vs picard": "iou_fastica1000_picard",
+        "fastica200 vs fastica1000": "iou_fastica200_fastica1000",
+        "baseline: fastica200 seed 0 vs seed 1": "iou_seeds_fastica200",
+        "baseline: fastica1000 seed 0 vs seed 1": "iou_seeds_fastica1000",
+        "baseline: picard seed 0 vs seed 1": "iou_seeds_picard",
+    }
     for label, key in pairs.items():
         cell = []
         for subset in (groups, individuals):
             means = [r[key][0] for r in subset if key in r]
             cell.append(f"{np.mean(means):.3f} ({min(means):.3f})" if means else "-")
         lines.append(f"| {label} | {cell[0]} | {cell[1]} |")
-    lines += ["", "### Group decompositions", "",
-              "| data | tokens | " + " | ".join(f"{m}: wall s, iterations (restarts), conv., stability" for m in METHODS)
-              + " | IoU f200-picard | IoU f1000-picard |", "|---|---|" + "---|" * (len(METHODS) + 2)]
+    lines += [
+        "",
+        "### Group decompositions",
+        "",
+        "| data | tokens | "
+        + " | ".join(f"{m}: wall s, iterations (restarts), conv., stability" for m in METHODS)
+        + " | IoU f200-picard | IoU f1000-picard |",
+        "|---|---|" + "---|" * (len(METHODS) + 2),
+    ]
     for r in groups:
-        cells = [f"{r[f'{m}_s'][0]:.1f}, {r[f'{m}_iter']}, {r[f'{m}_conv_fits']}/{r[f'{m}_fits']}, "
-                 f"{r[f'{m}_stability']:.3f}" for m in METHODS]
-        lines.append(f"| {r['name']} | {r['tokens']} | " + " | ".join(cells) + f" | "
-                     f"{r['iou_fastica200_picard'][0]:.3f} ({r['iou_fastica200_picard'][1]:.2f}) | "
-                     f"{r['iou_fastica1000_picard'][0]:.3f} ({r['iou_fastica1000_picard'][1]:.2f}) |")
+        cells = [
+            f"{r[f'{m}_s'][0]:.1f}, {r[f'{m}_iter']}, {r[f'{m}_conv_fits']}/{r[f'{m}_fits']}, {r[f'{m}_stability']:.3f}"
+            for m in METHODS
+        ]
+        lines.append(
+            f"| {r['name']} | {r['tokens']} | " + " | ".join(cells) + f" | "
+            f"{r['iou_fastica200_picard'][0]:.3f} ({r['iou_fastica200_picard'][1]:.2f}) | "
+            f"{r['iou_fastica1000_picard'][0]:.3f} ({r['iou_fastica1000_picard'][1]:.2f}) |"
+        )
     lines += ["", END, ""]
     out = Path(args.out)
     text = out.read_text() if out.exists() else ""
     if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END) + 1:]
+        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END) + 1 :]
     else:
         text = text.rstrip("\n") + "\n\n" + "\n".join(lines)
     out.write_text(text)

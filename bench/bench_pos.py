@@ -51,8 +51,11 @@ def main() -> None:
         fn()
         seconds = time.perf_counter() - started
         rows.append((name, count, unit, seconds, count / seconds, tokens / seconds))
-        print(f"{name:28s} {count:6d} {unit:9s} {seconds:8.1f} s  {count / seconds:8.2f} {unit}/s  "
-              f"{tokens / seconds:8.1f} tok/s", flush=True)
+        print(
+            f"{name:28s} {count:6d} {unit:9s} {seconds:8.1f} s  {count / seconds:8.2f} {unit}/s  "
+            f"{tokens / seconds:8.1f} tok/s",
+            flush=True,
+        )
         return seconds
 
     # warm-up (first-call allocations and kernel selection), not timed
@@ -61,32 +64,58 @@ def main() -> None:
     word_log_probs(lm, aligned[:4], word_samples(aligned[:4], UPOS_TAGS), signal=args.signal)
 
     every = word_samples(aligned, UPOS_TAGS, need_context=False)
-    timed("record (forward)", lambda: record_word_features(lm, aligned, every, signal=args.signal), len(aligned),
-          "sentences", n_tokens)
-    timed("lesion pass (forward+logits)", lambda: word_log_probs(lm, aligned, samples, signal=args.signal),
-          len(aligned), "sentences", n_tokens)
+    timed(
+        "record (forward)",
+        lambda: record_word_features(lm, aligned, every, signal=args.signal),
+        len(aligned),
+        "sentences",
+        n_tokens,
+    )
+    timed(
+        "lesion pass (forward+logits)",
+        lambda: word_log_probs(lm, aligned, samples, signal=args.signal),
+        len(aligned),
+        "sentences",
+        n_tokens,
+    )
     sub = samples.subset(np.arange(min(args.samples, len(samples))))
     counter = KeyNeuronCounter(len(UPOS_TAGS), n_neurons)
-    axg = timed("act_x_grad", lambda: attribute_samples(lm, aligned, sub, counter, signal=args.signal), len(sub),
-                "words", int(sub.token.sum()))
+    axg = timed(
+        "act_x_grad",
+        lambda: attribute_samples(lm, aligned, sub, counter, signal=args.signal),
+        len(sub),
+        "words",
+        int(sub.token.sum()),
+    )
     sub_ig = samples.subset(np.arange(max(1, len(sub) // 4)))
-    ig = timed(f"ig (steps={args.steps})", lambda: attribute_samples(
-        lm, aligned, sub_ig, counter, signal=args.signal, method="ig", steps=args.steps, alpha_batch=4),
-        len(sub_ig), "words", int(sub_ig.token.sum()))
+    ig = timed(
+        f"ig (steps={args.steps})",
+        lambda: attribute_samples(
+            lm, aligned, sub_ig, counter, signal=args.signal, method="ig", steps=args.steps, alpha_batch=4
+        ),
+        len(sub_ig),
+        "words",
+        int(sub_ig.token.sum()),
+    )
     ratio = (ig / len(sub_ig)) / (axg / len(sub))
     print(f"IG / act_x_grad time per word: {ratio:.1f}x")
 
-    lines = [
-        f"model `{args.model}` signal `{args.signal}`, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), load average "
-        f"{os.getloadavg()[0]:.1f} at the end",
-        "",
-        "| pass | count | unit | seconds | per second | tokens/s |",
-        "| --- | ---: | --- | ---: | ---: | ---: |",
-    ] + [f"| {n} | {c} | {u} | {s:.1f} | {r:.2f} | {t:.1f} |" for n, c, u, s, r, t in rows] + [
-        "", f"IG ({args.steps} steps) costs {ratio:.1f}x act_x_grad per word sample (prefix tokens: tokens/s of the "
-        "word samples' prefixes).",
-    ]
+    lines = (
+        [
+            f"model `{args.model}` signal `{args.signal}`, {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), load average "
+            f"{os.getloadavg()[0]:.1f} at the end",
+            "",
+            "| pass | count | unit | seconds | per second | tokens/s |",
+            "| --- | ---: | --- | ---: | ---: | ---: |",
+        ]
+        + [f"| {n} | {c} | {u} | {s:.1f} | {r:.2f} | {t:.1f} |" for n, c, u, s, r, t in rows]
+        + [
+            "",
+            f"IG ({args.steps} steps) costs {ratio:.1f}x act_x_grad per word sample (prefix tokens: tokens/s of the "
+            "word samples' prefixes).",
+        ]
+    )
     text = "\n".join(lines)
     print(text)
     if args.out:

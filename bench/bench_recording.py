@@ -35,8 +35,10 @@ def machine() -> str:
     from fnet.provenance import cpu_model
 
     cpu = cpu_model()
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
 
 
 def long_texts(n: int, tokenizer, n_tokens: int) -> list[str]:
@@ -77,8 +79,13 @@ def speed(lm, texts, batch_size: int, max_length: int, reps: int) -> dict:
             sink.append(time.perf_counter() - started)
     ratios = [r / p for r, p in zip(t_record, t_plain)]
     n_tokens = sum(len(r) for r in rows)
-    return {"plain_s": statistics.median(t_plain), "record_s": statistics.median(t_record),
-            "ratio": statistics.median(ratios), "tokens": n_tokens, "reps": reps}
+    return {
+        "plain_s": statistics.median(t_plain),
+        "record_s": statistics.median(t_record),
+        "ratio": statistics.median(ratios),
+        "tokens": n_tokens,
+        "reps": reps,
+    }
 
 
 MEMORY_CHILD = """

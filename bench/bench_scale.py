@@ -115,11 +115,24 @@ def planted_maps(n_neurons: int, k_true: int, rng: np.random.Generator) -> np.nd
 
 def write_store(root: Path, maps: np.ndarray) -> ActivationStore:
     n_neurons = maps.shape[1]
-    settings = {"texts": args.texts, "tokens_per_text": args.tokens_per_text, "layers": args.layers,
-                "width": args.width, "planted": args.planted, "seed": args.seed, "noise_sd": NOISE_SD}
-    store = ActivationStore.open(root, model=f"synthetic-{json.dumps(settings, sort_keys=True)}",
-                                 signal="mlp_out", n_layers=args.layers, width=args.width,
-                                 max_length=args.tokens_per_text, extra={"bench_scale": settings})
+    settings = {
+        "texts": args.texts,
+        "tokens_per_text": args.tokens_per_text,
+        "layers": args.layers,
+        "width": args.width,
+        "planted": args.planted,
+        "seed": args.seed,
+        "noise_sd": NOISE_SD,
+    }
+    store = ActivationStore.open(
+        root,
+        model=f"synthetic-{json.dumps(settings, sort_keys=True)}",
+        signal="mlp_out",
+        n_layers=args.layers,
+        width=args.width,
+        max_length=args.tokens_per_text,
+        extra={"bench_scale": settings},
+    )
     maps_t = torch.from_numpy(maps)  # [K_true, neurons]
     started = time.time()
     for t in range(args.texts):
@@ -130,7 +143,7 @@ def write_store(root: Path, maps: np.ndarray) -> ActivationStore:
         gen = torch.Generator().manual_seed(args.seed * 100_003 + t)
         u = torch.rand(args.tokens_per_text, args.planted, generator=gen) - 0.5
         sources = -torch.sign(u) * torch.log1p(-2 * u.abs())  # Laplace(0, 1) by its inverse CDF
-        sources *= (torch.rand(args.tokens_per_text, args.planted, generator=gen) < ACTIVE_FRACTION)
+        sources *= torch.rand(args.tokens_per_text, args.planted, generator=gen) < ACTIVE_FRACTION
         acts = torch.randn(args.tokens_per_text, n_neurons, generator=gen).mul_(NOISE_SD)  # [tokens, neurons]
         acts.addmm_(sources, maps_t)
         store.add(text_id, text, acts.to(torch.float16).numpy())
@@ -162,10 +175,19 @@ def main() -> None:
             seconds = time.time() - started
         corr = abs_corr_matrix(maps, ica.spatial_maps_)  # [K_true, K]
         best = corr.max(axis=1)
-        rows.append({"K": k, "seconds": seconds, "rss_anon_peak_mb": sampler.peak, "n_iter": ica.n_iter_,
-                     "converged": bool(ica.converged_), "recovery_mean": float(best.mean()),
-                     "recovery_min": float(best.min()), "load_before": load_before,
-                     "load_after": os.getloadavg()[0]})
+        rows.append(
+            {
+                "K": k,
+                "seconds": seconds,
+                "rss_anon_peak_mb": sampler.peak,
+                "n_iter": ica.n_iter_,
+                "converged": bool(ica.converged_),
+                "recovery_mean": float(best.mean()),
+                "recovery_min": float(best.min()),
+                "load_before": load_before,
+                "load_after": os.getloadavg()[0],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         del arrays, ica
 
@@ -195,7 +217,8 @@ def main() -> None:
             f"| {r['K']} | {r['seconds'] / 60:.1f} min | {time_target} | {r['rss_anon_peak_mb'] / 1024:.2f} GB | "
             f"< 4 GB: {'met' if r['rss_anon_peak_mb'] < 4096 else '**not met**'} | {r['n_iter']} | "
             f"{r['converged']} | {r['recovery_mean']:.4f} / {r['recovery_min']:.4f} | >= 0.99: {rec_ok} | "
-            f"{r['load_before']:.1f} / {r['load_after']:.1f} |")
+            f"{r['load_before']:.1f} / {r['load_after']:.1f} |"
+        )
     lines += [
         "",
         "Recovery: for each planted map, the best |corr| with any of the K estimated spatial maps (`mixing_.T`). "

@@ -38,19 +38,27 @@ def lengths(tokenizer, task: str, max_train: int = 4000) -> np.ndarray:
 
 def main() -> None:
     tokenizer = load_model("smollm2_135m").tokenizer
-    lines = ["# Fine-tuning input lengths (SmolLM2-135M-Instruct tokens)", "",
-             f"Written by `bench/bench_task_lengths.py` on {time.strftime('%Y-%m-%d %H:%M')} ({cpu_model()}). "
-             "Rows: up to 4,000 of each task's training split plus its whole test split, in the `plain` input format "
-             "(a pair joined by a newline). SQuAD is windowed (`doc_stride`), so it is not listed.", "",
-             "| task | rows | median | 98th pct | max | " + " | ".join(f"> {c}" for c in CANDIDATES)
-             + " | max_length (<= 2 % cut) |",
-             "|---|---|---|---|---|" + "---|" * len(CANDIDATES) + "---|"]
+    lines = [
+        "# Fine-tuning input lengths (SmolLM2-135M-Instruct tokens)",
+        "",
+        f"Written by `bench/bench_task_lengths.py` on {time.strftime('%Y-%m-%d %H:%M')} ({cpu_model()}). "
+        "Rows: up to 4,000 of each task's training split plus its whole test split, in the `plain` input format "
+        "(a pair joined by a newline). SQuAD is windowed (`doc_stride`), so it is not listed.",
+        "",
+        "| task | rows | median | 98th pct | max | "
+        + " | ".join(f"> {c}" for c in CANDIDATES)
+        + " | max_length (<= 2 % cut) |",
+        "|---|---|---|---|---|" + "---|" * len(CANDIDATES) + "---|",
+    ]
     for task in TASKS:
         n = lengths(tokenizer, task)
         cut = {c: float((n > c).mean()) for c in CANDIDATES}
         choice = next(c for c in CANDIDATES if cut[c] <= 0.02)
-        lines.append(f"| {task} | {n.size} | {np.median(n):.0f} | {np.percentile(n, 98):.0f} | {n.max()} | "
-                     + " | ".join(f"{100 * cut[c]:.1f} %" for c in CANDIDATES) + f" | **{choice}** ({100 * cut[choice]:.1f} % cut) |")
+        lines.append(
+            f"| {task} | {n.size} | {np.median(n):.0f} | {np.percentile(n, 98):.0f} | {n.max()} | "
+            + " | ".join(f"{100 * cut[c]:.1f} %" for c in CANDIDATES)
+            + f" | **{choice}** ({100 * cut[choice]:.1f} % cut) |"
+        )
         print(lines[-1], flush=True)
     out = REPO / "bench" / "results_task_lengths.md"
     out.write_text("\n".join(lines) + "\n")

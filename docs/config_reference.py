@@ -89,7 +89,7 @@ def _split_comment(rest: str) -> tuple[str, str, str]:
         if ch in "'\"":
             quote = None if quote == ch else (quote or ch)
         elif ch == "#" and quote is None and (i == 0 or rest[i - 1].isspace()):
-            return rest[:i], "#", rest[i + 1:]
+            return rest[:i], "#", rest[i + 1 :]
     return rest, "", ""
 
 
@@ -175,8 +175,13 @@ def schema_rows(schema: type, prefix: str = "") -> list[tuple[str, str, str]]:
             rows += schema_rows(inner, key + ".")
         else:
             optional = f.default is None and f.default_factory is dataclasses.MISSING
-            rows.append((key, type_name(hint) + (" (optional)" if optional and "null" not in type_name(hint)
-                                                else ""), rule_text(f.metadata)))
+            rows.append(
+                (
+                    key,
+                    type_name(hint) + (" (optional)" if optional and "null" not in type_name(hint) else ""),
+                    rule_text(f.metadata),
+                )
+            )
     return rows
 
 
@@ -189,8 +194,13 @@ def _cell(value: Any) -> str:
     elif isinstance(value, str):
         text = value if value else '""'
     else:
-        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value).lower() if isinstance(
-            value, bool) else str(value)
+        text = (
+            json.dumps(value)
+            if isinstance(value, (list, dict))
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
     text = text.replace("|", "\\|").replace("\n", " ")
     if len(text) > 60:
         text = text[:57] + "..."
@@ -239,8 +249,7 @@ def _comments(group: str) -> dict[str, str]:
     """Key comments of a group: its ``_base.yaml`` first, then every option file (first comment wins)."""
     out: dict[str, str] = {}
     folder = conf_dir() / group
-    for path in sorted(folder.glob("*.yaml"), key=lambda p: (not p.stem.startswith("_"), p.stem != "default",
-                                                              p.stem)):
+    for path in sorted(folder.glob("*.yaml"), key=lambda p: (not p.stem.startswith("_"), p.stem != "default", p.stem)):
         for key, text in yaml_comments(path).items():
             out.setdefault(key, text)
     return out
@@ -265,8 +274,10 @@ def _free_section(group: str) -> list[str]:
         about = header(path)
         lines += [f"#### `{group}={option}`", ""] + ([_md(about), ""] if about else [])
         if values and values != {"": {}}:
-            lines += _table([(f"`{k}`", _cell(v), _md(comments.get(k, ""))) for k, v in values.items() if k],
-                            ("key", "value", "meaning"))
+            lines += _table(
+                [(f"`{k}`", _cell(v), _md(comments.get(k, ""))) for k, v in values.items() if k],
+                ("key", "value", "meaning"),
+            )
     return lines
 
 
@@ -276,8 +287,9 @@ def _inline_section(primary: str, field: str, schema: type) -> list[str]:
     comments = yaml_comments(path)
     rows = []
     for key, kind, rule in schema_rows(schema, field + "."):
-        rows.append((f"`{key}`", _md(kind), rule, _cell(values[key]) if key in values else "",
-                     _md(comments.get(key, ""))))
+        rows.append(
+            (f"`{key}`", _md(kind), rule, _cell(values[key]) if key in values else "", _md(comments.get(key, "")))
+        )
     return _table(rows, ("key", "type", "range / choices", "default", "meaning"))
 
 
@@ -290,15 +302,20 @@ def render() -> str:
         The page: the entry points, their top-level keys, every config group (options and keys), the study
         presets' keys.
     """
-    lines = ["# Configuration reference", "",
-             "Generated when the site is built from the config schemas (`fnet/pipelines/config/schemas.py`, "
-             "`fnet/study/preset.py`) and the YAML files of `conf/` (`fnet/conf` in an installed package): types, ranges and "
-             "choices come from the schemas, defaults and meanings from the YAML files and their comments. Every "
-             "entry point checks its composed config against these schemas before any work, so an unknown key, a "
-             "value of the wrong type or out of range stops the run naming the key.", "",
-             "Override any key on the command line (`fnet analyze ica.n_components=64`), pick a group's option "
-             "(`model=gpt2`), or add your own options in a folder of your own "
-             "(`fnet analyze --config-dir my_conf model=my_model`; see [Getting started](../getting-started.md)).", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated when the site is built from the config schemas (`fnet/pipelines/config/schemas.py`, "
+        "`fnet/study/preset.py`) and the YAML files of `conf/` (`fnet/conf` in an installed package): types, ranges and "
+        "choices come from the schemas, defaults and meanings from the YAML files and their comments. Every "
+        "entry point checks its composed config against these schemas before any work, so an unknown key, a "
+        "value of the wrong type or out of range stops the run naming the key.",
+        "",
+        "Override any key on the command line (`fnet analyze ica.n_components=64`), pick a group's option "
+        "(`model=gpt2`), or add your own options in a folder of your own "
+        "(`fnet analyze --config-dir my_conf model=my_model`; see [Getting started](../getting-started.md)).",
+        "",
+    ]
     defaults = {name: _primary_defaults(name) for name in PRIMARY_SCHEMAS}
     group_schema = _group_schemas()
 
@@ -316,11 +333,22 @@ def render() -> str:
         values, comments = _load(path), yaml_comments(path)
         hints = typing.get_type_hints(schema)
         for f in dataclasses.fields(schema):
-            if (conf_dir() / f.name).is_dir() or dataclasses.is_dataclass(hints[f.name]) or f.name in (
-                    "analysis", "ica", "trainer", "optimizer", "scheduler", "callbacks", "logger"):
+            if (
+                (conf_dir() / f.name).is_dir()
+                or dataclasses.is_dataclass(hints[f.name])
+                or f.name in ("analysis", "ica", "trainer", "optimizer", "scheduler", "callbacks", "logger")
+            ):
                 continue
-            rows.append((f"`{f.name}`", f"`{name}`", _md(type_name(hints[f.name])), rule_text(f.metadata),
-                         _cell(values.get(f.name)) if f.name in values else "", _md(comments.get(f.name, ""))))
+            rows.append(
+                (
+                    f"`{f.name}`",
+                    f"`{name}`",
+                    _md(type_name(hints[f.name])),
+                    rule_text(f.metadata),
+                    _cell(values.get(f.name)) if f.name in values else "",
+                    _md(comments.get(f.name, "")),
+                )
+            )
     lines += _table(rows, ("key", "config", "type", "range / choices", "default", "meaning"))
 
     for name, schema in PRIMARY_SCHEMAS.items():
@@ -340,30 +368,41 @@ def render() -> str:
         lines += [f"### `{group}`", ""]
         lines += ["Options: " + ", ".join(f"`{o}`" for o in options) + ".", ""]
         if used:
-            lines += ["Default: " + ", ".join(f"`{'null' if o is None else o}` in `{n}.yaml`" for n, o in used.items())
-                      + ".", ""]
+            lines += [
+                "Default: " + ", ".join(f"`{'null' if o is None else o}` in `{n}.yaml`" for n, o in used.items()) + ".",
+                "",
+            ]
         schema = group_schema.get(group)
         if group == "analysis":
             for option in options:
                 path = conf_dir() / group / f"{option}.yaml"
                 run = _load(path).get("run")
-                lines += [f"#### `analysis={option}` (`run: {run}`)", ""] + ([_md(header(path)), ""] if header(path)
-                                                                             else [])
+                lines += [f"#### `analysis={option}` (`run: {run}`)", ""] + (
+                    [_md(header(path)), ""] if header(path) else []
+                )
                 lines += _schema_section(group, S.ANALYSIS_SCHEMAS[run], option, "analysis.")
         elif schema is not None:
             lines += _schema_section(group, schema, default_option, f"{group}.")
         elif group in SWITCHES:
-            lines += _table([(f"`{group}={o}`", _md(header(conf_dir() / group / f"{o}.yaml"))) for o in options],
-                            ("option", "what it does"))
+            lines += _table(
+                [(f"`{group}={o}`", _md(header(conf_dir() / group / f"{o}.yaml"))) for o in options],
+                ("option", "what it does"),
+            )
         else:
-            lines += ["Free-form: a `_target_` and its keyword arguments, checked against the target's signature."
-                      if group in FREE_FORM else "", ""]
+            lines += [
+                "Free-form: a `_target_` and its keyword arguments, checked against the target's signature."
+                if group in FREE_FORM
+                else "",
+                "",
+            ]
             lines += _free_section(group)
 
     launchers = conf_dir() / "hydra" / "launcher"
     lines += ["### `hydra/launcher`", "", "Hydra's launcher for `-m` sweeps (`hydra-submitit-launcher`): ", ""]
-    lines += _table([(f"`hydra/launcher={p.stem}`", _md(header(p))) for p in sorted(launchers.glob("*.yaml"))],
-                    ("option", "what it does"))
+    lines += _table(
+        [(f"`hydra/launcher={p.stem}`", _md(header(p))) for p in sorted(launchers.glob("*.yaml"))],
+        ("option", "what it does"),
+    )
 
     lines += _preset_section()
     return "\n".join(lines) + "\n"
@@ -392,9 +431,13 @@ def _preset_section() -> list[str]:
 
     comments = _preset_comments()
     presets = sorted(p.stem for p in preset_dir().glob("*.yaml"))
-    lines = ["## Study presets (`conf/study`)", "",
-             "A study preset is an OmegaConf file of these keys (not a Hydra group): `fnet study PRESET [key=value "
-             "...]`, e.g. `fnet study tiny --dry-run`. Presets: " + ", ".join(f"`{p}`" for p in presets) + ".", ""]
+    lines = [
+        "## Study presets (`conf/study`)",
+        "",
+        "A study preset is an OmegaConf file of these keys (not a Hydra group): `fnet study PRESET [key=value "
+        "...]`, e.g. `fnet study tiny --dry-run`. Presets: " + ", ".join(f"`{p}`" for p in presets) + ".",
+        "",
+    ]
     rows = []
     for key, kind, rule in schema_rows(StudyPreset):
         top = key.split(".")[0]

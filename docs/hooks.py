@@ -34,18 +34,31 @@ log = logging.getLogger("mkdocs.hooks.fnet")
 def _api_page() -> str:
     import fnet
 
-    lines = ["# fnet", "", "The public names of `import fnet` (`help(fnet)` lists them too). Each is defined in a stage "
-             "package, documented there as well.", "", "::: fnet", "    options:", "      members: false",
-             "      show_root_heading: false", ""]
+    lines = [
+        "# fnet",
+        "",
+        "The public names of `import fnet` (`help(fnet)` lists them too). Each is defined in a stage "
+        "package, documented there as well.",
+        "",
+        "::: fnet",
+        "    options:",
+        "      members: false",
+        "      show_root_heading: false",
+        "",
+    ]
     for name in sorted(fnet._API):
         lines += [f"::: {fnet._API[name]}.{name}", "    options:", "      heading_level: 2", ""]
     return "\n".join(lines)
 
 
 def _reports_index(reports: list[Path]) -> str:
-    lines = ["# Study reports", "",
-             "The committed results of `fnet study` runs (`results/*/report.md` in the repository), each with its "
-             "machines, settings, every job's score and the effects against the random controls.", ""]
+    lines = [
+        "# Study reports",
+        "",
+        "The committed results of `fnet study` runs (`results/*/report.md` in the repository), each with its "
+        "machines, settings, every job's score and the effects against the random controls.",
+        "",
+    ]
     for report in reports:
         title = report.read_text().splitlines()[0].lstrip("# ").strip()
         lines.append(f"- [{report.parent.name}]({report.parent.name}/report.md): {title}")
@@ -65,8 +78,9 @@ def on_files(files: Files, config) -> Files:
     for report in reports:
         for path in sorted(report.parent.iterdir()):
             if path.suffix in (".md", ".png", ".csv"):
-                files.append(File.generated(config, f"reports/{report.parent.name}/{path.name}",
-                                            abs_src_path=str(path)))
+                files.append(
+                    File.generated(config, f"reports/{report.parent.name}/{path.name}", abs_src_path=str(path))
+                )
     if os.environ.get("FNET_DOCS_EXECUTE", "1") == "0":
         return files
     for name in notebooks.names():

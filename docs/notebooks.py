@@ -19,8 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "docs" / "tutorials"
 EXECUTED = ROOT / "build" / "tutorials"
 #: the kernel's environment: no progress bars in the rendered outputs
-QUIET = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-         "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
+QUIET = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "PYTHONWARNINGS": "ignore:IProgress not found",
+}
 
 
 def names() -> list[str]:
@@ -69,13 +74,11 @@ def executed(name: str, timeout: int = 1800) -> Path:
     os.environ.update(QUIET)
     try:
         with tempfile.TemporaryDirectory() as work:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": work}}).execute()
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": work}}).execute()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    nb.metadata["fnet"] = {"key": key, "seconds": round(time.time() - started, 1),
-                           "python": sys.version.split()[0]}
+    nb.metadata["fnet"] = {"key": key, "seconds": round(time.time() - started, 1), "python": sys.version.split()[0]}
     tmp = out.with_suffix(".tmp")
     nbformat.write(nb, tmp)
     tmp.replace(out)

@@ -51,8 +51,23 @@ _API = {
 __all__ = sorted(_API) + ["__version__"]
 
 #: the stage subpackages, importable as attributes (``fnet.networks``) without an import statement
-_SUBPACKAGES = ("models", "recording", "decompose", "networks", "intervene", "scoring", "attribution", "report",
-                "lit", "pipelines", "study", "cache", "compat", "hooks", "provenance")
+_SUBPACKAGES = (
+    "models",
+    "recording",
+    "decompose",
+    "networks",
+    "intervene",
+    "scoring",
+    "attribution",
+    "report",
+    "lit",
+    "pipelines",
+    "study",
+    "cache",
+    "compat",
+    "hooks",
+    "provenance",
+)
 
 
 def __getattr__(name: str) -> Any:

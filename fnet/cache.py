@@ -50,8 +50,23 @@ from filelock import FileLock
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "KINDS", "code_files", "cache_root", "content_key", "file_digest", "code_version", "temp_path", "atomic_path",
-    "atomic_write_text", "lock", "quarantine", "register", "CacheEntry", "list_entries", "prune", "parse_age", "main",
+    "KINDS",
+    "code_files",
+    "cache_root",
+    "content_key",
+    "file_digest",
+    "code_version",
+    "temp_path",
+    "atomic_path",
+    "atomic_write_text",
+    "lock",
+    "quarantine",
+    "register",
+    "CacheEntry",
+    "list_entries",
+    "prune",
+    "parse_age",
+    "main",
 ]
 
 #: the cache's kinds, each a folder under the root
@@ -80,8 +95,10 @@ def code_files(*modules: str) -> list[Path]:
         except ModuleNotFoundError:
             spec = None
         if spec is None or not spec.origin:
-            raise ValueError(f"code modules {list(modules)} name {name!r}, which is not an importable module or "
-                             "package; rename it where the modules are listed")
+            raise ValueError(
+                f"code modules {list(modules)} name {name!r}, which is not an importable module or "
+                "package; rename it where the modules are listed"
+            )
         if spec.submodule_search_locations:  # a package: every module in it
             for folder in spec.submodule_search_locations:
                 files.update(Path(folder).rglob("*.py"))
@@ -246,11 +263,15 @@ class CacheEntry:
 
     def row(self) -> dict:
         fingerprint = self.info.get("fingerprint") or ""
-        return {"kind": self.kind, "size": _human(self.size), "model": self.info.get("model", "?"),
-                "fingerprint": fingerprint[:12] or "?", "signal": self.info.get("signal", ""),
-                "created": self.info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S",
-                                                                    time.localtime(self.mtime)),
-                "path": str(self.path)}
+        return {
+            "kind": self.kind,
+            "size": _human(self.size),
+            "model": self.info.get("model", "?"),
+            "fingerprint": fingerprint[:12] or "?",
+            "signal": self.info.get("signal", ""),
+            "created": self.info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.mtime)),
+            "path": str(self.path),
+        }
 
 
 def _size(path: Path) -> int:
@@ -273,8 +294,11 @@ def _candidates(root: Path) -> Iterator[tuple[str, Path]]:
         if not folder.is_dir():
             continue
         # activation stores sit one level deeper, in a folder per model
-        items = [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir()] if kind == "activations" \
+        items = (
+            [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir()]
+            if kind == "activations"
             else list(folder.iterdir())
+        )
         for item in items:
             name = item.name
             if name.endswith(ENTRY_SUFFIX) or name.endswith(".lock") or ".tmp-" in name:
@@ -317,8 +341,13 @@ def parse_age(text: str) -> float:
         raise ValueError(f"age {text!r}: {text[:-1]!r} is not a number") from err
 
 
-def prune(root: str | os.PathLike | None = None, *, older_than: float | None = None,
-          kinds: Iterable[str] | None = None, dry_run: bool = False) -> list[CacheEntry]:
+def prune(
+    root: str | os.PathLike | None = None,
+    *,
+    older_than: float | None = None,
+    kinds: Iterable[str] | None = None,
+    dry_run: bool = False,
+) -> list[CacheEntry]:
     """Remove entries last modified more than ``older_than`` seconds ago and/or of the given ``kinds`` (both
     filters apply together); returns what was (or, with ``dry_run``, would be) removed."""
     kinds = set(kinds or [])
@@ -326,8 +355,11 @@ def prune(root: str | os.PathLike | None = None, *, older_than: float | None = N
     if kinds - valid:
         raise ValueError(f"unknown cache kinds {sorted(kinds - valid)}; valid: {sorted(valid)}")
     now = time.time()
-    chosen = [e for e in list_entries(root)
-              if (not kinds or e.kind in kinds) and (older_than is None or now - e.mtime > older_than)]
+    chosen = [
+        e
+        for e in list_entries(root)
+        if (not kinds or e.kind in kinds) and (older_than is None or now - e.mtime > older_than)
+    ]
     if not dry_run:
         for entry in chosen:
             if entry.path.is_dir():

@@ -56,8 +56,16 @@ class SiteHook:
     ``edit(layer, hidden)`` returns the ``[batch, seq, width]`` tensor the model goes on with (same shape).
     """
 
-    def __init__(self, layer: int, signal: str, spec: ArchSpec, read: Read | None, edit: Edit | None, stop: bool,
-                 input_shape: dict | None = None):
+    def __init__(
+        self,
+        layer: int,
+        signal: str,
+        spec: ArchSpec,
+        read: Read | None,
+        edit: Edit | None,
+        stop: bool,
+        input_shape: dict | None = None,
+    ):
         self.layer, self.signal, self.spec = int(layer), signal, spec
         self.input_shape = input_shape  # flat layouts: {"shape": (batch, seq)} of the current forward pass
         self.name = site_name(signal, layer)
@@ -148,8 +156,12 @@ def trace_signal(
     input_shape: dict = {}
     try:
         if spec.flat:  # the batch and sequence sizes of each forward pass, to unflatten [batch*seq, width]
-            handles.append(model.register_forward_pre_hook(
-                lambda _m, args, kwargs: input_shape.__setitem__("shape", _batch_seq(args, kwargs)), with_kwargs=True))
+            handles.append(
+                model.register_forward_pre_hook(
+                    lambda _m, args, kwargs: input_shape.__setitem__("shape", _batch_seq(args, kwargs)),
+                    with_kwargs=True,
+                )
+            )
         for layer in chosen:
             hook = SiteHook(layer, signal, spec, read, edit, stop=stop and layer == chosen[-1], input_shape=input_shape)
             hooks.append(hook)
@@ -183,7 +195,8 @@ def _offload_again(model: nn.Module) -> None:
             continue
         for part in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
             if getattr(part, "offload", False) and any(
-                    t.device.type != "meta" for t in module.parameters(recurse=bool(part.place_submodules))):
+                t.device.type != "meta" for t in module.parameters(recurse=bool(part.place_submodules))
+            ):
                 part.post_forward(module, None)
 
 

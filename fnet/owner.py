@@ -37,8 +37,17 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: filelock's lock, without passing it on through exec
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["OWNER_LOCK", "OWNER_FILE", "RUNNER_ENV", "FolderOwned", "Owner", "own", "owner_of", "die_with_runner",
-           "main"]
+__all__ = [
+    "OWNER_LOCK",
+    "OWNER_FILE",
+    "RUNNER_ENV",
+    "FolderOwned",
+    "Owner",
+    "own",
+    "owner_of",
+    "die_with_runner",
+    "main",
+]
 
 OWNER_LOCK = "job.lock"
 OWNER_FILE = "owner.json"
@@ -142,8 +151,10 @@ def own(folder: str | os.PathLike, *, wait: float = 0.0, poll: float = 0.2, log=
     deadline, told = time.time() + wait, False
     while (got := _try_lock(folder / OWNER_LOCK)) is None:
         if time.time() >= deadline:
-            raise FolderOwned(f"job folder {folder} is owned by {_owner_text(folder)}, which is still running; "
-                              "wait for it or stop it, then rerun")
+            raise FolderOwned(
+                f"job folder {folder} is owned by {_owner_text(folder)}, which is still running; "
+                "wait for it or stop it, then rerun"
+            )
         if log is not None and not told:
             log(f"waiting for {_owner_text(folder)}, which still owns {folder} (from an earlier run), to stop")
             told = True
@@ -185,6 +196,7 @@ def die_with_runner(*, poll: float | None = 0.5) -> int | None:
     if os.getppid() != runner_pid:  # the runner died before this process could ask
         _kill_self()
     if poll is not None:
+
         def watch() -> None:
             while True:
                 time.sleep(poll)

@@ -1,6 +1,6 @@
 """Compare the installed distributions with a lock file; print what differs. Exit 1 when anything does.
 
-    python scripts/check_lock.py requirements.lock
+python scripts/check_lock.py requirements.lock
 """
 
 import re

@@ -58,22 +58,39 @@ def main(argv=None) -> int:
     masks = unit_layer_masks(args.unit, sets, n_layers, width)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prov = dict(like.provenance, derived=f"scripts/probe_unit_layers.py: unit {args.unit} in {args.layers}",
-                derived_from=str(Path(args.like).resolve()))
+    prov = dict(
+        like.provenance,
+        derived=f"scripts/probe_unit_layers.py: unit {args.unit} in {args.layers}",
+        derived_from=str(Path(args.like).resolve()),
+    )
     networks = out / "probe.safetensors"
     NetworkSet(masks, provenance=prov).save(networks)
 
     rows = []
     for i, layers in enumerate(sets):
         run = out / f"set{i}"
-        cmd = [sys.executable, "evaluate.py", *args.overrides, "mask=lesion", f"mask.networks={i}",
-               f"mask.networks_file={networks}", f"hydra.run.dir={run}"]
+        cmd = [
+            sys.executable,
+            "evaluate.py",
+            *args.overrides,
+            "mask=lesion",
+            f"mask.networks={i}",
+            f"mask.networks_file={networks}",
+            f"hydra.run.dir={run}",
+        ]
         subprocess.run(cmd, cwd=REPO_ROOT, env=os.environ, check=True)
         result = json.loads((run / "result.json").read_text())
         metric = next(iter(result["metrics"]))
-        rows.append({"unit": args.unit, "layers": " ".join(map(str, layers)), "metric": metric,
-                     "score": result["score"], "ci_low": result["metrics"][metric].get("ci_low"),
-                     "ci_high": result["metrics"][metric].get("ci_high")})
+        rows.append(
+            {
+                "unit": args.unit,
+                "layers": " ".join(map(str, layers)),
+                "metric": metric,
+                "score": result["score"],
+                "ci_low": result["metrics"][metric].get("ci_low"),
+                "ci_high": result["metrics"][metric].get("ci_high"),
+            }
+        )
         print(rows[-1], flush=True)
     with open(out / "probe.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

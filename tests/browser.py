@@ -29,10 +29,22 @@ from typing import Any
 
 #: the flags every run uses: headless, no sandbox (containers, root), nothing fetched in the background, and a
 #: proxy that goes nowhere so that a request to the network fails rather than leaves the machine
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--no-default-browser-check", "--disable-sync",
-         "--disable-extensions", "--mute-audio", "--hide-scrollbars", "--proxy-server=127.0.0.1:9",
-         "--proxy-bypass-list=<-loopback>", "--remote-debugging-pipe"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-sync",
+    "--disable-extensions",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--proxy-server=127.0.0.1:9",
+    "--proxy-bypass-list=<-loopback>",
+    "--remote-debugging-pipe",
+]
 
 
 def find_chromium() -> str | None:
@@ -50,8 +62,7 @@ class BrowserError(RuntimeError):
 class Browser:
     """One headless Chromium process and one page (a DevTools session on a new target)."""
 
-    def __init__(self, executable: str | None = None, *, width: int = 1400, height: int = 1000,
-                 timeout: float = 60.0):
+    def __init__(self, executable: str | None = None, *, width: int = 1400, height: int = 1000, timeout: float = 60.0):
         executable = executable or find_chromium()
         if not executable:
             raise FileNotFoundError("no chromium: apt-get install -y chromium (or set FNET_CHROMIUM)")
@@ -70,10 +81,15 @@ class Browser:
             os.dup2(child_r, 3)
             os.dup2(child_w, 4)
 
-        args = [executable, *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
-                "about:blank"]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, close_fds=False, preexec_fn=place_pipes)
+        args = [executable, *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"]
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            close_fds=False,
+            preexec_fn=place_pipes,
+        )
         os.close(child_r)
         os.close(child_w)
         self._write = os.fdopen(to_browser_w, "wb", buffering=0)
@@ -89,8 +105,14 @@ class Browser:
         self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable", session=True)
-        self.send("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            session=True,
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     # -- protocol ---------------------------------------------------------------------------------------------
     def _reader(self) -> None:
@@ -121,8 +143,10 @@ class Browser:
         try:
             answer = self._answers[ident].get(timeout=self.timeout)
         except queue.Empty:
-            raise BrowserError(f"{method}: no answer in {self.timeout} s; chromium said: "
-                               f"{b''.join(self._stderr)[-2000:].decode(errors='replace')}") from None
+            raise BrowserError(
+                f"{method}: no answer in {self.timeout} s; chromium said: "
+                f"{b''.join(self._stderr)[-2000:].decode(errors='replace')}"
+            ) from None
         finally:
             self._answers.pop(ident, None)
         if "error" in answer:
@@ -164,7 +188,9 @@ class Browser:
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.exceptionThrown":
-                out.append(f"exception: {params['exceptionDetails'].get('exception', {}).get('description') or params['exceptionDetails'].get('text')}")
+                out.append(
+                    f"exception: {params['exceptionDetails'].get('exception', {}).get('description') or params['exceptionDetails'].get('text')}"
+                )
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
                 out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
             elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
@@ -173,21 +199,34 @@ class Browser:
 
     def requests(self) -> list[str]:
         """The URL of every request the page made, but for ``data:`` URIs (its embedded images)."""
-        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"
-                and not e["params"]["request"]["url"].startswith("data:")]
+        return [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e.get("method") == "Network.requestWillBeSent" and not e["params"]["request"]["url"].startswith("data:")
+        ]
 
     def screenshot(self, path: str | Path, selector: str | None = None, *, padding: int = 8) -> Path:
         """A PNG of the viewport, or of the element ``selector`` (scrolled into view, ``padding`` px around it)."""
         params: dict[str, Any] = {"format": "png"}
         if selector:
             # the sticky filter bar would cover the top of the element: let it scroll away with the page
-            rect = self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
-                                 "document.querySelectorAll('.controls').forEach(c => c.style.position = 'static'); "
-                                 "e.scrollIntoView(); const r = e.getBoundingClientRect(); "
-                                 "return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]; })()")
+            rect = self.evaluate(
+                f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+                "document.querySelectorAll('.controls').forEach(c => c.style.position = 'static'); "
+                "e.scrollIntoView(); const r = e.getBoundingClientRect(); "
+                "return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]; })()"
+            )
             x, y, w, h = rect
-            params.update(clip={"x": max(0, x - padding), "y": max(0, y - padding), "width": w + 2 * padding,
-                                "height": h + 2 * padding, "scale": 1}, captureBeyondViewport=True)
+            params.update(
+                clip={
+                    "x": max(0, x - padding),
+                    "y": max(0, y - padding),
+                    "width": w + 2 * padding,
+                    "height": h + 2 * padding,
+                    "scale": 1,
+                },
+                captureBeyondViewport=True,
+            )
         data = self.send("Page.captureScreenshot", session=True, **params)["data"]
         path = Path(path)
         path.write_bytes(base64.b64decode(data))

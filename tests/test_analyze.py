@@ -16,14 +16,16 @@ from fnet.networks import NetworkSet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-SMALL = ["model=tiny_gpt2", "data.n_template=2", "data.n_individual=2", "ica.n_components=3",
-         "record.max_length=64"]
+SMALL = ["model=tiny_gpt2", "data.n_template=2", "data.n_individual=2", "ica.n_components=3", "record.max_length=64"]
 
 
 def make_cfg(output_dir, overrides=()):
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("analyze", overrides=SMALL + [f"paths.output_dir={output_dir}", f"paths.root_dir={REPO_ROOT}", "logger=csv",
-                                                     *overrides])
+        return compose(
+            "analyze",
+            overrides=SMALL
+            + [f"paths.output_dir={output_dir}", f"paths.root_dir={REPO_ROOT}", "logger=csv", *overrides],
+        )
 
 
 def test_analysis_writes_report_networks_and_figures(tmp_path, fnet_cache):
@@ -69,8 +71,12 @@ def test_unconverged_decompositions_are_reported_once_by_name(tmp_path, fnet_cac
 def test_same_seed_gives_identical_networks_other_seed_differs(tmp_path, fnet_cache):
     masks = []
     for name, seed in (("a", 0), ("b", 0), ("c", 10)):  # restarts use seed..seed+2: disjoint for 0 and 10
-        run(make_cfg(tmp_path / name, [f"seed={seed}", "data=builtin", "individual=false",
-                                       "data.datasets={news:{source:builtin:news}}"]))
+        run(
+            make_cfg(
+                tmp_path / name,
+                [f"seed={seed}", "data=builtin", "individual=false", "data.datasets={news:{source:builtin:news}}"],
+            )
+        )
         masks.append(NetworkSet.load(tmp_path / name / "networks" / "news_group.safetensors"))
     assert torch.equal(masks[0].masks, masks[1].masks) and torch.equal(masks[0].maps, masks[1].maps)
     assert not torch.equal(masks[0].maps, masks[2].maps)  # other ICA seeds (the text sample has data.seed)
@@ -101,8 +107,9 @@ def test_one_dataset_fits_its_group_once_and_saves_it_as_all(tmp_path, fnet_cach
 
 
 def test_mlp_act_signal_has_d_mlp_width(tmp_path, fnet_cache):
-    cfg = make_cfg(tmp_path / "act", ["record.signal=mlp_act", "individual=false",
-                                      "data.datasets={math:{source:builtin:math}}"])
+    cfg = make_cfg(
+        tmp_path / "act", ["record.signal=mlp_act", "individual=false", "data.datasets={math:{source:builtin:math}}"]
+    )
     run(cfg)
     nets = NetworkSet.load(tmp_path / "act" / "networks" / "math_group.safetensors")
     assert nets.masks.shape == (3, 3, 128) and nets.provenance["signal"] == "mlp_act"
@@ -123,8 +130,9 @@ def test_networks_for_config_is_cached(tmp_path, fnet_cache):
 
 
 def test_too_many_components_is_a_clear_error(tmp_path, fnet_cache):
-    cfg = make_cfg(tmp_path / "k", ["ica.n_components=5000", "individual=false",
-                                    "data.datasets={news:{source:builtin:news}}"])
+    cfg = make_cfg(
+        tmp_path / "k", ["ica.n_components=5000", "individual=false", "data.datasets={news:{source:builtin:news}}"]
+    )
     with pytest.raises(ValueError, match="5000"):
         run(cfg)
 
@@ -133,10 +141,21 @@ def test_multirun_continues_past_a_failed_job(tmp_path):
     env = dict(os.environ, FNET_CACHE=str(tmp_path / "cache"))
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "analyze.py", "-m", *SMALL, "individual=false",
-         "data.datasets={news:{source:builtin:news}}", "ica.n_components=5000,2",
-         f"hydra.sweep.dir={sweep}"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "analyze.py",
+            "-m",
+            *SMALL,
+            "individual=false",
+            "data.datasets={news:{source:builtin:news}}",
+            "ica.n_components=5000,2",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     # the sweep runs every job, then exits non-zero and names the failed one (fnet.pipelines.hydra_utils.SweepFailures)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -150,7 +169,11 @@ def test_single_run_failure_exits_nonzero(tmp_path):
     env = dict(os.environ, FNET_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run(
         [sys.executable, "analyze.py", *SMALL, "model.name=tiny:bert", f"hydra.run.dir={tmp_path / 'r'}"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert "unknown tiny family 'bert'" in (tmp_path / "r" / "failure.json").read_text()

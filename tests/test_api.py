@@ -13,8 +13,23 @@ from fnet.networks import ForeignNetworksError
 from fnet.networks import NetworkSet
 
 REPO = Path(__file__).resolve().parents[1]
-API = ["load_model", "record", "ActivationStore", "FastICA", "CanICA", "find_networks", "NetworkSet",
-       "match_templates", "apply_mask", "lesion", "preserve", "random_control", "load_task", "evaluate", "attribute"]
+API = [
+    "load_model",
+    "record",
+    "ActivationStore",
+    "FastICA",
+    "CanICA",
+    "find_networks",
+    "NetworkSet",
+    "match_templates",
+    "apply_mask",
+    "lesion",
+    "preserve",
+    "random_control",
+    "load_task",
+    "evaluate",
+    "attribute",
+]
 
 
 def test_help_lists_the_api():
@@ -35,9 +50,10 @@ def planted_networks(lm, k=2, per_layer=3):
     its identity as find_networks would."""
     masks = torch.zeros(k, lm.n_layers, lm.d_model, dtype=torch.bool)
     for i in range(k):
-        masks[i, :, i * per_layer:(i + 1) * per_layer] = True
-    return NetworkSet.from_masks(masks, provenance={"model": lm.name, "model_fingerprint": lm.fingerprint,
-                                                    "signal": "mlp_out"})
+        masks[i, :, i * per_layer : (i + 1) * per_layer] = True
+    return NetworkSet.from_masks(
+        masks, provenance={"model": lm.name, "model_fingerprint": lm.fingerprint, "signal": "mlp_out"}
+    )
 
 
 def test_record_find_lesion_on_a_tiny_model(tmp_path):
@@ -120,7 +136,9 @@ def test_stage_subpackages_are_attributes_and_do_not_shadow_the_api():
     import subprocess
     import sys
 
-    code = ("import fnet; assert fnet.recording.load_texts.__module__ == 'fnet.recording.sources'; "
-            "assert callable(fnet.record) and callable(fnet.evaluate); print('ok')")
+    code = (
+        "import fnet; assert fnet.recording.load_texts.__module__ == 'fnet.recording.sources'; "
+        "assert callable(fnet.record) and callable(fnet.evaluate); print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]

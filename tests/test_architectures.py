@@ -14,8 +14,25 @@ from fnet.models import LoadedModel, byte_tokenizer, down_proj_modules, signal_m
 from fnet.recording.recorder import record_texts
 
 #: issue #7's refused types plus the Llama family: these must be found, recorded and masked
-MUST_PASS = {"gemma3_text", "phi3", "gpt_neox", "opt", "falcon", "bloom", "gptj", "gpt_neo", "stablelm",
-             "starcoder2", "cohere", "granite", "mixtral", "llama", "mistral", "qwen2", "gpt2"}
+MUST_PASS = {
+    "gemma3_text",
+    "phi3",
+    "gpt_neox",
+    "opt",
+    "falcon",
+    "bloom",
+    "gptj",
+    "gpt_neo",
+    "stablelm",
+    "starcoder2",
+    "cohere",
+    "granite",
+    "mixtral",
+    "llama",
+    "mistral",
+    "qwen2",
+    "gpt2",
+}
 #: names MLPs have in the wild ("" = the block holds the projections itself, as in OPT) -- test-side knowledge
 MLP_NAMES = {"mlp", "feed_forward", "ffn", "block_sparse_moe", "ff", ""}
 TEXTS = ["The cat sat on the mat.", "Hi there"]
@@ -67,6 +84,7 @@ def signals(lm):
 def plain_capture(module, signal, store, layer, after=False, first=False):
     """A plain hook (not fnet's) keeping the module's output (mlp_out) or input (mlp_act) as [tokens, width];
     with ``first``, of the module's first call in the pass (a model may run a layer twice, e.g. dory)."""
+
     def keep(tensor):
         if not (first and layer in store):
             store[layer] = tensor.detach().clone()
@@ -114,8 +132,13 @@ def test_recording_equals_hand_hooked_down_projection(model_type):
                     h.remove()
             for layer in range(lm.n_layers):
                 expected = store[layer].reshape(-1, width)  # batch 1: [tokens, width] in every layout
-                torch.testing.assert_close(acts[:, layer * width : (layer + 1) * width], expected,
-                                           atol=1e-5, rtol=1e-4, msg=f"{model_type} {signal} layer {layer}")
+                torch.testing.assert_close(
+                    acts[:, layer * width : (layer + 1) * width],
+                    expected,
+                    atol=1e-5,
+                    rtol=1e-4,
+                    msg=f"{model_type} {signal} layer {layer}",
+                )
 
 
 @pytest.mark.parametrize("model_type", causal_lm_types())
@@ -162,8 +185,10 @@ def test_dory_runs_each_mlp_twice_and_fnet_records_the_first():
     first, last, counts = {}, {}, {}
     handles = [plain_capture(m, "mlp_out", first, layer, first=True) for layer, m in enumerate(modules)]
     handles += [plain_capture(m, "mlp_out", last, layer) for layer, m in enumerate(modules)]
-    handles += [m.register_forward_hook(lambda *_a, layer=layer: counts.__setitem__(layer, counts.get(layer, 0) + 1))
-                for layer, m in enumerate(modules)]
+    handles += [
+        m.register_forward_hook(lambda *_a, layer=layer: counts.__setitem__(layer, counts.get(layer, 0) + 1))
+        for layer, m in enumerate(modules)
+    ]
     try:
         with torch.no_grad():
             lm.model(input_ids=ids, use_cache=False)

@@ -51,9 +51,22 @@ def test_ig_completeness(tiny, signal, baseline):
     ids, mask, positions, targets = batch(tiny)
     width = tiny.width(signal)
     draw = torch.Generator().manual_seed(0)  # its own RNG: the test must not depend on what ran before it
-    base = "zero" if baseline == "zero" else torch.randn(tiny.n_layers, width, dtype=torch.float64, generator=draw) * 0.5
-    result = attribute(tiny.model, ids, mask, positions, targets, signal=signal, method="ig", steps=32,
-                       baseline=base, alpha_batch=12, return_baseline_output=True)
+    base = (
+        "zero" if baseline == "zero" else torch.randn(tiny.n_layers, width, dtype=torch.float64, generator=draw) * 0.5
+    )
+    result = attribute(
+        tiny.model,
+        ids,
+        mask,
+        positions,
+        targets,
+        signal=signal,
+        method="ig",
+        steps=32,
+        baseline=base,
+        alpha_batch=12,
+        return_baseline_output=True,
+    )
     assert result.attributions.shape == (len(TEXTS), ids.shape[1], tiny.n_layers, width)
     # G(clean) is the unpatched model's output
     torch.testing.assert_close(result.target_logprob, plain_log_probs(tiny, ids, mask, positions, targets))
@@ -73,7 +86,7 @@ def test_ig_quadrature_converges_and_alpha_batching_is_exact(tiny):
     chunked = attribute(tiny.model, ids, mask, positions, targets, steps=6, alpha_batch=4, **kwargs)
     torch.testing.assert_close(one_pass.attributions, chunked.attributions)
     gap = one_pass.target_logprob - one_pass.baseline_logprob
-    err_1 = (attribute(tiny.model, ids, mask, positions, targets, steps=1, **kwargs).attributions.sum((1, 2, 3)) - gap)
+    err_1 = attribute(tiny.model, ids, mask, positions, targets, steps=1, **kwargs).attributions.sum((1, 2, 3)) - gap
     err_16 = attribute(tiny.model, ids, mask, positions, targets, steps=16, **kwargs).attributions.sum((1, 2, 3)) - gap
     assert err_16.abs().max() <= err_1.abs().max()
 
@@ -134,8 +147,10 @@ def test_act_x_grad_is_activation_times_gradient(tiny, signal):
         up, down = acts.clone(), acts.clone()
         up[b, p, layer, unit] += eps
         down[b, p, layer, unit] -= eps
-        derivative = (patched_output(tiny, signal, up, ids, mask, positions, targets)[b]
-                      - patched_output(tiny, signal, down, ids, mask, positions, targets)[b]) / (2 * eps)
+        derivative = (
+            patched_output(tiny, signal, up, ids, mask, positions, targets)[b]
+            - patched_output(tiny, signal, down, ids, mask, positions, targets)[b]
+        ) / (2 * eps)
         expected = acts[b, p, layer, unit] * derivative
         torch.testing.assert_close(result.attributions[b, p, layer, unit], expected, rtol=2e-3, atol=1e-8)
 
@@ -162,12 +177,14 @@ def test_n_top():
 
 def test_select_key_neurons_by_hand():
     # 6 neurons, keep round(6/3) = 2 per sample
-    attributions = torch.tensor([
-        [5.0, 4.0, 0.1, 0.2, 0.3, 0.0],    # tag 0: keeps {0, 1}
-        [0.0, 5.0, 4.0, 0.1, 0.2, 0.3],    # tag 0: keeps {1, 2}
-        [0.1, 3.0, 0.2, -9.0, 0.3, 0.0],   # tag 0: keeps {3, 1} by |a|; signed: {1, 4}
-        [0.0, 0.0, 0.0, 0.1, 7.0, 6.0],    # tag 1: keeps {4, 5}
-    ])
+    attributions = torch.tensor(
+        [
+            [5.0, 4.0, 0.1, 0.2, 0.3, 0.0],  # tag 0: keeps {0, 1}
+            [0.0, 5.0, 4.0, 0.1, 0.2, 0.3],  # tag 0: keeps {1, 2}
+            [0.1, 3.0, 0.2, -9.0, 0.3, 0.0],  # tag 0: keeps {3, 1} by |a|; signed: {1, 4}
+            [0.0, 0.0, 0.0, 0.1, 7.0, 6.0],  # tag 1: keeps {4, 5}
+        ]
+    )
     tags = [0, 0, 0, 1]
     chosen, counter = select_key_neurons(attributions, tags, n_tags=3, top_fraction=1 / 3, top_k=2)
     assert counter.n_keep == 2
@@ -204,12 +221,14 @@ def test_key_neuron_counter_validates():
 
 def test_contrast_rule_prefers_tag_specific_neurons():
     # neuron 0 is in every sample's top 2 (a generic neuron); neurons 1, 2 only for tag 0; 3, 4 only for tag 1
-    attributions = torch.tensor([
-        [9.0, 8.0, 0.1, 0.2, 0.3, 0.4],
-        [9.0, 0.1, 8.0, 0.2, 0.3, 0.4],
-        [9.0, 0.1, 0.2, 8.0, 0.3, 0.4],
-        [9.0, 0.1, 0.2, 0.3, 8.0, 0.4],
-    ])
+    attributions = torch.tensor(
+        [
+            [9.0, 8.0, 0.1, 0.2, 0.3, 0.4],
+            [9.0, 0.1, 8.0, 0.2, 0.3, 0.4],
+            [9.0, 0.1, 0.2, 8.0, 0.3, 0.4],
+            [9.0, 0.1, 0.2, 0.3, 8.0, 0.4],
+        ]
+    )
     tags = [0, 0, 1, 1]
     by_frequency, counter = select_key_neurons(attributions, tags, 3, top_fraction=1 / 3, top_k=2)
     assert [c.tolist() for c in by_frequency] == [[0, 1], [0, 3], []]
@@ -226,4 +245,6 @@ def test_counter_save_load_roundtrip(tmp_path):
     loaded, names = KeyNeuronCounter.load(path)
     assert names == ["A", "B", "C"] and loaded.n_keep == counter.n_keep and loaded.rank_by == "abs"
     assert torch.equal(loaded.counts, counter.counts) and torch.equal(loaded.n_samples, counter.n_samples)
-    assert [c.tolist() for c in loaded.key_neurons(3, "contrast")] == [c.tolist() for c in counter.key_neurons(3, "contrast")]
+    assert [c.tolist() for c in loaded.key_neurons(3, "contrast")] == [
+        c.tolist() for c in counter.key_neurons(3, "contrast")
+    ]

@@ -26,25 +26,50 @@ TEXTS = [Text(id=f"t{i}", text=f"The number {i} is written here, " * (i + 2), so
 
 def analyze_cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("analyze", overrides=[
-            "model=tiny_gpt2", "data.n_template=2", "data.n_individual=0", "ica.n_components=3",
-            "record.max_length=32", f"paths.output_dir={tmp_path / 'out'}", f"paths.root_dir={REPO}",
-            f"paths.cache_dir={tmp_path / 'cache'}", "networks.source=news", *overrides])
+        return compose(
+            "analyze",
+            overrides=[
+                "model=tiny_gpt2",
+                "data.n_template=2",
+                "data.n_individual=0",
+                "ica.n_components=3",
+                "record.max_length=32",
+                f"paths.output_dir={tmp_path / 'out'}",
+                f"paths.root_dir={REPO}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                "networks.source=news",
+                *overrides,
+            ],
+        )
 
 
 def fake_checkpoint(path, seed):
     """An fnet checkpoint of a 'fine-tuned' tiny GPT-2 whose weights are the random model of ``seed``."""
     state = load_model("tiny:gpt2", seed=seed).model.state_dict()
-    torch.save({"fnet": {"model_name": "tiny:gpt2", "backbone_prefix": "model."}, "global_step": 1,
-                "state_dict": {f"model.{k}": v for k, v in state.items()}}, path)
+    torch.save(
+        {
+            "fnet": {"model_name": "tiny:gpt2", "backbone_prefix": "model."},
+            "global_step": 1,
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+        },
+        path,
+    )
     return path
 
 
 def _record(lm, cfg):
     """The cached recording of TEXTS with the config's record settings."""
     rec = cfg.record
-    return record_dataset(lm, TEXTS, dataset="mine", cache_dir=cfg.paths.cache_dir, signal=rec.signal,
-                          max_length=rec.max_length, batch_size=rec.batch_size, progress=False)
+    return record_dataset(
+        lm,
+        TEXTS,
+        dataset="mine",
+        cache_dir=cfg.paths.cache_dir,
+        signal=rec.signal,
+        max_length=rec.max_length,
+        batch_size=rec.batch_size,
+        progress=False,
+    )
 
 
 def test_fingerprint_is_content_not_name():
@@ -72,8 +97,7 @@ def test_overwritten_checkpoint_recomputes_networks_and_baseline(tmp_path):
     assert len(list((tmp_path / "cache" / "activations").rglob("manifest.json"))) == 2
     task = {"name": "sst2"}
     eval_cfg = analyze_cfg(tmp_path, "+eval.max_length=null", f"paths.data_dir={tmp_path}")
-    assert (baseline_cache_key(eval_cfg, task, first.identity())
-            != baseline_cache_key(eval_cfg, task, second.identity()))
+    assert baseline_cache_key(eval_cfg, task, first.identity()) != baseline_cache_key(eval_cfg, task, second.identity())
 
 
 def test_resaved_local_folder_and_dtype_change_rerecord(tmp_path):
@@ -106,9 +130,14 @@ def test_foreign_networks_are_an_error_naming_both():
     gpt2, llama = load_model("tiny:gpt2"), load_model("tiny:llama")
     nets = _netset_of(gpt2)
     here = dict(model=llama.name, fingerprint=llama.fingerprint, n_layers=3, width=32, signal="mlp_out")
-    with pytest.raises(ForeignNetworksError, match=r"found on tiny:gpt2 \(fingerprint " + gpt2.fingerprint[:12]
-                       + r".*3 layers x 32 mlp_out\) but the model is tiny:llama \(fingerprint "
-                       + llama.fingerprint[:12] + r".*allow_foreign"):
+    with pytest.raises(
+        ForeignNetworksError,
+        match=r"found on tiny:gpt2 \(fingerprint "
+        + gpt2.fingerprint[:12]
+        + r".*3 layers x 32 mlp_out\) but the model is tiny:llama \(fingerprint "
+        + llama.fingerprint[:12]
+        + r".*allow_foreign",
+    ):
         check_compatible(nets, **here)
     foreign = check_compatible(nets, **here, allow_foreign=True)
     assert foreign["networks"]["fingerprint"] == gpt2.fingerprint and foreign["model"]["model"] == "tiny:llama"
@@ -127,12 +156,26 @@ def test_evaluate_refuses_foreign_networks_unless_allowed(tmp_path, shared_data)
 
     def cfg(*extra):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            return compose("evaluate", overrides=[
-                "model=tiny_llama", "task=sst2", "task.limit=4", "logger=none", "eval.bootstrap=20",
-                f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path / 'out'}", f"paths.data_dir={shared_data}",
-                f"paths.cache_dir={tmp_path / 'cache'}", "~callbacks.progress_bar",
-                "+trainer.enable_progress_bar=false", "mask=lesion", "mask.networks=0",
-                f"mask.networks_file={nets}", *extra])
+            return compose(
+                "evaluate",
+                overrides=[
+                    "model=tiny_llama",
+                    "task=sst2",
+                    "task.limit=4",
+                    "logger=none",
+                    "eval.bootstrap=20",
+                    f"paths.root_dir={REPO}",
+                    f"paths.output_dir={tmp_path / 'out'}",
+                    f"paths.data_dir={shared_data}",
+                    f"paths.cache_dir={tmp_path / 'cache'}",
+                    "~callbacks.progress_bar",
+                    "+trainer.enable_progress_bar=false",
+                    "mask=lesion",
+                    "mask.networks=0",
+                    f"mask.networks_file={nets}",
+                    *extra,
+                ],
+            )
 
     with pytest.raises(ForeignNetworksError, match="tiny:gpt2.*but the model is tiny:llama"):
         run(cfg())
@@ -151,8 +194,15 @@ def _record_worker(root, n_texts):
 
     lm = load_model("tiny:gpt2")
     recorder = Recorder(lm, "mlp_out", max_length=32, batch_size=1, progress=False)
-    store = ActivationStore.open(root, model=lm.name, fingerprint=lm.fingerprint, signal="mlp_out",
-                                 n_layers=recorder.n_layers, width=recorder.width, max_length=recorder.max_length)
+    store = ActivationStore.open(
+        root,
+        model=lm.name,
+        fingerprint=lm.fingerprint,
+        signal="mlp_out",
+        n_layers=recorder.n_layers,
+        width=recorder.width,
+        max_length=recorder.max_length,
+    )
     texts = [f"text {i} " * (i % 5 + 1) for i in range(n_texts)]
     recorder.record_to_store(texts, store, ids=[f"t{i:02d}" for i in range(n_texts)])
 

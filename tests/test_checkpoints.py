@@ -18,16 +18,21 @@ def _write_old_checkpoint(path, checkpoint, scheduler_module=b"fnet.finetune"):
     torch.save(checkpoint, path, _use_new_zipfile_serialization=False, pickle_protocol=2)  # GLOBAL opcodes: text
     raw = path.read_bytes()
     assert b"fnet.scoring.tasks\n" in raw and b"fnet.lit.classification\nwarmup_scheduler\n" in raw
-    path.write_bytes(raw.replace(b"fnet.scoring.tasks\n", b"fnet.tasks\n").replace(
-        b"fnet.lit.classification\nwarmup_scheduler\n", scheduler_module + b"\nwarmup_scheduler\n"))
+    path.write_bytes(
+        raw.replace(b"fnet.scoring.tasks\n", b"fnet.tasks\n").replace(
+            b"fnet.lit.classification\nwarmup_scheduler\n", scheduler_module + b"\nwarmup_scheduler\n"
+        )
+    )
 
 
 @pytest.mark.parametrize("scheduler_module", [b"fnet.finetune", b"fnet.lit.finetune"])
 def test_checkpoint_with_old_module_paths_loads(tmp_path, scheduler_module):
     task = get_task("sst2")
-    checkpoint = {"fnet": {"module": "fnet.lit.classification.SequenceClassificationModule"},
-                  "datamodule_hyper_parameters": {"task": task},
-                  "scheduler": functools.partial(warmup_scheduler, name="cosine")}
+    checkpoint = {
+        "fnet": {"module": "fnet.lit.classification.SequenceClassificationModule"},
+        "datamodule_hyper_parameters": {"task": task},
+        "scheduler": functools.partial(warmup_scheduler, name="cosine"),
+    }
     path = tmp_path / "old.ckpt"
     _write_old_checkpoint(path, checkpoint, scheduler_module)
     loaded = load_checkpoint_file(path)

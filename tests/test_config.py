@@ -28,10 +28,21 @@ def problems(name, *overrides) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("name, extra", [("analyze", []), ("analyze", ["analysis=pos"]), ("analyze", ["debug=default"]),
-                                         ("analyze", ["networks=paper"]), ("evaluate", []),
-                                         ("evaluate", ["debug=evaluate"]), ("evaluate", ["mask=lesion"]),
-                                         ("train", []), ("train", ["debug=train"]), ("train", ["task=squad"])])
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("analyze", []),
+        ("analyze", ["analysis=pos"]),
+        ("analyze", ["debug=default"]),
+        ("analyze", ["networks=paper"]),
+        ("evaluate", []),
+        ("evaluate", ["debug=evaluate"]),
+        ("evaluate", ["mask=lesion"]),
+        ("train", []),
+        ("train", ["debug=train"]),
+        ("train", ["task=squad"]),
+    ],
+)
 def test_default_configs_compose_and_validate(name, extra):
     cfg = composed(name, *extra)
     assert validate_config(cfg, name) is cfg
@@ -70,15 +81,18 @@ def test_out_of_range_values_name_the_key_and_the_range():
     assert "3 problems" in text
     assert "task.limit must be > 0, got 0" in problems("evaluate", "task.limit=0")
     assert "mask.mode must be one of" in problems("evaluate", "mask.mode=lesoin")
-    assert "analysis.attribution.method must be one of" in problems("analyze", "analysis=pos",
-                                                                    "analysis.attribution.method=grad")
+    assert "analysis.attribution.method must be one of" in problems(
+        "analyze", "analysis=pos", "analysis.attribution.method=grad"
+    )
 
 
 def test_type_errors_name_the_key():
     assert "networks.alpha: Value 'abc' of type 'str' could not be converted to Float" in problems(
-        "analyze", "networks.alpha=abc")
+        "analyze", "networks.alpha=abc"
+    )
     assert "task.limit: Value 'abc' of type 'str' could not be converted to Integer" in problems(
-        "evaluate", "task.limit=abc")
+        "evaluate", "task.limit=abc"
+    )
 
 
 def test_missing_key_is_an_error():
@@ -96,7 +110,9 @@ def test_every_task_composes_with_the_values_it_had(task):
     for name in ("evaluate", "train"):
         now = json.loads(json.dumps(OmegaConf.to_container(composed(name, f"task={task}").task)))
         assert now == before[task]
-    from fnet.scoring.tasks import load_task_config  # the same task read by name outside Hydra (fnet.scoring.tasks.get_task)
+    from fnet.scoring.tasks import (
+        load_task_config,
+    )  # the same task read by name outside Hydra (fnet.scoring.tasks.get_task)
 
     assert json.loads(json.dumps(load_task_config(task))) == before[task]
     assert len(TASKS) == len(before) == 9
@@ -104,9 +120,14 @@ def test_every_task_composes_with_the_values_it_had(task):
 
 def test_cli_exits_nonzero_before_any_work(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", FNET_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "analyze.py", "debug=default", "+record.max_lenght=16",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "analyze.py", "debug=default", "+record.max_lenght=16", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0
     assert "unknown key record.max_lenght" in proc.stderr + proc.stdout
     assert not (tmp_path / "cache").exists()  # nothing was recorded

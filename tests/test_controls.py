@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from fnet.intervene.controls import (magnitude_bins, magnitude_matched_draw, magnitude_matched_mask, neuron_scale,
-                           recurring_units, spare, top_units, unit_masks)
+from fnet.intervene.controls import (
+    magnitude_bins,
+    magnitude_matched_draw,
+    magnitude_matched_mask,
+    neuron_scale,
+    recurring_units,
+    spare,
+    top_units,
+    unit_masks,
+)
 
 
 def test_neuron_scale_is_rms_per_neuron_streamed_in_float64(tmp_path):
@@ -18,7 +26,7 @@ def test_neuron_scale_is_rms_per_neuron_streamed_in_float64(tmp_path):
         maps.append(np.load(tmp_path / f"{i}.npy", mmap_mode="r"))
     got = neuron_scale(maps, n_layers, chunk_rows=3)  # chunks split the texts unevenly
     stacked = np.concatenate([np.asarray(m, dtype=np.float64) for m in maps])
-    expected = np.sqrt((stacked ** 2).mean(axis=0)).reshape(n_layers, width)
+    expected = np.sqrt((stacked**2).mean(axis=0)).reshape(n_layers, width)
     assert got.shape == (n_layers, width) and got.dtype == np.float64
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     # a planted constant neuron: layer 1, unit 2 always 4.0 -> RMS exactly 4
@@ -89,8 +97,8 @@ def test_a_reference_that_fills_a_layer_is_matched_with_overlap_there_only_when_
     rng = np.random.default_rng(0)
     scale = rng.uniform(0.1, 10.0, size=(3, 20))  # [layer, unit]
     mask = np.zeros((3, 20), dtype=bool)
-    mask[0, :3] = True     # room left: the draw stays disjoint
-    mask[1, :18] = True    # 18 of 20: only 2 free neurons, so this layer must overlap
+    mask[0, :3] = True  # room left: the draw stays disjoint
+    mask[1, :18] = True  # 18 of 20: only 2 free neurons, so this layer must overlap
     mask[2, 5] = True
     with pytest.raises(ValueError, match="layer 1: 18 neurons to match but only 2 .*'prefer' draws such a layer"):
         magnitude_matched_draw(mask, scale, n_bins=4)
@@ -144,7 +152,9 @@ def _planted_networks():
     masks[:, :, 7] = True  # unit 7 in every network and layer: the planted massive unit
     scale = rng.random((4, 30)) + 0.1
     scale[:, 7] = 50.0
-    return NetworkSet.from_masks(torch.from_numpy(masks), provenance={"model": "planted", "model_fingerprint": "f"}), scale
+    return NetworkSet.from_masks(
+        torch.from_numpy(masks), provenance={"model": "planted", "model_fingerprint": "f"}
+    ), scale
 
 
 def test_registry_controls_without_a_stream_are_the_v1_study_draws():
@@ -231,8 +241,9 @@ def test_mean_ablation_leaves_a_constant_channel_unchanged():
     with torch.no_grad():  # mlp_out[unit] = bias[unit], whatever the input: a constant channel
         down.weight[:, unit] = 0.0
         down.bias[unit] = 3.0
-    ids = lm.tokenizer(["hello world, a constant channel", "another text"], return_tensors="pt",
-                       padding=True)["input_ids"]
+    ids = lm.tokenizer(["hello world, a constant channel", "another text"], return_tensors="pt", padding=True)[
+        "input_ids"
+    ]
     acts = []
     with trace_signal(lm.model, "mlp_out", read=lambda i, h: acts.append((i, h.detach()))):
         clean = lm.model(ids).logits

@@ -213,8 +213,11 @@ def test_missing_local_path_names_path_and_fixes(monkeypatch, tmp_path):
     missing = tmp_path / "nowhere"
     monkeypatch.setenv(fdata.DATA_DIR_ENV, str(missing))
     assert fdata.data_root() == missing
-    for source, hub_hint in [("wikitext2", "Salesforce/wikitext"), ("ag_news", "fancyzhx/ag_news"),
-                             ("codenet_java", "iNeil77/CodeNet")]:
+    for source, hub_hint in [
+        ("wikitext2", "Salesforce/wikitext"),
+        ("ag_news", "fancyzhx/ag_news"),
+        ("codenet_java", "iNeil77/CodeNet"),
+    ]:
         with pytest.raises(FileNotFoundError) as info:
             load_texts(source)
         message = str(info.value)
@@ -336,8 +339,15 @@ def _fake_hub_rows(hub_name, config):
             lines += ["", f" = = Section {article} = = ", ""]
         return [{"text": line} for line in lines]
     if hub_name == "allenai/math_qa":
-        return [{"Problem": f"what is {i} + {i} ?", "Rationale": f'"explanation : {i} + {i} = {2 * i}"',
-                 "options": "a ) 1", "correct": "a"} for i in range(250)]
+        return [
+            {
+                "Problem": f"what is {i} + {i} ?",
+                "Rationale": f'"explanation : {i} + {i} = {2 * i}"',
+                "options": "a ) 1",
+                "correct": "a",
+            }
+            for i in range(250)
+        ]
     if hub_name == "iNeil77/CodeNet":
         return [{"code": f"class Main{i} {{ }}", "status": "Accepted"} for i in range(400)]
     raise AssertionError(f"unexpected hub name {hub_name}")
@@ -362,8 +372,9 @@ def test_hf_source_passes_name_split_field(fake_hub):
     texts = load_texts("hf:fancyzhx/ag_news", split="test", text_field="text")
     assert fake_hub == [{"path": "fancyzhx/ag_news", "name": None, "split": "test"}]
     assert len(texts) == 300
-    assert texts[0] == Text(id="fancyzhx/ag_news/test/0", text="Headline 0 (Wire) Wire - story number 0.",
-                            source="hf:fancyzhx/ag_news")
+    assert texts[0] == Text(
+        id="fancyzhx/ag_news/test/0", text="Headline 0 (Wire) Wire - story number 0.", source="hf:fancyzhx/ag_news"
+    )
 
 
 def test_hf_source_config_max_rows_and_missing_field(fake_hub):
@@ -398,8 +409,12 @@ def test_paper_config_instantiates_with_fake_hub(fake_hub):
     assert list(sets) == ["ag_news", "wikitext2", "mathqa", "codenet"]
     assert all(len(s.template) == 100 and len(s.individual) == 100 for s in sets.values())
     called = {(c["path"], c["name"]) for c in fake_hub}
-    assert called == {("fancyzhx/ag_news", None), ("Salesforce/wikitext", "wikitext-2-raw-v1"),
-                      ("allenai/math_qa", None), ("iNeil77/CodeNet", "Java")}
+    assert called == {
+        ("fancyzhx/ag_news", None),
+        ("Salesforce/wikitext", "wikitext-2-raw-v1"),
+        ("allenai/math_qa", None),
+        ("iNeil77/CodeNet", "Java"),
+    }
     assert sets["codenet"].provenance["hub"] == "iNeil77/CodeNet"
 
 
@@ -435,12 +450,15 @@ def test_builtin_config_instantiates_to_four_genres():
 
 
 @needs_shared
-@pytest.mark.parametrize("name, expected", [
-    ("shared", {"wikitext2": 100, "ag_news": 100, "codenet_java": 90}),
-    ("wikitext2", {"wikitext2": 100}),
-    ("ag_news", {"ag_news": 100}),
-    ("codenet_java", {"codenet_java": 90}),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("shared", {"wikitext2": 100, "ag_news": 100, "codenet_java": 90}),
+        ("wikitext2", {"wikitext2": 100}),
+        ("ag_news", {"ag_news": 100}),
+        ("codenet_java", {"codenet_java": 90}),
+    ],
+)
 def test_offline_configs_instantiate(shared_root, name, expected):
     sets = _instantiate(name)
     assert {k: len(v.template) for k, v in sets.items()} == expected

@@ -16,12 +16,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 def evaluate(tmp_path, shared_data, name, *overrides):
     out = tmp_path / name
-    cmd = [sys.executable, "evaluate.py", "model=tiny_gpt2", "task=ag_news", "task.limit=11",
-           "task.metric=[accuracy,mcc]", "logger=none", "eval.batch_size=2", "eval.bootstrap=200",
-           f"paths.data_dir={shared_data}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}",
-           "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", *overrides]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONWARNINGS="ignore")
+    cmd = [
+        sys.executable,
+        "evaluate.py",
+        "model=tiny_gpt2",
+        "task=ag_news",
+        "task.limit=11",
+        "task.metric=[accuracy,mcc]",
+        "logger=none",
+        "eval.batch_size=2",
+        "eval.bootstrap=200",
+        f"paths.data_dir={shared_data}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={out}",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+        *overrides,
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "result.json").read_text())

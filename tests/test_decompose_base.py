@@ -18,8 +18,20 @@ from fnet.decompose import BaseDecomposition, FastICA, TemporalICA, best_match_a
 DECOMPOSE = Path(fnet.decompose.__file__).resolve().parent
 
 #: what the base class owns: a subclass that defines one of these re-implements shared behaviour
-OWNED = {"fit", "fit_transform", "_fit", "transform", "inverse_transform", "spatial_maps_", "check_params",
-         "parameter_rules", "_record_convergence", "_principal_axes", "_compute", "_n_features_out"}
+OWNED = {
+    "fit",
+    "fit_transform",
+    "_fit",
+    "transform",
+    "inverse_transform",
+    "spatial_maps_",
+    "check_params",
+    "parameter_rules",
+    "_record_convergence",
+    "_principal_axes",
+    "_compute",
+    "_n_features_out",
+}
 
 
 def _all_subclasses(cls) -> set[type]:
@@ -70,10 +82,26 @@ def test_parameter_docs_are_filled_in():
 class _Whitened(TemporalICA):
     """PCA whitening and no rotation: the smallest temporal ICA, to show what a new algorithm has to write."""
 
-    def __init__(self, n_components=3, *, fun="logcosh", fun_args=None, max_iter=1, tol=1e-4,
-                 whiten="unit-variance", whiten_solver="auto", n_oversamples=None, n_power_iter=4,
-                 sketch_dtype="float32", random_state=None, device="cpu", dtype="float64", block_rows=None,
-                 standardize=False, converge=True):
+    def __init__(
+        self,
+        n_components=3,
+        *,
+        fun="logcosh",
+        fun_args=None,
+        max_iter=1,
+        tol=1e-4,
+        whiten="unit-variance",
+        whiten_solver="auto",
+        n_oversamples=None,
+        n_power_iter=4,
+        sketch_dtype="float32",
+        random_state=None,
+        device="cpu",
+        dtype="float64",
+        block_rows=None,
+        standardize=False,
+        converge=True,
+    ):
         self.n_components, self.fun, self.fun_args, self.max_iter, self.tol = n_components, fun, fun_args, max_iter, tol
         self.whiten, self.whiten_solver, self.n_oversamples = whiten, whiten_solver, n_oversamples
         self.n_power_iter, self.sketch_dtype, self.random_state = n_power_iter, sketch_dtype, random_state

@@ -290,8 +290,12 @@ def test_canica_recovers_spatially_independent_maps():
     # documented tolerance: best-match |corr| >= 0.95 (observed ~0.999) and z-score neuron sets IoU >= 0.9
     assert_recovers(maps, canica.spatial_maps_, min_corr=0.95, min_iou=0.9)
     # signed so that the heavy tail is positive: the planted weights are all positive
-    corr = np.array([np.corrcoef(m, canica.spatial_maps_[i])[0, 1]
-                     for m, i in zip(maps, best_match_abs_corr(maps, canica.spatial_maps_)[1])])
+    corr = np.array(
+        [
+            np.corrcoef(m, canica.spatial_maps_[i])[0, 1]
+            for m, i in zip(maps, best_match_abs_corr(maps, canica.spatial_maps_)[1])
+        ]
+    )
     assert (corr > 0.95).all()
     assert canica.transform(texts).shape == (1800, 5)
     # same seed, same maps
@@ -308,7 +312,9 @@ def test_canica_short_text_error_names_it():
 def test_dictionary_learning_recovers_planted_atoms():
     rng = np.random.default_rng(9)
     n_tokens, n_neurons, K = 2000, 200, 6
-    atoms = (rng.random((K, n_neurons)) < 0.15) * rng.uniform(1, 2, (K, n_neurons)) * rng.choice([-1, 1], (K, n_neurons))
+    atoms = (
+        (rng.random((K, n_neurons)) < 0.15) * rng.uniform(1, 2, (K, n_neurons)) * rng.choice([-1, 1], (K, n_neurons))
+    )
     atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
     codes = np.zeros((n_tokens, K))  # each token uses 1-2 atoms with a random sign (codes have ~zero mean)
     for t in range(n_tokens):
@@ -414,8 +420,12 @@ def test_individual_too_short_text_raises_or_skips():
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("fastica", FastICA), ("fastica_sklearn", FastICA), ("canica", CanICA),
-     ("dictlearning", DictionaryLearningDecomposition)],
+    [
+        ("fastica", FastICA),
+        ("fastica_sklearn", FastICA),
+        ("canica", CanICA),
+        ("dictlearning", DictionaryLearningDecomposition),
+    ],
 )
 def test_configs_instantiate_after_popping_level_and_restarts(name, cls):
     from hydra.utils import instantiate

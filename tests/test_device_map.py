@@ -56,8 +56,11 @@ def offloaded_loaded(model) -> list[str]:
         hook = getattr(module, "_hf_hook", None)
         for part in getattr(hook, "hooks", (hook,)) if hook is not None else ():
             if getattr(part, "offload", False):
-                loaded += [f"{name}.{n}" for n, t in module.named_parameters(recurse=part.place_submodules)
-                           if t.device.type != "meta"]
+                loaded += [
+                    f"{name}.{n}"
+                    for n, t in module.named_parameters(recurse=part.place_submodules)
+                    if t.device.type != "meta"
+                ]
     return loaded
 
 
@@ -65,7 +68,8 @@ def offloaded_loaded(model) -> list[str]:
 def test_recording_equals_the_undispatched_model(pair, signal):
     plain, dispatched = pair
     assert offloaded_loaded(dispatched.model) == [] and any(
-        p.device.type == "meta" for p in dispatched.model.parameters())  # really offloaded
+        p.device.type == "meta" for p in dispatched.model.parameters()
+    )  # really offloaded
     want = Recorder(plain, signal, max_length=16, batch_size=2, progress=False).record(TEXTS)
     got = Recorder(dispatched, signal, max_length=16, batch_size=2, progress=False).record(TEXTS)
     for text_want, text_got in zip(want, got):  # [tokens, layers*width]
@@ -113,13 +117,20 @@ def test_stop_in_a_preloaded_module_gives_its_weights_back(tmp_path, signal):
     with trace_signal(model, signal, read=lambda layer, h: want.__setitem__(layer, h.clone())), torch.no_grad():
         model(ids)
     device_map = disk_map(model, "model.layers", on_disk=(0, 1, 2))
-    dispatch_model(model, device_map, main_device="cpu", offload_dir=str(tmp_path / "offload"),
-                   preload_module_classes=[type(model.model.layers[0].mlp).__name__])
+    dispatch_model(
+        model,
+        device_map,
+        main_device="cpu",
+        offload_dir=str(tmp_path / "offload"),
+        preload_module_classes=[type(model.model.layers[0].mlp).__name__],
+    )
     mlp1 = resolve_path(model, "model.layers.1.mlp")
     assert getattr(mlp1._hf_hook, "place_submodules", False) and mlp1.down_proj.weight.device.type == "meta"
     got = {}
-    with trace_signal(model, signal, read=lambda layer, h: got.__setitem__(layer, h.clone()), layers=[0, 1],
-                      stop=True), torch.no_grad():
+    with (
+        trace_signal(model, signal, read=lambda layer, h: got.__setitem__(layer, h.clone()), layers=[0, 1], stop=True),
+        torch.no_grad(),
+    ):
         model(ids)
     assert sorted(got) == [0, 1]
     for layer in (0, 1):

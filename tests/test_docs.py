@@ -49,8 +49,10 @@ def test_only_pipelines_import_hydra_or_omegaconf():
         found -= CONFIG_READERS.get(_relative(path), set())
         if found:
             offenders[_relative(path)] = sorted(found)
-    assert offenders == {}, (f"library modules importing Hydra/OmegaConf (only fnet/pipelines/ and fnet/cli/ may, and OmegaConf "
-                             f"the config readers {sorted(CONFIG_READERS)}): {offenders}")
+    assert offenders == {}, (
+        f"library modules importing Hydra/OmegaConf (only fnet/pipelines/ and fnet/cli/ may, and OmegaConf "
+        f"the config readers {sorted(CONFIG_READERS)}): {offenders}"
+    )
 
 
 def _module_name(path: Path) -> str:
@@ -85,8 +87,11 @@ def test_every_public_function_and_class_has_a_numpydoc_docstring():
     objects = dict(_public_objects())
     assert {"fnet.models.load.load_model", "fnet.networks.netset.NetworkSet", "fnet.hooks.trace_signal"} <= set(objects)
     undocumented = sorted(name for name, obj in objects.items() if not (obj.__doc__ or "").strip())
-    google = sorted(name for name, obj in objects.items()
-                    if re.search(r"^\s*(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$", obj.__doc__ or "", re.M))
+    google = sorted(
+        name
+        for name, obj in objects.items()
+        if re.search(r"^\s*(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$", obj.__doc__ or "", re.M)
+    )
     assert sorted(PENDING - set(undocumented)) == [], "documented now: remove from PENDING"
     undocumented = sorted(set(undocumented) - PENDING)
     assert undocumented == [], f"public names without a docstring: {undocumented}"

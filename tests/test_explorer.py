@@ -26,8 +26,7 @@ from fnet.networks import NetworkSet, describe, group_networks
 from fnet.decompose import FastICA
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["model=tiny_gpt2", "data.n_template=2", "data.n_individual=2", "ica.n_components=3",
-         "record.max_length=64"]
+SMALL = ["model=tiny_gpt2", "data.n_template=2", "data.n_individual=2", "ica.n_components=3", "record.max_length=64"]
 
 
 def needs_chromium():
@@ -82,7 +81,7 @@ class Page(HTMLParser):
 
     def card_html(self, card_id: str) -> str:
         start = self.html.index(f'id="card-{card_id}"')
-        return self.html[start:self.html.index("</article>", start)]
+        return self.html[start : self.html.index("</article>", start)]
 
 
 def shown(value) -> str:
@@ -101,14 +100,18 @@ def check_in_browser(page: Path, n_cards: int, tmp_path: Path) -> None:
         browser.open(page)
         assert browser.errors() == []
         assert browser.requests() == [page.resolve().as_uri()]  # no network: only the page itself
-        sizes = browser.evaluate("Array.from(document.querySelectorAll('article.card'), "
-                                 "c => [c.id, c.getBoundingClientRect().width, c.getBoundingClientRect().height])")
+        sizes = browser.evaluate(
+            "Array.from(document.querySelectorAll('article.card'), "
+            "c => [c.id, c.getBoundingClientRect().width, c.getBoundingClientRect().height])"
+        )
         assert len(sizes) == n_cards and all(w > 200 and h > 100 for _, w, h in sizes), sizes
         assert browser.evaluate("document.getElementById('shown').textContent") == f"{n_cards} of {n_cards} networks"
         shot = browser.screenshot(tmp_path / "page.png")
         card = browser.screenshot(tmp_path / "card.png", "article.card")
-        browser.evaluate("(() => { const f = document.getElementById('filter'); f.value = 'no such token anywhere';"
-                         " f.dispatchEvent(new Event('input')); })()")
+        browser.evaluate(
+            "(() => { const f = document.getElementById('filter'); f.value = 'no such token anywhere';"
+            " f.dispatchEvent(new Event('input')); })()"
+        )
         assert browser.evaluate("document.querySelectorAll('article.card:not(.hidden)').length") == 0
         assert browser.errors() == []
     for png in (shot, card):
@@ -136,9 +139,15 @@ def test_a_fitted_planted_component_fires_on_its_tokens_in_the_orientation_of_it
         sources[:, 1] -= [2.0 if t == "mat" else 0.0 for t in text]  # falls on "mat": its neurons rise
         arrays.append(sources @ maps + 0.05 * rng.normal(size=(len(text), 40)))  # [tokens, 2 layers * 20]
     for seed in (0, 1, 2):
-        fit = group_networks(FastICA(n_components=2, random_state=seed), arrays, 2, 20,
-                             {"alpha": 2.0, "rule": "z", "percentile": 98.0, "sign": "flip"}, name="planted",
-                             keep_sources=True)
+        fit = group_networks(
+            FastICA(n_components=2, random_state=seed),
+            arrays,
+            2,
+            20,
+            {"alpha": 2.0, "rule": "z", "percentile": 98.0, "sign": "flip"},
+            name="planted",
+            keep_sources=True,
+        )
         assert [s.shape for s in fit.sources] == [(300, 2)] * 3
         nets = fit.networks
         cat = next(k for k in range(2) if nets.masks[k, 0, :5].all())
@@ -162,8 +171,9 @@ def analysis(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FNET_CACHE", str(cache))
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("analyze", overrides=SMALL + [f"paths.output_dir={out}", f"paths.root_dir={REPO}",
-                                                        "logger=csv"])
+            cfg = compose(
+                "analyze", overrides=SMALL + [f"paths.output_dir={out}", f"paths.root_dir={REPO}", "logger=csv"]
+            )
         run(cfg)
     return out
 
@@ -198,8 +208,9 @@ def test_analysis_explorer_numbers_match_the_network_files_and_summary(analysis)
                 stability = summary["datasets"][name]["stability"]
                 if stability is not None:
                     assert float(card["data-stability"]) == pytest.approx(stability[k], abs=1e-4)
-            bars = {int(l): int(c) for l, c in re.findall(r"<title>layer (\d+): (\d+) of",
-                                                         page.card_html(f"{name}-{k}"))}
+            bars = {
+                int(l): int(c) for l, c in re.findall(r"<title>layer (\d+): (\d+) of", page.card_html(f"{name}-{k}"))
+            }
             counts = nets.counts_per_layer()[k].tolist()
             assert bars == {l: c for l, c in enumerate(counts) if c}
     table = page.tables["decompositions"]
@@ -223,15 +234,28 @@ N_ROWS = 200
 def _evaluate(root, name, meta, score, n_masked=10):
     folder = root / "evaluate" / name
     folder.mkdir(parents=True)
-    result = {"task": meta["task"], "metric": "accuracy", "score": score, "ci": [score - 0.05, score + 0.05],
-              "n": N_ROWS, "mask": {"n_masked": n_masked, "n_neurons": 16}, "chance": {"majority": 0.5}}
+    result = {
+        "task": meta["task"],
+        "metric": "accuracy",
+        "score": score,
+        "ci": [score - 0.05, score + 0.05],
+        "n": N_ROWS,
+        "mask": {"n_masked": n_masked, "n_neurons": 16},
+        "chance": {"majority": 0.5},
+    }
     (folder / "result.json").write_text(json.dumps(result))
     right = round(score * N_ROWS)
     with open(folder / "predictions.jsonl", "w") as handle:
         for i in range(N_ROWS):
             handle.write(json.dumps({"index": i, "pred": i % 2 if i < right else 1 - i % 2, "target": i % 2}) + "\n")
-    return {"name": name, "stage": "evaluate", "status": "ran", "folder": str(folder),
-            "meta": dict(meta, scope="sst2", path="finetune"), "seconds": 1.0}
+    return {
+        "name": name,
+        "stage": "evaluate",
+        "status": "ran",
+        "folder": str(folder),
+        "meta": dict(meta, scope="sst2", path="finetune"),
+        "seconds": 1.0,
+    }
 
 
 @pytest.fixture
@@ -249,27 +273,48 @@ def study(tmp_path):
     tokens = [["the", " cat", " sat", " on", " the", " mat"]]
     sources = [np.array([[0.0, 0.1], [3.0, 0.0], [0.1, 0.2], [0.0, 0.0], [0.0, 0.1], [0.2, 3.0]])]
     described = describe(nets, sources, tokens, text_ids=["t0"], massive=[3])
-    (analyze / "networks" / "descriptions.json").write_text(json.dumps({"sets": {"all": {
-        "networks": described, "massive_units": [3]}}}))
+    (analyze / "networks" / "descriptions.json").write_text(
+        json.dumps({"sets": {"all": {"networks": described, "massive_units": [3]}}})
+    )
     controls = tmp_path / "jobs" / "controls"
     controls.mkdir(parents=True)
     scale = np.ones((2, 8))
     scale[:, 3] = 50.0
     (controls / "controls.json").write_text(json.dumps(massive_info(nets.masks.numpy(), scale, n_units=1, top_k=1)))
     meta = {"scope": "sst2", "K": 2, "variant": "raw"}
-    records = [{"name": "analyze/sst2/K2/raw", "stage": "analyze", "status": "ran", "folder": str(analyze),
-                "meta": meta, "output": "networks/all_group.safetensors", "seconds": 1.0},
-               {"name": "controls/sst2/K2/raw", "stage": "controls", "status": "ran", "folder": str(controls),
-                "meta": meta, "output": "scale.safetensors", "seconds": 1.0}]
+    records = [
+        {
+            "name": "analyze/sst2/K2/raw",
+            "stage": "analyze",
+            "status": "ran",
+            "folder": str(analyze),
+            "meta": meta,
+            "output": "networks/all_group.safetensors",
+            "seconds": 1.0,
+        },
+        {
+            "name": "controls/sst2/K2/raw",
+            "stage": "controls",
+            "status": "ran",
+            "folder": str(controls),
+            "meta": meta,
+            "output": "scale.safetensors",
+            "seconds": 1.0,
+        },
+    ]
     ev = tmp_path / "jobs"
     records.append(_evaluate(ev, "u", {"task": "sst2", "condition": "unmasked"}, 0.90, 0))
     sst = {"task": "sst2", "variant": "raw", "K": 2}
-    for target, lesion, controls_ in (("all", 0.60, (0.85, 0.87)), ("net0", 0.70, (0.88, 0.89)),
-                                      ("net1", 0.88, (0.87, 0.89))):
+    for target, lesion, controls_ in (
+        ("all", 0.60, (0.85, 0.87)),
+        ("net0", 0.70, (0.88, 0.89)),
+        ("net1", 0.88, (0.87, 0.89)),
+    ):
         records.append(_evaluate(ev, f"l-{target}", dict(sst, condition="lesion", target=target), lesion))
         for seed, score in enumerate(controls_):
-            records.append(_evaluate(ev, f"c-{target}-{seed}", dict(sst, condition="count", target=target,
-                                                                     seed=seed), score))
+            records.append(
+                _evaluate(ev, f"c-{target}-{seed}", dict(sst, condition="count", target=target, seed=seed), score)
+            )
     preset = {"name": "synthetic", "model": "tiny_gpt2", "path": "finetune", "tasks": ["sst2"], "n_networks": 2}
     paths = write_report(tmp_path / "jobs", preset=preset, records=records, out=tmp_path / "report", n_boot=200)
     return paths
@@ -285,15 +330,20 @@ def test_study_explorer_tables_and_cards_match_its_csvs(study):
     with open(out / "summary.csv") as handle:
         summary = list(csv.DictReader(handle))
     table = page.tables["summary"]
-    assert [[r[table["head"].index(c)] for c in ("score", "ci_low", "ci_high")] for r in table["rows"]] == \
-        [[shown(float(s[c])) for c in ("score", "ci_low", "ci_high")] for s in summary]
+    assert [[r[table["head"].index(c)] for c in ("score", "ci_low", "ci_high")] for r in table["rows"]] == [
+        [shown(float(s[c])) for c in ("score", "ci_low", "ci_high")] for s in summary
+    ]
     # counts as counts: n_rows and K as in the CSV, not as 200.000
-    assert [[r[table["head"].index(c)] for c in ("K", "n_rows", "n_jobs")] for r in table["rows"]] == \
-        [[s[c] for c in ("K", "n_rows", "n_jobs")] for s in summary]
+    assert [[r[table["head"].index(c)] for c in ("K", "n_rows", "n_jobs")] for r in table["rows"]] == [
+        [s[c] for c in ("K", "n_rows", "n_jobs")] for s in summary
+    ]
     table = page.tables["effects"]
-    assert [[r[table["head"].index(c)] for c in ("target", "a", "b", "diff", "ci_low", "ci_high")]
-            for r in table["rows"]] == [[e["target"], e["a"], e["b"], shown(float(e["diff"])),
-                                         shown(float(e["ci_low"])), shown(float(e["ci_high"]))] for e in effects]
+    assert [
+        [r[table["head"].index(c)] for c in ("target", "a", "b", "diff", "ci_low", "ci_high")] for r in table["rows"]
+    ] == [
+        [e["target"], e["a"], e["b"], shown(float(e["diff"])), shown(float(e["ci_low"])), shown(float(e["ci_high"]))]
+        for e in effects
+    ]
     for k, card in enumerate(page.cards):
         mine = [e for e in effects if e["target"] == f"net{k}"]
         assert len(card["effects"]) == len(mine) > 0
@@ -317,11 +367,25 @@ def test_study_explorer_opens_from_disk_in_chromium(study, tmp_path):
 def test_wandb_offline_logs_the_cards_as_a_table_and_the_page_as_an_artifact(tmp_path):
     out = tmp_path / "wb"
     only_news = [f"~data.datasets.{d}" for d in ("encyclopedia", "math", "code")]
-    cmd = [sys.executable, "analyze.py", *SMALL, *only_news, "individual=false", "logger=wandb_offline",
-           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"]
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
-               FNET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    cmd = [
+        sys.executable,
+        "analyze.py",
+        *SMALL,
+        *only_news,
+        "individual=false",
+        "logger=wandb_offline",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={out}",
+    ]
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
+        FNET_CACHE=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = Path(glob.glob(str(out / "wandb" / "offline-run-*"))[0])

@@ -75,6 +75,7 @@ def _task_configs_missing(tmp: Path, mp) -> Any:
 
 def _validated(name: str, *overrides: str) -> Callable[[Path, Any], Any]:
     """The check an entry point makes first (``validate_config`` of the composed config), on these overrides."""
+
     def run(tmp: Path, _mp) -> Any:
         from hydra import compose, initialize_config_dir
 
@@ -111,10 +112,14 @@ def _study_source(tmp: Path, name: str, finished: list[str], *sets: str, code: s
 
     from fnet.study.preset import load_preset
 
-    planted = {"sst2": (0.90, 0.55, 0.88, 0.33, (0.25, 0.41)), "sst2 (zero-shot)": (0.80, 0.70, 0.78, 0.08, (0.01, 0.15)),
-               "ag_news": (0.85, 0.80, 0.70, -0.10, (-0.18, -0.03))}
-    return _source(tmp / name, load_preset("tiny", SETS + list(sets)), finished, planted, machine=f"machine {name}",
-                   code=code)
+    planted = {
+        "sst2": (0.90, 0.55, 0.88, 0.33, (0.25, 0.41)),
+        "sst2 (zero-shot)": (0.80, 0.70, 0.78, 0.08, (0.01, 0.15)),
+        "ag_news": (0.85, 0.80, 0.70, -0.10, (-0.18, -0.03)),
+    }
+    return _source(
+        tmp / name, load_preset("tiny", SETS + list(sets)), finished, planted, machine=f"machine {name}", code=code
+    )
 
 
 def _compose(*sets: str) -> Callable[[Path, Any], Any]:
@@ -123,8 +128,19 @@ def _compose(*sets: str) -> Callable[[Path, Any], Any]:
 
         from fnet.study.cli import main
 
-        return main(["tiny", *SETS, *sets, "--compose", str(tmp / "a"), "--compose", str(tmp / "b"),
-                     "--report-dir", str(tmp / "out")])
+        return main(
+            [
+                "tiny",
+                *SETS,
+                *sets,
+                "--compose",
+                str(tmp / "a"),
+                "--compose",
+                str(tmp / "b"),
+                "--report-dir",
+                str(tmp / "out"),
+            ]
+        )
 
     return run
 
@@ -134,52 +150,135 @@ ANALYZE = ("analyze.py", "debug=default", "logger=none", "hydra.run.dir={tmp}/ru
 
 
 FAULTS = [
-    Fault("6 record no texts", _record_nothing, ValueError,
-          ("no texts to record", "got an empty list"), not_made=("cache/activations",)),
-    Fault("9 empty jsonl stimulus file", _empty_stimulus_file, ValueError,
-          ("data set 'mine'", "empty.jsonl", "is empty", "one JSON record per line"),
-          setup=lambda tmp: (tmp / "empty.jsonl").write_text("\n  \n")),
-    Fault("7 data.n_template=0", (*ANALYZE, "data.n_template=0"), 1,
-          ("invalid config `analyze`", "data.n_template must be > 0, got 0"),
-          not_made=("run/networks", "cache/activations")),
-    Fault("7 data.datasets.<name>.n_template=0", _validated("analyze", "debug=default", "+data.datasets.news.n_template=0"),
-          ValueError, ("data.datasets.news.n_template must be > 0, got 0",)),
-    Fault("8 ica.n_components=0", _validated("analyze", "debug=default", "ica.n_components=0"), ValueError,
-          ("ica.n_components must be >= 1, got 0",)),
-    Fault("8 ica.n_components above the model's neurons", _validated("analyze", "debug=default", "ica.n_components=100000"),
-          ValueError, ("invalid config `analyze`", "ica.n_components must be <= 96, the number of mlp_out neurons of "
-                       "tiny:gpt2 (3 layers x 32), got 100000")),
-    Fault("8 ica.n_components above the model's mlp_act neurons (evaluate)",
-          _validated("evaluate", "debug=evaluate", "record.signal=mlp_act", "ica.n_components=385"), ValueError,
-          ("ica.n_components must be <= 384, the number of mlp_act neurons of tiny:gpt2 (3 layers x 128), got 385",)),
-    Fault("4 sweep report of an analyze multirun", _sweep_report, 0,
-          ("1 finished jobs (1 analyze), 0 failed.", "## Analysis jobs", "ica.n_components=3", "report.md"),
-          setup=lambda tmp: _command(tmp, "analyze.py", "-m", "debug=default", "logger=none", "ica.n_components=3",
-                                     f"hydra.sweep.dir={tmp / 'sweep'}")),
-    Fault("10 compose with other seeds", _compose("seeds=3"), 2,
-          ("no source finished the parts ['ag_news', 'sst2', 'sst2 (zero-shot)'] with the plan's settings",
-           "- sst2: ", "/a ran other settings (its plan lacks 10 of the plan's jobs (['evaluate/finetune/sst2/preserve/K3/count/seed2'", "settings that differ: seeds: 2 in its report, 3 in the plan"),
-          setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]),
-                             _study_source(tmp, "b", ["ag_news"])), not_made=("out/report.md",)),
-    Fault("10 compose from a source that did not finish a part", _compose(), 2,
-          ("no source finished the parts ['ag_news']", "- ag_news: ", "/a finished 0 of its 15 jobs (not ['train/ag_news'",
-           "/b finished 0 of its 15 jobs"),
-          setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]),
-                             _study_source(tmp, "b", ["sst2"]))),
-    Fault("3 compose a report made by other code", _compose(), 2,
-          (f"made by code `{OTHER_CODE}`", "this checkout is code `", f"--accept-code {OTHER_CODE}", "--any-code"),
-          setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"], code=OTHER_CODE),
-                             _study_source(tmp, "b", ["ag_news"])), not_made=("out/report.md",)),
-    Fault("3 compose a report that records no code", _compose(), 2,
-          ("/b records no code version", "cannot be checked", "pass --any-code"),
-          setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]),
-                             _study_source(tmp, "b", ["ag_news"], code=None)), not_made=("out/report.md",)),
-    Fault("11 built-in corpus not installed", _builtin_corpus_missing, FileNotFoundError,
-          ("installation of fnet is incomplete", "corpus", "no <genre>.jsonl files")),
-    Fault("11 study presets not installed", _presets_missing, FileNotFoundError,
-          ("installation of fnet is incomplete", "conf/study", "a preset's YAML path"), not_made=("study",)),
-    Fault("11 task configs not installed", _task_configs_missing, FileNotFoundError,
-          ("installation of fnet is incomplete", "conf/task")),
+    Fault(
+        "6 record no texts",
+        _record_nothing,
+        ValueError,
+        ("no texts to record", "got an empty list"),
+        not_made=("cache/activations",),
+    ),
+    Fault(
+        "9 empty jsonl stimulus file",
+        _empty_stimulus_file,
+        ValueError,
+        ("data set 'mine'", "empty.jsonl", "is empty", "one JSON record per line"),
+        setup=lambda tmp: (tmp / "empty.jsonl").write_text("\n  \n"),
+    ),
+    Fault(
+        "7 data.n_template=0",
+        (*ANALYZE, "data.n_template=0"),
+        1,
+        ("invalid config `analyze`", "data.n_template must be > 0, got 0"),
+        not_made=("run/networks", "cache/activations"),
+    ),
+    Fault(
+        "7 data.datasets.<name>.n_template=0",
+        _validated("analyze", "debug=default", "+data.datasets.news.n_template=0"),
+        ValueError,
+        ("data.datasets.news.n_template must be > 0, got 0",),
+    ),
+    Fault(
+        "8 ica.n_components=0",
+        _validated("analyze", "debug=default", "ica.n_components=0"),
+        ValueError,
+        ("ica.n_components must be >= 1, got 0",),
+    ),
+    Fault(
+        "8 ica.n_components above the model's neurons",
+        _validated("analyze", "debug=default", "ica.n_components=100000"),
+        ValueError,
+        (
+            "invalid config `analyze`",
+            "ica.n_components must be <= 96, the number of mlp_out neurons of tiny:gpt2 (3 layers x 32), got 100000",
+        ),
+    ),
+    Fault(
+        "8 ica.n_components above the model's mlp_act neurons (evaluate)",
+        _validated("evaluate", "debug=evaluate", "record.signal=mlp_act", "ica.n_components=385"),
+        ValueError,
+        ("ica.n_components must be <= 384, the number of mlp_act neurons of tiny:gpt2 (3 layers x 128), got 385",),
+    ),
+    Fault(
+        "4 sweep report of an analyze multirun",
+        _sweep_report,
+        0,
+        ("1 finished jobs (1 analyze), 0 failed.", "## Analysis jobs", "ica.n_components=3", "report.md"),
+        setup=lambda tmp: _command(
+            tmp,
+            "analyze.py",
+            "-m",
+            "debug=default",
+            "logger=none",
+            "ica.n_components=3",
+            f"hydra.sweep.dir={tmp / 'sweep'}",
+        ),
+    ),
+    Fault(
+        "10 compose with other seeds",
+        _compose("seeds=3"),
+        2,
+        (
+            "no source finished the parts ['ag_news', 'sst2', 'sst2 (zero-shot)'] with the plan's settings",
+            "- sst2: ",
+            "/a ran other settings (its plan lacks 10 of the plan's jobs (['evaluate/finetune/sst2/preserve/K3/count/seed2'",
+            "settings that differ: seeds: 2 in its report, 3 in the plan",
+        ),
+        setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]), _study_source(tmp, "b", ["ag_news"])),
+        not_made=("out/report.md",),
+    ),
+    Fault(
+        "10 compose from a source that did not finish a part",
+        _compose(),
+        2,
+        (
+            "no source finished the parts ['ag_news']",
+            "- ag_news: ",
+            "/a finished 0 of its 15 jobs (not ['train/ag_news'",
+            "/b finished 0 of its 15 jobs",
+        ),
+        setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]), _study_source(tmp, "b", ["sst2"])),
+    ),
+    Fault(
+        "3 compose a report made by other code",
+        _compose(),
+        2,
+        (f"made by code `{OTHER_CODE}`", "this checkout is code `", f"--accept-code {OTHER_CODE}", "--any-code"),
+        setup=lambda tmp: (
+            _study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"], code=OTHER_CODE),
+            _study_source(tmp, "b", ["ag_news"]),
+        ),
+        not_made=("out/report.md",),
+    ),
+    Fault(
+        "3 compose a report that records no code",
+        _compose(),
+        2,
+        ("/b records no code version", "cannot be checked", "pass --any-code"),
+        setup=lambda tmp: (
+            _study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]),
+            _study_source(tmp, "b", ["ag_news"], code=None),
+        ),
+        not_made=("out/report.md",),
+    ),
+    Fault(
+        "11 built-in corpus not installed",
+        _builtin_corpus_missing,
+        FileNotFoundError,
+        ("installation of fnet is incomplete", "corpus", "no <genre>.jsonl files"),
+    ),
+    Fault(
+        "11 study presets not installed",
+        _presets_missing,
+        FileNotFoundError,
+        ("installation of fnet is incomplete", "conf/study", "a preset's YAML path"),
+        not_made=("study",),
+    ),
+    Fault(
+        "11 task configs not installed",
+        _task_configs_missing,
+        FileNotFoundError,
+        ("installation of fnet is incomplete", "conf/task"),
+    ),
 ]
 
 
@@ -198,8 +297,14 @@ def test_a_fault_gets_a_clear_answer_before_work_starts(fault: Fault, tmp_path, 
             message = captured.out + captured.err
             assert code == fault.expect, message[-3000:]
     else:
-        env = dict(os.environ, OMP_NUM_THREADS="1", FNET_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
-                   HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            FNET_CACHE=str(tmp_path / "cache"),
+            HF_HUB_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            PYTHONWARNINGS="ignore",
+        )
         argv = [sys.executable, *(a.replace("{tmp}", str(tmp_path)) for a in fault.run)]
         proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         message = proc.stdout + proc.stderr
@@ -238,8 +343,10 @@ def _seeded_start(seed: int, model_by_name: bool) -> dict:
 
     pl.seed_everything(seed, workers=True)
     module = SequenceClassificationModule("tiny:gpt2" if model_by_name else load_model("tiny:gpt2"), num_labels=2)
-    rows = [{"text_a": f"row {i} was {'great' if i % 2 else 'awful'}", "text_b": None, "label": i % 2, "index": i}
-            for i in range(40)]
+    rows = [
+        {"text_a": f"row {i} was {'great' if i % 2 else 'awful'}", "text_b": None, "label": i % 2, "index": i}
+        for i in range(40)
+    ]
     data = TaskDataModule("sst2", tokenizer=module.tokenizer, rows=rows, batch_size=4, max_length=24)
     data.setup("fit")
     order = [int(i) for batch in data.train_dataloader() for i in batch["row_index"]]
@@ -277,9 +384,18 @@ def test_1_train_py_with_two_seeds_gives_two_checkpoints(tmp_path):
     heads = []
     for seed in (0, 1):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=["debug=train", f"seed={seed}", "logger=none", "test_after_fit=false",
-                                              "~callbacks.progress_bar", f"paths.output_dir={tmp_path / str(seed)}",
-                                              f"paths.root_dir={REPO}"])
+            cfg = compose(
+                "train",
+                overrides=[
+                    "debug=train",
+                    f"seed={seed}",
+                    "logger=none",
+                    "test_after_fit=false",
+                    "~callbacks.progress_bar",
+                    f"paths.output_dir={tmp_path / str(seed)}",
+                    f"paths.root_dir={REPO}",
+                ],
+            )
         validate_config(cfg, "train")
         result = run_training(cfg)
         state = torch.load(result["checkpoints"]["best"], map_location="cpu", weights_only=False)["state_dict"]
@@ -317,16 +433,18 @@ def test_3_results_paper_smollm2_composes_byte_for_byte_from_its_sources_with_th
     import shutil
 
     readme = (REPO / "README.md").read_text()
-    command = re.search(r"```bash\n(python -m fnet\.study smollm2 --report-dir results/paper_smollm2 [^`]*?)\n```",
-                        readme).group(1)
+    command = re.search(
+        r"```bash\n(python -m fnet\.study smollm2 --report-dir results/paper_smollm2 [^`]*?)\n```", readme
+    ).group(1)
     argv = shlex.split(command.replace("\\\n", " "))[3:]
     sources = [argv[i + 1] for i, a in enumerate(argv) if a == "--compose"]
     assert "--any-code" in argv and len(sources) == 5
     for folder in sources:
         shutil.copytree(REPO / folder, tmp_path / folder)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "fnet.study", *argv], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fnet.study", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     made, committed = tmp_path / "results" / "paper_smollm2", REPO / "results" / "paper_smollm2"
     assert sorted(p.name for p in made.iterdir()) == sorted(p.name for p in committed.iterdir())
@@ -337,19 +455,19 @@ def test_3_results_paper_smollm2_composes_byte_for_byte_from_its_sources_with_th
 # --------------------------------------------------------------------------------------------------------------
 # race: kill -9 of a study runner, then a rerun at once
 # --------------------------------------------------------------------------------------------------------------
-FAKE_TRAIN = '''
+FAKE_TRAIN = """
 import json, os, pathlib, sys
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 out = pathlib.Path(args["hydra.run.dir"])
 with open(out / "writers.txt", "a") as f:
     f.write(f"{os.getpid()}\\n")
 (out / "result.json").write_text(json.dumps({"name": args["name"]}))
-'''
+"""
 
 #: the real batch worker (fnet.pipelines.evaluate_batch.main: its folders, locks and markers) with a fake evaluate
 #: that writes its pid into the job folder, waits for the gate file to exist, writes its pid again and then the
 #: result, which counts the writes and the writers
-FAKE_BATCH = '''
+FAKE_BATCH = """
 import json, os, pathlib, sys, time
 import fnet.pipelines.evaluate_batch as batch
 
@@ -369,15 +487,24 @@ def evaluate(cfg, job_overrides=None, models=None):
 
 batch._compose, batch.validate_config, batch.evaluate = compose, lambda cfg, name: cfg, evaluate
 sys.exit(batch.main())
-'''
+"""
 
 
 def _study_jobs(gate: Path) -> list:
     from fnet.study import Job
 
     jobs = [Job("train/t", "train", ["fake_train.py"], ["name=t"], [], {"task": "t"})]
-    return jobs + [Job(f"evaluate/t/{i}", "evaluate", ["evaluate.py"], [f"name={i}", f"gate={gate}", "ckpt={train/t}"],
-                       ["train/t"], {"task": "t"}) for i in range(6)]
+    return jobs + [
+        Job(
+            f"evaluate/t/{i}",
+            "evaluate",
+            ["evaluate.py"],
+            [f"name={i}", f"gate={gate}", "ckpt={train/t}"],
+            ["train/t"],
+            {"task": "t"},
+        )
+        for i in range(6)
+    ]
 
 
 def _fake_batch(call: Callable, here: Path) -> Callable:
@@ -390,7 +517,7 @@ def _fake_batch(call: Callable, here: Path) -> Callable:
 
 
 #: python runner.py ROOT GATE: python -m fnet.study with the fake jobs
-RUNNER = '''
+RUNNER = """
 import sys
 from pathlib import Path
 from fnet.study import run_jobs, scheduler
@@ -401,7 +528,7 @@ runner.plan = lambda preset: _study_jobs(Path(sys.argv[2]))
 scheduler._call = _fake_batch(scheduler._call, here)
 runner.run_jobs = lambda jobs, root, **kw: run_jobs(jobs, root, cwd=here, **dict(kw, env_key="e"))
 sys.exit(runner.main(["tiny", "--root", sys.argv[1], "--no-report"]))
-'''
+"""
 
 
 def _alive(pid: int) -> bool:
@@ -418,8 +545,14 @@ def _alive(pid: int) -> bool:
 def _results(root: Path) -> dict:
     import json
 
-    return {r["name"]: r for r in (json.loads(p.read_text()) for p in (root / "evaluate").glob("*/result.json")
-                                   if ".interrupted-" not in p.parent.name)}
+    return {
+        r["name"]: r
+        for r in (
+            json.loads(p.read_text())
+            for p in (root / "evaluate").glob("*/result.json")
+            if ".interrupted-" not in p.parent.name
+        )
+    }
 
 
 def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 180) -> None:
@@ -432,7 +565,8 @@ def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 180) ->
 
 
 def test_5_a_study_runner_killed_with_sigkill_takes_its_batch_worker_along_and_a_rerun_runs_no_job_twice(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """kill -9 of python -m fnet.study left its evaluate_batch worker running; a rerun started at once started a
     second worker on the same jobs, and both wrote into the same job folders. Here the killed run's worker is held
     inside its first job (by a gate file) until the rerun has set its folders up and started its own worker."""
@@ -447,8 +581,9 @@ def test_5_a_study_runner_killed_with_sigkill_takes_its_batch_worker_along_and_a
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(scheduler, "_call", _fake_batch(scheduler._call, tmp_path))
     (tmp_path / "open").touch()
-    reference = run_jobs(_study_jobs(tmp_path / "open"), tmp_path / "ref", cwd=tmp_path, env_key="e", batch=32,
-                         log=lambda *_: None)  # uninterrupted
+    reference = run_jobs(
+        _study_jobs(tmp_path / "open"), tmp_path / "ref", cwd=tmp_path, env_key="e", batch=32, log=lambda *_: None
+    )  # uninterrupted
     assert reference["counts"]["ran"] == 7, reference
 
     root, gate, batches = tmp_path / "study", tmp_path / "gate", tmp_path / "study" / "batches"

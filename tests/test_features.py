@@ -41,22 +41,39 @@ def toy_rows(n: int = 40, tag: str = "") -> list[dict]:
 
 
 def _data(lm, rows=None, side="right", max_length=32):
-    dm = TaskDataModule("sst2", tokenizer=lm.tokenizer, rows=rows or toy_rows(), batch_size=8, eval_batch_size=8,
-                        split=(0.7, 0.1, 0.2), padding_side=side, max_length=max_length)
+    dm = TaskDataModule(
+        "sst2",
+        tokenizer=lm.tokenizer,
+        rows=rows or toy_rows(),
+        batch_size=8,
+        eval_batch_size=8,
+        split=(0.7, 0.1, 0.2),
+        padding_side=side,
+        max_length=max_length,
+    )
     dm.setup("fit")
     return dm
 
 
 def _module(lm, trainable_layers=1, lora=None):
     optimizer = lambda groups: torch.optim.AdamW(groups, lr=1e-2)  # noqa: E731 - big steps: differences show
-    return SequenceClassificationModule(lm, num_labels=2, trainable_layers=trainable_layers, lora=lora,
-                                        optimizer=optimizer)
+    return SequenceClassificationModule(
+        lm, num_labels=2, trainable_layers=trainable_layers, lora=lora, optimizer=optimizer
+    )
 
 
 def _fit(module, data, steps=5):
     pl.seed_everything(0)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, max_steps=steps, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=steps,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=data)
     return trainer
 
@@ -115,15 +132,25 @@ def test_cached_features_with_a_wrong_padding_side_would_differ():
 def test_qa_module_trains_the_same_from_cached_features():
     from fnet.lit.datamodules import SquadDataModule
 
-    rows = [{"id": str(i), "index": i, "title": "t", "context": f"The answer number {i} is blue{i} and more text here.",
-             "question": f"What is {i}?", "answers": [f"blue{i}"], "text_a": "", "text_b": None, "label": -1}
-            for i in range(24)]
+    rows = [
+        {
+            "id": str(i),
+            "index": i,
+            "title": "t",
+            "context": f"The answer number {i} is blue{i} and more text here.",
+            "question": f"What is {i}?",
+            "answers": [f"blue{i}"],
+            "text_a": "",
+            "text_b": None,
+            "label": -1,
+        }
+        for i in range(24)
+    ]
     results = []
     for cached in (False, True):
         pl.seed_everything(0)
         lm = load_model("tiny:llama")
-        module = ExtractiveQAModule(lm, trainable_layers=1,
-                                    optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-2))
+        module = ExtractiveQAModule(lm, trainable_layers=1, optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-2))
         dm = SquadDataModule(tokenizer=lm.tokenizer, rows=rows, max_length=48, doc_stride=16, batch_size=4)
         dm.setup("fit")
         data = cached_feature_data(module, dm, fingerprint=lm.fingerprint, dtype=lm.dtype)[0] if cached else dm
@@ -231,8 +258,9 @@ def test_lora_trains_only_adapters_and_head(family, tmp_path):
     module.eval()
     ids = torch.tensor([lm.tokenizer("the film was great")["input_ids"]])
     with torch.no_grad():
-        torch.testing.assert_close(final_hidden_states(merged.model, ids), module.hidden_states(ids, None),
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            final_hidden_states(merged.model, ids), module.hidden_states(ids, None), atol=1e-5, rtol=1e-4
+        )
 
 
 def test_lora_needs_frozen_blocks_and_valid_keys():
@@ -284,16 +312,34 @@ def test_train_cli_records_and_reuses_the_feature_cache(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    args = ["model=tiny_gpt2", "datamodule.max_train_rows=32", "datamodule.max_eval_rows=16",
-            "datamodule.max_length=32", "datamodule.batch_size=8", "torch_threads=1", "trainer.max_epochs=1",
-            "callbacks.progress_bar.refresh_rate=0", "module.trainable_layers=1", "logger=none"]
+    args = [
+        "model=tiny_gpt2",
+        "datamodule.max_train_rows=32",
+        "datamodule.max_eval_rows=16",
+        "datamodule.max_length=32",
+        "datamodule.batch_size=8",
+        "torch_threads=1",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar.refresh_rate=0",
+        "module.trainable_layers=1",
+        "logger=none",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", FNET_CACHE=str(tmp_path / "cache"))
     results = {}
-    for name, extra in (("uncached", ["module.cache_features=false"]), ("first", ["module.cache_features=true"]),
-                        ("second", ["module.cache_features=true", "seed=1"])):
+    for name, extra in (
+        ("uncached", ["module.cache_features=false"]),
+        ("first", ["module.cache_features=true"]),
+        ("second", ["module.cache_features=true", "seed=1"]),
+    ):
         run = tmp_path / name
-        proc = subprocess.run([sys.executable, str(repo / "train.py"), *args, *extra, f"hydra.run.dir={run}"],
-                              cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, str(repo / "train.py"), *args, *extra, f"hydra.run.dir={run}"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[name] = json.loads((run / "result.json").read_text())
     assert results["uncached"]["feature_cache"] == {"used": False}

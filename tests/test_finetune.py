@@ -42,8 +42,14 @@ def toy_rows(n: int = 64) -> list[dict]:
 def _trainer(**kwargs):
     import lightning as L
 
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     defaults.update(kwargs)
     return L.Trainer(**defaults)
 
@@ -113,7 +119,9 @@ def test_offline_qnli_split_is_disjoint_and_says_so(caplog):
     again, _ = fine_tuning_splits("qnli", seed=0)
     assert [r["index"] for r in parts["test"]] == [r["index"] for r in again["test"]]
     idx = {name: {r["index"] for r in part} for name, part in parts.items()}
-    assert not idx["train"] & idx["test"] and not idx["train"] & idx["validation"] and not idx["validation"] & idx["test"]
+    assert (
+        not idx["train"] & idx["test"] and not idx["train"] & idx["validation"] and not idx["validation"] & idx["test"]
+    )
     assert sum(len(v) for v in idx.values()) == 5463
     texts_train = {(r["text_a"], r["text_b"]) for r in parts["train"]}
     assert not any((r["text_a"], r["text_b"]) in texts_train for r in parts["test"])
@@ -131,7 +139,6 @@ def test_offline_qnli_split_is_disjoint_and_says_so(caplog):
     assert batch["input_ids"].shape[1] <= 32 and batch["labels"].shape == (16,)
 
 
-
 @pytest.mark.parametrize("task, n_train_file, n_dev", [("sst2", 67349, 872), ("cola", 8551, 1043), ("mrpc", 3668, 408)])
 def test_glue_tasks_with_a_train_file_train_on_it_and_test_on_the_whole_dev_file(task, n_train_file, n_dev):
     """SST-2, CoLA and MRPC: train and validation come from the official train.tsv (seeded), the test split is
@@ -142,6 +149,7 @@ def test_glue_tasks_with_a_train_file_train_on_it_and_test_on_the_whole_dev_file
     dev = {(r["text_a"], r.get("text_b")) for r in parts["test"]}
     leaked = sum((r["text_a"], r.get("text_b")) in dev for r in parts["train"])
     assert leaked <= 18  # CoLA's release repeats 18 dev sentences in train; SST-2 and MRPC share none
+
 
 def test_pair_task_and_prompt_inputs():
     load = load_model("tiny:gpt2")
@@ -174,7 +182,11 @@ def test_trainable_layers_policy():
     assert model.model.norm.weight.requires_grad and not model.model.embed_tokens.weight.requires_grad
     everything = set_trainable(model, None)
     assert not model.lm_head.weight.requires_grad  # untied head: never used by the task heads
-    assert frozen["backbone_trainable_params"] < top1["backbone_trainable_params"] < everything["backbone_trainable_params"]
+    assert (
+        frozen["backbone_trainable_params"]
+        < top1["backbone_trainable_params"]
+        < everything["backbone_trainable_params"]
+    )
     with pytest.raises(ValueError):
         set_trainable(model, 99)
 
@@ -198,10 +210,12 @@ def test_loss_goes_down_on_learnable_toy_task():
     from functools import partial
 
     L.seed_everything(0)
-    module = SequenceClassificationModule("tiny:gpt2", num_labels=2, metrics=["accuracy", "f1"],
-                                          optimizer=partial(torch.optim.AdamW, lr=3e-3))
-    dm = TaskDataModule("sst2", tokenizer=module.tokenizer, rows=toy_rows(96), batch_size=16, max_length=48,
-                        split=(0.7, 0.0, 0.3))
+    module = SequenceClassificationModule(
+        "tiny:gpt2", num_labels=2, metrics=["accuracy", "f1"], optimizer=partial(torch.optim.AdamW, lr=3e-3)
+    )
+    dm = TaskDataModule(
+        "sst2", tokenizer=module.tokenizer, rows=toy_rows(96), batch_size=16, max_length=48, split=(0.7, 0.0, 0.3)
+    )
     rec = _LossRecorder()
     trainer = _trainer(max_epochs=6, callbacks=[rec.callback], limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
@@ -218,8 +232,9 @@ def test_loss_goes_down_on_learnable_toy_task():
 
 def test_mixed_precision_and_gradient_accumulation_from_trainer_config():
     module = SequenceClassificationModule("tiny:llama", num_labels=2)
-    dm = TaskDataModule("sst2", tokenizer=module.tokenizer, rows=toy_rows(40), batch_size=4, max_length=24,
-                        split=(0.8, 0.0, 0.2))
+    dm = TaskDataModule(
+        "sst2", tokenizer=module.tokenizer, rows=toy_rows(40), batch_size=4, max_length=24, split=(0.8, 0.0, 0.2)
+    )
     trainer = _trainer(max_epochs=1, precision="bf16-mixed", accumulate_grad_batches=2, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 4  # 32 rows / 4 per batch = 8 batches, 2 per optimiser step
@@ -233,8 +248,11 @@ def test_scheduler_partial_and_frozen_backbone_train_only_head():
     from fnet.lit.classification import warmup_scheduler
 
     module = SequenceClassificationModule(
-        "tiny:gpt2", num_labels=2, trainable_layers=0,
-        optimizer=partial(torch.optim.AdamW, lr=1e-2), scheduler=partial(warmup_scheduler, name="cosine", warmup_ratio=0.5),
+        "tiny:gpt2",
+        num_labels=2,
+        trainable_layers=0,
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+        scheduler=partial(warmup_scheduler, name="cosine", warmup_ratio=0.5),
     )
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     head_before = module.score.weight.detach().clone()
@@ -255,11 +273,17 @@ def _fit_and_checkpoint(tmp_path, checkpoint_frozen=True, trainable_layers=None)
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    module = SequenceClassificationModule("tiny:gpt2", num_labels=2, task_name="sst2", trainable_layers=trainable_layers,
-                                          checkpoint_frozen=checkpoint_frozen,
-                                          optimizer=partial(torch.optim.AdamW, lr=1e-2))
-    dm = TaskDataModule("sst2", tokenizer=module.tokenizer, max_train_rows=24, max_eval_rows=12, max_length=24,
-                        batch_size=8)
+    module = SequenceClassificationModule(
+        "tiny:gpt2",
+        num_labels=2,
+        task_name="sst2",
+        trainable_layers=trainable_layers,
+        checkpoint_frozen=checkpoint_frozen,
+        optimizer=partial(torch.optim.AdamW, lr=1e-2),
+    )
+    dm = TaskDataModule(
+        "sst2", tokenizer=module.tokenizer, max_train_rows=24, max_eval_rows=12, max_length=24, batch_size=8
+    )
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
     trainer = _trainer(max_steps=3, callbacks=[ckpt], enable_checkpointing=True, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
@@ -282,8 +306,14 @@ def test_load_finetuned_lm_and_evaluation_module(tmp_path):
         torch.testing.assert_close(value, tuned[key])
     assert any(not torch.equal(v, base.model.state_dict()[k]) for k, v in lm.model.state_dict().items())
 
-    cfg = OmegaConf.create({"ckpt_path": str(path), "task": {"name": "sst2"}, "paths": {"data_dir": None},
-                            "finetune_eval": {"eval_batch_size": 4}})
+    cfg = OmegaConf.create(
+        {
+            "ckpt_path": str(path),
+            "task": {"name": "sst2"},
+            "paths": {"data_dir": None},
+            "finetune_eval": {"eval_batch_size": 4},
+        }
+    )
     eval_module, eval_dm = evaluation_module(cfg)
     eval_dm.setup("test")
     assert [r["index"] for r in eval_dm.splits["test"]] == [r["index"] for r in dm.splits["test"]]
@@ -355,8 +385,9 @@ def test_mask_callback_zeroes_exactly_the_masked_neurons_during_test(family, sig
             for handle in self.handles:
                 handle.remove()
 
-    dm = TaskDataModule("sst2", tokenizer=module.tokenizer, rows=toy_rows(30), max_length=24, batch_size=4,
-                        split=(0.6, 0.1, 0.3))
+    dm = TaskDataModule(
+        "sst2", tokenizer=module.tokenizer, rows=toy_rows(30), max_length=24, batch_size=4, split=(0.6, 0.1, 0.3)
+    )
     spec = MaskSpec(mask=mask, signal=signal)
     _trainer(callbacks=[MaskCallback(spec), Observe()], limit_test_batches=1).test(module, datamodule=dm, verbose=False)
     assert len(seen["before"]) == len(seen["after"]) == n_layers

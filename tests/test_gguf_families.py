@@ -32,8 +32,10 @@ def gguf_files(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("family, model_class, down_proj", [("gpt2", "GPT2LMHeadModel", "c_proj"),
-                                                            ("qwen2", "Qwen2ForCausalLM", "down_proj")])
+@pytest.mark.parametrize(
+    "family, model_class, down_proj",
+    [("gpt2", "GPT2LMHeadModel", "c_proj"), ("qwen2", "Qwen2ForCausalLM", "down_proj")],
+)
 def test_gguf_conversion_reproduces_the_source_model(gguf_files, fnet_cache, family, model_class, down_proj):
     source, tokenizer, path = gguf_files[family]
     lm = load_model(str(path))
@@ -69,8 +71,14 @@ def test_changed_gguf_content_is_converted_again(gguf_files, fnet_cache, tmp_pat
 
 
 def _env(cache):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FNET_CACHE=str(cache),
-               PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        FNET_CACHE=str(cache),
+        PYTHONWARNINGS="ignore",
+        OMP_NUM_THREADS="1",
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
@@ -81,22 +89,58 @@ def test_analyze_then_lesion_evaluate_on_a_gpt2_gguf(gguf_files, tmp_path, share
     _, _, path = gguf_files["gpt2"]
     cache, run_dir, eval_dir = tmp_path / "cache", tmp_path / "analyze", tmp_path / "evaluate"
     proc = subprocess.run(
-        [sys.executable, "analyze.py", "model=tiny_gpt2", f"model.name={path}", "data.n_template=2",
-         "data.n_individual=2", "ica.n_components=3", "record.max_length=64", "individual=false",
-         "logger=csv", f"hydra.run.dir={run_dir}"],
-        cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "analyze.py",
+            "model=tiny_gpt2",
+            f"model.name={path}",
+            "data.n_template=2",
+            "data.n_individual=2",
+            "ica.n_components=3",
+            "record.max_length=64",
+            "individual=false",
+            "logger=csv",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     networks_file = run_dir / "networks" / "all_group.safetensors"
     nets = NetworkSet.load(networks_file)
     assert nets.provenance["model"] == str(path) and nets.masks.shape == (3, 3, 32)  # K, layers, d_model
-    assert len([p for p in (cache / "models").glob("tiny-gpt2-*") if p.is_dir()]) == 1  # converted once, in the run's cache
+    assert (
+        len([p for p in (cache / "models").glob("tiny-gpt2-*") if p.is_dir()]) == 1
+    )  # converted once, in the run's cache
 
     proc = subprocess.run(
-        [sys.executable, "evaluate.py", "model=tiny_gpt2", f"model.name={path}", "task=sst2", "task.limit=8",
-         "logger=none", "mask=lesion", "mask.networks=0", f"mask.networks_file={networks_file}",
-         f"paths.data_dir={shared_data}", f"paths.cache_dir={cache}", f"hydra.run.dir={eval_dir}",
-         "eval.bootstrap=20", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"],
-        cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "evaluate.py",
+            "model=tiny_gpt2",
+            f"model.name={path}",
+            "task=sst2",
+            "task.limit=8",
+            "logger=none",
+            "mask=lesion",
+            "mask.networks=0",
+            f"mask.networks_file={networks_file}",
+            f"paths.data_dir={shared_data}",
+            f"paths.cache_dir={cache}",
+            f"hydra.run.dir={eval_dir}",
+            "eval.bootstrap=20",
+            "~callbacks.progress_bar",
+            "+trainer.enable_progress_bar=false",
+        ],
+        cwd=REPO,
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((eval_dir / "result.json").read_text())
     assert result["provenance"]["model"] == str(path) and result["mask_mode"] == "lesion" and result["n"] == 8

@@ -42,11 +42,17 @@ def _edits_seen(lm, signal, install):
         handles = []
         for layer, module in enumerate(signal_modules(lm.model, signal)):
             if signal == "mlp_out":
-                handles.append(module.register_forward_hook(
-                    lambda _m, _a, out, layer=layer: store.__setitem__(layer, batch_first(out).detach().clone())))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda _m, _a, out, layer=layer: store.__setitem__(layer, batch_first(out).detach().clone())
+                    )
+                )
             else:
-                handles.append(module.register_forward_pre_hook(
-                    lambda _m, args, layer=layer: store.__setitem__(layer, batch_first(args[0]).detach().clone())))
+                handles.append(
+                    module.register_forward_pre_hook(
+                        lambda _m, args, layer=layer: store.__setitem__(layer, batch_first(args[0]).detach().clone())
+                    )
+                )
         return handles
 
     handles = observe(before)
@@ -63,8 +69,11 @@ def _edits_seen(lm, signal, install):
 
 def _check_own_rows(rows, before, after):
     for layer in range(len(rows)):
-        torch.testing.assert_close(after[layer] - before[layer], rows[layer].expand_as(after[layer]),
-                                   msg=lambda m, layer=layer: f"layer {layer} did not get its own row: {m}")
+        torch.testing.assert_close(
+            after[layer] - before[layer],
+            rows[layer].expand_as(after[layer]),
+            msg=lambda m, layer=layer: f"layer {layer} did not get its own row: {m}",
+        )
 
 
 def _trace_install(model, signal, edit):
@@ -78,12 +87,16 @@ def _published_loop(model, signal, edit):
     handles = []
     for layer, module in enumerate(signal_modules(model, signal)):
         if signal == "mlp_out":
+
             def hook(_module, _inputs, output):
                 return edit(layer, output)
+
             handles.append(module.register_forward_hook(hook))
         else:
+
             def pre_hook(_module, args):
                 return (edit(layer, args[0]),) + tuple(args[1:])
+
             handles.append(module.register_forward_pre_hook(pre_hook))
     try:
         yield

@@ -43,8 +43,14 @@ def _netset(model, signal, k=3, seed=0):
 def _masks(model, signal):
     """Lesions of networks 0, 1 and all, preservations of network 0 and all, and None (unmasked)."""
     nets = _netset(model, signal)
-    return [lesion_mask(nets, 0), lesion_mask(nets, 1), preserve_mask(nets, [0]), lesion_mask(nets, "all"), None,
-            preserve_mask(nets, "all")]
+    return [
+        lesion_mask(nets, 0),
+        lesion_mask(nets, 1),
+        preserve_mask(nets, [0]),
+        lesion_mask(nets, "all"),
+        None,
+        preserve_mask(nets, "all"),
+    ]
 
 
 def _logits(model, ids, masks, ctx):
@@ -80,12 +86,20 @@ def test_planted_neurons_are_zero_in_their_slice_only(signal):
     masks[2][0, 7] = True
     seen = {}
     ids = torch.randint(1, 256, (2, 5), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad(), apply_masks(lm.model, masks, signal=signal), trace_signal(
-            lm.model, signal, read=lambda layer, h: seen.setdefault(layer, h.detach().clone())):
+    with (
+        torch.no_grad(),
+        apply_masks(lm.model, masks, signal=signal),
+        trace_signal(lm.model, signal, read=lambda layer, h: seen.setdefault(layer, h.detach().clone())),
+    ):
         lm.model(ids.repeat(3, 1))
     by_slice = {layer: h.view(3, 2, 5, width) for layer, h in seen.items()}
-    zero = {(layer, i, u) for layer in by_slice for i in range(3) for u in range(width)
-            if bool((by_slice[layer][i, ..., u] == 0).all())}
+    zero = {
+        (layer, i, u)
+        for layer in by_slice
+        for i in range(3)
+        for u in range(width)
+        if bool((by_slice[layer][i, ..., u] == 0).all())
+    }
     assert zero == {(1, 0, 2), (1, 0, 5), (0, 2, 7)}
 
 
@@ -116,8 +130,11 @@ def test_modes_other_than_zero_and_a_batch_that_does_not_split():
     rows = torch.zeros(n_layers, width, dtype=torch.bool)
     rows[2, :4] = True
     values = torch.arange(n_layers * width, dtype=torch.float32).view(n_layers, width) / 100
-    masks = [MaskSpec(rows, mode="scale", value=3.0), MaskSpec(rows, mode="replace", values=values),
-             MaskSpec(rows, mode="amplify", value=-1.5)]
+    masks = [
+        MaskSpec(rows, mode="scale", value=3.0),
+        MaskSpec(rows, mode="replace", values=values),
+        MaskSpec(rows, mode="amplify", value=-1.5),
+    ]
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(3))
     batched = _logits(lm.model, ids, masks, apply_masks(lm.model, masks))
     for i, mask in enumerate(masks):
@@ -126,7 +143,7 @@ def test_modes_other_than_zero_and_a_batch_that_does_not_split():
         with torch.no_grad(), apply_masks(lm.model, masks):
             lm.model(ids)
     with pytest.raises(ValueError, match="different signals"):
-        with apply_masks(lm.model, [MaskSpec(rows), MaskSpec(torch.zeros(n_layers, 128, dtype=torch.bool),
-                                                                  signal="mlp_act")]):
+        with apply_masks(
+            lm.model, [MaskSpec(rows), MaskSpec(torch.zeros(n_layers, 128, dtype=torch.bool), signal="mlp_act")]
+        ):
             pass
-

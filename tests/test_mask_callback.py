@@ -27,8 +27,9 @@ class TinyLM(pl.LightningModule):
     def run(self, stage, ids):
         captured = {}
         # registered inside the step, i.e. after the callback's mask hooks: sees the masked signal
-        with signal_hooks(self.model, "mlp_out", lambda l, t: captured.setdefault(l, t.detach().clone()),
-                          spec=self.arch):
+        with signal_hooks(
+            self.model, "mlp_out", lambda l, t: captured.setdefault(l, t.detach().clone()), spec=self.arch
+        ):
             out = self.model(input_ids=ids, labels=ids)
         self.seen[stage].append(captured[0])
         return out
@@ -58,8 +59,14 @@ def loader():
 
 def trainer(callbacks, **kwargs):
     return pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=callbacks, **kwargs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **kwargs,
     )
 
 
@@ -120,8 +127,13 @@ def test_fit_masks_training_once_and_validation_inside_fit():
     module = TinyLM()
     value = 4.0
     spec = lesion_spec(module, mode="amplify", value=value)
-    t = trainer([MaskCallback(spec, during_train=True)], max_steps=2, limit_val_batches=1, num_sanity_val_steps=0,
-                val_check_interval=1)
+    t = trainer(
+        [MaskCallback(spec, during_train=True)],
+        max_steps=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        val_check_interval=1,
+    )
     t.fit(module, loader(), loader())
     assert module.seen["train"] and module.seen["validate"]
     ids = next(iter(loader()))[0]
@@ -136,8 +148,9 @@ def test_fit_masks_training_once_and_validation_inside_fit():
 
 def test_build_kwargs_and_callable_spec():
     module = TinyLM()
-    ns = NetworkSet(torch.rand(3, 3, 32, generator=torch.Generator().manual_seed(0)) < 0.2,
-                    provenance={"signal": "mlp_out"})
+    ns = NetworkSet(
+        torch.rand(3, 3, 32, generator=torch.Generator().manual_seed(0)) < 0.2, provenance={"signal": "mlp_out"}
+    )
     module.netset = ns
     callback = MaskCallback(mode="lesion", networks="0,1")
     trainer([callback]).validate(module, loader(), verbose=False)

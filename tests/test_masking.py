@@ -83,17 +83,30 @@ def masked_run(lm, mask, signal, install=apply_mask):
     handles = []
     try:
         for layer, block in enumerate(blocks):
-            handles.append(block.mlp.register_forward_pre_hook(
-                functools.partial(lambda kind, layer, m, args: keep(kind, layer, args[0]), "mlp_in", layer)))
-            handles.append(getattr(block, PRE_MLP_NORM[family]).register_forward_pre_hook(
-                functools.partial(lambda kind, layer, m, args: keep(kind, layer, args[0]), "resid_mid", layer)))
-            handles.append(block.register_forward_hook(functools.partial(
-                lambda kind, layer, m, args, out: keep(kind, layer, out[0] if isinstance(out, tuple) else out),
-                "block_out", layer)))
+            handles.append(
+                block.mlp.register_forward_pre_hook(
+                    functools.partial(lambda kind, layer, m, args: keep(kind, layer, args[0]), "mlp_in", layer)
+                )
+            )
+            handles.append(
+                getattr(block, PRE_MLP_NORM[family]).register_forward_pre_hook(
+                    functools.partial(lambda kind, layer, m, args: keep(kind, layer, args[0]), "resid_mid", layer)
+                )
+            )
+            handles.append(
+                block.register_forward_hook(
+                    functools.partial(
+                        lambda kind, layer, m, args, out: keep(kind, layer, out[0] if isinstance(out, tuple) else out),
+                        "block_out",
+                        layer,
+                    )
+                )
+            )
         with install(lm.model, mask, signal=signal):
             # registered after the mask hooks: sees the value the model goes on with (already [batch, seq, width])
-            with signal_hooks(lm.model, signal, lambda layer, t: got["signal"].__setitem__(layer, t.detach().clone()),
-                              spec=spec):
+            with signal_hooks(
+                lm.model, signal, lambda layer, t: got["signal"].__setitem__(layer, t.detach().clone()), spec=spec
+            ):
                 with torch.no_grad():
                     lm.model(input_ids=input_ids(), use_cache=False)
     finally:
@@ -139,6 +152,7 @@ def published_bug_apply(model, mask, signal="mlp_out"):
     """The published hook loop: a closure over the loop variable, so every layer uses the LAST row."""
     handles = []
     for layer, module in enumerate(signal_modules(model, signal)):
+
         def hook(_module, _inputs, output):
             return output.masked_fill(mask[layer], 0.0)  # `layer` is read at call time -> last layer
 
@@ -194,8 +208,15 @@ def test_masks_apply_during_generate_with_kv_cache(family):
     prompt = input_ids(batch=1, seq=5, seed=1)
     mask = torch.zeros(lm.n_layers, lm.d_model, dtype=torch.bool)
     mask[:, ::2] = True  # half the units in every layer
-    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True,
-                  return_dict_in_generate=True, pad_token_id=256, use_cache=True)
+    kwargs = dict(
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=256,
+        use_cache=True,
+    )
     with torch.no_grad():
         plain = lm.model.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs)
         with apply_mask(lm.model, mask):
@@ -448,8 +469,18 @@ def test_mask_configs_build():
     folder = Path(__file__).resolve().parents[1] / "conf" / "mask"
     base = OmegaConf.load(folder / "_base.yaml")
     files = sorted(f for f in folder.glob("*.yaml") if f.stem != "_base")
-    assert {f.stem for f in files} >= {"none", "lesion", "preserve", "random", "random_fraction", "amplify",
-                                       "magnitude", "magnitude_preserve", "spared", "unit"}
+    assert {f.stem for f in files} >= {
+        "none",
+        "lesion",
+        "preserve",
+        "random",
+        "random_fraction",
+        "amplify",
+        "magnitude",
+        "magnitude_preserve",
+        "spared",
+        "unit",
+    }
     scale = torch.rand(ns.n_layers, ns.width)
     for f in files:
         own = OmegaConf.load(f)

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from fnet.models import (
-    down_proj_modules, find_blocks, get_arch, load_model, mlp_modules, model_dims, tiny_config,
+    down_proj_modules,
+    find_blocks,
+    get_arch,
+    load_model,
+    mlp_modules,
+    model_dims,
+    tiny_config,
 )
 
 FAMILIES = ["gpt2", "llama", "chatglm"]

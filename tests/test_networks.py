@@ -251,7 +251,12 @@ def assert_same(a: NetworkSet, b: NetworkSet) -> None:
 def test_save_load_round_trip_exact(tmp_path):
     maps = torch.randn(4, N_LAYERS * WIDTH, generator=torch.Generator().manual_seed(2))
     ns = NetworkSet.from_maps(
-        maps, N_LAYERS, WIDTH, rule="percentile", percentile=90.0, stability=torch.rand(4, dtype=torch.float64),
+        maps,
+        N_LAYERS,
+        WIDTH,
+        rule="percentile",
+        percentile=90.0,
+        stability=torch.rand(4, dtype=torch.float64),
         provenance={"model": "toy", "signal": "mlp_out", "data": "wiki", "seed": 3, "tuple": (1, 2)},
     )
     path = ns.save(tmp_path / "sub" / "nets.safetensors")
@@ -297,8 +302,11 @@ def test_load_disagreeing_shapes_names_it(tmp_path):
     save_file({"masks": torch.zeros(2, 3, 4, dtype=torch.bool), "maps": torch.zeros(2, 3, 5)}, str(path), meta)
     with pytest.raises(NetworkSetFormatError, match="bad_shapes.safetensors.*maps shape"):
         NetworkSet.load(path)
-    save_file({"masks": torch.zeros(2, 3, 4, dtype=torch.bool), "stability": torch.zeros(3, dtype=torch.float64)},
-              str(path), meta)
+    save_file(
+        {"masks": torch.zeros(2, 3, 4, dtype=torch.bool), "stability": torch.zeros(3, dtype=torch.float64)},
+        str(path),
+        meta,
+    )
     with pytest.raises(NetworkSetFormatError, match="stability"):
         NetworkSet.load(path)
     save_file({"masks": torch.zeros(2, 3, 4, dtype=torch.float32)}, str(path), meta)
@@ -341,8 +349,11 @@ def naive_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    k1=st.integers(0, 6), k2=st.integers(0, 6), n=st.integers(1, 40),
-    density=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1),
+    k1=st.integers(0, 6),
+    k2=st.integers(0, 6),
+    n=st.integers(1, 40),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31 - 1),
 )
 def test_iou_agrees_with_naive_loop(k1, k2, n, density, seed):
     rng = np.random.default_rng(seed)
@@ -392,7 +403,10 @@ def test_match_templates_exact_counts():
     assert result.iou.shape == (3, 7)
     assert result.counts.tolist() == [4, 2, 0]  # t0: 1.0, 0.5, 0.3, 0.333 ; t1: 1.0, 0.333
     assert [b.tolist() for b in result.best_iou] == [
-        [1.0, 0.5, 0.1], [0.2, 0.3, 1.0], [], [pytest.approx(1 / 3)],
+        [1.0, 0.5, 0.1],
+        [0.2, 0.3, 1.0],
+        [],
+        [pytest.approx(1 / 3)],
     ]
     assert result.individual.tolist() == [0, 0, 0, 1, 1, 1, 3]
     assert result.individuals_matched().tolist() == [3, 2, 0]

@@ -18,15 +18,26 @@ import pytest
 numpydoc_validate = pytest.importorskip("numpydoc.validate", reason="numpydoc is in the docs extra")
 
 #: the stage packages whose ``__all__`` is the public API beside ``fnet.__all__``
-PACKAGES = ("fnet.models", "fnet.recording", "fnet.decompose", "fnet.networks", "fnet.intervene", "fnet.scoring",
-            "fnet.attribution", "fnet.report", "fnet.study", "fnet.cli", "fnet.paths")
+PACKAGES = (
+    "fnet.models",
+    "fnet.recording",
+    "fnet.decompose",
+    "fnet.networks",
+    "fnet.intervene",
+    "fnet.scoring",
+    "fnet.attribution",
+    "fnet.report",
+    "fnet.study",
+    "fnet.cli",
+    "fnet.paths",
+)
 #: the numpydoc checks run (numpydoc.validate's codes)
 CHECKS = ("GL08", "PR01", "PR02", "RT01")
 
 #: public name -> the checks it still fails (to be documented; see the module docstring)
 PENDING: dict[str, set[str]] = {
     # an abstract base: its Parameters are its subclasses' (FastICA, Picard), whose __init__ take them
-    "fnet.decompose.TemporalICA": {'PR02'},
+    "fnet.decompose.TemporalICA": {"PR02"},
 }
 
 
@@ -51,10 +62,16 @@ def test_the_public_api_passes_numpydoc_validation():
     public = _public()
     assert {"fnet.load_model", "fnet.lesion", "fnet.models.load_model", "fnet.cli.main"} <= set(public)
     found = {name: failures(obj) for name, obj in public.items()}
-    new = {name: sorted(codes - PENDING.get(name, set())) for name, codes in found.items()
-           if codes - PENDING.get(name, set())}
-    fixed = {name: sorted(codes - found.get(name, set())) for name, codes in PENDING.items()
-             if codes - found.get(name, set())}
+    new = {
+        name: sorted(codes - PENDING.get(name, set()))
+        for name, codes in found.items()
+        if codes - PENDING.get(name, set())
+    }
+    fixed = {
+        name: sorted(codes - found.get(name, set()))
+        for name, codes in PENDING.items()
+        if codes - found.get(name, set())
+    }
     assert new == {}, f"public names whose docstrings fail numpydoc checks {CHECKS}: {new}"
     assert fixed == {}, f"fixed now, remove from PENDING: {fixed}"
 

@@ -36,8 +36,11 @@ def planted(seed: int = 0, n_tokens: int = 4000, n_neurons: int = 600, noise: fl
     (uniform) -- mixed by sparse maps: ``X  # [tokens, neurons] = sources  # [tokens, 3] @ maps  # [3, neurons]``
     plus noise and a per-neuron offset. Returns ``(X, sources, maps)``."""
     rng = np.random.default_rng(seed)
-    sources = np.c_[rng.laplace(size=n_tokens), rng.exponential(size=n_tokens) - 1,
-                    rng.uniform(-np.sqrt(3), np.sqrt(3), size=n_tokens)]
+    sources = np.c_[
+        rng.laplace(size=n_tokens),
+        rng.exponential(size=n_tokens) - 1,
+        rng.uniform(-np.sqrt(3), np.sqrt(3), size=n_tokens),
+    ]
     maps = np.zeros((3, n_neurons))
     for k in range(3):
         support = rng.choice(n_neurons, 40, replace=False)
@@ -81,8 +84,10 @@ def test_picard_matches_fastica_networks(data, fitted):
     similarity = abs_corr_matrix(ica.spatial_maps_, fitted.spatial_maps_)
     rows, cols = linear_sum_assignment(-similarity)
     assert similarity[rows, cols].min() > 0.99
-    nets = [NetworkSet.from_maps(torch.from_numpy(m.astype(np.float32)), 2, 300, alpha=1.96)
-            for m in (ica.spatial_maps_, fitted.spatial_maps_)]
+    nets = [
+        NetworkSet.from_maps(torch.from_numpy(m.astype(np.float32)), 2, 300, alpha=1.96)
+        for m in (ica.spatial_maps_, fitted.spatial_maps_)
+    ]
     overlap = iou(nets[0], nets[1]).numpy()  # [3, 3]
     rows, cols = linear_sum_assignment(-overlap)
     assert overlap[rows, cols].min() > 0.9
@@ -101,8 +106,11 @@ def test_transform_inverse_transform_round_trip():
 
 def test_non_convergence_is_reported_with_its_name(data):
     X, _, _ = data
-    with pytest.warns(ConvergenceWarning, match=r"^Picard did not converge: stopped after 1 iterations with final "
-                                                r"gradient norm \S+ > tol=1e-07"):
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"^Picard did not converge: stopped after 1 iterations with final "
+        r"gradient norm \S+ > tol=1e-07",
+    ):
         est = Picard(3, random_state=0, max_iter=1).fit(X)
     assert est.converged_ is False and est.n_iter_ == 1
 

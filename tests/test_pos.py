@@ -65,8 +65,10 @@ def test_parse_conllu_multiword_tokens_and_empty_nodes():
 
 
 def test_multiword_token_space_after_no_goes_to_last_word():
-    text = "1-2\tdidn't\t_\t_\t_\t_\t_\t_\t_\tSpaceAfter=No\n1\tdid\tdo\tAUX\t_\t_\t0\troot\t_\t_\n" \
-           "2\tn't\tnot\tPART\t_\t_\t1\tadvmod\t_\t_\n3\t.\t.\tPUNCT\t_\t_\t1\tpunct\t_\t_\n"
+    text = (
+        "1-2\tdidn't\t_\t_\t_\t_\t_\t_\t_\tSpaceAfter=No\n1\tdid\tdo\tAUX\t_\t_\t0\troot\t_\t_\n"
+        "2\tn't\tnot\tPART\t_\t_\t1\tadvmod\t_\t_\n3\t.\t.\tPUNCT\t_\t_\t1\tpunct\t_\t_\n"
+    )
     (sentence,) = parse_conllu(text.splitlines())
     assert sentence.rebuilt_text() == "didn't."
     assert sentence.sent_id  # named even without a sent_id comment
@@ -173,8 +175,16 @@ def test_alignment_word_inside_a_cross_word_token_is_unaligned_and_truncation():
 
 @pytest.mark.slow
 def test_alignment_with_the_default_tokenizer(smollm2):
-    words = [Word("I", "PRON"), Word("did", "AUX", False), Word("n't", "PART"), Word("go", "VERB"),
-             Word(",", "PUNCT"), Word("15", "NUM"), Word("items", "NOUN", False), Word(".", "PUNCT")]
+    words = [
+        Word("I", "PRON"),
+        Word("did", "AUX", False),
+        Word("n't", "PART"),
+        Word("go", "VERB"),
+        Word(",", "PUNCT"),
+        Word("15", "NUM"),
+        Word("items", "NOUN", False),
+        Word(".", "PUNCT"),
+    ]
     text, ids, first = align_words(smollm2.tokenizer, words)
     assert text == "I didn't go , 15 items."
     pieces = tokens_of(smollm2.tokenizer, ids)
@@ -219,8 +229,7 @@ def test_planted_key_neurons_are_found_and_beat_random_neurons():
     attributions = rng.normal(scale=0.1, size=(200, n_layers * width))
     for t, unit in enumerate(planted_units):
         attributions[attr_tags == t, 1 * width + unit] += 5.0
-    chosen, counter = select_key_neurons(torch.from_numpy(attributions), attr_tags, n_tags, top_fraction=0.01,
-                                         top_k=1)
+    chosen, counter = select_key_neurons(torch.from_numpy(attributions), attr_tags, n_tags, top_fraction=0.01, top_k=1)
     assert [c.tolist() for c in chosen] == [[width + u] for u in planted_units]
     netset, tags = key_neuron_set(counter, 1, n_layers, width, ["A", "B", "C", "D"], provenance={"model": "planted"})
     assert netset.provenance["tags"] == ["A", "B", "C", "D"] and tags == [0, 1, 2, 3]
@@ -228,11 +237,13 @@ def test_planted_key_neurons_are_found_and_beat_random_neurons():
 
     X_train, y_train = planted(600, n_tags, n_layers, width, planted_units, rng)
     X_test, y_test = planted(400, n_tags, n_layers, width, planted_units, rng)
-    rows, seed_rows = compare_classifiers(X_train, y_train, X_test, y_test, netset.union(), random_seeds=[0, 1, 2],
-                                          n_bootstrap=200, max_iter=200)
+    rows, seed_rows = compare_classifiers(
+        X_train, y_train, X_test, y_test, netset.union(), random_seeds=[0, 1, 2], n_bootstrap=200, max_iter=200
+    )
     by_name = {r["features"].split(" (")[0]: r for r in rows}
-    key, random_, every, majority = (by_name[k] for k in ("key neurons", "random matched", "all neurons",
-                                                          "majority class"))
+    key, random_, every, majority = (
+        by_name[k] for k in ("key neurons", "random matched", "all neurons", "majority class")
+    )
     assert key["n_neurons"] == 4 and random_["n_neurons"] == 4 and every["n_neurons"] == n_layers * width
     assert key["accuracy"] > 0.95
     assert key["accuracy"] > random_["accuracy"] + 0.4
@@ -292,26 +303,43 @@ def write_treebank(folder):
     # test: the same tags with other words, plus 2 sentences copied verbatim from dev (dropped by the analysis)
     test = dev.replace("\tcat\tcat\t", "\tdog\tdog\t").replace("\tsit\tsit\t", "\trun\trun\t")
     test = test.replace("\tfine\tfine\t", "\tgood\tgood\t").replace("# text = The cat didn't sit.\n", "")
-    test += "\n".join(["# sent_id = copy1", *SAMPLE.splitlines()[3:11], "", "# sent_id = copy2",
-                       *SAMPLE.splitlines()[14:20], ""]) + "\n"
+    test += (
+        "\n".join(
+            ["# sent_id = copy1", *SAMPLE.splitlines()[3:11], "", "# sent_id = copy2", *SAMPLE.splitlines()[14:20], ""]
+        )
+        + "\n"
+    )
     (folder / "en_ewt-ud-dev.conllu").write_text(dev)
     (folder / "en_ewt-ud-test.conllu").write_text(test)
     assert len(base) == 2
 
 
 def pos_cfg(tmp_path, **analysis):
-    cfg = OmegaConf.create({
-        "model": {"_target_": "fnet.models.load_model", "name": "tiny:gpt2"},
-        "record": {"signal": "mlp_out", "max_length": 64, "batch_size": 4},
-        "seed": 0,
-        "paths": {"output_dir": str(tmp_path / "out"), "data_dir": str(tmp_path / "data"),
-                  "cache_dir": str(tmp_path / "cache")},
-    })
+    cfg = OmegaConf.create(
+        {
+            "model": {"_target_": "fnet.models.load_model", "name": "tiny:gpt2"},
+            "record": {"signal": "mlp_out", "max_length": 64, "batch_size": 4},
+            "seed": 0,
+            "paths": {
+                "output_dir": str(tmp_path / "out"),
+                "data_dir": str(tmp_path / "data"),
+                "cache_dir": str(tmp_path / "cache"),
+            },
+        }
+    )
     cfg.analysis = OmegaConf.load(__import__("pathlib").Path(__file__).parents[1] / "conf/analysis/pos.yaml")
     cfg.analysis.treebank.dir = str(tmp_path / "data" / "ud_english_ewt")
-    overrides = {"progress": False, "selection.top_k": 5, "selection.min_samples": 3, "classifier.random_seeds": [0],
-                 "classifier.bootstrap": 50, "classifier.max_iter": 100, "lesion.random_seeds": [0],
-                 "ica_overlap": False, **analysis}
+    overrides = {
+        "progress": False,
+        "selection.top_k": 5,
+        "selection.min_samples": 3,
+        "classifier.random_seeds": [0],
+        "classifier.bootstrap": 50,
+        "classifier.max_iter": 100,
+        "lesion.random_seeds": [0],
+        "ica_overlap": False,
+        **analysis,
+    }
     for key, value in overrides.items():
         OmegaConf.update(cfg, f"analysis.{key}", value)
     return cfg
@@ -319,8 +347,11 @@ def pos_cfg(tmp_path, **analysis):
 
 def test_run_pos_analysis_end_to_end(tmp_path, monkeypatch):
     write_treebank(tmp_path / "data" / "ud_english_ewt")
-    cfg = pos_cfg(tmp_path, ica_overlap=True, **{"attribution.method": "ig", "attribution.steps": 2,
-                                                 "attribution.baseline": "mean"})
+    cfg = pos_cfg(
+        tmp_path,
+        ica_overlap=True,
+        **{"attribution.method": "ig", "attribution.steps": 2, "attribution.baseline": "mean"},
+    )
 
     import fnet.pipelines.pos
 
@@ -333,10 +364,18 @@ def test_run_pos_analysis_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(fnet.pipelines.pos, "networks_for_config", fake_networks)
     results = run_pos_analysis(cfg)
     out = tmp_path / "out"
-    for name in ("pos_report.md", "pos_key_neurons.safetensors", "pos_selection_counts.safetensors", "pos_tags.csv",
-                 "pos_key_neurons.csv",
-                 "pos_classifier.csv", "pos_lesion.csv", "pos_ica_overlap.csv",
-                 "figures/pos_key_neurons_maps.png", "figures/pos_vs_ica_iou.png"):
+    for name in (
+        "pos_report.md",
+        "pos_key_neurons.safetensors",
+        "pos_selection_counts.safetensors",
+        "pos_tags.csv",
+        "pos_key_neurons.csv",
+        "pos_classifier.csv",
+        "pos_lesion.csv",
+        "pos_ica_overlap.csv",
+        "figures/pos_key_neurons_maps.png",
+        "figures/pos_vs_ica_iou.png",
+    ):
         assert (out / name).is_file(), name
     netset = NetworkSet.load(out / "pos_key_neurons.safetensors")
     assert netset.provenance["tags"] == results["tags"]
@@ -344,7 +383,11 @@ def test_run_pos_analysis_end_to_end(tmp_path, monkeypatch):
     assert netset.provenance["method"] == "ig" and netset.provenance["signal"] == "mlp_out"
     assert all(int(s) == 5 for s in netset.sizes())
     assert [r["features"].split(" (")[0] for r in results["classifier"]] == [
-        "key neurons", "random matched", "all neurons", "majority class"]
+        "key neurons",
+        "random matched",
+        "all neurons",
+        "majority class",
+    ]
     assert results["lesion"] and len(results["ica_overlap"]) == netset.n_networks + 1
     report = (out / "pos_report.md").read_text()
     assert "## Classifier" in report and "## Timings" in report and "fake" in report
@@ -377,8 +420,9 @@ def test_pos_test_split_holds_no_dev_sentence(shared_data):
 
 def test_run_pos_analysis_without_ica_or_lesion(tmp_path):
     write_treebank(tmp_path / "data" / "ud_english_ewt")
-    cfg = pos_cfg(tmp_path, **{"lesion.enabled": False, "classifier.all_neurons": False,
-                               "classifier.position": "before"})
+    cfg = pos_cfg(
+        tmp_path, **{"lesion.enabled": False, "classifier.all_neurons": False, "classifier.position": "before"}
+    )
     results = run_pos_analysis(cfg)
     assert results["lesion"] == [] and "analysis.ica_overlap=false" in results["ica_note"]
     assert "all neurons" not in {r["features"] for r in results["classifier"]}
@@ -398,7 +442,10 @@ def test_ica_overlap_from_a_saved_file_and_layout_mismatch(tmp_path):
     cfg = OmegaConf.create({"analysis": {"ica_networks_file": str(tmp_path / "ica.safetensors")}})
     rows, note, figure = ica_overlap(cfg, None, pos, tmp_path / "fig")
     assert [(r["tag"], r["best_ica_network"], round(r["iou"], 4)) for r in rows] == [
-        ("A", 0, round(2 / 6, 4)), ("B", 1, 1.0), ("(union of all tags)", 1, round(2 / 6, 4))]  # union: 6 neurons
+        ("A", 0, round(2 / 6, 4)),
+        ("B", 1, 1.0),
+        ("(union of all tags)", 1, round(2 / 6, 4)),
+    ]  # union: 6 neurons
     assert figure.is_file() and "2 ICA networks" in note
     NetworkSet.from_masks(torch.ones(1, 3, 5, dtype=torch.bool)).save(tmp_path / "other.safetensors")
     cfg.analysis.ica_networks_file = str(tmp_path / "other.safetensors")

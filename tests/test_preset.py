@@ -17,15 +17,42 @@ REPO = Path(__file__).resolve().parents[1]
 def test_preset_keys_come_from_the_schema_with_their_defaults():
     assert list(PRESET_KEYS) == [f.name for f in dataclasses.fields(StudyPreset)]
     assert PRESET_KEYS == {
-        "name": None, "model": None, "path": "finetune", "tasks": [], "zeroshot_tasks": [], "lesion_each": [],
-        "n_networks": 10, "preserve_K": [], "seeds": 5, "controls": ["count", "magnitude"],
-        "massive": {"top_k": 4, "n_units": 4}, "n_bins": 10, "normalised": None, "stimuli": "genre", "train": [],
-        "analyze": [], "evaluate": [], "task_overrides": {}, "order": "task",
+        "name": None,
+        "model": None,
+        "path": "finetune",
+        "tasks": [],
+        "zeroshot_tasks": [],
+        "lesion_each": [],
+        "n_networks": 10,
+        "preserve_K": [],
+        "seeds": 5,
+        "controls": ["count", "magnitude"],
+        "massive": {"top_k": 4, "n_units": 4},
+        "n_bins": 10,
+        "normalised": None,
+        "stimuli": "genre",
+        "train": [],
+        "analyze": [],
+        "evaluate": [],
+        "task_overrides": {},
+        "order": "task",
         # v2 keys: all empty by default, so a v1 preset plans and reports (Settings) exactly as before
-        "training_runs": None, "runs_per_task": {}, "core_seeds": None, "streams": None, "tail_bins": [],
-        "ablations": [], "preserve_alpha": [], "as_published": None, "correction": None, "margin": None,
-        "train_minutes": {}, "curve_tasks": [], "detail_runs": None, "ablation_controls": [],
-        "normalised_seeds": None}
+        "training_runs": None,
+        "runs_per_task": {},
+        "core_seeds": None,
+        "streams": None,
+        "tail_bins": [],
+        "ablations": [],
+        "preserve_alpha": [],
+        "as_published": None,
+        "correction": None,
+        "margin": None,
+        "train_minutes": {},
+        "curve_tasks": [],
+        "detail_runs": None,
+        "ablation_controls": [],
+        "normalised_seeds": None,
+    }
 
 
 def test_the_committed_reports_settings_are_the_preset():
@@ -44,10 +71,14 @@ def test_a_bad_key_in_a_preset_file_names_the_key_and_the_valid_keys(tmp_path):
         load_preset(str(path))
     text = str(info.value)
     assert f"invalid study preset {path}" in text
-    assert "unknown key masive (did you mean massive?); valid keys of the preset: ablation_controls, ablations, " in text
+    assert (
+        "unknown key masive (did you mean massive?); valid keys of the preset: ablation_controls, ablations, " in text
+    )
     path.write_text("model: tiny_gpt2\ntasks: [sst2]\nmassive: {top_k: 1, n_unit: 1}\n")
-    with pytest.raises(ConfigError, match="unknown key massive.n_unit \\(did you mean massive.n_units\\?\\); "
-                                          "valid keys of massive: n_units, top_k"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown key massive.n_unit \\(did you mean massive.n_units\\?\\); valid keys of massive: n_units, top_k",
+    ):
         load_preset(str(path))
     path.write_text("tasks: [sst2]\n")
     with pytest.raises(ConfigError, match="missing key model \\(a required key of the preset\\)"):
@@ -64,8 +95,10 @@ def test_a_bad_override_names_the_key_and_the_valid_keys():
     assert "(2 problems)" in text
     assert "unknown key sedes (did you mean seeds?); valid keys of the preset: " in text
     assert "unknown key n_network (did you mean n_networks?)" in text
-    assert ", seeds, stimuli, streams, tail_bins, task_overrides, tasks, train, train_minutes, training_runs, " \
-           "zeroshot_tasks" in text
+    assert (
+        ", seeds, stimuli, streams, tail_bins, task_overrides, tasks, train, train_minutes, training_runs, "
+        "zeroshot_tasks" in text
+    )
     with pytest.raises(ConfigError, match="override 'seeds' is not key=value; valid keys: name, model, "):
         load_preset("tiny", ["seeds"])
     with pytest.raises(ConfigError, match="seeds: Value 'abc' of type 'str' could not be converted to Integer"):
@@ -77,8 +110,9 @@ def test_a_bad_override_names_the_key_and_the_valid_keys():
 def test_a_bad_choice_names_the_value_and_the_choices():
     with pytest.raises(ConfigError, match="order must be one of \\['task', 'table'\\], got 'tasks'"):
         load_preset("tiny", ["order=tasks"])
-    with pytest.raises(ConfigError, match="controls must be one of \\['count', 'magnitude', 'massive_included'\\], "
-                                          "got 'rand'"):
+    with pytest.raises(
+        ConfigError, match="controls must be one of \\['count', 'magnitude', 'massive_included'\\], got 'rand'"
+    ):
         load_preset("tiny", ["controls=[count, rand]"])
     with pytest.raises(ConfigError, match="path must be one of \\['finetune', 'zeroshot'\\], got 'fewshot'"):
         load_preset("tiny", ["path=fewshot"])
@@ -94,14 +128,24 @@ def test_an_unknown_task_is_named_with_the_valid_tasks():
 
 
 def test_dotlist_overrides_lists_dotted_keys_and_replaced_mappings():
-    p = load_preset("tiny", ["tasks=[sst2, cola]", "massive.top_k=1", "normalised=ica.standardize=true",
-                             "preserve_K=[3, 5]", "seeds=3", "train=[a=1, b=2]"])
+    p = load_preset(
+        "tiny",
+        [
+            "tasks=[sst2, cola]",
+            "massive.top_k=1",
+            "normalised=ica.standardize=true",
+            "preserve_K=[3, 5]",
+            "seeds=3",
+            "train=[a=1, b=2]",
+        ],
+    )
     assert p["tasks"] == ["sst2", "cola"] and p["preserve_K"] == [3, 5] and p["seeds"] == 3
     assert p["massive"] == {"top_k": 1, "n_units": 1}  # the dotted key changes one key, the file's other stays
     assert p["normalised"] == "ica.standardize=true" and p["train"] == ["a=1", "b=2"]
     # README's command of results/paper_smollm2_replication: a mapping replaces the preset's (is not merged into it)
-    smol = load_preset("smollm2", ["tasks=[sst2,ag_news]", "zeroshot_tasks=[]", "lesion_each=[]", "preserve_K=[]",
-                                   "task_overrides={}"])
+    smol = load_preset(
+        "smollm2", ["tasks=[sst2,ag_news]", "zeroshot_tasks=[]", "lesion_each=[]", "preserve_K=[]", "task_overrides={}"]
+    )
     assert smol["task_overrides"] == {} and smol["tasks"] == ["sst2", "ag_news"]
     smol = load_preset("smollm2", ["task_overrides.sst2.train=[x=1]"])
     assert smol["task_overrides"]["sst2"] == {"train": ["x=1"]} and "squad" in smol["task_overrides"]
@@ -116,8 +160,9 @@ def test_task_overrides_and_lesion_each_only_name_tasks_of_the_preset():
         load_preset("tiny", ["lesion_each=[cola]"])
     with pytest.raises(ConfigError, match="tasks is empty"):
         load_preset("tiny", ["tasks=[]", "lesion_each=[]"])
-    with pytest.raises(ConfigError, match="unknown key task_overrides.sst2.evaluat \\(did you mean "
-                                          "task_overrides.sst2.evaluate\\?\\)"):
+    with pytest.raises(
+        ConfigError, match="unknown key task_overrides.sst2.evaluat \\(did you mean task_overrides.sst2.evaluate\\?\\)"
+    ):
         load_preset("tiny", ["task_overrides={sst2: {evaluat: [a=1]}}"])
 
 

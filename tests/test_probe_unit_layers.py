@@ -7,7 +7,8 @@ import pytest
 import torch
 
 _spec = importlib.util.spec_from_file_location(
-    "probe_unit_layers", Path(__file__).resolve().parents[1] / "scripts" / "probe_unit_layers.py")
+    "probe_unit_layers", Path(__file__).resolve().parents[1] / "scripts" / "probe_unit_layers.py"
+)
 probe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(probe)
 
@@ -21,8 +22,9 @@ def test_masks_hold_the_unit_in_exactly_the_chosen_layers():
     assert masks[2, [1, 2, 3], 5].all() and not masks[2, :, [0, 1, 2, 3, 4, 6, 7]].any()
 
 
-@pytest.mark.parametrize("unit, sets, match", [(8, [[0]], r"width is 8 \(valid: 0..7\)"),
-                                              (1, [[0, 4]], r"\[4\] out of range.*layers 0..3")])
+@pytest.mark.parametrize(
+    "unit, sets, match", [(8, [[0]], r"width is 8 \(valid: 0..7\)"), (1, [[0, 4]], r"\[4\] out of range.*layers 0..3")]
+)
 def test_bad_unit_or_layer_is_named_with_the_valid_range(unit, sets, match):
     with pytest.raises(ValueError, match=match):
         probe.unit_layer_masks(unit, sets, n_layers=4, width=8)

@@ -20,13 +20,24 @@ def sentencepiece_style_tokenizer():
     """A Unigram tokenizer with Llama-2/Gemma's normalizer (prepend "▁", spaces -> "▁"): a text that starts with a
     space starts with a lone "▁" token, so " positive" alone is ["▁", "▁positive"], but after a prompt it is
     ["▁positive"]."""
-    pieces = ["<unk>", "</s>", "▁", "▁positive", "▁negative", ":", "▁Review", "▁great", "▁film", "▁dull", "\n",
-              "Sentiment"] + list("abcdefghijklmnopqrstuvwxyzR")
+    pieces = [
+        "<unk>",
+        "</s>",
+        "▁",
+        "▁positive",
+        "▁negative",
+        ":",
+        "▁Review",
+        "▁great",
+        "▁film",
+        "▁dull",
+        "\n",
+        "Sentiment",
+    ] + list("abcdefghijklmnopqrstuvwxyzR")
     backend = Tokenizer(models.Unigram([(p, -1.0 if len(p) > 1 else -5.0) for p in pieces], unk_id=0))
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>",
-                                   eos_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>", eos_token="</s>")
 
 
 def merging_byte_tokenizer():
@@ -45,8 +56,18 @@ def merging_byte_tokenizer():
 
 def tiny_lm(vocab_size):
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=32, n_layer=2, n_head=4,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=256,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    ).eval()
 
 
 def by_hand(model, tokens, n_last):
@@ -106,13 +127,15 @@ def test_fixed_fewshot_prompts_are_encoded_whole_and_share_a_true_token_prefix()
     assert shots_tokens[-1] == merged  # the shots block alone ends in "\n\n" merged ...
     for r in requests:
         assert r.context_tokens == tok(r.context)["input_ids"]  # ... the prompt is the joint encoding,
-        assert merged not in r.context_tokens[len(shots_tokens) - 1:]  # where the boundary is "\n", "\n"
-        old = shots_tokens + tok(r.context[len(shots_text):])["input_ids"]  # the old, separate encoding
+        assert merged not in r.context_tokens[len(shots_tokens) - 1 :]  # where the boundary is "\n", "\n"
+        old = shots_tokens + tok(r.context[len(shots_text) :])["input_ids"]  # the old, separate encoding
         assert old != r.context_tokens
     assert scoring.align_prefixes(requests) == len(shots_tokens) - 1  # the longest true token prefix
     n = requests[0].prefix_len
-    assert all(r.prefix_len == n and r.context_tokens[:n] == shots_tokens[:n]
-               and r.content_free_tokens[:n] == shots_tokens[:n] for r in requests)
+    assert all(
+        r.prefix_len == n and r.context_tokens[:n] == shots_tokens[:n] and r.content_free_tokens[:n] == shots_tokens[:n]
+        for r in requests
+    )
     # the shared-prefix fast path gives the numbers of whole prompts scored one at a time
     model = tiny_lm(len(tok))
     module = ZeroShotModule(model, tok, task)
@@ -128,8 +151,12 @@ def test_fixed_fewshot_prompts_are_encoded_whole_and_share_a_true_token_prefix()
 def test_shots_that_are_a_token_prefix_are_shared_whole():
     tok = merging_byte_tokenizer()
     # the delimiter ends in a space-free token the question cannot merge with
-    task = task_cfg("sst2", num_fewshot=2, fewshot={"sampling": "fixed", "seed": 3},
-                    prompt={"template": "{text_a} ->", "fewshot_delimiter": ";"})
+    task = task_cfg(
+        "sst2",
+        num_fewshot=2,
+        fewshot={"sampling": "fixed", "seed": 3},
+        prompt={"template": "{text_a} ->", "fewshot_delimiter": ";"},
+    )
     pool = [{"index": i, "text_a": t, "label": i % 2} for i, t in enumerate(["bad", "good", "dull", "fun"])]
     builder = scoring.PromptBuilder(task, tok, pool)
     requests = [builder.request({"index": 10 + i, "text_a": t, "label": 0}) for i, t in enumerate(["meh", "ugh"])]

@@ -30,8 +30,9 @@ def test_best_spans_respects_order_length_and_context():
     s, e, _ = best_spans(start, end, context, max_answer_length=3)  # 2..5 is 4 tokens long: too long
     assert (s.item(), e.item()) == (2, 4)
     # an end before the best start is never chosen
-    s, e, score = best_spans(torch.tensor([[0.0, 0.0, 9.0]]), torch.tensor([[0.0, 9.0, 1.0]]),
-                             torch.ones(1, 3, dtype=torch.bool), 5)
+    s, e, score = best_spans(
+        torch.tensor([[0.0, 0.0, 9.0]]), torch.tensor([[0.0, 9.0, 1.0]]), torch.ones(1, 3, dtype=torch.bool), 5
+    )
     assert (s.item(), e.item(), score.item()) == (2, 2, 10.0)
     _, _, none = best_spans(start, end, torch.zeros_like(context), 5)
     assert none.item() == float("-inf")
@@ -64,9 +65,10 @@ def test_squad_em_f1_hand_checked():
     assert scores["per_example"][1] == (0.0, pytest.approx(0.5))
     from torchmetrics.functional.text import squad  # the same numbers as torchmetrics' SQuAD (in percent)
 
-    reference = squad([{"prediction_text": preds[e["id"]], "id": e["id"]} for e in examples],
-                      [{"answers": {"answer_start": [0] * len(e["answers"]), "text": e["answers"]}, "id": e["id"]}
-                       for e in examples])
+    reference = squad(
+        [{"prediction_text": preds[e["id"]], "id": e["id"]} for e in examples],
+        [{"answers": {"answer_start": [0] * len(e["answers"]), "text": e["answers"]}, "id": e["id"]} for e in examples],
+    )
     assert float(reference["f1"]) / 100 == pytest.approx(scores["f1"], abs=1e-6)
 
 
@@ -76,8 +78,17 @@ def squad_rows(n: int = 12) -> list[dict]:
     for i in range(n):
         country, city = cities[i % 4]
         context = f"Story {i}. The capital of {country} is {city}, a large city. People like it."
-        rows.append({"id": f"q{i}", "context": context, "question": f"What is the capital of {country}?",
-                     "answers": [city, f"{city}, a large city"], "text_a": context, "text_b": "", "label": -1})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "context": context,
+                "question": f"What is the capital of {country}?",
+                "answers": [city, f"{city}, a large city"],
+                "text_a": context,
+                "text_b": "",
+                "label": -1,
+            }
+        )
     return rows
 
 
@@ -89,15 +100,18 @@ def test_answer_char_span_first_occurrence():
 
 def test_windows_map_answers_back_to_text():
     tok = load_model("tiny:gpt2").tokenizer
-    dm = SquadDataModule("squad", tokenizer=tok, rows=squad_rows(8), max_length=48, doc_stride=16,
-                         split=(0.5, 0.0, 0.5))
+    dm = SquadDataModule(
+        "squad", tokenizer=tok, rows=squad_rows(8), max_length=48, doc_stride=16, split=(0.5, 0.0, 0.5)
+    )
     dm.setup()
     train = dm.datasets["train"]
     assert train and all(f["start_positions"] >= 0 for f in train)  # training keeps windows with the answer
     for feature in train:
         example = dm.examples["train"][feature["example_index"]]
-        assert span_text(example["context"], feature["offsets"], feature["start_positions"],
-                         feature["end_positions"]) == example["answers"][0]
+        assert (
+            span_text(example["context"], feature["offsets"], feature["start_positions"], feature["end_positions"])
+            == example["answers"][0]
+        )
         ids = feature["input_ids"]
         assert tok.decode(ids).startswith(example["question"])  # question first: context tokens see it
     test = dm.datasets["test"]
@@ -116,10 +130,14 @@ def test_too_short_max_length_is_a_clear_error_at_the_exact_limit():
     rows = squad_rows(8)
     longest = max(len(tok(r["question"].strip() + "\n", add_special_tokens=False)["input_ids"]) for r in rows)
     need = longest + tok.num_special_tokens_to_add(pair=True) + 2 + 1
-    make = lambda max_length: SquadDataModule("squad", tokenizer=tok, rows=rows, max_length=max_length, doc_stride=2,
-                                              split=(0.5, 0.0, 0.5))
-    with pytest.raises(ValueError, match=rf"datamodule.max_length={need - 1} is too short .* "
-                                         rf"question is {longest} tokens.*max_length >= {need}"):
+    make = lambda max_length: SquadDataModule(
+        "squad", tokenizer=tok, rows=rows, max_length=max_length, doc_stride=2, split=(0.5, 0.0, 0.5)
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"datamodule.max_length={need - 1} is too short .* "
+        rf"question is {longest} tokens.*max_length >= {need}",
+    ):
         make(need - 1).setup()
     dm = make(need)
     dm.setup()
@@ -132,17 +150,31 @@ def test_qa_module_learns_toy_spans_and_reports_em_f1():
 
     pl.seed_everything(0)
     module = ExtractiveQAModule("tiny:gpt2", max_answer_length=8, optimizer=partial(torch.optim.AdamW, lr=3e-3))
-    dm = SquadDataModule("squad", tokenizer=module.tokenizer, rows=squad_rows(24), max_length=96, doc_stride=32,
-                         batch_size=8,
-                         split=(0.7, 0.0, 0.3))
+    dm = SquadDataModule(
+        "squad",
+        tokenizer=module.tokenizer,
+        rows=squad_rows(24),
+        max_length=96,
+        doc_stride=32,
+        batch_size=8,
+        split=(0.7, 0.0, 0.3),
+    )
     losses = []
 
     class Rec(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=12, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[Rec()])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=12,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Rec()],
+    )
     trainer.fit(module, datamodule=dm)
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
     result = trainer.test(module, datamodule=dm, verbose=False)[0]

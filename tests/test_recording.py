@@ -33,8 +33,10 @@ def mlp_inputs(lm, texts):
     per_text = []
     for text in texts:
         captured = {}
-        handles = [m.register_forward_pre_hook(lambda mod, args, layer=layer: captured.__setitem__(layer, args[0]))
-                   for layer, m in enumerate(mlp_modules(lm.model))]
+        handles = [
+            m.register_forward_pre_hook(lambda mod, args, layer=layer: captured.__setitem__(layer, args[0]))
+            for layer, m in enumerate(mlp_modules(lm.model))
+        ]
         try:
             ids = lm.tokenizer([text], return_tensors="pt")
             with torch.no_grad():

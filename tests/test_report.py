@@ -39,10 +39,7 @@ def test_markdown_table_exact():
 def test_markdown_table_columns_and_floatfmt():
     rows = [{"a": 1.0, "b": "x", "c": 2}, {"a": 2.25, "b": "y\nz"}]
     assert markdown_table(rows, columns=["c", "a"], floatfmt=".1f") == (
-        "|   c |   a |\n"
-        "| --: | --: |\n"
-        "|   2 | 1.0 |\n"
-        "|     | 2.2 |"
+        "|   c |   a |\n| --: | --: |\n|   2 | 1.0 |\n|     | 2.2 |"
     )
     assert markdown_table(rows, columns=["b"]) == "| b   |\n| --- |\n| x   |\n| y z |"
     assert markdown_table([], columns=["a", "b"]) == "| a   | b   |\n| --- | --- |"
@@ -56,8 +53,15 @@ def test_markdown_table_torch_scalars():
 
 def test_provenance_header_lists_required_fields():
     header = provenance_header(
-        {"model": "SmolLM2-135M", "signal": "mlp_out", "seed": 0, "K": 20, "fnet_version": "0.1.0",
-         "alpha": 1.96, "extra": {"b": 1, "a": [1, 2]}}
+        {
+            "model": "SmolLM2-135M",
+            "signal": "mlp_out",
+            "seed": 0,
+            "K": 20,
+            "fnet_version": "0.1.0",
+            "alpha": 1.96,
+            "extra": {"b": 1, "a": [1, 2]},
+        }
     )
     assert header == "\n".join(
         [

@@ -69,8 +69,9 @@ def test_loglik_batched_equals_one_sequence_at_a_time(family):
     unshared = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, share_context=False)
     assert scoring.PATH_COUNTS == {"shared_context": 1, "full": 1}
     assert torch.allclose(scores, unshared, atol=1e-4)  # context computed once per row = once per choice
-    single = scoring.score_loglik(lm.model, contexts, [[[c[0]] for c in conts] for conts in continuations],
-                                  pad_token_id=256)  # the single-token path
+    single = scoring.score_loglik(
+        lm.model, contexts, [[[c[0]] for c in conts] for conts in continuations], pad_token_id=256
+    )  # the single-token path
     with torch.no_grad():
         for r, (ctx, conts) in enumerate(zip(contexts, continuations)):
             for c, cont in enumerate(conts):
@@ -92,13 +93,13 @@ def test_shared_prefix_cache_gives_the_same_scores(family):
         full = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256)
         memo = {}
         scoring.PATH_COUNTS.clear()
-        cached = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, prefix_len=30,
-                                      kv_memo=memo)
+        cached = scoring.score_loglik(lm.model, contexts, continuations, pad_token_id=256, prefix_len=30, kv_memo=memo)
         assert scoring.PATH_COUNTS == {"prefix": 1}  # the shared keys/values were used, not full sequences
         assert len(memo) == 1
         assert torch.allclose(cached, full, atol=1e-4), (cached, full)
-        again = scoring.score_loglik(lm.model, contexts[:1], continuations[:1], pad_token_id=256, prefix_len=30,
-                                     kv_memo=memo)  # reuses the memo
+        again = scoring.score_loglik(
+            lm.model, contexts[:1], continuations[:1], pad_token_id=256, prefix_len=30, kv_memo=memo
+        )  # reuses the memo
         assert torch.allclose(again, full[:1], atol=1e-4)
 
 
@@ -144,19 +145,22 @@ def test_loglik_truncates_long_contexts_from_the_left():
 COLA = ["unacceptable", "acceptable"]
 
 
-@pytest.mark.parametrize("text, want", [
-    ("unacceptable", 0),
-    ("acceptable", 1),
-    ("Unacceptable.", 0),
-    ("  ACCEPTABLE!", 1),
-    ("The sentence is unacceptable", 0),
-    ("It is acceptable, not unacceptable", 1),  # the earliest label wins
-    ("unacceptable, not acceptable", 0),
-    ("acceptable-ish", 1),
-    ("inacceptable", None),  # no whole-word label
-    ("", None),
-    ("I don't know", None),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("unacceptable", 0),
+        ("acceptable", 1),
+        ("Unacceptable.", 0),
+        ("  ACCEPTABLE!", 1),
+        ("The sentence is unacceptable", 0),
+        ("It is acceptable, not unacceptable", 1),  # the earliest label wins
+        ("unacceptable, not acceptable", 0),
+        ("acceptable-ish", 1),
+        ("inacceptable", None),  # no whole-word label
+        ("", None),
+        ("I don't know", None),
+    ],
+)
 def test_parser_cola_never_reads_acceptable_inside_unacceptable(text, want):
     assert parse_choice(text, COLA) == want
     # the result does not depend on the order of the labels
@@ -164,10 +168,16 @@ def test_parser_cola_never_reads_acceptable_inside_unacceptable(text, want):
     assert (None if reversed_pred is None else 1 - reversed_pred) == want
 
 
-@pytest.mark.parametrize("text, want", [
-    ("not_entailment", 1), ("not entailment", 1), ("Not-entailment.", 1), ("entailment", 0),
-    ("Entailment: yes", 0),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("not_entailment", 1),
+        ("not entailment", 1),
+        ("Not-entailment.", 1),
+        ("entailment", 0),
+        ("Entailment: yes", 0),
+    ],
+)
 def test_parser_longest_label_wins(text, want):
     assert parse_choice(text, ["entailment", "not_entailment"]) == want
     assert parse_choice(text, ["not_entailment", "entailment"]) == 1 - want
@@ -262,16 +272,22 @@ def test_squad_normalisation_and_scores_agree_with_torchmetrics():
 
     assert scoring.normalize_answer("  The Denver  Broncos!") == "denver broncos"
     assert scoring.normalize_answer("an apple, a pear") == "apple pear"
-    cases = [("the Denver Broncos", ["Denver Broncos"]), ("Broncos", ["Denver Broncos", "Carolina"]),
-             ("nothing", ["Denver Broncos"]), ("Santa Clara, California", ["Santa Clara, California", "Levi's"])]
+    cases = [
+        ("the Denver Broncos", ["Denver Broncos"]),
+        ("Broncos", ["Denver Broncos", "Carolina"]),
+        ("nothing", ["Denver Broncos"]),
+        ("Santa Clara, California", ["Santa Clara, California", "Levi's"]),
+    ]
     metric = SQuAD()
     ems, f1s = [], []
     for i, (pred, answers) in enumerate(cases):
         em, f1 = scoring.squad_scores(pred, answers)
         ems.append(em)
         f1s.append(f1)
-        metric.update([{"prediction_text": pred, "id": str(i)}],
-                      [{"answers": {"text": answers, "answer_start": [0] * len(answers)}, "id": str(i)}])
+        metric.update(
+            [{"prediction_text": pred, "id": str(i)}],
+            [{"answers": {"text": answers, "answer_start": [0] * len(answers)}, "id": str(i)}],
+        )
     assert ems == [1.0, 0.0, 0.0, 1.0]
     assert f1s[1] == pytest.approx(2 * (1 * 0.5) / 1.5)
     got = metric.compute()
@@ -279,15 +295,18 @@ def test_squad_normalisation_and_scores_agree_with_torchmetrics():
     assert float(got["f1"]) == pytest.approx(100 * np.mean(f1s), abs=1e-4)
 
 
-@pytest.mark.parametrize("prediction, answers, want", [
-    (".", ["."], (1.0, 0.0)),  # both normalise to empty: EM 1, F1 0 (official v1.1; torchmetrics says F1 1)
-    ("", ["."], (1.0, 0.0)),
-    ("", ["Paris"], (0.0, 0.0)),
-    ("Paris", ["paris."], (1.0, 1.0)),
-    ("the cat sat", ["a cat sat down"], (0.0, 0.8)),  # "cat sat" vs "cat sat down": P 1, R 2/3
-    ("cat cat", ["cat"], (0.0, 2 * 0.5 * 1 / 1.5)),  # token counts, not sets: P 1/2, R 1
-    (".", [".", "the Broncos"], (1.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "prediction, answers, want",
+    [
+        (".", ["."], (1.0, 0.0)),  # both normalise to empty: EM 1, F1 0 (official v1.1; torchmetrics says F1 1)
+        ("", ["."], (1.0, 0.0)),
+        ("", ["Paris"], (0.0, 0.0)),
+        ("Paris", ["paris."], (1.0, 1.0)),
+        ("the cat sat", ["a cat sat down"], (0.0, 0.8)),  # "cat sat" vs "cat sat down": P 1, R 2/3
+        ("cat cat", ["cat"], (0.0, 2 * 0.5 * 1 / 1.5)),  # token counts, not sets: P 1/2, R 1
+        (".", [".", "the Broncos"], (1.0, 0.0)),
+    ],
+)
 def test_squad_scores_follow_the_official_v1_1_rules(prediction, answers, want):
     assert scoring.squad_scores(prediction, answers) == pytest.approx(want)
 
@@ -309,9 +328,10 @@ def test_squad_totals_and_cis_use_the_official_rule():
     official_f1 = (0.0 + 1.0 + 2 * 1 * 0.5 / 1.5 + 0.0) / 4
     assert out["metric"] == "f1" and list(out["metrics"]) == ["f1", "exact_match"]
     assert out["score"] == pytest.approx(official_f1) and out["metrics"]["exact_match"]["value"] == pytest.approx(0.5)
-    reference = squad([{"prediction_text": p, "id": str(i)} for i, (p, _) in enumerate(cases)],
-                      [{"answers": {"text": a, "answer_start": [0] * len(a)}, "id": str(i)}
-                       for i, (_, a) in enumerate(cases)])
+    reference = squad(
+        [{"prediction_text": p, "id": str(i)} for i, (p, _) in enumerate(cases)],
+        [{"answers": {"text": a, "answer_start": [0] * len(a)}, "id": str(i)} for i, (_, a) in enumerate(cases)],
+    )
     assert float(reference["f1"]) / 100 == pytest.approx(official_f1 + 0.25)  # the rule it differs by
     lo, hi = out["ci"]
     assert 0.0 <= lo <= official_f1 <= hi <= 1.0

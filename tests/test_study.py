@@ -10,7 +10,7 @@ import pytest
 
 from fnet.study import Job, load_preset, plan, run_jobs, summary_lines
 
-FAKE = '''
+FAKE = """
 import json, sys, pathlib
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 out = pathlib.Path(args["hydra.run.dir"])
@@ -23,7 +23,7 @@ if args.get("kind") == "ckpt":
     (out / "checkpoints" / "best-0-1.ckpt").write_text(args.get("weights", "w0"))
 else:
     (out / "result.json").write_text(json.dumps({"args": args}))
-'''
+"""
 
 
 @pytest.fixture
@@ -97,8 +97,14 @@ def test_only_and_dry_run_run_nothing_else(fake):
     result = _run(fake, _jobs(), only="train")
     assert _calls(fake) == ["train"] and result["counts"]["excluded"] == 2
     dry = _run(fake, _jobs(), dry_run=True)
-    assert _calls(fake) == ["train"] and dry["counts"] == {"skipped": 1, "ran": 0, "failed": 0, "blocked": 0,
-                                                           "pending": 2, "excluded": 0}
+    assert _calls(fake) == ["train"] and dry["counts"] == {
+        "skipped": 1,
+        "ran": 0,
+        "failed": 0,
+        "blocked": 0,
+        "pending": 2,
+        "excluded": 0,
+    }
 
 
 def test_presets_load_and_bad_keys_are_named():
@@ -109,16 +115,27 @@ def test_presets_load_and_bad_keys_are_named():
     stages = [j.stage for j in jobs]
     assert stages.index("train") < stages.index("analyze") < stages.index("controls") < stages.index("evaluate")
     conditions = {j.meta.get("condition") for j in jobs if j.stage == "evaluate"}
-    assert conditions == {"unmasked", "lesion", "count", "magnitude", "spared", "unit", "preserve",
-                          "preserve_count", "preserve_magnitude"}
+    assert conditions == {
+        "unmasked",
+        "lesion",
+        "count",
+        "magnitude",
+        "spared",
+        "unit",
+        "preserve",
+        "preserve_count",
+        "preserve_magnitude",
+    }
     assert sum(1 for j in jobs if j.meta.get("condition") == "count" and j.meta.get("target") == "all") == 2
     for name in ("smollm2", "gpt2", "qwen2_5_3b", "chatglm3_6b"):
         preset = load_preset(name)
         jobs = plan(preset)
         assert {j.meta["task"] for j in jobs if j.stage == "evaluate"} >= set(preset["tasks"])
     smol = plan(load_preset("smollm2"))
-    assert {j.meta["task"] for j in smol if j.meta.get("path") == "zeroshot"} == {"sst2 (zero-shot)",
-                                                                                  "ag_news (zero-shot)"}
+    assert {j.meta["task"] for j in smol if j.meta.get("path") == "zeroshot"} == {
+        "sst2 (zero-shot)",
+        "ag_news (zero-shot)",
+    }
     assert len({j.meta["K"] for j in smol if j.meta.get("condition") == "preserve"}) == 5
     with pytest.raises(ValueError, match="unknown key sedes \\(did you mean seeds\\?\\); valid keys of the preset"):
         load_preset("tiny", ["sedes=3"])
@@ -141,8 +158,9 @@ def test_tiny_study_end_to_end_through_the_real_entry_points(tmp_path):
     assert "only the K=3 networks kept" in report
     assert (root / "summary.csv").exists() and (root / "layers.png").exists() and (root / "preservation.png").exists()
     explorer = (root / "explorer.html").read_text()  # v1: the analyze jobs' networks as cards, with time courses
-    sets = [j for j in plan(load_preset("tiny", ["lesion_each=[]", "seeds=2"])) if j.stage == "analyze"
-            and j.meta["K"] == 3]
+    sets = [
+        j for j in plan(load_preset("tiny", ["lesion_each=[]", "seeds=2"])) if j.stage == "analyze" and j.meta["K"] == 3
+    ]
     assert explorer.count('<article class="card"') == 3 * len(sets) > 0 and "Top contexts" in explorer
     assert "predates time courses" not in explorer
     second = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
@@ -227,7 +245,7 @@ def test_study_controls_follow_the_planted_massive_unit():
     masks = np.zeros((K, n_layers, width), dtype=bool)
     for k in range(K):
         masks[k, 3, 7] = True
-        masks[k, k, 10 + 3 * k: 14 + 3 * k] = True
+        masks[k, k, 10 + 3 * k : 14 + 3 * k] = True
     nets, bins = _netset(masks), magnitude_bins(scale, 10)
     massive = dict(scale=scale, top_k=1, n_units=1)
     for k in range(K):
@@ -256,7 +274,7 @@ def test_controls_of_networks_that_fill_a_layer_keep_counts_and_list_the_overlap
     scale = rng.uniform(0.5, 1.5, size=(n_layers, width))
     masks = np.zeros((K, n_layers, width), dtype=bool)
     for k in range(K):
-        masks[k, 1, 2 * k: 2 * k + 3] = True  # together: units 0..24 of layer 1 (25 of 32)
+        masks[k, 1, 2 * k : 2 * k + 3] = True  # together: units 0..24 of layer 1 (25 of 32)
         masks[k, 0, k] = True
     nets, union = _netset(masks), masks.any(axis=0)
     for s in range(2):
@@ -285,24 +303,29 @@ def test_task_stimuli_give_each_task_its_own_networks():
         load_preset("tiny", ["stimuli=prompts"])
 
 
-SLOW = '''
+SLOW = """
 import json, sys, time, pathlib
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 out = pathlib.Path(args["hydra.run.dir"])
 start = time.time()
 time.sleep(float(args.get("sleep", "0")))
 (out / "result.json").write_text(json.dumps({"start": start, "end": time.time(), "name": args["name"]}))
-'''
+"""
 
 
 def test_workers_run_independent_jobs_at_once_and_dependents_after(tmp_path):
     (tmp_path / "slow.py").write_text(SLOW)
-    jobs = [Job("evaluate/a", "evaluate", ["slow.py"], ["name=a", "sleep=3"]),
-            Job("evaluate/b", "evaluate", ["slow.py"], ["name=b", "sleep=3"]),
-            Job("evaluate/c", "evaluate", ["slow.py"], ["name=c", "dep={evaluate/a}"], ["evaluate/a"])]
+    jobs = [
+        Job("evaluate/a", "evaluate", ["slow.py"], ["name=a", "sleep=3"]),
+        Job("evaluate/b", "evaluate", ["slow.py"], ["name=b", "sleep=3"]),
+        Job("evaluate/c", "evaluate", ["slow.py"], ["name=c", "dep={evaluate/a}"], ["evaluate/a"]),
+    ]
     result = run_jobs(jobs, tmp_path / "study", cwd=tmp_path, log=lambda *_: None, env_key="e", workers=2)
-    assert result["counts"]["ran"] == 3 and [r["name"] for r in result["jobs"]] == ["evaluate/a", "evaluate/b",
-                                                                                   "evaluate/c"]
+    assert result["counts"]["ran"] == 3 and [r["name"] for r in result["jobs"]] == [
+        "evaluate/a",
+        "evaluate/b",
+        "evaluate/c",
+    ]
     times = {r["name"]: json.loads(Path(r["folder"], "result.json").read_text()) for r in result["jobs"]}
     a, b, c = times["evaluate/a"], times["evaluate/b"], times["evaluate/c"]
     assert a["start"] < b["end"] and b["start"] < a["end"]  # a and b overlapped
@@ -317,9 +340,11 @@ def test_a_deadline_lets_running_jobs_finish_starts_no_other_and_a_rerun_continu
     import time
 
     (tmp_path / "slow.py").write_text(SLOW)
-    jobs = [Job("evaluate/a", "evaluate", ["slow.py"], ["name=a", "sleep=2"]),
-            Job("evaluate/b", "evaluate", ["slow.py"], ["name=b"]),
-            Job("evaluate/c", "evaluate", ["slow.py"], ["name=c", "dep={evaluate/a}"], ["evaluate/a"])]
+    jobs = [
+        Job("evaluate/a", "evaluate", ["slow.py"], ["name=a", "sleep=2"]),
+        Job("evaluate/b", "evaluate", ["slow.py"], ["name=b"]),
+        Job("evaluate/c", "evaluate", ["slow.py"], ["name=c", "dep={evaluate/a}"], ["evaluate/a"]),
+    ]
     run = lambda **kw: run_jobs(jobs, tmp_path / "study", cwd=tmp_path, log=lambda *_: None, env_key="e", **kw)
     first = run(workers=1, deadline=time.time() + 1.0)
     assert [r["status"] for r in first["jobs"]] == ["ran", "pending", "pending"] and first["deadline_reached"]
@@ -346,8 +371,10 @@ def test_task_overrides_reach_only_their_task_and_bad_ones_are_named():
     assert names[0] == "train/sst2" and names.index("evaluate/zeroshot/sst2/unmasked") < names.index("train/ag_news")
     with pytest.raises(ValueError, match="task_overrides \\['qqp'\\] are not in tasks"):
         load_preset("tiny", ["task_overrides={qqp: {train: [a=1]}}"])
-    with pytest.raises(ValueError, match="unknown key task_overrides.sst2.eval .*; valid keys of task_overrides.sst2: "
-                                         "analyze, evaluate, train"):
+    with pytest.raises(
+        ValueError,
+        match="unknown key task_overrides.sst2.eval .*; valid keys of task_overrides.sst2: analyze, evaluate, train",
+    ):
         load_preset("tiny", ["task_overrides={sst2: {eval: [a=1]}}"])
 
 
@@ -359,7 +386,7 @@ def test_an_interrupted_runner_stops_its_jobs_and_logs_the_run(tmp_path):
 
     (tmp_path / "slow.py").write_text(SLOW)
     script = tmp_path / "runner.py"
-    script.write_text(f'''
+    script.write_text(f"""
 import sys, time
 from pathlib import Path
 from fnet.study import Job, run_jobs
@@ -369,7 +396,7 @@ jobs = [Job("evaluate/quick", "evaluate", ["slow.py"], ["name=quick"]),
 runner.plan = lambda preset: jobs
 runner.run_jobs = lambda jobs, root, **kw: run_jobs(jobs, root, cwd={str(tmp_path)!r}, **dict(kw, env_key="e"))
 sys.exit(runner.main(["tiny", "--root", {str(tmp_path / "study")!r}, "--no-report"]))
-''')
+""")
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "study" / "evaluate").glob("long-*")):
@@ -398,8 +425,10 @@ def test_the_cpu_signature_tells_apart_cpus_that_a_vm_names_alike():
     from fnet.study.scheduler import cpu_signature
 
     def info(model):  # two processors, as /proc/cpuinfo lists them; a VM names both "AMD EPYC Processor"
-        block = (f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
-                 "model name\t: AMD EPYC Processor\nstepping\t: 1\n\n")
+        block = (
+            f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+            "model name\t: AMD EPYC Processor\nstepping\t: 1\n\n"
+        )
         return block.format(0) + block.format(1).replace(f"model\t\t: {model}", "model\t\t: 999")
 
     assert cpu_signature(info(17)) == "family 25 model 17 stepping 1"  # the first processor's, not the last's
@@ -495,14 +524,27 @@ def test_the_dry_run_estimate_scales_measured_jobs(tmp_path):
     (tmp_path / "jobs.csv").write_text(
         "name,stage,status,key,seconds,finished\n"
         "evaluate/finetune/sst2/unmasked,evaluate,ran,k,20,t\nanalyze/sst2/K10/raw,analyze,ran,k,40,t\n"
-        "train/sst2,train,ran,k,300,t\nanalyze/cola/K10/raw,analyze,ran,k,60,t\n")
+        "train/sst2,train,ran,k,300,t\nanalyze/cola/K10/raw,analyze,ran,k,60,t\n"
+    )
     (tmp_path / "summary.csv").write_text("task,condition,n_rows\nsst2,unmasked,200\n")
-    jobs = [Job("evaluate/finetune/sst2/unmasked", "evaluate", ["evaluate.py"], ["task.limit=100"], [],
-                {"task": "sst2", "path": "finetune"}),
-            Job("analyze/sst2/K10/raw", "analyze", ["analyze.py"], [], [], {"scope": "sst2", "K": 10}),
-            Job("analyze/mrpc/K10/raw", "analyze", ["analyze.py"], [], [], {"scope": "mrpc", "K": 10}),
-            Job("train/sst2", "train", ["train.py"], [], [], {"task": "sst2"})]
+    jobs = [
+        Job(
+            "evaluate/finetune/sst2/unmasked",
+            "evaluate",
+            ["evaluate.py"],
+            ["task.limit=100"],
+            [],
+            {"task": "sst2", "path": "finetune"},
+        ),
+        Job("analyze/sst2/K10/raw", "analyze", ["analyze.py"], [], [], {"scope": "sst2", "K": 10}),
+        Job("analyze/mrpc/K10/raw", "analyze", ["analyze.py"], [], [], {"scope": "mrpc", "K": 10}),
+        Job("train/sst2", "train", ["train.py"], [], [], {"task": "sst2"}),
+    ]
     e = estimate(jobs, {"train_minutes": {"sst2": 2}}, reference=tmp_path)
-    assert e["jobs"] == {"evaluate/finetune/sst2/unmasked": 10.0, "analyze/sst2/K10/raw": 40.0,
-                         "analyze/mrpc/K10/raw": 50.0, "train/sst2": 120.0}
+    assert e["jobs"] == {
+        "evaluate/finetune/sst2/unmasked": 10.0,
+        "analyze/sst2/K10/raw": 40.0,
+        "analyze/mrpc/K10/raw": 50.0,
+        "train/sst2": 120.0,
+    }
     assert e["hours"] == pytest.approx(220 / 3600)

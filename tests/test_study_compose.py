@@ -16,16 +16,46 @@ SETS = ["tasks=[sst2,ag_news]", "zeroshot_tasks=[sst2]"]
 
 def _row(task, condition, score, ci, *, variant="raw", target="all", K=3, n_jobs=1, base=0.9):
     unmasked = condition == "unmasked"
-    return {"task": task, "variant": "" if unmasked else variant, "condition": condition,
-            "target": None if unmasked else target, "K": None if unmasked else K, "metric": "accuracy",
-            "score": score, "ci_low": ci[0], "ci_high": ci[1], "n_rows": 200, "n_jobs": n_jobs, "n_neurons": 64,
-            "n_masked": None if unmasked else 12.0, "n_kept": None, "unmasked": base, "unmasked_ci_low": base - 0.05,
-            "unmasked_ci_high": base + 0.05, "chance": 0.5, "unmasked_at_chance": False, "paper": None}
+    return {
+        "task": task,
+        "variant": "" if unmasked else variant,
+        "condition": condition,
+        "target": None if unmasked else target,
+        "K": None if unmasked else K,
+        "metric": "accuracy",
+        "score": score,
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "n_rows": 200,
+        "n_jobs": n_jobs,
+        "n_neurons": 64,
+        "n_masked": None if unmasked else 12.0,
+        "n_kept": None,
+        "unmasked": base,
+        "unmasked_ci_low": base - 0.05,
+        "unmasked_ci_high": base + 0.05,
+        "chance": 0.5,
+        "unmasked_at_chance": False,
+        "paper": None,
+    }
 
 
 def _effect(task, a, b, diff, ci, *, n_a=1, n_b=1):
-    return {"task": task, "variant": "raw", "target": "all", "K": 3, "a": a, "b": b, "metric": "accuracy",
-            "diff": diff, "ci_low": ci[0], "ci_high": ci[1], "n_rows": 200, "n_a": n_a, "n_b": n_b}
+    return {
+        "task": task,
+        "variant": "raw",
+        "target": "all",
+        "K": 3,
+        "a": a,
+        "b": b,
+        "metric": "accuracy",
+        "diff": diff,
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "n_rows": 200,
+        "n_a": n_a,
+        "n_b": n_b,
+    }
 
 
 def _source(folder, preset, finished, planted, *, machine, code="this"):
@@ -41,20 +71,44 @@ def _source(folder, preset, finished, planted, *, machine, code="this"):
     done = {j.name for p in finished for j in parts[p]}
     summary, effects = [], []
     for part, (base, lesion, count, diff, ci) in planted.items():
-        summary += [_row(part, "unmasked", base, (base - .05, base + .05), base=base),
-                    _row(part, "lesion", lesion, (lesion - .05, lesion + .05), base=base),
-                    _row(part, "count", count, (count - .02, count + .02), n_jobs=2, base=base)]
-        effects += [_effect(part, "unmasked", "lesion", base - lesion, (base - lesion - .05, base - lesion + .05)),
-                    _effect(part, "count", "lesion", diff, ci, n_a=2)]
-    rows = [{"name": j.name, "stage": j.stage, "status": "skipped" if j.name in done else "pending",
-             "key": f"{machine}-{i}", "seconds": 60.0, "finished": "2026-12-02T00:00:00"} for i, j in enumerate(jobs)]
+        summary += [
+            _row(part, "unmasked", base, (base - 0.05, base + 0.05), base=base),
+            _row(part, "lesion", lesion, (lesion - 0.05, lesion + 0.05), base=base),
+            _row(part, "count", count, (count - 0.02, count + 0.02), n_jobs=2, base=base),
+        ]
+        effects += [
+            _effect(part, "unmasked", "lesion", base - lesion, (base - lesion - 0.05, base - lesion + 0.05)),
+            _effect(part, "count", "lesion", diff, ci, n_a=2),
+        ]
+    rows = [
+        {
+            "name": j.name,
+            "stage": j.stage,
+            "status": "skipped" if j.name in done else "pending",
+            "key": f"{machine}-{i}",
+            "seconds": 60.0,
+            "finished": "2026-12-02T00:00:00",
+        }
+        for i, j in enumerate(jobs)
+    ]
     scope = {p: next(j.meta["scope"] for j in parts[p] if j.stage == "analyze") for p in planted}
-    render_report(folder, preset=preset, summary=summary, effect_rows=effects, jobs=rows,
-                  centres={f"{scope[p]} raw": 20.0 + i for i, p in enumerate(planted)},
-                  massive=[{"networks of": f"{scope[p]} K=3 raw", "unit": 7, "in networks": 2, "network ids": "0, 1",
-                            "layers": "1"} for p in planted],
-                  overlap=[], machines=machine, runs_lines=[], layers_png=None,
-                  codes=[(code, "this source's jobs")] if code else [])
+    render_report(
+        folder,
+        preset=preset,
+        summary=summary,
+        effect_rows=effects,
+        jobs=rows,
+        centres={f"{scope[p]} raw": 20.0 + i for i, p in enumerate(planted)},
+        massive=[
+            {"networks of": f"{scope[p]} K=3 raw", "unit": 7, "in networks": 2, "network ids": "0, 1", "layers": "1"}
+            for p in planted
+        ],
+        overlap=[],
+        machines=machine,
+        runs_lines=[],
+        layers_png=None,
+        codes=[(code, "this source's jobs")] if code else [],
+    )
     return folder
 
 
@@ -62,11 +116,20 @@ def _source(folder, preset, finished, planted, *, machine, code="this"):
 def sources(tmp_path):
     preset = load_preset("tiny", SETS)
     # a: sst2 and its zero-shot path finished; ag_news half done, with other numbers that must not leak in
-    a = _source(tmp_path / "a", preset, ["sst2", "sst2 (zero-shot)"],
-                {"sst2": (0.90, 0.55, 0.88, 0.33, (0.25, 0.41)), "sst2 (zero-shot)": (0.80, 0.70, 0.78, 0.08, (0.01, 0.15)),
-                 "ag_news": (0.11, 0.11, 0.11, 0.0, (-0.1, 0.1))}, machine="machine A")
-    b = _source(tmp_path / "b", preset, ["ag_news"],
-                {"ag_news": (0.85, 0.80, 0.70, -0.10, (-0.18, -0.03))}, machine="machine B")
+    a = _source(
+        tmp_path / "a",
+        preset,
+        ["sst2", "sst2 (zero-shot)"],
+        {
+            "sst2": (0.90, 0.55, 0.88, 0.33, (0.25, 0.41)),
+            "sst2 (zero-shot)": (0.80, 0.70, 0.78, 0.08, (0.01, 0.15)),
+            "ag_news": (0.11, 0.11, 0.11, 0.0, (-0.1, 0.1)),
+        },
+        machine="machine A",
+    )
+    b = _source(
+        tmp_path / "b", preset, ["ag_news"], {"ag_news": (0.85, 0.80, 0.70, -0.10, (-0.18, -0.03))}, machine="machine B"
+    )
     return preset, a, b
 
 
@@ -135,10 +198,17 @@ def test_a_part_is_never_taken_from_a_source_that_did_not_finish_it_or_ran_other
         compose_report(preset, [(a, None)], tmp_path / "o1")
     with pytest.raises(ValueError, match=r"part 'ag_news': .* finished 0 of its \d+ jobs"):
         compose_report(preset, [(a, ["ag_news"]), (b, None)], tmp_path / "o2")
-    with pytest.raises(ValueError, match=r"not parts of the plan; valid parts: \['ag_news', 'sst2', 'sst2 \(zero-shot\)'\]"):
+    with pytest.raises(
+        ValueError, match=r"not parts of the plan; valid parts: \['ag_news', 'sst2', 'sst2 \(zero-shot\)'\]"
+    ):
         compose_report(preset, [(a, ["qqp"]), (b, None)], tmp_path / "o3")
-    other = _source(tmp_path / "c", load_preset("tiny", SETS + ["seeds=3"]), ["ag_news"],
-                    {"ag_news": (0.85, 0.80, 0.70, -0.10, (-0.18, -0.03))}, machine="machine C")
+    other = _source(
+        tmp_path / "c",
+        load_preset("tiny", SETS + ["seeds=3"]),
+        ["ag_news"],
+        {"ag_news": (0.85, 0.80, 0.70, -0.10, (-0.18, -0.03))},
+        machine="machine C",
+    )
     with pytest.raises(ValueError, match=r"part 'ag_news': .* ran other settings \(its plan has"):
         compose_report(preset, [(a, None), (other, ["ag_news"])], tmp_path / "o4")
     with pytest.raises(FileNotFoundError, match="not a committed study report"):
@@ -152,8 +222,10 @@ def test_explicit_parts_win_and_the_command_line_composes(sources, tmp_path, cap
     assert out["parts"]["ag_news"] == b
     assert main(["tiny", *SETS, "--compose", str(a)]) == 2  # no --report-dir
     assert "--report-dir" in capsys.readouterr().err
-    assert main(["tiny", *SETS, "--compose", str(a), "--compose", f"ag_news={b}",
-                 "--report-dir", str(tmp_path / "cli")]) == 0
+    assert (
+        main(["tiny", *SETS, "--compose", str(a), "--compose", f"ag_news={b}", "--report-dir", str(tmp_path / "cli")])
+        == 0
+    )
     assert "ag_news  from " + str(b) in capsys.readouterr().out
     assert main(["tiny", *SETS, "--compose", str(a), "--report-dir", str(tmp_path / "bad")]) == 2
     assert "no source finished the parts ['ag_news']" in capsys.readouterr().err

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # a fake entry point: logs its name (and, for the slow job, its pid and its runner's), writes its output; the job
 # named "slow" sleeps until the file `go` exists
-FAKE = '''
+FAKE = """
 import json, os, sys, time, pathlib
 here = pathlib.Path(__file__).parent
 args = dict(a.split("=", 1) for a in sys.argv[1:])
@@ -35,7 +35,7 @@ if args["name"] == "slow":
     while not (here / "go").exists():
         time.sleep(0.2)
 (out / "result.json").write_text(json.dumps(args))
-'''
+"""
 
 
 def _jobs(folder: str | Path = "."):
@@ -47,8 +47,7 @@ def _jobs(folder: str | Path = "."):
         Job("evaluate/t/run0/x", "evaluate", fake, ["name=x", "in={train/a}"], ["train/a"], {"scope": "t/run0"}),
         Job("evaluate/t/run0/y", "evaluate", fake, ["name=y", "in={train/a}"], ["train/a"], {"scope": "t/run0"}),
         Job("train/b", "train", fake, ["name=train_b"], [], {"task": "t", "run": 1}),
-        Job("evaluate/t/run1/slow", "evaluate", fake, ["name=slow", "in={train/b}"], ["train/b"],
-            {"scope": "t/run1"}),
+        Job("evaluate/t/run1/slow", "evaluate", fake, ["name=slow", "in={train/b}"], ["train/b"], {"scope": "t/run1"}),
     ]
 
 
@@ -61,13 +60,18 @@ def test_units_are_training_runs_or_their_stage_groups():
     units = units_of(_jobs())
     assert [(u.name, u.jobs, u.needs) for u in units] == [
         ("t/run0", ["train/a", "evaluate/t/run0/x", "evaluate/t/run0/y"], []),
-        ("t/run1", ["train/b", "evaluate/t/run1/slow"], [])]
+        ("t/run1", ["train/b", "evaluate/t/run1/slow"], []),
+    ]
     stages = {u.name: u.needs for u in units_of(_jobs(), "stage")}
-    assert stages == {"t/run0/train": [], "t/run0/evaluate": ["t/run0/train"], "t/run1/train": [],
-                      "t/run1/evaluate": ["t/run1/train"]}
+    assert stages == {
+        "t/run0/train": [],
+        "t/run0/evaluate": ["t/run0/train"],
+        "t/run1/train": [],
+        "t/run1/evaluate": ["t/run1/train"],
+    }
 
 
-RUNNER = '''
+RUNNER = """
 import sys
 from fnet.study import Job
 from fnet.study.dispatch import Settings, dispatch
@@ -77,7 +81,7 @@ result = dispatch(_jobs({folder!r}), {root!r}, Settings(executor="submitit_local
                   env_key="e", log=lambda line: print(line, flush=True))
 print("COUNTS", result["counts"], flush=True)
 sys.exit(1 if result["counts"]["failed"] or result["counts"]["blocked"] else 0)
-'''
+"""
 
 
 def test_a_killed_unit_fails_alone_and_a_rerun_redoes_only_its_unfinished_job(tmp_path):
@@ -88,8 +92,14 @@ def test_a_killed_unit_fails_alone_and_a_rerun_redoes_only_its_unfinished_job(tm
     script = tmp_path / "runner.py"
     script.write_text(RUNNER.format(tests=str(REPO / "tests"), folder=str(tmp_path), root=str(tmp_path / "study")))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    first = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (tmp_path / "slow.json").exists():
         time.sleep(0.5)
@@ -107,8 +117,9 @@ def test_a_killed_unit_fails_alone_and_a_rerun_redoes_only_its_unfinished_job(tm
 
     (tmp_path / "go").write_text("")
     (tmp_path / "slow.json").unlink()
-    again = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert sorted(_calls(tmp_path)) == ["slow", "slow", "train_a", "train_b", "x", "y"]  # only the killed job
     assert "submitted t/run1" in again.stdout and "submitted t/run0" not in again.stdout  # run0 was done
@@ -117,16 +128,16 @@ def test_a_killed_unit_fails_alone_and_a_rerun_redoes_only_its_unfinished_job(tm
     assert json.loads((tmp_path / "study" / "submitit" / "units.json").read_text())["t/run1"]["attempt"] == 2
 
 
-SBATCH = '''#!/bin/sh
+SBATCH = """#!/bin/sh
 n=$(( $(cat "{d}/n" 2>/dev/null || echo 100) + 1 ))
 echo $n > "{d}/n"
 cp "$1" "{d}/sbatch-$n.sh"
 echo "Submitted batch job $n"
-'''
-SACCT = '''#!/bin/sh
+"""
+SACCT = """#!/bin/sh
 printf 'JobID|State|NodeList\\n'
 for id in $(ls "{d}" | sed -n 's/^sbatch-\\([0-9]*\\)\\.sh$/\\1/p'); do printf '%s|PENDING|None\\n' "$id"; done
-'''
+"""
 
 
 def _fake_slurm(tmp_path: Path, monkeypatch) -> Path:
@@ -145,12 +156,21 @@ def test_slurm_units_carry_the_settings_and_afterok_and_are_not_submitted_twice(
     account on each, afterok on the units it needs (with kill-on-invalid-dep); a second command while they are
     queued submits nothing again."""
     log = _fake_slurm(tmp_path, monkeypatch)
-    settings = Settings(executor="slurm", unit="stage", partition="gpu", account="lab", gpus=1, minutes=90,
-                        options={"slurm_qos": "high"}, wait=False)
+    settings = Settings(
+        executor="slurm",
+        unit="stage",
+        partition="gpu",
+        account="lab",
+        gpus=1,
+        minutes=90,
+        options={"slurm_qos": "high"},
+        wait=False,
+    )
     lines: list[str] = []
     result = dispatch(_jobs(tmp_path), tmp_path / "study", settings, env_key="e", log=lines.append)
-    assert result["units"] == {u: "submitted" for u in ("t/run0/train", "t/run0/evaluate", "t/run1/train",
-                                                        "t/run1/evaluate")}
+    assert result["units"] == {
+        u: "submitted" for u in ("t/run0/train", "t/run0/evaluate", "t/run1/train", "t/run1/evaluate")
+    }
     assert result["counts"]["pending"] == 5
     scripts = {int(p.stem.split("-")[1]): p.read_text() for p in log.glob("sbatch-*.sh")}
     assert sorted(scripts) == [101, 102, 103, 104]
@@ -176,9 +196,24 @@ def test_the_dry_run_shows_the_units_and_sbatch_lines_and_submits_nothing(tmp_pa
     log = _fake_slurm(tmp_path, monkeypatch)
     monkeypatch.setattr(cli, "environment_parts", lambda: {"code": "c"})  # no hashing of the data folder
     monkeypatch.setattr(cli, "environment_key", lambda parts=None: "e")
-    argv = ["tiny_v2", "--root", str(tmp_path / "study"), "--executor", "slurm", "--dry-run", "--slurm-partition",
-            "gpu", "--slurm-gpus", "1", "--slurm-time", "120", "--slurm-account", "lab", "--executor-opt",
-            "slurm_qos=high"]
+    argv = [
+        "tiny_v2",
+        "--root",
+        str(tmp_path / "study"),
+        "--executor",
+        "slurm",
+        "--dry-run",
+        "--slurm-partition",
+        "gpu",
+        "--slurm-gpus",
+        "1",
+        "--slurm-time",
+        "120",
+        "--slurm-account",
+        "lab",
+        "--executor-opt",
+        "slurm_qos=high",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "executor slurm, one job per training run: 2 units, 2 to submit, 0 done" in out

@@ -21,17 +21,25 @@ def _job(root, name, meta, score, ci, *, chance=0.5, n_masked=0, n_kept=None, n_
     mask = {"n_masked": n_masked, "n_neurons": n_neurons}
     if n_kept is not None:
         mask["n_preserved"] = n_kept
-    result = {"task": meta["task"], "metric": "accuracy", "score": score, "ci": list(ci), "n": N_ROWS, "mask": mask,
-              "chance": {"majority": chance, "uniform": 0.5},  # as evaluate.py writes it
-              "metrics": {"accuracy": {"value": score, "ci_low": ci[0], "ci_high": ci[1], "chance": chance}}}
+    result = {
+        "task": meta["task"],
+        "metric": "accuracy",
+        "score": score,
+        "ci": list(ci),
+        "n": N_ROWS,
+        "mask": mask,
+        "chance": {"majority": chance, "uniform": 0.5},  # as evaluate.py writes it
+        "metrics": {"accuracy": {"value": score, "ci_low": ci[0], "ci_high": ci[1], "chance": chance}},
+    }
     (folder / "result.json").write_text(json.dumps(result))
     if predictions:
         right = round(score * N_ROWS)
         with open(folder / "predictions.jsonl", "w") as handle:
             for i in range(N_ROWS):
-                handle.write(json.dumps({"index": i, "pred": i % 2 if i < right else 1 - i % 2, "target": i % 2}) + "\n")
-    return {"name": name, "stage": "evaluate", "status": "ran", "folder": str(folder), "meta": meta,
-            "seconds": 2.0}
+                handle.write(
+                    json.dumps({"index": i, "pred": i % 2 if i < right else 1 - i % 2, "target": i % 2}) + "\n"
+                )
+    return {"name": name, "stage": "evaluate", "status": "ran", "folder": str(folder), "meta": meta, "seconds": 2.0}
 
 
 def _planted(root):
@@ -40,32 +48,73 @@ def _planted(root):
     recs.append(_job(root, "u", {"task": "sst2", "condition": "unmasked"}, 0.90, (0.86, 0.93)))
     recs.append(_job(root, "l", dict(sst, condition="lesion", target="all"), 0.55, (0.50, 0.60), n_masked=180))
     for s, v in enumerate([0.88, 0.89, 0.87, 0.90, 0.88]):  # count control: barely hurts
-        recs.append(_job(root, f"c{s}", dict(sst, condition="count", target="all", seed=s), v, (v - .04, v + .04),
-                         n_masked=180))
+        recs.append(
+            _job(
+                root, f"c{s}", dict(sst, condition="count", target="all", seed=s), v, (v - 0.04, v + 0.04), n_masked=180
+            )
+        )
     for s, v in enumerate([0.56, 0.58, 0.54, 0.57, 0.55]):  # magnitude control: hurts as much as the networks
-        recs.append(_job(root, f"m{s}", dict(sst, condition="magnitude", target="all", seed=s), v,
-                         (v - .05, v + .05), n_masked=180))
+        recs.append(
+            _job(
+                root,
+                f"m{s}",
+                dict(sst, condition="magnitude", target="all", seed=s),
+                v,
+                (v - 0.05, v + 0.05),
+                n_masked=180,
+            )
+        )
     recs.append(_job(root, "s", dict(sst, condition="spared", target="all"), 0.83, (0.79, 0.87), n_masked=170))
     pres = {"task": "sst2", "variant": "raw", "K": 64}
     recs.append(_job(root, "p", dict(pres, condition="preserve"), 0.895, (0.86, 0.92), n_masked=900, n_kept=100))
     for s, v in enumerate([0.52, 0.50, 0.51]):
-        recs.append(_job(root, f"pc{s}", dict(pres, condition="preserve_count", seed=s), v, (v - .05, v + .05),
-                         n_masked=900, n_kept=100))
+        recs.append(
+            _job(
+                root,
+                f"pc{s}",
+                dict(pres, condition="preserve_count", seed=s),
+                v,
+                (v - 0.05, v + 0.05),
+                n_masked=900,
+                n_kept=100,
+            )
+        )
     # CoLA: unmasked 0.69 [0.64, 0.74] covers the majority rate 0.69 -> at chance
     recs.append(_job(root, "cu", {"task": "cola", "condition": "unmasked"}, 0.69, (0.64, 0.74), chance=0.69))
-    recs.append(_job(root, "cl", {"task": "cola", "variant": "raw", "K": 10, "condition": "lesion",
-                                  "target": "all"}, 0.31, (0.26, 0.36), chance=0.69, n_masked=180))
+    recs.append(
+        _job(
+            root,
+            "cl",
+            {"task": "cola", "variant": "raw", "K": 10, "condition": "lesion", "target": "all"},
+            0.31,
+            (0.26, 0.36),
+            chance=0.69,
+            n_masked=180,
+        )
+    )
     for s, v in enumerate([0.68, 0.70]):
-        recs.append(_job(root, f"cc{s}", {"task": "cola", "variant": "raw", "K": 10, "condition": "count",
-                                          "target": "all", "seed": s}, v, (v - .05, v + .05), chance=0.69,
-                         n_masked=180))
+        recs.append(
+            _job(
+                root,
+                f"cc{s}",
+                {"task": "cola", "variant": "raw", "K": 10, "condition": "count", "target": "all", "seed": s},
+                v,
+                (v - 0.05, v + 0.05),
+                chance=0.69,
+                n_masked=180,
+            )
+        )
     return recs
 
 
 def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tmp_path):
     recs = _planted(tmp_path)
-    out = write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "finetune",
-                                         "n_networks": 10}, records=recs, out=tmp_path / "published")
+    out = write_report(
+        tmp_path,
+        preset={"name": "synthetic", "model": "gpt2", "path": "finetune", "n_networks": 10},
+        records=recs,
+        out=tmp_path / "published",
+    )
     text = (tmp_path / "published" / "report.md").read_text()
     lesion = next(line for line in text.splitlines() if line.startswith("- sst2, all networks lesioned"))
     assert "0.550 [0.500, 0.600] (at chance), unmasked 0.900 [0.860, 0.930], drop +0.350 [" in lesion  # CI covers 0.5
@@ -88,7 +137,9 @@ def test_report_states_planted_effects_as_paired_differences_and_flags_chance(tm
     assert "vs magnitude-matched random lesions: 0 of 1 hurt more, 0 hurt less, 1 not distinguishable" in head
     assert "Preservation with no measurable loss: sst2 K=64." in head and "At chance unmasked" in head
     assert "recovers part of a lesion's drop in 1 of 1 lesions (median share of the drop: 80%)" in head
-    assert "Networks without their massive units vs the count-matched random lesion of the whole network: 1 of 1" in head
+    assert (
+        "Networks without their massive units vs the count-matched random lesion of the whole network: 1 of 1" in head
+    )
     effects = list(csv.DictReader(open(tmp_path / "published" / "effects.csv")))
     count = next(e for e in effects if e["a"] == "count" and e["task"] == "sst2")
     assert float(count["diff"]) == pytest.approx(0.334) and float(count["ci_low"]) > 0.25
@@ -114,9 +165,17 @@ def test_statements_never_claim_on_one_random_seed_or_without_predictions(tmp_pa
     assert "not decided (one random seed)" in lines[0] and "hurts more" not in lines[0]
     assert "drop +0.350 [" in lines[0]  # the lesion vs the unmasked model is decided on the rows alone
     bare = tmp_path / "bare"
-    recs = [_job(bare, "u", {"task": "sst2", "condition": "unmasked"}, 0.9, (0.86, 0.93), predictions=False),
-            _job(bare, "l", {"task": "sst2", "variant": "raw", "K": 10, "condition": "lesion", "target": "all"},
-                 0.55, (0.5, 0.6), predictions=False)]
+    recs = [
+        _job(bare, "u", {"task": "sst2", "condition": "unmasked"}, 0.9, (0.86, 0.93), predictions=False),
+        _job(
+            bare,
+            "l",
+            {"task": "sst2", "variant": "raw", "K": 10, "condition": "lesion", "target": "all"},
+            0.55,
+            (0.5, 0.6),
+            predictions=False,
+        ),
+    ]
     line = statements(summarize(load_results(recs)))[0]
     assert "drop n/a" in line and "not measured" in line and "hurts" not in line
 
@@ -136,8 +195,16 @@ def test_raw_vs_normalised_lines_compare_drops_and_layers(tmp_path):
     norm = {"task": "sst2", "variant": "normalised", "K": 10}
     recs.append(_job(tmp_path, "nl", dict(norm, condition="lesion", target="all"), 0.88, (0.84, 0.91), n_masked=500))
     for s, v in enumerate([0.89, 0.88, 0.90]):
-        recs.append(_job(tmp_path, f"nm{s}", dict(norm, condition="magnitude", target="all", seed=s), v,
-                         (v - .04, v + .04), n_masked=500))
+        recs.append(
+            _job(
+                tmp_path,
+                f"nm{s}",
+                dict(norm, condition="magnitude", target="all", seed=s),
+                v,
+                (v - 0.04, v + 0.04),
+                n_masked=500,
+            )
+        )
     lines = normalisation(effects(summarize(load_results(recs))), {"sst2 raw": 27.6, "sst2 normalised": 2.3})
     assert len(lines) == 1 and "raw mean layer 27.6, normalised mean layer 2.3" in lines[0]
     assert "raw: drop +0.350 [" in lines[0] and "normalised: drop +0.020 [" in lines[0]
@@ -165,30 +232,66 @@ def test_network_ids_in_the_massive_units_table_stay_short():
 
 def test_the_report_names_each_runs_machine_and_a_study_resumed_elsewhere_names_both(tmp_path):
     recs = _planted(tmp_path)
-    runs = [{"started": "2026-11-30T10:00:00", "workers": 2, "seconds": 600, "counts": {"ran": 5, "failed": 0},
-             "machine": "vm: AMD EPYC, 2 CPUs, no GPU"},
-            {"started": "2026-11-30T11:00:00", "workers": 2, "dry_run": True, "seconds": 1},  # not a run
-            {"started": "2026-11-30T12:00:00", "workers": 2, "seconds": 1200, "interrupted": True,
-             "machine": "vm: AMD EPYC, 2 CPUs, no GPU"},
-            {"started": "2026-12-01T03:00:00", "workers": 2, "seconds": 1800, "counts": {"ran": 9, "failed": 0},
-             "machine": "vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU"},
-            {"started": "2026-11-29T09:00:00", "workers": 1, "seconds": 60, "counts": {"ran": 1, "failed": 0}},
-            {"started": "2026-12-01T04:00:00", "workers": 2, "seconds": 7200, "counts": {"ran": 7, "failed": 0},
-             "hours": 2.0, "deadline_reached": True, "machine": "vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU"}]
+    runs = [
+        {
+            "started": "2026-11-30T10:00:00",
+            "workers": 2,
+            "seconds": 600,
+            "counts": {"ran": 5, "failed": 0},
+            "machine": "vm: AMD EPYC, 2 CPUs, no GPU",
+        },
+        {"started": "2026-11-30T11:00:00", "workers": 2, "dry_run": True, "seconds": 1},  # not a run
+        {
+            "started": "2026-11-30T12:00:00",
+            "workers": 2,
+            "seconds": 1200,
+            "interrupted": True,
+            "machine": "vm: AMD EPYC, 2 CPUs, no GPU",
+        },
+        {
+            "started": "2026-12-01T03:00:00",
+            "workers": 2,
+            "seconds": 1800,
+            "counts": {"ran": 9, "failed": 0},
+            "machine": "vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU",
+        },
+        {"started": "2026-11-29T09:00:00", "workers": 1, "seconds": 60, "counts": {"ran": 1, "failed": 0}},
+        {
+            "started": "2026-12-01T04:00:00",
+            "workers": 2,
+            "seconds": 7200,
+            "counts": {"ran": 7, "failed": 0},
+            "hours": 2.0,
+            "deadline_reached": True,
+            "machine": "vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU",
+        },
+    ]
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
-    write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "finetune", "n_networks": 10},
-                 records=recs, out=tmp_path / "published")
+    write_report(
+        tmp_path,
+        preset={"name": "synthetic", "model": "gpt2", "path": "finetune", "n_networks": 10},
+        records=recs,
+        out=tmp_path / "published",
+    )
     text = (tmp_path / "published" / "report.md").read_text()
     assert "effects are those of one fine-tuned model (one training run)" in text  # path: finetune
-    assert ("Machines: vm: AMD EPYC, 2 CPUs, no GPU (2 runs); vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU (2 runs); "
-            "not recorded (1 run).") in text
+    assert (
+        "Machines: vm: AMD EPYC, 2 CPUs, no GPU (2 runs); vm: Intel(R) Xeon(R) Processor, 2 CPUs, no GPU (2 runs); "
+        "not recorded (1 run)."
+    ) in text
     wall = text.split("## Wall time")[1]
     assert "Runs of the study command (it resumes): 5, 3.02 h of wall time in all." in wall  # 10860 s, dry run out
-    assert re.search(r"\| 2026-12-01T03:00:00 \| vm: Intel\(R\) Xeon\(R\) Processor, 2 CPUs, no GPU\s*\|\s*2 \|\s*9\s*\|", wall)
+    assert re.search(
+        r"\| 2026-12-01T03:00:00 \| vm: Intel\(R\) Xeon\(R\) Processor, 2 CPUs, no GPU\s*\|\s*2 \|\s*9\s*\|", wall
+    )
     assert re.search(r"\| 2026-11-30T12:00:00 \| vm: AMD EPYC.*\| stopped midway\s*\|", wall)
     assert re.search(r"\| 2026-12-01T04:00:00 \| .*\| 7 \(stopped at --hours 2\) \|", wall)
-    write_report(tmp_path, preset={"name": "synthetic", "model": "gpt2", "path": "zeroshot", "n_networks": 10},
-                 records=recs, out=tmp_path / "zeroshot")
+    write_report(
+        tmp_path,
+        preset={"name": "synthetic", "model": "gpt2", "path": "zeroshot", "n_networks": 10},
+        records=recs,
+        out=tmp_path / "zeroshot",
+    )
     assert "one training run" not in (tmp_path / "zeroshot" / "report.md").read_text()  # nothing was trained
 
 
@@ -199,9 +302,21 @@ def _curve_rows(tasks, *, pooled=False):
         for cond, base in (("preserve", 0.6), ("preserve_count", 0.5)):
             for i, kept in enumerate((100, 1000, 10000)):
                 score = base + 0.1 * i
-                rows.append({"task": task, "condition": cond, "metric": "accuracy", "score": score,
-                             "ci_low": score - 0.05, "ci_high": score + 0.05, "n_kept": kept, "n_neurons": 36864,
-                             "unmasked": 0.9, "chance": 0.5, "run": "pooled" if pooled else None})
+                rows.append(
+                    {
+                        "task": task,
+                        "condition": cond,
+                        "metric": "accuracy",
+                        "score": score,
+                        "ci_low": score - 0.05,
+                        "ci_high": score + 0.05,
+                        "n_kept": kept,
+                        "n_neurons": 36864,
+                        "unmasked": 0.9,
+                        "chance": 0.5,
+                        "run": "pooled" if pooled else None,
+                    }
+                )
     return rows
 
 
@@ -218,12 +333,17 @@ def test_preservation_figures_give_every_task_a_readable_panel_and_the_papers_nu
     tasks = ["cola", "mrpc", "qqp", "sst2", "mnli", "qnli", "ag_news"]
     gpt2 = paper_tables()["models"]["gpt2"]
     paths = {}
-    for label, kwargs in (("none", {}), ("line", dict(paper=gpt2, paper_name="gpt2")),
-                          ("points", dict(paper=gpt2, paper_name="gpt2", same_model=True))):
+    for label, kwargs in (
+        ("none", {}),
+        ("line", dict(paper=gpt2, paper_name="gpt2")),
+        ("points", dict(paper=gpt2, paper_name="gpt2", same_model=True)),
+    ):
         paths[label] = plot(_curve_rows(tasks, pooled=pooled), tmp_path / f"{label}.png", **kwargs)
     image = {k: np.asarray(Image.open(p).convert("L"), dtype=np.int16) for k, p in paths.items()}
     assert image["none"].shape == (round(dpi * 3 * 3.9), round(dpi * 3 * 5.0))
     assert all(a.shape == image["none"].shape for a in image.values())
     assert (image["line"] != image["none"]).sum() > 500 and (image["points"] != image["line"]).sum() > 100
-    assert plot([r for r in _curve_rows(["sst2"], pooled=pooled) if r["condition"] != "preserve"],
-                tmp_path / "empty.png") is None
+    assert (
+        plot([r for r in _curve_rows(["sst2"], pooled=pooled) if r["condition"] != "preserve"], tmp_path / "empty.png")
+        is None
+    )

@@ -16,12 +16,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def multirun(tmp_path, *overrides):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", FNET_CACHE=str(tmp_path / "cache"),
-               PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "evaluate.py", "-m", "model=tiny_gpt2", "task=sst2", "task.source=local", "task.limit=3",
-           "logger=none", "eval.bootstrap=10", f"paths.cache_dir={tmp_path / 'cache'}",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
-           *overrides]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        FNET_CACHE=str(tmp_path / "cache"),
+        PYTHONWARNINGS="ignore",
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        sys.executable,
+        "evaluate.py",
+        "-m",
+        "model=tiny_gpt2",
+        "task=sst2",
+        "task.source=local",
+        "task.limit=3",
+        "logger=none",
+        "eval.bootstrap=10",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

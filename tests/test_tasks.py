@@ -36,12 +36,18 @@ def test_bad_config_is_rejected():
         TaskSpec.from_config(dict(cfg, calibrate=True, scoring="generate"))
 
 
-@pytest.mark.parametrize("key, value, valid", [
-    ("limit", "abc", "a whole number >= 1 or null"), ("limit", 0, "a whole number >= 1 or null"),
-    ("limit", 2.5, "a whole number >= 1"), ("limit", True, "a whole number >= 1"),
-    ("num_fewshot", -1, "a whole number >= 0"), ("num_fewshot", "two", "a whole number >= 0"),
-    ("seed", "x", "a whole number >= 0"),
-])
+@pytest.mark.parametrize(
+    "key, value, valid",
+    [
+        ("limit", "abc", "a whole number >= 1 or null"),
+        ("limit", 0, "a whole number >= 1 or null"),
+        ("limit", 2.5, "a whole number >= 1"),
+        ("limit", True, "a whole number >= 1"),
+        ("num_fewshot", -1, "a whole number >= 0"),
+        ("num_fewshot", "two", "a whole number >= 0"),
+        ("seed", "x", "a whole number >= 0"),
+    ],
+)
 def test_bad_counts_name_the_key_and_the_valid_range(key, value, valid):
     cfg = load_task_config("sst2")
     pattern = f"task 'sst2': task.{key} must be {re.escape(valid)}.*, got {re.escape(repr(value))}"
@@ -120,8 +126,9 @@ def test_ag_news_classes_shift_to_zero_based(shared_data):
     assert rows[0]["text_a"].startswith("Fears for T N pension after talks Unions representing")  # title + text
     assert rows[0]["label"] == 2  # class "3" = Business
     assert rows[1]["label"] == 3  # class "4" = Sci/Tech
-    names = [line.strip() for line in (shared_data / "ag_news" / "classes.txt").read_text().splitlines()
-             if line.strip()]
+    names = [
+        line.strip() for line in (shared_data / "ag_news" / "classes.txt").read_text().splitlines() if line.strip()
+    ]
     assert get_task("ag_news").target["names"] == names == get_task("ag_news").choices
 
 

@@ -16,8 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 TINY = [
-    "model=tiny_gpt2", "datamodule.max_train_rows=32", "datamodule.max_eval_rows=16", "datamodule.max_length=32",
-    "datamodule.batch_size=8", "torch_threads=1", "callbacks.progress_bar.refresh_rate=0",
+    "model=tiny_gpt2",
+    "datamodule.max_train_rows=32",
+    "datamodule.max_eval_rows=16",
+    "datamodule.max_length=32",
+    "datamodule.batch_size=8",
+    "torch_threads=1",
+    "callbacks.progress_bar.refresh_rate=0",
     "trainer.log_every_n_steps=1",
 ]
 
@@ -36,8 +41,13 @@ class CrashAtStep(pl.Callback):
 
 
 def _train(args: list[str], run_dir: Path, extra_env: dict | None = None, timeout: int = 400):
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(run_dir.parent), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(run_dir.parent), os.environ.get("PYTHONPATH")])),
+    )
     env.update(extra_env or {})
     cmd = [sys.executable, str(REPO / "train.py"), *TINY, *args, f"hydra.run.dir={run_dir}"]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -46,9 +56,16 @@ def _train(args: list[str], run_dir: Path, extra_env: dict | None = None, timeou
 def test_killed_run_resumes_from_last_checkpoint_with_wandb_offline(tmp_path):
     (tmp_path / "crash_cb.py").write_text(CRASH)
     first = tmp_path / "first"
-    killed = _train(["+trainer.max_steps=6", "callbacks.last_checkpoint.every_n_train_steps=2",
-                     "logger=wandb_offline", "+callbacks.crash._target_=crash_cb.CrashAtStep", "+callbacks.crash.step=3"],
-                    first)
+    killed = _train(
+        [
+            "+trainer.max_steps=6",
+            "callbacks.last_checkpoint.every_n_train_steps=2",
+            "logger=wandb_offline",
+            "+callbacks.crash._target_=crash_cb.CrashAtStep",
+            "+callbacks.crash.step=3",
+        ],
+        first,
+    )
     assert killed.returncode == 3, killed.stderr[-3000:]
     last = first / "checkpoints" / "last.ckpt"
     assert last.exists() and not (first / "result.json").exists()
@@ -97,13 +114,16 @@ def test_experiment_configs_compose(experiment):
     assert task_kind(cfg.task) in ("classification", "qa")
 
 
-@pytest.mark.parametrize("experiment", ["finetune_sst2_lesion", "finetune_sst2_preserve", "finetune_ag_news_lesion",
-                                        "finetune_ag_news_preserve"])
+@pytest.mark.parametrize(
+    "experiment",
+    ["finetune_sst2_lesion", "finetune_sst2_preserve", "finetune_ag_news_lesion", "finetune_ag_news_preserve"],
+)
 def test_mask_sweep_configs_compose(experiment):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=[f"experiment={experiment}", "ckpt_path=x.ckpt"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="evaluate", overrides=[f"experiment={experiment}", "ckpt_path=x.ckpt"], return_hydra_config=True
+        )
     assert cfg.ckpt_path == "x.ckpt" and cfg.task.name in experiment
     assert "mask" in cfg.hydra.sweeper.params

@@ -37,9 +37,11 @@ def test_the_notebook_and_its_script_hold_the_same_cells(name):
     script = jupytext.read(notebooks.TUTORIALS / f"{name}.py")
     notebook = nbformat.read(notebooks.TUTORIALS / f"{name}.ipynb", as_version=4)
     assert _cells(script) == _cells(notebook), (
-        f"docs/tutorials/{name}.py and .ipynb differ: run `jupytext --sync docs/tutorials/{name}.py`")
+        f"docs/tutorials/{name}.py and .ipynb differ: run `jupytext --sync docs/tutorials/{name}.py`"
+    )
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
-        "commit the .ipynb without outputs (the docs render the executed copy)")
+        "commit the .ipynb without outputs (the docs render the executed copy)"
+    )
 
 
 @pytest.mark.slow

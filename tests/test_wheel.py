@@ -38,8 +38,16 @@ def _run(argv, **kw) -> subprocess.CompletedProcess:
 def _checkout_copy(dest: Path) -> Path:
     """The checkout's files (tracked, and untracked but not ignored) in ``dest``: no ``build/`` left over from an
     earlier build, no ``.venv``, no outputs."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         src, out = REPO / name, dest / name
         if not src.exists() and not src.is_symlink():  # deleted in the working tree, not yet in git
@@ -83,8 +91,10 @@ def installed(tmp_path_factory):
     made = time.time()
     python = env / "bin" / "python"
     _run([python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", wheel])
-    print(f"\nwheel: built in {built - started:.0f} s, environment ready in {made - built:.0f} s, "
-          f"installed in {time.time() - made:.0f} s")
+    print(
+        f"\nwheel: built in {built - started:.0f} s, environment ready in {made - built:.0f} s, "
+        f"installed in {time.time() - made:.0f} s"
+    )
     work = tmp / "elsewhere"
     work.mkdir()
     return python, env / "bin", work
@@ -93,15 +103,25 @@ def installed(tmp_path_factory):
 def _env(tmp: Path) -> dict:
     """A plain environment: no PYTHONPATH (nothing of the checkout), an own cache, the offline data by name."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PROJECT_ROOT", "VIRTUAL_ENV")}
-    env.update(FNET_CACHE=str(tmp / "cache"), OMP_NUM_THREADS="1",
-               FNET_DATA_DIR=os.environ.get("FNET_DATA_DIR", str(REPO.parent / "shared" / "data")))
+    env.update(
+        FNET_CACHE=str(tmp / "cache"),
+        OMP_NUM_THREADS="1",
+        FNET_DATA_DIR=os.environ.get("FNET_DATA_DIR", str(REPO.parent / "shared" / "data")),
+    )
     return env
 
 
 def test_the_installed_package_is_not_the_checkout(installed):
     python, _, work = installed
-    out = _run([python, "-c", "import fnet, fnet.paths as p; print(fnet.__file__); print(p.conf_dir()); "
-                "print(p.checkout_root())"], cwd=work, env=_env(work)).stdout.split("\n")
+    out = _run(
+        [
+            python,
+            "-c",
+            "import fnet, fnet.paths as p; print(fnet.__file__); print(p.conf_dir()); print(p.checkout_root())",
+        ],
+        cwd=work,
+        env=_env(work),
+    ).stdout.split("\n")
     assert "site-packages" in out[0] and str(REPO) not in out[0] and not out[0].startswith(str(REPO))
     assert (Path(out[1]) / "analyze.yaml").is_file() and out[2] == "None"
 
@@ -121,16 +141,37 @@ def test_fnet_evaluate_debug_and_a_users_own_config_folder(installed, shared_dat
     mine = work / "my_conf"
     (mine / "model").mkdir(parents=True)
     (mine / "model" / "my_tiny.yaml").write_text(
-        "_target_: fnet.models.load_model\nname: 'tiny:llama'\ndtype: float32\ndevice: cpu\n"
-        "trust_remote_code: false\n")
+        "_target_: fnet.models.load_model\nname: 'tiny:llama'\ndtype: float32\ndevice: cpu\ntrust_remote_code: false\n"
+    )
     out = work / "evaluate"
-    _run([bin_dir / "fnet", "evaluate", "--config-dir", mine, "debug=evaluate", "model=my_tiny", "task=sst2",
-          f"hydra.run.dir={out}"], cwd=work, env=_env(work))
+    _run(
+        [
+            bin_dir / "fnet",
+            "evaluate",
+            "--config-dir",
+            mine,
+            "debug=evaluate",
+            "model=my_tiny",
+            "task=sst2",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=work,
+        env=_env(work),
+    )
     result = (out / "result.json").read_text()
     assert '"tiny:llama"' in result and '"sst2"' in result
     out2 = work / "evaluate2"
-    _run([bin_dir / "fnet-evaluate", f"hydra.searchpath=[file://{mine}]", "debug=evaluate", "model=my_tiny",
-          f"hydra.run.dir={out2}"], cwd=work, env=_env(work))
+    _run(
+        [
+            bin_dir / "fnet-evaluate",
+            f"hydra.searchpath=[file://{mine}]",
+            "debug=evaluate",
+            "model=my_tiny",
+            f"hydra.run.dir={out2}",
+        ],
+        cwd=work,
+        env=_env(work),
+    )
     assert '"tiny:llama"' in (out2 / "result.json").read_text()
 
 

@@ -23,8 +23,14 @@ def tiny():
 
 
 def trainer():
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
 
 
 def test_fewshot_shots_are_disjoint_from_scored_rows_and_seeded(shared_data, tiny):
@@ -40,13 +46,20 @@ def test_fewshot_shots_are_disjoint_from_scored_rows_and_seeded(shared_data, tin
     # seeded: a fresh datamodule draws the same shots; another seed draws others
     again = ZeroShotDataModule(task, tiny.tokenizer, data_dir=shared_data, max_length=100000)
     again.setup()
-    assert [[s["text_a"] for s in again.builder.shots_for(r)] for r in again.rows] == \
-        [[s["text_a"] for s in shots[r["index"]]] for r in dm.rows]
-    other = ZeroShotDataModule(task_cfg("sst2", num_fewshot=4, limit=30, fewshot={"seed": 7}), tiny.tokenizer,
-                           data_dir=shared_data, max_length=100000)
+    assert [[s["text_a"] for s in again.builder.shots_for(r)] for r in again.rows] == [
+        [s["text_a"] for s in shots[r["index"]]] for r in dm.rows
+    ]
+    other = ZeroShotDataModule(
+        task_cfg("sst2", num_fewshot=4, limit=30, fewshot={"seed": 7}),
+        tiny.tokenizer,
+        data_dir=shared_data,
+        max_length=100000,
+    )
     other.setup()
-    assert any([s["text_a"] for s in other.builder.shots_for(r)] != [s["text_a"] for s in shots[r["index"]]]
-               for r in other.rows)
+    assert any(
+        [s["text_a"] for s in other.builder.shots_for(r)] != [s["text_a"] for s in shots[r["index"]]]
+        for r in other.rows
+    )
     # the prompt: shots with their answers, then the row's question
     context = dm.builder.context(dm.rows[0])
     assert context.count("Sentiment:") == 5 and context.endswith("Review: " + dm.rows[0]["text_a"] + "\nSentiment:")
@@ -63,36 +76,47 @@ def test_fixed_shots_are_shared(shared_data, tiny):
 
 
 def test_fixed_shots_share_a_prefix_and_score_like_full_prompts(tiny):
-    task = task_cfg("sst2", num_fewshot=2, calibrate=True, fewshot={"sampling": "fixed", "seed": 3},
-                    prompt={"template": "{text_a} ->"})
+    task = task_cfg(
+        "sst2",
+        num_fewshot=2,
+        calibrate=True,
+        fewshot={"sampling": "fixed", "seed": 3},
+        prompt={"template": "{text_a} ->"},
+    )
     pool = [{"index": i, "text_a": t, "label": i % 2} for i, t in enumerate(["bad", "good", "dull", "fun"])]
     rows = [{"index": 10 + i, "text_a": t, "label": i % 2} for i, t in enumerate(["meh", "great film", "ugh", "wow"])]
     builder = scoring.PromptBuilder(task, tiny.tokenizer, pool)
     requests = [builder.request(row, calibrate=True) for row in rows]
     n = requests[0].prefix_len
-    assert n > 0 and all(r.prefix_len == n and r.context_tokens[:n] == requests[0].context_tokens[:n]
-                         for r in requests)
+    assert n > 0 and all(r.prefix_len == n and r.context_tokens[:n] == requests[0].context_tokens[:n] for r in requests)
     assert requests[0].context == builder.context(rows[0])  # the same prompt text
     module = ZeroShotModule(tiny.model, tiny.tokenizer, task)
     records = module.score_batch(requests[:3]) + module.score_batch(requests[3:])
     assert len(module._kv_memo) == 1 and len(module._cf_memo) == 1  # one prefix, one content-free prompt
     for r, record in zip(requests, records):  # by hand, without the prefix cache, one row at a time
         raw = scoring.score_loglik(tiny.model, [r.context_tokens], [r.continuation_tokens], pad_token_id=256)[0]
-        cf = scoring.score_loglik(tiny.model, [r.content_free_tokens], [r.content_free_continuation_tokens],
-                                  pad_token_id=256)[0]
+        cf = scoring.score_loglik(
+            tiny.model, [r.content_free_tokens], [r.content_free_continuation_tokens], pad_token_id=256
+        )[0]
         assert record["scores"] == pytest.approx((raw - cf).tolist(), abs=1e-4)
 
 
 def test_chat_template_multi_turn_shots(shared_data):
     lm = load_model("tiny:gpt2")
-    lm.tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>"
-                                  "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    lm.tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     task = task_cfg("sst2", num_fewshot=2, limit=3, chat_template="auto")
-    builder = scoring.PromptBuilder(task, lm.tokenizer, [
-        {"index": 0, "text_a": "good", "label": 1}, {"index": 1, "text_a": "bad", "label": 0}])
+    builder = scoring.PromptBuilder(
+        task, lm.tokenizer, [{"index": 0, "text_a": "good", "label": 1}, {"index": 1, "text_a": "bad", "label": 0}]
+    )
     text = builder.context({"index": 5, "text_a": "fine", "label": 1})
-    assert text.count("<user>") == 3 and text.count("<assistant>positive</assistant>") + \
-        text.count("<assistant>negative</assistant>") == 2 and text.endswith("<assistant>")
+    assert (
+        text.count("<user>") == 3
+        and text.count("<assistant>positive</assistant>") + text.count("<assistant>negative</assistant>") == 2
+        and text.endswith("<assistant>")
+    )
     assert builder.continuations() == ["negative", "positive"]  # no leading space inside a chat turn
 
 
@@ -119,16 +143,22 @@ def test_module_metrics_match_direct_scoring(shared_data, tiny):
     trainer().test(module, datamodule=dm, verbose=False)
     res = module.results
     requests = sorted(dm.dataset.items, key=lambda r: r.index)
-    scores = scoring.score_loglik(tiny.model, [r.context_tokens for r in requests],
-                                  [r.continuation_tokens for r in requests], pad_token_id=256, max_length=128)
+    scores = scoring.score_loglik(
+        tiny.model,
+        [r.context_tokens for r in requests],
+        [r.continuation_tokens for r in requests],
+        pad_token_id=256,
+        max_length=128,
+    )
     preds, targets = scores.argmax(1), torch.tensor([r.label for r in requests])
     assert res["n"] == 10 and res["metric"] == "f1"
     assert res["metrics"]["accuracy"]["value"] == pytest.approx(float((preds == targets).float().mean()))
     assert res["metrics"]["f1"]["value"] == pytest.approx(scoring.class_metric("f1", preds, targets, 2))
     lo, hi = scoring.wilson_interval(float((preds == targets).sum()), 10)
     assert res["metrics"]["accuracy"]["ci_low"] == pytest.approx(lo)
-    assert res["chance"]["majority"] == pytest.approx(max(targets.float().mean().item(),
-                                                          1 - targets.float().mean().item()))
+    assert res["chance"]["majority"] == pytest.approx(
+        max(targets.float().mean().item(), 1 - targets.float().mean().item())
+    )
     assert res["chance"]["uniform"] == 0.5
     assert res["above_chance"] == (res["ci"][0] > res["metrics"]["f1"]["chance"])
     assert sorted(o["index"] for o in module.outputs) == [r.index for r in requests]
@@ -141,10 +171,12 @@ def test_calibration_subtracts_content_free_scores(shared_data, tiny):
     module = ZeroShotModule(tiny.model, tiny.tokenizer, task)
     records = module.score_batch(dm.dataset.items)
     for request, record in zip(dm.dataset.items, records):
-        raw = scoring.score_loglik(tiny.model, [request.context_tokens], [request.continuation_tokens],
-                                   pad_token_id=256, max_length=128)[0]
-        cf = scoring.score_loglik(tiny.model, [request.content_free_tokens], [request.continuation_tokens],
-                                  pad_token_id=256, max_length=128)[0]
+        raw = scoring.score_loglik(
+            tiny.model, [request.context_tokens], [request.continuation_tokens], pad_token_id=256, max_length=128
+        )[0]
+        cf = scoring.score_loglik(
+            tiny.model, [request.content_free_tokens], [request.continuation_tokens], pad_token_id=256, max_length=128
+        )[0]
         assert record["scores"] == pytest.approx((raw - cf).tolist(), abs=1e-4)
         assert tiny.tokenizer.decode(request.content_free_tokens) == "Review: N/A\nSentiment:"
 
@@ -170,8 +202,14 @@ def test_mask_callback_masks_the_module_model(shared_data, tiny):
     trainer().test(plain, datamodule=dm, verbose=False)
     masked = ZeroShotModule(tiny.model, tiny.tokenizer, task)
     spec = random_fraction_mask(tiny.n_layers, tiny.d_model, fraction=1.0)
-    pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-               callbacks=[MaskCallback(spec)]).test(masked, datamodule=dm, verbose=False)
+    pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[MaskCallback(spec)],
+    ).test(masked, datamodule=dm, verbose=False)
     plain_scores = {o["index"]: o["scores"] for o in plain.outputs}
     masked_scores = {o["index"]: o["scores"] for o in masked.outputs}
     assert plain_scores.keys() == masked_scores.keys()

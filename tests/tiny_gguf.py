@@ -35,12 +35,31 @@ def tiny_source_model(family: str, seed: int = 0) -> tuple[nn.Module, object]:
     from fnet.models.tiny import TINY_VOCAB, byte_tokenizer
 
     if family == "gpt2":  # GGUF states n_ctx, not n_positions: keep GPT2Config's default 1024
-        config = GPT2Config(vocab_size=TINY_VOCAB, n_embd=32, n_layer=3, n_head=4, n_inner=None,
-                            bos_token_id=256, eos_token_id=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        config = GPT2Config(
+            vocab_size=TINY_VOCAB,
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_inner=None,
+            bos_token_id=256,
+            eos_token_id=256,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
     elif family == "qwen2":
-        config = Qwen2Config(vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                             bos_token_id=256, eos_token_id=256, tie_word_embeddings=False)
+        config = Qwen2Config(
+            vocab_size=TINY_VOCAB,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=256,
+            eos_token_id=256,
+            tie_word_embeddings=False,
+        )
     else:
         raise ValueError(f"unknown GGUF test family {family!r}; valid: {sorted(FAMILIES)}")
     torch.manual_seed(seed)

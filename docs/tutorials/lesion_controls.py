@@ -69,8 +69,12 @@ show(f"all networks lesioned ({spec.n_masked} neurons)", lesioned)
 # %%
 scale = neuron_scale(store.arrays(), lm.n_layers)  # [layers, units]: each neuron's RMS activation
 count = [fnet.evaluate(lm, "sst2", mask=fnet.random_control(nets, "all", seed=s), limit=LIMIT) for s in SEEDS]
-magnitude = [fnet.evaluate(lm, "sst2", mask=build_mask("magnitude", netset=nets, networks="all", seed=s,
-                                                       scale=scale), limit=LIMIT) for s in SEEDS]
+magnitude = [
+    fnet.evaluate(
+        lm, "sst2", mask=build_mask("magnitude", netset=nets, networks="all", seed=s, scale=scale), limit=LIMIT
+    )
+    for s in SEEDS
+]
 for s, (c, m) in enumerate(zip(count, magnitude)):
     show(f"count-matched, seed {s}", c)
     show(f"magnitude-matched, seed {s}", m)
@@ -80,6 +84,7 @@ for s, (c, m) in enumerate(zip(count, magnitude)):
 #
 # The drop below each control: the control's mean over seeds minus the lesioned score, with a t interval over the
 # seeds (a paired bootstrap over rows and seeds, as `fnet study` reports, is tighter).
+
 
 # %%
 def beyond(controls, label):

@@ -43,16 +43,27 @@ print("treebank:", data / "ud_english_ewt")
 
 # %%
 out = Path("pos_run").resolve()
-small = ["analysis.progress=false",
-         "analysis.attribution.max_sentences=30", "analysis.attribution.max_samples_per_tag=10",
-         "analysis.selection.min_samples=3",
-         "analysis.classifier.max_train_sentences=80", "analysis.classifier.max_test_sentences=40",
-         "analysis.classifier.random_seeds=[0]", "analysis.classifier.all_neurons=false",
-         "analysis.classifier.bootstrap=200",
-         "analysis.lesion.max_sentences=10", "analysis.lesion.random_seeds=[0]", "analysis.lesion.tags=[NOUN,VERB,ADP]",
-         "analysis.ica_overlap=false"]
-run = subprocess.run([sys.executable, "-m", "fnet.cli.analyze", "analysis=pos", *small, f"hydra.run.dir={out}"],
-                     env=dict(os.environ, FNET_DATA_DIR=str(data)), capture_output=True, text=True)
+small = [
+    "analysis.progress=false",
+    "analysis.attribution.max_sentences=30",
+    "analysis.attribution.max_samples_per_tag=10",
+    "analysis.selection.min_samples=3",
+    "analysis.classifier.max_train_sentences=80",
+    "analysis.classifier.max_test_sentences=40",
+    "analysis.classifier.random_seeds=[0]",
+    "analysis.classifier.all_neurons=false",
+    "analysis.classifier.bootstrap=200",
+    "analysis.lesion.max_sentences=10",
+    "analysis.lesion.random_seeds=[0]",
+    "analysis.lesion.tags=[NOUN,VERB,ADP]",
+    "analysis.ica_overlap=false",
+]
+run = subprocess.run(
+    [sys.executable, "-m", "fnet.cli.analyze", "analysis=pos", *small, f"hydra.run.dir={out}"],
+    env=dict(os.environ, FNET_DATA_DIR=str(data)),
+    capture_output=True,
+    text=True,
+)
 if run.returncode != 0:
     raise RuntimeError(run.stderr[-3000:])
 print(sorted(p.name for p in out.iterdir()))
@@ -75,8 +86,11 @@ display(Image(str(out / "figures" / "pos_key_neurons_per_layer.png")))
 
 # %%
 classifier = pd.read_csv(out / "pos_classifier.csv")
-print(classifier[["features", "n_neurons", "accuracy", "accuracy_lo", "accuracy_hi", "macro_f1"]]
-      .round(3).to_string(index=False))
+print(
+    classifier[["features", "n_neurons", "accuracy", "accuracy_lo", "accuracy_hi", "macro_f1"]]
+    .round(3)
+    .to_string(index=False)
+)
 
 # %% [markdown]
 # ## Lesioning a tag's key neurons

@@ -193,8 +193,13 @@ def _from_hub(hub_name: str, hub_config: str, split: str) -> list[Sentence]:
             for form, tag, m in zip(row["tokens"], tags, misc)
         ]
         if words:
-            sentences.append(Sentence(sent_id=str(row.get("idx") or f"{hub_config}-{split}-{i:05d}"), words=words,
-                                      text=row.get("text") or ""))
+            sentences.append(
+                Sentence(
+                    sent_id=str(row.get("idx") or f"{hub_config}-{split}-{i:05d}"),
+                    words=words,
+                    text=row.get("text") or "",
+                )
+            )
     return sentences
 
 

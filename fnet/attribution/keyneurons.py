@@ -110,10 +110,17 @@ class KeyNeuronCounter:
         re-selected with another ``top_k`` or rule without attributing again. Returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": "fnet.KeyNeuronCounter", "top_fraction": repr(self.top_fraction), "rank_by": self.rank_by,
-                "tag_names": json.dumps(list(tag_names) if tag_names is not None else None)}
-        save_file({"counts": self.counts, "score_sums": self.score_sums, "n_samples": self.n_samples}, str(path),
-                  metadata=meta)
+        meta = {
+            "format": "fnet.KeyNeuronCounter",
+            "top_fraction": repr(self.top_fraction),
+            "rank_by": self.rank_by,
+            "tag_names": json.dumps(list(tag_names) if tag_names is not None else None),
+        }
+        save_file(
+            {"counts": self.counts, "score_sums": self.score_sums, "n_samples": self.n_samples},
+            str(path),
+            metadata=meta,
+        )
         return path
 
     @classmethod
@@ -209,7 +216,6 @@ def select_key_neurons(
         the counts they were selected from.
     """
     attributions = torch.as_tensor(attributions)
-    counter = KeyNeuronCounter(n_tags, attributions.reshape(attributions.shape[0], -1).shape[1], top_fraction,
-                               rank_by)
+    counter = KeyNeuronCounter(n_tags, attributions.reshape(attributions.shape[0], -1).shape[1], top_fraction, rank_by)
     counter.update(attributions, tag_ids)
     return counter.key_neurons(top_k, rule), counter

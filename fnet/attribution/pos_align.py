@@ -51,9 +51,7 @@ class AlignedSentence:
         return out
 
 
-def align_words(
-    tokenizer, words: Sequence[Word], max_length: int | None = None
-) -> tuple[str, list[int], list[int]]:
+def align_words(tokenizer, words: Sequence[Word], max_length: int | None = None) -> tuple[str, list[int], list[int]]:
     """Tokenize a sentence rebuilt from its words and find each word's first token.
 
     The text is rebuilt with :func:`fnet.attribution.conllu.sentence_text` (``SpaceAfter=No`` respected) and tokenized with
@@ -188,7 +186,9 @@ class WordSamples:
         return np.bincount(self.tag, minlength=len(self.tag_names))
 
 
-def word_samples(aligned: Sequence[AlignedSentence], tag_names: Sequence[str], *, need_context: bool = True) -> WordSamples:
+def word_samples(
+    aligned: Sequence[AlignedSentence], tag_names: Sequence[str], *, need_context: bool = True
+) -> WordSamples:
     """Every aligned word (``first_token >= 0``) as a sample. ``need_context``: only words with a token before
     their first token (a prediction needs a prefix; a tokenizer without BOS gives the first word none).
     Tags not in ``tag_names`` are an error.
@@ -248,5 +248,3 @@ def cap_per_tag(samples: WordSamples, max_per_tag: int | None, seed: int = 0) ->
             rows = rng.choice(rows, size=int(max_per_tag), replace=False)
         keep.append(rows)
     return samples.subset(np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64))
-
-

@@ -68,8 +68,9 @@ def word_log_probs(
         for start in range(0, len(sentences), batch_size):
             batch = sentences[start : start + batch_size]
             input_ids, attention_mask = right_pad([aligned[s].input_ids for s in batch], lm.tokenizer.pad_token_id)
-            logits = lm.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                              use_cache=False).logits  # [batch, seq, vocab]
+            logits = lm.model(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+            ).logits  # [batch, seq, vocab]
             b_index, rows = [], []
             for b, s in enumerate(batch):
                 b_index += [b] * len(by_sentence[s])
@@ -149,15 +150,21 @@ def lesion_effects(
             random_off.append(d[~on].mean())
         mean_on, lo_on, hi_on = _mean_interval(delta[on])
         row = {
-            "tag": samples.tag_names[t], "n_neurons": int(mask.sum()), "n_words_tag": int(on.sum()),
-            "n_words_other": int((~on).sum()), "key_on_tag": mean_on, "key_on_tag_lo": lo_on, "key_on_tag_hi": hi_on,
+            "tag": samples.tag_names[t],
+            "n_neurons": int(mask.sum()),
+            "n_words_tag": int(on.sum()),
+            "n_words_other": int((~on).sum()),
+            "key_on_tag": mean_on,
+            "key_on_tag_lo": lo_on,
+            "key_on_tag_hi": hi_on,
             "key_off_tag": float(delta[~on].mean()),
         }
         if random_on:
             row.update(random_on_tag=float(np.mean(random_on)), random_off_tag=float(np.mean(random_off)))
         row["selectivity"] = row["key_on_tag"] - row["key_off_tag"]
-        row["selective"] = bool(row["key_on_tag"] < row["key_off_tag"] and
-                                (not random_on or row["key_on_tag"] < row["random_on_tag"]))
+        row["selective"] = bool(
+            row["key_on_tag"] < row["key_off_tag"] and (not random_on or row["key_on_tag"] < row["random_on_tag"])
+        )
         rows.append(row)
     return rows, clean
 
@@ -170,8 +177,15 @@ def _mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float,
 # NetworkSet
 # --------------------------------------------------------------------------------------------------------------
 def key_neuron_set(
-    counter: KeyNeuronCounter, top_k: int, n_layers: int, width: int, tag_names: Sequence[str],
-    *, min_samples: int = 1, rule: str = "frequency", provenance: dict | None = None,
+    counter: KeyNeuronCounter,
+    top_k: int,
+    n_layers: int,
+    width: int,
+    tag_names: Sequence[str],
+    *,
+    min_samples: int = 1,
+    rule: str = "frequency",
+    provenance: dict | None = None,
 ) -> tuple[NetworkSet, list[int]]:
     """One network per tag with at least ``min_samples`` samples: its ``top_k`` key neurons (selection ``rule``,
     see :meth:`KeyNeuronCounter.key_neurons`). ``maps`` hold the fraction of the tag's samples that kept each

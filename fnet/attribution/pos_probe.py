@@ -24,7 +24,16 @@ from fnet.recording.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["attribute_samples", "record_word_features", "mean_signal", "columns_of", "random_matched_columns", "bootstrap_metrics", "seed_interval", "compare_classifiers"]
+__all__ = [
+    "attribute_samples",
+    "record_word_features",
+    "mean_signal",
+    "columns_of",
+    "random_matched_columns",
+    "bootstrap_metrics",
+    "seed_interval",
+    "compare_classifiers",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -91,8 +100,17 @@ def attribute_samples(
             input_ids, attention_mask = right_pad(prefixes, pad_id)
             target_positions = torch.as_tensor([len(p) - 1 for p in prefixes])
             result = attribute(
-                lm.model, input_ids, attention_mask, target_positions, targets, signal=signal, method=method,
-                steps=steps, baseline=baseline, alpha_batch=alpha_batch, spec=lm.arch,
+                lm.model,
+                input_ids,
+                attention_mask,
+                target_positions,
+                targets,
+                signal=signal,
+                method=method,
+                steps=steps,
+                baseline=baseline,
+                alpha_batch=alpha_batch,
+                spec=lm.arch,
             )
             scores = result.at_targets(target_positions) if positions == "target" else result.summed_over_positions()
             counter.update(scores.reshape(len(rows), -1), samples.tag[rows])  # [batch, layer*unit]
@@ -233,8 +251,13 @@ def _macro_f1(labels):
 
 
 def bootstrap_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, *, labels: Sequence[int] | None = None, n_resamples: int = 1000,
-    confidence: float = 0.95, seed: int = 0,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    labels: Sequence[int] | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Accuracy and macro-F1 (over ``labels``, default the test labels) with percentile bootstrap CIs over test
     words (``scipy.stats.bootstrap``, paired resampling of (true, predicted)).
@@ -266,12 +289,31 @@ def bootstrap_metrics(
     if n_resamples and len(y_true) > 1:
         rng = np.random.default_rng(seed)
         correct = (y_true == y_pred).astype(np.float64)
-        acc = bootstrap((correct,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-                        method="percentile", random_state=rng, vectorized=True)
-        f1 = bootstrap((y_true, y_pred), macro_f1, paired=True, vectorized=False, n_resamples=n_resamples,
-                       confidence_level=confidence, method="percentile", random_state=rng)
-        out.update(accuracy_lo=float(acc.confidence_interval.low), accuracy_hi=float(acc.confidence_interval.high),
-                   macro_f1_lo=float(f1.confidence_interval.low), macro_f1_hi=float(f1.confidence_interval.high))
+        acc = bootstrap(
+            (correct,),
+            np.mean,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            random_state=rng,
+            vectorized=True,
+        )
+        f1 = bootstrap(
+            (y_true, y_pred),
+            macro_f1,
+            paired=True,
+            vectorized=False,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            random_state=rng,
+        )
+        out.update(
+            accuracy_lo=float(acc.confidence_interval.low),
+            accuracy_hi=float(acc.confidence_interval.high),
+            macro_f1_lo=float(f1.confidence_interval.low),
+            macro_f1_hi=float(f1.confidence_interval.high),
+        )
     return out
 
 
@@ -370,8 +412,13 @@ def compare_classifiers(
         return row
 
     if len(key_columns):
-        rows.append(timed_row("key neurons", key_columns, lambda: _fit_predict(
-            X_train, y_train, X_test, key_columns, C=C, max_iter=max_iter, seed=seed)))
+        rows.append(
+            timed_row(
+                "key neurons",
+                key_columns,
+                lambda: _fit_predict(X_train, y_train, X_test, key_columns, C=C, max_iter=max_iter, seed=seed),
+            )
+        )
     seed_rows = []
     for s in random_seeds:
         if not len(key_columns):
@@ -379,20 +426,40 @@ def compare_classifiers(
         columns = random_matched_columns(key_mask, seed=int(s))
         started = time.perf_counter()
         y_pred = _fit_predict(X_train, y_train, X_test, columns, C=C, max_iter=max_iter, seed=seed)
-        seed_rows.append(dict(
-            seed=int(s), n_neurons=int(len(columns)), overlap_with_key=int(np.intersect1d(columns, key_columns).size),
-            seconds=time.perf_counter() - started, **bootstrap_metrics(y_test, y_pred, labels=labels, n_resamples=0),
-        ))
+        seed_rows.append(
+            dict(
+                seed=int(s),
+                n_neurons=int(len(columns)),
+                overlap_with_key=int(np.intersect1d(columns, key_columns).size),
+                seconds=time.perf_counter() - started,
+                **bootstrap_metrics(y_test, y_pred, labels=labels, n_resamples=0),
+            )
+        )
     if seed_rows:
         acc, acc_lo, acc_hi = seed_interval([r["accuracy"] for r in seed_rows])
         f1, f1_lo, f1_hi = seed_interval([r["macro_f1"] for r in seed_rows])
-        rows.append({"features": f"random matched ({len(seed_rows)} seeds)", "n_neurons": seed_rows[0]["n_neurons"],
-                     "accuracy": acc, "accuracy_lo": acc_lo, "accuracy_hi": acc_hi, "macro_f1": f1,
-                     "macro_f1_lo": f1_lo, "macro_f1_hi": f1_hi, "seconds": sum(r["seconds"] for r in seed_rows)})
+        rows.append(
+            {
+                "features": f"random matched ({len(seed_rows)} seeds)",
+                "n_neurons": seed_rows[0]["n_neurons"],
+                "accuracy": acc,
+                "accuracy_lo": acc_lo,
+                "accuracy_hi": acc_hi,
+                "macro_f1": f1,
+                "macro_f1_lo": f1_lo,
+                "macro_f1_hi": f1_hi,
+                "seconds": sum(r["seconds"] for r in seed_rows),
+            }
+        )
     if all_neurons:
         every = np.arange(X_train.shape[1])
-        rows.append(timed_row("all neurons", every, lambda: _fit_predict(
-            X_train, y_train, X_test, every, C=C, max_iter=max_iter, seed=seed)))
+        rows.append(
+            timed_row(
+                "all neurons",
+                every,
+                lambda: _fit_predict(X_train, y_train, X_test, every, C=C, max_iter=max_iter, seed=seed),
+            )
+        )
     majority = DummyClassifier(strategy="most_frequent").fit(X_train[:, :1], y_train)
     rows.append(timed_row("majority class", None, lambda: majority.predict(X_test[:, :1])))
     return rows, seed_rows

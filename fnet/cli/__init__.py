@@ -74,8 +74,13 @@ def hydra_entry(config_name: str, job: Callable[[Any], Any]) -> Callable[[], Any
 
 
 def _usage() -> str:
-    lines = [f"fnet {__version__}: functional networks and key neurons in language models", "",
-             "usage: fnet COMMAND [ARGS...]    (fnet COMMAND --help: the command's options)", "", "commands:"]
+    lines = [
+        f"fnet {__version__}: functional networks and key neurons in language models",
+        "",
+        "usage: fnet COMMAND [ARGS...]    (fnet COMMAND --help: the command's options)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<9} {what}" for name, (_, what) in COMMANDS.items()]
     return "\n".join(lines)
 

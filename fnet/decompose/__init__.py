@@ -25,13 +25,29 @@ from fnet.decompose.canica import CanICA
 from fnet.decompose.dictlearning import DictionaryLearningDecomposition
 from fnet.decompose.fastica import FastICA
 from fnet.decompose.picard import Picard
-from fnet.decompose.restarts import (RestartResult, abs_corr_matrix, best_match_abs_corr, fit_with_restarts,
-                                     group_decomposition, individual_decompositions, restart_stability)
+from fnet.decompose.restarts import (
+    RestartResult,
+    abs_corr_matrix,
+    best_match_abs_corr,
+    fit_with_restarts,
+    group_decomposition,
+    individual_decompositions,
+    restart_stability,
+)
 from fnet.decompose.temporal import TemporalICA
 
 __all__ = [
-    "BaseDecomposition", "CanICA", "DictionaryLearningDecomposition", "FastICA", "Picard", "RestartResult",
+    "BaseDecomposition",
+    "CanICA",
+    "DictionaryLearningDecomposition",
+    "FastICA",
+    "Picard",
+    "RestartResult",
     "TemporalICA",
-    "abs_corr_matrix", "best_match_abs_corr", "fit_with_restarts", "group_decomposition",
-    "individual_decompositions", "restart_stability",
+    "abs_corr_matrix",
+    "best_match_abs_corr",
+    "fit_with_restarts",
+    "group_decomposition",
+    "individual_decompositions",
+    "restart_stability",
 ]

@@ -24,8 +24,19 @@ from sklearn.utils.validation import check_is_fitted
 
 from fnet.decompose.tokens import PrincipalAxes, TokenMatrix, principal_axes, project, resolve_solver, to_numpy
 
-__all__ = ["BaseDecomposition", "Boolean", "Choice", "DOCS", "DTYPES", "FUNS", "FunArgs", "Integer", "Positive",
-           "WHITEN_SOLVERS", "fill_doc"]
+__all__ = [
+    "BaseDecomposition",
+    "Boolean",
+    "Choice",
+    "DOCS",
+    "DTYPES",
+    "FUNS",
+    "FunArgs",
+    "Integer",
+    "Positive",
+    "WHITEN_SOLVERS",
+    "fill_doc",
+]
 
 #: compute dtypes by name
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -305,8 +316,11 @@ class BaseDecomposition(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         if not self.converged_:
             label, detail = self._convergence_detail
             # stacklevel 3: the line that called fit / fit_transform
-            warnings.warn(f"{label} did not converge: {detail}. Increase max_iter or tol; the components may be "
-                          "unreliable.", ConvergenceWarning, stacklevel=3)
+            warnings.warn(
+                f"{label} did not converge: {detail}. Increase max_iter or tol; the components may be unreliable.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         return sources
 
     def _fit_core(self, data: TokenMatrix) -> np.ndarray | None:
@@ -325,16 +339,28 @@ class BaseDecomposition(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         dtype = DTYPES.get(getattr(self, "dtype", "float64"), torch.float64)
         return dtype, torch.device(getattr(self, "device", "cpu"))
 
-    def _principal_axes(self, data: TokenMatrix, n_keep: int, solver: str, *, mean, scale,
-                        rng) -> tuple[PrincipalAxes, str]:
+    def _principal_axes(
+        self, data: TokenMatrix, n_keep: int, solver: str, *, mean, scale, rng
+    ) -> tuple[PrincipalAxes, str]:
         """The streamed PCA (:func:`~fnet.decompose.tokens.principal_axes`) with this estimator's ``n_oversamples``,
         ``n_power_iter``, ``sketch_dtype`` and ``block_rows``; ``solver`` may be ``auto``. Returns the axes and the
         solver used."""
         dtype, device = self._compute()
         solver = resolve_solver(solver, n_keep, self.n_oversamples, data.n_tokens, data.n_neurons)
-        axes = principal_axes(data, n_keep, solver, mean=mean, scale=scale, n_oversamples=self.n_oversamples,
-                              n_power_iter=self.n_power_iter, rng=rng, dtype=dtype, device=device,
-                              block_rows=self.block_rows, sketch_dtype=DTYPES[self.sketch_dtype])
+        axes = principal_axes(
+            data,
+            n_keep,
+            solver,
+            mean=mean,
+            scale=scale,
+            n_oversamples=self.n_oversamples,
+            n_power_iter=self.n_power_iter,
+            rng=rng,
+            dtype=dtype,
+            device=device,
+            block_rows=self.block_rows,
+            sketch_dtype=DTYPES[self.sketch_dtype],
+        )
         return axes, solver
 
     # -- applying --------------------------------------------------------------------------------------------
@@ -355,8 +381,9 @@ class BaseDecomposition(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         check_is_fitted(self, "components_")
         data = TokenMatrix(X)
         if data.n_neurons != self.n_features_in_:
-            raise ValueError(f"X has {data.n_neurons} neurons; this {type(self).__name__} was fitted on "
-                             f"{self.n_features_in_}")
+            raise ValueError(
+                f"X has {data.n_neurons} neurons; this {type(self).__name__} was fitted on {self.n_features_in_}"
+            )
         return self._encode(data)
 
     def _encode(self, data: TokenMatrix) -> np.ndarray:

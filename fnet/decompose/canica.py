@@ -13,8 +13,17 @@ from typing import Any, ClassVar
 import torch
 from sklearn.utils import check_random_state
 
-from fnet.decompose.base import (DTYPES, FUNS, WHITEN_SOLVERS, BaseDecomposition, Choice, FunArgs, Integer, Positive,
-                                 fill_doc)
+from fnet.decompose.base import (
+    DTYPES,
+    FUNS,
+    WHITEN_SOLVERS,
+    BaseDecomposition,
+    Choice,
+    FunArgs,
+    Integer,
+    Positive,
+    fill_doc,
+)
 from fnet.decompose.fastica import fixed_point_rotation
 from fnet.decompose.tokens import TokenMatrix, column_stats, to_numpy
 
@@ -87,9 +96,15 @@ class CanICA(BaseDecomposition):
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "subject_components": Integer(1, optional=True), "fun": Choice(FUNS), "fun_args": FunArgs(),
-        "pca_solver": Choice(WHITEN_SOLVERS), "max_iter": Integer(1), "tol": Positive(),
-        "n_oversamples": Integer(0, optional=True), "n_power_iter": Integer(0), "sketch_dtype": Choice(tuple(DTYPES)),
+        "subject_components": Integer(1, optional=True),
+        "fun": Choice(FUNS),
+        "fun_args": FunArgs(),
+        "pca_solver": Choice(WHITEN_SOLVERS),
+        "max_iter": Integer(1),
+        "tol": Positive(),
+        "n_oversamples": Integer(0, optional=True),
+        "n_power_iter": Integer(0),
+        "sketch_dtype": Choice(tuple(DTYPES)),
     }
 
     def __init__(
@@ -185,12 +200,18 @@ class CanICA(BaseDecomposition):
         centred = group_axes - group_axes.mean(dim=1, keepdim=True)  # [K, neurons]
         eigenvalues, eigenvectors = torch.linalg.eigh(centred @ centred.T / n_neurons)
         if float(eigenvalues.min()) <= float(eigenvalues.max()) * n_neurons * torch.finfo(dtype).eps:
-            raise ValueError("the group components are linearly dependent after centring over neurons; "
-                             "lower n_components")
+            raise ValueError(
+                "the group components are linearly dependent after centring over neurons; lower n_components"
+            )
         white = (eigenvectors * eigenvalues.rsqrt()).T @ centred  # [K, neurons], identity covariance
         W, n_iter, converged, change = fixed_point_rotation(
-            white, w_init, fun=self.fun, fun_args=dict(self.fun_args or {}), algorithm="parallel",
-            max_iter=self.max_iter, tol=self.tol,
+            white,
+            w_init,
+            fun=self.fun,
+            fun_args=dict(self.fun_args or {}),
+            algorithm="parallel",
+            max_iter=self.max_iter,
+            tol=self.tol,
         )
         maps = W @ white  # [K, neurons]
         maps = maps * torch.sign((maps**3).mean(dim=1) + torch.finfo(dtype).tiny)[:, None]
@@ -200,5 +221,6 @@ class CanICA(BaseDecomposition):
         self.unmixing_ = to_numpy(torch.linalg.pinv(maps)).T  # [K, neurons]
         self.group_axes_ = to_numpy(group_axes)
         self.mean_ = to_numpy((mean_sum / data.n_tokens).to(dtype))
-        self._record_convergence(n_iter, converged,
-                                 f"stopped after {n_iter} iterations with final change {change:.3g} > tol={self.tol:g}")
+        self._record_convergence(
+            n_iter, converged, f"stopped after {n_iter} iterations with final change {change:.3g} > tol={self.tol:g}"
+        )

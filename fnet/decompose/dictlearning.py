@@ -106,11 +106,18 @@ class DictionaryLearningDecomposition(BaseDecomposition):
         self.mean_ = stacked.mean(axis=0) if self.center else np.zeros(stacked.shape[1], dtype=stacked.dtype)
         stacked -= self.mean_
         learner = MiniBatchDictionaryLearning(
-            n_components=int(self.n_components), alpha=self.alpha, max_iter=self.max_iter,
-            batch_size=self.batch_size, fit_algorithm=self.fit_algorithm,
-            transform_algorithm=self.transform_algorithm, transform_alpha=self.transform_alpha,
-            positive_code=self.positive_code, positive_dict=self.positive_dict, tol=self.tol,
-            max_no_improvement=self.max_no_improvement, random_state=self.random_state,
+            n_components=int(self.n_components),
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            batch_size=self.batch_size,
+            fit_algorithm=self.fit_algorithm,
+            transform_algorithm=self.transform_algorithm,
+            transform_alpha=self.transform_alpha,
+            positive_code=self.positive_code,
+            positive_dict=self.positive_dict,
+            tol=self.tol,
+            max_no_improvement=self.max_no_improvement,
+            random_state=self.random_state,
         )
         learner.fit(stacked)
         batches_per_epoch = math.ceil(stacked.shape[0] / min(self.batch_size, stacked.shape[0]))
@@ -119,9 +126,11 @@ class DictionaryLearningDecomposition(BaseDecomposition):
         self.mixing_ = self.components_.T  # [neurons, K]: spatial_maps_ = the atoms
         self.n_steps_ = int(learner.n_steps_)
         self._record_convergence(
-            learner.n_iter_, learner.n_steps_ < self.max_iter * batches_per_epoch,
+            learner.n_iter_,
+            learner.n_steps_ < self.max_iter * batches_per_epoch,
             f"ran all {self.max_iter} epochs ({learner.n_steps_} mini-batch steps) without early stopping "
-            f"(tol={self.tol:g})", label="MiniBatchDictionaryLearning",
+            f"(tol={self.tol:g})",
+            label="MiniBatchDictionaryLearning",
         )
 
     def _encode(self, data: TokenMatrix) -> np.ndarray:

@@ -107,8 +107,9 @@ def fixed_point_rotation(
         ``change = max_k | |<w_k_new, w_k_old>| - 1 |``.
     """
     with _few_threads_for(white):
-        return _fastica_iterate(white, w_init, fun=fun, fun_args=fun_args, algorithm=algorithm, max_iter=max_iter,
-                                tol=tol)
+        return _fastica_iterate(
+            white, w_init, fun=fun, fun_args=fun_args, algorithm=algorithm, max_iter=max_iter, tol=tol
+        )
 
 
 def _fastica_iterate(
@@ -280,8 +281,13 @@ class FastICA(TemporalICA):
     # -- the core: the fixed-point rotation ------------------------------------------------------------------
     def _rotate(self, white: torch.Tensor, w_init: torch.Tensor) -> tuple[torch.Tensor, int, bool, str]:
         W, n_iter, converged, change = fixed_point_rotation(
-            white, w_init, fun=self.fun, fun_args=dict(self.fun_args or {}), algorithm=self.algorithm,
-            max_iter=self.max_iter, tol=self.tol,
+            white,
+            w_init,
+            fun=self.fun,
+            fun_args=dict(self.fun_args or {}),
+            algorithm=self.algorithm,
+            max_iter=self.max_iter,
+            tol=self.tol,
         )
         detail = f"stopped after {n_iter} iterations with final change {change:.3g} > tol={self.tol:g}"
         return W, n_iter, converged, detail
@@ -294,14 +300,21 @@ class FastICA(TemporalICA):
     def _fit_sklearn(self, data: TokenMatrix) -> np.ndarray:
         """Reference path: scikit-learn's FastICA on the concatenated data (it needs the whole matrix anyway)."""
         np_dtype = np.float32 if self.dtype == "float32" else np.float64
-        X = np.concatenate([to_numpy(torch.as_tensor(p)) if isinstance(p, torch.Tensor) else np.asarray(p)
-                            for p in data.parts], axis=0).astype(np_dtype, copy=False)
+        X = np.concatenate(
+            [to_numpy(torch.as_tensor(p)) if isinstance(p, torch.Tensor) else np.asarray(p) for p in data.parts], axis=0
+        ).astype(np_dtype, copy=False)
         if not np.isfinite(X).all():
             raise ValueError("X contains NaN or infinity; decompositions need finite activations")
         reference = SklearnFastICA(
-            n_components=self.n_components, algorithm=self.algorithm, whiten=self.whiten, fun=self.fun,
-            fun_args=self.fun_args, max_iter=self.max_iter, tol=self.tol,
-            whiten_solver="eigh" if self.whiten_solver == "eigh" else "svd", random_state=self.random_state,
+            n_components=self.n_components,
+            algorithm=self.algorithm,
+            whiten=self.whiten,
+            fun=self.fun,
+            fun_args=self.fun_args,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            whiten_solver="eigh" if self.whiten_solver == "eigh" else "svd",
+            random_state=self.random_state,
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
@@ -320,7 +333,8 @@ class FastICA(TemporalICA):
         n_iter = int(reference.n_iter_)
         # scikit-learn warns for "parallel" only; for "deflation" reaching max_iter is the only signal it gives
         self._record_convergence(
-            n_iter, not sklearn_warned and n_iter < self.max_iter,
+            n_iter,
+            not sklearn_warned and n_iter < self.max_iter,
             f"stopped after {n_iter} iterations (tol={self.tol:g}; scikit-learn does not report the final change)",
             label="FastICA (backend='sklearn')",
         )

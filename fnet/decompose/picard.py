@@ -104,8 +104,13 @@ class Picard(TemporalICA):
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "ortho": Boolean(), "extended": Boolean(optional=True), "algorithm": Choice(("parallel",)),
-        "m": Integer(1), "ls_tries": Integer(1), "lambda_min": Positive(), "backend": Choice(("torch",)),
+        "ortho": Boolean(),
+        "extended": Boolean(optional=True),
+        "algorithm": Choice(("parallel",)),
+        "m": Integer(1),
+        "ls_tries": Integer(1),
+        "lambda_min": Positive(),
+        "backend": Choice(("torch",)),
     }
 
     def __init__(
@@ -169,13 +174,25 @@ class Picard(TemporalICA):
     def _rotate(self, white: torch.Tensor, w_init: torch.Tensor) -> tuple[torch.Tensor, int, bool, str]:
         start = to_numpy(symmetric_decorrelation(w_init)).astype(np.float64)  # [K, K], FastICA's first W
         one_thread = white.numel() <= _SINGLE_THREAD_ENTRIES
-        with warnings.catch_warnings(record=True) as caught, (
-                threadpool_limits(limits=1) if one_thread else contextlib.nullcontext()):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            threadpool_limits(limits=1) if one_thread else contextlib.nullcontext(),
+        ):
             warnings.simplefilter("always")
             _, W, _, n_iter = picard.picard(
-                to_numpy(white).astype(np.float64, copy=False), fun=self._density(), ortho=bool(self.ortho),
-                extended=self.extended, whiten=False, centering=False, return_n_iter=True, max_iter=self.max_iter,
-                tol=self.tol, m=self.m, ls_tries=self.ls_tries, lambda_min=self.lambda_min, w_init=start,
+                to_numpy(white).astype(np.float64, copy=False),
+                fun=self._density(),
+                ortho=bool(self.ortho),
+                extended=self.extended,
+                whiten=False,
+                centering=False,
+                return_n_iter=True,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                m=self.m,
+                ls_tries=self.ls_tries,
+                lambda_min=self.lambda_min,
+                w_init=start,
             )
         gradient = None
         for w in caught:

@@ -23,8 +23,17 @@ from fnet.decompose.tokens import to_numpy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_STABILITY", "ON_TOO_SHORT", "RestartResult", "fit_with_restarts", "restart_stability",
-           "abs_corr_matrix", "best_match_abs_corr", "group_decomposition", "individual_decompositions"]
+__all__ = [
+    "MIN_STABILITY",
+    "ON_TOO_SHORT",
+    "RestartResult",
+    "fit_with_restarts",
+    "restart_stability",
+    "abs_corr_matrix",
+    "best_match_abs_corr",
+    "group_decomposition",
+    "individual_decompositions",
+]
 
 #: what :func:`individual_decompositions` does with a text too short for its own fit
 ON_TOO_SHORT = ("raise", "skip")
@@ -158,8 +167,9 @@ def restart_stability(maps: Sequence[Any]) -> np.ndarray:
     return (best * off_diagonal[:, None, :]).sum(axis=2) / (n_restarts - 1)
 
 
-def fit_with_restarts(estimator, X, n_init: int = 5, seeds: Sequence[int] | None = None,
-                      min_stability: float = MIN_STABILITY) -> RestartResult:
+def fit_with_restarts(
+    estimator, X, n_init: int = 5, seeds: Sequence[int] | None = None, min_stability: float = MIN_STABILITY
+) -> RestartResult:
     """Fit ``n_init`` clones of ``estimator`` with different ``random_state`` and keep the most stable one.
 
     Seeds: ``seeds`` if given; otherwise ``random_state + 0 .. n_init-1`` for an int ``random_state``, or drawn
@@ -213,9 +223,16 @@ def _log_unstable(fitted, stability: np.ndarray, n_restarts: int, min_stability:
     unstable = np.flatnonzero(stability < min_stability)
     if unstable.size:
         listing = ", ".join(f"{k}: {stability[k]:.2f}" for k in unstable)
-        log.warning("%s (K=%d, %d restarts): %d component(s) below stability %.2g (%s); their networks are not "
-                    "reproduced by the other restarts", type(fitted).__name__, len(stability), n_restarts,
-                    unstable.size, min_stability, listing)
+        log.warning(
+            "%s (K=%d, %d restarts): %d component(s) below stability %.2g (%s); their networks are not "
+            "reproduced by the other restarts",
+            type(fitted).__name__,
+            len(stability),
+            n_restarts,
+            unstable.size,
+            min_stability,
+            listing,
+        )
 
 
 def _min_tokens(estimator) -> int:
@@ -277,8 +294,10 @@ def individual_decompositions(estimator, arrays: Sequence[Any], *, on_too_short:
     if too_short:
         listing = ", ".join(f"text {i} has {n} tokens" for i, n in too_short[:10])
         more = f" (and {len(too_short) - 10} more)" if len(too_short) > 10 else ""
-        message = (f"{listing}{more}; {type(estimator).__name__} with n_components={estimator.n_components} "
-                   f"needs at least {needed} tokens per text")
+        message = (
+            f"{listing}{more}; {type(estimator).__name__} with n_components={estimator.n_components} "
+            f"needs at least {needed} tokens per text"
+        )
         if on_too_short == "raise":
             raise ValueError(message)
         warnings.warn(f"skipping: {message}", UserWarning, stacklevel=2)

@@ -16,8 +16,17 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from fnet.decompose.base import (DTYPES, FUNS, WHITEN_SOLVERS, BaseDecomposition, Choice, FunArgs, Integer, Positive,
-                                 fill_doc)
+from fnet.decompose.base import (
+    DTYPES,
+    FUNS,
+    WHITEN_SOLVERS,
+    BaseDecomposition,
+    Choice,
+    FunArgs,
+    Integer,
+    Positive,
+    fill_doc,
+)
 from fnet.decompose.tokens import TokenMatrix, column_stats, to_numpy
 
 __all__ = ["TemporalICA", "WHITEN_MODES", "symmetric_decorrelation"]
@@ -89,9 +98,15 @@ class TemporalICA(BaseDecomposition):
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "fun": Choice(FUNS), "fun_args": FunArgs(), "whiten": Choice(WHITEN_MODES),
-        "whiten_solver": Choice(WHITEN_SOLVERS), "max_iter": Integer(1), "n_oversamples": Integer(0, optional=True),
-        "n_power_iter": Integer(0), "sketch_dtype": Choice(tuple(DTYPES)), "tol": Positive(),
+        "fun": Choice(FUNS),
+        "fun_args": FunArgs(),
+        "whiten": Choice(WHITEN_MODES),
+        "whiten_solver": Choice(WHITEN_SOLVERS),
+        "max_iter": Integer(1),
+        "n_oversamples": Integer(0, optional=True),
+        "n_power_iter": Integer(0),
+        "sketch_dtype": Choice(tuple(DTYPES)),
+        "tol": Positive(),
     }
 
     def _rotate(self, white: torch.Tensor, w_init: torch.Tensor) -> tuple[torch.Tensor, int, bool, str]:

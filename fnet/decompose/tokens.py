@@ -17,8 +17,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-__all__ = ["TokenMatrix", "PrincipalAxes", "column_stats", "project", "back_project", "resolve_solver",
-           "principal_axes", "to_numpy"]
+__all__ = [
+    "TokenMatrix",
+    "PrincipalAxes",
+    "column_stats",
+    "project",
+    "back_project",
+    "resolve_solver",
+    "principal_axes",
+    "to_numpy",
+]
 
 # A streamed row block (or, for the exact wide solver, a column chunk) is sized to about this many bytes.
 _BLOCK_BYTES = 256 * 2**20
@@ -342,8 +350,11 @@ def _randomized_pca(
     sketch_width = min(n_keep + _oversamples(n_oversamples, n_keep), data.n_tokens, data.n_neurons)
     gaussian = rng.standard_normal(size=(data.n_neurons, sketch_width))  # [neurons, l]
     basis = torch.linalg.qr(torch.as_tensor(gaussian, dtype=sketch_dtype, device=device)).Q  # [neurons, l]
-    sketch_stream = dict(mean=None if mean is None else mean.to(sketch_dtype),
-                         scale=None if scale is None else scale.to(sketch_dtype), block_rows=block_rows)
+    sketch_stream = dict(
+        mean=None if mean is None else mean.to(sketch_dtype),
+        scale=None if scale is None else scale.to(sketch_dtype),
+        block_rows=block_rows,
+    )
     for _ in range(n_power_iter):
         scores = torch.linalg.qr(project(data, basis, **sketch_stream)).Q  # [tokens, l]
         basis = torch.linalg.qr(back_project(data, scores, **sketch_stream)).Q  # [neurons, l]
@@ -404,8 +415,21 @@ def _check_rank(spectrum: torch.Tensor, n_keep: int, data: TokenMatrix, dtype: t
         )
 
 
-def principal_axes(data: TokenMatrix, n_keep: int, solver: str, *, mean, scale, n_oversamples, n_power_iter, rng,
-                   dtype, device, block_rows, sketch_dtype=None) -> PrincipalAxes:
+def principal_axes(
+    data: TokenMatrix,
+    n_keep: int,
+    solver: str,
+    *,
+    mean,
+    scale,
+    n_oversamples,
+    n_power_iter,
+    rng,
+    dtype,
+    device,
+    block_rows,
+    sketch_dtype=None,
+) -> PrincipalAxes:
     """The ``n_keep`` leading principal axes of ``Xc = (X - mean) / scale``, streamed.
 
     Parameters
@@ -436,9 +460,19 @@ def principal_axes(data: TokenMatrix, n_keep: int, solver: str, *, mean, scale, 
         When the data's numerical rank is below ``n_keep``.
     """
     if solver == "randomized":
-        result = _randomized_pca(data, n_keep, mean=mean, scale=scale, n_oversamples=n_oversamples,
-                                 n_power_iter=n_power_iter, rng=rng, dtype=dtype, device=device,
-                                 block_rows=block_rows, sketch_dtype=sketch_dtype)
+        result = _randomized_pca(
+            data,
+            n_keep,
+            mean=mean,
+            scale=scale,
+            n_oversamples=n_oversamples,
+            n_power_iter=n_power_iter,
+            rng=rng,
+            dtype=dtype,
+            device=device,
+            block_rows=block_rows,
+            sketch_dtype=sketch_dtype,
+        )
         _check_rank(result.singular_values, n_keep, data, dtype)
     else:
         result = _exact_pca(data, n_keep, mean=mean, scale=scale, dtype=dtype, device=device, block_rows=block_rows)

@@ -13,13 +13,35 @@
 
 from fnet.intervene.apply import APPLY_MODES, MaskSpec, apply_mask, apply_masks, expected_mask_shape, mask_stats
 from fnet.intervene.batched import score_loglik_masks
-from fnet.intervene.masks import (amplify_mask, lesion_mask, parse_networks, preserve_mask, random_fraction_mask,
-                                  random_matched_mask)
+from fnet.intervene.masks import (
+    amplify_mask,
+    lesion_mask,
+    parse_networks,
+    preserve_mask,
+    random_fraction_mask,
+    random_matched_mask,
+)
 from fnet.intervene.registry import MASK_MODES, MASKS, MaskKind, MaskRequest, build_mask, control_kinds, register
 
 __all__ = [
-    "APPLY_MODES", "MASKS", "MASK_MODES", "MaskKind", "MaskRequest", "MaskSpec", "amplify_mask", "apply_mask",
-    "apply_masks", "build_mask", "control_kinds", "expected_mask_shape", "lesion_mask", "mask_stats", "parse_networks",
-    "preserve_mask", "random_fraction_mask", "random_matched_mask", "register",
+    "APPLY_MODES",
+    "MASKS",
+    "MASK_MODES",
+    "MaskKind",
+    "MaskRequest",
+    "MaskSpec",
+    "amplify_mask",
+    "apply_mask",
+    "apply_masks",
+    "build_mask",
+    "control_kinds",
+    "expected_mask_shape",
+    "lesion_mask",
+    "mask_stats",
+    "parse_networks",
+    "preserve_mask",
+    "random_fraction_mask",
+    "random_matched_mask",
+    "register",
     "score_loglik_masks",
 ]

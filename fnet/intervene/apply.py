@@ -31,8 +31,15 @@ from torch import nn
 from fnet.hooks import trace_signal
 from fnet.models import ArchSpec, check_signal, down_proj_modules, find_blocks, get_arch, model_dims
 
-__all__ = ["APPLY_MODES", "MaskSpec", "mask_stats", "apply_mask", "apply_masks", "expected_mask_shape",
-           "check_bool_mask"]
+__all__ = [
+    "APPLY_MODES",
+    "MaskSpec",
+    "mask_stats",
+    "apply_mask",
+    "apply_masks",
+    "expected_mask_shape",
+    "check_bool_mask",
+]
 
 
 #: How a mask acts on its positions (``apply_mask(mode=...)``).
@@ -335,14 +342,20 @@ def apply_mask(
     if not by_layer:
         yield []
         return
-    with trace_signal(model, signal, edit=lambda layer, hidden: by_layer[layer].transform(hidden),
-                      layers=sorted(by_layer), spec=spec):
+    with trace_signal(
+        model, signal, edit=lambda layer, hidden: by_layer[layer].transform(hidden), layers=sorted(by_layer), spec=spec
+    ):
         yield list(by_layer.values())
 
 
 @contextlib.contextmanager
-def apply_masks(model: nn.Module, masks: Sequence[torch.Tensor | MaskSpec | None], *, signal: str | None = None,
-                spec: ArchSpec | None = None) -> Iterator[int]:
+def apply_masks(
+    model: nn.Module,
+    masks: Sequence[torch.Tensor | MaskSpec | None],
+    *,
+    signal: str | None = None,
+    spec: ArchSpec | None = None,
+) -> Iterator[int]:
     """Several masks in one forward pass: the batch is ``len(masks)`` equal slices, slice i gets ``masks[i]``.
 
     Parameters
@@ -405,9 +418,10 @@ def apply_masks(model: nn.Module, masks: Sequence[torch.Tensor | MaskSpec | None
         if hidden.shape[0] % n:
             raise ValueError(f"a batch of {hidden.shape[0]} does not split into {n} equal slices, one per mask")
         rows = hidden.shape[0] // n
-        parts = [hidden[i * rows:(i + 1) * rows] for i in range(n)]
-        return torch.cat([part if layer not in hooks else hooks[layer].transform(part)
-                          for part, hooks in zip(parts, slices)])
+        parts = [hidden[i * rows : (i + 1) * rows] for i in range(n)]
+        return torch.cat(
+            [part if layer not in hooks else hooks[layer].transform(part) for part, hooks in zip(parts, slices)]
+        )
 
     if not layers:
         yield n
@@ -416,8 +430,14 @@ def apply_masks(model: nn.Module, masks: Sequence[torch.Tensor | MaskSpec | None
         yield n
 
 
-def _layer_hooks(model: nn.Module, mask: torch.Tensor | MaskSpec, signal: str | None, mode: str | None,
-                 value: float | None, spec: ArchSpec | None) -> tuple[str, dict[int, _LayerMaskHook]]:
+def _layer_hooks(
+    model: nn.Module,
+    mask: torch.Tensor | MaskSpec,
+    signal: str | None,
+    mode: str | None,
+    value: float | None,
+    spec: ArchSpec | None,
+) -> tuple[str, dict[int, _LayerMaskHook]]:
     """The checked signal and one :class:`_LayerMaskHook` per layer whose row of ``mask`` has a True entry."""
     values = None
     if isinstance(mask, MaskSpec):
@@ -454,7 +474,11 @@ def _layer_hooks(model: nn.Module, mask: torch.Tensor | MaskSpec, signal: str | 
     # one object per layer owns its row; layers whose row is all False get no hook (and no per-call cost)
     if mode == "replace" and values is None:
         raise ValueError("mode='replace' needs a MaskSpec with values [n_layers, width]")
-    by_layer = {layer: _LayerMaskHook(layer, mask[layer].clone(), mode, value,
-                                      None if values is None else values[layer].clone())
-                for layer in range(n_layers) if bool(mask[layer].any())}
+    by_layer = {
+        layer: _LayerMaskHook(
+            layer, mask[layer].clone(), mode, value, None if values is None else values[layer].clone()
+        )
+        for layer in range(n_layers)
+        if bool(mask[layer].any())
+    }
     return signal, by_layer

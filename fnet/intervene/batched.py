@@ -20,10 +20,17 @@ from fnet.scoring.loglik import score_loglik
 __all__ = ["score_loglik_masks"]
 
 
-def score_loglik_masks(model: nn.Module, masks: Sequence[torch.Tensor | MaskSpec | None],
-                       contexts: Sequence[list[int]], continuations: Sequence[Sequence[list[int]]], *,
-                       pad_token_id: int, max_length: int | None = None, signal: str | None = None,
-                       share_context: bool = True) -> torch.Tensor:
+def score_loglik_masks(
+    model: nn.Module,
+    masks: Sequence[torch.Tensor | MaskSpec | None],
+    contexts: Sequence[list[int]],
+    continuations: Sequence[Sequence[list[int]]],
+    *,
+    pad_token_id: int,
+    max_length: int | None = None,
+    signal: str | None = None,
+    share_context: bool = True,
+) -> torch.Tensor:
     """Summed log-probabilities ``scores  # [mask, row, choice]``: :func:`fnet.scoring.loglik.score_loglik` of
     the same rows under each mask, in one batched forward pass.
 
@@ -56,6 +63,12 @@ def score_loglik_masks(model: nn.Module, masks: Sequence[torch.Tensor | MaskSpec
     """
     n = len(masks)
     with apply_masks(model, masks, signal=signal):
-        scores = score_loglik(model, list(contexts) * n, [list(c) for c in continuations] * n,
-                              pad_token_id=pad_token_id, max_length=max_length, share_context=share_context)
+        scores = score_loglik(
+            model,
+            list(contexts) * n,
+            [list(c) for c in continuations] * n,
+            pad_token_id=pad_token_id,
+            max_length=max_length,
+            share_context=share_context,
+        )
     return scores.view(n, len(contexts), -1)

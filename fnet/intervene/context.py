@@ -48,8 +48,15 @@ def _model_and_check(model: Any, networks: Any, spec: MaskSpec, allow_foreign: b
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(model, "fingerprint"):
         return model, None  # a bare nn.Module: apply_mask still checks the mask's shape against it
-    foreign = check_compatible(networks, model=model.name, fingerprint=model.fingerprint, n_layers=model.n_layers,
-                               width=model.width(spec.signal), signal=spec.signal, allow_foreign=allow_foreign)
+    foreign = check_compatible(
+        networks,
+        model=model.name,
+        fingerprint=model.fingerprint,
+        n_layers=model.n_layers,
+        width=model.width(spec.signal),
+        signal=spec.signal,
+        allow_foreign=allow_foreign,
+    )
     return inner, foreign
 
 
@@ -111,8 +118,16 @@ def preserve(model: Any, networks: Any, which: Any = "all", *, allow_foreign: bo
         yield spec
 
 
-def random_control(networks: Any, which: Any = 0, *, seed: int = 0, match: str = "count",
-                   scale: Any = None, n_bins: int = 10, preserve: bool = False) -> MaskSpec:
+def random_control(
+    networks: Any,
+    which: Any = 0,
+    *,
+    seed: int = 0,
+    match: str = "count",
+    scale: Any = None,
+    n_bins: int = 10,
+    preserve: bool = False,
+) -> MaskSpec:
     """The matched random control of ``lesion(..., which)`` (or of ``preserve(...)`` with ``preserve=True``).
 
     Parameters
@@ -147,13 +162,25 @@ def random_control(networks: Any, which: Any = 0, *, seed: int = 0, match: str =
         fallbacks = 0
     else:
         if scale is None:
-            raise ValueError("random_control: match='magnitude' needs scale, the neurons' activation scale "
-                             "[n_layers, width] (fnet.intervene.controls.neuron_scale of the recorded store)")
+            raise ValueError(
+                "random_control: match='magnitude' needs scale, the neurons' activation scale "
+                "[n_layers, width] (fnet.intervene.controls.neuron_scale of the recorded store)"
+            )
         draw, fallbacks = magnitude_matched_draw(reference.mask.numpy(), np.asarray(scale), n_bins=n_bins, seed=seed)
         drawn = torch.from_numpy(np.asarray(draw, dtype=bool))
     mask = ~drawn if preserve else drawn
     kind = f"random_{match}" + ("_preserve" if preserve else "")
-    return MaskSpec(mask, signal=reference.signal, mode="zero", kind=kind,
-                    description=f"{kind} control of networks {reference.meta.get('networks')} (seed {seed})",
-                    meta={"seed": int(seed), "match": match, "networks": reference.meta.get("networks"),
-                          "reference_per_layer": reference.stats.get("per_layer"), "bin_fallbacks": int(fallbacks)})
+    return MaskSpec(
+        mask,
+        signal=reference.signal,
+        mode="zero",
+        kind=kind,
+        description=f"{kind} control of networks {reference.meta.get('networks')} (seed {seed})",
+        meta={
+            "seed": int(seed),
+            "match": match,
+            "networks": reference.meta.get("networks"),
+            "reference_per_layer": reference.stats.get("per_layer"),
+            "bin_fallbacks": int(fallbacks),
+        },
+    )

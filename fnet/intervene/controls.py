@@ -31,8 +31,20 @@ from safetensors.torch import save_file
 
 from fnet.cache import atomic_path
 
-__all__ = ["neuron_moments", "neuron_scale", "save_scale", "load_scale", "magnitude_bins", "magnitude_matched_draw",
-           "magnitude_matched_mask", "top_units", "recurring_units", "massive_units", "spare", "unit_masks"]
+__all__ = [
+    "neuron_moments",
+    "neuron_scale",
+    "save_scale",
+    "load_scale",
+    "magnitude_bins",
+    "magnitude_matched_draw",
+    "magnitude_matched_mask",
+    "top_units",
+    "recurring_units",
+    "massive_units",
+    "spare",
+    "unit_masks",
+]
 
 #: the ``format`` metadata of a saved neuron scale
 SCALE_FORMAT = "fnet.NeuronScale"
@@ -92,7 +104,7 @@ def neuron_moments(arrays: Sequence[Any], n_layers: int, *, chunk_rows: int = 40
         if acts.ndim != 2 or acts.shape[1] != n_neurons:
             raise ValueError(f"array {i} has shape {tuple(acts.shape)}; expected [tokens, {n_neurons}]")
         for start in range(0, acts.shape[0], chunk_rows):
-            block = np.asarray(acts[start:start + chunk_rows], dtype=np.float64)  # [chunk, layers*width]
+            block = np.asarray(acts[start : start + chunk_rows], dtype=np.float64)  # [chunk, layers*width]
             total += block.sum(axis=0)
             sum_sq += np.einsum("tn,tn->n", block, block)
         n_tokens += int(acts.shape[0])
@@ -127,8 +139,11 @@ def save_scale(path: str | Path, scale: Any, provenance: dict, mean: Any = None)
             raise ValueError(f"mean {list(tensors['mean'].shape)} and scale {list(tensors['scale'].shape)} differ")
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp),
-                  metadata={"format": SCALE_FORMAT, "provenance": json.dumps(provenance, sort_keys=True, default=str)})
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"format": SCALE_FORMAT, "provenance": json.dumps(provenance, sort_keys=True, default=str)},
+        )
     return path
 
 
@@ -146,8 +161,10 @@ def load_scale(path: str | Path) -> tuple[np.ndarray, dict]:
     except Exception as err:  # safetensors raises its own SafetensorError (not importable stably)
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
     if metadata.get("format") != SCALE_FORMAT or scale is None:
-        raise ValueError(f"{path}: not an fnet neuron scale file (format {metadata.get('format')!r}; "
-                         "write one with fnet.intervene.controls.save_scale)")
+        raise ValueError(
+            f"{path}: not an fnet neuron scale file (format {metadata.get('format')!r}; "
+            "write one with fnet.intervene.controls.save_scale)"
+        )
     provenance = json.loads(metadata.get("provenance") or "{}")
     if mean is not None:
         provenance["mean"] = _as_scale(mean)
@@ -195,8 +212,15 @@ def magnitude_bins(scale: Any, n_bins: int | Sequence[float] = 10) -> np.ndarray
 DISJOINT = ("require", "prefer", "no")
 
 
-def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int | Sequence[float] = 10, seed: int = 0,
-                           exclude: Any = None, disjoint: str = "require") -> tuple[np.ndarray, int]:
+def magnitude_matched_draw(
+    mask: Any,
+    scale: Any,
+    *,
+    n_bins: int | Sequence[float] = 10,
+    seed: int = 0,
+    exclude: Any = None,
+    disjoint: str = "require",
+) -> tuple[np.ndarray, int]:
     """A random mask with ``mask``'s per-layer counts and its per-layer magnitude profile.
 
     For every layer and every masked neuron, one random neuron is drawn (without replacement) from the same
@@ -254,9 +278,11 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int | Sequence[floa
         free = [list(rng.permutation(np.flatnonzero((bins[layer] == b) & ~layer_blocked))) for b in range(count)]
         n_free = sum(len(f) for f in free)
         if len(wanted) > n_free:
-            raise ValueError(f"layer {layer}: {len(wanted)} neurons to match but only {n_free} neurons outside the "
-                             f"reference (and exclude) to draw from (disjoint={disjoint!r}; 'prefer' draws such a "
-                             "layer from all its neurons)")
+            raise ValueError(
+                f"layer {layer}: {len(wanted)} neurons to match but only {n_free} neurons outside the "
+                f"reference (and exclude) to draw from (disjoint={disjoint!r}; 'prefer' draws such a "
+                "layer from all its neurons)"
+            )
         for unit in rng.permutation(wanted):
             home = int(bins[layer, unit])
             for distance in range(count):
@@ -269,8 +295,9 @@ def magnitude_matched_draw(mask: Any, scale: Any, *, n_bins: int | Sequence[floa
     return drawn, fallbacks
 
 
-def magnitude_matched_mask(mask: Any, scale: Any, *, n_bins: int = 10, seed: int = 0,
-                           exclude: Any = None, disjoint: str = "require") -> np.ndarray:
+def magnitude_matched_mask(
+    mask: Any, scale: Any, *, n_bins: int = 10, seed: int = 0, exclude: Any = None, disjoint: str = "require"
+) -> np.ndarray:
     """``drawn  # [layer, unit] bool`` of :func:`magnitude_matched_draw` (without the fallback count)."""
     return magnitude_matched_draw(mask, scale, n_bins=n_bins, seed=seed, exclude=exclude, disjoint=disjoint)[0]
 
@@ -324,9 +351,16 @@ def recurring_units(netset_or_masks: Any, top: int | None = None, *, among: Sequ
     occurrences = masks.sum(axis=(0, 1))  # [unit]
     units = np.flatnonzero(n_networks) if among is None else [int(u) for u in among if n_networks[int(u)]]
     ranked = sorted(units, key=lambda u: (-int(n_networks[u]), -int(occurrences[u]), int(u)))
-    rows = [{"unit": int(u), "networks": int(n_networks[u]), "occurrences": int(occurrences[u]),
-             "network_ids": np.flatnonzero(per_network[:, u]).tolist(),
-             "layers": np.flatnonzero(masks[:, :, u].any(axis=0)).tolist()} for u in ranked]
+    rows = [
+        {
+            "unit": int(u),
+            "networks": int(n_networks[u]),
+            "occurrences": int(occurrences[u]),
+            "network_ids": np.flatnonzero(per_network[:, u]).tolist(),
+            "layers": np.flatnonzero(masks[:, :, u].any(axis=0)).tolist(),
+        }
+        for u in ranked
+    ]
     return rows if top is None else rows[:top]
 
 

@@ -18,8 +18,14 @@ import torch
 from fnet.intervene.apply import MaskSpec, check_bool_mask
 from fnet.models import check_signal
 
-__all__ = ["parse_networks", "lesion_mask", "preserve_mask", "amplify_mask", "random_matched_mask",
-           "random_fraction_mask"]
+__all__ = [
+    "parse_networks",
+    "lesion_mask",
+    "preserve_mask",
+    "amplify_mask",
+    "random_matched_mask",
+    "random_fraction_mask",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------

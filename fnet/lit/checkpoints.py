@@ -93,8 +93,10 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
         with old_module_paths():
             return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises OSError, RuntimeError, pickle/zip errors, EOFError... for bad files
-        raise ValueError(f"checkpoint {path} ({path.stat().st_size} bytes) could not be read: it is truncated, "
-                         f"corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"checkpoint {path} ({path.stat().st_size} bytes) could not be read: it is truncated, "
+            f"corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from err
 
 
 def read_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
@@ -121,7 +123,7 @@ def load_finetuned_lm(ckpt_path: str | os.PathLike) -> LoadedModel:
     if info.get("lora"):  # adapters as trained, then folded into plain weights (the LM's own module names)
         add_lora(lm.model, info["lora"])
     prefix = info.get("backbone_prefix", "model.")
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     missing, unexpected = lm.model.load_state_dict(state, strict=False)
     if info.get("lora"):
         merge_lora(lm.model)
@@ -136,10 +138,19 @@ def load_finetuned_lm(ckpt_path: str | os.PathLike) -> LoadedModel:
     lm.refresh_fingerprint()  # the fine-tuned weights' content, not the base model's (nor the path's)
     step = int(checkpoint.get("global_step", 0))
     lm.name = f"{info['model_name']}+finetuned@{path}#step{step}"
-    lm.source = (f"fine-tuned checkpoint {path} (task {info.get('task_name')}, global step {step}, "
-                 f"trainable_layers={info.get('trainable_layers')}) of {info['model_name']} ({info.get('model_source')})")
-    lm.extra.update(ckpt_path=str(path), base_model=info["model_name"], task=info.get("task_name"), global_step=step,
-                    epoch=checkpoint.get("epoch"), head=info.get("head"), fnet_checkpoint=info)
+    lm.source = (
+        f"fine-tuned checkpoint {path} (task {info.get('task_name')}, global step {step}, "
+        f"trainable_layers={info.get('trainable_layers')}) of {info['model_name']} ({info.get('model_source')})"
+    )
+    lm.extra.update(
+        ckpt_path=str(path),
+        base_model=info["model_name"],
+        task=info.get("task_name"),
+        global_step=step,
+        epoch=checkpoint.get("epoch"),
+        head=info.get("head"),
+        fnet_checkpoint=info,
+    )
     return lm
 
 

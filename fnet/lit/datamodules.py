@@ -41,8 +41,10 @@ SPLIT_NAMES = ("train", "validation", "test")
 def _label_summary(rows: Sequence[dict]) -> dict[str, Any]:
     counts = Counter(int(r["label"]) for r in rows if int(r.get("label", -1)) >= 0)
     n = sum(counts.values())
-    return {"label_counts": {str(k): v for k, v in sorted(counts.items())},
-            "majority_rate": (max(counts.values()) / n) if n else None}
+    return {
+        "label_counts": {str(k): v for k, v in sorted(counts.items())},
+        "majority_rate": (max(counts.values()) / n) if n else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -59,8 +61,9 @@ class PadCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
         token_fields = [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features]
-        batch = dict(self.tokenizer.pad(token_fields, padding=True, return_tensors="pt",
-                                        padding_side=self.padding_side))
+        batch = dict(
+            self.tokenizer.pad(token_fields, padding=True, return_tensors="pt", padding_side=self.padding_side)
+        )
         seq = batch["input_ids"].shape[1]
         for key in features[0]:
             if key in ("input_ids", "attention_mask"):
@@ -70,7 +73,7 @@ class PadCollator:
                 for i, f in enumerate(features):
                     row = torch.as_tensor(f["offsets"], dtype=torch.long).reshape(-1, 2)
                     if self.padding_side == "left":
-                        offsets[i, seq - row.shape[0]:] = row
+                        offsets[i, seq - row.shape[0] :] = row
                     else:
                         offsets[i, : row.shape[0]] = row
                 batch["offsets"] = offsets
@@ -174,8 +177,9 @@ class TaskDataModule(pl.LightningDataModule):
         if self.tokenizer is None:
             raise ValueError("TaskDataModule needs a tokenizer before setup (datamodule.tokenizer = lm.tokenizer)")
         hp = self.hparams
-        parts, info = fine_tuning_splits(self.task, hp.data_dir, hp.source, hp.split, hp.split_seed,
-                                         self.group_key, self.rows)
+        parts, info = fine_tuning_splits(
+            self.task, hp.data_dir, hp.source, hp.split, hp.split_seed, self.group_key, self.rows
+        )
         parts = {name: [r for r in part if self.keep_row(r)] for name, part in parts.items()}
         limits = {"train": hp.max_train_rows, "validation": hp.max_eval_rows, "test": hp.max_eval_rows}
         for name, limit in limits.items():
@@ -193,8 +197,12 @@ class TaskDataModule(pl.LightningDataModule):
         """Rows -> a ``datasets.Dataset`` of ``input_ids``, ``attention_mask``, ``labels``."""
         import datasets
 
-        columns = {"text_a": [r["text_a"] for r in rows], "text_b": [r.get("text_b") for r in rows],
-                   "label": [int(r["label"]) for r in rows], "index": [int(r.get("index", i)) for i, r in enumerate(rows)]}
+        columns = {
+            "text_a": [r["text_a"] for r in rows],
+            "text_b": [r.get("text_b") for r in rows],
+            "label": [int(r["label"]) for r in rows],
+            "index": [int(r.get("index", i)) for i, r in enumerate(rows)],
+        }
         ds = datasets.Dataset.from_dict(columns)
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # in-memory tokenisation of a few hundred rows: no bar per split
@@ -209,17 +217,23 @@ class TaskDataModule(pl.LightningDataModule):
         tok = self.tokenizer
         if hp.input_format == "prompt":
             template = self.task.prompt["template"]
-            texts = [template.format(text_a=a, text_b=b or "", label="", context="", question="", title="", id="")
-                     for a, b in zip(batch["text_a"], batch["text_b"])]
+            texts = [
+                template.format(text_a=a, text_b=b or "", label="", context="", question="", title="", id="")
+                for a, b in zip(batch["text_a"], batch["text_b"])
+            ]
             ids = tok(texts, add_special_tokens=True)["input_ids"]
-            ids = [list(x[-hp.max_length:]) for x in ids]  # keep the end (the question)
+            ids = [list(x[-hp.max_length :]) for x in ids]  # keep the end (the question)
         elif any(b is not None for b in batch["text_b"]):
             seconds = [hp.pair_separator + (b or "") for b in batch["text_b"]]
             ids = tok(list(batch["text_a"]), seconds, truncation="longest_first", max_length=hp.max_length)["input_ids"]
         else:
             ids = tok(list(batch["text_a"]), truncation=True, max_length=hp.max_length)["input_ids"]
-        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": list(batch["label"]),
-                "row_index": list(batch["index"])}
+        return {
+            "input_ids": ids,
+            "attention_mask": [[1] * len(x) for x in ids],
+            "labels": list(batch["label"]),
+            "row_index": list(batch["index"]),
+        }
 
     # ---- loaders ---------------------------------------------------------------------------------------------
     def collator(self, split: str) -> Callable:
@@ -229,9 +243,17 @@ class TaskDataModule(pl.LightningDataModule):
         if not self.datasets:
             self.setup()
         ds = self.datasets[split].with_format(None)
-        size = self.hparams.batch_size if split == "train" else (self.hparams.eval_batch_size or self.hparams.batch_size)
-        return DataLoader(ds, batch_size=size, shuffle=shuffle, collate_fn=self.collator(split),
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+        size = (
+            self.hparams.batch_size if split == "train" else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        )
+        return DataLoader(
+            ds,
+            batch_size=size,
+            shuffle=shuffle,
+            collate_fn=self.collator(split),
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -255,7 +277,11 @@ def answer_char_span(context: str, answers: Sequence[str], answer_start: int | N
     for answer in answers:
         if not answer:
             continue
-        start = answer_start if answer_start is not None and context[answer_start:].startswith(answer) else context.find(answer)
+        start = (
+            answer_start
+            if answer_start is not None and context[answer_start:].startswith(answer)
+            else context.find(answer)
+        )
         if start >= 0:
             return start, start + len(answer)
     return None
@@ -292,10 +318,20 @@ class SquadDataModule(TaskDataModule):
         task = get_task(task).to_dict()  # plain values in the checkpoint (Lightning records this frame's arguments)
         split = [float(f) for f in split]
         super().__init__(
-            task=task, tokenizer=tokenizer, data_dir=data_dir, source=source, split=split, split_seed=split_seed,
-            max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            max_train_rows=max_train_rows, max_eval_rows=max_eval_rows, num_workers=num_workers,
-            padding_side=padding_side, rows=rows,
+            task=task,
+            tokenizer=tokenizer,
+            data_dir=data_dir,
+            source=source,
+            split=split,
+            split_seed=split_seed,
+            max_length=max_length,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            max_train_rows=max_train_rows,
+            max_eval_rows=max_eval_rows,
+            num_workers=num_workers,
+            padding_side=padding_side,
+            rows=rows,
         )
         self.hparams["doc_stride"] = int(doc_stride)
         self.hparams["question_separator"] = question_separator
@@ -320,25 +356,40 @@ class SquadDataModule(TaskDataModule):
         if self.tokenizer is None:
             raise ValueError("SquadDataModule needs a tokenizer before setup")
         hp = self.hparams
-        parts, info = fine_tuning_splits(self.task, hp.data_dir, hp.source, hp.split, hp.split_seed,
-                                         self.group_key, self.rows)
+        parts, info = fine_tuning_splits(
+            self.task, hp.data_dir, hp.source, hp.split, hp.split_seed, self.group_key, self.rows
+        )
         parts = {name: [r for r in part if self.keep_row(r)] for name, part in parts.items()}
         limits = {"train": hp.max_train_rows, "validation": hp.max_eval_rows, "test": hp.max_eval_rows}
         for name, limit in limits.items():
             if limit is not None and len(parts[name]) > limit:
                 parts[name] = parts[name][: int(limit)]
         self.splits = parts
-        self.examples = {name: [{"id": str(r.get("id", i)), "index": int(r.get("index", i)), "context": r["context"],
-                                 "question": r["question"], "answers": list(r.get("answers") or [])}
-                                for i, r in enumerate(rows)]
-                         for name, rows in parts.items()}
+        self.examples = {
+            name: [
+                {
+                    "id": str(r.get("id", i)),
+                    "index": int(r.get("index", i)),
+                    "context": r["context"],
+                    "question": r["question"],
+                    "answers": list(r.get("answers") or []),
+                }
+                for i, r in enumerate(rows)
+            ]
+            for name, rows in parts.items()
+        }
         self.datasets = {name: self.encode_qa(self.examples[name], train=name == "train") for name in parts}
         info["sizes"] = {name: len(rows) for name, rows in parts.items()}
         info["features"] = {name: len(ds) for name, ds in self.datasets.items()}
         info["limits"] = {"max_train_rows": hp.max_train_rows, "max_eval_rows": hp.max_eval_rows}
         self.split_info = info
-        log.warning("fine-tuning data for %s: %s; sizes %s (windows %s)", self.task.name, info["rule"],
-                    info["sizes"], info["features"])
+        log.warning(
+            "fine-tuning data for %s: %s; sizes %s (windows %s)",
+            self.task.name,
+            info["rule"],
+            info["sizes"],
+            info["features"],
+        )
 
     def encode_qa(self, examples: Sequence[dict], train: bool) -> list[dict]:
         """Examples -> features (a list of dicts; windows of one example share its ``example_index``)."""
@@ -352,15 +403,24 @@ class SquadDataModule(TaskDataModule):
         contexts = [e["context"] for e in examples]
         self._check_room(questions, stride)
         enc = self.tokenizer(
-            questions, contexts, truncation="only_second", max_length=hp.max_length, stride=stride,
-            return_overflowing_tokens=True, return_offsets_mapping=True,
+            questions,
+            contexts,
+            truncation="only_second",
+            max_length=hp.max_length,
+            stride=stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
         )
         features = []
         for f, example_index in enumerate(enc["overflow_to_sample_mapping"]):
             sequence_ids = enc.sequence_ids(f)
             offsets = [list(o) if s == 1 else [-1, -1] for o, s in zip(enc["offset_mapping"][f], sequence_ids)]
-            feature = {"input_ids": list(enc["input_ids"][f]), "attention_mask": list(enc["attention_mask"][f]),
-                       "offsets": offsets, "example_index": int(example_index)}
+            feature = {
+                "input_ids": list(enc["input_ids"][f]),
+                "attention_mask": list(enc["attention_mask"][f]),
+                "offsets": offsets,
+                "example_index": int(example_index),
+            }
             span = answer_char_span(contexts[example_index], examples[example_index]["answers"])
             start_tok = end_tok = -1
             if span is not None:
@@ -387,7 +447,8 @@ class SquadDataModule(TaskDataModule):
                 f"question is {longest} tokens, and a window needs the question, "
                 f"{self.tokenizer.num_special_tokens_to_add(pair=True)} special tokens and more than "
                 f"doc_stride={stride} context tokens. Set datamodule.max_length >= {need} "
-                f"(or a smaller datamodule.doc_stride).")
+                f"(or a smaller datamodule.doc_stride)."
+            )
 
     def collator(self, split: str) -> Callable:
         return PadCollator(self.tokenizer, self.hparams.padding_side, examples=self.examples.get(split))
@@ -395,6 +456,14 @@ class SquadDataModule(TaskDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
-        size = self.hparams.batch_size if split == "train" else (self.hparams.eval_batch_size or self.hparams.batch_size)
-        return DataLoader(self.datasets[split], batch_size=size, shuffle=shuffle, collate_fn=self.collator(split),
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+        size = (
+            self.hparams.batch_size if split == "train" else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        )
+        return DataLoader(
+            self.datasets[split],
+            batch_size=size,
+            shuffle=shuffle,
+            collate_fn=self.collator(split),
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )

@@ -49,12 +49,27 @@ from fnet.provenance import provenance
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FEATURE_CODE", "KIND", "FeatureCacheError", "FeatureStore", "feature_key", "lower_features",
-           "FeatureCollator", "WithFeatures", "CachedFeatureData", "cached_feature_data"]
+__all__ = [
+    "FEATURE_CODE",
+    "KIND",
+    "FeatureCacheError",
+    "FeatureStore",
+    "feature_key",
+    "lower_features",
+    "FeatureCollator",
+    "WithFeatures",
+    "CachedFeatureData",
+    "cached_feature_data",
+]
 
 #: the modules whose source determines a stored lower state (its cache key, :func:`fnet.cache.code_version`)
-FEATURE_CODE = ("fnet.lit.features", "fnet.lit.lower_blocks", "fnet.lit.classification", "fnet.models.arch",
-                "fnet.models.discovery")
+FEATURE_CODE = (
+    "fnet.lit.features",
+    "fnet.lit.lower_blocks",
+    "fnet.lit.classification",
+    "fnet.models.arch",
+    "fnet.models.discovery",
+)
 KIND = "features"  # the cache folder (fnet.cache.KINDS)
 #: settings of a data module that decide the token ids (recorded in the key beside the ids themselves)
 TOKEN_SETTINGS = ("max_length", "input_format", "pair_separator", "doc_stride", "question_separator")
@@ -109,10 +124,15 @@ class FeatureStore:
         if digest != manifest.get("digest"):
             raise FeatureCacheError(f"hidden.npy digest {digest} is not the manifest's {manifest.get('digest')}")
         shape = (int(manifest["n_tokens"]), int(manifest["d_model"]))
-        if tuple(hidden.shape) != shape or len(offsets) != int(manifest["n_rows"]) + 1 or \
-                (len(offsets) and int(offsets[-1]) != shape[0]):
-            raise FeatureCacheError(f"shapes {tuple(hidden.shape)} / {len(offsets)} offsets do not match the "
-                                    f"manifest ({shape}, {manifest['n_rows']} rows)")
+        if (
+            tuple(hidden.shape) != shape
+            or len(offsets) != int(manifest["n_rows"]) + 1
+            or (len(offsets) and int(offsets[-1]) != shape[0])
+        ):
+            raise FeatureCacheError(
+                f"shapes {tuple(hidden.shape)} / {len(offsets)} offsets do not match the "
+                f"manifest ({shape}, {manifest['n_rows']} rows)"
+            )
         return cls(path, hidden, offsets, getattr(torch, manifest["dtype"]), manifest)
 
 
@@ -124,18 +144,33 @@ def _digest(items: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
-def feature_key(*, fingerprint: str, dtype: str, lower: LowerBlocks, tokens: Sequence[Sequence[int]],
-                rows: Sequence[Mapping], tokenizer: Any, settings: Mapping[str, Any],
-                padding_side: str) -> tuple[str, dict]:
+def feature_key(
+    *,
+    fingerprint: str,
+    dtype: str,
+    lower: LowerBlocks,
+    tokens: Sequence[Sequence[int]],
+    rows: Sequence[Mapping],
+    tokenizer: Any,
+    settings: Mapping[str, Any],
+    padding_side: str,
+) -> tuple[str, dict]:
     """(key, key parts) of one split's stored lower states; see the module docstring for what is in it."""
     parts = {
-        "model_fingerprint": fingerprint, "dtype": dtype,
-        "split_block": lower.split, "n_blocks": lower.n_blocks, "trained_blocks": lower.n_blocks - lower.split,
-        "n_rows": len(tokens), "rows": _digest([{k: v for k, v in r.items() if k != "index"} for r in rows]),
+        "model_fingerprint": fingerprint,
+        "dtype": dtype,
+        "split_block": lower.split,
+        "n_blocks": lower.n_blocks,
+        "trained_blocks": lower.n_blocks - lower.split,
+        "n_rows": len(tokens),
+        "rows": _digest([{k: v for k, v in r.items() if k != "index"} for r in rows]),
         "token_ids": _digest(tokens),
-        "tokenizer": {"class": type(tokenizer).__name__, "name_or_path": getattr(tokenizer, "name_or_path", None),
-                      "vocab": len(tokenizer) if tokenizer is not None else None,
-                      "pad_token_id": getattr(tokenizer, "pad_token_id", None)},
+        "tokenizer": {
+            "class": type(tokenizer).__name__,
+            "name_or_path": getattr(tokenizer, "name_or_path", None),
+            "vocab": len(tokenizer) if tokenizer is not None else None,
+            "pad_token_id": getattr(tokenizer, "pad_token_id", None),
+        },
         "settings": {k: settings.get(k) for k in TOKEN_SETTINGS if k in settings},
         "padding_side": padding_side,
         "code": code_version(*FEATURE_CODE),
@@ -152,8 +187,8 @@ def _pad(batch_tokens: list[Sequence[int]], pad_id: int, side: str) -> tuple[tor
     mask = torch.zeros((len(batch_tokens), seq), dtype=torch.long)
     for j, t in enumerate(batch_tokens):
         lo = seq - len(t) if side == "left" else 0
-        ids[j, lo:lo + len(t)] = torch.as_tensor(list(t), dtype=torch.long)
-        mask[j, lo:lo + len(t)] = 1
+        ids[j, lo : lo + len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+        mask[j, lo : lo + len(t)] = 1
     return ids, mask
 
 
@@ -164,13 +199,23 @@ def _check_padding(model, lower, forward, row_tokens, batched_state, pad_toleran
     diff = (alone - batched_state.float()).abs().max().item()
     scale = alone.abs().max().item() + 1e-6
     if diff > pad_tolerance * scale:
-        raise LowerBlocksError(f"a padded row's lower states differ from the row alone (max |diff| {diff:.3g} of "
-                               f"scale {scale:.3g}): this model's real-token states depend on padding, so they "
-                               f"cannot be stored per row; do not cache features")
+        raise LowerBlocksError(
+            f"a padded row's lower states differ from the row alone (max |diff| {diff:.3g} of "
+            f"scale {scale:.3g}): this model's real-token states depend on padding, so they "
+            f"cannot be stored per row; do not cache features"
+        )
 
 
-def _build(path: Path, model, lower: LowerBlocks, forward, tokens: Sequence[Sequence[int]], pad_id: int, side: str,
-           batch_size: int) -> dict:
+def _build(
+    path: Path,
+    model,
+    lower: LowerBlocks,
+    forward,
+    tokens: Sequence[Sequence[int]],
+    pad_id: int,
+    side: str,
+    batch_size: int,
+) -> dict:
     """Compute and write the arrays of an entry into the folder ``path``; returns shape facts."""
     from numpy.lib.format import open_memmap  # numpy's .npy writer for a file larger than memory
 
@@ -190,13 +235,14 @@ def _build(path: Path, model, lower: LowerBlocks, forward, tokens: Sequence[Sequ
         checked = False
         with torch.random.fork_rng(devices=[]):  # eval mode draws nothing; the run's random stream stays put
             for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
+                chunk = order[start : start + batch_size]
                 ids, mask = _pad([tokens[i] for i in chunk], pad_id, side)
                 state = lower_output(model, lower, forward, ids.to(device), mask.to(device)).cpu()  # [b, seq, d]
                 for j, i in enumerate(chunk):
                     real = state[j][mask[j].bool()]  # [tokens_i, d]
-                    hidden[offsets[i]:offsets[i + 1]] = (real.view(torch.int16) if dtype == torch.bfloat16
-                                                         else real).numpy()
+                    hidden[offsets[i] : offsets[i + 1]] = (
+                        real.view(torch.int16) if dtype == torch.bfloat16 else real
+                    ).numpy()
                 if not checked and (mask == 0).any():
                     j = int(mask.sum(1).argmin())
                     _check_padding(model, lower, forward, tokens[chunk[j]], state[j][mask[j].bool()], pad_tolerance)
@@ -204,13 +250,28 @@ def _build(path: Path, model, lower: LowerBlocks, forward, tokens: Sequence[Sequ
         hidden.flush()
         del hidden
     np.save(path / "offsets.npy", offsets)
-    return {"n_rows": len(tokens), "n_tokens": shape[0], "d_model": dims,
-            "dtype": str(dtype).removeprefix("torch."), "digest": file_digest(path / "hidden.npy", memo=False)}
+    return {
+        "n_rows": len(tokens),
+        "n_tokens": shape[0],
+        "d_model": dims,
+        "dtype": str(dtype).removeprefix("torch."),
+        "digest": file_digest(path / "hidden.npy", memo=False),
+    }
 
 
-def lower_features(model, lower: LowerBlocks, tokens: Sequence[Sequence[int]], key: str, parts: Mapping[str, Any], *,
-                   forward: Callable = final_hidden_states, pad_id: int = 0, padding_side: str = "right",
-                   batch_size: int = 32, describe: Mapping[str, Any] | None = None) -> tuple[FeatureStore, dict]:
+def lower_features(
+    model,
+    lower: LowerBlocks,
+    tokens: Sequence[Sequence[int]],
+    key: str,
+    parts: Mapping[str, Any],
+    *,
+    forward: Callable = final_hidden_states,
+    pad_id: int = 0,
+    padding_side: str = "right",
+    batch_size: int = 32,
+    describe: Mapping[str, Any] | None = None,
+) -> tuple[FeatureStore, dict]:
     """The stored lower states of ``tokens`` under ``key`` (:func:`feature_key`): read when the entry exists and
     verifies, else computed (a corrupt entry is quarantined first) and written atomically under a lock.
     Returns the store and ``{key, path, hit, seconds, ...}``."""
@@ -222,24 +283,55 @@ def lower_features(model, lower: LowerBlocks, tokens: Sequence[Sequence[int]], k
                 store = FeatureStore.open(entry, key)
                 if len(store) != len(tokens):
                     raise FeatureCacheError(f"{len(store)} rows stored, {len(tokens)} asked for")
-                return store, {"key": key, "path": str(entry), "hit": True, "seconds": round(time.time() - started, 2),
-                               "n_rows": len(store), "n_tokens": int(store.offsets[-1])}
+                return store, {
+                    "key": key,
+                    "path": str(entry),
+                    "hit": True,
+                    "seconds": round(time.time() - started, 2),
+                    "n_rows": len(store),
+                    "n_tokens": int(store.offsets[-1]),
+                }
             except FeatureCacheError as err:
                 quarantine(entry, err)
         with atomic_path(entry) as tmp:
             facts = _build(tmp, model, lower, forward, tokens, pad_id, padding_side, batch_size)
             seconds = round(time.time() - started, 2)
-            manifest = dict(facts, key=key, parts=dict(parts), lower_blocks=lower.describe(), seconds=seconds,
-                            padding_side=padding_side, **dict(describe or {}),
-                            provenance=provenance(kind=KIND, key=key))
+            manifest = dict(
+                facts,
+                key=key,
+                parts=dict(parts),
+                lower_blocks=lower.describe(),
+                seconds=seconds,
+                padding_side=padding_side,
+                **dict(describe or {}),
+                provenance=provenance(kind=KIND, key=key),
+            )
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-        register(entry, KIND, model=(describe or {}).get("model", "?"), fingerprint=parts.get("model_fingerprint"),
-                 signal=f"block {lower.split} input", rows=len(tokens))
-        log.warning("stored the lower-block states (blocks 0-%d of %d) of %d rows in %s (%.0f s)", lower.split - 1,
-                    lower.n_blocks, len(tokens), entry, seconds)
+        register(
+            entry,
+            KIND,
+            model=(describe or {}).get("model", "?"),
+            fingerprint=parts.get("model_fingerprint"),
+            signal=f"block {lower.split} input",
+            rows=len(tokens),
+        )
+        log.warning(
+            "stored the lower-block states (blocks 0-%d of %d) of %d rows in %s (%.0f s)",
+            lower.split - 1,
+            lower.n_blocks,
+            len(tokens),
+            entry,
+            seconds,
+        )
         store = FeatureStore.open(entry, key)
-    return store, {"key": key, "path": str(entry), "hit": False, "seconds": seconds, "n_rows": len(store),
-                   "n_tokens": int(store.offsets[-1])}
+    return store, {
+        "key": key,
+        "path": str(entry),
+        "hit": False,
+        "seconds": seconds,
+        "n_rows": len(store),
+        "n_tokens": int(store.offsets[-1]),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -279,7 +371,7 @@ class FeatureCollator:
             if n != int(mask[j].sum()):
                 raise FeatureCacheError(f"row {rows[j]}: {n} stored states for {int(mask[j].sum())} tokens")
             if self.padding_side == "left":
-                lower[j, seq - n:] = state
+                lower[j, seq - n :] = state
             else:
                 lower[j, :n] = state
         batch["lower_hidden"] = lower
@@ -304,12 +396,17 @@ class CachedFeatureData(pl.LightningDataModule):
         store = self.stores.get(split)
         if store is None:
             return loader
-        side = getattr(loader.collate_fn, "padding_side", None) or \
-            getattr(getattr(self.inner, "tokenizer", None), "padding_side", "right")
-        return DataLoader(WithFeatures(loader.dataset, store), batch_size=loader.batch_size,
-                          shuffle=isinstance(loader.sampler, RandomSampler),
-                          collate_fn=FeatureCollator(loader.collate_fn, store, side), num_workers=loader.num_workers,
-                          persistent_workers=loader.persistent_workers)
+        side = getattr(loader.collate_fn, "padding_side", None) or getattr(
+            getattr(self.inner, "tokenizer", None), "padding_side", "right"
+        )
+        return DataLoader(
+            WithFeatures(loader.dataset, store),
+            batch_size=loader.batch_size,
+            shuffle=isinstance(loader.sampler, RandomSampler),
+            collate_fn=FeatureCollator(loader.collate_fn, store, side),
+            num_workers=loader.num_workers,
+            persistent_workers=loader.persistent_workers,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._wrap(self.inner.train_dataloader(), "train")
@@ -330,9 +427,16 @@ def _tokens(dataset) -> list[list[int]]:
     return [list(item["input_ids"]) for item in dataset]
 
 
-def cached_feature_data(module, datamodule, *, fingerprint: str, dtype: str, model_name: str = "?",
-                        splits: Sequence[str] = ("train", "validation", "test"),
-                        batch_size: int = 32) -> tuple[CachedFeatureData, dict]:
+def cached_feature_data(
+    module,
+    datamodule,
+    *,
+    fingerprint: str,
+    dtype: str,
+    model_name: str = "?",
+    splits: Sequence[str] = ("train", "validation", "test"),
+    batch_size: int = 32,
+) -> tuple[CachedFeatureData, dict]:
     """Store (or read) the lower-block states of ``datamodule``'s splits for ``module`` (a
     :class:`~fnet.lit.classification.CausalLMTaskModule` whose bottom blocks are frozen) and return the wrapped
     data module plus what ``result.json`` records (``used``, split block, per split key / hit / seconds).
@@ -351,15 +455,42 @@ def cached_feature_data(module, datamodule, *, fingerprint: str, dtype: str, mod
         if dataset is None:
             continue
         tokens = _tokens(dataset)
-        key, parts = feature_key(fingerprint=fingerprint, dtype=dtype, lower=lower, tokens=tokens,
-                                 rows=datamodule.splits.get(split, []), tokenizer=tokenizer,
-                                 settings=dict(datamodule.hparams), padding_side=side)
+        key, parts = feature_key(
+            fingerprint=fingerprint,
+            dtype=dtype,
+            lower=lower,
+            tokens=tokens,
+            rows=datamodule.splits.get(split, []),
+            tokenizer=tokenizer,
+            settings=dict(datamodule.hparams),
+            padding_side=side,
+        )
         stores[split], entries[split] = lower_features(
-            module.model, lower, tokens, key, parts, pad_id=pad_id, padding_side=side, batch_size=batch_size,
-            describe={"model": model_name, "split": split})
-    info = {"used": True, "lower_blocks": lower.describe(), "entries": entries,
-            "seconds": round(time.time() - started, 1),
-            "built": sum(1 for e in entries.values() if not e["hit"]), "reused": sum(1 for e in entries.values() if e["hit"])}
-    log.warning("cached features: blocks 0-%d of %d replayed from %s (%d built, %d reused, %.0f s)", lower.split - 1,
-                lower.n_blocks, cache_root() / KIND, info["built"], info["reused"], info["seconds"])
+            module.model,
+            lower,
+            tokens,
+            key,
+            parts,
+            pad_id=pad_id,
+            padding_side=side,
+            batch_size=batch_size,
+            describe={"model": model_name, "split": split},
+        )
+    info = {
+        "used": True,
+        "lower_blocks": lower.describe(),
+        "entries": entries,
+        "seconds": round(time.time() - started, 1),
+        "built": sum(1 for e in entries.values() if not e["hit"]),
+        "reused": sum(1 for e in entries.values() if e["hit"]),
+    }
+    log.warning(
+        "cached features: blocks 0-%d of %d replayed from %s (%d built, %d reused, %.0f s)",
+        lower.split - 1,
+        lower.n_blocks,
+        cache_root() / KIND,
+        info["built"],
+        info["reused"],
+        info["seconds"],
+    )
     return CachedFeatureData(datamodule, stores), info

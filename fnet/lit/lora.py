@@ -76,17 +76,27 @@ def add_lora(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     settings = lora_settings(spec)
     names = lora_targets(model, settings["layers"], settings["targets"])
     conv1d = any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n in set(names))
-    config = LoraConfig(r=int(settings["r"]), lora_alpha=float(settings["alpha"]),
-                        lora_dropout=float(settings["dropout"]), target_modules=names, bias="none",
-                        fan_in_fan_out=conv1d)
+    config = LoraConfig(
+        r=int(settings["r"]),
+        lora_alpha=float(settings["alpha"]),
+        lora_dropout=float(settings["dropout"]),
+        target_modules=names,
+        bias="none",
+        fan_in_fan_out=conv1d,
+    )
     for param in model.parameters():
         param.requires_grad_(False)
     inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():
         param.requires_grad_(".lora_" in name)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("LoRA r=%s alpha=%s on %d layers: %d adapter parameters", settings["r"], settings["alpha"], len(names),
-             trainable)
+    log.info(
+        "LoRA r=%s alpha=%s on %d layers: %d adapter parameters",
+        settings["r"],
+        settings["alpha"],
+        len(names),
+        trainable,
+    )
     return {"settings": settings, "n_adapted": len(names), "adapter_params": trainable}
 
 

@@ -151,19 +151,24 @@ def find_lower_blocks(model: nn.Module, forward: Forward) -> LowerBlocks:
     trains = [any(p.requires_grad for p in block.parameters()) for block in blocks]
     split = trains.index(True) if any(trains) else len(blocks)
     if split == 0:
-        raise LowerBlocksError("block 0 trains, so no frozen lower block's output can be stored; cache features "
-                               "only when the bottom blocks are frozen (module.trainable_layers=N < n_blocks)")
+        raise LowerBlocksError(
+            "block 0 trains, so no frozen lower block's output can be stored; cache features "
+            "only when the bottom blocks are frozen (module.trainable_layers=N < n_blocks)"
+        )
     output, before = _dry_run(model, forward)
     modules = dict(model.named_modules())
     trained_before = [name for name in before if any(p.requires_grad for p in modules[name].parameters())]
     if trained_before:
-        raise LowerBlocksError(f"{trained_before} run before the blocks and train; a stored lower state would "
-                               "freeze them. Freeze them or do not cache features")
+        raise LowerBlocksError(
+            f"{trained_before} run before the blocks and train; a stored lower state would "
+            "freeze them. Freeze them or do not cache features"
+        )
     return LowerBlocks(split=split, n_blocks=len(blocks), output=output)
 
 
-def lower_output(model: nn.Module, lower: LowerBlocks, forward: Forward, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor) -> torch.Tensor:
+def lower_output(
+    model: nn.Module, lower: LowerBlocks, forward: Forward, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """``[batch, seq, d_model]``: the hidden state entering block ``lower.split`` (the output of block
     ``split - 1``), computed in eval mode without gradients; the forward stops there."""
     block = find_blocks(model)[lower.split - 1]

@@ -62,8 +62,17 @@ def load_task(name: str, **overrides: Any):
     return get_task(config)
 
 
-def evaluate(model: Any, task: Any, mask: MaskSpec | Any = None, limit: int | None = None, *,
-             batch_size: int = 8, data_dir: str | None = None, bootstrap: int = 1000, tokenizer: Any = None) -> dict:
+def evaluate(
+    model: Any,
+    task: Any,
+    mask: MaskSpec | Any = None,
+    limit: int | None = None,
+    *,
+    batch_size: int = 8,
+    data_dir: str | None = None,
+    bootstrap: int = 1000,
+    tokenizer: Any = None,
+) -> dict:
     """Score a model on a task, optionally under a mask.
 
     Parameters
@@ -114,8 +123,14 @@ def evaluate(model: Any, task: Any, mask: MaskSpec | Any = None, limit: int | No
     datamodule = ZeroShotDataModule(spec, tokenizer, data_dir=data_dir, batch_size=batch_size, limit=limit)
     module = ZeroShotModule(module_model, tokenizer, spec, bootstrap=bootstrap)
     device = next(module_model.parameters()).device
-    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     context = apply_mask(module_model, mask) if mask is not None else contextlib.nullcontext()
     with context, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers).*")
@@ -124,6 +139,8 @@ def evaluate(model: Any, task: Any, mask: MaskSpec | Any = None, limit: int | No
     primary = results["metrics"][results["metric"]]
     results["chance"] = primary.get("chance")
     if mask is not None:
-        results["mask"] = {"n_masked": int(getattr(mask, "n_masked", int(getattr(mask, "sum", lambda: 0)()))),
-                           "description": getattr(mask, "description", "")}
+        results["mask"] = {
+            "n_masked": int(getattr(mask, "n_masked", int(getattr(mask, "sum", lambda: 0)()))),
+            "description": getattr(mask, "description", ""),
+        }
     return results

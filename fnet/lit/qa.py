@@ -75,11 +75,16 @@ def squad_metrics(predictions: Mapping[str, str], examples: Sequence[Mapping[str
     with ``id`` and ``answers``: the gold texts): per question the max over its gold answers, with the official
     normalisation (:func:`fnet.scoring.squad_scores`, the evaluation's metric), then the mean. ``per_example``
     lists ``(em, f1)`` in the order of ``examples``."""
-    per_example = [scoring.squad_scores(predictions.get(e["id"], ""), e["answers"]) if e["answers"] else (0.0, 0.0)
-                   for e in examples]
+    per_example = [
+        scoring.squad_scores(predictions.get(e["id"], ""), e["answers"]) if e["answers"] else (0.0, 0.0)
+        for e in examples
+    ]
     n = len(per_example)
-    return {"exact_match": sum(p[0] for p in per_example) / n if n else float("nan"),
-            "f1": sum(p[1] for p in per_example) / n if n else float("nan"), "per_example": per_example}
+    return {
+        "exact_match": sum(p[0] for p in per_example) / n if n else float("nan"),
+        "f1": sum(p[1] for p in per_example) / n if n else float("nan"),
+        "per_example": per_example,
+    }
 
 
 def qa_result(task_name: str | None, scores: Mapping[str, Any], bootstrap: int = 1000, seed: int = 0) -> dict:
@@ -88,12 +93,25 @@ def qa_result(task_name: str | None, scores: Mapping[str, Any], bootstrap: int =
     metrics = {}
     for column, name in enumerate(("exact_match", "f1")):
         lo, hi = scoring.bootstrap_interval(np.mean, [per_example[:, column]], n_boot=bootstrap, seed=seed)
-        metrics[name] = {"value": float(scores[name]), "ci_low": lo, "ci_high": hi, "ci_method": "bootstrap",
-                         "chance": 0.0}
+        metrics[name] = {
+            "value": float(scores[name]),
+            "ci_low": lo,
+            "ci_high": hi,
+            "ci_method": "bootstrap",
+            "chance": 0.0,
+        }
     primary = metrics["f1"]  # SQuAD's primary metric here, as in conf/task/squad.yaml (the paper reports F1)
-    return {"task": task_name, "n": int(per_example.shape[0]), "metric": "f1", "scoring": "finetuned_span_head",
-            "metrics": metrics, "chance": {"majority": 0.0, "uniform": 0.0}, "score": primary["value"],
-            "ci": [primary["ci_low"], primary["ci_high"]], "above_chance": bool(primary["ci_low"] > 0.0)}
+    return {
+        "task": task_name,
+        "n": int(per_example.shape[0]),
+        "metric": "f1",
+        "scoring": "finetuned_span_head",
+        "metrics": metrics,
+        "chance": {"majority": 0.0, "uniform": 0.0},
+        "score": primary["value"],
+        "ci": [primary["ci_low"], primary["ci_high"]],
+        "above_chance": bool(primary["ci_low"] > 0.0),
+    }
 
 
 class ExtractiveQAModule(CausalLMTaskModule):
@@ -121,8 +139,13 @@ class ExtractiveQAModule(CausalLMTaskModule):
         lora: Mapping[str, Any] | None = None,
     ):
         super().__init__(
-            model=model, model_kwargs=model_kwargs, optimizer=optimizer, scheduler=scheduler,
-            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen, lora=lora,
+            model=model,
+            model_kwargs=model_kwargs,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainable_layers=trainable_layers,
+            checkpoint_frozen=checkpoint_frozen,
+            lora=lora,
         )
         self.max_answer_length = int(max_answer_length)
         self.task_name = task_name
@@ -138,7 +161,9 @@ class ExtractiveQAModule(CausalLMTaskModule):
         self.results: dict[str, Any] | None = None
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         lower_hidden: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ``start_logits``, ``end_logits`` ``[batch, seq]`` (float32)."""
@@ -173,14 +198,22 @@ class ExtractiveQAModule(CausalLMTaskModule):
         start_logits, end_logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden"))
         loss = self._loss(start_logits, end_logits, batch)
         if loss is not None:
-            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=int((batch["start_positions"] >= 0).sum()),
-                     sync_dist=True)
+            self.log(
+                f"{stage}/loss",
+                loss,
+                on_step=False,
+                on_epoch=True,
+                batch_size=int((batch["start_positions"] >= 0).sum()),
+                sync_dist=True,
+            )
         starts, ends, scores = best_spans(start_logits, end_logits, self.context_mask(batch), self.max_answer_length)
         offsets = batch["offsets"].cpu()
         for i, example in enumerate(batch["examples"]):
             self._examples[example["id"]] = example
             score = float(scores[i])
-            text = span_text(example["context"], offsets[i], int(starts[i]), int(ends[i])) if score > float("-inf") else ""
+            text = (
+                span_text(example["context"], offsets[i], int(starts[i]), int(ends[i])) if score > float("-inf") else ""
+            )
             best = self._candidates.get(example["id"])
             if best is None or score > best[0]:
                 self._candidates[example["id"]] = (score, text)
@@ -203,9 +236,17 @@ class ExtractiveQAModule(CausalLMTaskModule):
         self.predictions[stage] = predictions
         if stage == "test" and ordered:
             self.results = qa_result(self.task_name, scores, bootstrap=self.bootstrap)
-            self.outputs = [{"index": e.get("index", i), "id": e["id"], "prediction": predictions.get(e["id"], ""),
-                             "answers": e["answers"], "em": em, "f1": f1}
-                            for i, (e, (em, f1)) in enumerate(zip(ordered, scores["per_example"]))]
+            self.outputs = [
+                {
+                    "index": e.get("index", i),
+                    "id": e["id"],
+                    "prediction": predictions.get(e["id"], ""),
+                    "answers": e["answers"],
+                    "em": em,
+                    "f1": f1,
+                }
+                for i, (e, (em, f1)) in enumerate(zip(ordered, scores["per_example"]))
+            ]
         for name in ("exact_match", "f1"):
             self.log(f"{stage}/{name}", scores[name], on_step=False, on_epoch=True, prog_bar=True, sync_dist=False)
 
@@ -233,11 +274,19 @@ class ExtractiveQAModule(CausalLMTaskModule):
         starts, ends, scores = best_spans(start_logits, end_logits, self.context_mask(batch), self.max_answer_length)
         offsets = batch["offsets"].cpu()
         return [
-            {"id": ex["id"], "score": float(scores[i]),
-             "text": span_text(ex["context"], offsets[i], int(starts[i]), int(ends[i]))}
+            {
+                "id": ex["id"],
+                "score": float(scores[i]),
+                "text": span_text(ex["context"], offsets[i], int(starts[i]), int(ends[i])),
+            }
             for i, ex in enumerate(batch["examples"])
         ]
 
     def fnet_checkpoint_info(self) -> dict[str, Any]:
-        return dict(super().fnet_checkpoint_info(), task_name=self.task_name, metrics=self.metric_names,
-                    head="qa_outputs", max_answer_length=self.max_answer_length)
+        return dict(
+            super().fnet_checkpoint_info(),
+            task_name=self.task_name,
+            metrics=self.metric_names,
+            head="qa_outputs",
+            max_answer_length=self.max_answer_length,
+        )

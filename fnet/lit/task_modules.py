@@ -15,8 +15,15 @@ from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLASSIFICATION_MODULE", "QA_MODULE", "CLASSIFICATION_DATA", "QA_DATA", "task_kind", "import_class",
-           "accepted_kwargs"]
+__all__ = [
+    "CLASSIFICATION_MODULE",
+    "QA_MODULE",
+    "CLASSIFICATION_DATA",
+    "QA_DATA",
+    "task_kind",
+    "import_class",
+    "accepted_kwargs",
+]
 
 
 CLASSIFICATION_MODULE = "fnet.lit.classification.SequenceClassificationModule"

@@ -23,8 +23,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torchmetrics import CatMetric, Metric
-from torchmetrics.classification import (BinaryF1Score, MulticlassAccuracy, MulticlassConfusionMatrix,
-                                         MulticlassF1Score)
+from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from fnet import scoring
 from fnet.scoring import Request
@@ -57,12 +56,17 @@ class ExampleStore(Metric):
         self.index.append(index)
         self.pred.append(torch.as_tensor(pred, dtype=torch.long, device=self.device))
         self.target.append(torch.as_tensor(target, dtype=torch.long, device=self.device))
-        self.value_a.append(zeros if value_a is None else torch.as_tensor(value_a, dtype=torch.float64,
-                                                                          device=self.device))
-        self.value_b.append(zeros if value_b is None else torch.as_tensor(value_b, dtype=torch.float64,
-                                                                          device=self.device))
-        self.failed.append(torch.zeros(n, dtype=torch.long, device=self.device) if failed is None
-                           else torch.as_tensor(failed, dtype=torch.long, device=self.device))
+        self.value_a.append(
+            zeros if value_a is None else torch.as_tensor(value_a, dtype=torch.float64, device=self.device)
+        )
+        self.value_b.append(
+            zeros if value_b is None else torch.as_tensor(value_b, dtype=torch.float64, device=self.device)
+        )
+        self.failed.append(
+            torch.zeros(n, dtype=torch.long, device=self.device)
+            if failed is None
+            else torch.as_tensor(failed, dtype=torch.long, device=self.device)
+        )
 
     def compute(self) -> dict[str, np.ndarray]:
         def cat(state):
@@ -97,8 +101,16 @@ class ZeroShotModule(pl.LightningModule):
         Seed of the bootstrap.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Any, *, max_length: int | None = None,
-                 bootstrap: int = 1000, ci_seed: int = 0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        task: Any,
+        *,
+        max_length: int | None = None,
+        bootstrap: int = 1000,
+        ci_seed: int = 0,
+    ):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -163,10 +175,15 @@ class ZeroShotModule(pl.LightningModule):
 
     def _score_loglik(self, batch: list[Request]) -> list[dict]:
         prefix_len = batch[0].prefix_len if all(r.prefix_len == batch[0].prefix_len for r in batch) else 0
-        scores = scoring.score_loglik(self.model, [r.context_tokens for r in batch],
-                                      [r.continuation_tokens for r in batch], pad_token_id=self.pad_token_id,
-                                      max_length=self.max_length, prefix_len=prefix_len,
-                                      kv_memo=self._kv_memo)  # [row, choice]
+        scores = scoring.score_loglik(
+            self.model,
+            [r.context_tokens for r in batch],
+            [r.continuation_tokens for r in batch],
+            pad_token_id=self.pad_token_id,
+            max_length=self.max_length,
+            prefix_len=prefix_len,
+            kv_memo=self._kv_memo,
+        )  # [row, choice]
         if self.task.calibrate:
             scores = scores - self._content_free_scores(batch, prefix_len)
         preds = scores.argmax(dim=1)
@@ -181,9 +198,15 @@ class ZeroShotModule(pl.LightningModule):
         todo = [r for r in batch if key(r) not in self._cf_memo]
         unique = list({key(r): r for r in todo}.values())
         if unique:
-            cf = scoring.score_loglik(self.model, [r.content_free_tokens for r in unique],
-                                      [self._cf_choices(r) for r in unique], pad_token_id=self.pad_token_id,
-                                      max_length=self.max_length, prefix_len=prefix_len, kv_memo=self._kv_memo)
+            cf = scoring.score_loglik(
+                self.model,
+                [r.content_free_tokens for r in unique],
+                [self._cf_choices(r) for r in unique],
+                pad_token_id=self.pad_token_id,
+                max_length=self.max_length,
+                prefix_len=prefix_len,
+                kv_memo=self._kv_memo,
+            )
             for r, row_scores in zip(unique, cf):
                 self._cf_memo[key(r)] = row_scores
         return torch.stack([self._cf_memo[key(r)] for r in batch])
@@ -194,21 +217,33 @@ class ZeroShotModule(pl.LightningModule):
         return r.content_free_continuation_tokens or r.continuation_tokens
 
     def _score_generate_choice(self, batch: list[Request]) -> list[dict]:
-        texts = scoring.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],
-                                        max_new_tokens=int(self.task.generation.get("max_new_tokens", 5)),
-                                        until=self.task.generation.get("until", ["\n"]),
-                                        pad_token_id=self.pad_token_id, max_length=self.max_length)
+        texts = scoring.generate_greedy(
+            self.model,
+            self.tokenizer,
+            [r.context_tokens for r in batch],
+            max_new_tokens=int(self.task.generation.get("max_new_tokens", 5)),
+            until=self.task.generation.get("until", ["\n"]),
+            pad_token_id=self.pad_token_id,
+            max_length=self.max_length,
+        )
         parsed = [scoring.parse_choice(t, self.task.choices) for t in texts]
         # a parse failure is predicted as the extra class n_choices, which no target has (always wrong)
         preds = torch.tensor([p if p is not None else self.task.n_choices for p in parsed])
         return self._update_class(batch, preds, texts, failed=[p is None for p in parsed])
 
-    def _update_class(self, batch: list[Request], preds: torch.Tensor, texts: list, scores: torch.Tensor | None = None,
-                      failed: list[bool] | None = None) -> list[dict]:
+    def _update_class(
+        self,
+        batch: list[Request],
+        preds: torch.Tensor,
+        texts: list,
+        scores: torch.Tensor | None = None,
+        failed: list[bool] | None = None,
+    ) -> list[dict]:
         targets = torch.tensor([r.label for r in batch])
         self._update_class_metrics(preds.to(self.device), targets.to(self.device))
-        self.store.update([r.index for r in batch], preds, targets,
-                          failed=None if failed is None else [int(f) for f in failed])
+        self.store.update(
+            [r.index for r in batch], preds, targets, failed=None if failed is None else [int(f) for f in failed]
+        )
         records = []
         for i, r in enumerate(batch):
             record = {"index": r.index, "label": r.label, "pred": int(preds[i])}
@@ -222,24 +257,31 @@ class ZeroShotModule(pl.LightningModule):
 
     def _score_squad(self, batch: list[Request]) -> list[dict]:
         generation = self.task.generation
-        texts = scoring.generate_greedy(self.model, self.tokenizer, [r.context_tokens for r in batch],
-                                        max_new_tokens=int(generation.get("max_new_tokens", 32)),
-                                        until=generation.get("until", ["\n"]), pad_token_id=self.pad_token_id,
-                                        max_length=self.max_length)
+        texts = scoring.generate_greedy(
+            self.model,
+            self.tokenizer,
+            [r.context_tokens for r in batch],
+            max_new_tokens=int(generation.get("max_new_tokens", 32)),
+            until=generation.get("until", ["\n"]),
+            pad_token_id=self.pad_token_id,
+            max_length=self.max_length,
+        )
         texts = [t.strip() for t in texts]
         ems, f1s = zip(*[scoring.squad_scores(t, r.row["answers"]) for t, r in zip(texts, batch)])
         self.store.update([r.index for r in batch], [0] * len(batch), [-1] * len(batch), value_a=ems, value_b=f1s)
-        return [{"index": r.index, "id": r.row["id"], "generated": t, "answers": r.row["answers"], "em": em, "f1": f1}
-                for r, t, em, f1 in zip(batch, texts, ems, f1s)]
+        return [
+            {"index": r.index, "id": r.row["id"], "generated": t, "answers": r.row["answers"], "em": em, "f1": f1}
+            for r, t, em, f1 in zip(batch, texts, ems, f1s)
+        ]
 
     def _score_perplexity(self, batch: list[dict]) -> list[dict]:
-        nll = scoring.window_nll(self.model, [b["tokens"] for b in batch], [b["n_scored"] for b in batch],
-                                 pad_token_id=self.pad_token_id)  # [window]
+        nll = scoring.window_nll(
+            self.model, [b["tokens"] for b in batch], [b["n_scored"] for b in batch], pad_token_id=self.pad_token_id
+        )  # [window]
         counts = torch.tensor([b["n_scored"] for b in batch], dtype=torch.float64)
         self.metrics["nll"].update(nll.to(self.device))
         self.metrics["n_tokens"].update(counts.to(self.device))
-        self.store.update([b["index"] for b in batch], [0] * len(batch), [-1] * len(batch), value_a=nll,
-                          value_b=counts)
+        self.store.update([b["index"] for b in batch], [0] * len(batch), [-1] * len(batch), value_a=nll, value_b=counts)
         return [{"index": b["index"], "nll": float(v), "n_scored": int(c)} for b, v, c in zip(batch, nll, counts)]
 
     # ----------------------------------------------------------------------------------------------------------
@@ -281,8 +323,11 @@ class ZeroShotModule(pl.LightningModule):
 
     def _finish(self) -> None:
         self.results = self.compute_results()
-        scalars = {f"{self.task.name}/{k}": v["value"] for k, v in self.results["metrics"].items()
-                   if v.get("value") is not None and math.isfinite(v["value"])}
+        scalars = {
+            f"{self.task.name}/{k}": v["value"]
+            for k, v in self.results["metrics"].items()
+            if v.get("value") is not None and math.isfinite(v["value"])
+        }
         if "parse_failure_rate" in self.results:
             scalars[f"{self.task.name}/parse_failure_rate"] = self.results["parse_failure_rate"]
         # values are already synced (identical on every rank): no further reduction, and Lightning's advice to
@@ -297,8 +342,14 @@ class ZeroShotModule(pl.LightningModule):
         task = self.task
         examples = self.store.compute()
         n = int(examples["index"].size)
-        out: dict[str, Any] = {"task": task.name, "n": n, "metric": task.primary_metric, "scoring": task.scoring,
-                               "num_fewshot": task.num_fewshot, "calibrate": bool(task.calibrate)}
+        out: dict[str, Any] = {
+            "task": task.name,
+            "n": n,
+            "metric": task.primary_metric,
+            "scoring": task.scoring,
+            "num_fewshot": task.num_fewshot,
+            "calibrate": bool(task.calibrate),
+        }
         if n == 0:
             raise RuntimeError(f"task {task.name!r}: no examples were scored")
         if task.type == "multiple_choice":
@@ -318,8 +369,10 @@ class ZeroShotModule(pl.LightningModule):
         task = self.task
         preds, targets = ex["pred"], ex["target"]
         n_classes = task.n_choices
-        computed = {k: (scoring.mcc_from_confusion(m.compute()) if k == "mcc" else float(m.compute()))
-                    for k, m in self.metrics.items()}  # torchmetrics states, synced
+        computed = {
+            k: (scoring.mcc_from_confusion(m.compute()) if k == "mcc" else float(m.compute()))
+            for k, m in self.metrics.items()
+        }  # torchmetrics states, synced
         levels = scoring.chance_levels(targets, n_classes)
         failure = task.scoring == "generate"
         metrics = {}
@@ -330,15 +383,28 @@ class ZeroShotModule(pl.LightningModule):
                 method = "wilson"
             else:
                 lo, hi = scoring.bootstrap_interval(
-                    lambda p, t, _name=name: scoring.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t),
-                                                                  n_classes, failure_class=failure),
-                    [preds, targets], n_boot=self.bootstrap, seed=self.ci_seed)
+                    lambda p, t, _name=name: scoring.class_metric(
+                        _name, torch.from_numpy(p), torch.from_numpy(t), n_classes, failure_class=failure
+                    ),
+                    [preds, targets],
+                    n_boot=self.bootstrap,
+                    seed=self.ci_seed,
+                )
                 method = "bootstrap"
-            metrics[name] = {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": method,
-                             "chance": scoring.metric_chance(name, targets, n_classes)}
-        out = {"metrics": metrics, "chance": levels, "n_classes": n_classes,
-               "label_counts": np.bincount(targets, minlength=n_classes).tolist(),
-               "pred_counts": np.bincount(preds, minlength=n_classes + int(failure)).tolist()}
+            metrics[name] = {
+                "value": value,
+                "ci_low": lo,
+                "ci_high": hi,
+                "ci_method": method,
+                "chance": scoring.metric_chance(name, targets, n_classes),
+            }
+        out = {
+            "metrics": metrics,
+            "chance": levels,
+            "n_classes": n_classes,
+            "label_counts": np.bincount(targets, minlength=n_classes).tolist(),
+            "pred_counts": np.bincount(preds, minlength=n_classes + int(failure)).tolist(),
+        }
         if task.scoring == "generate":
             failures = int(ex["failed"].sum())
             out["parse_failures"] = failures
@@ -353,21 +419,37 @@ class ZeroShotModule(pl.LightningModule):
         for name in list(self.task.metric) + [m for m in per_question if m not in self.task.metric]:
             values = per_question[name]
             lo, hi = scoring.bootstrap_interval(np.mean, [values], n_boot=self.bootstrap, seed=self.ci_seed)
-            metrics[name] = {"value": float(np.mean(values)), "ci_low": lo, "ci_high": hi,
-                             "ci_method": "bootstrap", "chance": 0.0}
+            metrics[name] = {
+                "value": float(np.mean(values)),
+                "ci_low": lo,
+                "ci_high": hi,
+                "ci_method": "bootstrap",
+                "chance": 0.0,
+            }
         return {"metrics": metrics, "chance": {"majority": 0.0, "uniform": 0.0}}
 
     def _perplexity_results(self, ex: dict) -> dict:
         nll_state, count_state = self.metrics["nll"].compute(), self.metrics["n_tokens"].compute()
         total_nll, total_tokens = float(nll_state.sum()), float(count_state.sum())
         nll, counts = ex["value_a"], ex["value_b"]
-        lo, hi = scoring.bootstrap_interval(lambda a, b: math.exp(a.sum() / b.sum()), [nll, counts],
-                                            n_boot=self.bootstrap, seed=self.ci_seed)
+        lo, hi = scoring.bootstrap_interval(
+            lambda a, b: math.exp(a.sum() / b.sum()), [nll, counts], n_boot=self.bootstrap, seed=self.ci_seed
+        )
         value = math.exp(total_nll / total_tokens)
-        return {"metrics": {"perplexity": {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": "bootstrap",
-                                           "chance": None, "nll_per_token": total_nll / total_tokens,
-                                           "n_tokens": int(total_tokens)}},
-                "chance": {"uniform_perplexity": float(_vocab_size(self.model))}}
+        return {
+            "metrics": {
+                "perplexity": {
+                    "value": value,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "ci_method": "bootstrap",
+                    "chance": None,
+                    "nll_per_token": total_nll / total_tokens,
+                    "n_tokens": int(total_tokens),
+                }
+            },
+            "chance": {"uniform_perplexity": float(_vocab_size(self.model))},
+        }
 
 
 def _model_max_length(model: torch.nn.Module) -> int | None:

@@ -115,9 +115,19 @@ class ZeroShotDataModule(pl.LightningDataModule):
         Longest rows first, so a batch holds rows of similar length.
     """
 
-    def __init__(self, task: Any, tokenizer: Any, *, data_dir: str | None = None, batch_size: int = 8,
-                 num_workers: int = 0, limit: int | None = None, seed: int | None = None,
-                 max_length: int | None = None, sort_by_length: bool = True):
+    def __init__(
+        self,
+        task: Any,
+        tokenizer: Any,
+        *,
+        data_dir: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        limit: int | None = None,
+        seed: int | None = None,
+        max_length: int | None = None,
+        sort_by_length: bool = True,
+    ):
         super().__init__()
         self.task = get_task(task)
         self.tokenizer = tokenizer
@@ -152,11 +162,20 @@ class ZeroShotDataModule(pl.LightningDataModule):
         if self.sort_by_length:
             requests.sort(key=lambda r: (-len(r.context_tokens), r.index))
         self.dataset = RequestDataset(requests)
-        self.provenance = {"scored": split_provenance(task, task.eval_split, self.data_dir), "n_rows": len(rows),
-                           "n_scored": len(self.rows), "limit": self.limit, "seed": self.seed}
+        self.provenance = {
+            "scored": split_provenance(task, task.eval_split, self.data_dir),
+            "n_rows": len(rows),
+            "n_scored": len(self.rows),
+            "limit": self.limit,
+            "seed": self.seed,
+        }
         if task.num_fewshot:
-            self.provenance["fewshot"] = dict(split_provenance(task, task.fewshot_split, self.data_dir),
-                                              pool=len(pool), k=task.num_fewshot, **(task.fewshot or {}))
+            self.provenance["fewshot"] = dict(
+                split_provenance(task, task.fewshot_split, self.data_dir),
+                pool=len(pool),
+                k=task.num_fewshot,
+                **(task.fewshot or {}),
+            )
 
     def _setup_perplexity(self) -> None:
         task = self.task
@@ -170,13 +189,22 @@ class ZeroShotDataModule(pl.LightningDataModule):
         stride = min(int(options.get("stride") or max_length - 1), max_length - 1)
         windows = scoring.perplexity_windows(len(tokens), max_length, stride)
         chosen = subsample([{"i": i} for i in range(len(windows))], self.limit, self.seed)
-        items = [{"index": c["i"], "tokens": tokens[windows[c["i"]][0]: windows[c["i"]][1]],
-                  "n_scored": windows[c["i"]][2]} for c in chosen]
+        items = [
+            {"index": c["i"], "tokens": tokens[windows[c["i"]][0] : windows[c["i"]][1]], "n_scored": windows[c["i"]][2]}
+            for c in chosen
+        ]
         self.rows = items
         self.dataset = RequestDataset(items)
-        self.provenance = {"scored": split_provenance(task, task.eval_split, self.data_dir), "n_tokens": len(tokens),
-                           "n_windows": len(windows), "n_scored_windows": len(items), "max_length": max_length,
-                           "stride": stride, "limit": self.limit, "seed": self.seed}
+        self.provenance = {
+            "scored": split_provenance(task, task.eval_split, self.data_dir),
+            "n_tokens": len(tokens),
+            "n_windows": len(windows),
+            "n_scored_windows": len(items),
+            "max_length": max_length,
+            "stride": stride,
+            "limit": self.limit,
+            "seed": self.seed,
+        }
 
     def _loader(self) -> DataLoader:
         self.setup()
@@ -184,8 +212,14 @@ class ZeroShotDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.world_size > 1:
             sampler = UnpaddedDistributedSampler(self.dataset, trainer.world_size, trainer.global_rank)
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=_collate)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader()

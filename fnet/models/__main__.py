@@ -1,5 +1,4 @@
-"""``python -m fnet.models describe <name>``: print where the blocks, MLP and down projection of a model are.
-"""
+"""``python -m fnet.models describe <name>``: print where the blocks, MLP and down projection of a model are."""
 
 from __future__ import annotations
 
@@ -21,10 +20,15 @@ def describe(name: str, **load_kwargs: Any) -> dict[str, Any]:
     lm = load_model(name, **load_kwargs)
     blocks = find_blocks(lm.model, lm.arch)
     mlp = mlp_modules(lm.model, lm.arch)[0]
-    out = {"name": name, "source": lm.source, **lm.arch.describe(),
-           "block_class": type(blocks[0]).__name__, "mlp_class": type(mlp).__name__,
-           "layout": "[seq, batch, width]" if lm.arch.seq_first else "[batch, seq, width]",
-           "signals": {"mlp_out": lm.arch.d_model, "mlp_act": None if lm.arch.moe else lm.arch.d_mlp}}
+    out = {
+        "name": name,
+        "source": lm.source,
+        **lm.arch.describe(),
+        "block_class": type(blocks[0]).__name__,
+        "mlp_class": type(mlp).__name__,
+        "layout": "[seq, batch, width]" if lm.arch.seq_first else "[batch, seq, width]",
+        "signals": {"mlp_out": lm.arch.d_model, "mlp_act": None if lm.arch.moe else lm.arch.d_mlp},
+    }
     if not lm.arch.moe:
         out["down_proj_class"] = type(resolve_path(mlp, lm.arch.down_proj)).__name__
     return out
@@ -41,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument(f"--{flag}", default=None, help=f"override the discovered {flag} path")
     cmd.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
-    info = describe(args.name, blocks=args.blocks, mlp=args.mlp, down_proj=args.down_proj,
-                    trust_remote_code=args.trust_remote_code)
+    info = describe(
+        args.name, blocks=args.blocks, mlp=args.mlp, down_proj=args.down_proj, trust_remote_code=args.trust_remote_code
+    )
     print(json.dumps(info, indent=2))
     return 0
 

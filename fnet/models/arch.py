@@ -19,7 +19,17 @@ from torch import nn
 
 from fnet.models.discovery import ArchSpec, DiscoveryError, config_dims, discover, resolve_path
 
-__all__ = ["SIGNALS", "get_arch", "find_blocks", "mlp_modules", "down_proj_modules", "signal_modules", "check_signal", "model_dims", "to_batch_first"]
+__all__ = [
+    "SIGNALS",
+    "get_arch",
+    "find_blocks",
+    "mlp_modules",
+    "down_proj_modules",
+    "signal_modules",
+    "check_signal",
+    "model_dims",
+    "to_batch_first",
+]
 
 
 SIGNALS = ("mlp_out", "mlp_act")

@@ -59,9 +59,13 @@ def tokenizer_digest(tokenizer: Any) -> str:
             body = json.dumps(sorted(tokenizer.get_vocab().items()))
     except Exception:  # a tokenizer without either: its repr is the best identity left
         body = repr(tokenizer)
-    extra = [type(tokenizer).__name__, getattr(tokenizer, "special_tokens_map", {}),
-             getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None),
-             getattr(tokenizer, "chat_template", None)]
+    extra = [
+        type(tokenizer).__name__,
+        getattr(tokenizer, "special_tokens_map", {}),
+        getattr(tokenizer, "padding_side", None),
+        getattr(tokenizer, "truncation_side", None),
+        getattr(tokenizer, "chat_template", None),
+    ]
     return xxhash.xxh3_128_hexdigest(body.encode() + json.dumps(extra, sort_keys=True, default=str).encode())
 
 

@@ -29,8 +29,16 @@ from fnet.models.tiny import tiny_config, tiny_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "NAMED_MODELS", "SMOLLM2_GGUF", "MODEL_CODE", "smollm2_gguf_path", "cached_gguf_dir",
-           "load_model", "read_config"]
+__all__ = [
+    "LoadedModel",
+    "NAMED_MODELS",
+    "SMOLLM2_GGUF",
+    "MODEL_CODE",
+    "smollm2_gguf_path",
+    "cached_gguf_dir",
+    "load_model",
+    "read_config",
+]
 
 #: the modules whose source determines a converted model folder (its cache key, :func:`fnet.cache.code_version`)
 MODEL_CODE = ("fnet.models",)
@@ -93,8 +101,13 @@ class LoadedModel:
 
     def identity(self) -> dict:
         """Name, fingerprint, dtype and source: what result files record about the model."""
-        return {"model": self.name, "model_fingerprint": self.fingerprint, "model_dtype": self.dtype,
-                "model_source": self.source, "model_description": self.description or self.name}
+        return {
+            "model": self.name,
+            "model_fingerprint": self.fingerprint,
+            "model_dtype": self.dtype,
+            "model_source": self.source,
+            "model_description": self.description or self.name,
+        }
 
     @property
     def dims(self) -> dict[str, int]:
@@ -115,8 +128,9 @@ class LoadedModel:
     @property
     def max_positions(self) -> int | None:
         """Longest input the model takes (position embeddings / rotary range), when its config says."""
-        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else \
-            self.model.config
+        config = (
+            self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        )
         for key in ("n_positions", "max_position_embeddings", "seq_length"):
             value = getattr(config, key, None)
             if isinstance(value, int) and value > 0:
@@ -247,8 +261,9 @@ def read_config(name: str, *, trust_remote_code: bool = False, revision: str | N
             if (folder / "config.json").is_file():
                 return AutoConfig.from_pretrained(folder)
             return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision,
-                                          local_files_only=True)
+        return AutoConfig.from_pretrained(
+            name, trust_remote_code=trust_remote_code, revision=revision, local_files_only=True
+        )
     except (OSError, ValueError, KeyError, ImportError) as err:  # not readable here: the load will say why
         log.debug("no config of %s without loading it: %s", name, err)
         return None
@@ -352,8 +367,14 @@ def load_model(
         model.to(device)
     model.eval()
     arch = discover(model, blocks=blocks, mlp=mlp, down_proj=down_proj)  # a clear error when nothing fits
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, name=name, source=source,
-                       description=describe_weights(name, source, str(model.dtype).removeprefix("torch.")))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        arch=arch,
+        name=name,
+        source=source,
+        description=describe_weights(name, source, str(model.dtype).removeprefix("torch.")),
+    )
 
 
 def describe_weights(name: str, source: str, dtype: str) -> str:
@@ -373,4 +394,4 @@ def describe_weights(name: str, source: str, dtype: str) -> str:
     stem = gguf.removesuffix(".gguf")
     match = re.search(r"[.-]((?:I?Q\d[\w]*)|F16|F32|BF16)$", stem, flags=re.IGNORECASE)
     quant = match.group(1) if match else "unknown quantisation"
-    return f"{stem[:match.start()] if match else stem}, GGUF {quant}, dequantised to {dtype}"
+    return f"{stem[: match.start()] if match else stem}, GGUF {quant}, dequantised to {dtype}"

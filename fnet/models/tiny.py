@@ -60,19 +60,42 @@ def tiny_config(family: str):
 
     if family == "gpt2":
         return GPT2Config(
-            vocab_size=TINY_VOCAB, n_positions=128, n_embd=32, n_layer=3, n_head=4, n_inner=None,
-            bos_token_id=256, eos_token_id=256, pad_token_id=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            vocab_size=TINY_VOCAB,
+            n_positions=128,
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_inner=None,
+            bos_token_id=256,
+            eos_token_id=256,
+            pad_token_id=256,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
         )
     if family == "llama":
         return LlamaConfig(
-            vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            bos_token_id=256, eos_token_id=256, pad_token_id=256, tie_word_embeddings=False,
+            vocab_size=TINY_VOCAB,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=256,
+            eos_token_id=256,
+            pad_token_id=256,
+            tie_word_embeddings=False,
         )
     if family == "chatglm":
         return TinyChatGLMConfig(
-            vocab_size=TINY_VOCAB, hidden_size=32, ffn_hidden_size=40, num_layers=3, num_attention_heads=4,
-            pad_token_id=256, eos_token_id=256,
+            vocab_size=TINY_VOCAB,
+            hidden_size=32,
+            ffn_hidden_size=40,
+            num_layers=3,
+            num_attention_heads=4,
+            pad_token_id=256,
+            eos_token_id=256,
         )
     raise ValueError(f"unknown tiny family {family!r}; valid: ['gpt2', 'llama', 'chatglm']")
 

@@ -10,15 +10,45 @@
 
 from fnet.networks.describe import describe, orient, token_strings, top_examples, top_texts, top_units
 from fnet.networks.compat import ForeignNetworksError, check_compatible
-from fnet.networks.find import (NETWORK_CODE, Decomposition, estimator_settings, find_group_networks, group_networks,
-                                individual_networks, networks_from_estimator)
+from fnet.networks.find import (
+    NETWORK_CODE,
+    Decomposition,
+    estimator_settings,
+    find_group_networks,
+    group_networks,
+    individual_networks,
+    networks_from_estimator,
+)
 from fnet.networks.match import TemplateMatch, iou, match_templates
 from fnet.networks.netset import FILE_FORMAT, FILE_FORMAT_VERSION, NetworkSet, NetworkSetFormatError
 from fnet.networks.threshold import RULES, SIGNS, orient_maps, threshold_maps, zscore_maps
 
 __all__ = [
-    "Decomposition", "FILE_FORMAT", "ForeignNetworksError", "NETWORK_CODE", "check_compatible", "describe", "FILE_FORMAT_VERSION", "NetworkSet", "NetworkSetFormatError", "RULES",
-    "SIGNS", "TemplateMatch", "estimator_settings", "find_group_networks", "group_networks",
-    "individual_networks", "iou", "match_templates", "networks_from_estimator", "orient", "orient_maps",
-    "threshold_maps", "token_strings", "top_examples", "top_texts", "top_units", "zscore_maps",
+    "Decomposition",
+    "FILE_FORMAT",
+    "ForeignNetworksError",
+    "NETWORK_CODE",
+    "check_compatible",
+    "describe",
+    "FILE_FORMAT_VERSION",
+    "NetworkSet",
+    "NetworkSetFormatError",
+    "RULES",
+    "SIGNS",
+    "TemplateMatch",
+    "estimator_settings",
+    "find_group_networks",
+    "group_networks",
+    "individual_networks",
+    "iou",
+    "match_templates",
+    "networks_from_estimator",
+    "orient",
+    "orient_maps",
+    "threshold_maps",
+    "token_strings",
+    "top_examples",
+    "top_texts",
+    "top_units",
+    "zscore_maps",
 ]

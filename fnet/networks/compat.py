@@ -23,9 +23,18 @@ def _describe(model: Any, fingerprint: Any, n_layers: Any, width: Any, signal: A
     return f"{model} ({fp}, {n_layers} layers x {width} {signal})"
 
 
-def check_compatible(netset: Any, *, model: str, fingerprint: str, n_layers: int, width: int, signal: str,
-                     allow_foreign: bool = False, source: str = "networks",
-                     override: str = "allow_foreign=True") -> dict | None:
+def check_compatible(
+    netset: Any,
+    *,
+    model: str,
+    fingerprint: str,
+    n_layers: int,
+    width: int,
+    signal: str,
+    allow_foreign: bool = False,
+    source: str = "networks",
+    override: str = "allow_foreign=True",
+) -> dict | None:
     """Check that ``netset`` was found on this model.
 
     Parameters
@@ -57,10 +66,20 @@ def check_compatible(netset: Any, *, model: str, fingerprint: str, n_layers: int
         Naming both sides and what differs.
     """
     prov = dict(getattr(netset, "provenance", {}) or {})
-    found = {"model": prov.get("model"), "fingerprint": prov.get("model_fingerprint"),
-             "n_layers": int(netset.n_layers), "width": int(netset.width), "signal": prov.get("signal")}
-    here = {"model": model, "fingerprint": fingerprint, "n_layers": int(n_layers), "width": int(width),
-            "signal": signal}
+    found = {
+        "model": prov.get("model"),
+        "fingerprint": prov.get("model_fingerprint"),
+        "n_layers": int(netset.n_layers),
+        "width": int(netset.width),
+        "signal": prov.get("signal"),
+    }
+    here = {
+        "model": model,
+        "fingerprint": fingerprint,
+        "n_layers": int(n_layers),
+        "width": int(width),
+        "signal": signal,
+    }
     problems = []
     if found["fingerprint"]:
         if found["fingerprint"] != fingerprint:
@@ -73,8 +92,10 @@ def check_compatible(netset: Any, *, model: str, fingerprint: str, n_layers: int
         problems.append("signal")
     if not problems:
         return None
-    message = (f"{source} were found on {_describe(**found)} but the model is {_describe(**here)}: "
-               f"{', '.join(problems)} differ")
+    message = (
+        f"{source} were found on {_describe(**found)} but the model is {_describe(**here)}: "
+        f"{', '.join(problems)} differ"
+    )
     if not allow_foreign or "shape" in problems:
         hint = "" if "shape" in problems else f"; set {override} to apply them anyway (recorded)"
         raise ForeignNetworksError(message + hint)

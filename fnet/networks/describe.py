@@ -86,8 +86,16 @@ def _ids(text_ids: Sequence[str] | None, n: int) -> list[str]:
     return ids
 
 
-def top_examples(courses: Sequence[np.ndarray], tokens: Sequence[Sequence[str]], component: int, *, n: int = 8,
-                 before: int = 8, after: int = 3, text_ids: Sequence[str] | None = None) -> list[dict]:
+def top_examples(
+    courses: Sequence[np.ndarray],
+    tokens: Sequence[Sequence[str]],
+    component: int,
+    *,
+    n: int = 8,
+    before: int = 8,
+    after: int = 3,
+    text_ids: Sequence[str] | None = None,
+) -> list[dict]:
     """The ``n`` tokens where ``component`` is highest, each with its context.
 
     Parameters
@@ -126,14 +134,22 @@ def top_examples(courses: Sequence[np.ndarray], tokens: Sequence[Sequence[str]],
         i, pos = int(owner[flat]), int(offset[flat])
         lo, hi = max(0, pos - before), min(len(tokens[i]), pos + after + 1)
         column = np.asarray(courses[i])[:, component]
-        out.append({"text": ids[i], "position": pos, "token": tokens[i][pos], "value": round(float(values[flat]), 3),
-                    "context": [[tokens[i][t], round(float(column[t]), 2)] for t in range(lo, hi)],
-                    "focus": pos - lo})
+        out.append(
+            {
+                "text": ids[i],
+                "position": pos,
+                "token": tokens[i][pos],
+                "value": round(float(values[flat]), 3),
+                "context": [[tokens[i][t], round(float(column[t]), 2)] for t in range(lo, hi)],
+                "focus": pos - lo,
+            }
+        )
     return out
 
 
-def top_texts(courses: Sequence[np.ndarray], component: int, *, n: int = 5,
-              text_ids: Sequence[str] | None = None) -> list[dict]:
+def top_texts(
+    courses: Sequence[np.ndarray], component: int, *, n: int = 5, text_ids: Sequence[str] | None = None
+) -> list[dict]:
     """The ``n`` texts where ``component`` is highest on average.
 
     Parameters
@@ -158,8 +174,15 @@ def top_texts(courses: Sequence[np.ndarray], component: int, *, n: int = 5,
     for text, c in zip(ids, courses):
         column = np.asarray(c)[:, component]
         if column.size:
-            rows.append({"text": text, "mean": round(float(column.mean()), 3), "peak": round(float(column.max()), 3),
-                         "peak_position": int(column.argmax()), "n_tokens": int(column.size)})
+            rows.append(
+                {
+                    "text": text,
+                    "mean": round(float(column.mean()), 3),
+                    "peak": round(float(column.max()), 3),
+                    "peak_position": int(column.argmax()),
+                    "n_tokens": int(column.size),
+                }
+            )
     return sorted(rows, key=lambda r: -r["mean"])[:n]
 
 
@@ -189,18 +212,31 @@ def top_units(nets: NetworkSet, k: int, n: int = 10, scale: Any = None) -> list[
         members = members[np.argsort(-z, kind="stable")]
     rows = []
     for layer, unit in members[:n]:
-        row = {"layer": int(layer), "unit": int(unit),
-               "z": None if nets.maps is None else round(float(nets.maps[k, layer, unit]), 2)}
+        row = {
+            "layer": int(layer),
+            "unit": int(unit),
+            "z": None if nets.maps is None else round(float(nets.maps[k, layer, unit]), 2),
+        }
         if scale is not None:
             row["scale"] = round(float(np.asarray(scale)[layer, unit]), 4)
         rows.append(row)
     return rows
 
 
-def describe(nets: NetworkSet, sources: Sequence[Any] | None = None, tokens: Sequence[Sequence[str]] | None = None,
-             *, text_ids: Sequence[str] | None = None, scale: Any = None, massive: Sequence[int] = (),
-             n_examples: int = 8, n_texts: int = 5, n_units: int = 10, before: int = 8,
-             after: int = 3) -> list[dict]:
+def describe(
+    nets: NetworkSet,
+    sources: Sequence[Any] | None = None,
+    tokens: Sequence[Sequence[str]] | None = None,
+    *,
+    text_ids: Sequence[str] | None = None,
+    scale: Any = None,
+    massive: Sequence[int] = (),
+    n_examples: int = 8,
+    n_texts: int = 5,
+    n_units: int = 10,
+    before: int = 8,
+    after: int = 3,
+) -> list[dict]:
     """Each network of ``nets``: what drives its component, where it sits, how large it is.
 
     Parameters
@@ -269,15 +305,23 @@ def describe(nets: NetworkSet, sources: Sequence[Any] | None = None, tokens: Seq
         held = [{"unit": u, "layers": np.flatnonzero(nets.masks[k, :, u].numpy()).tolist()} for u in massive]
         held = [m for m in held if m["layers"]]
         on_massive = sum(len(m["layers"]) for m in held)
-        desc = {"network": int(ids[k]), "size": size, "fraction": float(nets.fractions()[k]),
-                "stability": None if nets.stability is None else round(float(nets.stability[k]), 4),
-                "counts_per_layer": counts[k].tolist(),
-                "layers": np.flatnonzero(counts[k].numpy()).tolist(),
-                "top_units": top_units(nets, k, n_units, scale), "massive": held,
-                "massive_share": round(on_massive / size, 4) if size else 0.0, "examples": [], "texts": []}
+        desc = {
+            "network": int(ids[k]),
+            "size": size,
+            "fraction": float(nets.fractions()[k]),
+            "stability": None if nets.stability is None else round(float(nets.stability[k]), 4),
+            "counts_per_layer": counts[k].tolist(),
+            "layers": np.flatnonzero(counts[k].numpy()).tolist(),
+            "top_units": top_units(nets, k, n_units, scale),
+            "massive": held,
+            "massive_share": round(on_massive / size, 4) if size else 0.0,
+            "examples": [],
+            "texts": [],
+        }
         if courses is not None:
-            desc["examples"] = top_examples(courses, tokens, k, n=n_examples, before=before, after=after,
-                                            text_ids=text_ids)
+            desc["examples"] = top_examples(
+                courses, tokens, k, n=n_examples, before=before, after=after, text_ids=text_ids
+            )
             desc["texts"] = top_texts(courses, k, n=n_texts, text_ids=text_ids) if n_texts else []
         out.append(desc)
     return out

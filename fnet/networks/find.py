@@ -30,8 +30,16 @@ from fnet.decompose import FastICA
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Decomposition", "NETWORK_CODE", "find_networks", "estimator_settings", "networks_from_estimator",
-           "group_networks", "individual_networks", "find_group_networks"]
+__all__ = [
+    "Decomposition",
+    "NETWORK_CODE",
+    "find_networks",
+    "estimator_settings",
+    "networks_from_estimator",
+    "group_networks",
+    "individual_networks",
+    "find_group_networks",
+]
 
 #: the modules whose source determines a NetworkSet (part of its cache key and provenance); the texts themselves
 #: are in the key, so the code that chose them (stimuli sources, task prompts) is not
@@ -91,8 +99,15 @@ def estimator_settings(estimator: Any) -> dict[str, Any]:
     return {"estimator": f"{cls.__module__}.{cls.__qualname__}", **estimator.get_params(deep=False)}
 
 
-def networks_from_estimator(fitted: Any, n_layers: int, width: int, thresholds: Mapping[str, Any], *,
-                            stability: Any = None, provenance: Mapping[str, Any] | None = None) -> NetworkSet:
+def networks_from_estimator(
+    fitted: Any,
+    n_layers: int,
+    width: int,
+    thresholds: Mapping[str, Any],
+    *,
+    stability: Any = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> NetworkSet:
     """The thresholded ``spatial_maps_  # [K, n_layers*width]`` of a fitted estimator as a NetworkSet.
 
     ``thresholds`` holds the keyword arguments of :meth:`NetworkSet.from_maps` (``alpha``, ``rule``,
@@ -119,9 +134,14 @@ def networks_from_estimator(fitted: Any, n_layers: int, width: int, thresholds: 
         K networks over ``[n_layers, width]``.
     """
     maps = np.asarray(fitted.spatial_maps_, dtype=np.float32)  # [K, n_layers*width]
-    return NetworkSet.from_maps(torch.from_numpy(maps), n_layers, width, **dict(thresholds),
-                                stability=None if stability is None else torch.as_tensor(stability),
-                                provenance=provenance)
+    return NetworkSet.from_maps(
+        torch.from_numpy(maps),
+        n_layers,
+        width,
+        **dict(thresholds),
+        stability=None if stability is None else torch.as_tensor(stability),
+        provenance=provenance,
+    )
 
 
 def _time_courses(fitted: Any, arrays: Sequence[Any]) -> list[np.ndarray]:
@@ -138,9 +158,19 @@ def _fit(estimator: Any, arrays: Sequence[Any], n_init: int, seed: int):
     return clone(estimator).fit(arrays), None
 
 
-def group_networks(estimator: Any, arrays: Sequence[Any], n_layers: int, width: int, thresholds: Mapping[str, Any],
-                   *, name: str, n_init: int = 1, seed: int = 0, provenance: Mapping[str, Any] | None = None,
-                   keep_sources: bool = False) -> Decomposition:
+def group_networks(
+    estimator: Any,
+    arrays: Sequence[Any],
+    n_layers: int,
+    width: int,
+    thresholds: Mapping[str, Any],
+    *,
+    name: str,
+    n_init: int = 1,
+    seed: int = 0,
+    provenance: Mapping[str, Any] | None = None,
+    keep_sources: bool = False,
+) -> Decomposition:
     """One decomposition over ``arrays`` (``[tokens_i, n_layers*width]`` each, read as stacked), as networks.
 
     With ``n_init > 1`` the estimator is fitted with seeds ``seed .. seed + n_init - 1`` and the most stable
@@ -182,13 +212,29 @@ def group_networks(estimator: Any, arrays: Sequence[Any], n_layers: int, width: 
     n_tokens = int(sum(a.shape[0] for a in arrays))
     prov = dict(provenance or {}, level="group", data=name, n_init=n_init, n_tokens=n_tokens)
     nets = networks_from_estimator(fitted, n_layers, width, thresholds, stability=stability, provenance=prov)
-    return Decomposition(name, nets, n_tokens, getattr(fitted, "n_iter_", None), getattr(fitted, "converged_", None),
-                         time.time() - started, sources=_time_courses(fitted, arrays) if keep_sources else None)
+    return Decomposition(
+        name,
+        nets,
+        n_tokens,
+        getattr(fitted, "n_iter_", None),
+        getattr(fitted, "converged_", None),
+        time.time() - started,
+        sources=_time_courses(fitted, arrays) if keep_sources else None,
+    )
 
 
-def individual_networks(estimator: Any, arrays: Sequence[Any], ids: Sequence[str], n_layers: int, width: int,
-                        thresholds: Mapping[str, Any], *, name: str, provenance: Mapping[str, Any] | None = None,
-                        keep_sources: bool = False) -> list[Decomposition]:
+def individual_networks(
+    estimator: Any,
+    arrays: Sequence[Any],
+    ids: Sequence[str],
+    n_layers: int,
+    width: int,
+    thresholds: Mapping[str, Any],
+    *,
+    name: str,
+    provenance: Mapping[str, Any] | None = None,
+    keep_sources: bool = False,
+) -> list[Decomposition]:
     """One decomposition per text (``arrays[i]`` is text ``ids[i]``), each as networks.
 
     Parameters
@@ -222,17 +268,36 @@ def individual_networks(estimator: Any, arrays: Sequence[Any], ids: Sequence[str
     for text_id, array, fitted in zip(ids, arrays, individual_decompositions(estimator, arrays)):
         prov = dict(provenance or {}, level="individual", data=name, text_id=text_id, n_tokens=int(array.shape[0]))
         nets = networks_from_estimator(fitted, n_layers, width, thresholds, provenance=prov)
-        out.append(Decomposition(text_id, nets, int(array.shape[0]), getattr(fitted, "n_iter_", None),
-                                 getattr(fitted, "converged_", None), 0.0,
-                                 sources=_time_courses(fitted, [array]) if keep_sources else None))
+        out.append(
+            Decomposition(
+                text_id,
+                nets,
+                int(array.shape[0]),
+                getattr(fitted, "n_iter_", None),
+                getattr(fitted, "converged_", None),
+                0.0,
+                sources=_time_courses(fitted, [array]) if keep_sources else None,
+            )
+        )
     log.info("%s: %d individual decompositions in %.1f s", name, len(out), time.time() - started)
     return out
 
 
-def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], estimator: Any,
-                        thresholds: Mapping[str, Any], *, cache_dir: str | Path, source: str = "all",
-                        signal: str = "mlp_out", max_length: int = 1024, batch_size: int = 4, n_init: int = 1,
-                        seed: int = 0, provenance_fields: Mapping[str, Any] | None = None) -> NetworkSet:
+def find_group_networks(
+    lm: LoadedModel,
+    stimuli: Mapping[str, StimulusSet],
+    estimator: Any,
+    thresholds: Mapping[str, Any],
+    *,
+    cache_dir: str | Path,
+    source: str = "all",
+    signal: str = "mlp_out",
+    max_length: int = 1024,
+    batch_size: int = 4,
+    n_init: int = 1,
+    seed: int = 0,
+    provenance_fields: Mapping[str, Any] | None = None,
+) -> NetworkSet:
     """Group networks of ``source`` (a data set of ``stimuli``, or ``all`` = every data set's template texts
     stacked), computed once and cached under ``<cache_dir>/networks``.
 
@@ -267,14 +332,23 @@ def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], est
         When ``source`` is neither ``all`` nor a data set of ``stimuli``; the message lists the valid ones.
     """
     if source != "all" and source not in stimuli:
-        raise ValueError(f"networks.source={source!r} is not a dataset of this data config; valid: "
-                         f"{sorted(stimuli) + ['all']}")
+        raise ValueError(
+            f"networks.source={source!r} is not a dataset of this data config; valid: {sorted(stimuli) + ['all']}"
+        )
     chosen = stimuli if source == "all" else {source: stimuli[source]}
     settings = estimator_settings(estimator)
     record = {"signal": signal, "max_length": max_length, "batch_size": batch_size}
-    key = content_key(model_key(lm), source, record, settings, dict(thresholds), n_init, seed,
-                      {n: [(t.id, text_sha1(t.text)) for t in s.template] for n, s in chosen.items()},
-                      code_version(*NETWORK_CODE))
+    key = content_key(
+        model_key(lm),
+        source,
+        record,
+        settings,
+        dict(thresholds),
+        n_init,
+        seed,
+        {n: [(t.id, text_sha1(t.text)) for t in s.template] for n, s in chosen.items()},
+        code_version(*NETWORK_CODE),
+    )
     path = Path(cache_dir) / "networks" / f"{slug(lm.name)}-{source}-{key}.safetensors"
     with lock(path):  # a concurrent run with the same key waits here, then reuses this one's result
         if path.exists():
@@ -289,21 +363,47 @@ def find_group_networks(lm: LoadedModel, stimuli: Mapping[str, StimulusSet], est
             store = record_dataset(lm, stim.template, dataset=name, cache_dir=cache_dir, **record)
             arrays += store.arrays([t.id for t in stim.template])
             data_prov[name] = stim.provenance
-        prov = provenance(**lm.identity(), code_version=code_version(*NETWORK_CODE), signal=signal,
-                          max_length=min(int(max_length), lm.max_positions or int(max_length)), seed=seed,
-                          K=int(settings.get("n_components") or 0), ica=settings, data_detail=data_prov,
-                          **dict(provenance_fields or {}))
-        nets = group_networks(estimator, arrays, lm.n_layers, lm.width(signal), thresholds, name=source,
-                              n_init=n_init, seed=seed, provenance=prov).networks
+        prov = provenance(
+            **lm.identity(),
+            code_version=code_version(*NETWORK_CODE),
+            signal=signal,
+            max_length=min(int(max_length), lm.max_positions or int(max_length)),
+            seed=seed,
+            K=int(settings.get("n_components") or 0),
+            ica=settings,
+            data_detail=data_prov,
+            **dict(provenance_fields or {}),
+        )
+        nets = group_networks(
+            estimator,
+            arrays,
+            lm.n_layers,
+            lm.width(signal),
+            thresholds,
+            name=source,
+            n_init=n_init,
+            seed=seed,
+            provenance=prov,
+        ).networks
         nets.save(path)
-        register(path, "networks", model=lm.name, fingerprint=lm.fingerprint, signal=signal, source=source,
-                 K=len(nets))
+        register(path, "networks", model=lm.name, fingerprint=lm.fingerprint, signal=signal, source=source, K=len(nets))
     return nets
 
 
-def find_networks(store_or_arrays: Any, n_components: int = 10, *, alpha: float = 1.96, sign: str = "flip",
-                  rule: str = "z", percentile: float = 98.0, n_init: int = 1, seed: int = 0,
-                  estimator: Any = None, n_layers: int | None = None, width: int | None = None) -> NetworkSet:
+def find_networks(
+    store_or_arrays: Any,
+    n_components: int = 10,
+    *,
+    alpha: float = 1.96,
+    sign: str = "flip",
+    rule: str = "z",
+    percentile: float = 98.0,
+    n_init: int = 1,
+    seed: int = 0,
+    estimator: Any = None,
+    n_layers: int | None = None,
+    width: int | None = None,
+) -> NetworkSet:
     """Functional networks of recorded activations: group ICA over the stacked texts, spatial maps z-scored and
     thresholded (the notebook entry point; :func:`group_networks` with defaults).
 
@@ -343,9 +443,11 @@ def find_networks(store_or_arrays: Any, n_components: int = 10, *, alpha: float 
     if hasattr(store_or_arrays, "arrays") and hasattr(store_or_arrays, "n_layers"):
         arrays = store_or_arrays.arrays()
         n_layers, width = store_or_arrays.n_layers, store_or_arrays.width
-        prov = {"store": str(getattr(store_or_arrays, "root", "")),
-                **{k: store_or_arrays.manifest.get(k) for k in ("model", "signal", "max_length")},
-                "model_fingerprint": store_or_arrays.manifest.get("fingerprint")}
+        prov = {
+            "store": str(getattr(store_or_arrays, "root", "")),
+            **{k: store_or_arrays.manifest.get(k) for k in ("model", "signal", "max_length")},
+            "model_fingerprint": store_or_arrays.manifest.get("fingerprint"),
+        }
     else:
         arrays = list(store_or_arrays)
         if n_layers is None:
@@ -355,5 +457,14 @@ def find_networks(store_or_arrays: Any, n_components: int = 10, *, alpha: float 
     estimator = estimator if estimator is not None else FastICA(n_components=n_components, random_state=seed)
     thresholds = {"alpha": alpha, "rule": rule, "percentile": percentile, "sign": sign}
     prov.update(estimator=estimator_settings(estimator), thresholds=thresholds)
-    return group_networks(estimator, arrays, int(n_layers), int(width), thresholds, name="find_networks",
-                          n_init=n_init, seed=seed, provenance=prov).networks
+    return group_networks(
+        estimator,
+        arrays,
+        int(n_layers),
+        int(width),
+        thresholds,
+        name="find_networks",
+        n_init=n_init,
+        seed=seed,
+        provenance=prov,
+    ).networks

@@ -62,9 +62,7 @@ def iou(a: Any, b: Any) -> torch.Tensor:
     """
     if isinstance(a, NetworkSet) and isinstance(b, NetworkSet):
         if (a.n_layers, a.width) != (b.n_layers, b.width):
-            raise ValueError(
-                f"NetworkSets differ in layout: [{a.n_layers}, {a.width}] vs [{b.n_layers}, {b.width}]"
-            )
+            raise ValueError(f"NetworkSets differ in layout: [{a.n_layers}, {a.width}] vs [{b.n_layers}, {b.width}]")
     a_flat, b_flat = _as_flat_masks(a, "a"), _as_flat_masks(b, "b")  # [K1, N], [K2, N]
     if a_flat.shape[1] != b_flat.shape[1]:
         raise ValueError(f"neuron counts differ: {a_flat.shape[1]} vs {b_flat.shape[1]}")
@@ -154,9 +152,7 @@ class TemplateMatch:
         return rows
 
 
-def match_templates(
-    templates: NetworkSet, individuals: Sequence[NetworkSet], threshold: float = 0.2
-) -> TemplateMatch:
+def match_templates(templates: NetworkSet, individuals: Sequence[NetworkSet], threshold: float = 0.2) -> TemplateMatch:
     """Match template networks (e.g. from group ICA) against each individual's networks.
 
     For each template, ``counts`` is the number of individual networks, over all individuals, whose IoU

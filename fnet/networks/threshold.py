@@ -14,8 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RULES", "SIGNS", "zscore_maps", "orient_maps", "threshold_maps", "threshold_oriented", "as_tensor",
-           "check_threshold_params"]
+__all__ = [
+    "RULES",
+    "SIGNS",
+    "zscore_maps",
+    "orient_maps",
+    "threshold_maps",
+    "threshold_oriented",
+    "as_tensor",
+    "check_threshold_params",
+]
 
 
 RULES = ("z", "percentile")

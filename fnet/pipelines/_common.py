@@ -19,8 +19,16 @@ from fnet.networks import NetworkSet, find_group_networks
 from fnet.pipelines.hydra_utils import container
 from fnet.recording import ActivationStore, record_dataset
 
-__all__ = ["load_lm", "load_stimuli", "make_estimator", "networks_for_config", "thresholds", "record_from_config",
-           "neuron_scale_for_config", "scale_for_mask"]
+__all__ = [
+    "load_lm",
+    "load_stimuli",
+    "make_estimator",
+    "networks_for_config",
+    "thresholds",
+    "record_from_config",
+    "neuron_scale_for_config",
+    "scale_for_mask",
+]
 
 # keys of an `ica` config that steer fnet, not the estimator's constructor
 _NON_ESTIMATOR_KEYS = ("restarts", "level")
@@ -63,18 +71,37 @@ def networks_for_config(cfg: DictConfig, lm: LoadedModel, source: str | None = N
     computed once and cached under ``paths.cache_dir`` (:func:`fnet.networks.find_group_networks`)."""
     estimator, n_init = make_estimator(cfg.ica, int(cfg.seed))
     rec = cfg.record
-    return find_group_networks(lm, load_stimuli(cfg), estimator, thresholds(cfg), cache_dir=cfg.paths.cache_dir,
-                               source=source or cfg.networks.source, signal=rec.signal,
-                               max_length=int(rec.max_length), batch_size=int(rec.batch_size), n_init=n_init,
-                               seed=int(cfg.seed), provenance_fields={"ckpt_path": cfg.ckpt_path})
+    return find_group_networks(
+        lm,
+        load_stimuli(cfg),
+        estimator,
+        thresholds(cfg),
+        cache_dir=cfg.paths.cache_dir,
+        source=source or cfg.networks.source,
+        signal=rec.signal,
+        max_length=int(rec.max_length),
+        batch_size=int(rec.batch_size),
+        n_init=n_init,
+        seed=int(cfg.seed),
+        provenance_fields={"ckpt_path": cfg.ckpt_path},
+    )
 
 
-def record_from_config(lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *,
-                       progress: bool = True) -> ActivationStore:
+def record_from_config(
+    lm: LoadedModel, cfg: DictConfig, dataset: str, texts: list, *, progress: bool = True
+) -> ActivationStore:
     """:func:`fnet.recording.record_dataset` with the run's ``record`` settings and ``paths.cache_dir``."""
     rec = cfg.record
-    return record_dataset(lm, texts, dataset=dataset, cache_dir=cfg.paths.cache_dir, signal=rec.signal,
-                          max_length=rec.max_length, batch_size=rec.batch_size, progress=progress)
+    return record_dataset(
+        lm,
+        texts,
+        dataset=dataset,
+        cache_dir=cfg.paths.cache_dir,
+        signal=rec.signal,
+        max_length=rec.max_length,
+        batch_size=rec.batch_size,
+        progress=progress,
+    )
 
 
 def neuron_scale_for_config(cfg: DictConfig, lm: LoadedModel) -> tuple[np.ndarray, dict]:
@@ -88,8 +115,13 @@ def neuron_scale_for_config(cfg: DictConfig, lm: LoadedModel) -> tuple[np.ndarra
         arrays += store.arrays([t.id for t in stim.template])
         texts[name] = len(stim.template)
     mean, scale = neuron_moments(arrays, lm.n_layers)
-    provenance = {**lm.identity(), "signal": cfg.record.signal, "template_texts": texts,
-                  "max_length": int(cfg.record.max_length), "mean": mean}
+    provenance = {
+        **lm.identity(),
+        "signal": cfg.record.signal,
+        "template_texts": texts,
+        "max_length": int(cfg.record.max_length),
+        "mean": mean,
+    }
     return scale, provenance
 
 
@@ -99,15 +131,18 @@ def scale_for_mask(cfg: DictConfig, lm: LoadedModel | None, netset: NetworkSet) 
     ``mask.allow_foreign=true``), else measured on the run's stimuli (:func:`neuron_scale_for_config`)."""
     if not cfg.mask.scale_file:
         if lm is None:
-            raise ValueError(f"mask mode {cfg.mask.mode!r} needs the neurons' activation scale: set mask.scale_file "
-                             "or give the model")
+            raise ValueError(
+                f"mask mode {cfg.mask.mode!r} needs the neurons' activation scale: set mask.scale_file "
+                "or give the model"
+            )
         return neuron_scale_for_config(cfg, lm)
     scale, prov = load_scale(cfg.mask.scale_file)
     theirs, ours = prov.get("model_fingerprint"), netset.provenance.get("model_fingerprint")
     if theirs and ours and theirs != ours and not cfg.mask.allow_foreign:
-        raise ValueError(f"mask.scale_file {cfg.mask.scale_file} was measured on model {prov.get('model')} "
-                         f"(fingerprint {theirs[:12]}…) but the networks were found on "
-                         f"{netset.provenance.get('model')} (fingerprint {ours[:12]}…); use the scale of the "
-                         "model the networks belong to, or set mask.allow_foreign=true")
+        raise ValueError(
+            f"mask.scale_file {cfg.mask.scale_file} was measured on model {prov.get('model')} "
+            f"(fingerprint {theirs[:12]}…) but the networks were found on "
+            f"{netset.provenance.get('model')} (fingerprint {ours[:12]}…); use the scale of the "
+            "model the networks belong to, or set mask.allow_foreign=true"
+        )
     return scale, dict(prov, scale_file=str(cfg.mask.scale_file))
-

@@ -40,8 +40,10 @@ def evaluation_module(cfg: Any, **overrides: Any):
     cfg_task = cfg.get("task")
     cfg_task_name = (cfg_task.get("name") if hasattr(cfg_task, "get") else cfg_task) if cfg_task is not None else None
     if cfg_task_name and cfg_task_name != ckpt_task:
-        raise ValueError(f"checkpoint {cfg.ckpt_path} was fine-tuned on {ckpt_task!r}, not {cfg_task_name!r}: its head "
-                         f"answers {ckpt_task!r} only (use task={ckpt_task})")
+        raise ValueError(
+            f"checkpoint {cfg.ckpt_path} was fine-tuned on {ckpt_task!r}, not {cfg_task_name!r}: its head "
+            f"answers {ckpt_task!r} only (use task={ckpt_task})"
+        )
     data_dir = None
     try:
         data_dir = cfg.paths.get("data_dir")
@@ -61,7 +63,14 @@ def evaluation_module(cfg: Any, **overrides: Any):
     data_hparams["data_dir"] = data_dir if data_dir is not None else data_hparams.get("data_dir")
     target = QA_DATA if task_kind(task) == "qa" else CLASSIFICATION_DATA
     data_cls = import_class(target)
-    datamodule = data_cls(task=task, tokenizer=module.tokenizer, **accepted_kwargs(data_cls, data_hparams, "datamodule"))
-    log.warning("evaluating fine-tuned %s on the held-out test split of %s (split seed %s, fractions %s)",
-                info["model_name"], ckpt_task, data_hparams.get("split_seed"), data_hparams.get("split"))
+    datamodule = data_cls(
+        task=task, tokenizer=module.tokenizer, **accepted_kwargs(data_cls, data_hparams, "datamodule")
+    )
+    log.warning(
+        "evaluating fine-tuned %s on the held-out test split of %s (split seed %s, fractions %s)",
+        info["model_name"],
+        ckpt_task,
+        data_hparams.get("split_seed"),
+        data_hparams.get("split"),
+    )
     return module, datamodule

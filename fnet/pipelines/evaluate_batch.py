@@ -109,16 +109,30 @@ def _run_job(i: int, n: int, job: dict, folder: Path, conf_dir: Path, root: Path
         evaluate(cfg, job_overrides=list(job["overrides"]), models=models)
     except Exception as err:  # noqa: BLE001 - recorded; the batch goes on with the next job
         log.error("job %s failed: %s", folder, err)
-        atomic_write_text(folder / "failed.json", json.dumps(
-            {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
-             "seconds": round(time.time() - started, 2), "overrides": list(job["overrides"])}, indent=1))
+        atomic_write_text(
+            folder / "failed.json",
+            json.dumps(
+                {
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc(),
+                    "seconds": round(time.time() - started, 2),
+                    "overrides": list(job["overrides"]),
+                },
+                indent=1,
+            ),
+        )
         return False
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
     if job.get("marker") is not None:
-        marker = dict(job["marker"], status="done", seconds=time.time() - started, output="result.json",
-                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        marker = dict(
+            job["marker"],
+            status="done",
+            seconds=time.time() - started,
+            output="result.json",
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
         atomic_write_text(folder / "job.json", json.dumps(marker, indent=1))  # written last
     return True
 

@@ -29,8 +29,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger("fnet")
 
-__all__ = ["SweepFailures", "container", "failed_jobs", "finish_wandb", "instantiate_callbacks",
-           "instantiate_loggers", "log_hyperparameters", "output_dir_of", "overrides", "task_wrapper"]
+__all__ = [
+    "SweepFailures",
+    "container",
+    "failed_jobs",
+    "finish_wandb",
+    "instantiate_callbacks",
+    "instantiate_loggers",
+    "log_hyperparameters",
+    "output_dir_of",
+    "overrides",
+    "task_wrapper",
+]
 
 
 def _is_multirun() -> bool:
@@ -126,8 +136,10 @@ class SweepFailures(Callback):
         lines = [f"{len(failures)} job(s) of the sweep in {sweep_dir} failed:"]
         for f in failures:
             lines.append(f"  {f['job_dir']}  [{' '.join(f['overrides'])}]  {f['error']}")
-        lines.append(f"(each job folder holds failure.json with the traceback; `python -m fnet.report.sweep {sweep_dir}` "
-                     "tabulates the finished jobs)")
+        lines.append(
+            f"(each job folder holds failure.json with the traceback; `python -m fnet.report.sweep {sweep_dir}` "
+            "tabulates the finished jobs)"
+        )
         message = "\n".join(lines)
         log.error(message)
         raise SystemExit(message)
@@ -144,9 +156,14 @@ def failed_jobs(sweep_dir: str | Path, since: float | None = None) -> list[dict]
             record = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             record = {"error": f"unreadable failure.json ({type(err).__name__}: {err})"}
-        out.append({"job_dir": str(path.parent), "overrides": [str(o) for o in record.get("overrides") or []],
-                    "error": str(record.get("error", "")).splitlines()[0][:300] if record.get("error") else "",
-                    "interrupted": bool(record.get("interrupted", False))})
+        out.append(
+            {
+                "job_dir": str(path.parent),
+                "overrides": [str(o) for o in record.get("overrides") or []],
+                "error": str(record.get("error", "")).splitlines()[0][:300] if record.get("error") else "",
+                "interrupted": bool(record.get("interrupted", False)),
+            }
+        )
     return out
 
 

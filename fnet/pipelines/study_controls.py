@@ -59,11 +59,16 @@ def massive_info(masks: np.ndarray, scale: np.ndarray, *, n_units: int, top_k: i
     K = masks.shape[0]
     units = massive_units(masks, scale, top_k=top_k, n_units=n_units)
     massive = recurring_units(masks, among=units)
-    return {"massive_units": massive, "units": units, "top_k": top_k, "n_units": n_units,
-            "top_units": top_units(scale, top_k).tolist(), "network_sizes": masks.sum(axis=(1, 2)).tolist(),
-            "networks_with_massive": {str(row["unit"]): row["network_ids"] for row in massive},
-            "massive_fraction_of_networks": [float(masks[k][:, units].sum() / max(1, masks[k].sum()))
-                                             for k in range(K)]}
+    return {
+        "massive_units": massive,
+        "units": units,
+        "top_k": top_k,
+        "n_units": n_units,
+        "top_units": top_units(scale, top_k).tolist(),
+        "network_sizes": masks.sum(axis=(1, 2)).tolist(),
+        "networks_with_massive": {str(row["unit"]): row["network_ids"] for row in massive},
+        "massive_fraction_of_networks": [float(masks[k][:, units].sum() / max(1, masks[k].sum())) for k in range(K)],
+    }
 
 
 def _analysis_config(overrides: Sequence[str]):
@@ -79,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze_overrides: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, analyze_overrides = argv[:cut], argv[cut + 1:]
+        argv, analyze_overrides = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(prog="python -m fnet.pipelines.study_controls", description=__doc__.split("\n")[0])
     parser.add_argument("--networks", required=True, help="NetworkSet file (analyze.py's all_group.safetensors)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -93,8 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = _analysis_config(analyze_overrides)
     lm = load_lm(cfg)
     if lm.fingerprint != netset.provenance.get("model_fingerprint", lm.fingerprint):
-        raise ValueError(f"the analyze overrides give model {lm.name} (fingerprint {lm.fingerprint[:12]}…), not the "
-                         f"model of {args.networks}: pass the overrides of the analyze job that made the networks")
+        raise ValueError(
+            f"the analyze overrides give model {lm.name} (fingerprint {lm.fingerprint[:12]}…), not the "
+            f"model of {args.networks}: pass the overrides of the analyze job that made the networks"
+        )
     scale, provenance = neuron_scale_for_config(cfg, lm)
     if scale.shape != masks.shape[1:]:
         raise ValueError(f"neuron scale {scale.shape} does not fit the networks {masks.shape[1:]}")

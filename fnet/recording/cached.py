@@ -24,8 +24,14 @@ log = logging.getLogger(__name__)
 __all__ = ["ACTIVATION_CODE", "model_key", "record", "record_dataset", "slug"]
 
 #: the modules whose source determines recorded activations (part of every store's key)
-ACTIVATION_CODE = ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.recording.recorder", "fnet.recording.store",
-                   "fnet.recording.cached")
+ACTIVATION_CODE = (
+    "fnet.models",
+    "fnet.hooks",
+    "fnet.batching",
+    "fnet.recording.recorder",
+    "fnet.recording.store",
+    "fnet.recording.cached",
+)
 
 
 def model_key(lm: LoadedModel) -> str:
@@ -65,10 +71,19 @@ def slug(text: str) -> str:
 def _open_cached_store(root: Path, recorder: Recorder, lm: LoadedModel, code: str, extra: dict) -> ActivationStore:
     """Open (or create) a cached store; one whose manifest is unreadable is moved aside and made anew, and a
     reused one has every shard checked (bad shards are moved aside and re-recorded)."""
+
     def open_store() -> ActivationStore:
-        return ActivationStore.open(root, model=lm.name, fingerprint=lm.fingerprint, code_version=code,
-                                    signal=recorder.signal, n_layers=recorder.n_layers, width=recorder.width,
-                                    max_length=recorder.max_length, extra=extra)
+        return ActivationStore.open(
+            root,
+            model=lm.name,
+            fingerprint=lm.fingerprint,
+            code_version=code,
+            signal=recorder.signal,
+            n_layers=recorder.n_layers,
+            width=recorder.width,
+            max_length=recorder.max_length,
+            extra=extra,
+        )
 
     reused = (root / "manifest.json").exists()
     try:
@@ -83,9 +98,17 @@ def _open_cached_store(root: Path, recorder: Recorder, lm: LoadedModel, code: st
     return store
 
 
-def record_dataset(lm: LoadedModel, texts: Sequence[Text], *, dataset: str, cache_dir: str | Path,
-                   signal: str = "mlp_out", max_length: int = 1024, batch_size: int = 4,
-                   progress: bool = True) -> ActivationStore:
+def record_dataset(
+    lm: LoadedModel,
+    texts: Sequence[Text],
+    *,
+    dataset: str,
+    cache_dir: str | Path,
+    signal: str = "mlp_out",
+    max_length: int = 1024,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> ActivationStore:
     """Record ``texts`` into the cached store of this model, signal, length and texts; returns the store.
 
     Parameters
@@ -108,21 +131,31 @@ def record_dataset(lm: LoadedModel, texts: Sequence[Text], *, dataset: str, cach
         The store, holding ``acts  # [tokens_i, n_layers*width]`` for every text.
     """
     if not texts:  # before any folder is made (transformers would fail with an IndexError deep inside)
-        raise ValueError(f"no texts to record for data set {dataset!r}: got an empty list; give at least one "
-                         "non-empty text")
+        raise ValueError(
+            f"no texts to record for data set {dataset!r}: got an empty list; give at least one non-empty text"
+        )
     recorder = Recorder(lm, signal, max_length=max_length, batch_size=batch_size, progress=progress)
     code = code_version(*ACTIVATION_CODE)
     key = content_key(model_key(lm), signal, recorder.max_length, [(t.id, text_sha1(t.text)) for t in texts], code)
     root = Path(cache_dir) / "activations" / slug(lm.name) / f"{signal}-{dataset}-{key}"
-    store = _open_cached_store(root, recorder, lm, code, {"dataset": dataset, "model_dtype": lm.dtype,
-                                                          "model_source": lm.source})
+    store = _open_cached_store(
+        root, recorder, lm, code, {"dataset": dataset, "model_dtype": lm.dtype, "model_source": lm.source}
+    )
     recorder.record_to_store([t.text for t in texts], store, ids=[t.id for t in texts])
     return store
 
 
-def record(lm: LoadedModel, texts: Sequence[str | Text], *, signal: str = "mlp_out", max_length: int = 1024,
-           batch_size: int = 4, dataset: str = "texts", cache_dir: str | Path | None = None,
-           progress: bool = False) -> ActivationStore:
+def record(
+    lm: LoadedModel,
+    texts: Sequence[str | Text],
+    *,
+    signal: str = "mlp_out",
+    max_length: int = 1024,
+    batch_size: int = 4,
+    dataset: str = "texts",
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> ActivationStore:
     """Record texts through a model into a cached, content-addressed :class:`ActivationStore` (the notebook
     entry point; :func:`record_dataset` with defaults).
 
@@ -155,7 +188,17 @@ def record(lm: LoadedModel, texts: Sequence[str | Text], *, signal: str = "mlp_o
     >>> len(store), store.arrays()[0].shape[1] == lm.n_layers * lm.d_model
     (2, True)
     """
-    items = [t if isinstance(t, Text) else Text(id=f"text-{i:04d}", text=str(t), source="record")
-             for i, t in enumerate(texts)]
-    return record_dataset(lm, items, dataset=dataset, cache_dir=cache_dir or cache_root(), signal=signal,
-                          max_length=max_length, batch_size=batch_size, progress=progress)
+    items = [
+        t if isinstance(t, Text) else Text(id=f"text-{i:04d}", text=str(t), source="record")
+        for i, t in enumerate(texts)
+    ]
+    return record_dataset(
+        lm,
+        items,
+        dataset=dataset,
+        cache_dir=cache_dir or cache_root(),
+        signal=signal,
+        max_length=max_length,
+        batch_size=batch_size,
+        progress=progress,
+    )

@@ -118,8 +118,13 @@ class Recorder:
             raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size}, {max_length}")
         limit = lm.max_positions
         if limit and self.max_length > limit:
-            log.info("max_length %d exceeds %s's %d positions; truncating texts to %d tokens",
-                     self.max_length, lm.name, limit, limit)
+            log.info(
+                "max_length %d exceeds %s's %d positions; truncating texts to %d tokens",
+                self.max_length,
+                lm.name,
+                limit,
+                limit,
+            )
             self.max_length = limit
 
     @property
@@ -146,7 +151,9 @@ class Recorder:
             self.lm.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
         return [acts_padded[b, : len(row)].clone() for b, row in enumerate(rows)]
 
-    def iter_record(self, texts: Sequence[str], skip: Sequence[bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    def iter_record(
+        self, texts: Sequence[str], skip: Sequence[bool] | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         token_ids = tokenize_texts(self.lm.tokenizer, texts, self.max_length)
         todo = [i for i in range(len(texts)) if not (skip and skip[i])]
         order = sorted(todo, key=lambda i: -len(token_ids[i]))  # longest first: similar lengths share a batch
@@ -166,8 +173,13 @@ class Recorder:
 
     def open_store(self, root, extra: dict | None = None) -> ActivationStore:
         return ActivationStore.open(
-            root, model=self.lm.name, signal=self.signal, n_layers=self.n_layers, width=self.width,
-            max_length=self.max_length, extra=extra,
+            root,
+            model=self.lm.name,
+            signal=self.signal,
+            n_layers=self.n_layers,
+            width=self.width,
+            max_length=self.max_length,
+            extra=extra,
         )
 
     def record_to_store(

@@ -41,8 +41,9 @@ def _count(value: Any, what: str) -> int:
     return value
 
 
-def sample_stimuli(texts: Sequence[Text | str], *, n_template: int, n_individual: int, seed: int,
-                   min_chars: int = 1) -> tuple[list[Text], list[Text]]:
+def sample_stimuli(
+    texts: Sequence[Text | str], *, n_template: int, n_individual: int, seed: int, min_chars: int = 1
+) -> tuple[list[Text], list[Text]]:
     """Draw ``n_template`` + ``n_individual`` distinct texts at random (seeded), as two disjoint lists.
 
     ``texts`` may be Text records or plain strings (the user's own list). An empty or
@@ -78,8 +79,9 @@ def sample_stimuli(texts: Sequence[Text | str], *, n_template: int, n_individual
     seen_ids: set[str] = set()
     for index, record in enumerate(records):
         if not record.text.strip():
-            raise ValueError(f"text at index {index} (id {record.id!r}) is empty or whitespace-only; "
-                             "remove it or give it content")
+            raise ValueError(
+                f"text at index {index} (id {record.id!r}) is empty or whitespace-only; remove it or give it content"
+            )
         if record.id in seen_ids:
             raise ValueError(f"text at index {index} repeats id {record.id!r}; ids must be unique")
         seen_ids.add(record.id)
@@ -107,8 +109,9 @@ def sample_stimuli(texts: Sequence[Text | str], *, n_template: int, n_individual
 _PER_SET_SAMPLING = ("n_template", "n_individual", "seed", "min_chars")
 
 
-def load_stimulus_sets(datasets: Mapping[str, Mapping[str, Any] | None], n_template: int = 10,
-                       n_individual: int = 10, seed: int = 0) -> dict[str, StimulusSet]:
+def load_stimulus_sets(
+    datasets: Mapping[str, Mapping[str, Any] | None], n_template: int = 10, n_individual: int = 10, seed: int = 0
+) -> dict[str, StimulusSet]:
     """Load and sample every data set in ``datasets`` (name -> options).
 
     Each options mapping holds ``source`` (defaults to the data set's name when that is a source,
@@ -153,11 +156,19 @@ def load_stimulus_sets(datasets: Mapping[str, Mapping[str, Any] | None], n_templ
         min_chars = sampling.get("min_chars", 1)
         try:
             texts, info = load_source(source, options)
-            template, individual = sample_stimuli(texts, n_template=n_t, n_individual=n_i, seed=set_seed,
-                                                  min_chars=min_chars)
+            template, individual = sample_stimuli(
+                texts, n_template=n_t, n_individual=n_i, seed=set_seed, min_chars=min_chars
+            )
         except ValueError as error:
             raise ValueError(f"data set {name!r} (source {source!r}): {error}") from error
-        provenance = {**info, "options": options, "seed": set_seed, "n_template": len(template),
-                      "n_individual": len(individual), "n_available": len(texts), "min_chars": min_chars}
+        provenance = {
+            **info,
+            "options": options,
+            "seed": set_seed,
+            "n_template": len(template),
+            "n_individual": len(individual),
+            "n_available": len(texts),
+            "min_chars": min_chars,
+        }
         sets[name] = StimulusSet(name=name, template=template, individual=individual, provenance=provenance)
     return sets

@@ -47,8 +47,7 @@ __all__ = ["ActivationStore", "CorruptShardError", "ShardInfo", "text_sha1", "FO
 
 FORMAT = "fnet-activations/2"
 #: manifest keys that must agree for a store to be reused (the rest -- created, provenance -- is description)
-HEADER_KEYS = ("format", "model", "fingerprint", "signal", "n_layers", "width", "dtype", "max_length",
-               "code_version")
+HEADER_KEYS = ("format", "model", "fingerprint", "signal", "n_layers", "width", "dtype", "max_length", "code_version")
 
 
 class CorruptShardError(RuntimeError):
@@ -264,8 +263,10 @@ class ActivationStore:
         acts16 = acts.astype(np.float16, copy=False)  # [tokens, n_layers*width]
         finite = np.isfinite(acts16)
         if not finite.all():
-            raise ValueError(f"activations of text {text_id!r} have {int((~finite).sum())} non-finite values (NaN or "
-                             f"beyond float16's +-65504) of {acts16.size}; not stored in {self.root}")
+            raise ValueError(
+                f"activations of text {text_id!r} have {int((~finite).sum())} non-finite values (NaN or "
+                f"beyond float16's +-65504) of {acts16.size}; not stored in {self.root}"
+            )
         buffer = io.BytesIO()
         np.save(buffer, acts16)
         data = buffer.getvalue()
@@ -280,8 +281,13 @@ class ActivationStore:
                     return  # another writer committed this text meanwhile; keep theirs
                 file = theirs.file if theirs is not None else self._free_file_name()
                 os.replace(tmp, self.root / file)
-                record = {"id": text_id, "sha1": sha1, "n_tokens": int(acts16.shape[0]), "file": file,
-                          "checksum": _checksum(data)}
+                record = {
+                    "id": text_id,
+                    "sha1": sha1,
+                    "n_tokens": int(acts16.shape[0]),
+                    "file": file,
+                    "checksum": _checksum(data),
+                }
                 self.manifest["texts"] = [e for e in self.manifest["texts"] if e["id"] != text_id] + [record]
                 self._write_manifest()
         finally:
@@ -325,8 +331,10 @@ class ActivationStore:
         if entry.checksum is not None:
             found = _checksum((self.root / entry.file).read_bytes())
             if found != entry.checksum:
-                return (f"shard {self.root / entry.file} of text {text_id!r} does not match its checksum "
-                        f"(manifest {entry.checksum}, file {found}): its bytes changed after it was written")
+                return (
+                    f"shard {self.root / entry.file} of text {text_id!r} does not match its checksum "
+                    f"(manifest {entry.checksum}, file {found}): its bytes changed after it was written"
+                )
         return None
 
     def verify(self) -> None:

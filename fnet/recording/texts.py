@@ -17,8 +17,19 @@ from urllib.parse import urlparse
 
 from fnet.paths import corpus_dir, project_root
 
-__all__ = ["DATA_DIR_ENV", "CORPUS_DIR", "REPO_ROOT", "HubUnavailableError", "StimulusSet", "Text", "data_root",
-           "hub_reachable", "hub_rows", "join_fields", "local_data_path"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "CORPUS_DIR",
+    "REPO_ROOT",
+    "HubUnavailableError",
+    "StimulusSet",
+    "Text",
+    "data_root",
+    "hub_reachable",
+    "hub_rows",
+    "join_fields",
+    "local_data_path",
+]
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -128,8 +139,7 @@ def data_root() -> Path | None:
     return None
 
 
-def local_data_path(relative: str, *, source: str, override: str | os.PathLike | None,
-                     hub_hint: str) -> Path:
+def local_data_path(relative: str, *, source: str, override: str | os.PathLike | None, hub_hint: str) -> Path:
     """Resolve a file or folder of a local source, or raise a FileNotFoundError that says how to fix it."""
     if override is not None:
         path = Path(override).expanduser()
@@ -186,9 +196,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def hub_rows(hub_name: str, *, split: str, fields: Sequence[str], config: str | None = None,
-              data_dir: str | None = None, revision: str | None = None, streaming: bool = False,
-              max_rows: int | None = None, offline_note: str = "") -> tuple[Iterator[dict], dict]:
+def hub_rows(
+    hub_name: str,
+    *,
+    split: str,
+    fields: Sequence[str],
+    config: str | None = None,
+    data_dir: str | None = None,
+    revision: str | None = None,
+    streaming: bool = False,
+    max_rows: int | None = None,
+    offline_note: str = "",
+) -> tuple[Iterator[dict], dict]:
     """Open ``hub_name`` with ``datasets.load_dataset`` and yield dicts holding ``fields``.
 
     Connection problems become a HubUnavailableError whose message says what to use offline.
@@ -239,12 +258,19 @@ def hub_rows(hub_name: str, *, split: str, fields: Sequence[str], config: str | 
                 return
             missing_now = [f for f in fields if f not in row]
             if missing_now:
-                raise ValueError(f"hub data set {where} rows have no field(s) {missing_now}; "
-                                 f"their fields are {sorted(row)}")
+                raise ValueError(
+                    f"hub data set {where} rows have no field(s) {missing_now}; their fields are {sorted(row)}"
+                )
             yield row
 
-    info = {"hub": hub_name, "config": config, "split": split, "fields": list(fields),
-            "streaming": bool(streaming), "max_rows": max_rows}
+    info = {
+        "hub": hub_name,
+        "config": config,
+        "split": split,
+        "fields": list(fields),
+        "streaming": bool(streaming),
+        "max_rows": max_rows,
+    }
     if data_dir is not None:
         info["data_dir"] = data_dir
     if revision is not None:

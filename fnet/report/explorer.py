@@ -43,7 +43,7 @@ def _num(value: Any, digits: int = 3) -> str:
     value = float(value)
     if math.isnan(value):
         return "n/a"
-    if value != 0 and abs(value) < 10 ** -digits:
+    if value != 0 and abs(value) < 10**-digits:
         return f"{value:.2e}"
     return f"{value:.{digits}f}"
 
@@ -62,8 +62,13 @@ def _token(text: Any) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=False, lstrip_blocks=False)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
     env.filters.update(num=_num, shade=_shade, tok=_token)
     return env
 
@@ -84,9 +89,16 @@ def effect_row(label: str, row: Mapping[str, Any], *, a: str = "", b: str = "") 
     high = row.get("ci_high_corrected", row.get("ci_high"))
     low, high = (None if low in (None, "") else float(low)), (None if high in (None, "") else float(high))
     n_rows = row.get("n_rows")
-    return {"label": label, "a": a or row.get("a", ""), "b": b or row.get("b", ""), "diff": float(row["diff"]),
-            "ci_low": low, "ci_high": high, "n_rows": None if n_rows in (None, "") else int(float(n_rows)),
-            "excludes_zero": low is not None and high is not None and (low > 0 or high < 0)}
+    return {
+        "label": label,
+        "a": a or row.get("a", ""),
+        "b": b or row.get("b", ""),
+        "diff": float(row["diff"]),
+        "ci_low": low,
+        "ci_high": high,
+        "n_rows": None if n_rows in (None, "") else int(float(n_rows)),
+        "excludes_zero": low is not None and high is not None and (low > 0 or high < 0),
+    }
 
 
 def _layers_text(counts: Sequence[int]) -> str:
@@ -98,9 +110,19 @@ def _layers_text(counts: Sequence[int]) -> str:
     return f"{span}, most in layer {top} ({counts[top]})"
 
 
-def network_card(desc: Mapping[str, Any], *, set_id: str, width: int, title: str | None = None,
-                 effects: Sequence[dict] = (), effects_note: str = "", matches: Sequence[dict] = (),
-                 massive_units: Sequence[int] = (), note: str = "", no_examples: str = "") -> dict:
+def network_card(
+    desc: Mapping[str, Any],
+    *,
+    set_id: str,
+    width: int,
+    title: str | None = None,
+    effects: Sequence[dict] = (),
+    effects_note: str = "",
+    matches: Sequence[dict] = (),
+    massive_units: Sequence[int] = (),
+    note: str = "",
+    no_examples: str = "",
+) -> dict:
     """One card of the page from a network description (:func:`fnet.networks.describe`).
 
     Parameters
@@ -133,12 +155,25 @@ def network_card(desc: Mapping[str, Any], *, set_id: str, width: int, title: str
     search += [f"unit {m['unit']}" for m in desc.get("massive") or []]
     search += [str(e["token"]).strip() for e in examples] + [str(t["text"]) for t in desc.get("texts") or []]
     bounds = [abs(x) for e in effects for x in (e["diff"], e["ci_low"], e["ci_high"]) if x is not None]
-    return {**desc, "id": f"{set_id}-{desc['network']}", "set": set_id, "width": int(width),
-            "title": title or f"network {desc['network']}", "examples": examples, "vmax": vmax,
-            "texts": list(desc.get("texts") or []), "layers_text": _layers_text(list(desc["counts_per_layer"])),
-            "effects": list(effects), "effects_note": effects_note, "effect_scale": max(bounds + [1e-9]) * 1.05,
-            "matches": list(matches), "massive_units": [int(u) for u in massive_units], "note": note,
-            "no_examples": no_examples, "search": " ".join(search).lower()}
+    return {
+        **desc,
+        "id": f"{set_id}-{desc['network']}",
+        "set": set_id,
+        "width": int(width),
+        "title": title or f"network {desc['network']}",
+        "examples": examples,
+        "vmax": vmax,
+        "texts": list(desc.get("texts") or []),
+        "layers_text": _layers_text(list(desc["counts_per_layer"])),
+        "effects": list(effects),
+        "effects_note": effects_note,
+        "effect_scale": max(bounds + [1e-9]) * 1.05,
+        "matches": list(matches),
+        "massive_units": [int(u) for u in massive_units],
+        "note": note,
+        "no_examples": no_examples,
+        "search": " ".join(search).lower(),
+    }
 
 
 def _table(table: Mapping[str, Any]) -> dict:
@@ -163,14 +198,32 @@ def render_explorer(page: Mapping[str, Any], path: str | Path) -> Path:
     >>> 'id="card-all-0"' in html, '<span class="t s5 f" title="3.2"> cat</span>' in html, "://" in html
     (True, True, False)
     """
-    full = {"subtitle": "", "meta": [], "figures": [], "tables": [], "sets": [], "version": __version__,
-            "footer": (f"fnet {__version__} explorer: one self-contained file (no server, nothing loaded from the "
-                       "network). Component activity is the network's ICA time course in the orientation of its "
-                       "thresholded map, z-scored over the tokens shown (SD units).")}
+    full = {
+        "subtitle": "",
+        "meta": [],
+        "figures": [],
+        "tables": [],
+        "sets": [],
+        "version": __version__,
+        "footer": (
+            f"fnet {__version__} explorer: one self-contained file (no server, nothing loaded from the "
+            "network). Component activity is the network's ICA time course in the orientation of its "
+            "thresholded map, z-scored over the tokens shown (SD units)."
+        ),
+    }
     full.update(page)
     full["tables"] = [_table(t) for t in full["tables"]]
-    full["sets"] = [{"note": "", "figures": [], "cards": [], **s, "tables": [_table(t) for t in s.get("tables") or []],
-                     "after": [_table(t) for t in s.get("after") or []]} for s in full["sets"]]
+    full["sets"] = [
+        {
+            "note": "",
+            "figures": [],
+            "cards": [],
+            **s,
+            "tables": [_table(t) for t in s.get("tables") or []],
+            "after": [_table(t) for t in s.get("after") or []],
+        }
+        for s in full["sets"]
+    ]
     html = _environment().get_template("explorer.html").render(page=full)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

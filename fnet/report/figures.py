@@ -129,8 +129,17 @@ def plot_network_maps(
         ax.set_title(title, fontsize=9)
         listing = _top_units_text(netset, k, n_units)
         if listing:
-            ax.text(0.98, 0.02, "top units\n" + listing, transform=ax.transAxes, ha="right", va="bottom",
-                    fontsize=7, family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
+            ax.text(
+                0.98,
+                0.02,
+                "top units\n" + listing,
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                family="monospace",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
+            )
     model = netset.provenance.get("model")
     if model is not None:
         fig.suptitle(str(model), fontsize=10)
@@ -247,6 +256,13 @@ def plot_iou_matrix(
         for i in range(k1):
             for j in range(k2):
                 value = matrix[i, j]
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > 0.6 else "white")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if value > 0.6 else "white",
+                )
     return _save(fig, path, dpi)

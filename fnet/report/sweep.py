@@ -30,12 +30,39 @@ import numpy as np
 from fnet.intervene import MASKS
 from fnet.report import markdown_table, provenance_header
 
-__all__ = ["collect", "collect_analyses", "condition_of", "summarize", "aggregate", "plot_preservation_curve", "mean_ci", "main"]
+__all__ = [
+    "collect",
+    "collect_analyses",
+    "condition_of",
+    "summarize",
+    "aggregate",
+    "plot_preservation_curve",
+    "mean_ci",
+    "main",
+]
 
 #: the range of bounded metrics (t intervals over few seeds are clipped to it)
 METRIC_RANGE = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "exact_match": (0.0, 1.0), "mcc": (-1.0, 1.0)}
-SUMMARY_COLUMNS = ["task", "condition", "mode", "networks", "K", "n_seeds", "metric", "mean", "ci_low", "ci_high",
-                   "n_masked", "fraction_masked", "unmasked", "delta", "unmasked_above_chance", "chance", "n", "netset"]
+SUMMARY_COLUMNS = [
+    "task",
+    "condition",
+    "mode",
+    "networks",
+    "K",
+    "n_seeds",
+    "metric",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n_masked",
+    "fraction_masked",
+    "unmasked",
+    "delta",
+    "unmasked_above_chance",
+    "chance",
+    "n",
+    "netset",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -66,8 +93,13 @@ def collect(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
     for path in sorted(sweep_dir.rglob("failure.json")):
         record = json.loads(path.read_text())
         overrides = record.get("overrides") or _job_overrides(path.parent)
-        failures.append({"job_dir": str(path.parent), "overrides": " ".join(overrides),
-                         "error": str(record.get("error", "")).splitlines()[0][:300] if record.get("error") else ""})
+        failures.append(
+            {
+                "job_dir": str(path.parent),
+                "overrides": " ".join(overrides),
+                "error": str(record.get("error", "")).splitlines()[0][:300] if record.get("error") else "",
+            }
+        )
     return results, failures
 
 
@@ -87,8 +119,15 @@ def collect_analyses(sweep_dir: str | Path) -> list[dict]:
             job = report.parent
             if analysis == "networks" and not (job / "summary.json").is_file():
                 continue  # some other report.md (a sweep's own summary is summary.md)
-            row = {"job_dir": str(job), "overrides": " ".join(_job_overrides(job)), "analysis": analysis,
-                   "K": None, "datasets": "", "mean network size": None, "report": str(report)}
+            row = {
+                "job_dir": str(job),
+                "overrides": " ".join(_job_overrides(job)),
+                "analysis": analysis,
+                "K": None,
+                "datasets": "",
+                "mean network size": None,
+                "report": str(report),
+            }
             if analysis == "networks":
                 try:
                     datasets = json.loads((job / "summary.json").read_text()).get("datasets") or {}
@@ -96,8 +135,11 @@ def collect_analyses(sweep_dir: str | Path) -> list[dict]:
                     datasets = {}
                 sizes = [s for d in datasets.values() for s in (d.get("sizes") or [])]
                 first = next(iter(datasets.values()), {})
-                row.update(K=len(first.get("sizes") or []) or None, datasets=", ".join(datasets),
-                           **{"mean network size": round(float(np.mean(sizes)), 1) if sizes else None})
+                row.update(
+                    K=len(first.get("sizes") or []) or None,
+                    datasets=", ".join(datasets),
+                    **{"mean network size": round(float(np.mean(sizes)), 1) if sizes else None},
+                )
             rows.append(row)
     return sorted(rows, key=lambda r: r["job_dir"])
 
@@ -122,10 +164,16 @@ def condition_of(row: dict) -> tuple[str, str, str, Any]:
     if not kind.per_network:
         networks = ""
     subset = "" if networks in ("", "all") or _all_networks(mask, K) else f" networks {networks}"
-    label = kind.describe.format(networks=networks, K=K, k="" if K is None else f" (K={K})", subset=subset,
-                                 disjoint=" (disjoint)" if mask.get("exclude_reference") else "",
-                                 fraction=float(mask.get("fraction_requested") or 0), value=mask.get("value"),
-                                 unit=(mask.get("meta") or {}).get("unit_rank", mask.get("unit")))
+    label = kind.describe.format(
+        networks=networks,
+        K=K,
+        k="" if K is None else f" (K={K})",
+        subset=subset,
+        disjoint=" (disjoint)" if mask.get("exclude_reference") else "",
+        fraction=float(mask.get("fraction_requested") or 0),
+        value=mask.get("value"),
+        unit=(mask.get("meta") or {}).get("unit_rank", mask.get("unit")),
+    )
     return label, mode, networks, K
 
 
@@ -192,19 +240,29 @@ def summarize(results: Sequence[dict]) -> list[dict]:
         else:
             unmasked, above = None, None
         primary = (rows[0].get("metrics") or {}).get(metric) or {}
-        summary.append({
-            "task": task, "condition": label, "mode": mode, "networks": networks, "K": K, "n_seeds": len(rows),
-            "metric": metric, "mean": mean, "ci_low": lo, "ci_high": hi,
-            "n_masked": _mean([m.get("n_masked") for m in mask_stats]),
-            "fraction_masked": _mean([m.get("fraction") for m in mask_stats]),
-            "unmasked": unmasked,
-            "delta": None if unmasked is None or mean is None or mode == "none" else mean - unmasked,
-            "unmasked_above_chance": above,
-            "chance": primary.get("chance"),
-            "n": rows[0].get("n"),
-            "seeds": sorted({r.get("seed") for r in rows if r.get("seed") is not None}),
-            "netset": netset or None,
-        })
+        summary.append(
+            {
+                "task": task,
+                "condition": label,
+                "mode": mode,
+                "networks": networks,
+                "K": K,
+                "n_seeds": len(rows),
+                "metric": metric,
+                "mean": mean,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_masked": _mean([m.get("n_masked") for m in mask_stats]),
+                "fraction_masked": _mean([m.get("fraction") for m in mask_stats]),
+                "unmasked": unmasked,
+                "delta": None if unmasked is None or mean is None or mode == "none" else mean - unmasked,
+                "unmasked_above_chance": above,
+                "chance": primary.get("chance"),
+                "n": rows[0].get("n"),
+                "seeds": sorted({r.get("seed") for r in rows if r.get("seed") is not None}),
+                "netset": netset or None,
+            }
+        )
 
     def order(row: dict) -> tuple:
         mode_rank = MASKS[row["mode"]].order if row["mode"] in MASKS else max(k.order for k in MASKS.values()) + 1
@@ -253,12 +311,20 @@ def plot_preservation_curve(summary: Sequence[dict], path: str | Path, dpi: int 
         lo = np.array([p["ci_low"] if p["ci_low"] is not None else np.nan for p in points], dtype=float)
         hi = np.array([p["ci_high"] if p["ci_high"] is not None else np.nan for p in points], dtype=float)
         yerr = np.vstack([np.nan_to_num(means - lo), np.nan_to_num(hi - means)])
-        ax.errorbar(ks, means, yerr=yerr, marker="o", capsize=3, color=colors[task],
-                    label=f"{task} ({points[0]['metric']})")
+        ax.errorbar(
+            ks, means, yerr=yerr, marker="o", capsize=3, color=colors[task], label=f"{task} ({points[0]['metric']})"
+        )
         for p in points:
             if p.get("fraction_masked") is not None:
-                ax.annotate(f"{1 - p['fraction_masked']:.1%}", (p["K"], p["mean"]), textcoords="offset points",
-                            xytext=(0, 7), ha="center", fontsize=7, color=colors[task])
+                ax.annotate(
+                    f"{1 - p['fraction_masked']:.1%}",
+                    (p["K"], p["mean"]),
+                    textcoords="offset points",
+                    xytext=(0, 7),
+                    ha="center",
+                    fontsize=7,
+                    color=colors[task],
+                )
         unmasked = next((p["unmasked"] for p in points if p.get("unmasked") is not None), None)
         if unmasked is not None:
             ax.axhline(unmasked, linestyle="--", linewidth=1, color=colors[task])
@@ -269,8 +335,7 @@ def plot_preservation_curve(summary: Sequence[dict], path: str | Path, dpi: int 
     ax.set_xticks(sorted({r["K"] for r in rows}), [str(k) for k in sorted({r["K"] for r in rows})])
     ax.set_xlabel("K (ICA components; only their networks' neurons are kept)")
     ax.set_ylabel("score")
-    ax.set_title("Preservation: score vs K (labels: fraction of neurons kept; --- unmasked, ··· chance)",
-                 fontsize=9)
+    ax.set_title("Preservation: score vs K (labels: fraction of neurons kept; --- unmasked, ··· chance)", fontsize=9)
     ax.legend(fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,23 +362,39 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     paths: dict[str, Path] = {}
-    kinds = f" ({len(results)} evaluate, {len(analyses)} analyze)" if results and analyses else (
-        f" ({len(analyses)} analyze)" if analyses else "")
-    lines = [f"# Sweep summary: {sweep_dir}", "",
-             f"{len(results) + len(analyses)} finished jobs{kinds}, {len(failures)} failed.", ""]
+    kinds = (
+        f" ({len(results)} evaluate, {len(analyses)} analyze)"
+        if results and analyses
+        else (f" ({len(analyses)} analyze)" if analyses else "")
+    )
+    lines = [
+        f"# Sweep summary: {sweep_dir}",
+        "",
+        f"{len(results) + len(analyses)} finished jobs{kinds}, {len(failures)} failed.",
+        "",
+    ]
     if results:
         first = results[0].get("provenance") or {}
         lines += [provenance_header({k: first.get(k) for k in ("model", "signal", "fnet_version")}), ""]
-        lines += ["Score = mean over the condition's jobs (seeds) with a 95 % CI (t interval over seeds; a single "
-                  "job shows its own CI: Wilson for accuracy, bootstrap otherwise). `unmasked` is the unmasked model "
-                  "on the same rows; `unmasked_above_chance` = its CI lower bound exceeds the chance level "
-                  "(majority-class rate for accuracy) -- rows marked NO cannot show a lesion effect.", ""]
+        lines += [
+            "Score = mean over the condition's jobs (seeds) with a 95 % CI (t interval over seeds; a single "
+            "job shows its own CI: Wilson for accuracy, bootstrap otherwise). `unmasked` is the unmasked model "
+            "on the same rows; `unmasked_above_chance` = its CI lower bound exceeds the chance level "
+            "(majority-class rate for accuracy) -- rows marked NO cannot show a lesion effect.",
+            "",
+        ]
         lines.append(markdown_table(_display_rows(summary), SUMMARY_COLUMNS))
         lines.append("")
         paths["csv"] = _write_csv(summary, SUMMARY_COLUMNS, out_dir / "summary.csv")
     if analyses:
-        lines += ["## Analysis jobs", "", "Each job's networks, figures and tables are in its folder (`report`).", "",
-                  markdown_table(analyses, ANALYSIS_COLUMNS), ""]
+        lines += [
+            "## Analysis jobs",
+            "",
+            "Each job's networks, figures and tables are in its folder (`report`).",
+            "",
+            markdown_table(analyses, ANALYSIS_COLUMNS),
+            "",
+        ]
         paths["analyses_csv"] = _write_csv(analyses, ANALYSIS_COLUMNS, out_dir / "analyses.csv")
     if failures:
         lines += ["## Failed jobs", "", markdown_table(failures, ["job_dir", "overrides", "error"]), ""]

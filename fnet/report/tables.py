@@ -1,5 +1,4 @@
-"""Text reports: markdown tables and the provenance header every report starts with.
-"""
+"""Text reports: markdown tables and the provenance header every report starts with."""
 
 from __future__ import annotations
 
@@ -46,8 +45,9 @@ def _cell(value: Any, floatfmt: str) -> str:
     return text.replace("\r\n", " ").replace("\n", " ").replace("|", "\\|")
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
-                   floatfmt: str = ".3f") -> str:
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, floatfmt: str = ".3f"
+) -> str:
     """A GitHub-style pipe table.
 
     Parameters
@@ -89,9 +89,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
         padded = [p.rjust(w) if num else p.ljust(w) for p, w, num in zip(parts, widths, numeric)]
         return "| " + " | ".join(padded) + " |"
 
-    separator = "| " + " | ".join(
-        ("-" * (w - 1) + ":") if num else "-" * w for w, num in zip(widths, numeric)
-    ) + " |"
+    separator = "| " + " | ".join(("-" * (w - 1) + ":") if num else "-" * w for w, num in zip(widths, numeric)) + " |"
     return "\n".join([line(header), separator] + [line(r) for r in cells])
 
 

@@ -9,17 +9,53 @@
 
 from fnet.scoring.generate import generate_greedy, parse_choice, perplexity_windows, window_nll
 from fnet.scoring.loglik import PATH_COUNTS, prefix_key_values, score_loglik
-from fnet.scoring.metrics import (bootstrap_interval, chance_levels, class_metric, mcc_from_confusion,
-                                   metric_chance, normalize_answer, squad_scores, wilson_interval)
-from fnet.scoring.prompts import (CONTENT_FREE, PromptBuilder, Request, align_prefixes, common_prefix_len,
-                                   sample_shots, use_chat_template)
+from fnet.scoring.metrics import (
+    bootstrap_interval,
+    chance_levels,
+    class_metric,
+    mcc_from_confusion,
+    metric_chance,
+    normalize_answer,
+    squad_scores,
+    wilson_interval,
+)
+from fnet.scoring.prompts import (
+    CONTENT_FREE,
+    PromptBuilder,
+    Request,
+    align_prefixes,
+    common_prefix_len,
+    sample_shots,
+    use_chat_template,
+)
 from fnet.scoring.tasks import TaskSpec, available_tasks, get_task
 from fnet.scoring.rows import load_task_rows
 
 __all__ = [
-    "CONTENT_FREE", "PATH_COUNTS", "PromptBuilder", "Request", "TaskSpec", "align_prefixes", "available_tasks",
-    "bootstrap_interval", "chance_levels", "class_metric", "common_prefix_len", "generate_greedy", "get_task",
-    "load_task_rows", "mcc_from_confusion", "metric_chance", "normalize_answer", "parse_choice",
-    "perplexity_windows", "prefix_key_values", "sample_shots", "score_loglik", "squad_scores",
-    "use_chat_template", "wilson_interval", "window_nll",
+    "CONTENT_FREE",
+    "PATH_COUNTS",
+    "PromptBuilder",
+    "Request",
+    "TaskSpec",
+    "align_prefixes",
+    "available_tasks",
+    "bootstrap_interval",
+    "chance_levels",
+    "class_metric",
+    "common_prefix_len",
+    "generate_greedy",
+    "get_task",
+    "load_task_rows",
+    "mcc_from_confusion",
+    "metric_chance",
+    "normalize_answer",
+    "parse_choice",
+    "perplexity_windows",
+    "prefix_key_values",
+    "sample_shots",
+    "score_loglik",
+    "squad_scores",
+    "use_chat_template",
+    "wilson_interval",
+    "window_nll",
 ]

@@ -25,8 +25,16 @@ __all__ = ["generate_greedy", "parse_choice", "perplexity_windows", "window_nll"
 # Generation and the label parser
 # --------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def generate_greedy(model: torch.nn.Module, tokenizer: Any, contexts: Sequence[list[int]], *, max_new_tokens: int,
-                    until: Sequence[str] = ("\n",), pad_token_id: int, max_length: int | None = None) -> list[str]:
+def generate_greedy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    contexts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    until: Sequence[str] = ("\n",),
+    pad_token_id: int,
+    max_length: int | None = None,
+) -> list[str]:
     """Greedy continuations of a batch of prompts (left padding), cut at the first ``until`` string.
 
     Parameters
@@ -58,11 +66,16 @@ def generate_greedy(model: torch.nn.Module, tokenizer: Any, contexts: Sequence[l
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # [row, pos], left padded
     attention_mask = torch.zeros_like(input_ids)
     for i, seq in enumerate(sequences):
-        input_ids[i, width - len(seq):] = torch.tensor(seq)
-        attention_mask[i, width - len(seq):] = 1
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                            max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
-                            pad_token_id=pad_token_id)
+        input_ids[i, width - len(seq) :] = torch.tensor(seq)
+        attention_mask[i, width - len(seq) :] = 1
+    output = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        max_new_tokens=int(max_new_tokens),
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_token_id,
+    )
     texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
     out = []
     for text in texts:
@@ -109,8 +122,11 @@ def parse_choice(text: str, choices: Sequence[str]) -> int | None:
     if not spans:
         return None
     # drop matches covered by a longer match (e.g. "entailment" inside "not entailment")
-    kept = [s for s in spans
-            if not any(o is not s and o[0] <= s[0] and s[1] <= o[1] and (o[1] - o[0]) > (s[1] - s[0]) for o in spans)]
+    kept = [
+        s
+        for s in spans
+        if not any(o is not s and o[0] <= s[0] and s[1] <= o[1] and (o[1] - o[0]) > (s[1] - s[0]) for o in spans)
+    ]
     kept.sort(key=lambda s: (s[0], -(s[1] - s[0])))
     first = kept[0]
     rivals = {s[2] for s in kept if s[0] == first[0] and s[1] == first[1]}
@@ -162,8 +178,9 @@ def perplexity_windows(n_tokens: int, max_length: int, stride: int | None = None
 
 
 @torch.no_grad()
-def window_nll(model: torch.nn.Module, windows: Sequence[list[int]], n_scored: Sequence[int], *,
-               pad_token_id: int) -> torch.Tensor:
+def window_nll(
+    model: torch.nn.Module, windows: Sequence[list[int]], n_scored: Sequence[int], *, pad_token_id: int
+) -> torch.Tensor:
     """Summed negative log-likelihood ``nll  # [window]`` of each window's last ``n_scored`` tokens.
 
     Parameters
@@ -190,7 +207,7 @@ def window_nll(model: torch.nn.Module, windows: Sequence[list[int]], n_scored: S
     for i, (tokens, k) in enumerate(zip(windows, n_scored)):
         input_ids[i, : len(tokens)] = torch.tensor(tokens)
         attention_mask[i, : len(tokens)] = 1
-        target_mask[i, len(tokens) - k: len(tokens)] = True
+        target_mask[i, len(tokens) - k : len(tokens)] = True
     logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
     log_probs = F.log_softmax(logits[:, :-1], dim=-1)  # [window, pos-1, vocab]: predicts token pos+1
     token_log_probs = log_probs.gather(-1, input_ids[:, 1:, None].to(device))[..., 0]  # [window, pos-1]

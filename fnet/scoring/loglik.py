@@ -19,6 +19,7 @@ from fnet.compat import accepts, cache_argument, output_cache
 
 __all__ = ["PATH_COUNTS", "score_loglik", "prefix_key_values"]
 
+
 def _left_truncate(context: list[int], continuation: list[int], max_length: int | None) -> list[int]:
     if max_length is None or len(context) + len(continuation) <= max_length:
         return context
@@ -66,14 +67,26 @@ def _fast_path_unavailable(model: torch.nn.Module, what: str, why: str) -> None:
     key = f"{type(model).__name__}:{what}"
     if key not in _warned_slow:
         _warned_slow.add(key)
-        warnings.warn(f"{what} scoring is not available for {type(model).__name__} ({why}); scoring full "
-                      "sequences instead: same numbers, more work", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{what} scoring is not available for {type(model).__name__} ({why}); scoring full "
+            "sequences instead: same numbers, more work",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 @torch.no_grad()
-def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continuations: Sequence[Sequence[list[int]]],
-                 *, pad_token_id: int, max_length: int | None = None, prefix_len: int = 0,
-                 kv_memo: dict | None = None, share_context: bool = True) -> torch.Tensor:
+def score_loglik(
+    model: torch.nn.Module,
+    contexts: Sequence[list[int]],
+    continuations: Sequence[Sequence[list[int]]],
+    *,
+    pad_token_id: int,
+    max_length: int | None = None,
+    prefix_len: int = 0,
+    kv_memo: dict | None = None,
+    share_context: bool = True,
+) -> torch.Tensor:
     """Summed log-probabilities ``scores  # [row, choice]`` of each row's choice tokens after its context.
 
     ``contexts[r]`` are row r's prompt tokens; ``continuations[r][c]`` the tokens of choice c (rows may differ
@@ -117,9 +130,12 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
     n_rows = len(contexts)
     n_choices = len(continuations[0]) if n_rows else 0
     longest = max(len(ctx) + max(len(c) for c in conts) for ctx, conts in zip(contexts, continuations))
-    use_prefix = (prefix_len > 0 and _supports_prefix_cache(model)
-                  and all(len(ctx) > prefix_len for ctx in contexts)
-                  and (max_length is None or longest <= max_length))
+    use_prefix = (
+        prefix_len > 0
+        and _supports_prefix_cache(model)
+        and all(len(ctx) > prefix_len for ctx in contexts)
+        and (max_length is None or longest <= max_length)
+    )
     if prefix_len > 0 and not _supports_prefix_cache(model):
         _fast_path_unavailable(model, "shared-prefix", "its forward takes no key/value cache and position_ids")
     key_values = None
@@ -153,8 +169,10 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
     PATH_COUNTS["prefix" if key_values is not None else "full"] += 1
     if single_token:
         sequences = [_left_truncate(list(ctx), [0], max_length) for ctx in contexts]
-        targets = [[(r, len(seq) - 1, [conts[c][0]]) for c in range(n_choices)]
-                   for r, (seq, conts) in enumerate(zip(sequences, continuations))]
+        targets = [
+            [(r, len(seq) - 1, [conts[c][0]]) for c in range(n_choices)]
+            for r, (seq, conts) in enumerate(zip(sequences, continuations))
+        ]
     else:
         sequences, targets = [], []
         for ctx, conts in zip(contexts, continuations):
@@ -179,9 +197,13 @@ def score_loglik(model: torch.nn.Module, contexts: Sequence[list[int]], continua
 
 
 @torch.no_grad()
-def _score_shared_context(model: torch.nn.Module, contexts: Sequence[list[int]],
-                          continuations: Sequence[Sequence[list[int]]], pad_token_id: int,
-                          max_length: int | None) -> torch.Tensor:
+def _score_shared_context(
+    model: torch.nn.Module,
+    contexts: Sequence[list[int]],
+    continuations: Sequence[Sequence[list[int]]],
+    pad_token_id: int,
+    max_length: int | None,
+) -> torch.Tensor:
     """Multi-token choices without repeating the context: (1) the right-padded contexts in one forward pass with
     a cache -- the logits at each row's last real position score every choice's first token; (2) the cache is
     repeated per choice and the choices' remaining tokens go through one more forward pass (right padded, explicit
@@ -224,9 +246,14 @@ def _score_shared_context(model: torch.nn.Module, contexts: Sequence[list[int]],
                 rest_ids[r * n_choices + c, : len(tokens)] = torch.tensor(tokens)
                 rest_mask[r * n_choices + c, : len(tokens)] = 1
     attention_mask = torch.cat([context_mask.repeat_interleave(n_choices, dim=0), rest_mask], dim=1)
-    position_ids = (torch.tensor(lengths).repeat_interleave(n_choices)[:, None] + torch.arange(rest_width)[None])
-    logits = model(input_ids=rest_ids.to(device), attention_mask=attention_mask.to(device),
-                   position_ids=position_ids.to(device), use_cache=True, **{cache_argument(model): cache}).logits.float()
+    position_ids = torch.tensor(lengths).repeat_interleave(n_choices)[:, None] + torch.arange(rest_width)[None]
+    logits = model(
+        input_ids=rest_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        use_cache=True,
+        **{cache_argument(model): cache},
+    ).logits.float()
     for r in range(n_rows):
         for c in range(n_choices):
             tokens = continuations[r][c]
@@ -238,8 +265,13 @@ def _score_shared_context(model: torch.nn.Module, contexts: Sequence[list[int]],
     return scores
 
 
-def _forward_right_padded(model: torch.nn.Module, sequences: Sequence[list[int]], pad_token_id: int,
-                          first_read: int, key_values: list | None = None) -> tuple[torch.Tensor, int]:
+def _forward_right_padded(
+    model: torch.nn.Module,
+    sequences: Sequence[list[int]],
+    pad_token_id: int,
+    first_read: int,
+    key_values: list | None = None,
+) -> tuple[torch.Tensor, int]:
     """One forward pass of right-padded sequences (after a shared cached prefix when ``key_values`` is given).
     Returns ``(logits  # [seq, pos - offset, vocab], offset)``."""
     device = next(model.parameters()).device
@@ -256,8 +288,11 @@ def _forward_right_padded(model: torch.nn.Module, sequences: Sequence[list[int]]
 
         n_prefix = key_values[0][0].shape[-2]
         kwargs[cache_argument(model)] = DynamicCache(
-            ddp_cache_data=[(k.expand(n, *k.shape[1:]).contiguous(), v.expand(n, *v.shape[1:]).contiguous())
-                            for k, v in key_values], config=getattr(model, "config", None))
+            ddp_cache_data=[
+                (k.expand(n, *k.shape[1:]).contiguous(), v.expand(n, *v.shape[1:]).contiguous()) for k, v in key_values
+            ],
+            config=getattr(model, "config", None),
+        )
         kwargs["use_cache"] = True
         kwargs["position_ids"] = (n_prefix + torch.arange(width, device=device))[None].expand(n, -1)
         attention_mask = torch.cat([torch.ones(n, n_prefix, dtype=attention_mask.dtype), attention_mask], dim=1)

@@ -15,8 +15,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["wilson_interval", "bootstrap_interval", "chance_levels", "metric_chance", "class_metric",
-           "mcc_from_confusion", "normalize_answer", "squad_scores"]
+__all__ = [
+    "wilson_interval",
+    "bootstrap_interval",
+    "chance_levels",
+    "metric_chance",
+    "class_metric",
+    "mcc_from_confusion",
+    "normalize_answer",
+    "squad_scores",
+]
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -45,8 +53,9 @@ def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def class_metric(name: str, preds: torch.Tensor, targets: torch.Tensor, n_classes: int,
-                 failure_class: bool = False) -> float:
+def class_metric(
+    name: str, preds: torch.Tensor, targets: torch.Tensor, n_classes: int, failure_class: bool = False
+) -> float:
     """accuracy / mcc / f1 (binary F1 of class 1) of class predictions, via torchmetrics' functional API.
 
     ``failure_class``: predictions may also be ``n_classes`` (a generate-mode parse failure), an extra class that
@@ -113,8 +122,9 @@ def mcc_from_confusion(confusion: torch.Tensor) -> float:
     return 0.0 if float(denominator) == 0.0 else float(numerator / denominator)
 
 
-def bootstrap_interval(statistic, arrays: Sequence[np.ndarray], *, n_boot: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    statistic, arrays: Sequence[np.ndarray], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(*resampled_arrays)`` (rows resampled jointly, seeded).
 
     Parameters
@@ -167,8 +177,11 @@ def chance_levels(targets: Sequence[int], n_classes: int) -> dict[str, float]:
     """
     targets = np.asarray(targets, dtype=np.int64)
     counts = np.bincount(targets, minlength=n_classes) if targets.size else np.zeros(n_classes)
-    return {"majority": float(counts.max() / max(targets.size, 1)), "uniform": 1.0 / n_classes,
-            "majority_class": int(counts.argmax()) if targets.size else -1}
+    return {
+        "majority": float(counts.max() / max(targets.size, 1)),
+        "uniform": 1.0 / n_classes,
+        "majority_class": int(counts.argmax()) if targets.size else -1,
+    }
 
 
 def metric_chance(name: str, targets: Sequence[int], n_classes: int) -> float:
@@ -247,6 +260,7 @@ def squad_scores(prediction: str, answers: Sequence[str]) -> tuple[float, float]
     tuple of float
         ``(em, f1)``.
     """
+
     def f1(pred: str, gold: str) -> float:
         p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
         common = sum((Counter(p) & Counter(g)).values())

@@ -14,10 +14,18 @@ import numpy as np
 
 from fnet.scoring.tasks import TaskSpec
 
-__all__ = ["CONTENT_FREE", "PromptBuilder", "Request", "sample_shots", "use_chat_template", "common_prefix_len",
-           "align_prefixes"]
+__all__ = [
+    "CONTENT_FREE",
+    "PromptBuilder",
+    "Request",
+    "sample_shots",
+    "use_chat_template",
+    "common_prefix_len",
+    "align_prefixes",
+]
 
 CONTENT_FREE = "N/A"
+
 
 class PromptFields(dict):
     def __missing__(self, key: str) -> str:  # a template field the row lacks renders empty
@@ -46,8 +54,15 @@ def use_chat_template(task: TaskSpec, tokenizer: Any) -> bool:
     return bool(task.chat_template)
 
 
-def sample_shots(pool: Sequence[Mapping], k: int, rng: np.random.Generator, *, balanced: bool = False,
-                 n_classes: int = 0, exclude_index: int | None = None) -> list[Mapping]:
+def sample_shots(
+    pool: Sequence[Mapping],
+    k: int,
+    rng: np.random.Generator,
+    *,
+    balanced: bool = False,
+    n_classes: int = 0,
+    exclude_index: int | None = None,
+) -> list[Mapping]:
     """``k`` rows of ``pool`` without replacement. ``balanced``: as equal a count per class as the pool allows
     (remainder classes chosen at random), then shuffled. ``exclude_index``: a row index never drawn (used when
     shots come from the scored split itself).
@@ -116,8 +131,9 @@ class PromptBuilder:
         The pool is the scored split itself: a row is never its own shot (default False).
     """
 
-    def __init__(self, task: TaskSpec, tokenizer: Any, fewshot_pool: Sequence[Mapping] | None = None,
-                 same_split: bool = False):
+    def __init__(
+        self, task: TaskSpec, tokenizer: Any, fewshot_pool: Sequence[Mapping] | None = None, same_split: bool = False
+    ):
         self.task = task
         self.tokenizer = tokenizer
         self.pool = list(fewshot_pool or [])
@@ -130,8 +146,10 @@ class PromptBuilder:
             raise ValueError(f"fewshot.sampling must be per_example or fixed, not {self.sampling!r}")
         self.balanced = bool(fewshot.get("balanced", False)) and task.type == "multiple_choice"
         if task.num_fewshot and len(self.pool) < task.num_fewshot:
-            raise ValueError(f"task {task.name!r}: {task.num_fewshot} shots requested but the few-shot pool has "
-                             f"{len(self.pool)} rows")
+            raise ValueError(
+                f"task {task.name!r}: {task.num_fewshot} shots requested but the few-shot pool has "
+                f"{len(self.pool)} rows"
+            )
         self._fixed: list[Mapping] | None = None
         self._prefix_cache: tuple[str, list[int]] | None = None
         self._warned_boundary: set[str] = set()
@@ -143,12 +161,23 @@ class PromptBuilder:
             return []
         if self.sampling == "fixed":
             if self._fixed is None:
-                self._fixed = sample_shots(self.pool, k, np.random.default_rng(self.seed), balanced=self.balanced,
-                                           n_classes=self.task.n_choices)
+                self._fixed = sample_shots(
+                    self.pool,
+                    k,
+                    np.random.default_rng(self.seed),
+                    balanced=self.balanced,
+                    n_classes=self.task.n_choices,
+                )
             return self._fixed
         rng = np.random.default_rng([self.seed, int(row["index"])])
-        return sample_shots(self.pool, k, rng, balanced=self.balanced, n_classes=self.task.n_choices,
-                            exclude_index=row["index"] if self.same_split else None)
+        return sample_shots(
+            self.pool,
+            k,
+            rng,
+            balanced=self.balanced,
+            n_classes=self.task.n_choices,
+            exclude_index=row["index"] if self.same_split else None,
+        )
 
     def question(self, row: Mapping) -> str:
         return self.task.prompt["template"].format_map(PromptFields({k: v for k, v in row.items() if v is not None}))
@@ -171,13 +200,16 @@ class PromptBuilder:
         if self.chat:
             messages: list[dict] = []
             for shot in shots:
-                messages += [{"role": "user", "content": self.question(shot)},
-                             {"role": "assistant", "content": self.answer(shot)}]
+                messages += [
+                    {"role": "user", "content": self.question(shot)},
+                    {"role": "assistant", "content": self.answer(shot)},
+                ]
             messages.append({"role": "user", "content": self.question(row)})
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         sep = self.task.prompt.get("fewshot_delimiter", "\n\n")
-        parts = [self.question(shot) + self.task.prompt.get("target_delimiter", " ") + self.answer(shot)
-                 for shot in shots]
+        parts = [
+            self.question(shot) + self.task.prompt.get("target_delimiter", " ") + self.answer(shot) for shot in shots
+        ]
         return sep.join(parts + [self.question(row)])
 
     def content_free(self, row: Mapping) -> Mapping:
@@ -214,15 +246,21 @@ class PromptBuilder:
         out = []
         for text in self.continuations():
             whole = self.encode_context(context + text)
-            tokens = whole[len(context_tokens):]
+            tokens = whole[len(context_tokens) :]
             if not tokens:
-                raise ValueError(f"task {self.task.name!r}: choice {text!r} adds no tokens after the prompt "
-                                 f"{context[-40:]!r}; choices: {self.continuations()}")
+                raise ValueError(
+                    f"task {self.task.name!r}: choice {text!r} adds no tokens after the prompt "
+                    f"{context[-40:]!r}; choices: {self.continuations()}"
+                )
             if whole[: len(context_tokens)] != context_tokens and text not in self._warned_boundary:
                 self._warned_boundary.add(text)
-                warnings.warn(f"task {self.task.name!r}: the tokeniser merges choice {text!r} with the end of the "
-                              f"prompt {context[-20:]!r}; scoring the prompt's own tokens followed by the joint "
-                              "encoding's remainder (lm-evaluation-harness's rule)", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"task {self.task.name!r}: the tokeniser merges choice {text!r} with the end of the "
+                    f"prompt {context[-20:]!r}; scoring the prompt's own tokens followed by the joint "
+                    "encoding's remainder (lm-evaluation-harness's rule)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             out.append(tokens)
         return out
 
@@ -237,8 +275,13 @@ class PromptBuilder:
         if getattr(self, "_prefix_cache", None) is None:
             sep = self.task.prompt.get("fewshot_delimiter", "\n\n")
             shots = self.shots_for({"index": -1})
-            text = sep.join(self.question(shot) + self.task.prompt.get("target_delimiter", " ") + self.answer(shot)
-                            for shot in shots) + sep
+            text = (
+                sep.join(
+                    self.question(shot) + self.task.prompt.get("target_delimiter", " ") + self.answer(shot)
+                    for shot in shots
+                )
+                + sep
+            )
             self._prefix_cache = (text, self.encode_context(text))
         return self._prefix_cache
 
@@ -260,9 +303,17 @@ class PromptBuilder:
         prefix_len = 0
         if self.shares_prefix:
             prefix_len = common_prefix_len([self._prefix()[1], tokens] + ([cf] if cf is not None else []))
-        return Request(index=int(row["index"]), label=int(row.get("label", -1)), context=context,
-                       context_tokens=tokens, continuation_tokens=continuations, content_free_tokens=cf,
-                       content_free_continuation_tokens=cf_continuations, row=dict(row), prefix_len=prefix_len)
+        return Request(
+            index=int(row["index"]),
+            label=int(row.get("label", -1)),
+            context=context,
+            context_tokens=tokens,
+            continuation_tokens=continuations,
+            content_free_tokens=cf,
+            content_free_continuation_tokens=cf_continuations,
+            row=dict(row),
+            prefix_len=prefix_len,
+        )
 
 
 def common_prefix_len(sequences: Sequence[Sequence[int]]) -> int:

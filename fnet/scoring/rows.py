@@ -59,15 +59,26 @@ def split_provenance(task: TaskSpec, split: str, data_dir: str | os.PathLike | N
     source = resolve_source(task, data_dir, split)
     if source == "hub":
         hub = task.hub or {}
-        return {"source": "hub", "path": hub.get("path"), "name": hub.get("name"),
-                "split": (hub.get("splits") or {}).get(split, split)}
+        return {
+            "source": "hub",
+            "path": hub.get("path"),
+            "name": hub.get("name"),
+            "split": (hub.get("splits") or {}).get(split, split),
+        }
     local = task.local or {}
     out = {"source": "local", "path": str(_local_path(task, split, resolve_data_dir(data_dir)))}
     if not (local.get("paths") or {}).get(split) and local.get("holdout"):
-        out["split_rule"] = (f"offline split of one file: {split} = "
-                             + ("seeded holdout" if split == "train" else "rows outside the seeded holdout"
-                                if split == "validation" else "all rows")
-                             + f" (holdout {local['holdout']})")
+        out["split_rule"] = (
+            f"offline split of one file: {split} = "
+            + (
+                "seeded holdout"
+                if split == "train"
+                else "rows outside the seeded holdout"
+                if split == "validation"
+                else "all rows"
+            )
+            + f" (holdout {local['holdout']})"
+        )
     return out
 
 
@@ -160,9 +171,16 @@ def _read_local_file(path: Path, local: Mapping) -> list[dict]:
     if fmt == "squad_json":
         articles = datasets.load_dataset("json", data_files=str(path), field="data", split="train").to_list()
         return [
-            {"id": qa["id"], "title": article["title"], "context": paragraph["context"], "question": qa["question"],
-             "answers": [a["text"] for a in qa["answers"]]}
-            for article in articles for paragraph in article["paragraphs"] for qa in paragraph["qas"]
+            {
+                "id": qa["id"],
+                "title": article["title"],
+                "context": paragraph["context"],
+                "question": qa["question"],
+                "answers": [a["text"] for a in qa["answers"]],
+            }
+            for article in articles
+            for paragraph in article["paragraphs"]
+            for qa in paragraph["qas"]
         ]
     raise ValueError(f"unknown local format {fmt!r}; valid: tsv, csv, text, squad_json")
 
@@ -205,17 +223,26 @@ def _column_text(record: Mapping, spec: Any, strip: bool = True) -> str | None:
 
 def _uniform_row(task: TaskSpec, record: Mapping, source: Mapping, where: str) -> dict:
     if task.type == "generation":  # SQuAD
-        return {"text_a": record["context"], "text_b": record["question"], "label": -1, "id": str(record["id"]),
-                "title": str(record.get("title", "")).replace("_", " "), "context": record["context"],
-                "question": record["question"], "answers": list(record["answers"])}
+        return {
+            "text_a": record["context"],
+            "text_b": record["question"],
+            "label": -1,
+            "id": str(record["id"]),
+            "title": str(record.get("title", "")).replace("_", " "),
+            "context": record["context"],
+            "question": record["question"],
+            "answers": list(record["answers"]),
+        }
     columns = source.get("columns") or {}
-    missing = [c for spec in columns.values() for c in ([spec] if isinstance(spec, str) else spec)
-               if c not in record]
+    missing = [c for spec in columns.values() for c in ([spec] if isinstance(spec, str) else spec) if c not in record]
     if missing:
         raise TaskDataError(f"task {task.name!r} ({where}): columns {missing} not in the data; found {list(record)}")
     strip = task.type != "perplexity"
-    row = {"text_a": _column_text(record, columns.get("text_a"), strip),
-           "text_b": _column_text(record, columns.get("text_b"), strip), "label": -1}
+    row = {
+        "text_a": _column_text(record, columns.get("text_a"), strip),
+        "text_b": _column_text(record, columns.get("text_b"), strip),
+        "label": -1,
+    }
     if task.type == "multiple_choice":
         raw = record[columns["label"]]
         label_map = source.get("label_map")

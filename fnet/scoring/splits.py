@@ -38,7 +38,9 @@ def split_rows(
     part lists its rows in the permuted order (so taking a part's first N rows is a seeded random subset)."""
     fractions = [float(f) for f in fractions]
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be 3 non-negative numbers summing to 1 (train, val, test), got {fractions}")
+        raise ValueError(
+            f"split fractions must be 3 non-negative numbers summing to 1 (train, val, test), got {fractions}"
+        )
     key = group_key or (lambda row: (row.get("text_a"), row.get("text_b")))
     groups: dict[Any, list[dict]] = {}
     for row in rows:
@@ -50,9 +52,7 @@ def split_rows(
     if fractions[2] == 0:  # no test part: the remainder goes to train
         n_train = len(keys) - n_val
     bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, len(keys))}
-    return {
-        name: [row for i in order[lo:hi] for row in groups[keys[i]]] for name, (lo, hi) in bounds.items()
-    }
+    return {name: [row for i in order[lo:hi] for row in groups[keys[i]]] for name, (lo, hi) in bounds.items()}
 
 
 def fine_tuning_splits(
@@ -74,8 +74,10 @@ def fine_tuning_splits(
     info: dict[str, Any] = {"task": spec.name, "split_seed": int(seed), "fractions": fractions}
     if rows is not None:
         parts = split_rows(rows, fractions, seed, group_key)
-        info.update(source="rows given in code", rule=f"seeded split of {len(rows)} given rows "
-                    f"(train/validation/test fractions {fractions}, seed {seed})")
+        info.update(
+            source="rows given in code",
+            rule=f"seeded split of {len(rows)} given rows (train/validation/test fractions {fractions}, seed {seed})",
+        )
         return parts, info
     resolved = resolve_source(spec, data_dir, "all" if spec.local else "validation")
     own_train = resolved == "local" and bool(((spec.local or {}).get("paths") or {}).get("train"))
@@ -85,31 +87,45 @@ def fine_tuning_splits(
         local = spec.local or {}
         path = (Path(resolve_data_dir(data_dir)) / str(local.get("path"))).resolve()
         info.update(
-            source="local", path=str(path),
-            rule=(f"offline: no training split exists, so the local file {path.name} ({len(pool)} rows) was split "
-                  f"with seed {seed} into train/validation/test = {fractions}; rows sharing a text (SQuAD: a "
-                  f"paragraph) stay in one part, and the test part is never trained on"),
+            source="local",
+            path=str(path),
+            rule=(
+                f"offline: no training split exists, so the local file {path.name} ({len(pool)} rows) was split "
+                f"with seed {seed} into train/validation/test = {fractions}; rows sharing a text (SQuAD: a "
+                f"paragraph) stay in one part, and the test part is never trained on"
+            ),
         )
     else:  # a training split of its own: train/validation from it, test = the whole scored split
         pool = load_task_rows(spec, "train", data_dir)
         total = fractions[0] + fractions[1]
         train_val = split_rows(pool, [fractions[0] / total, fractions[1] / total, 0.0], seed, group_key)
-        parts = {"train": train_val["train"], "validation": train_val["validation"],
-                 "test": load_task_rows(spec, "validation", data_dir)}
+        parts = {
+            "train": train_val["train"],
+            "validation": train_val["validation"],
+            "test": load_task_rows(spec, "validation", data_dir),
+        }
         if own_train:
             local = spec.local or {}
             root = Path(resolve_data_dir(data_dir))
-            info.update(source="local", path=str((root / str(local["paths"]["train"])).resolve()),
-                        test_path=str((root / str(local["path"])).resolve()),
-                        rule=(f"offline: the train file {Path(local['paths']['train']).name} (local.paths.train, "
-                              f"{len(pool)} rows) divided with seed {seed} into train/validation "
-                              f"({fractions[0] / total:.2f}/{fractions[1] / total:.2f}); test = the whole "
-                              f"{Path(str(local['path'])).name} ({len(parts['test'])} rows), never trained on"))
+            info.update(
+                source="local",
+                path=str((root / str(local["paths"]["train"])).resolve()),
+                test_path=str((root / str(local["path"])).resolve()),
+                rule=(
+                    f"offline: the train file {Path(local['paths']['train']).name} (local.paths.train, "
+                    f"{len(pool)} rows) divided with seed {seed} into train/validation "
+                    f"({fractions[0] / total:.2f}/{fractions[1] / total:.2f}); test = the whole "
+                    f"{Path(str(local['path'])).name} ({len(parts['test'])} rows), never trained on"
+                ),
+            )
         else:
             hub = spec.hub or {}
             info.update(
-                source="hub", path=f"{hub.get('path')}/{hub.get('name')}",
-                rule=(f"hub: train split divided with seed {seed} into train/validation "
-                      f"({fractions[0] / total:.2f}/{fractions[1] / total:.2f}); test = the hub's validation split"),
+                source="hub",
+                path=f"{hub.get('path')}/{hub.get('name')}",
+                rule=(
+                    f"hub: train split divided with seed {seed} into train/validation "
+                    f"({fractions[0] / total:.2f}/{fractions[1] / total:.2f}); test = the hub's validation split"
+                ),
             )
     return parts, info

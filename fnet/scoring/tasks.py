@@ -94,7 +94,8 @@ def available_tasks() -> list[str]:
         raise FileNotFoundError(
             f"no task configs in {task_config_dir()}: this installation of fnet is incomplete (the tasks are the "
             "repository's conf/task/*.yaml, beside the fnet package, not part of a wheel); run from a checkout of "
-            "the repository")
+            "the repository"
+        )
     return names
 
 
@@ -245,8 +246,13 @@ class TaskSpec:
         for key in ("name", "type", "prompt"):
             if raw.get(key) is None:
                 raise ValueError(f"task config lacks the required key {key!r}: {raw}")
-        spec = cls(**{k: v for k, v in raw.items() if v is not None or k in ("hub", "local", "choices", "limit",
-                                                                              "fewshot_split")})
+        spec = cls(
+            **{
+                k: v
+                for k, v in raw.items()
+                if v is not None or k in ("hub", "local", "choices", "limit", "fewshot_split")
+            }
+        )
         spec.validate()
         return spec
 

@@ -45,8 +45,10 @@ from fnet.study.scheduler import REPO_ROOT, STAGES, environment_key, environment
 
 __all__ = ["main"]
 
-def _compose(preset: dict, items: Sequence[str], out: str | None, accept_code: Sequence[str] = (),
-             any_code: bool = False) -> int:
+
+def _compose(
+    preset: dict, items: Sequence[str], out: str | None, accept_code: Sequence[str] = (), any_code: bool = False
+) -> int:
     """``--compose``: one report from committed study reports (:func:`fnet.study.compose.compose_report`)."""
     if not out:
         print("--compose writes a new report: give it a folder with --report-dir", file=sys.stderr)
@@ -72,85 +74,159 @@ def _interrupt(signum, frame) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fnet.study", description="Run a study preset, resumably.")
-    parser.add_argument("preset", help="conf/study/<preset>.yaml (smollm2, gpt2, qwen2_5_3b, chatglm3_6b, tiny) "
-                                       "or a YAML path")
+    parser.add_argument(
+        "preset", help="conf/study/<preset>.yaml (smollm2, gpt2, qwen2_5_3b, chatglm3_6b, tiny) or a YAML path"
+    )
     parser.add_argument("set", nargs="*", help="preset overrides key=value (e.g. seeds=3 'tasks=[sst2]')")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs and what is done; run nothing")
     parser.add_argument("--only", choices=STAGES, help="run only this stage's jobs")
     parser.add_argument("--root", help="study folder (default outputs/study/<name>)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
-    parser.add_argument("--report-only", action="store_true",
-                        help="write the report from the jobs done so far; run nothing (works while a run goes on)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the jobs done so far; run nothing (works while a run goes on)",
+    )
     parser.add_argument("--report-dir", help="where the report goes (default: the study folder)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="jobs run at once (default 1); without OMP_NUM_THREADS the cores are split among them")
-    parser.add_argument("--adopt", metavar="REASON",
-                        help="first move finished jobs whose key changed only through the environment (see "
-                             "fnet.study.rekey) to their new folders, keeping REASON and the old key; then go on")
-    parser.add_argument("--hours", type=float,
-                        help="start no job after this many hours; running jobs finish, the rest wait for a rerun "
-                             "(a session's or SLURM allocation's budget: leave room for the longest job)")
-    parser.add_argument("--batch", type=int, default=32,
-                        help="evaluate jobs of one task and model run in one process, up to this many (default 32; "
-                             "1 = a process per job, exactly as typed)")
-    parser.add_argument("--compose", action="append", metavar="[TASKS=]FOLDER",
-                        help="write one report for the whole plan from committed study reports (repeat: one per "
-                             "folder, in order of preference), each task whole from one folder that finished it; "
-                             "TASKS (comma-separated, e.g. sst2,sst2-zeroshot) picks them; runs nothing; needs "
-                             "--report-dir (fnet.study.compose)")
-    parser.add_argument("--accept-code", action="append", metavar="CODEKEY",
-                        help="with --compose: also take sources made by this code key (a study report's Code: line; "
-                             "repeat for several), once you have checked that the change does not matter")
-    parser.add_argument("--any-code", action="store_true",
-                        help="with --compose: take sources of any code, also reports that record none (made before "
-                             "study reports recorded their code)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="jobs run at once (default 1); without OMP_NUM_THREADS the cores are split among them",
+    )
+    parser.add_argument(
+        "--adopt",
+        metavar="REASON",
+        help="first move finished jobs whose key changed only through the environment (see "
+        "fnet.study.rekey) to their new folders, keeping REASON and the old key; then go on",
+    )
+    parser.add_argument(
+        "--hours",
+        type=float,
+        help="start no job after this many hours; running jobs finish, the rest wait for a rerun "
+        "(a session's or SLURM allocation's budget: leave room for the longest job)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=32,
+        help="evaluate jobs of one task and model run in one process, up to this many (default 32; "
+        "1 = a process per job, exactly as typed)",
+    )
+    parser.add_argument(
+        "--compose",
+        action="append",
+        metavar="[TASKS=]FOLDER",
+        help="write one report for the whole plan from committed study reports (repeat: one per "
+        "folder, in order of preference), each task whole from one folder that finished it; "
+        "TASKS (comma-separated, e.g. sst2,sst2-zeroshot) picks them; runs nothing; needs "
+        "--report-dir (fnet.study.compose)",
+    )
+    parser.add_argument(
+        "--accept-code",
+        action="append",
+        metavar="CODEKEY",
+        help="with --compose: also take sources made by this code key (a study report's Code: line; "
+        "repeat for several), once you have checked that the change does not matter",
+    )
+    parser.add_argument(
+        "--any-code",
+        action="store_true",
+        help="with --compose: take sources of any code, also reports that record none (made before "
+        "study reports recorded their code)",
+    )
     _cluster_options(parser.add_argument_group("cluster (fnet.study.dispatch; submitit, the cluster extra)"))
     return parser
 
 
 def _cluster_options(group) -> None:
-    group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local: this process runs the jobs (default); slurm: submit units of the plan with "
-                            "sbatch through submitit, with afterok dependencies; submitit_local: the same through "
-                            "submitit's local executor")
-    group.add_argument("--unit", choices=UNITS, default="run",
-                       help="one submitted job per training run (default) or per stage group of one")
+    group.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: this process runs the jobs (default); slurm: submit units of the plan with "
+        "sbatch through submitit, with afterok dependencies; submitit_local: the same through "
+        "submitit's local executor",
+    )
+    group.add_argument(
+        "--unit",
+        choices=UNITS,
+        default="run",
+        help="one submitted job per training run (default) or per stage group of one",
+    )
     group.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
     group.add_argument("--slurm-account", metavar="NAME", help="SLURM account")
     group.add_argument("--slurm-gpus", type=int, metavar="N", help="GPUs per submitted job")
-    group.add_argument("--slurm-time", type=int, default=240, metavar="MIN",
-                       help="time limit per submitted job, minutes (default 240)")
+    group.add_argument(
+        "--slurm-time", type=int, default=240, metavar="MIN", help="time limit per submitted job, minutes (default 240)"
+    )
     group.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per submitted job")
     group.add_argument("--slurm-mem", type=float, metavar="GB", help="memory per submitted job, GB")
-    group.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
-                       help="any submitit parameter, value read as YAML (repeat): slurm_qos=high, "
-                            "slurm_constraint=a100, 'slurm_setup=[source .venv/bin/activate]'")
-    group.add_argument("--no-wait", action="store_true",
-                       help="slurm: submit and return (rerun the same command to follow up and resubmit what failed)")
-    group.add_argument("--retries", type=int, default=1, metavar="N",
-                       help="resubmit units that did not finish up to N times while waiting (default 1)")
-    group.add_argument("--max-jobs", type=int, metavar="N",
-                       help="submitted jobs in flight at once (default: all on SLURM, 2 with submitit_local)")
+    group.add_argument(
+        "--executor-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any submitit parameter, value read as YAML (repeat): slurm_qos=high, "
+        "slurm_constraint=a100, 'slurm_setup=[source .venv/bin/activate]'",
+    )
+    group.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="slurm: submit and return (rerun the same command to follow up and resubmit what failed)",
+    )
+    group.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="resubmit units that did not finish up to N times while waiting (default 1)",
+    )
+    group.add_argument(
+        "--max-jobs",
+        type=int,
+        metavar="N",
+        help="submitted jobs in flight at once (default: all on SLURM, 2 with submitit_local)",
+    )
 
 
 def _settings(args: argparse.Namespace, preset: dict) -> Settings:
     """The ``--executor`` options as :class:`fnet.study.dispatch.Settings`."""
     if args.hours is not None or args.only or args.adopt:
-        raise ValueError("--hours, --only and --adopt are the local runner's: with --executor, give each job its "
-                         "time with --slurm-time")
-    return Settings(executor=args.executor, unit=args.unit, partition=args.slurm_partition,
-                    account=args.slurm_account, gpus=args.slurm_gpus, minutes=args.slurm_time, cpus=args.slurm_cpus,
-                    mem_gb=args.slurm_mem, options=parse_options(args.executor_opt), wait=not args.no_wait,
-                    retries=args.retries, max_jobs=args.max_jobs, workers=args.workers, batch=args.batch,
-                    name=str(preset["name"]))
+        raise ValueError(
+            "--hours, --only and --adopt are the local runner's: with --executor, give each job its "
+            "time with --slurm-time"
+        )
+    return Settings(
+        executor=args.executor,
+        unit=args.unit,
+        partition=args.slurm_partition,
+        account=args.slurm_account,
+        gpus=args.slurm_gpus,
+        minutes=args.slurm_time,
+        cpus=args.slurm_cpus,
+        mem_gb=args.slurm_mem,
+        options=parse_options(args.executor_opt),
+        wait=not args.no_wait,
+        retries=args.retries,
+        max_jobs=args.max_jobs,
+        workers=args.workers,
+        batch=args.batch,
+        name=str(preset["name"]),
+    )
 
 
 def _run(args: argparse.Namespace, preset: dict, jobs: list, root: Path) -> dict | int:
     """Run the jobs under the study folder's lock; the result, or an exit status when the run did not end."""
     started = time.time()
-    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "workers": args.workers,
-           "dry_run": args.dry_run, "only": args.only, "machine": machine(),
-           "environment": environment_parts()}  # so a later change of key says which part changed
+    run = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "workers": args.workers,
+        "dry_run": args.dry_run,
+        "only": args.only,
+        "machine": machine(),
+        "environment": environment_parts(),
+    }  # so a later change of key says which part changed
     env_key = environment_key(parts=run["environment"])  # read and hashed once for adopt and the run
     previous = signal.signal(signal.SIGTERM, _interrupt)  # kill / scancel: stop like Ctrl-C
     try:
@@ -162,24 +238,47 @@ def _run(args: argparse.Namespace, preset: dict, jobs: list, root: Path) -> dict
                 run["executor"] = args.executor
                 result = dispatch(jobs, root, args.settings, env_key=env_key, dry_run=args.dry_run)
             else:
-                result = run_jobs(jobs, root, only=args.only, dry_run=args.dry_run, workers=args.workers,
-                                  batch=args.batch, env_key=env_key, deadline=deadline)
+                result = run_jobs(
+                    jobs,
+                    root,
+                    only=args.only,
+                    dry_run=args.dry_run,
+                    workers=args.workers,
+                    batch=args.batch,
+                    env_key=env_key,
+                    deadline=deadline,
+                )
     except Timeout:
-        print(f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for "
-              "it, pass another --root, or write the report so far with --report-only", file=sys.stderr)
+        print(
+            f"another `python -m fnet.study` is running on {root} (it holds {root / 'study.lock'}); wait for "
+            "it, pass another --root, or write the report so far with --report-only",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         append_run(root, dict(run, seconds=time.time() - started, interrupted=True))
-        print("interrupted: the running jobs were stopped, every finished job is kept; rerun the same command "
-              "to continue", file=sys.stderr)
+        print(
+            "interrupted: the running jobs were stopped, every finished job is kept; rerun the same command "
+            "to continue",
+            file=sys.stderr,
+        )
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     seconds = time.time() - started
-    (root / "study.json").write_text(json.dumps({"preset": preset, "jobs": result["jobs"], "seconds": seconds},
-                                                indent=1, default=str))
-    append_run(root, dict(run, seconds=seconds, counts=result["counts"], hours=args.hours,
-                          deadline_reached=result.get("deadline_reached", False)))
+    (root / "study.json").write_text(
+        json.dumps({"preset": preset, "jobs": result["jobs"], "seconds": seconds}, indent=1, default=str)
+    )
+    append_run(
+        root,
+        dict(
+            run,
+            seconds=seconds,
+            counts=result["counts"],
+            hours=args.hours,
+            deadline_reached=result.get("deadline_reached", False),
+        ),
+    )
     return result
 
 
@@ -217,8 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return result
     submitted = [u for u, state in (result.get("units") or {}).items() if state == "submitted"]
     if submitted and not args.dry_run:  # --no-wait: the jobs run on the cluster; nothing to report yet
-        print(f"submitted {len(submitted)} units ({root / 'submitit' / 'units.json'}); rerun the same command to "
-              "follow them up and resubmit what failed, or write the report so far with --report-only")
+        print(
+            f"submitted {len(submitted)} units ({root / 'submitit' / 'units.json'}); rerun the same command to "
+            "follow them up and resubmit what failed, or write the report so far with --report-only"
+        )
         return 0
     if args.dry_run:
         for r in result["jobs"]:

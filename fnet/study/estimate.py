@@ -102,8 +102,9 @@ def estimate(jobs: Sequence[Job], preset: dict, reference: Path = REFERENCE) -> 
     for job in jobs:
         by_stage[job.stage] += out[job.name]
         scope = str(job.meta.get("scope", "?")).split("/")[0]
-        label = job.meta.get("task") or (f"{scope.removesuffix('-zeroshot')} (zero-shot)" if scope.endswith(
-            "-zeroshot") else scope)
+        label = job.meta.get("task") or (
+            f"{scope.removesuffix('-zeroshot')} (zero-shot)" if scope.endswith("-zeroshot") else scope
+        )
         by_task[str(label)] += out[job.name]
     return {"jobs": out, "by_stage": dict(by_stage), "by_task": dict(by_task), "hours": sum(out.values()) / 3600}
 
@@ -114,13 +115,18 @@ def estimate_lines(jobs: Sequence[Job], preset: dict, reference: Path = REFERENC
     for job in jobs:
         counts[job.stage] += 1
     if not (Path(reference) / "jobs.csv").is_file():  # an installed fnet: the committed results are not in a wheel
-        return [f"{len(jobs)} jobs (" + ", ".join(f"{stage}: {n}" for stage, n in counts.items()) + "); no CPU-hour "
-                f"estimate: its reference study {reference} is not here (committed in fnet's repository, not part of "
-                "an installed package: run from a checkout to see one)"]
+        return [
+            f"{len(jobs)} jobs (" + ", ".join(f"{stage}: {n}" for stage, n in counts.items()) + "); no CPU-hour "
+            f"estimate: its reference study {reference} is not here (committed in fnet's repository, not part of "
+            "an installed package: run from a checkout to see one)"
+        ]
     e = estimate(jobs, preset, reference)
-    lines = [f"{len(jobs)} jobs, about {e['hours']:.1f} CPU-hours (scaled from {reference.name}'s measured jobs; "
-             "see fnet.study.estimate)"]
+    lines = [
+        f"{len(jobs)} jobs, about {e['hours']:.1f} CPU-hours (scaled from {reference.name}'s measured jobs; "
+        "see fnet.study.estimate)"
+    ]
     lines += [f"  {stage:>9}: {counts[stage]:5d} jobs, {hours / 3600:6.1f} h" for stage, hours in e["by_stage"].items()]
-    lines += [f"  {task:>20}: {hours / 3600:6.1f} h" for task, hours in sorted(e["by_task"].items(),
-                                                                           key=lambda kv: -kv[1])]
+    lines += [
+        f"  {task:>20}: {hours / 3600:6.1f} h" for task, hours in sorted(e["by_task"].items(), key=lambda kv: -kv[1])
+    ]
     return lines

@@ -11,8 +11,14 @@ import numpy as np
 
 from fnet.networks import NetworkSet
 
-__all__ = ["plot_preservation", "plot_layers", "plot_centres", "layer_centres", "plot_lesion_effects",
-           "plot_preservation_panels"]
+__all__ = [
+    "plot_preservation",
+    "plot_layers",
+    "plot_centres",
+    "layer_centres",
+    "plot_lesion_effects",
+    "plot_preservation_panels",
+]
 
 
 def _f(x: Any) -> float:
@@ -43,11 +49,19 @@ def _paper_marks(ax, paper: dict | None, paper_name: str | None, task: str, x_of
     unmasked = (paper.get("unmasked") or {}).get(task)
     if unmasked is not None:
         ax.axhline(unmasked, linestyle="-.", color="C3", linewidth=1, label=f"paper: {paper_name} unmasked")
-    points = sorted(((p["kept"], p["score"]) for p in ((paper.get("preserve") or {}).get(task) or {}).values()
-                     if p.get("kept")), key=lambda p: p[0])
+    points = sorted(
+        ((p["kept"], p["score"]) for p in ((paper.get("preserve") or {}).get(task) or {}).values() if p.get("kept")),
+        key=lambda p: p[0],
+    )
     if points and x_of is not None:
-        ax.plot([x_of(k) for k, _ in points], [v for _, v in points], "x", color="C3", markersize=7,
-                label=f"paper: {paper_name} networks kept")
+        ax.plot(
+            [x_of(k) for k, _ in points],
+            [v for _, v in points],
+            "x",
+            color="C3",
+            markersize=7,
+            label=f"paper: {paper_name} networks kept",
+        )
 
 
 def _networks(ax, pts: Sequence[dict], x: Sequence[float], style: str, label: str) -> None:
@@ -58,8 +72,14 @@ def _networks(ax, pts: Sequence[dict], x: Sequence[float], style: str, label: st
     ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, label=label)
 
 
-def plot_preservation(summary: Sequence[dict], path: Path, *, paper: dict | None = None,
-                      paper_name: str | None = None, same_model: bool = False) -> Path | None:
+def plot_preservation(
+    summary: Sequence[dict],
+    path: Path,
+    *,
+    paper: dict | None = None,
+    paper_name: str | None = None,
+    same_model: bool = False,
+) -> Path | None:
     """One readable panel per task (at most 3 per row): score vs neurons kept, the networks with their 95 % CIs
     as bars, the random controls with theirs as bands, unmasked, chance and, with ``paper`` (one model's entry of
     :func:`fnet.study.report.paper_tables`, named ``paper_name``), the paper's unmasked score and, when it is the
@@ -70,10 +90,15 @@ def plot_preservation(summary: Sequence[dict], path: Path, *, paper: dict | None
     cols = min(3, len(tasks))
     fig = _figure(5.0 * cols, 3.9 * ((len(tasks) + cols - 1) // cols))
     for ax, task in zip(_grid(fig, len(tasks), cols), tasks):
-        for cond, style, label in (("preserve", "o-", "networks kept"), ("preserve_count", "s--", "random, count-matched"),
-                                   ("preserve_magnitude", "^:", "random, magnitude-matched")):
-            pts = sorted((r for r in summary if r["task"] == task and r["condition"] == cond and r["n_kept"]),
-                         key=lambda r: r["n_kept"])
+        for cond, style, label in (
+            ("preserve", "o-", "networks kept"),
+            ("preserve_count", "s--", "random, count-matched"),
+            ("preserve_magnitude", "^:", "random, magnitude-matched"),
+        ):
+            pts = sorted(
+                (r for r in summary if r["task"] == task and r["condition"] == cond and r["n_kept"]),
+                key=lambda r: r["n_kept"],
+            )
             if not pts:
                 continue
             x = [p["n_kept"] for p in pts]
@@ -145,8 +170,14 @@ def plot_centres(centres: dict[str, float], path: Path) -> Path | None:
     return path
 
 
-_SHOWN = (("count", "lesion"), ("magnitude", "lesion"), ("massive_included", "lesion"), ("spared", "lesion"),
-          ("lesion_mean", "lesion"), ("magnitude_mean", "lesion_mean"))
+_SHOWN = (
+    ("count", "lesion"),
+    ("magnitude", "lesion"),
+    ("massive_included", "lesion"),
+    ("spared", "lesion"),
+    ("lesion_mean", "lesion"),
+    ("magnitude_mean", "lesion_mean"),
+)
 
 
 def plot_lesion_effects(claims: Sequence[dict], path: Path) -> Path | None:
@@ -174,8 +205,14 @@ def plot_lesion_effects(claims: Sequence[dict], path: Path) -> Path | None:
     return path
 
 
-def plot_preservation_panels(summary: Sequence[dict], path: Path, *, paper: dict | None = None,
-                             paper_name: str | None = None, same_model: bool = False) -> Path | None:
+def plot_preservation_panels(
+    summary: Sequence[dict],
+    path: Path,
+    *,
+    paper: dict | None = None,
+    paper_name: str | None = None,
+    same_model: bool = False,
+) -> Path | None:
     """One readable panel per task (at most 3 per row): score vs share of neurons kept (pooled over runs), the
     networks with their 95 % CIs as bars, the count-matched control band, the magnitude-matched control, the
     as-published masking, unmasked, chance and the paper's numbers as in :func:`plot_preservation`."""
@@ -185,14 +222,23 @@ def plot_preservation_panels(summary: Sequence[dict], path: Path, *, paper: dict
         return None
     cols = min(3, len(tasks))
     fig = _figure(5.0 * cols, 3.9 * ((len(tasks) + cols - 1) // cols))
-    styles = {"preserve": ("o-", "networks kept"), "preserve_count": ("s--", "random, count-matched"),
-              "preserve_magnitude": ("^:", "random, magnitude-matched"),
-              "preserve_as_published": ("x", "networks, as published (10d96da masking)")}
+    styles = {
+        "preserve": ("o-", "networks kept"),
+        "preserve_count": ("s--", "random, count-matched"),
+        "preserve_magnitude": ("^:", "random, magnitude-matched"),
+        "preserve_as_published": ("x", "networks, as published (10d96da masking)"),
+    }
     for ax, task in zip(_grid(fig, len(tasks), cols), tasks):
         n_neurons = None
         for cond, (style, label) in styles.items():
-            pts = sorted((r for r in pooled if r["task"] == task and r["condition"] == cond and r.get("n_kept")
-                          and r.get("n_neurons")), key=lambda r: r["n_kept"])
+            pts = sorted(
+                (
+                    r
+                    for r in pooled
+                    if r["task"] == task and r["condition"] == cond and r.get("n_kept") and r.get("n_neurons")
+                ),
+                key=lambda r: r["n_kept"],
+            )
             if not pts:
                 continue
             n_neurons = pts[0]["n_neurons"]
@@ -208,8 +254,13 @@ def plot_preservation_panels(summary: Sequence[dict], path: Path, *, paper: dict
             ax.axhline(row["unmasked"], linestyle="--", color="k", linewidth=1, label="unmasked")
         if row.get("chance") is not None:
             ax.axhline(row["chance"], linestyle=":", color="grey", linewidth=1, label="chance")
-        _paper_marks(ax, paper, paper_name, task,
-                     (lambda kept, n=n_neurons: 100 * kept / n) if same_model and n_neurons else None)
+        _paper_marks(
+            ax,
+            paper,
+            paper_name,
+            task,
+            (lambda kept, n=n_neurons: 100 * kept / n) if same_model and n_neurons else None,
+        )
         ax.set_xscale("log")
         ax.set_xlabel("neurons kept (% of all, log scale)")
         ax.set_ylabel(f"{row['metric']}, pooled over runs (95 % CI)")

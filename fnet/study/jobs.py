@@ -15,8 +15,22 @@ from pathlib import Path
 from fnet.cache import content_key, file_digest
 from fnet.paths import PACKAGE_DIR, checkout_root, project_root
 
-__all__ = ["CODE_ROOT", "ENTRY_MODULES", "Job", "REPO_ROOT", "STAGES", "code_key", "cpu_signature", "done_record",
-           "environment_key", "environment_parts", "job_key", "machine", "output_of", "slug"]
+__all__ = [
+    "CODE_ROOT",
+    "ENTRY_MODULES",
+    "Job",
+    "REPO_ROOT",
+    "STAGES",
+    "code_key",
+    "cpu_signature",
+    "done_record",
+    "environment_key",
+    "environment_parts",
+    "job_key",
+    "machine",
+    "output_of",
+    "slug",
+]
 
 
 #: where jobs run and ``outputs/`` go: the checkout, or the working folder of an installed fnet (fnet.paths)
@@ -65,7 +79,6 @@ class Job:
     output: str = "result.json"  # glob of the job's output, relative to its folder
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # Keys and markers
 # --------------------------------------------------------------------------------------------------------------
@@ -91,10 +104,17 @@ def environment_parts(repo: Path = CODE_ROOT) -> dict:
     import transformers
 
     data_dir = Path(os.environ.get("FNET_DATA_DIR", repo.parent / "shared" / "data"))
-    data = sorted((str(f.relative_to(data_dir)), file_digest(f, memo=False))
-                  for f in data_dir.rglob("*") if f.is_file()) if data_dir.is_dir() else []
-    return {"code": code_key(repo), "data": content_key(data), "torch": torch.__version__,
-            "transformers": transformers.__version__}
+    data = (
+        sorted((str(f.relative_to(data_dir)), file_digest(f, memo=False)) for f in data_dir.rglob("*") if f.is_file())
+        if data_dir.is_dir()
+        else []
+    )
+    return {
+        "code": code_key(repo),
+        "data": content_key(data),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def environment_key(repo: Path = CODE_ROOT, parts: dict | None = None) -> str:
@@ -118,8 +138,10 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     kernels = torch.backends.cpu.get_cpu_capability()
     signature = cpu_signature()
-    return (f"{platform.node()}: {cpu_model()} ({signature + ', ' if signature else ''}{kernels} kernels), "
-            f"{os.cpu_count()} CPUs, {gpu}")
+    return (
+        f"{platform.node()}: {cpu_model()} ({signature + ', ' if signature else ''}{kernels} kernels), "
+        f"{os.cpu_count()} CPUs, {gpu}"
+    )
 
 
 def cpu_signature(cpuinfo: str | None = None) -> str:

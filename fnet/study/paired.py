@@ -75,7 +75,7 @@ def metric_from_counts(metric: str, outcomes: dict, weights: np.ndarray) -> np.n
 
     if metric == "f1":
         per_class = []
-        for c in ([1] if binary else classes):
+        for c in [1] if binary else classes:
             tp, fp, fn = counts(c)
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_class.append(np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0))
@@ -86,12 +86,21 @@ def metric_from_counts(metric: str, outcomes: dict, weights: np.ndarray) -> np.n
         den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, (tp * tn - fp * fn) / den, 0.0)
-    raise ValueError(f"paired differences: metric {metric!r} is not supported; valid: accuracy, f1, mcc, "
-                     f"exact_match (and per-row means)")
+    raise ValueError(
+        f"paired differences: metric {metric!r} is not supported; valid: accuracy, f1, mcc, "
+        f"exact_match (and per-row means)"
+    )
 
 
-def paired_difference(a: Sequence[dict], b: Sequence[dict], metric: str, *, n_boot: int = 2000,
-                      seed: int = 0, keep_replicates: bool = False) -> dict | None:
+def paired_difference(
+    a: Sequence[dict],
+    b: Sequence[dict],
+    metric: str,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    keep_replicates: bool = False,
+) -> dict | None:
     """``mean(a) - mean(b)`` over the same rows, with a 95 % percentile CI.
 
     ``a`` and ``b`` are lists of :func:`load_outcomes` results: one job (a network lesion, the unmasked model) or

@@ -39,8 +39,11 @@ def lesion_controls(p: dict) -> dict[str, MaskKind]:
 
 def preserve_controls(p: dict) -> dict[str, MaskKind]:
     """The preset's random controls of a preservation (``preserve_count``, ...): those of its lesion controls."""
-    return {name: kind for name, kind in control_kinds("preserve").items()
-            if name.removeprefix("preserve_") in p["controls"]}
+    return {
+        name: kind
+        for name, kind in control_kinds("preserve").items()
+        if name.removeprefix("preserve_") in p["controls"]
+    }
 
 
 @dataclass
@@ -48,12 +51,12 @@ class _Task:
     """One part of the plan: a task on one path, and where its networks come from."""
 
     task: str
-    path: str            # finetune | zeroshot
-    full: bool           # the task's own path: per-network lesions (lesion_each), preservation, normalised ICA
-    label: str           # the report's part name: "sst2" or "sst2 (zero-shot)"
-    scope: str           # names the networks' jobs: the task, "model", "<task>-zeroshot" or "<task>/run<r>"
-    base: list[str]      # overrides every job of the part shares (the checkpoint)
-    deps: list[str]      # ... and the jobs they need (the training run)
+    path: str  # finetune | zeroshot
+    full: bool  # the task's own path: per-network lesions (lesion_each), preservation, normalised ICA
+    label: str  # the report's part name: "sst2" or "sst2 (zero-shot)"
+    scope: str  # names the networks' jobs: the task, "model", "<task>-zeroshot" or "<task>/run<r>"
+    base: list[str]  # overrides every job of the part shares (the checkpoint)
+    deps: list[str]  # ... and the jobs they need (the training run)
     stimuli: list[str] = field(default_factory=list)
     run: int | None = None  # the training run (v2 presets with training_runs), else None
 
@@ -113,8 +116,7 @@ class _Planner:
             for run in [None] if runs is None else range(int(runs)):
                 train = f"train/{task}" + ("" if run is None else f"/run{run}")
                 scope = task if run is None else f"{task}/run{run}"
-                out.append(_Task(task, path, full, label, scope, ["ckpt_path={" + train + "}"], [train], stimuli,
-                                 run))
+                out.append(_Task(task, path, full, label, scope, ["ckpt_path={" + train + "}"], [train], stimuli, run))
         return out
 
     def train(self, part: _Task) -> None:
@@ -122,8 +124,17 @@ class _Planner:
         if part.path == "finetune" and not self.has(name):
             seed = [] if part.run is None else [f"seed={part.run}"]
             meta = {"task": part.task} if part.run is None else {"task": part.task, "run": part.run}
-            self.jobs.append(Job(name, "train", ["train.py"], self.model + [f"task={part.task}"] + seed
-                                 + self.over("train", part.task), [], meta, "checkpoints/best-*.ckpt"))
+            self.jobs.append(
+                Job(
+                    name,
+                    "train",
+                    ["train.py"],
+                    self.model + [f"task={part.task}"] + seed + self.over("train", part.task),
+                    [],
+                    meta,
+                    "checkpoints/best-*.ckpt",
+                )
+            )
 
     def networks(self, part: _Task, k: int, variant: str = "raw", alpha: float | None = None) -> tuple[str, str]:
         """The analyze job of K=k (once per scope; at threshold ``alpha`` when given) and its scale job; returns
@@ -135,35 +146,81 @@ class _Planner:
         meta = {"scope": part.scope, "K": k, "variant": variant} | ({} if part.run is None else {"run": part.run})
         extra = [self.p["normalised"]] if variant == "normalised" else []
         extra += [] if alpha is None else [f"networks.alpha={alpha:g}"]
-        a_over = (self.model + part.base + part.stimuli + [f"ica.n_components={k}", "individual=false"] + extra
-                  + self.over("analyze", part.task))
-        self.jobs.append(Job(a_name, "analyze", ["analyze.py"], a_over, list(part.deps), meta,
-                             "networks/all_group.safetensors"))
+        a_over = (
+            self.model
+            + part.base
+            + part.stimuli
+            + [f"ica.n_components={k}", "individual=false"]
+            + extra
+            + self.over("analyze", part.task)
+        )
+        self.jobs.append(
+            Job(a_name, "analyze", ["analyze.py"], a_over, list(part.deps), meta, "networks/all_group.safetensors")
+        )
         m = self.p["massive"]
-        s_over = (["--networks", "{" + a_name + "}", "--out", "{out}", "--top-k", str(m["top_k"]), "--n-units",
-                   str(m["n_units"]), "--"] + a_over)
-        self.jobs.append(Job(s_name, "controls", ["-m", "fnet.pipelines.study_controls"], s_over,
-                             list(part.deps) + [a_name], meta, "scale.safetensors"))
+        s_over = [
+            "--networks",
+            "{" + a_name + "}",
+            "--out",
+            "{out}",
+            "--top-k",
+            str(m["top_k"]),
+            "--n-units",
+            str(m["n_units"]),
+            "--",
+        ] + a_over
+        self.jobs.append(
+            Job(
+                s_name,
+                "controls",
+                ["-m", "fnet.pipelines.study_controls"],
+                s_over,
+                list(part.deps) + [a_name],
+                meta,
+                "scale.safetensors",
+            )
+        )
         return a_name, s_name
 
-    def evaluate(self, part: _Task, name: str, kind: str, inputs: tuple[str, ...], overrides: list[str],
-                 **meta: Any) -> None:
+    def evaluate(
+        self, part: _Task, name: str, kind: str, inputs: tuple[str, ...], overrides: list[str], **meta: Any
+    ) -> None:
         """One evaluate.py job with ``mask=kind``; ``inputs`` are the (analyze, scale) jobs its mask reads."""
         files = []
         if inputs:
             files.append("mask.networks_file={" + inputs[0] + "}")
         if len(inputs) > 1:
             m = self.p["massive"]
-            files += ["mask.scale_file={" + inputs[1] + "}", f"mask.bins={self.bins}",
-                      f"mask.top_k={m['top_k']}", f"mask.n_units={m['n_units']}"]
+            files += [
+                "mask.scale_file={" + inputs[1] + "}",
+                f"mask.bins={self.bins}",
+                f"mask.top_k={m['top_k']}",
+                f"mask.n_units={m['n_units']}",
+            ]
         ev_base = self.model + [f"task={part.task}"] + part.base + self.over("evaluate", part.task)
         run = {} if part.run is None else {"run": part.run}
-        self.jobs.append(Job(f"{part.prefix}/{name}", "evaluate", ["evaluate.py"],
-                             ev_base + [f"mask={kind}"] + overrides + files, part.deps + list(inputs),
-                             {"task": part.label, "path": part.path, "scope": part.scope, **run, **meta}))
+        self.jobs.append(
+            Job(
+                f"{part.prefix}/{name}",
+                "evaluate",
+                ["evaluate.py"],
+                ev_base + [f"mask={kind}"] + overrides + files,
+                part.deps + list(inputs),
+                {"task": part.label, "path": part.path, "scope": part.scope, **run, **meta},
+            )
+        )
 
-    def controls(self, part: _Task, kinds: dict[str, MaskKind], prefix: str, networks: str,
-                 nets: tuple[str, str], seeds: range | None = None, ablation: str = "zero", **meta: Any) -> None:
+    def controls(
+        self,
+        part: _Task,
+        kinds: dict[str, MaskKind],
+        prefix: str,
+        networks: str,
+        nets: tuple[str, str],
+        seeds: range | None = None,
+        ablation: str = "zero",
+        **meta: Any,
+    ) -> None:
         """Every seed of every random control in ``kinds`` for ``networks`` (with mean ablation: ``<kind>_mean``)."""
         stream = [f"mask.stream={part.stream}"] if self.p.get("streams") else []
         mean = [] if ablation == "zero" else [f"mask.ablation={ablation}"]
@@ -171,9 +228,16 @@ class _Planner:
             for condition, kind in kinds.items():
                 inputs = nets if kind.needs_scale or mean else nets[:1]
                 control = condition.removeprefix("preserve_") + ("" if not mean else f"_{ablation}")
-                self.evaluate(part, prefix.format(control=control, seed=s), kind.name, inputs,
-                              [f"mask.networks={networks}", f"mask.seed={s}"] + stream + mean,
-                              condition=condition + ("" if not mean else f"_{ablation}"), seed=s, **meta)
+                self.evaluate(
+                    part,
+                    prefix.format(control=control, seed=s),
+                    kind.name,
+                    inputs,
+                    [f"mask.networks={networks}", f"mask.seed={s}"] + stream + mean,
+                    condition=condition + ("" if not mean else f"_{ablation}"),
+                    seed=s,
+                    **meta,
+                )
 
     def lesions(self, part: _Task, variant: str) -> None:
         """The lesion study of K networks: all lesioned, its controls; for raw networks the massive units spared,
@@ -183,30 +247,71 @@ class _Planner:
         seeds = self.core_seeds if variant == "raw" else range(int(self.p.get("normalised_seeds") or self.p["seeds"]))
         for ab in self.ablations:
             sfx, mean = ("", []) if ab == "zero" else (f"_{ab}", [f"mask.ablation={ab}"])
-            self.evaluate(part, f"{variant}/lesion{sfx}/all", "lesion", nets if mean else nets[:1],
-                          ["mask.networks=all"] + mean, condition=f"lesion{sfx}", target="all", **v)
+            self.evaluate(
+                part,
+                f"{variant}/lesion{sfx}/all",
+                "lesion",
+                nets if mean else nets[:1],
+                ["mask.networks=all"] + mean,
+                condition=f"lesion{sfx}",
+                target="all",
+                **v,
+            )
             kinds = self.lesion_controls if ab == "zero" else self.ablated_controls
-            self.controls(part, kinds, variant + "/{control}/all/seed{seed}", "all", nets, seeds, ab, target="all",
-                          **v)
+            self.controls(part, kinds, variant + "/{control}/all/seed{seed}", "all", nets, seeds, ab, target="all", **v)
         if variant != "raw":
             return  # normalised networks: where they sit and what the all-networks lesion does
         for ab in self.ablations:
             sfx, mean = ("", []) if ab == "zero" else (f"_{ab}", [f"mask.ablation={ab}"])
-            self.evaluate(part, f"raw/spared{sfx}/all", "spared", nets, ["mask.networks=all"] + mean,
-                          condition=f"spared{sfx}", target="all", **v)
+            self.evaluate(
+                part,
+                f"raw/spared{sfx}/all",
+                "spared",
+                nets,
+                ["mask.networks=all"] + mean,
+                condition=f"spared{sfx}",
+                target="all",
+                **v,
+            )
         each = range(self.K) if self.detailed(part) and part.task in self.p["lesion_each"] else []
         for k in each:
-            self.evaluate(part, f"raw/lesion/net{k}", "lesion", nets[:1], [f"mask.networks={k}"],
-                          condition="lesion", target=f"net{k}", **v)
-            self.evaluate(part, f"raw/spared/net{k}", "spared", nets, [f"mask.networks={k}"], condition="spared",
-                          target=f"net{k}", **v)
-            self.controls(part, self.lesion_controls, f"raw/{{control}}/net{k}/seed{{seed}}", str(k), nets,
-                          target=f"net{k}", **v)
+            self.evaluate(
+                part,
+                f"raw/lesion/net{k}",
+                "lesion",
+                nets[:1],
+                [f"mask.networks={k}"],
+                condition="lesion",
+                target=f"net{k}",
+                **v,
+            )
+            self.evaluate(
+                part,
+                f"raw/spared/net{k}",
+                "spared",
+                nets,
+                [f"mask.networks={k}"],
+                condition="spared",
+                target=f"net{k}",
+                **v,
+            )
+            self.controls(
+                part, self.lesion_controls, f"raw/{{control}}/net{k}/seed{{seed}}", str(k), nets, target=f"net{k}", **v
+            )
         for i in range(int(self.p["massive"]["n_units"])) if each else []:
             for ab in self.ablations:
                 sfx, mean = ("", []) if ab == "zero" else (f"_{ab}", [f"mask.ablation={ab}"])
-                self.evaluate(part, f"raw/unit{sfx}/{i}", "unit", nets, [f"mask.unit={i}"] + mean,
-                              condition=f"unit{sfx}", target=f"unit{i}", unit_rank=i, **v)
+                self.evaluate(
+                    part,
+                    f"raw/unit{sfx}/{i}",
+                    "unit",
+                    nets,
+                    [f"mask.unit={i}"] + mean,
+                    condition=f"unit{sfx}",
+                    target=f"unit{i}",
+                    unit_rank=i,
+                    **v,
+                )
 
     def preservation(self, part: _Task, k: int, alpha: float | None = None) -> None:
         """Keep the union of K=k networks (at threshold ``alpha`` when given), against its random controls, and
@@ -214,14 +319,37 @@ class _Planner:
         nets = self.networks(part, k, alpha=alpha)
         at = "" if alpha is None else f"/a{alpha:g}"
         a = {} if alpha is None else {"alpha": alpha}
-        self.evaluate(part, f"preserve/K{k}{at}/networks", "preserve", nets[:1], ["mask.networks=all"],
-                      condition="preserve", K=k, **a)
+        self.evaluate(
+            part,
+            f"preserve/K{k}{at}/networks",
+            "preserve",
+            nets[:1],
+            ["mask.networks=all"],
+            condition="preserve",
+            K=k,
+            **a,
+        )
         if self.p.get("as_published"):
-            self.evaluate(part, f"preserve/K{k}{at}/as_published", "preserve", nets[:1],
-                          ["mask.networks=all", "mask.as_published=true"], condition="preserve_as_published", K=k,
-                          **a)
-        self.controls(part, self.preserve_controls, f"preserve/K{k}{at}/{{control}}/seed{{seed}}", "all", nets,
-                      self.core_seeds, K=k, **a)
+            self.evaluate(
+                part,
+                f"preserve/K{k}{at}/as_published",
+                "preserve",
+                nets[:1],
+                ["mask.networks=all", "mask.as_published=true"],
+                condition="preserve_as_published",
+                K=k,
+                **a,
+            )
+        self.controls(
+            part,
+            self.preserve_controls,
+            f"preserve/K{k}{at}/{{control}}/seed{{seed}}",
+            "all",
+            nets,
+            self.core_seeds,
+            K=k,
+            **a,
+        )
 
     def detailed(self, part: _Task) -> bool:
         """Whether the part gets per-network lesions and the preservation curve: its task's own path, and one of

@@ -28,14 +28,28 @@ from fnet.study.paired import load_outcomes, paired_difference
 from fnet.study.report import summarize
 from fnet.study.stats import RunEffect, correct, mechanism_groups, pooled_effect
 
-__all__ = ["COMPARISONS", "run_summary", "pooled_summary", "run_effects", "pool", "claims", "mechanisms",
-           "POOLED_COLUMNS", "POOLED_EFFECT_COLUMNS"]
+__all__ = [
+    "COMPARISONS",
+    "run_summary",
+    "pooled_summary",
+    "run_effects",
+    "pool",
+    "claims",
+    "mechanisms",
+    "POOLED_COLUMNS",
+    "POOLED_EFFECT_COLUMNS",
+]
 
 #: per condition of a row: the comparisons (a, b) it takes part in, as ``score(a) - score(b)`` on the same rows
 COMPARISONS: dict[str, tuple[tuple[str, str], ...]] = {
     "lesion": (("unmasked", "lesion"), ("count", "lesion"), ("magnitude", "lesion"), ("massive_included", "lesion")),
-    "lesion_mean": (("unmasked", "lesion_mean"), ("lesion_mean", "lesion"), ("count_mean", "lesion_mean"),
-                    ("magnitude_mean", "lesion_mean"), ("massive_included_mean", "lesion_mean")),
+    "lesion_mean": (
+        ("unmasked", "lesion_mean"),
+        ("lesion_mean", "lesion"),
+        ("count_mean", "lesion_mean"),
+        ("magnitude_mean", "lesion_mean"),
+        ("massive_included_mean", "lesion_mean"),
+    ),
     "spared": (("spared", "lesion"), ("count", "spared")),
     "spared_mean": (("spared_mean", "lesion_mean"),),
     "unit": (("unmasked", "unit"),),
@@ -45,12 +59,51 @@ COMPARISONS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 #: the comparison whose equivalence test says "performance kept"
 KEPT = ("unmasked", "preserve")
-POOLED_COLUMNS = ["task", "run", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high",
-                  "n_rows", "n_jobs", "n_masked", "n_kept", "n_neurons", "unmasked", "chance", "unmasked_at_chance",
-                  "paper"]
-POOLED_EFFECT_COLUMNS = ["task", "run", "variant", "target", "K", "a", "b", "metric", "diff", "ci_low", "ci_high",
-                         "ci_low_corrected", "ci_high_corrected", "p", "p_adjusted", "p_tost", "p_tost_adjusted",
-                         "n_runs", "runs_holding", "n_rows", "n_a", "n_b"]
+POOLED_COLUMNS = [
+    "task",
+    "run",
+    "variant",
+    "condition",
+    "target",
+    "K",
+    "metric",
+    "score",
+    "ci_low",
+    "ci_high",
+    "n_rows",
+    "n_jobs",
+    "n_masked",
+    "n_kept",
+    "n_neurons",
+    "unmasked",
+    "chance",
+    "unmasked_at_chance",
+    "paper",
+]
+POOLED_EFFECT_COLUMNS = [
+    "task",
+    "run",
+    "variant",
+    "target",
+    "K",
+    "a",
+    "b",
+    "metric",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "ci_low_corrected",
+    "ci_high_corrected",
+    "p",
+    "p_adjusted",
+    "p_tost",
+    "p_tost_adjusted",
+    "n_runs",
+    "runs_holding",
+    "n_rows",
+    "n_a",
+    "n_b",
+]
 
 
 def _variant(row: dict) -> str:
@@ -87,12 +140,35 @@ def pooled_summary(per_run: Sequence[dict]) -> list[dict]:
         chance = group[0].get("chance")
         base = [r for r in per_run if r["task"] == task and r["condition"] == "unmasked"]
         at_chance = _pooled_at_chance(base, chance)
-        out.append({**{k: group[0].get(k) for k in ("task", "variant", "condition", "target", "K", "metric",
-                                                    "n_rows", "n_neurons", "chance", "paper")},
-                    "run": "pooled", "score": float(scores.mean()), "ci_low": float(lo), "ci_high": float(hi),
-                    "n_jobs": sum(r["n_jobs"] for r in group), "n_runs": len(group),
-                    "n_masked": _mean(r.get("n_masked") for r in group), "n_kept": _mean(r.get("n_kept") for r in group),
-                    "unmasked": _mean(unmasked), "unmasked_at_chance": at_chance})
+        out.append(
+            {
+                **{
+                    k: group[0].get(k)
+                    for k in (
+                        "task",
+                        "variant",
+                        "condition",
+                        "target",
+                        "K",
+                        "metric",
+                        "n_rows",
+                        "n_neurons",
+                        "chance",
+                        "paper",
+                    )
+                },
+                "run": "pooled",
+                "score": float(scores.mean()),
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "n_jobs": sum(r["n_jobs"] for r in group),
+                "n_runs": len(group),
+                "n_masked": _mean(r.get("n_masked") for r in group),
+                "n_kept": _mean(r.get("n_kept") for r in group),
+                "unmasked": _mean(unmasked),
+                "unmasked_at_chance": at_chance,
+            }
+        )
     return out
 
 
@@ -122,17 +198,39 @@ def run_effects(per_run: Sequence[dict], n_boot: int = 2000) -> list[dict]:
     out = []
     for row in per_run:
         for a, b in COMPARISONS.get(row["condition"], ()):
-            sides = [unmasked.get((row["task"], row["run"])) if c == "unmasked" else row if c == row["condition"]
-                     else by.get((row["task"], row["run"], row["variant"], c, row["target"], row["K"]))
-                     for c in (a, b)]
+            sides = [
+                unmasked.get((row["task"], row["run"]))
+                if c == "unmasked"
+                else row
+                if c == row["condition"]
+                else by.get((row["task"], row["run"], row["variant"], c, row["target"], row["K"]))
+                for c in (a, b)
+            ]
             if None in sides:
                 continue
-            d = paired_difference(outcomes(sides[0]), outcomes(sides[1]), row["metric"], n_boot=n_boot,
-                                  seed=len(out), keep_replicates=True)
+            d = paired_difference(
+                outcomes(sides[0]),
+                outcomes(sides[1]),
+                row["metric"],
+                n_boot=n_boot,
+                seed=len(out),
+                keep_replicates=True,
+            )
             if d is None:
                 continue
-            out.append({"task": row["task"], "run": row["run"], "variant": row["variant"], "target": row["target"],
-                        "K": row["K"], "a": a, "b": b, "metric": row["metric"], **d})
+            out.append(
+                {
+                    "task": row["task"],
+                    "run": row["run"],
+                    "variant": row["variant"],
+                    "target": row["target"],
+                    "K": row["K"],
+                    "a": a,
+                    "b": b,
+                    "metric": row["metric"],
+                    **d,
+                }
+            )
     return out
 
 
@@ -147,11 +245,24 @@ def pool(effects: Sequence[dict], *, correction: str = "holm", margin: float = 0
     for (task, variant, target, K, a, b), group in groups.items():
         runs = [RunEffect(str(e["run"]), e["diff"], e["replicates"]) for e in group]
         pooled = pooled_effect(runs, margin=margin)
-        rows.append({"task": task, "run": "pooled", "variant": variant, "target": target, "K": K, "a": a, "b": b,
-                     "metric": group[0]["metric"], **{k: pooled[k] for k in ("diff", "ci_low", "ci_high", "p",
-                                                                             "p_tost", "n_runs", "runs_holding")},
-                     "n_rows": int(np.mean([e["n"] for e in group])), "n_a": group[0]["n_a"], "n_b": group[0]["n_b"],
-                     "per_run": pooled["runs"], "_runs": runs})
+        rows.append(
+            {
+                "task": task,
+                "run": "pooled",
+                "variant": variant,
+                "target": target,
+                "K": K,
+                "a": a,
+                "b": b,
+                "metric": group[0]["metric"],
+                **{k: pooled[k] for k in ("diff", "ci_low", "ci_high", "p", "p_tost", "n_runs", "runs_holding")},
+                "n_rows": int(np.mean([e["n"] for e in group])),
+                "n_a": group[0]["n_a"],
+                "n_b": group[0]["n_b"],
+                "per_run": pooled["runs"],
+                "_runs": runs,
+            }
+        )
     m = len(rows)
     for row, p in zip(rows, correct([r["p"] for r in rows], correction)):
         row["p_adjusted"] = float(p)
@@ -168,8 +279,11 @@ def pool(effects: Sequence[dict], *, correction: str = "holm", margin: float = 0
 def claims(pooled: Sequence[dict], summary: Sequence[dict]) -> list[dict]:
     """What each pooled comparison supports: ``holds`` (corrected p < 0.05, with its direction), ``kept``
     (equivalence, corrected), or nothing; none on a task whose unmasked model is at chance."""
-    chance = {r["task"] for r in summary if r["run"] == "pooled" and r["condition"] == "unmasked"
-              and r.get("unmasked_at_chance")}
+    chance = {
+        r["task"]
+        for r in summary
+        if r["run"] == "pooled" and r["condition"] == "unmasked" and r.get("unmasked_at_chance")
+    }
     out = []
     for e in pooled:
         if e["task"] in chance:

@@ -35,8 +35,18 @@ from fnet.intervene import control_kinds
 from fnet.paths import conf_dir
 from fnet.pipelines.config.validate import ConfigError, config_error, schema_problems, unknown_key
 
-__all__ = ["CONTROL_KINDS", "ORDERS", "OVERRIDE_STAGES", "PATHS", "PRESET_KEYS", "STIMULI", "Massive", "StudyPreset",
-           "load_preset", "preset_dir"]
+__all__ = [
+    "CONTROL_KINDS",
+    "ORDERS",
+    "OVERRIDE_STAGES",
+    "PATHS",
+    "PRESET_KEYS",
+    "STIMULI",
+    "Massive",
+    "StudyPreset",
+    "load_preset",
+    "preset_dir",
+]
 
 PATHS = ("finetune", "zeroshot")
 STIMULI = ("genre", "task")
@@ -156,8 +166,9 @@ def _default(f: dataclasses.Field, hint: Any) -> Any:
 
 
 #: every preset key and its default, in :class:`StudyPreset`'s order (a report's Settings are read back with it)
-PRESET_KEYS: dict[str, Any] = {f.name: _default(f, typing.get_type_hints(StudyPreset)[f.name])
-                               for f in dataclasses.fields(StudyPreset)}
+PRESET_KEYS: dict[str, Any] = {
+    f.name: _default(f, typing.get_type_hints(StudyPreset)[f.name]) for f in dataclasses.fields(StudyPreset)
+}
 
 
 def preset_dir() -> Path:
@@ -208,7 +219,8 @@ def load_preset(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
             raise FileNotFoundError(
                 f"no study presets in {preset_dir()}: this installation of fnet is incomplete (the presets live in "
                 "the repository's conf/study, beside the fnet package, and are not part of a wheel); run from a "
-                "checkout of the repository, or give a preset's YAML path")
+                "checkout of the repository, or give a preset's YAML path"
+            )
         raise FileNotFoundError(f"no study preset {name_or_path!r} ({path}); valid presets: {valid}")
     what = f"study preset {path}" + (f" with overrides {list(overrides)}" if overrides else "")
     cfg = OmegaConf.load(path)
@@ -246,14 +258,16 @@ def _across_keys(p: dict) -> list[str]:
     bad = [t for t in p["lesion_each"] if t not in p["tasks"]]
     if bad:
         errors.append(f"lesion_each {bad} are not in tasks {p['tasks']}")
-    bad = [t for t in p["runs_per_task"] if t not in p["tasks"]] + [t for t in p["curve_tasks"]
-                                                                     if t not in p["tasks"]]
+    bad = [t for t in p["runs_per_task"] if t not in p["tasks"]] + [t for t in p["curve_tasks"] if t not in p["tasks"]]
     if bad:
         errors.append(f"runs_per_task / curve_tasks {bad} are not in tasks {p['tasks']}")
     bad = [t for t in p["task_overrides"] if t not in p["tasks"] and t not in p["zeroshot_tasks"]]
     if bad:
         errors.append(f"task_overrides {bad} are not in tasks {p['tasks']} or zeroshot_tasks {p['zeroshot_tasks']}")
     for task, stages in p["task_overrides"].items():
-        errors += [unknown_key(f"task_overrides.{task}", stage, OVERRIDE_STAGES)
-                   for stage in stages or {} if stage not in OVERRIDE_STAGES]
+        errors += [
+            unknown_key(f"task_overrides.{task}", stage, OVERRIDE_STAGES)
+            for stage in stages or {}
+            if stage not in OVERRIDE_STAGES
+        ]
     return errors

@@ -54,12 +54,14 @@ def _same_job(job: Job, item, folder: Path, record: dict, moved: dict) -> bool:
         for before, after in sorted(moved.items(), key=lambda kv: -len(kv[0])):
             value = value.replace(before, after)
         expected.append(value.replace(str(folder), str(item.folder)))
-    return (record.get("entry") == job.entry and record.get("inputs") == item.base["inputs"]
-            and expected == item.overrides)
+    return (
+        record.get("entry") == job.entry and record.get("inputs") == item.base["inputs"] and expected == item.overrides
+    )
 
 
-def _adopt_one(job: Job, root: Path, env_key: str, reason: str, old: dict, outputs: dict, moved: dict,
-               counts: dict) -> None:
+def _adopt_one(
+    job: Job, root: Path, env_key: str, reason: str, old: dict, outputs: dict, moved: dict, counts: dict
+) -> None:
     """One job: current already, adopted from its old folder, or left (its old record is another job)."""
     item = prepare(job, outputs, root, env_key)
     if done_record(item.folder, item.key, job.output) is not None:
@@ -78,17 +80,29 @@ def _adopt_one(job: Job, root: Path, env_key: str, reason: str, old: dict, outpu
         item.folder.rename(item.folder.with_name(f"{item.folder.name}.interrupted-{int(time.time())}"))
     folder.rename(item.folder)
     folder.symlink_to(item.folder.name if folder.parent == item.folder.parent else item.folder)
-    adopted = {"from_key": record["key"], "from_folder": str(folder), "reason": reason,
-               "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_text(item.folder / "job.json",
-                      json.dumps(dict(record, **item.base, status="done", adopted=adopted), indent=1))
+    adopted = {
+        "from_key": record["key"],
+        "from_folder": str(folder),
+        "reason": reason,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(
+        item.folder / "job.json", json.dumps(dict(record, **item.base, status="done", adopted=adopted), indent=1)
+    )
     moved[str(folder)] = str(item.folder)
     outputs[job.name] = output_of(item.folder, job.output)
     counts["adopted"] += 1
 
 
-def adopt_jobs(jobs: Sequence[Job], root: str | Path, *, reason: str, env_key: str | None = None,
-               cwd: str | Path = REPO_ROOT, log=print) -> dict:
+def adopt_jobs(
+    jobs: Sequence[Job],
+    root: str | Path,
+    *,
+    reason: str,
+    env_key: str | None = None,
+    cwd: str | Path = REPO_ROOT,
+    log=print,
+) -> dict:
     """Move the finished jobs of ``root`` whose key changed only through the environment to their new folders.
 
     Parameters
@@ -125,6 +139,8 @@ def adopt_jobs(jobs: Sequence[Job], root: str | Path, *, reason: str, env_key: s
             waiting.remove(job)
             progress = True
             _adopt_one(job, root, env_key, reason, old, outputs, moved, counts)
-    log(f"[study] adopted {counts['adopted']} finished jobs under the new environment key "
-        f"({counts['current']} already current, {len(counts['differ'])} differ and stay)")
+    log(
+        f"[study] adopted {counts['adopted']} finished jobs under the new environment key "
+        f"({counts['current']} already current, {len(counts['differ'])} differ and stay)"
+    )
     return counts

@@ -49,9 +49,20 @@ def runs_table(runs: Sequence[dict]) -> list[str]:
     if not runs:
         return []
     total = sum(float(r.get("seconds") or 0) for r in runs)
-    table = [{"started": r.get("started"), "machine": r.get("machine") or "not recorded", "workers": r.get("workers"),
-              "ran": "stopped midway" if r.get("interrupted") else _ran(r),
-              "failed": (r.get("counts") or {}).get("failed"), "wall minutes": round(float(r.get("seconds") or 0) / 60, 1)}
-             for r in runs]
-    return [f"Runs of the study command (it resumes): {len(runs)}, {total / 3600:.2f} h of wall time in all.", "",
-            markdown_table(table), ""]
+    table = [
+        {
+            "started": r.get("started"),
+            "machine": r.get("machine") or "not recorded",
+            "workers": r.get("workers"),
+            "ran": "stopped midway" if r.get("interrupted") else _ran(r),
+            "failed": (r.get("counts") or {}).get("failed"),
+            "wall minutes": round(float(r.get("seconds") or 0) / 60, 1),
+        }
+        for r in runs
+    ]
+    return [
+        f"Runs of the study command (it resumes): {len(runs)}, {total / 3600:.2f} h of wall time in all.",
+        "",
+        markdown_table(table),
+        "",
+    ]

@@ -121,9 +121,17 @@ def pooled_effect(runs: Sequence[RunEffect], margin: float = 0.02, level: float 
         r_lo, r_hi = r.ci
         holds = (r_lo > 0 and diff > 0) or (r_hi < 0 and diff < 0)
         per_run.append({"run": r.run, "diff": float(r.diff), "ci_low": r_lo, "ci_high": r_hi, "holds": holds})
-    return {"diff": diff, "ci_low": float(lo), "ci_high": float(hi), "p": float(p), "p_tost": float(p_tost),
-            "margin": float(margin), "n_runs": len(runs), "runs": per_run,
-            "runs_holding": sum(r["holds"] for r in per_run)}
+    return {
+        "diff": diff,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "p": float(p),
+        "p_tost": float(p_tost),
+        "margin": float(margin),
+        "n_runs": len(runs),
+        "runs": per_run,
+        "runs_holding": sum(r["holds"] for r in per_run),
+    }
 
 
 def correct(pvalues: Sequence[float], method: str = "holm") -> np.ndarray:

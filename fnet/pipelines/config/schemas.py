@@ -21,9 +21,25 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 __all__ = [
-    "AnalyzeConfig", "DataConfig", "DatamoduleConfig", "EvalConfig", "EvaluateConfig", "FewshotConfig", "MaskConfig",
-    "ModelConfig", "ModuleConfig", "NetworksConfig", "PathsConfig", "PosAnalysisConfig", "PromptConfig",
-    "RecordConfig", "TaskConfig", "TrainConfig", "ANALYSIS_SCHEMAS", "DATASET_RULES", "ICA_RULES",
+    "AnalyzeConfig",
+    "DataConfig",
+    "DatamoduleConfig",
+    "EvalConfig",
+    "EvaluateConfig",
+    "FewshotConfig",
+    "MaskConfig",
+    "ModelConfig",
+    "ModuleConfig",
+    "NetworksConfig",
+    "PathsConfig",
+    "PosAnalysisConfig",
+    "PromptConfig",
+    "RecordConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "ANALYSIS_SCHEMAS",
+    "DATASET_RULES",
+    "ICA_RULES",
 ]
 
 

@@ -34,8 +34,16 @@ from fnet.pipelines.config import schemas as S
 from fnet.scoring.tasks import TaskSpec
 from fnet.models import config_dims, read_config
 
-__all__ = ["ConfigError", "PRIMARY_SCHEMAS", "check_target_kwargs", "config_error", "register_configs",
-           "schema_problems", "unknown_key", "validate_config"]
+__all__ = [
+    "ConfigError",
+    "PRIMARY_SCHEMAS",
+    "check_target_kwargs",
+    "config_error",
+    "register_configs",
+    "schema_problems",
+    "unknown_key",
+    "validate_config",
+]
 
 #: primary config name -> schema
 PRIMARY_SCHEMAS: dict[str, type] = {"analyze": S.AnalyzeConfig, "evaluate": S.EvaluateConfig, "train": S.TrainConfig}
@@ -226,8 +234,11 @@ def check_target_kwargs(node: dict, where: str, extra: tuple[str, ...] = ()) -> 
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return []
     valid = [p for p, v in params.items() if v.kind is not inspect.Parameter.VAR_POSITIONAL] + list(extra)
-    return [unknown_key(where, key, valid) + f" (the parameters of {target})"
-            for key in node if key not in _HYDRA_KEYS and key not in valid]
+    return [
+        unknown_key(where, key, valid) + f" (the parameters of {target})"
+        for key in node
+        if key not in _HYDRA_KEYS and key not in valid
+    ]
 
 
 def _merge(cfg: DictConfig, schema: type, path: str, errors: list[str]) -> DictConfig | None:
@@ -326,8 +337,10 @@ def _check_sizes(cfg: DictConfig, errors: list[str]) -> None:
         return
     neurons, k = int(dims["n_layers"]) * int(width), int(ica.n_components)
     if k > neurons:
-        errors.append(f"ica.n_components must be <= {neurons}, the number of {signal} neurons of {model.name} "
-                      f"({dims['n_layers']} layers x {width}), got {k}")
+        errors.append(
+            f"ica.n_components must be <= {neurons}, the number of {signal} neurons of {model.name} "
+            f"({dims['n_layers']} layers x {width}), got {k}"
+        )
 
 
 def _check_values(typed: DictConfig, schema: type, path: str, errors: list[str]) -> None:

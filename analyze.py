@@ -4,7 +4,8 @@
     python analyze.py -m ica.n_components=10,64,128
     python analyze.py analysis=pos            # key neurons for part-of-speech
 
-An alias of ``fnet analyze`` (``fnet-analyze``), :mod:`fnet.cli.analyze`; the configs are ``conf/`` (``fnet/conf`` links to it).
+An alias of ``fnet analyze`` (``fnet-analyze``), :mod:`fnet.cli.analyze`; the configs are ``conf/`` (``fnet/conf``
+links to it).
 """
 
 from fnet.cli.analyze import main

@@ -34,11 +34,11 @@ sys.path.insert(0, str(REPO))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from fnet.provenance import cpu_model  # noqa: E402
 from fnet import scoring  # noqa: E402
 from fnet.lit.zeroshot import ZeroShotModule  # noqa: E402
 from fnet.lit.zeroshot_data import ZeroShotDataModule  # noqa: E402
 from fnet.models import load_model  # noqa: E402
+from fnet.provenance import cpu_model  # noqa: E402
 from fnet.scoring.tasks import get_task, load_task_config  # noqa: E402
 
 #: task -> (overrides, limit); SQuAD (generation) and WikiText (windows of 512 tokens) get smaller limits.
@@ -264,7 +264,7 @@ def main() -> None:
         f"| fnet (whole words, longest label first) | {module.results['metrics']['accuracy']['value']:.3f} | "
         f"{module.results['metrics']['mcc']['value']:.3f} | {module.results['parse_failures']} | 0 |",
         f"| published (first label found as a substring, 'acceptable' tried first) | {acc_theirs:.3f} | "
-        f"{scoring.class_metric('mcc', torch.tensor([2 if p is None else p for p in theirs]), torch.tensor([r['label'] for r in records]), 2, failure_class=True):.3f} | "
+        f"{scoring.class_metric('mcc', torch.tensor([2 if p is None else p for p in theirs]), torch.tensor([r['label'] for r in records]), 2, failure_class=True):.3f} | "  # noqa: E501
         f"{sum(p is None for p in theirs)} | {flipped} of {said_unacceptable} |",
         "",
         "Generations: " + "; ".join(f"`{r['generated'].strip()[:30]!r}`" for r in records[:6]),

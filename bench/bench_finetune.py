@@ -111,8 +111,9 @@ def plan() -> list[dict]:
 
 def machine() -> dict:
     sys.path.insert(0, str(REPO))
-    from fnet.provenance import cpu_model
     import torch
+
+    from fnet.provenance import cpu_model
 
     try:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -278,7 +279,7 @@ def report(info: dict, records: list[dict]) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB RAM, {info['os']}; Python "
         f"{info['python']}, torch {info['torch']} (CUDA: {info['cuda']}).",
         "",
-        f"**The machine was shared** with other engineers' jobs: 1-minute load averages {min(loads):.1f}-{max(loads):.1f} "
+        f"**The machine was shared** with other engineers' jobs: 1-minute load averages {min(loads):.1f}-{max(loads):.1f} "  # noqa: E501
         f"on {info['cores']} cores during the runs, so wall times are 2-4x the CPU times. Costs are therefore given in "
         "**CPU minutes** (user + system time of the `train.py` process, start-up and model loading included, ~0.3 "
         "CPU-min), which the load does not inflate much; wall minutes are listed for completeness."

@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fnet.decompose import FastICA  # noqa: E402
-from fnet.scoring.loglik import score_loglik  # noqa: E402
 from fnet.intervene import apply_mask, random_fraction_mask  # noqa: E402
 from fnet.models import load_model  # noqa: E402
-from fnet.recording import Recorder  # noqa: E402
 from fnet.provenance import cpu_model  # noqa: E402
+from fnet.recording import Recorder  # noqa: E402
+from fnet.scoring.loglik import score_loglik  # noqa: E402
 
 
 def sync(device: str) -> None:

@@ -302,7 +302,7 @@ def write_results(shape, meta, info, rows, load_before, load_after, subspace) ->
     ]
     if "sk_s" in rows[0]:
         lines += [
-            "| K | sklearn s (iter, conv.) | fnet s (iter, conv.) | ratio | best-match mean / min | one-to-one mean / min |",
+            "| K | sklearn s (iter, conv.) | fnet s (iter, conv.) | ratio | best-match mean / min | one-to-one mean / min |",  # noqa: E501
             "|---|---|---|---|---|---|",
         ]
         for r in rows:

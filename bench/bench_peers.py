@@ -1,6 +1,7 @@
 """fnet against its peers, on the same loaded model and the same inputs -> bench/results_peers.md.
 
-1. Evaluation: fnet's log-likelihood scoring (``fnet.scoring.loglik.score_loglik`` on the requests of ``ZeroShotDataModule``
+1. Evaluation: fnet's log-likelihood scoring (``fnet.scoring.loglik.score_loglik`` on the requests of
+``ZeroShotDataModule``
    / ``PromptBuilder``, called exactly as ``ZeroShotModule`` calls it in ``evaluate.py``) vs lm-evaluation-harness
    (``HFLM(pretrained=<the loaded model>).loglikelihood``) on the same (context, continuation) strings: zero-shot
    SST-2, 8 fixed shots on SST-2, and AG News (a multi-token choice, "Sci/Tech"). Max |difference| of the
@@ -46,12 +47,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from fnet.scoring import loglik  # noqa: E402
 from fnet.lit.zeroshot_data import ZeroShotDataModule  # noqa: E402
 from fnet.models import load_model, signal_modules  # noqa: E402
-from fnet.recording import Recorder, tokenize_texts  # noqa: E402
-from fnet.scoring.tasks import get_task, load_task_config  # noqa: E402
 from fnet.provenance import cpu_model  # noqa: E402
+from fnet.recording import Recorder, tokenize_texts  # noqa: E402
+from fnet.scoring import loglik  # noqa: E402
+from fnet.scoring.tasks import get_task, load_task_config  # noqa: E402
 
 #: name -> (task, shots, rows in full / --quick runs)
 EVAL_CASES = {
@@ -176,7 +177,8 @@ def compare_eval(lm, hflm, task_name: str, shots: int, limit: int, batch_size: i
 
 def profile(fn, rows: int = 8) -> str:
     """torch.profiler summary (top operators by self CPU time) of one call of ``fn``."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()

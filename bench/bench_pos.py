@@ -17,10 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fnet.attribution import KeyNeuronCounter
+from fnet.attribution import (
+    KeyNeuronCounter,
+    align_sentences,
+    attribute_samples,
+    record_word_features,
+    word_log_probs,
+    word_samples,
+)
 from fnet.attribution.conllu import UPOS_TAGS, read_conllu
 from fnet.models import load_model
-from fnet.attribution import align_sentences, attribute_samples, record_word_features, word_log_probs, word_samples
 
 REPO = Path(__file__).resolve().parents[1]
 

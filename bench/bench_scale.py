@@ -11,8 +11,9 @@ developed on), with K_true planted networks:
     maps     # [K_true, neurons]: each network is ~0.4 % of the neurons (spread over layers), weights in [1, 2]
     noise    # [tokens, neurons]: i.i.d. Gaussian, sd 0.5
 
-It writes the shards through :class:`fnet.recording.store.ActivationStore` (the same memory-mapped format a real recording
-uses, checksums included), then fits fnet's FastICA with K = 10 and K = 64 directly on the store's memory maps,
+It writes the shards through :class:`fnet.recording.store.ActivationStore` (the same memory-mapped format a real
+recording uses, checksums included), then fits fnet's FastICA with K = 10 and K = 64 directly on the store's memory
+maps,
 streamed in row blocks, and reports for each fit:
 
 * wall time;
@@ -62,10 +63,10 @@ args = parser.parse_args()
 
 torch.set_num_threads(args.threads)
 
-from fnet.decompose import FastICA, abs_corr_matrix  # noqa: E402
 from fnet.cache import cache_root  # noqa: E402
-from fnet.recording.store import ActivationStore  # noqa: E402
+from fnet.decompose import FastICA, abs_corr_matrix  # noqa: E402
 from fnet.provenance import cpu_model  # noqa: E402
+from fnet.recording.store import ActivationStore  # noqa: E402
 
 NOISE_SD = 0.5
 NETWORK_FRACTION = 0.004

@@ -306,7 +306,7 @@ def render() -> str:
         "# Configuration reference",
         "",
         "Generated when the site is built from the config schemas (`fnet/pipelines/config/schemas.py`, "
-        "`fnet/study/preset.py`) and the YAML files of `conf/` (`fnet/conf` in an installed package): types, ranges and "
+        "`fnet/study/preset.py`) and the YAML files of `conf/` (`fnet/conf` in an installed package): types, ranges and "  # noqa: E501
         "choices come from the schemas, defaults and meanings from the YAML files and their comments. Every "
         "entry point checks its composed config against these schemas before any work, so an unknown key, a "
         "value of the wrong type or out of range stops the run naming the key.",

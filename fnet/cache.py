@@ -15,8 +15,8 @@ Why a source hash, not a version constant: a per-stage constant must be bumped b
 when it matters (a fix in a hook or a threshold); a hash over the source files of the modules that determine a
 result changes whenever they do. It is computed from the *imported* modules' files (found by module name), so it
 survives a file being moved, and per kind (each caller names its modules), so editing the report code does not
-throw away recorded activations. The price is a recomputation after a comment-only edit, which is safe. The torch and transformers
-versions are part of it (a new kernel can change activations).
+throw away recorded activations. The price is a recomputation after a comment-only edit, which is safe. The torch and
+transformers versions are part of it (a new kernel can change activations).
 
 Writes are atomic (:func:`atomic_path`: a temporary name with pid and a random part in the same folder, then
 ``os.replace``) and serialised with :func:`lock` (``filelock``), so concurrent runs sharing a cache never see a

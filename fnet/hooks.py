@@ -1,7 +1,7 @@
 """The one hook primitive of fnet: read, edit and stop at a layer's MLP signal.
 
-Recording (:mod:`fnet.recording.recorder`), masking (:mod:`fnet.intervene`) and attribution (:mod:`fnet.attribution`) all
-go through :func:`trace_signal`. It registers one :class:`SiteHook` per layer on the module that
+Recording (:mod:`fnet.recording.recorder`), masking (:mod:`fnet.intervene`) and attribution (:mod:`fnet.attribution`)
+all go through :func:`trace_signal`. It registers one :class:`SiteHook` per layer on the module that
 :func:`fnet.models.signal_modules` names (a forward hook for ``mlp_out``: the down projection's output; a forward
 pre-hook for ``mlp_act``: its input). Each hook object owns its layer index and site name, so no closure over a
 loop variable can bind every layer to the last one (the bug of the published code; ``tests/test_masking.py``

@@ -189,7 +189,7 @@ class Browser:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.exceptionThrown":
                 out.append(
-                    f"exception: {params['exceptionDetails'].get('exception', {}).get('description') or params['exceptionDetails'].get('text')}"
+                    f"exception: {params['exceptionDetails'].get('exception', {}).get('description') or params['exceptionDetails'].get('text')}"  # noqa: E501
                 )
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
                 out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))

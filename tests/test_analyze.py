@@ -10,9 +10,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from fnet.networks import NetworkSet
 from fnet.pipelines._common import networks_for_config
 from fnet.pipelines.analyze import run
-from fnet.networks import NetworkSet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

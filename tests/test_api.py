@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import fnet
-from fnet.networks import ForeignNetworksError
-from fnet.networks import NetworkSet
+from fnet.networks import ForeignNetworksError, NetworkSet
 
 REPO = Path(__file__).resolve().parents[1]
 API = [

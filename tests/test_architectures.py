@@ -6,11 +6,11 @@ reason (``pytest -rs`` lists them). The types of issue #7 (and the Llama family)
 
 import pytest
 import torch
-
 from arch_sweep import causal_lm_types, sweep_reason, tiny_causal_lm
-from fnet.models.discovery import DiscoveryError, discover, linear_dims
+
 from fnet.intervene import apply_mask
 from fnet.models import LoadedModel, byte_tokenizer, down_proj_modules, signal_modules
+from fnet.models.discovery import DiscoveryError, discover, linear_dims
 from fnet.recording.recorder import record_texts
 
 #: issue #7's refused types plus the Llama family: these must be found, recorded and masked

@@ -10,14 +10,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fnet.pipelines._common import networks_for_config
 from fnet.cache import main as cache_main
-from fnet.networks import ForeignNetworksError, check_compatible
-from fnet.recording import Text, record_dataset
-from fnet.pipelines.evaluate import baseline_cache_key
 from fnet.lit.checkpoints import load_finetuned_lm, read_checkpoint
 from fnet.models import load_model
-from fnet.networks import NetworkSet
+from fnet.networks import ForeignNetworksError, NetworkSet, check_compatible
+from fnet.pipelines._common import networks_for_config
+from fnet.pipelines.evaluate import baseline_cache_key
+from fnet.recording import Text, record_dataset
 from fnet.recording.store import ActivationStore, CorruptShardError
 
 REPO = Path(__file__).resolve().parents[1]

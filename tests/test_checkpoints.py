@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from fnet.scoring.tasks import TaskSpec, get_task
 from fnet.lit.checkpoints import OLD_MODULE_PATHS, load_checkpoint_file
 from fnet.lit.classification import warmup_scheduler
+from fnet.scoring.tasks import TaskSpec, get_task
 
 
 def _write_old_checkpoint(path, checkpoint, scheduler_module=b"fnet.finetune"):

@@ -1,4 +1,5 @@
-"""fnet.intervene.controls: neuron scale, magnitude-matched controls and the massive-channel diagnostic, on planted values."""
+"""fnet.intervene.controls: neuron scale, magnitude-matched controls and the massive-channel diagnostic, on planted
+values."""
 
 import numpy as np
 import pytest

@@ -6,10 +6,10 @@ weights in memory."""
 import pytest
 import torch
 
-from fnet.models.discovery import resolve_path
 from fnet.hooks import trace_signal
 from fnet.intervene import apply_mask
-from fnet.models import load_model, signal_modules, tiny_model
+from fnet.models import load_model, tiny_model
+from fnet.models.discovery import resolve_path
 from fnet.recording import Recorder
 
 FAMILIES = ["gpt2", "llama"]

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser import Browser, find_chromium
 from hydra import compose, initialize_config_dir
 
-from browser import Browser, find_chromium
-from fnet.networks import NetworkSet, describe, group_networks
 from fnet.decompose import FastICA
+from fnet.networks import NetworkSet, describe, group_networks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model=tiny_gpt2", "data.n_template=2", "data.n_individual=2", "ica.n_components=3", "record.max_length=64"]

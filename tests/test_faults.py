@@ -220,7 +220,7 @@ FAULTS = [
         (
             "no source finished the parts ['ag_news', 'sst2', 'sst2 (zero-shot)'] with the plan's settings",
             "- sst2: ",
-            "/a ran other settings (its plan lacks 10 of the plan's jobs (['evaluate/finetune/sst2/preserve/K3/count/seed2'",
+            "/a ran other settings (its plan lacks 10 of the plan's jobs (['evaluate/finetune/sst2/preserve/K3/count/seed2'",  # noqa: E501
             "settings that differ: seeds: 2 in its report, 3 in the plan",
         ),
         setup=lambda tmp: (_study_source(tmp, "a", ["sst2", "sst2 (zero-shot)"]), _study_source(tmp, "b", ["ag_news"])),

@@ -14,8 +14,8 @@ from fnet.lit.classification import (
     set_trainable,
 )
 from fnet.lit.datamodules import TaskDataModule
-from fnet.scoring.splits import fine_tuning_splits, split_rows
 from fnet.models import find_blocks, load_model
+from fnet.scoring.splits import fine_tuning_splits, split_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -206,8 +206,9 @@ class _LossRecorder:
 
 
 def test_loss_goes_down_on_learnable_toy_task():
-    import lightning as L
     from functools import partial
+
+    import lightning as L
 
     L.seed_everything(0)
     module = SequenceClassificationModule(
@@ -354,8 +355,8 @@ def test_mask_callback_zeroes_exactly_the_masked_neurons_during_test(family, sig
     pytest.importorskip("fnet.lit.callbacks")
     import lightning as L
 
-    from fnet.lit.callbacks import MaskCallback
     from fnet.intervene import MaskSpec, expected_mask_shape
+    from fnet.lit.callbacks import MaskCallback
     from fnet.models import signal_modules
 
     module = SequenceClassificationModule(f"tiny:{family}", num_labels=2)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_gguf import tiny_source_model, write_gguf
 
 from fnet.models import load_model
 from fnet.networks import NetworkSet
-from tiny_gguf import tiny_source_model, write_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "Functional networks, 42 of them; ok?"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fnet.lit.callbacks import MaskCallback, hooked_model
 from fnet.intervene import MaskSpec, build_mask
+from fnet.lit.callbacks import MaskCallback, hooked_model
 from fnet.models import load_model
 from fnet.networks import NetworkSet
 from fnet.recording.recorder import signal_hooks

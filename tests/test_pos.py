@@ -6,23 +6,24 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fnet.attribution import conllu
-from fnet.attribution import KeyNeuronCounter, select_key_neurons
-from fnet.attribution.conllu import UPOS_TAGS, Word, load_treebank, parse_conllu, read_conllu, sentence_text
-from fnet.networks import NetworkSet
-from fnet.pipelines.pos import run_pos_analysis
 from fnet.attribution import (
+    KeyNeuronCounter,
     align_sentences,
     align_words,
     attribute_samples,
     bootstrap_metrics,
     cap_per_tag,
     compare_classifiers,
+    conllu,
     key_neuron_set,
     seed_interval,
+    select_key_neurons,
     word_log_probs,
     word_samples,
 )
+from fnet.attribution.conllu import UPOS_TAGS, Word, load_treebank, parse_conllu, read_conllu, sentence_text
+from fnet.networks import NetworkSet
+from fnet.pipelines.pos import run_pos_analysis
 
 SAMPLE = """\
 # newdoc id = doc1

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from fnet.pipelines.config import ConfigError
+from fnet.study.cli import main
 from fnet.study.compose import _section, _settings
 from fnet.study.preset import PRESET_KEYS, StudyPreset, load_preset
-from fnet.study.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

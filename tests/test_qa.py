@@ -145,8 +145,9 @@ def test_too_short_max_length_is_a_clear_error_at_the_exact_limit():
 
 
 def test_qa_module_learns_toy_spans_and_reports_em_f1():
-    import lightning.pytorch as pl
     from functools import partial
+
+    import lightning.pytorch as pl
 
     pl.seed_everything(0)
     module = ExtractiveQAModule("tiny:gpt2", max_answer_length=8, optimizer=partial(torch.optim.AdamW, lr=3e-3))

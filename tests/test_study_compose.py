@@ -5,11 +5,11 @@ import re
 
 import pytest
 
-from fnet.study.compose import compose_report, part_name, plan_parts, read_source
-from fnet.study.render import render_report
-from fnet.study.preset import load_preset
 from fnet.study.cli import main
+from fnet.study.compose import compose_report, part_name, plan_parts, read_source
 from fnet.study.plan import plan
+from fnet.study.preset import load_preset
+from fnet.study.render import render_report
 
 SETS = ["tasks=[sst2,ag_news]", "zeroshot_tasks=[sst2]"]
 

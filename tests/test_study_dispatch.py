@@ -77,7 +77,8 @@ from fnet.study import Job
 from fnet.study.dispatch import Settings, dispatch
 sys.path.insert(0, {tests!r})
 from test_study_dispatch import _jobs
-result = dispatch(_jobs({folder!r}), {root!r}, Settings(executor="submitit_local", retries=0, poll=0.5, minutes=10, batch=1),
+settings = Settings(executor="submitit_local", retries=0, poll=0.5, minutes=10, batch=1)
+result = dispatch(_jobs({folder!r}), {root!r}, settings,
                   env_key="e", log=lambda line: print(line, flush=True))
 print("COUNTS", result["counts"], flush=True)
 sys.exit(1 if result["counts"]["failed"] or result["counts"]["blocked"] else 0)

@@ -9,7 +9,6 @@ import pytest
 from fnet.study.render import write_report
 from fnet.study.report import paper_tables, statements
 
-
 N_ROWS = 400
 
 
@@ -324,8 +323,8 @@ def _curve_rows(tasks, *, pooled=False):
 def test_preservation_figures_give_every_task_a_readable_panel_and_the_papers_numbers(tmp_path, pooled):
     """7 tasks: a 3 x 3 grid of 5 x 3.9 in panels, not a strip of 7; the paper's preservation points are drawn
     only when the paper studied the study's model (its neuron counts compare), its unmasked score always."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     from fnet.study.figures import plot_preservation, plot_preservation_panels
 

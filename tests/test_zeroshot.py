@@ -1,4 +1,5 @@
-"""ZeroShotModule / ZeroShotDataModule on a tiny model: few-shot shots, subsampling, metrics vs direct scoring, masks."""
+"""ZeroShotModule / ZeroShotDataModule on a tiny model: few-shot shots, subsampling, metrics vs direct scoring,
+masks."""
 
 import lightning.pytorch as pl
 import numpy as np
@@ -193,8 +194,8 @@ def test_generate_scoring_reports_parse_failures(shared_data, tiny):
 
 
 def test_mask_callback_masks_the_module_model(shared_data, tiny):
-    from fnet.lit.callbacks import MaskCallback
     from fnet.intervene import random_fraction_mask
+    from fnet.lit.callbacks import MaskCallback
 
     task = task_cfg("sst2", limit=4)
     dm = ZeroShotDataModule(task, tiny.tokenizer, data_dir=shared_data, max_length=128)

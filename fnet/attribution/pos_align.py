@@ -54,8 +54,8 @@ class AlignedSentence:
 def align_words(tokenizer, words: Sequence[Word], max_length: int | None = None) -> tuple[str, list[int], list[int]]:
     """Tokenize a sentence rebuilt from its words and find each word's first token.
 
-    The text is rebuilt with :func:`fnet.attribution.conllu.sentence_text` (``SpaceAfter=No`` respected) and tokenized with
-    the tokenizer's offset mapping (a fast tokenizer is required). With ``(a, b)`` a token's character span,
+    The text is rebuilt with :func:`fnet.attribution.conllu.sentence_text` (``SpaceAfter=No`` respected) and tokenized
+    with the tokenizer's offset mapping (a fast tokenizer is required). With ``(a, b)`` a token's character span,
     ``(s, e)`` the word's span and ``p`` the end of the previous word (0 for the first word), the word's first
     token is the first token with
 

@@ -11,13 +11,13 @@ import torch
 from tqdm.auto import tqdm
 
 from fnet.attribution.keyneurons import KeyNeuronCounter
+from fnet.attribution.methods import target_log_probs
 from fnet.attribution.pos_align import AlignedSentence, WordSamples
-from fnet.batching import right_pad
 from fnet.attribution.pos_probe import seed_interval
+from fnet.batching import right_pad
+from fnet.intervene import apply_mask, random_matched_mask
 from fnet.models import LoadedModel
 from fnet.networks import NetworkSet
-from fnet.attribution.methods import target_log_probs
-from fnet.intervene import apply_mask, random_matched_mask
 
 __all__ = ["word_log_probs", "lesion_effects", "key_neuron_set"]
 

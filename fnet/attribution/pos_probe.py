@@ -18,8 +18,8 @@ from fnet.attribution.keyneurons import KeyNeuronCounter
 from fnet.attribution.methods import attribute
 from fnet.attribution.pos_align import AlignedSentence, WordSamples
 from fnet.batching import right_pad
-from fnet.models import LoadedModel
 from fnet.intervene import random_matched_mask
+from fnet.models import LoadedModel
 from fnet.recording.recorder import Recorder
 
 log = logging.getLogger(__name__)

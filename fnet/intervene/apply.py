@@ -5,8 +5,8 @@ layer's down projection; ``mlp_act``: its input). ``True`` marks a neuron to act
 positions of the signal are replaced in every forward pass (also every step of ``model.generate``):
 ``mode="zero"`` sets them to 0 (lesion / preservation), ``"amplify"`` adds ``value``, ``"scale"`` multiplies
 by it, ``"replace"`` sets each to its own value of ``values  # [layer, unit]`` (mean ablation: the neuron's mean
-over recorded tokens). Edits go through the one hook primitive :func:`fnet.hooks.trace_signal` and see ``[batch, seq, width]``
-in every layout, so nothing here depends on the architecture.
+over recorded tokens). Edits go through the one hook primitive :func:`fnet.hooks.trace_signal` and see ``[batch, seq,
+width]`` in every layout, so nothing here depends on the architecture.
 
 Each layer's edit is a :class:`_LayerMaskHook` object that owns **its own row** of the mask, looked up by the layer
 index that :class:`fnet.hooks.SiteHook` owns. The published code (Liu et al. 2025) built its hooks in a loop with a

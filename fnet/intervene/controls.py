@@ -18,11 +18,10 @@ All functions are pure: plain arrays in, arrays out (numpy or torch bool masks `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch

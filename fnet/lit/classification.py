@@ -21,17 +21,17 @@ from typing import Any, Callable, Mapping, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassConfusionMatrix
 from transformers import get_scheduler
 
-from fnet.lit.lower_blocks import LowerBlocks, find_lower_blocks, replay_lower_blocks
+from fnet import scoring
 from fnet.lit.lora import add_lora
+from fnet.lit.lower_blocks import LowerBlocks, find_lower_blocks, replay_lower_blocks
 from fnet.models import LoadedModel, find_blocks, get_arch, load_model, model_dims, to_batch_first
 from fnet.models.stop import stop_at
-from fnet import scoring
 
 log = logging.getLogger(__name__)
 

@@ -20,16 +20,14 @@ that predictions map back to text.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
+
 from fnet.scoring.splits import fine_tuning_splits
 from fnet.scoring.tasks import get_task
 

@@ -13,11 +13,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from fnet.scoring.tasks import get_task
 from fnet.intervene.apply import MaskSpec, apply_mask
 from fnet.lit.zeroshot import ZeroShotModule
 from fnet.lit.zeroshot_data import ZeroShotDataModule
-from fnet.scoring.tasks import load_task_config
+from fnet.scoring.tasks import get_task, load_task_config
 
 __all__ = ["evaluate", "load_task"]
 

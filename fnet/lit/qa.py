@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fnet import scoring
 from fnet.lit.classification import CausalLMTaskModule
 from fnet.models import LoadedModel
-from fnet import scoring
 
 log = logging.getLogger(__name__)
 

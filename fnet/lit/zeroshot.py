@@ -4,8 +4,9 @@ or many devices.
 
 * :class:`~fnet.lit.zeroshot_data.ZeroShotDataModule` (:mod:`fnet.lit.zeroshot_data`) -- the scored rows of a
   task (``limit``: a seeded subsample), tokenised into :class:`fnet.scoring.Request`\\ s, sorted by length so
-  batches pad little; under DDP each example goes to exactly one process (:class:`~fnet.lit.zeroshot_data.UnpaddedDistributedSampler`: no
-  duplicated rows, unlike ``DistributedSampler``'s padding).
+  batches pad little; under DDP each example goes to exactly one process
+  (:class:`~fnet.lit.zeroshot_data.UnpaddedDistributedSampler`: no duplicated rows, unlike ``DistributedSampler``'s
+  padding).
 * :class:`ZeroShotModule` -- ``self.model`` is the causal LM; each step scores a batch (loglik / generate /
   perplexity, see :mod:`fnet.scoring`) and updates torchmetrics metrics, whose states Lightning/torchmetrics sync
   across processes at epoch end. ``self.results`` then holds the task's result row (metrics, 95 % CIs, chance

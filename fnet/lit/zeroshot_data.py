@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fnet import scoring
 from fnet.scoring import PromptBuilder
-from fnet.scoring.tasks import check_whole_number, get_task
 from fnet.scoring.rows import load_task_rows, split_provenance
+from fnet.scoring.tasks import check_whole_number, get_task
 
 __all__ = ["ZeroShotDataModule", "UnpaddedDistributedSampler", "RequestDataset", "subsample"]
 

@@ -300,7 +300,7 @@ def discover(
     d_model = stated["d_model"]
     if d_model is None:
         raise DiscoveryError(f"{family}: the config states no hidden size (tried {list(_D_MODEL_KEYS)})")
-    hint = f"(override with model.blocks / model.mlp / model.down_proj)"
+    hint = "(override with model.blocks / model.mlp / model.down_proj)"
 
     if blocks is None:
         found = _find_blocks(model, stated["n_layers"], d_model, stated["d_mlp"])

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import logging
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,8 @@ class LoadedModel:
     extra: dict = field(default_factory=dict)
     #: what the weights are, in words (a GGUF says its quantisation and that it was dequantised), for result files
     description: str = ""
-    #: content identity of weights (with dtype) and tokenizer (:func:`fnet.models.fingerprint.model_fingerprint`); computed
-    #: when the handle is made. Call :meth:`refresh_fingerprint` after changing the weights in place.
+    #: content identity of weights (with dtype) and tokenizer (:func:`fnet.models.fingerprint.model_fingerprint`);
+    #: computed when the handle is made. Call :meth:`refresh_fingerprint` after changing the weights in place.
     fingerprint: str = ""
 
     def __post_init__(self) -> None:

@@ -8,8 +8,8 @@
 * :mod:`fnet.networks.describe` -- what each network responds to: top tokens in context, texts, layers, units.
 """
 
-from fnet.networks.describe import describe, orient, token_strings, top_examples, top_texts, top_units
 from fnet.networks.compat import ForeignNetworksError, check_compatible
+from fnet.networks.describe import describe, orient, token_strings, top_examples, top_texts, top_units
 from fnet.networks.find import (
     NETWORK_CODE,
     Decomposition,

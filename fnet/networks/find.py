@@ -21,12 +21,11 @@ import torch
 from sklearn.base import clone
 
 from fnet.cache import code_version, content_key, lock, quarantine, register
-from fnet.decompose import fit_with_restarts, individual_decompositions
+from fnet.decompose import FastICA, fit_with_restarts, individual_decompositions
 from fnet.models import LoadedModel
 from fnet.networks.netset import NetworkSet, NetworkSetFormatError
 from fnet.provenance import provenance
 from fnet.recording import StimulusSet, model_key, record_dataset, slug, text_sha1
-from fnet.decompose import FastICA
 
 log = logging.getLogger(__name__)
 

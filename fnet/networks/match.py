@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+
 from fnet.networks.netset import NetworkSet
 from fnet.networks.threshold import as_tensor
 

@@ -21,9 +21,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fnet.networks.threshold import as_tensor, check_threshold_params, threshold_oriented, orient_maps, zscore_maps
-from fnet.version import __version__
 from fnet.cache import atomic_path
+from fnet.networks.threshold import as_tensor, check_threshold_params, orient_maps, threshold_oriented, zscore_maps
+from fnet.version import __version__
 
 __all__ = ["FILE_FORMAT", "FILE_FORMAT_VERSION", "NetworkSetFormatError", "NetworkSet"]
 

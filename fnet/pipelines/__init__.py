@@ -3,7 +3,8 @@
 * :mod:`fnet.pipelines.analyze` -- ``analyze.py``: record, decompose, threshold, match, report;
 * :mod:`fnet.pipelines.evaluate` -- ``evaluate.py``: (masked) model on one task -> ``result.json``;
 * :mod:`fnet.pipelines.evaluate_batch` -- several evaluate jobs of one model in one process (studies);
-* :mod:`fnet.pipelines.checkpoint_eval` -- ``evaluate.py ckpt_path=...``: a fine-tuned checkpoint and its held-out split;
+* :mod:`fnet.pipelines.checkpoint_eval` -- ``evaluate.py ckpt_path=...``: a fine-tuned checkpoint and its held-out
+split;
 * :mod:`fnet.pipelines.train` -- ``train.py``: fine-tune with Lightning;
 * :mod:`fnet.pipelines.pos` -- ``analyze.py analysis=pos``: part-of-speech key neurons;
 * :mod:`fnet.pipelines.study_controls` -- a study job that derives control networks;

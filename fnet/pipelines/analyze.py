@@ -27,7 +27,15 @@ from sklearn.exceptions import ConvergenceWarning
 
 from fnet.cache import code_version
 from fnet.models import LoadedModel
-from fnet.networks import NETWORK_CODE, Decomposition, NetworkSet, group_networks, individual_networks, iou, match_templates
+from fnet.networks import (
+    NETWORK_CODE,
+    Decomposition,
+    NetworkSet,
+    group_networks,
+    individual_networks,
+    iou,
+    match_templates,
+)
 from fnet.pipelines._common import load_lm, load_stimuli, make_estimator, record_from_config, thresholds
 from fnet.pipelines.explore import log_explorer, write_analysis_explorer
 from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters

@@ -1,6 +1,7 @@
 """A study job: the neuron scale and the massive units of one NetworkSet's model, for its controls.
 
-``python -m fnet.pipelines.study_controls --networks N.safetensors --out DIR --top-k 4 --n-units 4 -- <analyze overrides>``
+``python -m fnet.pipelines.study_controls --networks N.safetensors --out DIR --top-k 4 --n-units 4 -- <overrides>``
+(the overrides: those of the analyze job that made the networks)
 
 The analyze overrides name the model (or fine-tuned checkpoint) and the stimuli the networks were found on; the
 recording of those stimuli is reused from the activation cache (the same key as ``analyze.py``'s), and every

@@ -1,8 +1,8 @@
 """Record a causal LM's MLP signal for every layer, per text, as ``acts  # [tokens, n_layers * width]``.
 
 Hooks come from the one primitive :func:`fnet.hooks.trace_signal`: the output (``mlp_out``) or the input
-(``mlp_act``) of each layer's down projection, as found by :mod:`fnet.models.discovery`, delivered ``[batch, seq, width]``
-in every layout; each hook object owns its layer index.
+(``mlp_act``) of each layer's down projection, as found by :mod:`fnet.models.discovery`, delivered ``[batch, seq,
+width]`` in every layout; each hook object owns its layer index.
 
 Texts are batched with padding (sorted by length to waste little), padded positions are dropped by the
 attention mask before anything is stored, and texts are truncated to ``max_length`` tokens. The forward pass

@@ -132,8 +132,8 @@ class ActivationStore:
         extra: dict[str, Any] | None = None,
     ) -> "ActivationStore":
         """Create a store, or reopen one made with the same model (its ``fingerprint``; the name when there is
-        none), signal, shape and code version (to resume into it). A store made with different settings is an error rather than silently
-        mixed. Safe when several processes open the same folder at once."""
+        none), signal, shape and code version (to resume into it). A store made with different settings is an error
+        rather than silently mixed. Safe when several processes open the same folder at once."""
         root = Path(root)
         header = {
             "format": FORMAT,

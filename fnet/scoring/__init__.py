@@ -28,8 +28,8 @@ from fnet.scoring.prompts import (
     sample_shots,
     use_chat_template,
 )
-from fnet.scoring.tasks import TaskSpec, available_tasks, get_task
 from fnet.scoring.rows import load_task_rows
+from fnet.scoring.tasks import TaskSpec, available_tasks, get_task
 
 __all__ = [
     "CONTENT_FREE",

@@ -97,7 +97,8 @@ def score_loglik(
     ``prefix_len``: the first ``prefix_len`` tokens are the same in every context (fixed few-shot shots). Their
     keys/values are computed once (kept in ``kv_memo``, a dict the caller owns and clears whenever the model or
     its mask changes) and only the rest of each sequence goes through the model -- the same numbers, a fraction of
-    the work. Falls back to full sequences when the model takes no key/value cache (:mod:`fnet.compat`) or a sequence is too long.
+    the work. Falls back to full sequences when the model takes no key/value cache (:mod:`fnet.compat`) or a sequence
+    is too long.
 
     ``share_context``: with multi-token choices, each row's context goes through the model once and its
     keys/values are repeated for the row's choices (:func:`_score_shared_context`), instead of one full sequence

@@ -199,7 +199,7 @@ def _hub_rows(task: TaskSpec, split: str, data_dir: Path) -> list[dict]:
     except Exception as err:  # noqa: BLE001 - network / hub errors of many kinds
         offline = "" if task.local is None else f" and its local file {_local_path(task, split, data_dir)} is absent"
         raise TaskDataError(
-            f"task {task.name!r} needs the dataset hub ({hub['path']}/{hub.get('name')}, split {hub_split!r}){offline}, "
+            f"task {task.name!r} needs the dataset hub ({hub['path']}/{hub.get('name')}, split {hub_split!r}){offline}, "  # noqa: E501
             f"and loading it failed: {type(err).__name__}: {str(err)[:300]}\n"
             f"{'This task has no offline copy (see ../shared/data/SOURCES.md). ' if task.local is None else ''}"
             f"Run with network, or pick an offline task: "

@@ -17,9 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fnet.scoring.tasks import get_task
-
 from fnet.scoring.rows import load_task_rows, resolve_data_dir, resolve_source
+from fnet.scoring.tasks import get_task
 
 __all__ = ["split_rows", "fine_tuning_splits"]
 

@@ -14,7 +14,8 @@ changed setting gives a new hash, hence a new folder (the old one is kept). A fa
 (``failed.json``), the jobs that need it are blocked, the rest run, and the command exits non-zero listing them.
 Usage::
 
-    python -m fnet.study smollm2 [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--batch N] [--hours H] [key=value ...]
+    python -m fnet.study smollm2 [key=value ...] [--dry-run] [--only STAGE] [--root DIR] [--workers N] [--batch N]
+                                 [--hours H]
     python -m fnet.study smollm2 --executor slurm --slurm-partition gpu --slurm-gpus 1 --slurm-time 240 [--dry-run]
 
 ``--executor slurm`` submits the plan's training runs (``--unit stage``: their stage groups) as SLURM jobs through

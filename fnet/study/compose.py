@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fnet.report import markdown_table
-from fnet.study.report import FINISHED, JOB_COLUMNS, RANDOM_CONDITIONS
-from fnet.study.preset import PRESET_KEYS
-from fnet.study.plan import plan
 from fnet.study.figures import plot_centres
+from fnet.study.plan import plan
+from fnet.study.preset import PRESET_KEYS
 from fnet.study.render import render_report
+from fnet.study.report import FINISHED, JOB_COLUMNS, RANDOM_CONDITIONS
 from fnet.study.scheduler import Job, code_key
 
 __all__ = ["plan_parts", "read_source", "compose_report", "part_name"]

@@ -22,9 +22,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from fnet.scoring.splits import fine_tuning_splits
-from fnet.scoring.rows import load_task_rows
 from fnet.paths import project_root
+from fnet.scoring.rows import load_task_rows
+from fnet.scoring.splits import fine_tuning_splits
 from fnet.study.scheduler import Job
 
 __all__ = ["REFERENCE", "estimate", "estimate_lines"]

@@ -6,9 +6,9 @@ keep each module near 500 lines: what a job is here, how jobs run there.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -17,8 +17,22 @@ from typing import Sequence
 from fnet.report import markdown_table
 from fnet.study.explorer import csv_table, write_study_explorer
 from fnet.study.figures import layer_centres, plot_layers, plot_preservation
-from fnet.study.report import (EFFECT_COLUMNS, FINISHED, JOB_COLUMNS, SUMMARY_COLUMNS, chance_tasks, effects, headline,
-                               ids_text, load_results, normalisation, paper_tables, statements, summarize, whole_counts)
+from fnet.study.report import (
+    EFFECT_COLUMNS,
+    FINISHED,
+    JOB_COLUMNS,
+    SUMMARY_COLUMNS,
+    chance_tasks,
+    effects,
+    headline,
+    ids_text,
+    load_results,
+    normalisation,
+    paper_tables,
+    statements,
+    summarize,
+    whole_counts,
+)
 from fnet.study.runlog import machines_line, read_runs, runs_table
 from fnet.study.scheduler import code_key
 

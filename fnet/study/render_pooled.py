@@ -16,8 +16,16 @@ from typing import Any, Sequence
 from fnet.report import markdown_table
 from fnet.study.explorer import csv_table, write_study_explorer
 from fnet.study.figures import plot_layers, plot_lesion_effects, plot_preservation_panels
-from fnet.study.pooled import (POOLED_COLUMNS, POOLED_EFFECT_COLUMNS, claims, mechanisms, pool, pooled_summary,
-                               run_effects, run_summary)
+from fnet.study.pooled import (
+    POOLED_COLUMNS,
+    POOLED_EFFECT_COLUMNS,
+    claims,
+    mechanisms,
+    pool,
+    pooled_summary,
+    run_effects,
+    run_summary,
+)
 from fnet.study.render import paper_for
 from fnet.study.report import FINISHED, load_results
 from fnet.study.runlog import machines_line, read_runs, runs_table

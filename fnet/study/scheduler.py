@@ -29,8 +29,22 @@ from typing import Collection, Sequence
 
 from fnet.cache import atomic_write_text, file_digest
 from fnet.owner import RUNNER_ENV, FolderOwned, own
-from fnet.study.jobs import (CODE_ROOT, ENTRY_MODULES, REPO_ROOT, STAGES, Job, code_key, cpu_signature,
-                             done_record, environment_key, environment_parts, job_key, machine, output_of, slug)
+from fnet.study.jobs import (
+    CODE_ROOT,
+    ENTRY_MODULES,
+    REPO_ROOT,
+    STAGES,
+    Job,
+    code_key,
+    cpu_signature,
+    done_record,
+    environment_key,
+    environment_parts,
+    job_key,
+    machine,
+    output_of,
+    slug,
+)
 
 __all__ = ["Job", "OWNED", "OWNER_WAIT", "Ready", "STAGES", "code_key", "environment_key", "environment_parts", "job_key", "machine", "cpu_signature",
            "prepare", "done_record", "output_of", "run_jobs", "summary_lines"]

@@ -47,8 +47,11 @@ def units_of(jobs: Sequence[Job], by: str = "run") -> list[Unit]:
     >>> from fnet.study.preset import load_preset
     >>> [u.name for u in units_of(plan(load_preset("tiny_v2")))]
     ['sst2/run0', 'sst2/run1']
-    >>> [(u.name, u.needs) for u in units_of(plan(load_preset("tiny_v2")), "stage")][:3]
-    [('sst2/run0/train', []), ('sst2/run0/analyze', ['sst2/run0/train']), ('sst2/run0/controls', ['sst2/run0/train', 'sst2/run0/analyze'])]
+    >>> for unit in units_of(plan(load_preset("tiny_v2")), "stage")[:3]:
+    ...     print(unit.name, unit.needs)
+    sst2/run0/train []
+    sst2/run0/analyze ['sst2/run0/train']
+    sst2/run0/controls ['sst2/run0/train', 'sst2/run0/analyze']
     """
     if by not in UNITS:
         raise ValueError(f"unknown unit {by!r}; valid: {', '.join(UNITS)}")

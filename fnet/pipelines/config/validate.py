@@ -30,9 +30,9 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fnet.models import config_dims, read_config
 from fnet.pipelines.config import schemas as S
 from fnet.scoring.tasks import TaskSpec
-from fnet.models import config_dims, read_config
 
 __all__ = [
     "ConfigError",

@@ -106,6 +106,25 @@ def test_one_dataset_fits_its_group_once_and_saves_it_as_all(tmp_path, fnet_cach
     assert fits == ["news", "code", "all"]
 
 
+def test_network_map_figures_draw_map_panels_and_one_dataset_draws_once(tmp_path, fnet_cache, monkeypatch):
+    """At K=512 a panel per network took 6 of the job's 25 minutes, twice (the dataset's figure and ``all``'s):
+    the figures draw the first ``map_panels`` networks, and ``all`` of one dataset is that dataset's figure,
+    copied."""
+    import fnet.pipelines.analyze as analyze
+
+    drawn = []
+    real = analyze.plot_network_maps
+    monkeypatch.setattr(
+        analyze, "plot_network_maps", lambda n, p, m=None, **k: drawn.append((p.name, m)) or real(n, p, m, **k)
+    )
+    only = [f"~data.datasets.{d}" for d in ("encyclopedia", "math", "code")]
+    out = tmp_path / "one"
+    run(make_cfg(out, ["data=builtin", "individual=false", "map_panels=2", *only]))
+    assert drawn == [("news_group_networks.png", 2)]
+    figures = out / "figures"
+    assert (figures / "all_group_networks.png").read_bytes() == (figures / "news_group_networks.png").read_bytes()
+
+
 def test_mlp_act_signal_has_d_mlp_width(tmp_path, fnet_cache):
     cfg = make_cfg(
         tmp_path / "act", ["record.signal=mlp_act", "individual=false", "data.datasets={math:{source:builtin:math}}"]

@@ -203,7 +203,8 @@ def fit_with_restarts(
             raise ValueError("seeds must not be empty")
     if isinstance(X, (list, tuple)):
         X = list(X)  # a generator would be used up by the first restart
-    fitted = [clone(estimator).set_params(random_state=seed).fit(X) for seed in seeds]
+    fit_all = getattr(estimator, "fit_restarts", None)  # TemporalICA: one whitening for all seeds where exact
+    fitted = fit_all(X, seeds) if fit_all else [clone(estimator).set_params(random_state=s).fit(X) for s in seeds]
     all_stability = restart_stability([f.spatial_maps_ for f in fitted])  # [n_init, K]
     best_index = 0 if len(fitted) == 1 else int(np.argmax(all_stability.mean(axis=1)))
     if len(fitted) > 1:

@@ -10,10 +10,11 @@ scaling of the sources and the unmixing / mixing matrices. A temporal ICA algori
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 from fnet.decompose.base import (
@@ -112,6 +113,42 @@ class TemporalICA(BaseDecomposition):
     def _rotate(self, white: torch.Tensor, w_init: torch.Tensor) -> tuple[torch.Tensor, int, bool, str]:
         raise NotImplementedError(f"{type(self).__name__} must implement _rotate(white, w_init), its core")
 
+    def fit_restarts(self, X, seeds: Sequence[int]) -> list:
+        """One clone fitted per seed (``random_state=seed``), each equal to its own ``fit``, sharing the whitening
+        where it does not depend on the seed.
+
+        With the exact PCA (``whiten_solver="eigh"``, or ``auto`` where the sketch would not be much smaller than
+        the data, e.g. K=512 on a few thousand tokens) every restart computes the same whitening; it is computed
+        once and the restarts differ only in their rotation, bit for bit as separate fits. The randomized solver
+        draws its sketch from the seed, so there each restart still whitens on its own.
+        :func:`~fnet.decompose.fit_with_restarts` calls this when the estimator has it.
+
+        Parameters
+        ----------
+        X : array or list of arrays
+            ``[tokens, neurons]`` each.
+        seeds : sequence of int
+            The restarts' ``random_state``.
+
+        Returns
+        -------
+        list
+            The fitted clones, in the order of ``seeds``.
+        """
+        if isinstance(X, (list, tuple)):
+            X = list(X)
+        shared: dict = {}
+        fitted = []
+        for seed in seeds:
+            restart = clone(self).set_params(random_state=int(seed))
+            restart._shared_whitening = shared
+            try:
+                restart.fit(X)
+            finally:
+                del restart._shared_whitening
+            fitted.append(restart)
+        return fitted
+
     def _fit_core(self, data: TokenMatrix) -> np.ndarray:
         dtype, device = self._compute()
         K, n_tokens = int(self.n_components), data.n_tokens
@@ -119,11 +156,18 @@ class TemporalICA(BaseDecomposition):
         # drawn before anything else, exactly as scikit-learn does, so an int seed gives every backend one w_init
         w_init = torch.as_tensor(rng.normal(size=(K, K)), dtype=dtype, device=device)  # [K, K]
 
-        mean, std = column_stats(data, dtype, device, self.block_rows, with_std=bool(self.standardize))
-        # variance normalisation (FSL MELODIC's default): every neuron divided by its std before the PCA, so the
-        # decomposition is not dominated by the few neurons with the largest variance; constant neurons keep 1
-        scale = None if std is None else torch.where(std > 0, std, torch.ones_like(std))  # [neurons]
-        pca, solver = self._principal_axes(data, K, self.whiten_solver, mean=mean, scale=scale, rng=rng)
+        shared = getattr(self, "_shared_whitening", None)  # set by fit_restarts only
+        if shared and "pca" in shared:  # an exact whitening of the same data: the same for every seed
+            mean, scale, pca, solver = shared["mean"], shared["scale"], shared["pca"], shared["solver"]
+        else:
+            mean, std = column_stats(data, dtype, device, self.block_rows, with_std=bool(self.standardize))
+            # variance normalisation (FSL MELODIC's default): every neuron divided by its std before the PCA, so
+            # the decomposition is not dominated by the few neurons with the largest variance; constant neurons
+            # keep 1
+            scale = None if std is None else torch.where(std > 0, std, torch.ones_like(std))  # [neurons]
+            pca, solver = self._principal_axes(data, K, self.whiten_solver, mean=mean, scale=scale, rng=rng)
+            if shared is not None and solver == "eigh":  # the randomized sketch is drawn from the seed: not shared
+                shared.update(mean=mean, scale=scale, pca=pca, solver=solver)
         white = pca.token_axes.T * math.sqrt(n_tokens)  # [K, tokens], identity covariance
         whitening = (pca.neuron_axes / pca.singular_values).T  # [K, neurons]
 

@@ -297,7 +297,7 @@ def describe(
     if sources is not None and tokens is not None:
         courses = orient(sources, None if nets.signs is None else nets.signs.numpy())
     ids = nets.network_ids()
-    sizes, counts = nets.sizes(), nets.counts_per_layer()
+    sizes, counts, fractions = nets.sizes(), nets.counts_per_layer(), nets.fractions()  # once, not per network
     massive = [int(u) for u in massive]
     out = []
     for k in range(len(nets)):
@@ -308,7 +308,7 @@ def describe(
         desc = {
             "network": int(ids[k]),
             "size": size,
-            "fraction": float(nets.fractions()[k]),
+            "fraction": float(fractions[k]),
             "stability": None if nets.stability is None else round(float(nets.stability[k]), 4),
             "counts_per_layer": counts[k].tolist(),
             "layers": np.flatnonzero(counts[k].numpy()).tolist(),

@@ -79,7 +79,8 @@ def plot_network_maps(
     path
         output image (format from the suffix, e.g. .png).
     max_networks
-        draw at most this many (the first ones of ``indices``, or of the set).
+        draw at most this many (the first ones of ``indices``, or of the set); the title then says how many of
+        how many are shown.
     indices
         which networks to draw (positions in ``netset``); default all.
     ncols
@@ -141,8 +142,11 @@ def plot_network_maps(
                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
             )
     model = netset.provenance.get("model")
-    if model is not None:
-        fig.suptitle(str(model), fontsize=10)
+    total = netset.n_networks if indices is None else len(indices)
+    shown = f"{len(order)} of {total} networks shown" if len(order) < total else None
+    title = "; ".join(str(t) for t in (model, shown) if t is not None)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi)
 
 

@@ -317,6 +317,7 @@ class AnalyzeConfig(_Common):
     data: DataConfig = req()
     ica: Any = req()
     individual: bool = req()
+    map_panels: Optional[int] = req(ge=1)
 
 
 @dataclass

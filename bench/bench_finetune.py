@@ -125,8 +125,24 @@ def plan() -> list[dict]:
         ("more_cola_all_2ep", "cola", ["datamodule.max_train_rows=null", "trainer.max_epochs=2"]),
         ("more_qnli_4000", "qnli", ["datamodule.max_train_rows=4000"]),
         ("more_squad_1000", "squad", ["datamodule.max_train_rows=1000"]),
+        ("more_mnli_4ep", "mnli", ["trainer.max_epochs=4", "optimizer.lr=3.0e-4"]),
+        ("more_qnli_all_2ep", "qnli", ["datamodule.max_train_rows=null", "trainer.max_epochs=2"]),
     ):
         runs.append({"group": "more", "name": name, "task": task, "recipe": "v2", "seed": 0, "overrides": overrides})
+    # the v2 recipe (top 8 blocks) with and without cached features, 500 rows: the per-step cost of each path, from
+    # which bench/results_study.md prices the study's training runs on the path before the feature cache
+    for cached in ("false", "true"):
+        runs.append(
+            {
+                "group": "path",
+                "name": f"path_sst2_v2_{'cached' if cached == 'true' else 'uncached'}",
+                "task": "sst2",
+                "recipe": "v2",
+                "seed": 0,
+                "cached": cached == "true",
+                "overrides": ["datamodule.max_train_rows=500", f"module.cache_features={cached}"],
+            }
+        )
     return runs
 
 
@@ -475,7 +491,7 @@ def load_records(runs_dir: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "report", "plan"])
-    parser.add_argument("--groups", nargs="+", default=["speedup", "compare", "chosen", "rows", "more"])
+    parser.add_argument("--groups", nargs="+", default=["speedup", "compare", "chosen", "rows", "more", "path"])
     parser.add_argument("--only", nargs="*", default=None, help="run names to run (default: all of the groups)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results_finetune.md"))
     parser.add_argument("--runs-dir", default=str(REPO / "outputs" / "bench_finetune_v2"))

@@ -54,7 +54,17 @@ from torch import nn
 from fnet.hooks import trace_signal
 from fnet.models import ArchSpec, check_signal, get_arch, signal_modules
 
-__all__ = ["METHODS", "BASELINES", "AttributionResult", "attribute", "integrated_gradients", "activation_x_gradient", "replace_signals", "target_log_probs", "gauss_legendre_01"]
+__all__ = [
+    "METHODS",
+    "BASELINES",
+    "AttributionResult",
+    "attribute",
+    "integrated_gradients",
+    "activation_x_gradient",
+    "replace_signals",
+    "target_log_probs",
+    "gauss_legendre_01",
+]
 
 
 METHODS = ("ig", "act_x_grad")
@@ -281,8 +291,18 @@ def attribute(
     n_layers = len(signal_modules(model, signal, spec))
 
     if method == "act_x_grad":
-        return _act_x_grad(model, input_ids, attention_mask, target_positions, target_ids, signal, baseline,
-                           return_baseline_output, spec, n_layers)
+        return _act_x_grad(
+            model,
+            input_ids,
+            attention_mask,
+            target_positions,
+            target_ids,
+            signal,
+            baseline,
+            return_baseline_output,
+            spec,
+            n_layers,
+        )
 
     # 1. clean values of every layer's signal (and G(clean)) from an ordinary forward pass
     layers_clean: list[torch.Tensor | None] = [None] * n_layers
@@ -299,30 +319,17 @@ def attribute(
     base = _baseline_tensor(baseline, clean)
     delta = clean - base  # [batch, seq, layer, unit]
 
-    # 2. gradients of G along the path, `chunk` alpha values per pass (the batch repeated chunk times)
-    alphas, weights = gauss_legendre_01(steps)
-    chunk = max(1, min(int(alpha_batch or steps), steps))
-    batch = input_ids.shape[0]
-    integrated = torch.zeros_like(clean)  # [batch, seq, layer, unit]: sum_k w_k dG/dx(b + alpha_k delta)
-    for start in range(0, steps, chunk):
-        alpha = alphas[start : start + chunk].to(device=device, dtype=clean.dtype)  # [n]
-        weight = weights[start : start + chunk].to(device=device, dtype=clean.dtype)  # [n]
-        n = alpha.shape[0]
-        # patched: [n*batch, seq, layer, unit], ONE leaf; layer l's hook returns its slice [..., l, :]
-        patched = (base + alpha[:, None, None, None, None] * delta).reshape(n * batch, *clean.shape[1:])
-        patched = patched.detach().requires_grad_(True)
-        with replace_signals(model, signal, lambda layer, _hidden: patched[:, :, layer, :], spec=spec):
-            logits = _forward(model, input_ids.repeat(n, 1), attention_mask.repeat(n, 1))
-            value = target_log_probs(logits, target_positions.repeat(n), target_ids.repeat(n)).sum()
-        (grad,) = torch.autograd.grad(value, patched)
-        del logits, value
-        integrated += (weight[:, None, None, None, None] * grad.view(n, *clean.shape)).sum(dim=0)
+    # 2. gradients of G along the path, integrated over alpha
+    integrated = _path_integral(
+        model, input_ids, attention_mask, target_positions, target_ids, signal, spec, base, delta, steps, alpha_batch
+    )
     attributions = delta * integrated
 
     baseline_logprob = None
     if return_baseline_output:
-        baseline_logprob = _baseline_output(model, input_ids, attention_mask, target_positions, target_ids, signal,
-                                            base.expand_as(clean), spec)
+        baseline_logprob = _baseline_output(
+            model, input_ids, attention_mask, target_positions, target_ids, signal, base.expand_as(clean), spec
+        )
     return AttributionResult(
         attributions=attributions.cpu(),
         activations=clean.cpu(),
@@ -334,6 +341,32 @@ def attribute(
     )
 
 
+def _path_integral(
+    model, input_ids, attention_mask, target_positions, target_ids, signal, spec, base, delta, steps, alpha_batch
+) -> torch.Tensor:
+    """``sum_k w_k dG/dx(b + alpha_k delta)`` over the Gauss-Legendre nodes, ``[batch, seq, layer, unit]``;
+    ``alpha_batch`` alpha values per forward/backward pass (the batch repeated that many times)."""
+    alphas, weights = gauss_legendre_01(steps)
+    chunk = max(1, min(int(alpha_batch or steps), steps))
+    batch = input_ids.shape[0]
+    shape = delta.shape[-4:]  # [batch, seq, layer, unit]
+    integrated = delta.new_zeros(shape)  # [batch, seq, layer, unit]
+    for start in range(0, steps, chunk):
+        alpha = alphas[start : start + chunk].to(device=input_ids.device, dtype=delta.dtype)  # [n]
+        weight = weights[start : start + chunk].to(device=input_ids.device, dtype=delta.dtype)  # [n]
+        n = alpha.shape[0]
+        # patched: [n*batch, seq, layer, unit], ONE leaf; layer l's hook returns its slice [..., l, :]
+        patched = (base + alpha[:, None, None, None, None] * delta).reshape(n * batch, *shape[1:])
+        patched = patched.detach().requires_grad_(True)
+        with replace_signals(model, signal, lambda layer, _hidden: patched[:, :, layer, :], spec=spec):
+            logits = _forward(model, input_ids.repeat(n, 1), attention_mask.repeat(n, 1))
+            value = target_log_probs(logits, target_positions.repeat(n), target_ids.repeat(n)).sum()
+        (grad,) = torch.autograd.grad(value, patched)
+        del logits, value
+        integrated += (weight[:, None, None, None, None] * grad.view(n, *shape)).sum(dim=0)
+    return integrated
+
+
 def _baseline_output(model, input_ids, attention_mask, target_positions, target_ids, signal, base, spec):
     """G(baseline): every layer's signal set to the baseline."""
     with torch.no_grad(), replace_signals(model, signal, lambda layer, _h: base[:, :, layer, :], spec=spec):
@@ -341,8 +374,18 @@ def _baseline_output(model, input_ids, attention_mask, target_positions, target_
     return target_log_probs(logits, target_positions, target_ids).cpu()
 
 
-def _act_x_grad(model, input_ids, attention_mask, target_positions, target_ids, signal, baseline,
-                return_baseline_output, spec, n_layers) -> AttributionResult:
+def _act_x_grad(
+    model,
+    input_ids,
+    attention_mask,
+    target_positions,
+    target_ids,
+    signal,
+    baseline,
+    return_baseline_output,
+    spec,
+    n_layers,
+) -> AttributionResult:
     """One forward + one backward: each layer's hook swaps its signal for a detached leaf with the same values.
     The forward is numerically the clean one, and the leaves make the gradients G's partial derivatives."""
     leaves: list[torch.Tensor | None] = [None] * n_layers
@@ -363,8 +406,9 @@ def _act_x_grad(model, input_ids, attention_mask, target_positions, target_ids, 
     attributions = (clean - base) * gradient
     baseline_logprob = None
     if return_baseline_output:
-        baseline_logprob = _baseline_output(model, input_ids, attention_mask, target_positions, target_ids, signal,
-                                            base.expand_as(clean), spec)
+        baseline_logprob = _baseline_output(
+            model, input_ids, attention_mask, target_positions, target_ids, signal, base.expand_as(clean), spec
+        )
     return AttributionResult(
         attributions=attributions.cpu(),
         activations=clean.cpu(),
@@ -400,7 +444,9 @@ def integrated_gradients(model, input_ids, attention_mask, target_positions, tar
     return attribute(model, input_ids, attention_mask, target_positions, target_ids, method="ig", **kwargs)
 
 
-def activation_x_gradient(model, input_ids, attention_mask, target_positions, target_ids, **kwargs) -> AttributionResult:
+def activation_x_gradient(
+    model, input_ids, attention_mask, target_positions, target_ids, **kwargs
+) -> AttributionResult:
     """:func:`attribute` with ``method="act_x_grad"``.
 
     Parameters

@@ -1,7 +1,8 @@
 """Intervene: lesion, preserve, amplify or randomly mask neurons of a model while it runs.
 
 * :mod:`fnet.intervene.registry` -- :data:`MASKS`, every mask mode and random control described once, and
-  :func:`build_mask` (``conf/mask``), which builds any of them;
+  :func:`build_mask` (``conf/mask``), which builds any of them; :mod:`fnet.intervene.kinds` -- the registry's
+  parts (:class:`MaskRequest`, :class:`MaskKind`, :func:`register`, the seed of a random draw);
 * :mod:`fnet.intervene.masks` -- masks ``[layer, unit]`` built from networks (lesion, preserve, amplify,
   count-matched random controls);
 * :mod:`fnet.intervene.controls` -- neuron scale, magnitude-matched draws, massive units;

@@ -11,7 +11,8 @@ which condition it controls (``controls``) and the condition name a study report
 mask builder (:func:`build_mask`), the evaluate pipeline (what to load before building), the sweep report (labels
 and order) and the study planner (control kinds and conditions) all read :data:`MASKS`. A new kind is one
 ``register(MaskKind(...))`` call with its builder here (or in any module that imports this one) and, for the
-command line, one ``conf/mask/<name>.yaml`` that includes ``_base``.
+command line, one ``conf/mask/<name>.yaml`` that includes ``_base``. :class:`MaskRequest`, :class:`MaskKind`,
+:data:`MASKS` and what the builders share live in :mod:`fnet.intervene.kinds` and are re-exported here.
 
 Random draws. ``seed`` alone selects the draw when ``stream`` is None (the v1 study's streams: every network, K and
 task drew prefixes of the same orderings). With a ``stream`` string, the draw's seed is a hash of the stream, the
@@ -21,214 +22,39 @@ controls differ, and so do two tasks' when the stream names the task.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from fnet.intervene.apply import MaskSpec
 from fnet.intervene.controls import magnitude_matched_draw, massive_units, spare, unit_masks
+from fnet.intervene.kinds import (
+    ABLATIONS,
+    MASKS,
+    MaskKind,
+    MaskRequest,
+    control_kinds,
+    draw_seed,
+    need_networks,
+    need_scale,
+    register,
+)
 from fnet.intervene.masks import amplify_mask, lesion_mask, preserve_mask, random_fraction_mask, random_matched_mask
 from fnet.models import check_signal
 from fnet.networks import NetworkSet
 
-__all__ = ["MaskKind", "MaskRequest", "MASKS", "MASK_MODES", "ABLATIONS", "register", "build_mask", "draw_seed",
-           "control_kinds"]
-
-#: what a lesion (or a preservation's complement) sets its neurons to
-ABLATIONS = ("zero", "mean")
-
-
-@dataclass
-class MaskRequest:
-    """What a builder may read: the networks and every ``conf/mask`` setting (see :func:`build_mask`).
-
-    Parameters
-    ----------
-    netset : NetworkSet, optional
-        The networks.
-    networks : int, list of int or str, optional
-        The selected networks (:func:`parse_networks`).
-    match : int, list of int or str, optional
-        A control matched to these networks instead of ``networks``.
-    seed : int
-        The draw of a random control (default 0).
-    fraction : float, optional
-        ``random_fraction``: the share of every layer's units.
-    value : float
-        ``amplify``: added; ``scale``: multiplied (default 0.0).
-    exclude_reference : bool
-        Count-matched controls: draw only outside the networks (default False).
-    signal : str
-        ``mlp_out`` (default) or ``mlp_act``.
-    n_layers, width : int, optional
-        The mask's shape (``random_fraction`` without networks).
-    scale : torch.Tensor [layer, unit], optional
-        Each neuron's RMS activation (magnitude-matched kinds).
-    bins : int or list of float
-        Quantile bins per layer of the magnitude-matched draws, or their quantile edges (default 10).
-    ablation : str
-        ``zero`` (default) or ``mean``: what a lesion sets its neurons to.
-    means : torch.Tensor [layer, unit], optional
-        Each neuron's mean activation (``ablation="mean"``).
-    as_published : bool
-        Every layer masked with the last layer's row, the published code's bug (default False).
-    top_k : int
-        Top-magnitude units per layer that are massive candidates (default 4).
-    n_units : int
-        Massive units: the candidates most frequent across networks (default 4).
-    unit : int
-        Rank of the massive unit a single-unit lesion removes (default 0).
-    stream : str, optional
-        None: the seed alone picks the draw; a string: an independent stream (:func:`draw_seed`).
-    """
-
-    netset: Any = None
-    networks: Any = None
-    match: Any = None
-    seed: int = 0
-    fraction: float | None = None
-    value: float = 0.0
-    exclude_reference: bool = False
-    signal: str = "mlp_out"
-    n_layers: int | None = None
-    width: int | None = None
-    scale: Any = None          # scale  # [layer, unit]: each neuron's RMS activation (magnitude-matched kinds)
-    bins: Any = 10             # quantile bins per layer of the magnitude-matched draws, or their quantile edges
-    ablation: str = "zero"     # zero | mean: what a lesion sets its neurons to (mean: ``means``)
-    means: Any = None          # means  # [layer, unit]: each neuron's mean activation (ablation=mean)
-    as_published: bool = False  # every layer masked with the last layer's row (the published 10d96da bug)
-    top_k: int = 4             # top-magnitude units per layer that are massive candidates
-    n_units: int = 4           # massive units (the candidates most frequent across networks)
-    unit: int = 0              # rank of the massive unit a single-unit lesion removes
-    stream: str | None = None  # None: the seed alone; a string: an independent stream (module docstring)
-
-    def union(self, default: Any, mode: str) -> MaskSpec:
-        """The lesion of the selected networks (``match`` when set, else ``networks``, else ``default``)."""
-        target = self.match if self.match is not None else self.networks
-        return lesion_mask(need_networks(mode, self.netset), default if target is None else target)
-
-
-@dataclass(frozen=True)
-class MaskKind:
-    """One mask mode.
-
-    Parameters
-    ----------
-    name : str
-        The ``mask.mode`` value (``conf/mask/<name>.yaml``).
-    build : callable
-        ``build(request: MaskRequest) -> MaskSpec | None``.
-    label : str
-        What a report calls it (``"count-matched control"``).
-    describe : str
-        The sweep table's condition label, a format string over ``networks``, ``K``, ``disjoint``, ``fraction``,
-        ``value`` and ``subset``; ``{k}`` adds `` (K=..)`` where the networks' K is known.
-    order : int
-        Position in tables (lower first).
-    needs_networks, seeded, needs_scale : bool
-        Whether it is built from a NetworkSet, drawn at random (reported over seeds), or needs neuron scale.
-    controls : str, optional
-        For a random control: the kind it controls (``lesion`` or ``preserve``); else None.
-    condition : str
-        The name a study's report gives the condition (default: ``name``).
-    per_network : bool
-        Whether ``networks`` selects what it acts on (a sweep groups its jobs by it).
-    """
-
-    name: str
-    build: Callable[[MaskRequest], MaskSpec | None]
-    label: str
-    describe: str
-    order: int
-    needs_networks: bool = True
-    seeded: bool = False
-    needs_scale: bool = False
-    controls: str | None = None
-    condition: str = ""
-    per_network: bool = True
-
-    def condition_name(self) -> str:
-        return self.condition or self.name
-
-
-#: every mask mode, by name, in registration order
-MASKS: dict[str, MaskKind] = {}
-
-
-def register(kind: MaskKind) -> MaskKind:
-    """Add ``kind`` to :data:`MASKS` (a name registered twice is an error: it would silently replace a builder).
-
-    Parameters
-    ----------
-    kind : MaskKind
-        The mask mode.
-
-    Returns
-    -------
-    MaskKind
-        ``kind`` itself.
-    """
-    if kind.name in MASKS:
-        raise ValueError(f"mask kind {kind.name!r} is registered already")
-    MASKS[kind.name] = kind
-    return kind
-
-
-def control_kinds(controls: str) -> dict[str, MaskKind]:
-    """The random controls of ``controls`` (``lesion`` or ``preserve``), by study condition name.
-
-    Parameters
-    ----------
-    controls : str
-        ``lesion`` or ``preserve``.
-
-    Returns
-    -------
-    dict of str to MaskKind
-        The controls by condition name, in table order.
-    """
-    return {k.condition_name(): k for k in sorted(MASKS.values(), key=lambda k: k.order) if k.controls == controls}
-
-
-def need_networks(mode: str, netset: Any) -> Any:
-    if netset is None:
-        raise ValueError(
-            f"mask mode {mode!r} needs a NetworkSet: pass netset=... or networks_file=<a file from analyze.py>"
-        )
-    return netset
-
-
-def _need_scale(mode: str, r: MaskRequest) -> np.ndarray:
-    if r.scale is None:
-        raise ValueError(f"mask mode {mode!r} needs the neurons' activation scale [n_layers, width]: pass scale=... "
-                         "(fnet.intervene.controls.neuron_scale of the recording the networks were found on) or "
-                         "mask.scale_file=<a scale file>")
-    scale = np.asarray(r.scale, dtype=np.float64)
-    shape = (r.netset.n_layers, r.netset.width)
-    if scale.shape != shape:
-        raise ValueError(f"mask mode {mode!r}: the scale has shape {list(scale.shape)} but the networks are "
-                         f"{list(shape)} (layers x width): use the scale of the model and signal they were found on")
-    return scale
-
-
-def draw_seed(r: MaskRequest, kind: str, reference: MaskSpec) -> int:
-    """The seed of a random draw (module docstring). Without a stream: ``seed``, except the magnitude-matched
-    draws, which the v1 study seeded ``1000 * k + seed`` for network ``k`` and ``1000 * K + seed`` for a union."""
-    indices = reference.meta.get("networks") or []
-    if r.stream is None:
-        if kind not in ("magnitude", "magnitude_preserve", "massive_included"):
-            return int(r.seed)
-        union = len(indices) != 1 or str(r.match if r.match is not None else r.networks).strip() == "all"
-        k = r.netset.n_networks if union else indices[0]
-        return 1000 * int(k) + int(r.seed)
-    masks = r.netset.masks.to(torch.uint8).contiguous().numpy()  # [K, layer, unit]
-    identity = hashlib.sha256(masks.tobytes() + str(masks.shape).encode())
-    identity.update(str(r.netset.provenance.get("model_fingerprint") or r.netset.provenance.get("model")).encode())
-    identity.update(f"|{r.stream}|{sorted(indices)}|{kind}|{int(r.seed)}".encode())
-    return int.from_bytes(identity.digest()[:8], "little") >> 1  # a non-negative int64
+__all__ = [
+    "MaskKind",
+    "MaskRequest",
+    "MASKS",
+    "MASK_MODES",
+    "ABLATIONS",
+    "register",
+    "build_mask",
+    "draw_seed",
+    "control_kinds",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -244,18 +70,25 @@ def _preserve(r: MaskRequest) -> MaskSpec:
 
 def _random(r: MaskRequest) -> MaskSpec:
     reference = r.union(0, "random")
-    return random_matched_mask(reference, seed=draw_seed(r, "random", reference),
-                               exclude=True if r.exclude_reference else None)
+    return random_matched_mask(
+        reference, seed=draw_seed(r, "random", reference), exclude=True if r.exclude_reference else None
+    )
 
 
 def _random_preserve(r: MaskRequest) -> MaskSpec:
     """Preservation control: keep a random set with the union's per-layer counts, zero the rest."""
     reference = r.union("all", "random_preserve")
-    keep = random_matched_mask(reference, seed=draw_seed(r, "random_preserve", reference),
-                               exclude=True if r.exclude_reference else None)
-    return MaskSpec(mask=~keep.mask, signal=reference.signal, mode="zero", kind="random_preserve",
-                    description=f"preserve {keep.description} (zero the other neurons)",
-                    meta={**keep.meta, "networks": reference.meta["networks"]})
+    keep = random_matched_mask(
+        reference, seed=draw_seed(r, "random_preserve", reference), exclude=True if r.exclude_reference else None
+    )
+    return MaskSpec(
+        mask=~keep.mask,
+        signal=reference.signal,
+        mode="zero",
+        kind="random_preserve",
+        description=f"preserve {keep.description} (zero the other neurons)",
+        meta={**keep.meta, "networks": reference.meta["networks"]},
+    )
 
 
 def _random_fraction(r: MaskRequest) -> MaskSpec:
@@ -266,8 +99,7 @@ def _random_fraction(r: MaskRequest) -> MaskSpec:
 
 
 def _amplify(r: MaskRequest) -> MaskSpec:
-    return amplify_mask(need_networks("amplify", r.netset), 0 if r.networks is None else r.networks, r.value,
-                        "amplify")
+    return amplify_mask(need_networks("amplify", r.netset), 0 if r.networks is None else r.networks, r.value, "amplify")
 
 
 def _scale(r: MaskRequest) -> MaskSpec:
@@ -278,13 +110,21 @@ def _magnitude_draw(r: MaskRequest, kind: str, default: Any) -> tuple[MaskSpec, 
     """A magnitude-matched draw for the selected networks: disjoint from them where a layer allows (a layer the
     reference fills, as a preservation's union can, is drawn among all its neurons and listed)."""
     reference = r.union(default, kind)
-    scale = _need_scale(kind, r)
+    scale = need_scale(kind, r)
     seed = draw_seed(r, kind, reference)
-    drawn, fallbacks = magnitude_matched_draw(reference.mask.numpy(), scale, n_bins=_bins(r.bins), seed=seed,
-                                              disjoint="prefer")
+    drawn, fallbacks = magnitude_matched_draw(
+        reference.mask.numpy(), scale, n_bins=_bins(r.bins), seed=seed, disjoint="prefer"
+    )
     overlap = np.flatnonzero((drawn & reference.mask.numpy()).any(axis=1)).tolist()
-    meta = {"seed": int(r.seed), "draw_seed": seed, "stream": r.stream, "networks": reference.meta["networks"],
-            "bins": _bins(r.bins), "fallbacks": int(fallbacks), "overlap_layers": overlap}
+    meta = {
+        "seed": int(r.seed),
+        "draw_seed": seed,
+        "stream": r.stream,
+        "networks": reference.meta["networks"],
+        "bins": _bins(r.bins),
+        "fallbacks": int(fallbacks),
+        "overlap_layers": overlap,
+    }
     return reference, torch.from_numpy(drawn), meta
 
 
@@ -295,42 +135,66 @@ def _bins(bins: Any) -> int | list[float]:
 
 def _magnitude(r: MaskRequest) -> MaskSpec:
     reference, drawn, meta = _magnitude_draw(r, "magnitude", 0)
-    return MaskSpec(mask=drawn, signal=reference.signal, mode="zero", kind="magnitude", meta=meta,
-                    description=f"magnitude-matched control of {reference.description} "
-                                f"({int(drawn.sum())} neurons, seed {r.seed})")
+    return MaskSpec(
+        mask=drawn,
+        signal=reference.signal,
+        mode="zero",
+        kind="magnitude",
+        meta=meta,
+        description=f"magnitude-matched control of {reference.description} ({int(drawn.sum())} neurons, seed {r.seed})",
+    )
 
 
 def _magnitude_preserve(r: MaskRequest) -> MaskSpec:
     reference, drawn, meta = _magnitude_draw(r, "magnitude_preserve", "all")
-    return MaskSpec(mask=~drawn, signal=reference.signal, mode="zero", kind="magnitude_preserve", meta=meta,
-                    description=f"keep a magnitude-matched draw like {reference.description} (seed {r.seed}), "
-                                "zero the other neurons")
+    return MaskSpec(
+        mask=~drawn,
+        signal=reference.signal,
+        mode="zero",
+        kind="magnitude_preserve",
+        meta=meta,
+        description=f"keep a magnitude-matched draw like {reference.description} (seed {r.seed}), "
+        "zero the other neurons",
+    )
 
 
 def _massive(r: MaskRequest, kind: str) -> list[int]:
     masks = need_networks(kind, r.netset).masks.numpy()  # [K, layer, unit]
-    return massive_units(masks, _need_scale(kind, r), top_k=int(r.top_k), n_units=int(r.n_units))
+    return massive_units(masks, need_scale(kind, r), top_k=int(r.top_k), n_units=int(r.n_units))
 
 
 def _spared(r: MaskRequest) -> MaskSpec:
     reference = lesion_mask(need_networks("spared", r.netset), 0 if r.networks is None else r.networks)
     units = _massive(r, "spared")
     mask = torch.from_numpy(spare(reference.mask.numpy(), units))
-    return MaskSpec(mask=mask, signal=reference.signal, mode="zero", kind="spared",
-                    description=f"{reference.description} with the massive units {units} spared",
-                    meta={"networks": reference.meta["networks"], "units": units})
+    return MaskSpec(
+        mask=mask,
+        signal=reference.signal,
+        mode="zero",
+        kind="spared",
+        description=f"{reference.description} with the massive units {units} spared",
+        meta={"networks": reference.meta["networks"], "units": units},
+    )
 
 
 def _unit(r: MaskRequest) -> MaskSpec:
     units = _massive(r, "unit")
     rank = int(r.unit)
     masks = unit_masks(r.netset.masks.numpy(), units)  # [n_units, layer, unit]
-    mask = torch.from_numpy(masks[rank]) if rank < len(units) else torch.zeros(r.netset.n_layers, r.netset.width,
-                                                                              dtype=torch.bool)
+    mask = (
+        torch.from_numpy(masks[rank])
+        if rank < len(units)
+        else torch.zeros(r.netset.n_layers, r.netset.width, dtype=torch.bool)
+    )
     unit = units[rank] if rank < len(units) else None
-    return MaskSpec(mask=mask, signal=r.signal, mode="zero", kind="unit",
-                    description=f"lesion massive unit #{rank} ({unit}) in every layer where a network holds it",
-                    meta={"unit_rank": rank, "unit": unit, "units": units})
+    return MaskSpec(
+        mask=mask,
+        signal=r.signal,
+        mode="zero",
+        kind="unit",
+        description=f"lesion massive unit #{rank} ({unit}) in every layer where a network holds it",
+        meta={"unit_rank": rank, "unit": unit, "units": units},
+    )
 
 
 def _massive_included(r: MaskRequest) -> MaskSpec:
@@ -342,41 +206,119 @@ def _massive_included(r: MaskRequest) -> MaskSpec:
     own[:, [u for u in range(own.shape[1]) if u not in units]] = False  # [layer, unit]: the massive units kept
     remainder = reference.mask & ~own
     seed = draw_seed(r, "massive_included", reference)
-    drawn, fallbacks = magnitude_matched_draw(remainder.numpy(), _need_scale("massive_included", r),
-                                              n_bins=_bins(r.bins), seed=seed, disjoint="prefer", exclude=own.numpy())
+    drawn, fallbacks = magnitude_matched_draw(
+        remainder.numpy(),
+        need_scale("massive_included", r),
+        n_bins=_bins(r.bins),
+        seed=seed,
+        disjoint="prefer",
+        exclude=own.numpy(),
+    )
     mask = own | torch.from_numpy(drawn)
-    return MaskSpec(mask=mask, signal=reference.signal, mode="zero", kind="massive_included",
-                    description=f"massive units {units} of {reference.description} plus a magnitude-matched draw "
-                                f"for its other {int(remainder.sum())} neurons (seed {r.seed})",
-                    meta={"networks": reference.meta["networks"], "units": units, "seed": int(r.seed),
-                          "draw_seed": seed, "stream": r.stream, "n_massive": int(own.sum()),
-                          "fallbacks": int(fallbacks)})
+    return MaskSpec(
+        mask=mask,
+        signal=reference.signal,
+        mode="zero",
+        kind="massive_included",
+        description=f"massive units {units} of {reference.description} plus a magnitude-matched draw "
+        f"for its other {int(remainder.sum())} neurons (seed {r.seed})",
+        meta={
+            "networks": reference.meta["networks"],
+            "units": units,
+            "seed": int(r.seed),
+            "draw_seed": seed,
+            "stream": r.stream,
+            "n_massive": int(own.sum()),
+            "fallbacks": int(fallbacks),
+        },
+    )
 
 
 _K = "{k}"
 for _kind in (
-    MaskKind("none", lambda r: None, "unmasked", "none", 0, needs_networks=False, condition="unmasked",
-             per_network=False),
+    MaskKind(
+        "none", lambda r: None, "unmasked", "none", 0, needs_networks=False, condition="unmasked", per_network=False
+    ),
     MaskKind("lesion", _lesion, "lesion", "lesion network {networks}" + _K, 10),
-    MaskKind("random", _random, "count-matched control", "random matched to network {networks}{disjoint}" + _K, 20,
-             seeded=True, controls="lesion", condition="count"),
-    MaskKind("magnitude", _magnitude, "magnitude-matched control", "magnitude-matched to network {networks}" + _K,
-             21, seeded=True, needs_scale=True, controls="lesion"),
-    MaskKind("spared", _spared, "massive units spared", "lesion network {networks} sparing massive units" + _K, 25,
-             needs_scale=True),
-    MaskKind("unit", _unit, "single massive unit", "lesion massive unit #{unit}" + _K, 26, needs_scale=True,
-             per_network=False),
-    MaskKind("massive_included", _massive_included, "massive-included control",
-             "massive units of network {networks} + magnitude-matched rest" + _K, 22, seeded=True, needs_scale=True,
-             controls="lesion"),
-    MaskKind("random_fraction", _random_fraction, "random fraction", "random {fraction:.0%} per layer", 30,
-             needs_networks=False, seeded=True, per_network=False),
+    MaskKind(
+        "random",
+        _random,
+        "count-matched control",
+        "random matched to network {networks}{disjoint}" + _K,
+        20,
+        seeded=True,
+        controls="lesion",
+        condition="count",
+    ),
+    MaskKind(
+        "magnitude",
+        _magnitude,
+        "magnitude-matched control",
+        "magnitude-matched to network {networks}" + _K,
+        21,
+        seeded=True,
+        needs_scale=True,
+        controls="lesion",
+    ),
+    MaskKind(
+        "spared",
+        _spared,
+        "massive units spared",
+        "lesion network {networks} sparing massive units" + _K,
+        25,
+        needs_scale=True,
+    ),
+    MaskKind(
+        "unit",
+        _unit,
+        "single massive unit",
+        "lesion massive unit #{unit}" + _K,
+        26,
+        needs_scale=True,
+        per_network=False,
+    ),
+    MaskKind(
+        "massive_included",
+        _massive_included,
+        "massive-included control",
+        "massive units of network {networks} + magnitude-matched rest" + _K,
+        22,
+        seeded=True,
+        needs_scale=True,
+        controls="lesion",
+    ),
+    MaskKind(
+        "random_fraction",
+        _random_fraction,
+        "random fraction",
+        "random {fraction:.0%} per layer",
+        30,
+        needs_networks=False,
+        seeded=True,
+        per_network=False,
+    ),
     MaskKind("preserve", _preserve, "preservation", "preserve K={K}{subset}", 40),
-    MaskKind("random_preserve", _random_preserve, "count-matched preservation control",
-             "random preserve matched to K={K}", 50, seeded=True, controls="preserve", condition="preserve_count"),
-    MaskKind("magnitude_preserve", _magnitude_preserve, "magnitude-matched preservation control",
-             "magnitude-matched preserve K={K}", 51, seeded=True, needs_scale=True, controls="preserve",
-             condition="preserve_magnitude"),
+    MaskKind(
+        "random_preserve",
+        _random_preserve,
+        "count-matched preservation control",
+        "random preserve matched to K={K}",
+        50,
+        seeded=True,
+        controls="preserve",
+        condition="preserve_count",
+    ),
+    MaskKind(
+        "magnitude_preserve",
+        _magnitude_preserve,
+        "magnitude-matched preservation control",
+        "magnitude-matched preserve K={K}",
+        51,
+        seeded=True,
+        needs_scale=True,
+        controls="preserve",
+        condition="preserve_magnitude",
+    ),
     MaskKind("amplify", _amplify, "amplification", "amplify network {networks} ({value})" + _K, 60),
     MaskKind("scale", _scale, "scaling", "scale network {networks} ({value})" + _K, 70),
 ):
@@ -483,8 +425,10 @@ def _mean_ablation(spec: MaskSpec, means: Any, mode: str) -> None:
     if spec.mode != "zero":
         raise ValueError(f"ablation=mean replaces zeroing; mask mode {mode!r} does not zero its neurons")
     if means is None:
-        raise ValueError("ablation=mean needs the neurons' mean activations [n_layers, width]: pass means=... "
-                         "(fnet.intervene.controls.neuron_moments) or mask.scale_file=<a scale file with a mean>")
+        raise ValueError(
+            "ablation=mean needs the neurons' mean activations [n_layers, width]: pass means=... "
+            "(fnet.intervene.controls.neuron_moments) or mask.scale_file=<a scale file with a mean>"
+        )
     means = np.asarray(means, dtype=np.float32)
     if means.shape != tuple(spec.mask.shape):
         raise ValueError(f"means have shape {list(means.shape)}, expected the mask's {list(spec.mask.shape)}")
@@ -492,4 +436,3 @@ def _mean_ablation(spec: MaskSpec, means: Any, mode: str) -> None:
     spec.__post_init__()
     spec.description += " (set to their mean activation)"
     spec.meta["ablation"] = "mean"
-

@@ -9,7 +9,8 @@
 :class:`SequenceClassificationModule` pools the hidden state of the **last real token** of each sequence (the
 last position whose attention mask is 1, so right and left padding give the same result; position ids are
 counted from the first real token) and maps it to ``num_labels`` logits, like GPT-2's sequence classification.
-Metrics are torchmetrics objects per stage, logged under the task configs' metric names: ``train/accuracy``, ``val/accuracy``, ``val/f1``, ``test/mcc``...
+Metrics are torchmetrics objects per stage (:mod:`fnet.lit.metrics`, re-exported here), logged under the task
+configs' metric names: ``train/accuracy``, ``val/accuracy``, ``val/f1``, ``test/mcc``...
 """
 
 from __future__ import annotations
@@ -19,21 +20,35 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassConfusionMatrix
 from transformers import get_scheduler
 
-from fnet import scoring
 from fnet.lit.lora import add_lora
 from fnet.lit.lower_blocks import LowerBlocks, find_lower_blocks, replay_lower_blocks
+from fnet.lit.metrics import ConfusionMCC, classification_metrics, classification_result, gather_records
 from fnet.models import LoadedModel, find_blocks, get_arch, load_model, model_dims, to_batch_first
 from fnet.models.stop import stop_at
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "warmup_scheduler",
+    "last_token_index",
+    "position_ids_from_mask",
+    "final_hidden_states",
+    "set_trainable",
+    "CausalLMTaskModule",
+    "SequenceClassificationModule",
+    # from fnet.lit.metrics, where they were moved; imported from here before
+    "ConfusionMCC",
+    "classification_metrics",
+    "gather_records",
+    "classification_result",
+]
 
 CHECKPOINT_KEY = "fnet"  # the checkpoint entry describing the backbone (see on_save_checkpoint)
 
@@ -51,7 +66,9 @@ def warmup_scheduler(
     """A transformers schedule (``linear``, ``cosine``, ``constant_with_warmup``...) with warmup over
     ``warmup_ratio`` of the run (or ``num_warmup_steps``). The modules call it with the run's optimiser-step count
     (``trainer.estimated_stepping_batches``, which accounts for gradient accumulation and devices)."""
-    warmup = int(num_warmup_steps) if num_warmup_steps is not None else int(math.ceil(warmup_ratio * num_training_steps))
+    warmup = (
+        int(num_warmup_steps) if num_warmup_steps is not None else int(math.ceil(warmup_ratio * num_training_steps))
+    )
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=int(num_training_steps))
 
 
@@ -153,7 +170,9 @@ def set_trainable(model: nn.Module, trainable_layers: int | None) -> dict[str, i
                 if id(param) not in in_blocks:
                     param.requires_grad_(True)
     elif trainable_layers < 0:
-        raise ValueError(f"trainable_layers must be None (all), 0 (head only) or a positive count, not {trainable_layers}")
+        raise ValueError(
+            f"trainable_layers must be None (all), 0 (head only) or a positive count, not {trainable_layers}"
+        )
     n_total = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"backbone_params": n_total, "backbone_trainable_params": n_trainable}
@@ -228,13 +247,17 @@ class CausalLMTaskModule(pl.LightningModule):
         self.strict_loading = bool(checkpoint_frozen)
         log.info(
             "%s on %s: %d of %d backbone parameters train (trainable_layers=%s)",
-            type(self).__name__, loaded.name, self.param_counts["backbone_trainable_params"],
-            self.param_counts["backbone_params"], trainable_layers,
+            type(self).__name__,
+            loaded.name,
+            self.param_counts["backbone_trainable_params"],
+            self.param_counts["backbone_params"],
+            trainable_layers,
         )
 
     # ---- backbone ------------------------------------------------------------------------------------------------
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      lower_hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lower_hidden: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``[batch, seq, d_model]`` after the final norm (MLP hooks on ``self.model`` fire during this call).
 
         ``lower_hidden``: the stored output of the frozen lower blocks for this batch (padded like
@@ -289,76 +312,6 @@ class CausalLMTaskModule(pl.LightningModule):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------------------------
-class ConfusionMCC(MulticlassConfusionMatrix):
-    """Matthews correlation from the (DDP-synced) confusion matrix via ``fnet.scoring.mcc_from_confusion``: 0 for a
-    constant predictor, as GLUE and scikit-learn report it. torchmetrics' MatthewsCorrCoef gives 0.077 there,
-    which would make a degenerate CoLA model look above chance."""
-
-    def compute(self) -> torch.Tensor:
-        return torch.tensor(scoring.mcc_from_confusion(super().compute()), dtype=torch.float32)
-
-
-def classification_metrics(names: Sequence[str], num_labels: int) -> MetricCollection:
-    """torchmetrics for ``names`` (the task configs' metric names) among ``accuracy``, ``f1`` (binary F1 of class 1 for two labels, macro F1 otherwise)
-    and ``mcc`` (Matthews correlation, CoLA's metric)."""
-    from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassF1Score
-
-    makers = {
-        "accuracy": lambda: MulticlassAccuracy(num_classes=num_labels, average="micro"),
-        "f1": lambda: BinaryF1Score() if num_labels == 2 else MulticlassF1Score(num_classes=num_labels, average="macro"),
-        "mcc": lambda: ConfusionMCC(num_classes=num_labels),
-    }
-    unknown = [n for n in names if n not in makers]
-    if unknown:
-        raise ValueError(f"unknown classification metrics {unknown}; valid: {sorted(makers)}")
-    return MetricCollection({name: makers[name]() for name in names})
-
-
-def gather_records(module: pl.LightningModule, records: list[dict]) -> list[dict]:
-    """Per-row records of every process (DDP: all_gather_object), de-duplicated by ``index`` (the distributed
-    sampler repeats rows to even out the ranks) and sorted by it."""
-    if module.trainer is not None and module.trainer.world_size > 1 and torch.distributed.is_initialized():
-        gathered: list[Any] = [None] * module.trainer.world_size
-        torch.distributed.all_gather_object(gathered, records)
-        records = [r for part in gathered for r in part]
-    unique = {r["index"]: r for r in records}
-    return [unique[k] for k in sorted(unique)]
-
-
-def classification_result(task_name: str | None, metric_names: Sequence[str], preds, targets, n_classes: int,
-                          bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The result row evaluate.py reports (the zero-shot module's layout): per metric its value, 95 % CI (Wilson
-    for accuracy, percentile bootstrap otherwise) and chance level (best constant predictor); the primary metric
-    (the first) as ``score``/``ci``; ``above_chance`` = its CI lies above chance."""
-    preds = np.asarray(preds, dtype=np.int64)
-    targets = np.asarray(targets, dtype=np.int64)
-    metrics = {}
-    for name in metric_names:
-        value = scoring.class_metric(name, torch.from_numpy(preds), torch.from_numpy(targets), n_classes)
-        if name == "accuracy":
-            lo, hi = scoring.wilson_interval(float((preds == targets).sum()), len(targets))
-            method = "wilson"
-        else:
-            lo, hi = scoring.bootstrap_interval(
-                lambda p, t, _name=name: scoring.class_metric(_name, torch.from_numpy(p), torch.from_numpy(t), n_classes),
-                [preds, targets], n_boot=bootstrap, seed=seed)
-            method = "bootstrap"
-        metrics[name] = {"value": value, "ci_low": lo, "ci_high": hi, "ci_method": method,
-                         "chance": scoring.metric_chance(name, targets, n_classes)}
-    primary = metrics[metric_names[0]]
-    return {
-        "task": task_name, "n": int(len(targets)), "metric": metric_names[0], "scoring": "finetuned_head",
-        "metrics": metrics, "chance": scoring.chance_levels(targets, n_classes), "n_classes": n_classes,
-        "label_counts": np.bincount(targets, minlength=n_classes).tolist(),
-        "pred_counts": np.bincount(preds, minlength=n_classes).tolist(),
-        "score": primary["value"], "ci": [primary["ci_low"], primary["ci_high"]],
-        "above_chance": bool(primary["ci_low"] > primary["chance"]),
-    }
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Sequence classification
 # --------------------------------------------------------------------------------------------------------------
 class SequenceClassificationModule(CausalLMTaskModule):
@@ -368,7 +321,8 @@ class SequenceClassificationModule(CausalLMTaskModule):
 
     Args (besides :class:`CausalLMTaskModule`'s):
         num_labels: number of classes.
-        metrics: torchmetrics to compute per stage (``accuracy``, ``f1``, ``mcc``: the task config's ``metric``); the first is the task's main one.
+        metrics: torchmetrics to compute per stage (``accuracy``, ``f1``, ``mcc``: the task config's ``metric``);
+            the first is the task's main one.
         head_dropout: dropout on the pooled hidden state during training.
         task_name: recorded in the checkpoint and hyperparameters.
         bootstrap: resamples for the bootstrap CIs of ``self.results`` (MCC, F1).
@@ -394,8 +348,13 @@ class SequenceClassificationModule(CausalLMTaskModule):
         lora: Mapping[str, Any] | None = None,
     ):
         super().__init__(
-            model=model, model_kwargs=model_kwargs, optimizer=optimizer, scheduler=scheduler,
-            trainable_layers=trainable_layers, checkpoint_frozen=checkpoint_frozen, lora=lora,
+            model=model,
+            model_kwargs=model_kwargs,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainable_layers=trainable_layers,
+            checkpoint_frozen=checkpoint_frozen,
+            lora=lora,
         )
         if num_labels < 2:
             raise ValueError(f"num_labels must be >= 2, got {num_labels}")
@@ -415,8 +374,12 @@ class SequenceClassificationModule(CausalLMTaskModule):
         self.outputs: list[dict] = []
         self.results: dict[str, Any] | None = None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                lower_hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lower_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """-> logits ``[batch, num_labels]`` from the last real token of each sequence."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -434,12 +397,24 @@ class SequenceClassificationModule(CausalLMTaskModule):
         if stage == "test":
             index = batch.get("row_index")
             for i in range(labels.shape[0]):
-                self._records.append({"index": int(index[i]) if index is not None else len(self._records),
-                                      "pred": int(preds[i]), "target": int(labels[i]),
-                                      "logits": [round(float(x), 5) for x in logits[i]]})
+                self._records.append(
+                    {
+                        "index": int(index[i]) if index is not None else len(self._records),
+                        "pred": int(preds[i]),
+                        "target": int(labels[i]),
+                        "logits": [round(float(x), 5) for x in logits[i]],
+                    }
+                )
         batch_size = labels.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
         return loss
 
@@ -460,13 +435,23 @@ class SequenceClassificationModule(CausalLMTaskModule):
         self._records = []
         if self.outputs:
             self.results = classification_result(
-                self.task_name, self.metric_names, [r["pred"] for r in self.outputs],
-                [r["target"] for r in self.outputs], self.num_labels, bootstrap=self.bootstrap)
+                self.task_name,
+                self.metric_names,
+                [r["pred"] for r in self.outputs],
+                [r["target"] for r in self.outputs],
+                self.num_labels,
+                bootstrap=self.bootstrap,
+            )
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("lower_hidden"))
         return {"logits": logits, "pred": logits.argmax(dim=-1), "labels": batch.get("labels")}
 
     def fnet_checkpoint_info(self) -> dict[str, Any]:
-        return dict(super().fnet_checkpoint_info(), task_name=self.task_name, num_labels=self.num_labels,
-                    metrics=self.metric_names, head="score")
+        return dict(
+            super().fnet_checkpoint_info(),
+            task_name=self.task_name,
+            num_labels=self.num_labels,
+            metrics=self.metric_names,
+            head="score",
+        )

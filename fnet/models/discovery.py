@@ -37,13 +37,26 @@ from fnet.models.stop import stop_at
 __all__ = ["ArchSpec", "DiscoveryError", "discover", "config_dims", "linear_dims", "resolve_path"]
 
 #: forward parameters that mark an attention module (never an MLP)
-_ATTENTION_ARGS = ("attention_mask", "position_ids", "position_embeddings", "past_key_values", "past_key_value",
-                   "layer_past", "alibi", "key_padding", "cache_position", "rotary_pos_emb", "freqs_cis")
+_ATTENTION_ARGS = (
+    "attention_mask",
+    "position_ids",
+    "position_embeddings",
+    "past_key_values",
+    "past_key_value",
+    "layer_past",
+    "alibi",
+    "key_padding",
+    "cache_position",
+    "rotary_pos_emb",
+    "freqs_cis",
+)
 _N_LAYERS_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _D_MODEL_KEYS = ("hidden_size", "n_embd", "d_model")
 _D_MLP_KEYS = ("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim", "inner_hidden_size")
 #: child names that are MLPs in the wild; used only to break a tie between structural candidates
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "ff")
+#: how a discovery error ends: the overrides that settle what the structure left open
+_HINT = "(override with model.blocks / model.mlp / model.down_proj)"
 
 
 class DiscoveryError(ValueError):
@@ -111,7 +124,9 @@ def resolve_path(obj: Any, dotted: str) -> Any:
         The object at the path.
     """
     for part in dotted.split(".") if dotted else ():
-        obj = obj[int(part)] if part.isdigit() and isinstance(obj, (nn.ModuleList, nn.Sequential)) else getattr(obj, part)
+        obj = (
+            obj[int(part)] if part.isdigit() and isinstance(obj, (nn.ModuleList, nn.Sequential)) else getattr(obj, part)
+        )
     return obj
 
 
@@ -138,8 +153,11 @@ def config_dims(config: Any) -> dict[str, int | None]:
         ``{"n_layers": .., "d_model": .., "d_mlp": ..}``.
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    dims = {"n_layers": _first(text, _N_LAYERS_KEYS), "d_model": _first(text, _D_MODEL_KEYS),
-            "d_mlp": _first(text, _D_MLP_KEYS)}
+    dims = {
+        "n_layers": _first(text, _N_LAYERS_KEYS),
+        "d_model": _first(text, _D_MODEL_KEYS),
+        "d_mlp": _first(text, _D_MLP_KEYS),
+    }
     if dims["d_mlp"] is None and "n_inner" in getattr(text, "__dict__", {}) and dims["d_model"]:
         dims["d_mlp"] = 4 * dims["d_model"]
     return dims
@@ -202,8 +220,11 @@ def _mlp_candidates(block: nn.Module, d_model: int, d_mlp: int | None) -> list[t
         elif _down_candidates(child, d_model, d_mlp, direct_only=False):
             out.append((name, False))
     if len(out) > 1 and d_mlp is not None:  # the config's MLP width breaks ties
-        exact = [c for c in out if c[1] or any(w == d_mlp for _, w in _down_candidates(
-            getattr(block, c[0]), d_model, d_mlp, False))]
+        exact = [
+            c
+            for c in out
+            if c[1] or any(w == d_mlp for _, w in _down_candidates(getattr(block, c[0]), d_model, d_mlp, False))
+        ]
         out = exact or out
     if len(out) > 1:
         named = [c for c in out if c[0] in _MLP_NAMES]
@@ -300,14 +321,62 @@ def discover(
     d_model = stated["d_model"]
     if d_model is None:
         raise DiscoveryError(f"{family}: the config states no hidden size (tried {list(_D_MODEL_KEYS)})")
-    hint = "(override with model.blocks / model.mlp / model.down_proj)"
 
+    blocks, block_list = _block_list(model, blocks, family, stated)
+    block0 = block_list[0]
+    mlp, moe = _mlp_path(block0, mlp, down_proj, family, d_model, stated["d_mlp"])
+    mlp0 = resolve_path(block0, mlp)
+    if down_proj is None and not moe and any(_is_moe(resolve_path(b, mlp)) for b in block_list):
+        moe = True  # dense first blocks, experts later (e.g. DeepSeek-style first_k_dense): one rule for all
+    if down_proj is None:
+        down_proj = (
+            "" if moe else _pick_down(mlp0, d_model, stated["d_mlp"], f"{family} MLP {mlp!r}", direct_only=(mlp == ""))
+        )
+    try:
+        down0 = resolve_path(mlp0, down_proj) if down_proj else None
+    except AttributeError as err:
+        raise DiscoveryError(
+            f"{family}: model.down_proj={down_proj!r} is not an attribute path of the MLP: {err}"
+        ) from None
+    down_dims = linear_dims(down0) if down0 is not None else None
+    if down0 is not None and (down_dims is None or down_dims[1] != d_model):
+        raise DiscoveryError(
+            f"{family}: down projection {mlp}.{down_proj} = {type(down0).__name__} {down_dims} does "
+            f"not map to d_model={d_model}"
+        )
+    d_mlp = down_dims[0] if down_dims else 0
+    if stated["n_layers"] is not None and len(block_list) != stated["n_layers"]:
+        raise DiscoveryError(f"{family}: {blocks} has {len(block_list)} blocks, the config says {stated['n_layers']}")
+
+    seq_first, flat, adds_residual = False, False, False
+    if dry_run:
+        seq_first, flat, adds_residual = _layout(model, block0, mlp0, down0, family, mlp, down_proj, d_model)
+    spec = ArchSpec(
+        family=family,
+        blocks=blocks,
+        mlp=mlp,
+        down_proj=down_proj,
+        seq_first=seq_first,
+        n_layers=len(block_list),
+        d_model=d_model,
+        d_mlp=d_mlp,
+        moe=moe,
+        flat=flat,
+        mlp_adds_residual=adds_residual,
+        conv1d=type(down0).__name__ == "Conv1D",
+    )
+    _CACHE[model] = spec
+    return spec
+
+
+def _block_list(model: nn.Module, blocks: str | None, family: str, stated: dict) -> tuple[str, nn.ModuleList]:
+    """(path, the ``ModuleList``) of the decoder blocks: the override's, else the one list found by structure."""
     if blocks is None:
-        found = _find_blocks(model, stated["n_layers"], d_model, stated["d_mlp"])
+        found = _find_blocks(model, stated["n_layers"], stated["d_model"], stated["d_mlp"])
         if len(found) != 1:
             raise DiscoveryError(
                 f"{family}: expected one ModuleList of {stated['n_layers']} decoder blocks holding an MLP that maps "
-                f"d_model={d_model} through a wider hidden size, found {found or 'none'} {hint}"
+                f"d_model={stated['d_model']} through a wider hidden size, found {found or 'none'} {_HINT}"
             )
         blocks = found[0]
     try:
@@ -316,63 +385,63 @@ def discover(
         raise DiscoveryError(f"{family}: model.blocks={blocks!r} does not exist: {err}") from None
     if not isinstance(block_list, nn.ModuleList):
         raise DiscoveryError(f"{family}: model.blocks={blocks!r} is a {type(block_list).__name__}, not a ModuleList")
-    block0 = block_list[0]
+    return blocks, block_list
 
-    moe = False
-    if mlp is None:
-        candidates = _mlp_candidates(block0, d_model, stated["d_mlp"])
-        if len(candidates) > 1:
-            raise DiscoveryError(f"{family}: several children of a block look like an MLP: "
-                                 f"{[c[0] for c in candidates]} {hint}")
-        if candidates:
-            mlp, moe = candidates[0]
-        elif _down_candidates(block0, d_model, stated["d_mlp"], direct_only=True):
-            mlp = ""  # the block holds the projections itself (OPT: fc1 / fc2)
-        else:
-            raise DiscoveryError(f"{family}: no child of {type(block0).__name__} maps d_model={d_model} through a "
-                                 f"wider hidden size and back {hint}")
-    else:
+
+def _mlp_path(
+    block0: nn.Module, mlp: str | None, down_proj: str | None, family: str, d_model: int, d_mlp: int | None
+) -> tuple[str, bool]:
+    """(path of the MLP relative to a block, whether it is a mixture of experts) as block 0 shows them; with an
+    ``mlp`` override, a mixture of experts only when no down projection is named."""
+    if mlp is not None:
         try:
-            moe = _is_moe(resolve_path(block0, mlp)) and down_proj is None
+            return mlp, _is_moe(resolve_path(block0, mlp)) and down_proj is None
         except AttributeError as err:
             raise DiscoveryError(f"{family}: model.mlp={mlp!r} is not an attribute path of a block: {err}") from None
-    mlp0 = resolve_path(block0, mlp)
-    if down_proj is None and not moe and any(_is_moe(resolve_path(b, mlp)) for b in block_list):
-        moe = True  # dense first blocks, experts later (e.g. DeepSeek-style first_k_dense): one rule for all
-    if down_proj is None:
-        down_proj = "" if moe else _pick_down(mlp0, d_model, stated["d_mlp"], f"{family} MLP {mlp!r}",
-                                             direct_only=(mlp == ""))
-    try:
-        down0 = resolve_path(mlp0, down_proj) if down_proj else None
-    except AttributeError as err:
-        raise DiscoveryError(f"{family}: model.down_proj={down_proj!r} is not an attribute path of the MLP: {err}") \
-            from None
-    down_dims = linear_dims(down0) if down0 is not None else None
-    if down0 is not None and (down_dims is None or down_dims[1] != d_model):
-        raise DiscoveryError(f"{family}: down projection {mlp}.{down_proj} = {type(down0).__name__} {down_dims} does "
-                             f"not map to d_model={d_model}")
-    d_mlp = down_dims[0] if down_dims else 0
-    if stated["n_layers"] is not None and len(block_list) != stated["n_layers"]:
-        raise DiscoveryError(f"{family}: {blocks} has {len(block_list)} blocks, the config says {stated['n_layers']}")
+    candidates = _mlp_candidates(block0, d_model, d_mlp)
+    if len(candidates) > 1:
+        raise DiscoveryError(
+            f"{family}: several children of a block look like an MLP: {[c[0] for c in candidates]} {_HINT}"
+        )
+    if candidates:
+        return candidates[0]
+    if _down_candidates(block0, d_model, d_mlp, direct_only=True):
+        return "", False  # the block holds the projections itself (OPT: fc1 / fc2)
+    raise DiscoveryError(
+        f"{family}: no child of {type(block0).__name__} maps d_model={d_model} through a "
+        f"wider hidden size and back {_HINT}"
+    )
 
-    seq_first, flat, adds_residual = False, False, False
-    if dry_run:
-        seen = _dry_run(model, block0, mlp0, down0)
-        if down0 is not None and seen["down_calls"] != 1:
-            raise DiscoveryError(f"{family}: the down projection {mlp}.{down_proj} ran {seen['down_calls']} times in "
-                                 f"block 0's forward (expected once) {hint}")
-        signal = seen.get("down_out", seen.get("mlp_out"))
-        if signal is None:
-            raise DiscoveryError(f"{family}: the MLP {mlp!r} did not run in block 0's forward {hint}")
-        flat = tuple(signal.shape) == (6, d_model)
-        if not flat and (signal.ndim != 3 or signal.shape[-1] != d_model or signal.shape[:2] not in ((2, 3), (3, 2))):
-            raise DiscoveryError(f"{family}: the MLP output has shape {tuple(signal.shape)}; expected "
-                                 f"[batch=2, seq=3, {d_model}], sequence-first [3, 2, {d_model}] or flat [6, {d_model}]")
-        seq_first = tuple(signal.shape[:2]) == (3, 2)
-        if down0 is not None and "mlp_out" in seen and mlp:
-            adds_residual = seen["mlp_out"].shape != signal.shape or not torch.allclose(seen["mlp_out"], signal)
-    spec = ArchSpec(family=family, blocks=blocks, mlp=mlp, down_proj=down_proj, seq_first=seq_first,
-                    n_layers=len(block_list), d_model=d_model, d_mlp=d_mlp, moe=moe, flat=flat,
-                    mlp_adds_residual=adds_residual, conv1d=type(down0).__name__ == "Conv1D")
-    _CACHE[model] = spec
-    return spec
+
+def _layout(
+    model: nn.Module,
+    block0: nn.Module,
+    mlp0: nn.Module,
+    down0: nn.Module | None,
+    family: str,
+    mlp: str,
+    down_proj: str,
+    d_model: int,
+) -> tuple[bool, bool, bool]:
+    """(sequence-first, flat, the MLP adds the residual) as the dry run measures them, after checking that the
+    down projection runs once in block 0 and the signal is ``[2, 3, d_model]``, ``[3, 2, ..]`` or ``[6, ..]``."""
+    seen = _dry_run(model, block0, mlp0, down0)
+    if down0 is not None and seen["down_calls"] != 1:
+        raise DiscoveryError(
+            f"{family}: the down projection {mlp}.{down_proj} ran {seen['down_calls']} times in "
+            f"block 0's forward (expected once) {_HINT}"
+        )
+    signal = seen.get("down_out", seen.get("mlp_out"))
+    if signal is None:
+        raise DiscoveryError(f"{family}: the MLP {mlp!r} did not run in block 0's forward {_HINT}")
+    flat = tuple(signal.shape) == (6, d_model)
+    if not flat and (signal.ndim != 3 or signal.shape[-1] != d_model or signal.shape[:2] not in ((2, 3), (3, 2))):
+        raise DiscoveryError(
+            f"{family}: the MLP output has shape {tuple(signal.shape)}; expected "
+            f"[batch=2, seq=3, {d_model}], sequence-first [3, 2, {d_model}] or flat [6, {d_model}]"
+        )
+    seq_first = tuple(signal.shape[:2]) == (3, 2)
+    adds_residual = False
+    if down0 is not None and "mlp_out" in seen and mlp:
+        adds_residual = seen["mlp_out"].shape != signal.shape or not torch.allclose(seen["mlp_out"], signal)
+    return seq_first, flat, adds_residual

@@ -46,14 +46,23 @@ def _tokens(lm: LoadedModel, stimuli: Mapping[str, Any], stores: Mapping[str, Ac
         strings = token_strings(lm.tokenizer, [t.text for t in texts], int(store.manifest["max_length"]))
         for text, row, n in zip(texts, strings, store.n_tokens([t.id for t in texts])):
             if len(row) != n:
-                raise ValueError(f"text {text.id}: {len(row)} tokens, but {n} were recorded; the tokenizer differs "
-                                 f"from the recording's")
+                raise ValueError(
+                    f"text {text.id}: {len(row)} tokens, but {n} were recorded; the tokenizer differs "
+                    f"from the recording's"
+                )
             out[text.id] = row
     return out
 
 
-def describe_analysis(lm: LoadedModel, stimuli: Mapping[str, Any], stores: Mapping[str, ActivationStore],
-                      results: Mapping[str, dict], combined: Any, *, n_examples: int = 8) -> dict:
+def describe_analysis(
+    lm: LoadedModel,
+    stimuli: Mapping[str, Any],
+    stores: Mapping[str, ActivationStore],
+    results: Mapping[str, dict],
+    combined: Any,
+    *,
+    n_examples: int = 8,
+) -> dict:
     """Descriptions of every network of the analysis (what ``networks/descriptions.json`` holds).
 
     Parameters
@@ -79,21 +88,49 @@ def describe_analysis(lm: LoadedModel, stimuli: Mapping[str, Any], stores: Mappi
 
     def entry(decomposition, ids: list[str]) -> dict:
         nets = decomposition.networks
-        units = massive_units(nets.masks.numpy(), scale, top_k=min(MASSIVE["top_k"], nets.width),
-                              n_units=MASSIVE["n_units"])
-        return {"level": "group", "texts": ids, "massive_units": units,
-                "networks": describe(nets, decomposition.sources, [tokens[i] for i in ids], text_ids=ids,
-                                     scale=scale, massive=units, n_examples=n_examples)}
+        units = massive_units(
+            nets.masks.numpy(), scale, top_k=min(MASSIVE["top_k"], nets.width), n_units=MASSIVE["n_units"]
+        )
+        return {
+            "level": "group",
+            "texts": ids,
+            "massive_units": units,
+            "networks": describe(
+                nets,
+                decomposition.sources,
+                [tokens[i] for i in ids],
+                text_ids=ids,
+                scale=scale,
+                massive=units,
+                n_examples=n_examples,
+            ),
+        }
 
     sets = {"all": entry(combined, [i for ids in template_ids.values() for i in ids])}
     for name, res in results.items():
         sets[name] = entry(res["group"], template_ids[name])
         sets[name]["individual"] = {
-            ind.name: describe(ind.networks, ind.sources, [tokens[ind.name]], text_ids=[ind.name], scale=scale,
-                               massive=sets[name]["massive_units"], n_examples=3, n_texts=0, n_units=3)
-            for ind in res["individuals"]}
-    return {"model": lm.name, "signal": stores[next(iter(stores))].signal, "n_layers": lm.n_layers,
-            "width": int(scale.shape[1]), "massive": dict(MASSIVE), "sets": sets}
+            ind.name: describe(
+                ind.networks,
+                ind.sources,
+                [tokens[ind.name]],
+                text_ids=[ind.name],
+                scale=scale,
+                massive=sets[name]["massive_units"],
+                n_examples=3,
+                n_texts=0,
+                n_units=3,
+            )
+            for ind in res["individuals"]
+        }
+    return {
+        "model": lm.name,
+        "signal": stores[next(iter(stores))].signal,
+        "n_layers": lm.n_layers,
+        "width": int(scale.shape[1]),
+        "massive": dict(MASSIVE),
+        "sets": sets,
+    }
 
 
 def _matches(match: Any, individuals: list, threshold: float, top: int = 8) -> dict[int, list[dict]]:
@@ -128,64 +165,134 @@ def _individual_rows(individual: dict, match: Any, individuals: list) -> list[di
     for text, descs in individual.items():
         for d in descs:
             t, value = best.get((text, d["network"]), (None, None))
-            rows.append({"text": text, "network": d["network"], "neurons": d["size"],
-                         "layers": ", ".join(map(str, d["layers"][-4:])) + (" …" if len(d["layers"]) > 4 else ""),
-                         "top tokens": " · ".join(repr(e["token"]) for e in d["examples"]),
-                         "best template": t, "IoU": value})
+            rows.append(
+                {
+                    "text": text,
+                    "network": d["network"],
+                    "neurons": d["size"],
+                    "layers": ", ".join(map(str, d["layers"][-4:])) + (" …" if len(d["layers"]) > 4 else ""),
+                    "top tokens": " · ".join(repr(e["token"]) for e in d["examples"]),
+                    "best template": t,
+                    "IoU": value,
+                }
+            )
     return rows
 
 
-def analysis_page(cfg: DictConfig, lm: LoadedModel, results: Mapping[str, dict], combined: Any, described: dict,
-                  fig_dir: Path) -> dict:
+def analysis_page(
+    cfg: DictConfig, lm: LoadedModel, results: Mapping[str, dict], combined: Any, described: dict, fig_dir: Path
+) -> dict:
     """The explorer page of an analysis (:mod:`fnet.report.explorer`): the decompositions' table, then one
     section per network set (``all`` first) with a card per network, and each data set's individual networks."""
     width, threshold = described["width"], float(cfg.networks.match_threshold)
-    conv = [{"networks": name, "tokens": r["group"].n_tokens, "iterations": r["group"].n_iter,
-             "converged": r["group"].converged, "mean size": float(r["group"].networks.sizes().double().mean()),
-             "mean stability": (None if r["group"].networks.stability is None
-                                else float(r["group"].networks.stability.double().mean()))}
-            for name, r in [("all", {"group": combined}), *results.items()]]
-    sets = []
-    for name, entry in described["sets"].items():
-        res = results.get(name, {})
-        matches = _matches(res.get("match"), res.get("individuals") or [], threshold)
-        units = entry["massive_units"]
-        cards = [network_card(d, set_id=name, width=width, matches=matches.get(i, ()), massive_units=units)
-                 for i, d in enumerate(entry["networks"])]
-        note = (f"Group ICA over the {len(entry['texts'])} template texts of "
-                + ("every data set, stacked: the networks evaluate.py lesions by default (networks/all_group.safetensors)."
-                   if name == "all" else f"{name} (networks/{name}_group.safetensors)."))
-        figures = []
-        iou_png = image_data_uri(fig_dir / f"{name}_template_individual_iou.png")
-        if iou_png:
-            figures.append({"title": f"{name}: template x individual IoU", "src": iou_png,
-                            "caption": f"a template matches an individual network when their IoU > {threshold}"})
-        after = []
-        if entry.get("individual"):
-            after.append({"id": f"{slug(name)}-individual", "collapsed": True,
-                          "title": f"{name}: individual networks ({len(entry['individual'])} texts, each "
-                                   "decomposed alone; top tokens within its own text)",
-                          "rows": _individual_rows(entry["individual"], res.get("match"), res.get("individuals"))})
-        sets.append({"id": slug(name), "title": "all data sets" if name == "all" else name, "note": note,
-                     "figures": figures, "cards": cards, "after": after})
+    conv = _decomposition_rows(results, combined)
+    sets = [
+        _set_section(name, entry, results.get(name, {}), width, threshold, fig_dir)
+        for name, entry in described["sets"].items()
+    ]
+    return {
+        "title": f"fnet analysis: {lm.name}",
+        "meta": _page_meta(cfg, lm, combined, width, threshold),
+        "subtitle": "What each functional network responds to: its top tokens in context, the texts that "
+        "drive it, where it sits (layers, units) and the massive units it holds.",
+        "tables": [{"id": "decompositions", "title": "Group decompositions", "rows": conv}],
+        "sets": sets,
+    }
+
+
+def _decomposition_rows(results: Mapping[str, dict], combined: Any) -> list[dict]:
+    """One row per group decomposition (``all`` first): tokens, iterations, convergence, mean size and
+    stability of its networks."""
+    return [
+        {
+            "networks": name,
+            "tokens": r["group"].n_tokens,
+            "iterations": r["group"].n_iter,
+            "converged": r["group"].converged,
+            "mean size": float(r["group"].networks.sizes().double().mean()),
+            "mean stability": (
+                None if r["group"].networks.stability is None else float(r["group"].networks.stability.double().mean())
+            ),
+        }
+        for name, r in [("all", {"group": combined}), *results.items()]
+    ]
+
+
+def _set_section(name: str, entry: dict, res: Mapping[str, Any], width: int, threshold: float, fig_dir: Path) -> dict:
+    """The page section of one network set: a card per network (with its matching individual networks), the
+    template x individual IoU figure, and the set's individual networks as a collapsed table."""
+    matches = _matches(res.get("match"), res.get("individuals") or [], threshold)
+    units = entry["massive_units"]
+    cards = [
+        network_card(d, set_id=name, width=width, matches=matches.get(i, ()), massive_units=units)
+        for i, d in enumerate(entry["networks"])
+    ]
+    note = f"Group ICA over the {len(entry['texts'])} template texts of " + (
+        "every data set, stacked: the networks evaluate.py lesions by default (networks/all_group.safetensors)."
+        if name == "all"
+        else f"{name} (networks/{name}_group.safetensors)."
+    )
+    figures = []
+    iou_png = image_data_uri(fig_dir / f"{name}_template_individual_iou.png")
+    if iou_png:
+        figures.append(
+            {
+                "title": f"{name}: template x individual IoU",
+                "src": iou_png,
+                "caption": f"a template matches an individual network when their IoU > {threshold}",
+            }
+        )
+    after = []
+    if entry.get("individual"):
+        after.append(
+            {
+                "id": f"{slug(name)}-individual",
+                "collapsed": True,
+                "title": f"{name}: individual networks ({len(entry['individual'])} texts, each "
+                "decomposed alone; top tokens within its own text)",
+                "rows": _individual_rows(entry["individual"], res.get("match"), res.get("individuals")),
+            }
+        )
+    return {
+        "id": slug(name),
+        "title": "all data sets" if name == "all" else name,
+        "note": note,
+        "figures": figures,
+        "cards": cards,
+        "after": after,
+    }
+
+
+def _page_meta(cfg: DictConfig, lm: LoadedModel, combined: Any, width: int, threshold: float) -> list[tuple]:
+    """The page's header lines: model, signal, decomposition, network rule, massive units, code version."""
     prov = combined.networks.provenance
-    meta = [("model", f"{lm.name} ({prov.get('model_fingerprint', '')[:12]})"),
-            ("signal", f"{cfg.record.signal}: {lm.n_layers} layers x {width} units"),
-            ("decomposition", f"{cfg.ica['_target_']}, K = {int(cfg.ica.n_components)}"),
-            ("networks", f"z-maps thresholded by rule {cfg.networks.rule}, alpha {cfg.networks.alpha}, sign "
-                         f"{cfg.networks.sign}; template match IoU > {threshold}"),
-            ("massive units", f"of each set: among the top {MASSIVE['top_k']} RMS units of every layer, the "
-                              f"{MASSIVE['n_units']} most frequent across its networks"),
-            ("code", str(prov.get("code_version", "")))]
-    return {"title": f"fnet analysis: {lm.name}", "meta": meta,
-            "subtitle": "What each functional network responds to: its top tokens in context, the texts that "
-                        "drive it, where it sits (layers, units) and the massive units it holds.",
-            "tables": [{"id": "decompositions", "title": "Group decompositions", "rows": conv}], "sets": sets}
+    return [
+        ("model", f"{lm.name} ({prov.get('model_fingerprint', '')[:12]})"),
+        ("signal", f"{cfg.record.signal}: {lm.n_layers} layers x {width} units"),
+        ("decomposition", f"{cfg.ica['_target_']}, K = {int(cfg.ica.n_components)}"),
+        (
+            "networks",
+            f"z-maps thresholded by rule {cfg.networks.rule}, alpha {cfg.networks.alpha}, sign "
+            f"{cfg.networks.sign}; template match IoU > {threshold}",
+        ),
+        (
+            "massive units",
+            f"of each set: among the top {MASSIVE['top_k']} RMS units of every layer, the "
+            f"{MASSIVE['n_units']} most frequent across its networks",
+        ),
+        ("code", str(prov.get("code_version", ""))),
+    ]
 
 
-def write_analysis_explorer(out: Path, cfg: DictConfig, lm: LoadedModel, stimuli: Mapping[str, Any],
-                            stores: Mapping[str, ActivationStore], results: Mapping[str, dict],
-                            combined: Any) -> tuple[Path, dict]:
+def write_analysis_explorer(
+    out: Path,
+    cfg: DictConfig,
+    lm: LoadedModel,
+    stimuli: Mapping[str, Any],
+    stores: Mapping[str, ActivationStore],
+    results: Mapping[str, dict],
+    combined: Any,
+) -> tuple[Path, dict]:
     """Write ``networks/descriptions.json`` and ``explorer.html`` into ``out``; returns the page's path and the
     page."""
     described = describe_analysis(lm, stimuli, stores, results, combined)
@@ -204,27 +311,58 @@ def log_explorer(logger: Any, page: dict, html: Path, networks: Mapping[str, Net
         return
     import wandb  # a W&B logger exists, so wandb is importable; only then
 
-    columns = ["set", "network", "neurons", "fraction", "stability", "layers", "top units", "massive units",
-               "top contexts", "top texts", "map"]
+    columns = [
+        "set",
+        "network",
+        "neurons",
+        "fraction",
+        "stability",
+        "layers",
+        "top units",
+        "massive units",
+        "top contexts",
+        "top texts",
+        "map",
+    ]
     rows = []
     for section in page["sets"]:
         nets = networks.get(section["id"])
         for card in section["cards"]:
             image = None
             if nets is not None:
-                png = plot_network_maps(nets, fig_dir / "cards" / f"{section['id']}_network_{card['network']}.png",
-                                        indices=[nets.network_ids().index(card["network"])], ncols=1)
+                png = plot_network_maps(
+                    nets,
+                    fig_dir / "cards" / f"{section['id']}_network_{card['network']}.png",
+                    indices=[nets.network_ids().index(card["network"])],
+                    ncols=1,
+                )
                 image = wandb.Image(str(png))
-            rows.append([section["id"], card["network"], card["size"], card["fraction"], card["stability"],
-                         card["layers_text"],
-                         ", ".join(f"L{u['layer']}:u{u['unit']}" for u in card["top_units"][:5]),
-                         ", ".join(str(m["unit"]) for m in card["massive"]),
-                         " | ".join(_context(e) for e in card["examples"][:5]),
-                         ", ".join(t["text"] for t in card["texts"][:3]), image])
+            rows.append(
+                [
+                    section["id"],
+                    card["network"],
+                    card["size"],
+                    card["fraction"],
+                    card["stability"],
+                    card["layers_text"],
+                    ", ".join(f"L{u['layer']}:u{u['unit']}" for u in card["top_units"][:5]),
+                    ", ".join(str(m["unit"]) for m in card["massive"]),
+                    " | ".join(_context(e) for e in card["examples"][:5]),
+                    ", ".join(t["text"] for t in card["texts"][:3]),
+                    image,
+                ]
+            )
     run = logger.experiment
-    run.log({"explorer/cards": wandb.Table(columns=columns, data=rows),
-             "explorer/page": wandb.Html(html.read_text(), inject=False)})
-    artifact = wandb.Artifact(f"explorer-{run.id}", type="explorer",
-                              description="fnet explorer: one self-contained HTML page, a card per network")
+    run.log(
+        {
+            "explorer/cards": wandb.Table(columns=columns, data=rows),
+            "explorer/page": wandb.Html(html.read_text(), inject=False),
+        }
+    )
+    artifact = wandb.Artifact(
+        f"explorer-{run.id}",
+        type="explorer",
+        description="fnet explorer: one self-contained HTML page, a card per network",
+    )
     artifact.add_file(str(html), name="explorer.html")
     run.log_artifact(artifact)

@@ -1,7 +1,8 @@
 """Record: stimulus texts in, a model's MLP signal per text out, stored on disk with its provenance.
 
-* :mod:`fnet.recording.texts`, :mod:`fnet.recording.sources`, :mod:`fnet.recording.stimuli` -- where texts come from and
-  the template / individual samples of each data set (``conf/data``); the built-in corpus is ``corpus/``;
+* :mod:`fnet.recording.texts`, :mod:`fnet.recording.sources` (the paper's named data sets in
+  :mod:`fnet.recording.corpora`), :mod:`fnet.recording.stimuli` -- where texts come from and the template /
+  individual samples of each data set (``conf/data``); the built-in corpus is ``corpus/``;
 * :mod:`fnet.recording.recorder` -- :class:`Recorder`: ``acts  # [tokens, n_layers*width]`` per text;
 * :mod:`fnet.recording.store` -- :class:`ActivationStore`: float16 shards with a checked manifest;
 * :mod:`fnet.recording.cached` -- :func:`record_dataset`: texts into the store of the cache keyed by their content.

@@ -14,35 +14,30 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from fnet.recording.texts import (
-    AG_NEWS_HUB,
-    CODENET_HUB,
-    CORPUS_DIR,
-    MATHQA_HUB,
-    REPO_ROOT,
-    WIKITEXT2_HUB_CONFIG,
-    WIKITEXT_HUB,
-    Text,
-    hub_rows,
-    join_fields,
-    local_data_path,
-)
+from fnet.recording.corpora import Loaded, load_ag_news, load_codenet_java, load_mathqa, load_wikitext2
+from fnet.recording.texts import CORPUS_DIR, MATHQA_HUB, REPO_ROOT, Text, hub_rows, join_fields
 from fnet.scoring.prompts import PromptFields
 from fnet.scoring.splits import fine_tuning_splits
 from fnet.scoring.tasks import get_task
 
-__all__ = ["SOURCES", "SourceSpec", "builtin_genres", "load_source", "load_texts", "trim_at_word_boundary", "valid_sources"]
+__all__ = [
+    "SOURCES",
+    "SourceSpec",
+    "builtin_genres",
+    "load_source",
+    "load_texts",
+    "trim_at_word_boundary",
+    "valid_sources",
+]
 
 
 # --------------------------------------------------------------------------------------------
 # Source loaders. Each takes the part of the source string after ':' (or None) and keyword
 # options, and returns (texts, info). Cleaning (strip, drop empty/duplicate, trim) happens once in
-# load_source for all of them.
+# load_source for all of them. The paper's named data sets' loaders are in fnet.recording.corpora.
 # --------------------------------------------------------------------------------------------
-
-Loaded = tuple[list[Text], dict[str, Any]]
 
 
 def builtin_genres() -> list[str]:
@@ -62,10 +57,12 @@ def _load_builtin(genre: str | None) -> Loaded:
         raise FileNotFoundError(
             f"fnet's built-in corpus is not installed: {CORPUS_DIR} holds no <genre>.jsonl files, so this "
             "installation of fnet is incomplete (the corpus ships inside the fnet package); reinstall fnet from a "
-            "checkout of its repository (pip install -e .) or use another source (file:<path>, wikitext2, ...)")
+            "checkout of its repository (pip install -e .) or use another source (file:<path>, wikitext2, ...)"
+        )
     if genre is not None and genre not in genres:
-        raise ValueError(f"unknown built-in genre {genre!r}; valid genres: {', '.join(genres)} "
-                         f"(use 'builtin' for all of them)")
+        raise ValueError(
+            f"unknown built-in genre {genre!r}; valid genres: {', '.join(genres)} (use 'builtin' for all of them)"
+        )
     texts: list[Text] = []
     for name in [genre] if genre else genres:
         path = CORPUS_DIR / f"{name}.jsonl"
@@ -84,136 +81,6 @@ def _load_builtin(genre: str | None) -> Loaded:
     return texts, {"path": str(path_info), "genres": [genre] if genre else genres}
 
 
-_WIKITEXT_HEADING = re.compile(r"^(=(?: =)*) .*? \1$")
-_WIKITEXT_SPLITS = {"valid": "valid", "validation": "valid", "test": "test", "train": "train"}
-
-
-def _wikitext_units(lines: Iterable[str], unit: str) -> list[tuple[int, str]]:
-    """Group WikiText lines into (first line number, text) units.
-
-    WikiText stores one paragraph per line, with ``' = Title = '`` article headings, ``' = = Sub = = '``
-    section headings and blank lines in between. ``unit='paragraph'``: every non-blank,
-    non-heading line is a unit. ``unit='article'``: the paragraphs under one top-level heading,
-    joined by newlines.
-    """
-    units: list[tuple[int, str]] = []
-    article_start: int | None = None
-    article_parts: list[str] = []
-
-    def close_article() -> None:
-        if article_parts:
-            units.append((article_start or 0, "\n".join(article_parts)))
-        article_parts.clear()
-
-    for line_number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        heading = _WIKITEXT_HEADING.match(line)
-        if heading:
-            if unit == "article" and heading.group(1) == "=":
-                close_article()
-                article_start = line_number
-            continue
-        if unit == "paragraph":
-            units.append((line_number, line))
-        else:
-            if article_start is None:
-                article_start = line_number
-            article_parts.append(line)
-    if unit == "article":
-        close_article()
-    return units
-
-
-def _load_wikitext2(_argument: str | None, *, split: str = "test", unit: str = "paragraph",
-                    path: str | None = None, from_hub: bool = False, hub_name: str = WIKITEXT_HUB,
-                    hub_config: str = WIKITEXT2_HUB_CONFIG) -> Loaded:
-    if unit not in ("paragraph", "article"):
-        raise ValueError(f"wikitext2: unit must be 'paragraph' or 'article', not {unit!r}")
-    if split not in _WIKITEXT_SPLITS:
-        raise ValueError(f"wikitext2: unknown split {split!r}; valid splits: valid, test, train")
-    file_split = _WIKITEXT_SPLITS[split]
-    if from_hub:
-        hub_split = "validation" if file_split == "valid" else file_split
-        rows, info = hub_rows(hub_name, config=hub_config, split=hub_split, fields=["text"],
-                               offline_note="Without network use wikitext2 with from_hub: false "
-                                            "(the local copy).")
-        lines = (row["text"] for row in rows)
-        label = f"wikitext2/{hub_split}"
-    else:
-        file_path = local_data_path(f"wikitext2/{file_split}.txt", source="wikitext2", override=path,
-                                     hub_hint=f"source wikitext2 with from_hub: true ({hub_name}, "
-                                              f"{hub_config})")
-        import datasets as hf_datasets
-
-        # The datasets text loader keeps every line (blank ones too), so row i is line i + 1.
-        lines = hf_datasets.load_dataset("text", data_files=str(file_path), split="train")["text"]
-        info = {"path": str(file_path), "split": file_split}
-        label = f"wikitext2/{file_split}"
-    units = _wikitext_units(lines, unit)
-    texts = [Text(id=f"{label}/L{line_number}", text=text, source="wikitext2") for line_number, text in units]
-    info["unit"] = unit
-    return texts, info
-
-
-AG_NEWS_COLUMNS = ("class", "title", "description")
-
-
-def _load_ag_news(_argument: str | None, *, split: str = "test", path: str | None = None,
-                  from_hub: bool = False, hub_name: str = AG_NEWS_HUB) -> Loaded:
-    if from_hub:
-        # The hub copy already joins title and description into its "text" field.
-        rows, info = hub_rows(hub_name, split=split, fields=["text"],
-                               offline_note="Without network use ag_news with from_hub: false "
-                                            "(the local test.csv).")
-        texts = [Text(id=f"ag_news/{split}/{i}", text=str(row["text"]), source="ag_news")
-                 for i, row in enumerate(rows)]
-        return texts, info
-    file_path = local_data_path(f"ag_news/{split}.csv", source="ag_news", override=path,
-                                 hub_hint=f"source ag_news with from_hub: true, or hf:{hub_name}")
-    import datasets as hf_datasets
-
-    # No header row; read every column as a string and keep empty fields as "" (not NaN).
-    features = hf_datasets.Features({name: hf_datasets.Value("string") for name in AG_NEWS_COLUMNS})
-    table = hf_datasets.load_dataset("csv", data_files=str(file_path), column_names=list(AG_NEWS_COLUMNS),
-                                     features=features, keep_default_na=False, split="train")
-    texts = []
-    for i, (title, description) in enumerate(zip(table["title"], table["description"])):
-        title, description = (title or "").strip(), (description or "").strip()
-        text = f"{title}. {description}" if title and description else (title or description)
-        texts.append(Text(id=f"ag_news/{split}/{i}", text=text, source="ag_news"))
-    return texts, {"path": str(file_path), "split": split}
-
-
-def _load_codenet_java(_argument: str | None, *, path: str | None = None, pattern: str = "**/*.java") -> Loaded:
-    folder = local_data_path("codenet_java", source="codenet_java", override=path,
-                              hub_hint=f"hf:{CODENET_HUB} with config: Java, split: train, text_field: code")
-    # Read by hand: one file is one text and its path is its id; the datasets text loader
-    # (sample_by="document") would give the contents but not which file each row came from.
-    files = sorted(p for p in folder.glob(pattern) if p.is_file())
-    texts = [Text(id=f"codenet_java/{p.relative_to(folder).with_suffix('').as_posix()}",
-                  text=p.read_text(encoding="utf-8", errors="replace"), source="codenet_java")
-             for p in files]
-    return texts, {"path": str(folder), "pattern": pattern}
-
-
-def _load_mathqa(_argument: str | None, *, split: str = "test", hub_name: str = MATHQA_HUB,
-                 separator: str = "\n") -> Loaded:
-    rows, info = hub_rows(
-        hub_name, split=split, fields=["Problem", "Rationale"],
-        offline_note=f"mathqa is hub-only ({hub_name}); no offline copy of MathQA exists in the shared data.",
-    )
-    texts = []
-    for i, row in enumerate(rows):
-        problem = str(row["Problem"] or "").strip()
-        # MathQA rationales are stored wrapped in double quotes: '"explanation : ..."'.
-        rationale = str(row["Rationale"] or "").strip().strip('"').strip()
-        texts.append(Text(id=f"mathqa/{split}/{i}", text=separator.join(p for p in (problem, rationale) if p),
-                          source="mathqa"))
-    return texts, info
-
-
 def _field_list(text_field: str | Sequence[str]) -> list[str]:
     fields = [text_field] if isinstance(text_field, str) else [str(f) for f in text_field]
     if not fields:
@@ -221,15 +88,34 @@ def _field_list(text_field: str | Sequence[str]) -> list[str]:
     return fields
 
 
-def _load_hub(hub_name: str, *, split: str = "train", text_field: str | Sequence[str] = "text",
-              config: str | None = None, data_dir: str | None = None, revision: str | None = None,
-              streaming: bool = False, max_rows: int | None = None, separator: str = "\n") -> Loaded:
+def _load_hub(
+    hub_name: str,
+    *,
+    split: str = "train",
+    text_field: str | Sequence[str] = "text",
+    config: str | None = None,
+    data_dir: str | None = None,
+    revision: str | None = None,
+    streaming: bool = False,
+    max_rows: int | None = None,
+    separator: str = "\n",
+) -> Loaded:
     fields = _field_list(text_field)
-    rows, info = hub_rows(hub_name, split=split, fields=fields, config=config, data_dir=data_dir,
-                           revision=revision, streaming=streaming, max_rows=max_rows)
+    rows, info = hub_rows(
+        hub_name,
+        split=split,
+        fields=fields,
+        config=config,
+        data_dir=data_dir,
+        revision=revision,
+        streaming=streaming,
+        max_rows=max_rows,
+    )
     source = f"hf:{hub_name}"
-    texts = [Text(id=f"{hub_name}/{split}/{i}", text=join_fields(row, fields, separator), source=source)
-             for i, row in enumerate(rows)]
+    texts = [
+        Text(id=f"{hub_name}/{split}/{i}", text=join_fields(row, fields, separator), source=source)
+        for i, row in enumerate(rows)
+    ]
     return texts, info
 
 
@@ -256,8 +142,9 @@ def _blank(path: Path) -> bool:
     return True
 
 
-def _load_file(raw_path: str, *, text_field: str | Sequence[str] = "text", id_field: str | None = None,
-               separator: str = "\n") -> Loaded:
+def _load_file(
+    raw_path: str, *, text_field: str | Sequence[str] = "text", id_field: str | None = None, separator: str = "\n"
+) -> Loaded:
     path = _resolve_user_path(raw_path)
     suffix = path.suffix.lower()
     source = f"file:{raw_path}"
@@ -269,11 +156,16 @@ def _load_file(raw_path: str, *, text_field: str | Sequence[str] = "text", id_fi
         texts = [Text(id=f"{path.name}/{i}", text=block, source=source) for i, block in enumerate(blocks)]
         return texts, {"path": str(path), "format": "text blocks"}
     if suffix not in _JSON_SUFFIXES | _CSV_SUFFIXES:
-        raise ValueError(f"source {source!r}: unsupported file type {suffix or '(none)'}; use one of "
-                         f"{', '.join(sorted(_TEXT_FILE_SUFFIXES | _JSON_SUFFIXES | _CSV_SUFFIXES))}")
+        raise ValueError(
+            f"source {source!r}: unsupported file type {suffix or '(none)'}; use one of "
+            f"{', '.join(sorted(_TEXT_FILE_SUFFIXES | _JSON_SUFFIXES | _CSV_SUFFIXES))}"
+        )
     if _blank(path):  # datasets' json/csv loaders fail on it with a bare StopIteration()
-        kind = {".json": "a list of JSON records", ".csv": "a header line and one row per text",
-                ".tsv": "a header line and one row per text"}.get(suffix, "one JSON record per line")
+        kind = {
+            ".json": "a list of JSON records",
+            ".csv": "a header line and one row per text",
+            ".tsv": "a header line and one row per text",
+        }.get(suffix, "one JSON record per line")
         raise ValueError(f"source {source!r}: {path} is empty; a {suffix} stimulus file holds {kind}")
     import datasets as hf_datasets
 
@@ -281,13 +173,16 @@ def _load_file(raw_path: str, *, text_field: str | Sequence[str] = "text", id_fi
     if suffix in _JSON_SUFFIXES:
         table = hf_datasets.load_dataset("json", data_files=str(path), split="train")
     else:
-        table = hf_datasets.load_dataset("csv", data_files=str(path), split="train",
-                                         sep="\t" if suffix == ".tsv" else ",")
+        table = hf_datasets.load_dataset(
+            "csv", data_files=str(path), split="train", sep="\t" if suffix == ".tsv" else ","
+        )
     wanted = fields + ([id_field] if id_field else [])
     missing = [f for f in wanted if f not in table.column_names]
     if missing:
-        raise ValueError(f"source {source!r}: no column(s) {missing}; columns are {table.column_names} "
-                         f"(choose one with text_field=... / id_field=...)")
+        raise ValueError(
+            f"source {source!r}: no column(s) {missing}; columns are {table.column_names} "
+            f"(choose one with text_field=... / id_field=...)"
+        )
     texts = []
     for i, row in enumerate(table.select_columns(wanted)):
         text_id = str(row[id_field]) if id_field else f"{path.name}/{i}"
@@ -308,14 +203,21 @@ def _load_explicit(_argument: str | None, *, texts: Sequence[str | Mapping[str, 
         if not isinstance(text, str):
             raise ValueError(f"explicit text at index {index} is {type(text).__name__}, not a string")
         if not text.strip():
-            raise ValueError(f"explicit text at index {index} is empty or whitespace-only; "
-                             "remove it or give it content")
+            raise ValueError(
+                f"explicit text at index {index} is empty or whitespace-only; remove it or give it content"
+            )
         records.append(Text(id=str(text_id), text=text, source="texts"))
     return records, {"count_given": len(records)}
 
 
-def _load_task(name: str, *, split: str = "train", split_seed: int = 0,
-               fractions: Sequence[float] = (0.7, 0.1, 0.2), data_dir: str | None = None) -> Loaded:
+def _load_task(
+    name: str,
+    *,
+    split: str = "train",
+    split_seed: int = 0,
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    data_dir: str | None = None,
+) -> Loaded:
     """A task's rows in its zero-shot prompt (the published evaluation built each task's networks this way):
     by default the training part of the offline 70/10/20 split, i.e. the rows a fine-tuned model learned from."""
     task = get_task(name)
@@ -323,9 +225,14 @@ def _load_task(name: str, *, split: str = "train", split_seed: int = 0,
     if split not in parts:
         raise ValueError(f"task:{name} split={split!r} is not valid; choose one of {sorted(parts)}")
     template = task.prompt["template"]
-    records = [Text(id=f"{task.name}-{row['index']}", text=template.format_map(PromptFields(
-                   {k: v for k, v in row.items() if v is not None})), source=f"task:{task.name}")
-               for row in parts[split]]
+    records = [
+        Text(
+            id=f"{task.name}-{row['index']}",
+            text=template.format_map(PromptFields({k: v for k, v in row.items() if v is not None})),
+            source=f"task:{task.name}",
+        )
+        for row in parts[split]
+    ]
     return records, {"task": task.name, "split": split, "split_rule": info.get("rule"), "prompt": template}
 
 
@@ -339,20 +246,23 @@ class SourceSpec:
 
 
 SOURCES: dict[str, SourceSpec] = {
-    "builtin": SourceSpec(_load_builtin, "optional",
-                          "builtin or builtin:<genre> - the corpus shipped with fnet"),
-    "wikitext2": SourceSpec(_load_wikitext2, "none",
-                            "wikitext2 - local wikitext2/{valid,test}.txt paragraphs (from_hub: true for the hub)"),
-    "ag_news": SourceSpec(_load_ag_news, "none",
-                          "ag_news - local ag_news/test.csv, title + description (from_hub: true for the hub)"),
-    "codenet_java": SourceSpec(_load_codenet_java, "none",
-                               "codenet_java - local folder of .java files, one file a text"),
-    "mathqa": SourceSpec(_load_mathqa, "none", f"mathqa - hub only ({MATHQA_HUB}), Problem + Rationale"),
+    "builtin": SourceSpec(_load_builtin, "optional", "builtin or builtin:<genre> - the corpus shipped with fnet"),
+    "wikitext2": SourceSpec(
+        load_wikitext2, "none", "wikitext2 - local wikitext2/{valid,test}.txt paragraphs (from_hub: true for the hub)"
+    ),
+    "ag_news": SourceSpec(
+        load_ag_news, "none", "ag_news - local ag_news/test.csv, title + description (from_hub: true for the hub)"
+    ),
+    "codenet_java": SourceSpec(
+        load_codenet_java, "none", "codenet_java - local folder of .java files, one file a text"
+    ),
+    "mathqa": SourceSpec(load_mathqa, "none", f"mathqa - hub only ({MATHQA_HUB}), Problem + Rationale"),
     "hf": SourceSpec(_load_hub, "required", "hf:<hub name> - any hub data set (split, text_field, config)"),
     "file": SourceSpec(_load_file, "required", "file:<path> - local .txt blocks, .jsonl/.json or .csv/.tsv"),
     "texts": SourceSpec(_load_explicit, "none", "texts - an explicit list given with texts: [...]"),
-    "task": SourceSpec(_load_task, "required",
-                       "task:<name> - a task's training rows in its prompt (split, split_seed, fractions)"),
+    "task": SourceSpec(
+        _load_task, "required", "task:<name> - a task's training rows in its prompt (split, split_seed, fractions)"
+    ),
 }
 
 # Options every source accepts; they are applied after loading.
@@ -387,8 +297,9 @@ def _parse_source(source: str) -> tuple[str, SourceSpec, str | None]:
     if spec is None:
         raise ValueError(f"unknown source {source!r}; valid sources: {', '.join(valid_sources())}")
     if colon and spec.argument == "none":
-        raise ValueError(f"source {name!r} takes nothing after ':' (got {source!r}); "
-                         f"valid sources: {', '.join(valid_sources())}")
+        raise ValueError(
+            f"source {name!r} takes nothing after ':' (got {source!r}); valid sources: {', '.join(valid_sources())}"
+        )
     if spec.argument == "required" and not argument:
         raise ValueError(f"source {name!r} needs a value after ':' ({spec.usage})")
     return name, spec, (argument or None)
@@ -398,10 +309,14 @@ def _check_options(name: str, loader: Callable[..., Loaded], options: Mapping[st
     accepted = [p.name for p in inspect.signature(loader).parameters.values() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"source {name!r} does not take option(s) {unknown}; "
-                         f"it takes {accepted + list(COMMON_OPTIONS)}")
-    required = [p.name for p in inspect.signature(loader).parameters.values()
-                if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in options]
+        raise ValueError(
+            f"source {name!r} does not take option(s) {unknown}; it takes {accepted + list(COMMON_OPTIONS)}"
+        )
+    required = [
+        p.name
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in options
+    ]
     if required:
         raise ValueError(f"source {name!r} needs option(s) {required}")
 
@@ -464,8 +379,15 @@ def load_source(source: str, options: Mapping[str, Any]) -> Loaded:
         short = trim_at_word_boundary(body, max_chars)
         trimmed += short != body
         texts.append(dataclasses.replace(record, text=short))
-    info = {"source": source, **info, "n_loaded": len(raw), "n_dropped_empty": dropped_empty,
-            "n_dropped_duplicate": dropped_duplicate, "max_chars": max_chars, "n_trimmed": trimmed}
+    info = {
+        "source": source,
+        **info,
+        "n_loaded": len(raw),
+        "n_dropped_empty": dropped_empty,
+        "n_dropped_duplicate": dropped_duplicate,
+        "max_chars": max_chars,
+        "n_trimmed": trimmed,
+    }
     return texts, info
 
 

@@ -7,8 +7,9 @@
   evaluate jobs of one model batched in one process; finished jobs are skipped, failures recorded;
 * :mod:`fnet.study.rekey` -- finished jobs moved to their new key when only the environment's key recipe changed;
 * :mod:`fnet.study.paired` -- paired differences of two evaluations of the same rows, with bootstrap CIs;
-* :mod:`fnet.study.report` -- every job's ``result.json`` -> summary rows, paired effects and the report's
-  statements, each effect beside its matched controls and the paper's number;
+* :mod:`fnet.study.summary` -- every job's ``result.json`` -> summary rows, beside the paper's number;
+* :mod:`fnet.study.report` -- those rows -> paired effects and the report's statements, each effect beside its
+  matched controls;
 * :mod:`fnet.study.render` -- those -> ``report.md``, ``summary.csv``, ``effects.csv``, ``jobs.csv`` and figures;
 * :mod:`fnet.study.compose` -- one report for a whole plan from committed study reports, each task taken whole
   from one that finished it (``--compose``);

@@ -39,7 +39,7 @@ __all__ = ["plan_parts", "read_source", "compose_report", "part_name"]
 def part_name(text: str) -> str:
     """A part as the report names it: ``sst2``, or ``sst2 (zero-shot)`` (also written ``sst2-zeroshot``)."""
     text = text.strip()
-    return f"{text[:-len('-zeroshot')]} (zero-shot)" if text.endswith("-zeroshot") else text
+    return f"{text[: -len('-zeroshot')]} (zero-shot)" if text.endswith("-zeroshot") else text
 
 
 def plan_parts(jobs: Sequence[Job]) -> dict[str, list[Job]]:
@@ -74,8 +74,11 @@ def _summary_row(r: dict) -> dict:
         out[c] = math.nan if r[c] == "" else float(r[c])
     for c in ("n_masked", "n_kept", "n_neurons", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance", "paper"):
         out[c] = _num(r.get(c, ""))
-    if out["n_neurons"] is None and str(r["condition"]).startswith("preserve") and None not in (out["n_masked"],
-                                                                                               out["n_kept"]):
+    if (
+        out["n_neurons"] is None
+        and str(r["condition"]).startswith("preserve")
+        and None not in (out["n_masked"], out["n_kept"])
+    ):
         out["n_neurons"] = out["n_masked"] + out["n_kept"]  # older reports: a preservation masks all it does not keep
     out["n_rows"] = int(float(r["n_rows"])) if r["n_rows"] else None
     out["n_jobs"] = int(r["n_jobs"])
@@ -90,8 +93,9 @@ def _effect_row(r: dict) -> dict:
     for c in ("n_rows", "n_a", "n_b"):
         out[c] = int(r[c])
     # a random control of one seed decides nothing (fnet.study.report.effects); effects.csv keeps its seed counts
-    out["one_seed"] = ((r["a"] in RANDOM_CONDITIONS and out["n_a"] < 2)
-                       or (r["b"] in RANDOM_CONDITIONS and out["n_b"] < 2))
+    out["one_seed"] = (r["a"] in RANDOM_CONDITIONS and out["n_a"] < 2) or (
+        r["b"] in RANDOM_CONDITIONS and out["n_b"] < 2
+    )
     return out
 
 
@@ -150,30 +154,41 @@ def read_source(folder: str | Path) -> dict:
     files = {name: folder / name for name in ("report.md", "summary.csv", "effects.csv", "jobs.csv")}
     missing = [name for name, path in files.items() if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} is not a committed study report: it lacks {missing} (a study's report "
-                                "folder holds report.md, summary.csv, effects.csv and jobs.csv)")
+        raise FileNotFoundError(
+            f"{folder} is not a committed study report: it lacks {missing} (a study's report "
+            "folder holds report.md, summary.csv, effects.csv and jobs.csv)"
+        )
     text = files["report.md"].read_text()
 
     def rows(name: str) -> list[dict]:
         with open(files[name], newline="") as handle:
             return list(csv.DictReader(handle))
 
-    machines = next((line[len("Machines: "):].rstrip(".") for line in text.splitlines()
-                     if line.startswith("Machines: ")), "not recorded")
+    machines = next(
+        (line[len("Machines: ") :].rstrip(".") for line in text.splitlines() if line.startswith("Machines: ")),
+        "not recorded",
+    )
     code_line = next((line for line in text.splitlines() if line.startswith("Code: ")), "")
     wall = _section(text, "Wall time")
     runs_at = next((i for i, line in enumerate(wall) if line.startswith("Runs of the study command")), None)
     runs = []
     if runs_at is not None:
-        runs = wall[runs_at:runs_at + 2] + [line for line in wall[runs_at + 2:] if line.startswith("|")]
-    return {"folder": folder, "settings": _settings(_section(text, "Settings"), folder),
-            "summary": [_summary_row(r) for r in rows("summary.csv")],
-            "effects": [_effect_row(r) for r in rows("effects.csv")], "jobs": rows("jobs.csv"),
-            "machines": machines, "codes": re.findall(r"`([0-9a-f]+)`", code_line), "centres": _centres(_section(text, "Where the networks sit")),
-            "massive": _table(_section(text, "Massive units")),
-            "overlap": [line[2:] for line in _section(text, "Magnitude-matched draws inside the networks")
-                        if line.startswith("- ")],
-            "runs": runs}
+        runs = wall[runs_at : runs_at + 2] + [line for line in wall[runs_at + 2 :] if line.startswith("|")]
+    return {
+        "folder": folder,
+        "settings": _settings(_section(text, "Settings"), folder),
+        "summary": [_summary_row(r) for r in rows("summary.csv")],
+        "effects": [_effect_row(r) for r in rows("effects.csv")],
+        "jobs": rows("jobs.csv"),
+        "machines": machines,
+        "codes": re.findall(r"`([0-9a-f]+)`", code_line),
+        "centres": _centres(_section(text, "Where the networks sit")),
+        "massive": _table(_section(text, "Massive units")),
+        "overlap": [
+            line[2:] for line in _section(text, "Magnitude-matched draws inside the networks") if line.startswith("- ")
+        ],
+        "runs": runs,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -184,8 +199,10 @@ def _same_jobs(ours: Sequence[Job], theirs: Sequence[Job]) -> str | None:
     mine, other = {j.name: j for j in ours}, {j.name: j for j in theirs}
     if set(mine) != set(other):
         extra, lacking = sorted(set(other) - set(mine)), sorted(set(mine) - set(other))
-        return " and ".join(([f"its plan has {len(extra)} other jobs ({extra[:3]})"] if extra else [])
-                            + ([f"its plan lacks {len(lacking)} of the plan's jobs ({lacking[:3]})"] if lacking else []))
+        return " and ".join(
+            ([f"its plan has {len(extra)} other jobs ({extra[:3]})"] if extra else [])
+            + ([f"its plan lacks {len(lacking)} of the plan's jobs ({lacking[:3]})"] if lacking else [])
+        )
     for name, job in mine.items():
         for field in ("stage", "entry", "overrides", "deps", "output"):
             if getattr(job, field) != getattr(other[name], field):
@@ -199,8 +216,9 @@ def _settings_diff(preset: dict, settings: dict) -> str:
     return ", ".join(f"{k}: {settings.get(k)!r} in its report, {preset.get(k)!r} in the plan" for k in keys)
 
 
-def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str] | None]],
-            preset: dict | None = None) -> dict:
+def _assign(
+    parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str] | None]], preset: dict | None = None
+) -> dict:
     """Part -> source: first the parts each source is asked for, then, in order, every part a source given
     without parts finished that none gave before. A part no source gave is an error that says, per source, why
     it did not (the jobs it did not finish, or the settings it ran with)."""
@@ -224,8 +242,10 @@ def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str]
             if why and preset is not None and (differ := _settings_diff(preset, source["settings"])):
                 why = f"{why}; settings that differ: {differ}"
             lacking = lacking if not why else []
-            not_finished = (f"{folder} finished {len(parts[part]) - len(lacking)} of its {len(parts[part])} jobs "
-                            f"(not {lacking[:3]}{'...' if len(lacking) > 3 else ''})")
+            not_finished = (
+                f"{folder} finished {len(parts[part]) - len(lacking)} of its {len(parts[part])} jobs "
+                f"(not {lacking[:3]}{'...' if len(lacking) > 3 else ''})"
+            )
             if wanted is None and (lacking or why):  # not complete there: another source may have it
                 passed.setdefault(part, []).append(not_finished if lacking else f"{folder} ran other settings ({why})")
                 continue
@@ -236,10 +256,13 @@ def _assign(parts: dict[str, list[Job]], sources: Sequence[tuple[dict, list[str]
             taken[part] = source
     left = sorted(set(parts) - set(taken))
     if left:
-        reasons = "".join(f"\n  - {part}: " + "; ".join(passed.get(part) or ["no source was given for it"])
-                          for part in left)
-        raise ValueError(f"no source finished the parts {left} with the plan's settings: add a study report folder "
-                         f"that did, or leave those tasks out of the preset (e.g. 'tasks=[...]'):{reasons}")
+        reasons = "".join(
+            f"\n  - {part}: " + "; ".join(passed.get(part) or ["no source was given for it"]) for part in left
+        )
+        raise ValueError(
+            f"no source finished the parts {left} with the plan's settings: add a study report folder "
+            f"that did, or leave those tasks out of the preset (e.g. 'tasks=[...]'):{reasons}"
+        )
     return taken
 
 
@@ -254,13 +277,15 @@ def _check_code(read: Sequence[tuple[dict, Any]], code: str, accept_code: Sequen
             raise ValueError(
                 f"{folder} records no code version (its report.md has no Code: line; it was made before study "
                 f"reports recorded one), so it cannot be checked against this checkout's code `{code}`; if its "
-                "numbers are still what this code computes, pass --any-code to compose from it anyway")
+                "numbers are still what this code computes, pass --any-code to compose from it anyway"
+            )
         other = [k for k in theirs if k != code and k not in accept_code]
         if other:
             raise ValueError(
                 f"{folder} was made by code `{other[0]}`, this checkout is code `{code}` (fnet's sources, entry points "
                 "or configs differ, so its numbers may not be what this code computes); check that the change does "
-                f"not matter, then pass --accept-code {other[0]} (or --any-code to take any code)")
+                f"not matter, then pass --accept-code {other[0]} (or --any-code to take any code)"
+            )
 
 
 def _codes(used: Sequence[dict], rel: dict, code: str, accept_code: Sequence[str]) -> list[tuple[str | None, str]]:
@@ -282,8 +307,82 @@ def _codes(used: Sequence[dict], rel: dict, code: str, accept_code: Sequence[str
     return [(key, ", ".join(by_key[key]) + note(key)) for key in order]
 
 
-def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[str] | None]], out: str | Path, *,
-                   code: str | None = None, accept_code: Sequence[str] = (), any_code: bool = False) -> dict:
+def _gather(parts: dict[str, list[Job]], taken: dict, rel: dict) -> tuple[list, list, list, dict, list, list]:
+    """Each part's rows from its source: summary and effect rows, job rows (with ``part`` and ``source``), and the
+    layer centres, massive units and overlap lines of the networks the part analyzed."""
+    summary, effect_rows, job_rows, centres, massive, overlap = [], [], [], {}, [], []
+    listed: set[tuple[str, str]] = set()
+    for part in parts:
+        src = taken[part]
+        name = rel[id(src)]
+        summary += [r for r in src["summary"] if r["task"] == part]
+        effect_rows += [e for e in src["effects"] if e["task"] == part]
+        by_name = {r["name"]: r for r in src["jobs"]}
+        for job in parts[part]:
+            if (job.name, name) not in listed:
+                listed.add((job.name, name))
+                job_rows.append({**by_name[job.name], "part": part, "source": name})
+        scopes = {j.meta["scope"] for j in parts[part] if j.stage == "analyze"}
+        centres.update({k: v for k, v in src["centres"].items() if k.rsplit(" ", 1)[0] in scopes})
+        massive += [
+            m for m in src["massive"] if m.get("networks of", "").split(" K=")[0] in scopes and m not in massive
+        ]
+        overlap += [line for line in src["overlap"] if line.split(" K=")[0] in scopes and line not in overlap]
+    return summary, effect_rows, job_rows, centres, massive, overlap
+
+
+def _sources_lines(
+    used: Sequence[dict],
+    parts: dict[str, list[Job]],
+    taken: dict,
+    rel: dict,
+    job_rows: Sequence[dict],
+    codes: Sequence[tuple[str | None, str]],
+) -> list[str]:
+    """The Sources section: how the report was composed, and a table of each source's tasks, jobs, job hours and
+    machines (and code keys, when the report records any: ``codes``)."""
+
+    def hours(s: dict) -> float:
+        return sum(float(r["seconds"] or 0) for r in job_rows if r["source"] == rel[id(s)]) / 3600
+
+    table = [
+        {
+            "tasks": ", ".join(p for p in parts if taken[p] is s),
+            "from": f"[{rel[id(s)]}]({rel[id(s)]}/report.md)",
+            "jobs": sum(r["source"] == rel[id(s)] for r in job_rows),
+            "job hours": round(hours(s), 2),
+            "machines": s["machines"],
+            **({"code": ", ".join(f"`{k}`" for k in s["codes"]) or "not recorded"} if codes else {}),
+        }
+        for s in used
+    ]
+    return [
+        "## Sources",
+        "",
+        f"No single study folder holds every job of this plan, so this report is composed from "
+        f"{len(used)} committed study reports (`python -m fnet.study PRESET --compose FOLDER ...`). Each "
+        "task is taken whole from one folder that finished all of its jobs with these settings (checked "
+        "against the plan: the same jobs, overrides and dependencies), never mixed: its effects and CIs "
+        "are that folder's, paired on its rows and its fine-tuned model. The tallies under What holds are "
+        "counted over all tasks. Tasks from different folders ran on different machines, and fine-tuning "
+        "on CPU is not bit-identical across machines: compare numbers across tasks with that in mind. "
+        "Each source's `layers.png` shows how its networks spread over the layers; this report's shows "
+        "the mean layers read back from them.",
+        "",
+        markdown_table(table),
+        "",
+    ]
+
+
+def compose_report(
+    preset: dict,
+    sources: Sequence[tuple[str | Path, Sequence[str] | None]],
+    out: str | Path,
+    *,
+    code: str | None = None,
+    accept_code: Sequence[str] = (),
+    any_code: bool = False,
+) -> dict:
     """Write one report for ``preset``'s whole plan into ``out``, each part taken whole from one source.
 
     Parameters
@@ -312,60 +411,38 @@ def compose_report(preset: dict, sources: Sequence[tuple[str | Path, Sequence[st
     out = Path(out)
     jobs = plan(preset)
     parts = plan_parts(jobs)
-    read = [(read_source(folder), None if wanted is None else [part_name(p) for p in wanted])
-            for folder, wanted in sources]
+    read = [
+        (read_source(folder), None if wanted is None else [part_name(p) for p in wanted]) for folder, wanted in sources
+    ]
     code = code or code_key()
     _check_code(read, code, list(accept_code), any_code)
     taken = _assign(parts, read, preset)
     out.mkdir(parents=True, exist_ok=True)
     rel = {id(s): str(os.path.relpath(s["folder"], out)) for s, _ in read}  # each source as the report links it
-    summary, effect_rows, job_rows, centres, massive, overlap = [], [], [], {}, [], []
-    listed: set[tuple[str, str]] = set()
-    for part in parts:
-        src = taken[part]
-        name = rel[id(src)]
-        summary += [r for r in src["summary"] if r["task"] == part]
-        effect_rows += [e for e in src["effects"] if e["task"] == part]
-        by_name = {r["name"]: r for r in src["jobs"]}
-        for job in parts[part]:
-            if (job.name, name) not in listed:
-                listed.add((job.name, name))
-                job_rows.append({**by_name[job.name], "part": part, "source": name})
-        scopes = {j.meta["scope"] for j in parts[part] if j.stage == "analyze"}
-        centres.update({k: v for k, v in src["centres"].items() if k.rsplit(" ", 1)[0] in scopes})
-        massive += [m for m in src["massive"] if m.get("networks of", "").split(" K=")[0] in scopes
-                    and m not in massive]
-        overlap += [line for line in src["overlap"] if line.split(" K=")[0] in scopes and line not in overlap]
+    summary, effect_rows, job_rows, centres, massive, overlap = _gather(parts, taken, rel)
     used = [s for s, _ in read if any(t is s for t in taken.values())]
-
-    def hours(s: dict) -> float:
-        return sum(float(r["seconds"] or 0) for r in job_rows if r["source"] == rel[id(s)]) / 3600
-
     codes = _codes(used, rel, code, list(accept_code))
-    table = [{"tasks": ", ".join(p for p in parts if taken[p] is s), "from": f"[{rel[id(s)]}]({rel[id(s)]}/report.md)",
-              "jobs": sum(r["source"] == rel[id(s)] for r in job_rows), "job hours": round(hours(s), 2),
-              "machines": s["machines"],
-              **({"code": ", ".join(f"`{k}`" for k in s["codes"]) or "not recorded"} if codes else {})}
-             for s in used]
-    sources_lines = ["## Sources", "",
-                     f"No single study folder holds every job of this plan, so this report is composed from "
-                     f"{len(used)} committed study reports (`python -m fnet.study PRESET --compose FOLDER ...`). Each "
-                     "task is taken whole from one folder that finished all of its jobs with these settings (checked "
-                     "against the plan: the same jobs, overrides and dependencies), never mixed: its effects and CIs "
-                     "are that folder's, paired on its rows and its fine-tuned model. The tallies under What holds are "
-                     "counted over all tasks. Tasks from different folders ran on different machines, and fine-tuning "
-                     "on CPU is not bit-identical across machines: compare numbers across tasks with that in mind. "
-                     "Each source's `layers.png` shows how its networks spread over the layers; this report's shows "
-                     "the mean layers read back from them.", "", markdown_table(table), ""]
+    sources_lines = _sources_lines(used, parts, taken, rel, job_rows, codes)
     runs_lines = []
     for s in used:
         runs_lines += [f"Runs that made `{rel[id(s)]}` (all of its jobs, not only the tasks taken here):", ""]
         runs_lines += s["runs"] + [""]
-    paths = render_report(out, preset=preset, summary=summary, effect_rows=effect_rows, jobs=job_rows,
-                          centres=centres, massive=massive, overlap=overlap,
-                          machines="; ".join(f"{rel[id(s)]}: {s['machines']}" for s in used),
-                          runs_lines=runs_lines, layers_png=plot_centres(centres, out / "layers.png"),
-                          title=f"# Study `{preset['name']}`: {preset['model']} ({preset['path']}), composed from "
-                                f"{len(used)} study reports",
-                          sources_lines=sources_lines, job_columns=JOB_COLUMNS + ["part", "source"], codes=codes)
+    paths = render_report(
+        out,
+        preset=preset,
+        summary=summary,
+        effect_rows=effect_rows,
+        jobs=job_rows,
+        centres=centres,
+        massive=massive,
+        overlap=overlap,
+        machines="; ".join(f"{rel[id(s)]}: {s['machines']}" for s in used),
+        runs_lines=runs_lines,
+        layers_png=plot_centres(centres, out / "layers.png"),
+        title=f"# Study `{preset['name']}`: {preset['model']} ({preset['path']}), composed from "
+        f"{len(used)} study reports",
+        sources_lines=sources_lines,
+        job_columns=JOB_COLUMNS + ["part", "source"],
+        codes=codes,
+    )
     return {**paths, "parts": {p: taken[p]["folder"] for p in parts}}

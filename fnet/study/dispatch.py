@@ -21,59 +21,49 @@ The executors: ``slurm`` (sbatch; ``--slurm-partition``, ``--slurm-gpus`` (per j
 (minutes), ``--slurm-account``, ``--slurm-cpus``, ``--slurm-mem``, and any submitit parameter as
 ``--executor-opt key=value``, e.g. ``slurm_qos=high`` or ``slurm_setup='[source .venv/bin/activate]'``) and
 ``submitit_local`` (the same code path as local processes: the tests run it). ``--dry-run`` lists the units,
-their dependencies and the ``#SBATCH`` lines of the first, and submits nothing.
+their dependencies and the ``#SBATCH`` lines of the first, and submits nothing. The settings, a unit's job
+parameters and ``#SBATCH`` lines, and the units' records are :mod:`fnet.study.submission`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import yaml
 
-from fnet.cache import atomic_write_text
 from fnet.study.runlog import append_run
-from fnet.study.scheduler import REPO_ROOT, Job, machine, run_jobs
+from fnet.study.scheduler import Job, machine, run_jobs
+from fnet.study.submission import (
+    Handle,
+    Records,
+    Settings,
+    executor_parameters,
+    exported_pythonpath,
+    make_executor,
+    sbatch_lines,
+)
 from fnet.study.units import UNITS, Unit, closure, ordered, part_of, units_of
 
-__all__ = ["EXECUTORS", "UNITS", "Settings", "Unit", "dispatch", "executor_parameters", "parse_options", "part_of",
-           "run_unit", "units_of"]
+__all__ = [
+    "EXECUTORS",
+    "UNITS",
+    "Settings",
+    "Unit",
+    "dispatch",
+    "executor_parameters",
+    "parse_options",
+    "part_of",
+    "run_unit",
+    "units_of",
+]
 
 #: ``--executor`` choices: ``local`` is the study's own runner (no submitit)
 EXECUTORS = ("local", "slurm", "submitit_local")
-#: SLURM job states of a job that may still run (a unit in one of them is not submitted again)
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
-          "REQUEUE_FED"}
-#: seconds after its submission a job that sacct does not know yet still counts as queued
-NEW_JOB_S = 300
-
-
-@dataclass
-class Settings:
-    """How units are submitted (the command line's ``--executor`` options)."""
-
-    executor: str = "slurm"
-    unit: str = "run"
-    partition: str | None = None
-    account: str | None = None
-    gpus: int | None = None          # GPUs per job
-    minutes: int = 240                # time limit per job
-    cpus: int | None = None
-    mem_gb: float | None = None
-    options: dict = field(default_factory=dict)  # any submitit parameter (--executor-opt key=value)
-    wait: bool = True
-    retries: int = 1
-    max_jobs: int | None = None       # submitted jobs in flight at once (None: all; the local executor: 2)
-    workers: int = 1                  # jobs at once inside a unit
-    batch: int = 32                   # evaluate jobs per process inside a unit
-    poll: float = 10.0                # seconds between looks at the submitted jobs
-    name: str = "study"               # the preset's name, in the job names
 
 
 def parse_options(items: Sequence[str]) -> dict:
@@ -90,8 +80,15 @@ def parse_options(items: Sequence[str]) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 # What a submitted job runs
 # --------------------------------------------------------------------------------------------------------------
-def run_unit(jobs: Sequence[Job], names: Sequence[str], root: str, env_key: str, workers: int = 1,
-             batch: int = 32, unit: str = "") -> dict:
+def run_unit(
+    jobs: Sequence[Job],
+    names: Sequence[str],
+    root: str,
+    env_key: str,
+    workers: int = 1,
+    batch: int = 32,
+    unit: str = "",
+) -> dict:
     """Run one unit's jobs with the study's runner: what a submitted job executes.
 
     Parameters
@@ -114,120 +111,32 @@ def run_unit(jobs: Sequence[Job], names: Sequence[str], root: str, env_key: str,
     result = run_jobs(jobs, root, only=set(names), env_key=env_key, workers=workers, batch=batch)
     mine = [r for r in result["jobs"] if r["name"] in set(names)]
     counts = {s: sum(1 for r in mine if r["status"] == s) for s in ("skipped", "ran", "failed", "blocked", "pending")}
-    append_run(Path(root), {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                            "unit": unit, "workers": workers, "machine": machine(), "seconds": time.time() - started,
-                            "counts": counts, "job_id": os.environ.get("SLURM_JOB_ID")})
+    append_run(
+        Path(root),
+        {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "unit": unit,
+            "workers": workers,
+            "machine": machine(),
+            "seconds": time.time() - started,
+            "counts": counts,
+            "job_id": os.environ.get("SLURM_JOB_ID"),
+        },
+    )
     left = [r for r in mine if r["status"] not in ("skipped", "ran")]
     if left:
-        raise RuntimeError(f"unit {unit}: {len(left)} of {len(mine)} jobs not done: " + "; ".join(
-            f"{r['name']} {r['status']}" + (f" ({r.get('why')})" if r.get("why") else "") for r in left[:10]))
+        raise RuntimeError(
+            f"unit {unit}: {len(left)} of {len(mine)} jobs not done: "
+            + "; ".join(
+                f"{r['name']} {r['status']}" + (f" ({r.get('why')})" if r.get("why") else "") for r in left[:10]
+            )
+        )
     return {"unit": unit, "counts": counts}
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Submitting
+# Submitting the units and following them
 # --------------------------------------------------------------------------------------------------------------
-def executor_parameters(settings: Settings, name: str, after: Sequence[str] = ()) -> dict:
-    """submitit ``AutoExecutor.update_parameters`` keywords of one unit's job (``after``: SLURM job ids it needs)."""
-    params: dict[str, Any] = {"name": name, "timeout_min": int(settings.minutes), "nodes": 1, "tasks_per_node": 1,
-                              "gpus_per_node": settings.gpus, "cpus_per_task": settings.cpus,
-                              "mem_gb": settings.mem_gb, "slurm_partition": settings.partition,
-                              "slurm_account": settings.account}
-    params.update(settings.options)
-    extra = dict(params.get("slurm_additional_parameters") or {})
-    if after:
-        params["slurm_dependency"] = "afterok:" + ":".join(after)
-        extra.setdefault("kill-on-invalid-dep", "yes")
-    params["slurm_additional_parameters"] = extra or None
-    return {k: v for k, v in params.items() if v is not None}
-
-
-def sbatch_lines(settings: Settings, name: str, folder: str | Path, after: Sequence[str] = ()) -> list[str]:
-    """The ``#SBATCH`` lines SLURM would get for a unit (the dry run shows them; submitit renders them)."""
-    from submitit.slurm.slurm import _make_sbatch_string  # optional (the cluster extra): only here and below
-
-    params = executor_parameters(settings, name, after)
-    generic = {"name": "job_name", "timeout_min": "time", "nodes": "nodes", "tasks_per_node": "ntasks_per_node",
-               "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task"}
-    slurm = {generic[k]: v for k, v in params.items() if k in generic}
-    if "mem_gb" in params:
-        slurm["mem"] = f"{int(params['mem_gb'])}GB"
-    slurm.update({k.removeprefix("slurm_"): v for k, v in params.items() if k.startswith("slurm_")})
-    text = _make_sbatch_string(command="python -u -m submitit.core._submit FOLDER", folder=folder, **slurm)
-    return [line for line in text.splitlines() if line.startswith("#SBATCH")]
-
-
-def _executor(settings: Settings, folder: Path):
-    import submitit  # optional (the cluster extra), as above
-
-    cluster = "local" if settings.executor == "submitit_local" else settings.executor
-    return submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
-
-
-@contextlib.contextmanager
-def _exported_pythonpath() -> Iterator[None]:
-    """Submitted jobs import the fnet whose code keys their folders (as the runner's job processes do): its
-    folder first on ``$PYTHONPATH`` while jobs are submitted (SLURM and the local executor pass the environment
-    on)."""
-    before = os.environ.get("PYTHONPATH")
-    parts = [p for p in (before or "").split(os.pathsep) if p and p != str(REPO_ROOT)]
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + parts)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
-
-
-class _Records:
-    """``<root>/submitit/units.json``: the job each unit was last submitted as (id, executor, attempt, time)."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / "units.json"
-        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def add(self, unit: str, job_id: str, executor: str) -> None:
-        attempt = int(self.data.get(unit, {}).get("attempt", 0)) + 1
-        self.data[unit] = {"job_id": str(job_id), "executor": executor, "attempt": attempt,
-                           "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_text(self.path, json.dumps(self.data, indent=1))
-
-    def active(self, unit: str, folder: Path) -> str | None:
-        """The job id of the unit's recorded job if that job may still run (queued, running), else None."""
-        record = self.data.get(unit)
-        if not record:
-            return None
-        job_id = record["job_id"]
-        if record["executor"] == "submitit_local":  # the controller process of a local job (its pid)
-            try:
-                cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
-            except (OSError, ValueError):
-                return None
-            return job_id if b"submitit" in cmdline else None
-        import submitit  # optional (the cluster extra), as above
-
-        state = submitit.SlurmJob(folder / "%j", job_id).state.split(" ")[0].upper()
-        if state == "UNKNOWN":  # not in sacct (yet, or any more)
-            submitted = time.mktime(time.strptime(record["submitted"], "%Y-%m-%dT%H:%M:%S"))
-            return job_id if time.time() - submitted < NEW_JOB_S else None
-        return job_id if state in ACTIVE else None
-
-
-class _Handle:
-    """A job submitted by an earlier command, known by its id only: whether it has ended."""
-
-    def __init__(self, records: _Records, unit: str, folder: Path):
-        self.records, self.unit, self.folder = records, unit, folder
-
-    def done(self) -> bool:
-        return self.records.active(self.unit, self.folder) is None
-
-    def cancel(self) -> None:  # not ours to stop: it was submitted by another command
-        pass
-
-
 def _statuses(jobs: Sequence[Job], root: Path, env_key: str) -> dict[str, dict]:
     """Every job's record by name, as a dry run of the study's runner sees it (``skipped`` = done)."""
     result = run_jobs(jobs, root, dry_run=True, env_key=env_key, log=lambda *_: None)
@@ -241,7 +150,7 @@ class _Dispatcher:
         self.jobs, self.root, self.settings, self.env_key, self.log = list(jobs), root, settings, env_key, log
         self.folder = root / "submitit"
         self.units = ordered(units_of(self.jobs, settings.unit))
-        self.records = _Records(self.folder)
+        self.records = Records(self.folder)
         self.native = settings.executor == "slurm"  # SLURM resolves afterok itself; the local executor cannot
         self.max_jobs = settings.max_jobs or (None if self.native else 2)
 
@@ -254,15 +163,25 @@ class _Dispatcher:
     def submit(self, unit: Unit, after: Sequence[str]):
         """Submit one unit (``after``: job ids it needs); returns the submitit job."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        executor = _executor(self.settings, self.folder)  # a fresh one: parameters (a dependency) never carry over
+        executor = make_executor(self.settings, self.folder)  # a fresh one: parameters (a dependency) never carry over
         executor.update_parameters(**executor_parameters(self.settings, self.job_name(unit), after))
         s = self.settings
-        with _exported_pythonpath():
-            job = executor.submit(run_unit, closure(self.jobs, unit.jobs), unit.jobs, str(self.root), self.env_key,
-                                  s.workers, s.batch, unit.name)
+        with exported_pythonpath():
+            job = executor.submit(
+                run_unit,
+                closure(self.jobs, unit.jobs),
+                unit.jobs,
+                str(self.root),
+                self.env_key,
+                s.workers,
+                s.batch,
+                unit.name,
+            )
         self.records.add(unit.name, job.job_id, s.executor)
-        self.log(f"[study] submitted {unit.name} ({len(unit.jobs)} jobs) as job {job.job_id}"
-                 + (f", after {','.join(after)}" if after else ""))
+        self.log(
+            f"[study] submitted {unit.name} ({len(unit.jobs)} jobs) as job {job.job_id}"
+            + (f", after {','.join(after)}" if after else "")
+        )
         return job
 
     def round(self, statuses: dict) -> dict[str, str]:
@@ -276,9 +195,11 @@ class _Dispatcher:
         for unit in waiting:
             job_id = self.records.active(unit.name, self.folder)
             if job_id is not None:
-                ids[unit.name], running[unit.name] = job_id, _Handle(self.records, unit.name, self.folder)
-                self.log(f"[study] {unit.name}: job {job_id} of an earlier command is still queued or running; "
-                         "not submitted again")
+                ids[unit.name], running[unit.name] = job_id, Handle(self.records, unit.name, self.folder)
+                self.log(
+                    f"[study] {unit.name}: job {job_id} of an earlier command is still queued or running; "
+                    "not submitted again"
+                )
         waiting = [u for u in waiting if u.name not in ids]
         outcome: dict[str, str] = {}
         try:
@@ -326,8 +247,10 @@ class _Dispatcher:
         if self.native:
             ids = [str(getattr(job, "job_id", "")) for job in running.values()]
             if ids:
-                self.log(f"[study] the submitted jobs go on ({', '.join(i for i in ids if i)}): rerun the same "
-                         "command to follow them, or scancel them")
+                self.log(
+                    f"[study] the submitted jobs go on ({', '.join(i for i in ids if i)}): rerun the same "
+                    "command to follow them, or scancel them"
+                )
             return
         for job in running.values():
             job.cancel()
@@ -338,8 +261,10 @@ class _Dispatcher:
         s = self.settings
         what = "training run" if s.unit == "run" else "stage group of a training run"
         todo = [u for u in self.units if u.name not in done]
-        lines = [f"executor {s.executor}, one job per {what}: {len(self.units)} units, {len(todo)} to submit, "
-                 f"{len(done)} done"]
+        lines = [
+            f"executor {s.executor}, one job per {what}: {len(self.units)} units, {len(todo)} to submit, "
+            f"{len(done)} done"
+        ]
         for unit in self.units:
             n_done = sum(1 for j in unit.jobs if statuses[j]["status"] == "skipped")
             active = self.records.active(unit.name, self.folder) if unit.name not in done else None
@@ -347,8 +272,11 @@ class _Dispatcher:
             after = f"  after {', '.join(unit.needs)}" if unit.needs else ""
             lines.append(f"  {state:>9}  {unit.name}  ({len(unit.jobs)} jobs, {n_done} done){after}")
         if todo and s.executor == "slurm":
-            lines.append(f"#SBATCH lines of {todo[0].name}" + (" (with --dependency=afterok:<its needs' job ids>)"
-                                                                 if todo[0].needs else "") + ":")
+            lines.append(
+                f"#SBATCH lines of {todo[0].name}"
+                + (" (with --dependency=afterok:<its needs' job ids>)" if todo[0].needs else "")
+                + ":"
+            )
             lines += ["  " + line for line in sbatch_lines(s, self.job_name(todo[0]), self.folder / "%j")]
         return lines
 
@@ -372,17 +300,27 @@ def _result(jobs: Sequence[Job], statuses: dict, first_done: set, outcome: dict,
             elif folder is not None and folder.exists():
                 r.update(status="failed", why=f"its unit's job ({unit_of[job.name].name}) ended before it finished")
             else:
-                r.update(status="blocked", waiting_for=[d for d in job.deps if statuses[d]["status"] != "skipped"]
-                         or [f"unit {unit_of[job.name].name}"])
+                r.update(
+                    status="blocked",
+                    waiting_for=[d for d in job.deps if statuses[d]["status"] != "skipped"]
+                    or [f"unit {unit_of[job.name].name}"],
+                )
         records.append(r)
-    counts = {s: sum(1 for r in records if r["status"] == s)
-              for s in ("skipped", "ran", "failed", "blocked", "pending", "excluded")}
-    return {"jobs": records, "counts": counts, "deadline_reached": False,
-            "units": {u.name: outcome.get(u.name, "done") for u in dispatcher.units}}
+    counts = {
+        s: sum(1 for r in records if r["status"] == s)
+        for s in ("skipped", "ran", "failed", "blocked", "pending", "excluded")
+    }
+    return {
+        "jobs": records,
+        "counts": counts,
+        "deadline_reached": False,
+        "units": {u.name: outcome.get(u.name, "done") for u in dispatcher.units},
+    }
 
 
-def dispatch(jobs: Sequence[Job], root: str | Path, settings: Settings, *, env_key: str, log=print,
-             dry_run: bool = False) -> dict:
+def dispatch(
+    jobs: Sequence[Job], root: str | Path, settings: Settings, *, env_key: str, log=print, dry_run: bool = False
+) -> dict:
     """Submit the plan's units that are not done (see the module's docstring) and, with ``settings.wait``, follow
     them and resubmit what did not finish up to ``settings.retries`` times.
 
@@ -422,8 +360,10 @@ def dispatch(jobs: Sequence[Job], root: str | Path, settings: Settings, *, env_k
     for attempt in range(1 + (max(0, settings.retries) if settings.wait else 0)):
         if attempt:
             left = [u.name for u in dispatcher.units if u.name not in dispatcher.done(statuses)]
-            log(f"[study] resubmitting what did not finish ({len(left)} units: {', '.join(left[:6])}"
-                f"{' ...' if len(left) > 6 else ''}), retry {attempt} of {settings.retries}")
+            log(
+                f"[study] resubmitting what did not finish ({len(left)} units: {', '.join(left[:6])}"
+                f"{' ...' if len(left) > 6 else ''}), retry {attempt} of {settings.retries}"
+            )
         outcome.update(dispatcher.round(statuses))
         statuses = _statuses(jobs, root, env_key)
         if not settings.wait or len(dispatcher.done(statuses)) == len(dispatcher.units):

@@ -34,13 +34,15 @@ __all__ = ["write_pooled_report", "RUN_COLUMNS"]
 
 RUN_COLUMNS = ["task", "run", "seed", "machine", "cpu", "code", "train_seconds", "finished", "unmasked", "metric"]
 
-FAMILY = ("The family of headline tests is every pooled comparison in `effects.csv` (all-networks lesions against "
-          "the unmasked model and each random control, zero against mean ablation, spared and single-unit lesions, "
-          "preservation against its controls and the as-published masking): its p values are corrected together "
-          "({correction}), and the corrected interval is the Bonferroni interval of that family ({m} tests). "
-          "\"Kept\" is claimed only from the two one-sided tests (TOST) of the unmasked-minus-preserved score "
-          "against a margin of ±{margin:g}, corrected over their own family ({k} tests); a non-significant loss is "
-          "never called kept.")
+FAMILY = (
+    "The family of headline tests is every pooled comparison in `effects.csv` (all-networks lesions against "
+    "the unmasked model and each random control, zero against mean ablation, spared and single-unit lesions, "
+    "preservation against its controls and the as-published masking): its p values are corrected together "
+    "({correction}), and the corrected interval is the Bonferroni interval of that family ({m} tests). "
+    '"Kept" is claimed only from the two one-sided tests (TOST) of the unmasked-minus-preserved score '
+    "against a margin of ±{margin:g}, corrected over their own family ({k} tests); a non-significant loss is "
+    "never called kept."
+)
 
 
 def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -59,10 +61,20 @@ def _runs(records: Sequence[dict], per_run: Sequence[dict], code: str) -> list[d
         if rec.get("stage") != "train" or rec.get("status") not in FINISHED:
             continue
         score = unmasked.get((m.get("task"), m.get("run", 0))) or {}
-        rows.append({"task": m.get("task"), "run": m.get("run", 0), "seed": m.get("run", 0),
-                     "machine": rec.get("machine") or "not recorded", "cpu": rec.get("cpu") or "not recorded",
-                     "code": code, "train_seconds": rec.get("seconds"), "finished": rec.get("finished"),
-                     "unmasked": score.get("score"), "metric": score.get("metric")})
+        rows.append(
+            {
+                "task": m.get("task"),
+                "run": m.get("run", 0),
+                "seed": m.get("run", 0),
+                "machine": rec.get("machine") or "not recorded",
+                "cpu": rec.get("cpu") or "not recorded",
+                "code": code,
+                "train_seconds": rec.get("seconds"),
+                "finished": rec.get("finished"),
+                "unmasked": score.get("score"),
+                "metric": score.get("metric"),
+            }
+        )
     return rows
 
 
@@ -75,18 +87,26 @@ def _holds_table(verdicts: Sequence[dict], paper: dict | None) -> list[str]:
     for c in verdicts:
         if str(c["target"]).startswith("net"):
             continue  # per-network results are per run (networks differ between runs): see Mechanisms
-        rows.append({"task": c["task"], "networks": c["variant"] + ("" if c["target"] in (None, "all") else
-                                                                    f" {c['target']}") + (f" K={c['K']}" if c["K"] else ""),
-                     "comparison": f"{c['a']} − {c['b']}",
-                     "pooled effect [corrected CI]": f"{c['diff']:+.3f} [{c['ci_low_corrected']:+.3f}, "
-                                                     f"{c['ci_high_corrected']:+.3f}]",
-                     "p (adj.)": f"{c['p_adjusted']:.3g}", "runs holding": f"{c['runs_holding']} of {c['n_runs']}",
-                     "verdict": c["verdict"]})
+        rows.append(
+            {
+                "task": c["task"],
+                "networks": c["variant"]
+                + ("" if c["target"] in (None, "all") else f" {c['target']}")
+                + (f" K={c['K']}" if c["K"] else ""),
+                "comparison": f"{c['a']} − {c['b']}",
+                "pooled effect [corrected CI]": f"{c['diff']:+.3f} [{c['ci_low_corrected']:+.3f}, "
+                f"{c['ci_high_corrected']:+.3f}]",
+                "p (adj.)": f"{c['p_adjusted']:.3g}",
+                "runs holding": f"{c['runs_holding']} of {c['n_runs']}",
+                "verdict": c["verdict"],
+            }
+        )
     return [markdown_table(rows)] if rows else ["- no finished comparison yet"]
 
 
-def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None,
-                        n_boot: int = 2000) -> dict:
+def write_pooled_report(
+    root: str | Path, *, preset: dict, records: Sequence[dict], out: str | Path | None = None, n_boot: int = 2000
+) -> dict:
     """Write the v2 report of the study folder ``root`` (its jobs' ``records``) into ``out`` (default ``root``).
 
     Returns
@@ -104,45 +124,36 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
     summary = per_run + pooled_rows
     effects = run_effects(per_run, n_boot=n_boot)
     correction, margin = preset.get("correction") or "holm", float(preset.get("margin") or 0.02)
-    pooled = pool([e for e in effects if not str(e["target"]).startswith("net")], correction=correction,
-                  margin=margin)
+    pooled = pool([e for e in effects if not str(e["target"]).startswith("net")], correction=correction, margin=margin)
     verdicts = claims(pooled, summary)
     runs_log = read_runs(root)
     code = next((r.get("environment", {}).get("code") for r in reversed(runs_log) if r.get("environment")), None)
     runs = _runs(records, per_run, code or "not recorded")
     _write_csv(out / "summary.csv", summary, POOLED_COLUMNS)
-    _write_csv(out / "effects.csv", [dict(e, run=e["run"]) for e in effects] + verdicts,
-               POOLED_EFFECT_COLUMNS + ["verdict"])
+    _write_csv(
+        out / "effects.csv", [dict(e, run=e["run"]) for e in effects] + verdicts, POOLED_EFFECT_COLUMNS + ["verdict"]
+    )
     _write_csv(out / "runs.csv", runs, RUN_COLUMNS)
     lesion_png = plot_lesion_effects(verdicts, out / "lesion_effects.png")
-    pres_png = plot_preservation_panels(summary, out / "preservation.png", paper=paper, paper_name=paper_model,
-                                        same_model=paper_model == preset.get("model"))
-    files = {f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"]) for r in records
-             if r.get("stage") == "analyze" and r.get("status") in FINISHED and r.get("output")
-             and r["meta"].get("K") == preset.get("n_networks") and r["meta"].get("run", 0) == 0}
-    layers_png = plot_layers(files, out / "layers.png")
-    description = next((json.loads((Path(r["folder"]) / "result.json").read_text()).get("provenance", {})
-                        .get("model_description") for r in records if r.get("stage") == "evaluate"
-                        and r.get("status") in FINISHED), None) or preset["model"]
-    kept_family = sum(1 for c in verdicts if c.get("p_tost_adjusted") is not None)
-    lines = [f"# Study `{preset['name']}`: {description} ({preset['path']})", "",
-             f"Machines: {machines_line(runs_log)}.", "",
-             "Every effect is measured per training run (paired on that run's held-out rows, rows and control seeds "
-             "resampled) and pooled over runs (mean of the runs' effects, t interval over runs): a claim holds only "
-             "when its corrected p value is below 0.05, and the table says in how many runs it holds on its own.",
-             "", FAMILY.format(correction=correction, m=len(verdicts), margin=margin, k=kept_family), "",
-             "## What holds", ""] + _holds_table(verdicts, paper) + [""]
+    pres_png = plot_preservation_panels(
+        summary,
+        out / "preservation.png",
+        paper=paper,
+        paper_name=paper_model,
+        same_model=paper_model == preset.get("model"),
+    )
+    layers_png = plot_layers(_network_files(records, preset), out / "layers.png")
+    description = _description(records, preset)
+    lines = _head_lines(preset, description, runs_log, correction, margin, verdicts, paper)
     figures = [p.name for p in (lesion_png, pres_png, layers_png) if p]
     if figures:
         lines += ["Figures: " + ", ".join(f"`{f}`" for f in figures) + ".", ""]
-    lines += ["The same figures and tables, with a card per network (what it responds to, what lesioning it costs): "
-              "`explorer.html`, one self-contained page; open it in a browser.", ""]
-    mech = mechanisms(records, effects)
-    if mech:
-        lines += ["## Mechanisms: single-network lesions by shared massive units", ""]
-        lines += [f"- {m['task']} run {m['run']} ({m['variant']}): {len(m['networks'])} networks hurt more than their "
-                  f"count-matched control, {len(m['groups'])} distinct mechanisms (groups sharing a massive unit): "
-                  + "; ".join("[" + ", ".join(g) + "]" for g in m["groups"]) for m in mech] + [""]
+    lines += [
+        "The same figures and tables, with a card per network (what it responds to, what lesioning it costs): "
+        "`explorer.html`, one self-contained page; open it in a browser.",
+        "",
+    ]
+    lines += _mechanism_lines(mechanisms(records, effects))
     lines += ["## Training runs", "", markdown_table(runs, RUN_COLUMNS) if runs else "- none finished yet", ""]
     lines += ["## Settings", "", f"Preset `conf/study/{preset['name']}.yaml`:", ""]
     lines += [f"- {k}: `{v}`" for k, v in preset.items() if v not in (None, [], {})] + [""]
@@ -150,11 +161,105 @@ def write_pooled_report(root: str | Path, *, preset: dict, records: Sequence[dic
     lines += ["## Wall time", ""] + runs_table(runs_log)
     (out / "report.md").write_text("\n".join(lines))
     explorer = write_study_explorer(
-        out, preset=preset, records=records, effect_rows=effects, figures=[lesion_png, pres_png, layers_png],
-        title=f"Study {preset['name']}: {description}", meta=[("machines", machines_line(runs_log))],
-        tables=[csv_table("claims", "What holds (pooled over runs, corrected)", verdicts,
-                          POOLED_EFFECT_COLUMNS + ["verdict"]),
-                csv_table("runs", "Training runs (runs.csv)", runs, RUN_COLUMNS),
-                csv_table("summary", "All conditions, per run and pooled (summary.csv)", summary, POOLED_COLUMNS)])
-    return {"report": out / "report.md", "summary": out / "summary.csv", "effects": out / "effects.csv",
-            "runs": out / "runs.csv", "figures": figures, "claims": verdicts, "explorer": explorer}
+        out,
+        preset=preset,
+        records=records,
+        effect_rows=effects,
+        figures=[lesion_png, pres_png, layers_png],
+        title=f"Study {preset['name']}: {description}",
+        meta=[("machines", machines_line(runs_log))],
+        tables=[
+            csv_table(
+                "claims", "What holds (pooled over runs, corrected)", verdicts, POOLED_EFFECT_COLUMNS + ["verdict"]
+            ),
+            csv_table("runs", "Training runs (runs.csv)", runs, RUN_COLUMNS),
+            csv_table("summary", "All conditions, per run and pooled (summary.csv)", summary, POOLED_COLUMNS),
+        ],
+    )
+    return {
+        "report": out / "report.md",
+        "summary": out / "summary.csv",
+        "effects": out / "effects.csv",
+        "runs": out / "runs.csv",
+        "figures": figures,
+        "claims": verdicts,
+        "explorer": explorer,
+    }
+
+
+def _network_files(records: Sequence[dict], preset: dict) -> dict[str, str]:
+    """The first training run's networks at the preset's K, by ``"<scope> <variant>"`` (the layers figure)."""
+    return {
+        f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"])
+        for r in records
+        if r.get("stage") == "analyze"
+        and r.get("status") in FINISHED
+        and r.get("output")
+        and r["meta"].get("K") == preset.get("n_networks")
+        and r["meta"].get("run", 0) == 0
+    }
+
+
+def _description(records: Sequence[dict], preset: dict) -> str:
+    """The model as the first finished evaluate job describes it (its provenance), else the preset's name of it."""
+    return (
+        next(
+            (
+                json.loads((Path(r["folder"]) / "result.json").read_text())
+                .get("provenance", {})
+                .get("model_description")
+                for r in records
+                if r.get("stage") == "evaluate" and r.get("status") in FINISHED
+            ),
+            None,
+        )
+        or preset["model"]
+    )
+
+
+def _head_lines(
+    preset: dict,
+    description: str,
+    runs_log: Sequence[dict],
+    correction: str,
+    margin: float,
+    verdicts: Sequence[dict],
+    paper: dict | None,
+) -> list[str]:
+    """The title, the Machines line, how effects are pooled and corrected, and the What holds table."""
+    kept_family = sum(1 for c in verdicts if c.get("p_tost_adjusted") is not None)
+    return (
+        [
+            f"# Study `{preset['name']}`: {description} ({preset['path']})",
+            "",
+            f"Machines: {machines_line(runs_log)}.",
+            "",
+            "Every effect is measured per training run (paired on that run's held-out rows, rows and control seeds "
+            "resampled) and pooled over runs (mean of the runs' effects, t interval over runs): a claim holds only "
+            "when its corrected p value is below 0.05, and the table says in how many runs it holds on its own.",
+            "",
+            FAMILY.format(correction=correction, m=len(verdicts), margin=margin, k=kept_family),
+            "",
+            "## What holds",
+            "",
+        ]
+        + _holds_table(verdicts, paper)
+        + [""]
+    )
+
+
+def _mechanism_lines(mech: Sequence[dict]) -> list[str]:
+    """The Mechanisms section (:func:`fnet.study.pooled.mechanisms`); none when no network hurt more than its
+    control."""
+    if not mech:
+        return []
+    return (
+        ["## Mechanisms: single-network lesions by shared massive units", ""]
+        + [
+            f"- {m['task']} run {m['run']} ({m['variant']}): {len(m['networks'])} networks hurt more than their "
+            f"count-matched control, {len(m['groups'])} distinct mechanisms (groups sharing a massive unit): "
+            + "; ".join("[" + ", ".join(g) + "]" for g in m["groups"])
+            for m in mech
+        ]
+        + [""]
+    )

@@ -1,6 +1,7 @@
 """A study's results as rows and statements: summary rows, paired effects and the claims they support.
 
-:mod:`fnet.study.render` lays them out as ``report.md``, CSVs and figures.
+:mod:`fnet.study.render` lays them out as ``report.md``, CSVs and figures. The summary rows are
+:mod:`fnet.study.summary`'s (its names import from here too).
 
 Every statement of the report is computed from the numbers. Each effect stands beside its control as a paired
 difference on the same held-out rows with a 95 % CI (:mod:`fnet.study.paired`: rows resampled, and a random
@@ -14,122 +15,29 @@ interval (Wilson for accuracy, bootstrap otherwise); random controls are the mea
 
 from __future__ import annotations
 
-import json
 import math
-from collections import defaultdict
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fnet.report.sweep import mean_ci
 from fnet.study.paired import load_outcomes, paired_difference
+from fnet.study.summary import FINISHED, RANDOM_CONDITIONS, SUMMARY_COLUMNS, load_results, paper_tables, summarize
 
-__all__ = ["load_results", "summarize", "effects", "statements", "headline", "normalisation", "paper_tables",
-           "chance_tasks", "whole_counts", "ids_text", "SUMMARY_COLUMNS", "EFFECT_COLUMNS", "FINISHED"]
-
-SUMMARY_COLUMNS = ["task", "variant", "condition", "target", "K", "metric", "score", "ci_low", "ci_high", "n_rows", "n_jobs",
-                   "n_masked", "n_kept", "n_neurons", "unmasked", "unmasked_ci_low", "unmasked_ci_high", "chance",
-                   "unmasked_at_chance", "paper"]
-RANDOM_CONDITIONS = ("count", "magnitude", "preserve_count", "preserve_magnitude")
-FINISHED = ("ran", "skipped", "done")  # job statuses whose results exist
-CONDITION_ORDER = ["unmasked", "lesion", "count", "magnitude", "spared", "unit", "preserve", "preserve_count",
-                   "preserve_magnitude"]
-
-
-def paper_tables() -> dict:
-    """The paper's numbers (``fnet/study/paper_tables.json``, transcribed from Liu et al. 2025)."""
-    return json.loads((Path(__file__).with_name("paper_tables.json")).read_text())
-
-
-def load_results(records: Sequence[dict]) -> list[dict]:
-    """One row per finished evaluate job: its meta (task, condition, target, seed, K, variant) and result."""
-    rows = []
-    for rec in records:
-        if rec.get("stage") != "evaluate" or rec.get("status") not in FINISHED:
-            continue
-        result = json.loads((Path(rec["folder"]) / "result.json").read_text())
-        mask = result.get("mask") or {}
-        n_neurons = mask.get("n_neurons")
-        n_kept = mask.get("n_preserved")
-        if n_kept is None and n_neurons and rec["meta"].get("condition", "").startswith("preserve"):
-            n_kept = n_neurons - int(mask.get("n_masked") or 0)
-        ci = result.get("ci") or [None, None]
-        chance = ((result.get("metrics") or {}).get(result.get("metric")) or {}).get("chance")  # the metric's
-        if chance is None:
-            chance = result.get("chance")
-            chance = chance.get("majority") if isinstance(chance, dict) else chance  # {majority, uniform}
-        rows.append({**rec["meta"], "folder": rec["folder"], "metric": result.get("metric"), "score": result.get("score"),
-                     "ci_low": ci[0], "ci_high": ci[1], "n_masked": mask.get("n_masked"), "n_kept": n_kept,
-                     "n_neurons": n_neurons, "chance": chance, "n": result.get("n")})
-    return rows
-
-
-def _f(x: Any) -> float:
-    return math.nan if x is None else float(x)
-
-
-def summarize(rows: Sequence[dict], paper: dict | None = None) -> list[dict]:
-    """Rows grouped by (task, variant, condition, target, K): single jobs keep their CI, seeds are pooled."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(r["task"], r.get("variant", "raw"), r["condition"], r.get("target"), r.get("K"))].append(r)
-    unmasked = {task: g[0] for (task, _, cond, _, _), g in groups.items() if cond == "unmasked"}
-    out = []
-    for (task, variant, cond, target, K), group in groups.items():
-        if cond not in RANDOM_CONDITIONS and len(group) == 1:  # one job: its own (Wilson / bootstrap) CI
-            score, lo, hi = _f(group[0]["score"]), _f(group[0]["ci_low"]), _f(group[0]["ci_high"])
-        else:  # random draws: between-seed t interval (one seed: no interval, so nothing is claimed)
-            score, lo, hi = mean_ci([_f(g["score"]) for g in group])
-        base = unmasked.get(task, {})
-        chance = base.get("chance", group[0].get("chance"))
-        masked = [g["n_masked"] for g in group if g.get("n_masked") is not None]
-        kept = [g["n_kept"] for g in group if g.get("n_kept") is not None]
-        out.append({
-            "task": task, "variant": variant if cond != "unmasked" else "", "condition": cond, "target": target,
-            "K": K, "metric": group[0]["metric"], "score": score, "ci_low": lo, "ci_high": hi,
-            "n_rows": group[0].get("n"), "n_jobs": len(group),
-            "n_neurons": group[0].get("n_neurons"),
-            "n_masked": float(np.mean(masked)) if masked else None, "n_kept": float(np.mean(kept)) if kept else None,
-            "unmasked": base.get("score"), "unmasked_ci_low": base.get("ci_low"),
-            "unmasked_ci_high": base.get("ci_high"), "chance": chance,
-            "unmasked_at_chance": _at_chance(base, chance),
-            "paper": _paper_value(paper, task, cond, target, K, variant),
-            "folders": [g["folder"] for g in group],
-        })
-    order = {c: i for i, c in enumerate(CONDITION_ORDER)}
-    out.sort(key=lambda r: (r["task"], r["variant"], order.get(r["condition"], 99), r["K"] or 0,
-                            _target_order(r["target"])))
-    return out
-
-
-def _target_order(target: Any) -> tuple:
-    text = str(target or "")
-    digits = "".join(c for c in text if c.isdigit())
-    return (text.rstrip("0123456789"), int(digits) if digits else -1)
-
-
-def _at_chance(base: dict, chance: Any) -> bool | None:
-    if not base or chance is None or base.get("ci_low") is None:
-        return None
-    return bool(base["ci_low"] <= chance)
-
-
-def _paper_value(paper: dict | None, task: str, cond: str, target: Any, K: Any, variant: str) -> float | None:
-    if not paper or variant == "normalised":
-        return None
-    if cond == "unmasked":
-        return paper.get("unmasked", {}).get(task)
-    if cond == "lesion" and target == "all":
-        return paper.get("lesion_all", {}).get(task)
-    if cond == "lesion" and str(target).startswith("net"):
-        each = paper.get("lesion_each", {}).get(task)
-        k = int(str(target)[3:])
-        return each["scores"][k] if each and k < len(each["scores"]) else None
-    if cond == "preserve":
-        return ((paper.get("preserve", {}).get(task) or {}).get(str(K)) or {}).get("score")
-    return None
-
+__all__ = [
+    "load_results",
+    "summarize",
+    "effects",
+    "statements",
+    "headline",
+    "normalisation",
+    "paper_tables",
+    "chance_tasks",
+    "whole_counts",
+    "ids_text",
+    "SUMMARY_COLUMNS",
+    "EFFECT_COLUMNS",
+    "FINISHED",
+]
 
 # --------------------------------------------------------------------------------------------------------------
 # Paired effects and statements
@@ -143,8 +51,21 @@ COMPARISONS = {
 }
 #: jobs.csv: every job of the plan with its content key (the folder name's suffix) and status
 JOB_COLUMNS = ["name", "stage", "status", "key", "seconds", "finished"]
-EFFECT_COLUMNS = ["task", "variant", "target", "K", "a", "b", "metric", "diff", "ci_low", "ci_high", "n_rows",
-                  "n_a", "n_b"]
+EFFECT_COLUMNS = [
+    "task",
+    "variant",
+    "target",
+    "K",
+    "a",
+    "b",
+    "metric",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "n_rows",
+    "n_a",
+    "n_b",
+]
 
 
 def _by_key(summary: Sequence[dict]) -> dict[tuple, dict]:
@@ -178,12 +99,27 @@ def effects(summary: Sequence[dict], n_boot: int = 2000) -> list[dict]:
             if d is None:
                 continue
             # a random control of one seed: its draw-to-draw spread is unknown, so nothing is decided on it
-            one_seed = any(c in RANDOM_CONDITIONS and len(r.get("folders") or []) < 2
-                           for c, r in zip((a_cond, b_cond), sides))
-            out.append({"task": row["task"], "variant": row["variant"], "target": row["target"], "K": row["K"],
-                        "a": a_cond, "b": b_cond, "metric": row["metric"], "diff": d["diff"],
-                        "ci_low": d["ci_low"], "ci_high": d["ci_high"], "n_rows": d["n"], "n_a": d["n_a"],
-                        "n_b": d["n_b"], "one_seed": one_seed})
+            one_seed = any(
+                c in RANDOM_CONDITIONS and len(r.get("folders") or []) < 2 for c, r in zip((a_cond, b_cond), sides)
+            )
+            out.append(
+                {
+                    "task": row["task"],
+                    "variant": row["variant"],
+                    "target": row["target"],
+                    "K": row["K"],
+                    "a": a_cond,
+                    "b": b_cond,
+                    "metric": row["metric"],
+                    "diff": d["diff"],
+                    "ci_low": d["ci_low"],
+                    "ci_high": d["ci_high"],
+                    "n_rows": d["n"],
+                    "n_a": d["n_a"],
+                    "n_b": d["n_b"],
+                    "one_seed": one_seed,
+                }
+            )
     return out
 
 
@@ -208,8 +144,13 @@ def _fmt(r: dict | None) -> str:
     chance = r.get("chance")
     at = ""
     if chance is not None and not math.isnan(r["ci_low"]):  # chance: the majority-class rate (or the metric's)
-        at = (" (at chance)" if r["ci_low"] <= chance <= r["ci_high"]
-              else f" (below chance, {chance:.3f})" if r["ci_high"] < chance else "")
+        at = (
+            " (at chance)"
+            if r["ci_low"] <= chance <= r["ci_high"]
+            else f" (below chance, {chance:.3f})"
+            if r["ci_high"] < chance
+            else ""
+        )
     return f"{r['score']:.3f}{ci}{seeds}{at}"
 
 
@@ -237,8 +178,10 @@ def _claim(e: dict | None, at_chance: bool, *words: str) -> str:
 def whole_counts(row: dict) -> dict:
     """``row`` with its neuron counts as ints where they are whole (a control's count is a mean over seeds
     of equal counts), so the table says 346, not 346.000."""
-    return {**row, **{c: int(row[c]) for c in ("n_masked", "n_kept")
-                      if isinstance(row.get(c), float) and row[c].is_integer()}}
+    return {
+        **row,
+        **{c: int(row[c]) for c in ("n_masked", "n_kept") if isinstance(row.get(c), float) and row[c].is_integer()},
+    }
 
 
 def chance_tasks(summary: Sequence[dict]) -> list[str]:
@@ -261,46 +204,77 @@ def statements(summary: Sequence[dict], effect_rows: Sequence[dict] | None = Non
             return _claim(e, at_chance, *words)
 
         if at_chance:
-            lines.append(f"- **{task}: at chance.** The unmasked score {_fmt(base)} covers chance "
-                         f"({base['chance']:.3f}); no lesion or preservation on {task} says anything.")
+            lines.append(
+                f"- **{task}: at chance.** The unmasked score {_fmt(base)} covers chance "
+                f"({base['chance']:.3f}); no lesion or preservation on {task} says anything."
+            )
         for les in (r for r in summary if r["task"] == task and r["condition"] == "lesion"):
-            key = (task, les["variant"], les["target"], les["K"])
-            what = "all networks" if les["target"] == "all" else f"network {les['target'][3:]}"
-            tag = "" if les["variant"] == "raw" else f" ({les['variant']} ICA)"
-            drop, vs_count, vs_mag = (eff.get(key + c) for c in (("unmasked", "lesion"), ("count", "lesion"),
-                                                                  ("magnitude", "lesion")))
-            text = (f"- {task}, {what}{tag} lesioned ({les['n_masked']:.0f} neurons): {_fmt(les)}, unmasked "
-                    f"{_fmt(base)}, drop {_d(drop)}. Count-matched random {_fmt(by.get((task, les['variant'], 'count', les['target'], les['K'])))}: "
-                    f"extra drop {_d(vs_count)}, {v(vs_count, 'hurts more', 'hurts less')}. "
-                    f"Magnitude-matched {_fmt(by.get((task, les['variant'], 'magnitude', les['target'], les['K'])))}: "
-                    f"extra drop {_d(vs_mag)}, {v(vs_mag, 'hurts more', 'hurts less')}.")
-            spared, rec = by.get((task, les["variant"], "spared", les["target"], les["K"])), eff.get(key + ("spared", "lesion"))
-            if spared is not None and rec is not None:
-                share = (f" ({rec['diff'] / drop['diff']:.0%} of the drop)" if drop and drop["diff"] > 0 else "")
-                beyond = eff.get(key + ("count", "spared"))
-                text += (f" With the massive units spared ({spared['n_masked']:.0f} neurons): {_fmt(spared)}, "
-                         f"recovers {_d(rec)}{share}: "
-                         f"{v(rec, 'the massive units carry part of the effect', 'the massive units do not carry it (sparing them hurts more)', 'the massive units carry no measurable part of it')}; "
-                         f"without them the lesion still drops {_d(eff.get(key + ('unmasked', 'spared')))}, "
-                         f"{_d(beyond)} beyond the count-matched random lesion of the whole network "
-                         f"({v(beyond, 'still hurts more', 'hurts less')}).")
-            lines.append(text)
+            lines.append(_lesion_statement(les, base, by, eff, v))
         for unit in (r for r in summary if r["task"] == task and r["condition"] == "unit"):
             e = eff.get((task, unit["variant"], unit["target"], unit["K"], "unmasked", "unit"))
-            lines.append(f"- {task}, massive unit rank {unit['target'][4:]} lesioned alone ({unit['n_masked']:.0f} "
-                         f"neurons): {_fmt(unit)}, drop {_d(e)}: {v(e, 'hurts', 'helps', 'no measurable effect')}.")
+            lines.append(
+                f"- {task}, massive unit rank {unit['target'][4:]} lesioned alone ({unit['n_masked']:.0f} "
+                f"neurons): {_fmt(unit)}, drop {_d(e)}: {v(e, 'hurts', 'helps', 'no measurable effect')}."
+            )
         for pres in (r for r in summary if r["task"] == task and r["condition"] == "preserve"):
             key = (task, pres["variant"], pres["target"], pres["K"])
-            loss, vs_count, vs_mag = (eff.get(key + c) for c in (("unmasked", "preserve"), ("preserve", "preserve_count"),
-                                                                 ("preserve", "preserve_magnitude")))
-            frac = (f", {pres['n_kept'] / pres['n_neurons']:.1%} of neurons" if pres.get("n_neurons")
-                    and pres.get("n_kept") is not None else "")
+            loss, vs_count, vs_mag = (
+                eff.get(key + c)
+                for c in (("unmasked", "preserve"), ("preserve", "preserve_count"), ("preserve", "preserve_magnitude"))
+            )
+            frac = (
+                f", {pres['n_kept'] / pres['n_neurons']:.1%} of neurons"
+                if pres.get("n_neurons") and pres.get("n_kept") is not None
+                else ""
+            )
             kept = f"{pres['n_kept']:.0f}" if pres["n_kept"] is not None else "?"
-            lines.append(f"- {task}, only the K={pres['K']} networks kept ({kept} neurons{frac}): {_fmt(pres)}; loss vs "
-                         f"unmasked {_d(loss)} ({v(loss, 'performance lost', 'better than unmasked', 'performance kept')}); "
-                         f"vs count-matched random kept {_d(vs_count)} ({v(vs_count, 'networks keep more', 'random keeps more')}); "
-                         f"vs magnitude-matched {_d(vs_mag)} ({v(vs_mag, 'networks keep more', 'random keeps more')}).")
+            lines.append(
+                f"- {task}, only the K={pres['K']} networks kept ({kept} neurons{frac}): {_fmt(pres)}; loss vs "
+                f"unmasked {_d(loss)} ({v(loss, 'performance lost', 'better than unmasked', 'performance kept')}); "
+                f"vs count-matched random kept {_d(vs_count)} "
+                f"({v(vs_count, 'networks keep more', 'random keeps more')}); "
+                f"vs magnitude-matched {_d(vs_mag)} ({v(vs_mag, 'networks keep more', 'random keeps more')})."
+            )
     return lines
+
+
+def _lesion_statement(les: dict, base: dict | None, by: dict, eff: dict, v: Callable[..., str]) -> str:
+    """A lesion's finding (:func:`statements`): its drop beside its count- and magnitude-matched random lesions
+    and, where it was run, the same lesion with the massive units spared; ``v`` gives a verdict (:func:`_claim`)."""
+    task = les["task"]
+    key = (task, les["variant"], les["target"], les["K"])
+    what = "all networks" if les["target"] == "all" else f"network {les['target'][3:]}"
+    tag = "" if les["variant"] == "raw" else f" ({les['variant']} ICA)"
+    drop, vs_count, vs_mag = (
+        eff.get(key + c) for c in (("unmasked", "lesion"), ("count", "lesion"), ("magnitude", "lesion"))
+    )
+    count = by.get((task, les["variant"], "count", les["target"], les["K"]))
+    magnitude = by.get((task, les["variant"], "magnitude", les["target"], les["K"]))
+    text = (
+        f"- {task}, {what}{tag} lesioned ({les['n_masked']:.0f} neurons): {_fmt(les)}, unmasked "
+        f"{_fmt(base)}, drop {_d(drop)}. Count-matched random {_fmt(count)}: "
+        f"extra drop {_d(vs_count)}, {v(vs_count, 'hurts more', 'hurts less')}. "
+        f"Magnitude-matched {_fmt(magnitude)}: "
+        f"extra drop {_d(vs_mag)}, {v(vs_mag, 'hurts more', 'hurts less')}."
+    )
+    spared, rec = by.get((task, les["variant"], "spared", les["target"], les["K"])), eff.get(key + ("spared", "lesion"))
+    if spared is None or rec is None:
+        return text
+    share = f" ({rec['diff'] / drop['diff']:.0%} of the drop)" if drop and drop["diff"] > 0 else ""
+    beyond = eff.get(key + ("count", "spared"))
+    carried = v(
+        rec,
+        "the massive units carry part of the effect",
+        "the massive units do not carry it (sparing them hurts more)",
+        "the massive units carry no measurable part of it",
+    )
+    return text + (
+        f" With the massive units spared ({spared['n_masked']:.0f} neurons): {_fmt(spared)}, "
+        f"recovers {_d(rec)}{share}: {carried}; "
+        f"without them the lesion still drops {_d(eff.get(key + ('unmasked', 'spared')))}, "
+        f"{_d(beyond)} beyond the count-matched random lesion of the whole network "
+        f"({v(beyond, 'still hurts more', 'hurts less')})."
+    )
 
 
 def normalisation(effect_rows: Sequence[dict], centres: dict[str, float], at_chance: Sequence[str] = ()) -> list[str]:
@@ -310,15 +284,24 @@ def normalisation(effect_rows: Sequence[dict], centres: dict[str, float], at_cha
     lines = []
     for task in sorted({e["task"] for e in effect_rows if e["variant"] == "normalised"}):
         scope = task.replace(" (zero-shot)", "-zeroshot")
-        where = ", ".join(f"{v} mean layer {centres[f'{scope} {v}']:.1f}" for v in ("raw", "normalised")
-                          if f"{scope} {v}" in centres)
+        where = ", ".join(
+            f"{v} mean layer {centres[f'{scope} {v}']:.1f}" for v in ("raw", "normalised") if f"{scope} {v}" in centres
+        )
         parts = []
         for v in ("raw", "normalised"):
-            drop, extra = eff.get((task, v, "all", "unmasked", "lesion")), eff.get((task, v, "all", "magnitude", "lesion"))
-            parts.append(f"{v}: drop {_d(drop)}, beyond magnitude-matched {_d(extra)} "
-                         f"({_claim(extra, task in at_chance, 'hurts more', 'hurts less')})")
-        lines.append(f"- {task}, raw vs variance-normalised ICA ({where or 'layers n/a'}); all networks lesioned, "
-                     + "; ".join(parts) + ".")
+            drop, extra = (
+                eff.get((task, v, "all", "unmasked", "lesion")),
+                eff.get((task, v, "all", "magnitude", "lesion")),
+            )
+            parts.append(
+                f"{v}: drop {_d(drop)}, beyond magnitude-matched {_d(extra)} "
+                f"({_claim(extra, task in at_chance, 'hurts more', 'hurts less')})"
+            )
+        lines.append(
+            f"- {task}, raw vs variance-normalised ICA ({where or 'layers n/a'}); all networks lesioned, "
+            + "; ".join(parts)
+            + "."
+        )
     return lines
 
 
@@ -327,6 +310,7 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
     lines = []
     chance = chance_tasks(summary)
     effect_rows = [e for e in effect_rows if _decided(e) and e["task"] not in chance]  # nothing on chance tasks
+
     def tally(sel: list) -> str:
         more, less = sum(e["ci_low"] > 0 for e in sel), sum(e["ci_high"] < 0 for e in sel)
         return f"{more} of {len(sel)} hurt more, {less} hurt less, {len(sel) - more - less} not distinguishable"
@@ -335,33 +319,52 @@ def headline(summary: Sequence[dict], effect_rows: Sequence[dict]) -> list[str]:
         tag = "" if variant == "raw" else " (variance-normalised ICA)"
         for a, b, what in (("count", "lesion", "count-matched"), ("magnitude", "lesion", "magnitude-matched")):
             rows = [e for e in effect_rows if e["a"] == a and e["b"] == b and e["variant"] == variant]
-            for scope, pick in (("single networks", lambda e: e["target"] != "all"),
-                                ("all networks together", lambda e: e["target"] == "all")):
+            for scope, pick in (
+                ("single networks", lambda e: e["target"] != "all"),
+                ("all networks together", lambda e: e["target"] == "all"),
+            ):
                 sel = [e for e in rows if pick(e)]
                 if sel:
                     lines.append(f"- Lesions of {scope}{tag} vs {what} random lesions: {tally(sel)} (paired 95 % CIs).")
     rec = [e for e in effect_rows if e["a"] == "spared" and e["b"] == "lesion"]
     if rec:
-        drops = {(e["task"], e["variant"], e["target"]): e["diff"] for e in effect_rows
-                 if e["a"] == "unmasked" and e["b"] == "lesion"}
-        shares = [e["diff"] / drops[k] for e in rec if (k := (e["task"], e["variant"], e["target"])) in drops
-                  and drops[k] > 0]
+        drops = {
+            (e["task"], e["variant"], e["target"]): e["diff"]
+            for e in effect_rows
+            if e["a"] == "unmasked" and e["b"] == "lesion"
+        }
+        shares = [
+            e["diff"] / drops[k] for e in rec if (k := (e["task"], e["variant"], e["target"])) in drops and drops[k] > 0
+        ]
         median = f" (median share of the drop: {float(np.median(shares)):.0%})" if shares else ""
-        lines.append(f"- Sparing the massive units recovers part of a lesion's drop in {sum(e['ci_low'] > 0 for e in rec)} "
-                     f"of {len(rec)} lesions{median}.")
+        lines.append(
+            f"- Sparing the massive units recovers part of a lesion's drop in {sum(e['ci_low'] > 0 for e in rec)} "
+            f"of {len(rec)} lesions{median}."
+        )
         beyond = [e for e in effect_rows if e["a"] == "count" and e["b"] == "spared"]
         if beyond:
-            lines.append(f"- Networks without their massive units vs the count-matched random lesion of the whole "
-                         f"network: {tally(beyond)}.")
-    for a, b, what in (("preserve", "preserve_count", "count-matched"), ("preserve", "preserve_magnitude", "magnitude-matched")):
+            lines.append(
+                f"- Networks without their massive units vs the count-matched random lesion of the whole "
+                f"network: {tally(beyond)}."
+            )
+    for a, b, what in (
+        ("preserve", "preserve_count", "count-matched"),
+        ("preserve", "preserve_magnitude", "magnitude-matched"),
+    ):
         sel = [e for e in effect_rows if e["a"] == a and e["b"] == b]
         if sel:
-            lines.append(f"- Preserving only the networks vs {what} random preservation: networks keep more in "
-                         f"{sum(e['ci_low'] > 0 for e in sel)} of {len(sel)} (task, K), random keeps more in "
-                         f"{sum(e['ci_high'] < 0 for e in sel)}.")
-    kept = [e for e in effect_rows if e["a"] == "unmasked" and e["b"] == "preserve" and e["ci_high"] >= 0 >= e["ci_low"]]
+            lines.append(
+                f"- Preserving only the networks vs {what} random preservation: networks keep more in "
+                f"{sum(e['ci_low'] > 0 for e in sel)} of {len(sel)} (task, K), random keeps more in "
+                f"{sum(e['ci_high'] < 0 for e in sel)}."
+            )
+    kept = [
+        e for e in effect_rows if e["a"] == "unmasked" and e["b"] == "preserve" and e["ci_high"] >= 0 >= e["ci_low"]
+    ]
     if kept:
-        lines.append("- Preservation with no measurable loss: " + "; ".join(f"{e['task']} K={e['K']}" for e in kept) + ".")
+        lines.append(
+            "- Preservation with no measurable loss: " + "; ".join(f"{e['task']} K={e['K']}" for e in kept) + "."
+        )
     if chance:
         lines.append(f"- At chance unmasked (nothing about them is claimed): {', '.join(chance)}.")
     return lines

@@ -1,7 +1,8 @@
 """The entry points' code: the only readers of a Hydra config, one top-down function per entry point.
 
 * :mod:`fnet.pipelines.analyze` -- ``analyze.py``: record, decompose, threshold, match, report;
-* :mod:`fnet.pipelines.evaluate` -- ``evaluate.py``: (masked) model on one task -> ``result.json``;
+* :mod:`fnet.pipelines.evaluate` -- ``evaluate.py``: (masked) model on one task -> ``result.json`` (its row in
+  :mod:`fnet.pipelines.evaluate_result`);
 * :mod:`fnet.pipelines.evaluate_batch` -- several evaluate jobs of one model in one process (studies);
 * :mod:`fnet.pipelines.checkpoint_eval` -- ``evaluate.py ckpt_path=...``: a fine-tuned checkpoint and its held-out
 split;

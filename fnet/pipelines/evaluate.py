@@ -12,8 +12,9 @@
    so every result row carries the unmasked score, its 95 % CI and whether the unmasked model is above chance;
 4. **test**: a Lightning ``Trainer`` (``cfg.trainer``) with the callbacks (``cfg.callbacks``; the mask callback is
    finished with the spec) and loggers (``cfg.logger``), then ``trainer.test``;
-5. **write** ``result.json`` (and ``predictions.jsonl``) in the job's output folder; W&B gets the config, metrics,
-   mask statistics and the result table.
+5. **write** ``result.json`` (its row: :func:`fnet.pipelines.evaluate_result.result_row`) and
+   ``predictions.jsonl`` in the job's output folder; W&B gets the config, metrics, mask statistics and the result
+   table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +30,6 @@ from typing import Any, Iterator
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 
 from fnet.cache import atomic_write_text, code_version, content_key, lock, quarantine, register
 from fnet.intervene import MASKS, build_mask, expected_mask_shape
@@ -41,22 +40,34 @@ from fnet.models import model_fingerprint
 from fnet.networks import NetworkSet, check_compatible
 from fnet.pipelines._common import load_lm, networks_for_config, scale_for_mask
 from fnet.pipelines.checkpoint_eval import evaluation_module
-from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters, overrides
-from fnet.provenance import provenance
+from fnet.pipelines.evaluate_result import TABLE_COLUMNS, json_safe, log_wandb, result_row
+from fnet.pipelines.hydra_utils import container, instantiate_loggers, log_hyperparameters
 from fnet.scoring.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "ModelPool", "Loaded", "load_model_and_rows", "mask_and_networks", "result_row",
-           "baseline_cache_key", "TABLE_COLUMNS"]
+__all__ = [
+    "run",
+    "ModelPool",
+    "Loaded",
+    "load_model_and_rows",
+    "mask_and_networks",
+    "result_row",
+    "baseline_cache_key",
+    "TABLE_COLUMNS",
+]
 
 #: the modules whose source determines an unmasked baseline (part of its cache key)
-BASELINE_CODE = ("fnet.models", "fnet.hooks", "fnet.batching", "fnet.scoring", "fnet.lit", "fnet.pipelines.evaluate",
-                 "fnet.pipelines.checkpoint_eval")
-
-#: columns of the one-row result table logged to W&B
-TABLE_COLUMNS = ["task", "metric", "score", "ci_low", "ci_high", "mask", "networks", "seed", "K", "n_masked",
-                 "fraction", "baseline", "baseline_ci_low", "baseline_ci_high", "chance", "above_chance", "n"]
+BASELINE_CODE = (
+    "fnet.models",
+    "fnet.hooks",
+    "fnet.batching",
+    "fnet.scoring",
+    "fnet.lit",
+    "fnet.pipelines.evaluate",
+    "fnet.pipelines.evaluate_result",
+    "fnet.pipelines.checkpoint_eval",
+)
 
 
 def run(cfg: Any, job_overrides: list[str] | None = None, models: ModelPool | None = None) -> dict:
@@ -67,7 +78,7 @@ def run(cfg: Any, job_overrides: list[str] | None = None, models: ModelPool | No
     share (:class:`ModelPool`); without it the model is loaded for this job alone."""
     pl.seed_everything(int(cfg.seed), workers=True)
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-    with (models.lend(cfg) if models is not None else contextlib.nullcontext(load_model_and_rows(cfg))) as loaded:
+    with models.lend(cfg) if models is not None else contextlib.nullcontext(load_model_and_rows(cfg)) as loaded:
         spec, mask = _job_mask(cfg, loaded)
         baseline = _unmasked_baseline(cfg, loaded) if spec is not None and cfg.eval.baseline else None
         loggers = instantiate_loggers(cfg.logger)
@@ -77,9 +88,10 @@ def run(cfg: Any, job_overrides: list[str] | None = None, models: ModelPool | No
         if spec is None and cfg.eval.baseline and trainer.world_size == 1:
             _seed_baseline_cache(cfg, loaded, results)  # an unmasked job is its own baseline
         data = getattr(loaded.datamodule, "provenance", None)
-        row = result_row(results, mask, baseline, cfg, extra={"data": data}, identity=loaded.identity,
-                         job_overrides=job_overrides)
-        row.update(data=_json_safe(data), world_size=int(trainer.world_size))
+        row = result_row(
+            results, mask, baseline, cfg, extra={"data": data}, identity=loaded.identity, job_overrides=job_overrides
+        )
+        row.update(data=json_safe(data), world_size=int(trainer.world_size))
         if trainer.is_global_zero:
             _write_outputs(cfg, row, loaded.module, mask, loggers)
     return row
@@ -112,11 +124,17 @@ def load_model_and_rows(cfg: Any) -> Loaded:
     else:
         lm = instantiate(cfg.model)
         spec = get_task(cfg.task)
-        module = ZeroShotModule(lm.model, lm.tokenizer, spec, max_length=ev.max_length,
-                                bootstrap=int(ev.bootstrap), ci_seed=int(cfg.seed))
-        datamodule = ZeroShotDataModule(spec, lm.tokenizer, data_dir=cfg.paths.data_dir,
-                                        batch_size=int(ev.batch_size), num_workers=int(ev.num_workers),
-                                        max_length=module.max_length)
+        module = ZeroShotModule(
+            lm.model, lm.tokenizer, spec, max_length=ev.max_length, bootstrap=int(ev.bootstrap), ci_seed=int(cfg.seed)
+        )
+        datamodule = ZeroShotDataModule(
+            spec,
+            lm.tokenizer,
+            data_dir=cfg.paths.data_dir,
+            batch_size=int(ev.batch_size),
+            num_workers=int(ev.num_workers),
+            max_length=module.max_length,
+        )
         task = spec.to_dict()
     return Loaded(lm, module, datamodule, task, _identity(lm, module, cfg))
 
@@ -152,8 +170,14 @@ class ModelPool:
 
 def _pool_key(cfg: Any) -> str:
     model = str(cfg.ckpt_path) if cfg.ckpt_path else container(cfg.model)
-    return content_key(model, container(cfg.task), container(cfg.eval), container(cfg.get("finetune_eval")),
-                       str(cfg.paths.data_dir), int(cfg.seed))
+    return content_key(
+        model,
+        container(cfg.task),
+        container(cfg.eval),
+        container(cfg.get("finetune_eval")),
+        str(cfg.paths.data_dir),
+        int(cfg.seed),
+    )
 
 
 def _n_hooks(module: Any) -> int:
@@ -169,9 +193,13 @@ def _identity(lm: Any, module: Any, cfg: Any) -> dict:
     model = hooked_model(module)
     dtype = next((str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()), "none")
     base = getattr(module, "model_name", None) or "?"
-    return {"model": f"{base}+finetuned@{Path(str(cfg.ckpt_path)).expanduser().resolve()}",
-            "model_fingerprint": model_fingerprint(model, getattr(module, "tokenizer", None)), "model_dtype": dtype,
-            "model_source": f"fine-tuned checkpoint {cfg.ckpt_path} of {base}", "ckpt_path": str(cfg.ckpt_path)}
+    return {
+        "model": f"{base}+finetuned@{Path(str(cfg.ckpt_path)).expanduser().resolve()}",
+        "model_fingerprint": model_fingerprint(model, getattr(module, "tokenizer", None)),
+        "model_dtype": dtype,
+        "model_source": f"fine-tuned checkpoint {cfg.ckpt_path} of {base}",
+        "ckpt_path": str(cfg.ckpt_path),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -199,14 +227,16 @@ def _checkpoint_mask(cfg: Any, loaded: Loaded):
     kind = MASKS[cfg.mask.mode]
     # the fine-tuned backbone (fnet.pipelines._common.load_lm follows cfg.ckpt_path), as analyze.py ckpt_path=...
     # uses: networks_for_config caches under the checkpoint's key, so base-model networks must never land there
-    needs_lm = ((kind.needs_networks and not cfg.mask.networks_file)
-                or ((kind.needs_scale or cfg.mask.ablation == "mean") and not cfg.mask.scale_file))
+    needs_lm = (kind.needs_networks and not cfg.mask.networks_file) or (
+        (kind.needs_scale or cfg.mask.ablation == "mean") and not cfg.mask.scale_file
+    )
     base_lm = load_lm(cfg) if needs_lm else None
     return mask_and_networks(cfg, base_lm, n_layers=n_layers, width=width, identity=loaded.identity)
 
 
-def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None,
-                      identity: dict | None = None):
+def mask_and_networks(
+    cfg: Any, lm: Any = None, *, n_layers: int | None = None, width: int | None = None, identity: dict | None = None
+):
     """``(MaskSpec | None, NetworkSet | None, foreign | None)`` from ``cfg.mask`` (signal ``cfg.record.signal``).
 
     What the mode needs comes from its :data:`fnet.intervene.MASKS` entry. Networks: ``cfg.mask.networks_file``
@@ -239,14 +269,23 @@ def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, 
     foreign = None
     if netset is not None and identity is not None and n_layers is not None and width is not None:
         source = f"networks {mask_cfg['networks_file']}" if mask_cfg["networks_file"] else "networks"
-        foreign = check_compatible(netset, model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
-                                   n_layers=n_layers, width=width, signal=signal, allow_foreign=allow_foreign,
-                                   source=source, override="mask.allow_foreign=true")
+        foreign = check_compatible(
+            netset,
+            model=identity.get("model"),
+            fingerprint=identity.get("model_fingerprint"),
+            n_layers=n_layers,
+            width=width,
+            signal=signal,
+            allow_foreign=allow_foreign,
+            source=source,
+            override="mask.allow_foreign=true",
+        )
     needs_scale = kind.needs_scale or mask_cfg["ablation"] == "mean"  # mean ablation reads the scale file's means
     scale, scale_prov = scale_for_mask(cfg, lm, netset) if needs_scale else (None, {})
     means = scale_prov.pop("mean", None)
-    spec = build_mask(mode, netset=netset, signal=signal, n_layers=n_layers, width=width, scale=scale, means=means,
-                      **mask_cfg)
+    spec = build_mask(
+        mode, netset=netset, signal=signal, n_layers=n_layers, width=width, scale=scale, means=means, **mask_cfg
+    )
     if scale_prov:
         spec.meta["scale"] = scale_prov
     return spec, netset, foreign
@@ -255,19 +294,33 @@ def mask_and_networks(cfg: Any, lm: Any = None, *, n_layers: int | None = None, 
 def mask_summary(spec: Any, netset: Any, cfg: Any) -> dict:
     """JSON-able mask statistics for result.json: mode, networks, seed, counts per layer / total / fraction."""
     mask_cfg = dict(container(cfg.mask) or {})
-    out = {"mode": mask_cfg["mode"], "networks": mask_cfg["networks"], "seed": mask_cfg["seed"],
-           "fraction_requested": mask_cfg["fraction"], "value": mask_cfg["value"],
-           "exclude_reference": mask_cfg["exclude_reference"], "networks_file": mask_cfg["networks_file"],
-           "stream": mask_cfg["stream"], "scale_file": mask_cfg["scale_file"]}
+    out = {
+        "mode": mask_cfg["mode"],
+        "networks": mask_cfg["networks"],
+        "seed": mask_cfg["seed"],
+        "fraction_requested": mask_cfg["fraction"],
+        "value": mask_cfg["value"],
+        "exclude_reference": mask_cfg["exclude_reference"],
+        "networks_file": mask_cfg["networks_file"],
+        "stream": mask_cfg["stream"],
+        "scale_file": mask_cfg["scale_file"],
+    }
     if spec is None:
         out.update(n_masked=0, fraction=0.0, per_layer=None, description="no mask")
         return out
     summary = spec.summary()
-    out.update(description=summary.get("description"), n_masked=int(spec.stats["n_masked"]),
-               fraction=float(spec.stats["fraction"]), per_layer=list(spec.stats["per_layer"]),
-               signal=summary.get("signal"), apply_mode=summary.get("mode"),
-               network_ids=summary.get("networks"), n_preserved=summary.get("n_preserved"),
-               n_neurons=int(spec.mask.numel()), meta=_json_safe(spec.meta))
+    out.update(
+        description=summary.get("description"),
+        n_masked=int(spec.stats["n_masked"]),
+        fraction=float(spec.stats["fraction"]),
+        per_layer=list(spec.stats["per_layer"]),
+        signal=summary.get("signal"),
+        apply_mode=summary.get("mode"),
+        network_ids=summary.get("networks"),
+        n_preserved=summary.get("n_preserved"),
+        n_neurons=int(spec.mask.numel()),
+        meta=json_safe(spec.meta),
+    )
     if netset is not None:
         out["K"] = int(netset.n_networks)
         out["network_sizes"] = [int(s) for s in netset.sizes()]
@@ -315,9 +368,13 @@ def baseline_cache_key(cfg: Any, task_dict: dict, identity: dict | None = None) 
     it the ``model`` config), the task, the rows (data folder, seed), the evaluation settings and the version of
     the code that scores them (:func:`fnet.cache.code_version`)."""
 
-    payload = {"task": task_dict, "eval": container(cfg.eval),
-               "data_dir": str(Path(cfg.paths.data_dir).resolve()), "code": code_version(*BASELINE_CODE),
-               "seed": int(cfg.seed)}
+    payload = {
+        "task": task_dict,
+        "eval": container(cfg.eval),
+        "data_dir": str(Path(cfg.paths.data_dir).resolve()),
+        "code": code_version(*BASELINE_CODE),
+        "seed": int(cfg.seed),
+    }
     if identity is not None:
         payload["model"] = {k: identity.get(k) for k in ("model_fingerprint", "model_dtype")}
     else:
@@ -346,11 +403,16 @@ def _read_baseline(path: Path) -> dict | None:
 
 def _write_baseline(path: Path, results: dict, identity: dict | None) -> None:
 
-    record = dict(_json_safe(results), provenance=_json_safe(identity or {}))
+    record = dict(json_safe(results), provenance=json_safe(identity or {}))
     atomic_write_text(path, json.dumps(record, indent=1))
     identity = identity or {}
-    register(path, "eval_baselines", model=identity.get("model"), fingerprint=identity.get("model_fingerprint"),
-             task=results.get("task"))
+    register(
+        path,
+        "eval_baselines",
+        model=identity.get("model"),
+        fingerprint=identity.get("model_fingerprint"),
+        task=results.get("task"),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -367,7 +429,6 @@ def _callbacks(cfg: Any, spec: Any) -> list:
             made = made(spec=spec)  # the mask callback is a partial finished with this run's spec
         callbacks.append(made)
     if spec is not None and not any(type(c).__name__ == "MaskCallback" for c in callbacks):
-
         callbacks.append(MaskCallback(spec))
     return callbacks
 
@@ -378,61 +439,20 @@ def _test(trainer: Any, module: Any, datamodule: Any) -> dict:
     if results is None:  # a module without fnet's result row (e.g. a fine-tuning module): Lightning's metrics
         metrics = {k: float(v) for k, v in (out[0] if out else {}).items()}
         name = next(iter(metrics), "metric")
-        results = {"task": getattr(getattr(module, "task", None), "name", None), "metric": name,
-                   "score": metrics.get(name), "ci": [None, None], "metrics": {k: {"value": v} for k, v in
-                                                                              metrics.items()},
-                   "above_chance": None}
+        results = {
+            "task": getattr(getattr(module, "task", None), "name", None),
+            "metric": name,
+            "score": metrics.get(name),
+            "ci": [None, None],
+            "metrics": {k: {"value": v} for k, v in metrics.items()},
+            "above_chance": None,
+        }
     return results
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Write: the result row, result.json, predictions, W&B
+# Write: result.json, predictions, W&B (the row itself: fnet.pipelines.evaluate_result)
 # --------------------------------------------------------------------------------------------------------------
-def result_row(results: dict, mask: dict, baseline: dict | None, cfg: Any, extra: dict | None = None,
-               identity: dict | None = None, job_overrides: list[str] | None = None) -> dict:
-    """The content of result.json: the task's results, the mask, the unmasked baseline and provenance.
-
-    ``identity`` is the evaluated model's (name, fingerprint, dtype, source): the provenance records that model,
-    never a config that was not evaluated (with ``ckpt_path`` the checkpoint's model; a different ``model``
-    config is noted as ``model_config_ignored``). ``job_overrides`` replaces Hydra's overrides in the provenance
-    (jobs run by ``fnet.pipelines.evaluate_batch``)."""
-
-    K = mask.get("K")
-    kind = MASKS[mask.get("mode") or "none"]
-    if K is None and "ica" in cfg and kind.needs_networks and not mask.get("networks_file"):
-        K = int(cfg.ica.n_components)
-    row = dict(results)
-    row["mask"] = mask
-    row["mask_mode"] = mask.get("mode")
-    row["networks"] = mask.get("network_ids", mask.get("networks"))
-    row["seed"] = mask.get("seed") if kind.seeded else None
-    row["K"] = K
-    if baseline is not None:
-        row["baseline"] = {k: baseline.get(k) for k in ("score", "ci", "above_chance", "metrics", "chance", "n")}
-        row["above_chance_unmasked"] = baseline.get("above_chance")
-        row["delta"] = None if baseline.get("score") is None else row["score"] - baseline["score"]
-    elif mask.get("mode") == "none":
-        row["baseline"] = None
-        row["above_chance_unmasked"] = results.get("above_chance")
-    else:
-        row["baseline"] = None
-        row["above_chance_unmasked"] = None
-    model_name = cfg.model.name if "model" in cfg else None
-    model_fields = dict(identity) if identity is not None else {"model": model_name}
-    if identity is not None and model_name is not None and model_name != identity.get("model"):
-        model_fields["model_config_ignored"] = model_name
-    if mask.get("foreign"):
-        model_fields["foreign_networks"] = mask["foreign"]
-    model_fields.pop("ckpt_path", None)  # a checkpoint's identity names it too; cfg.ckpt_path below is the same
-    row["provenance"] = provenance(
-        **model_fields, signal=cfg.record.signal if "record" in cfg else None,
-        data=(extra or {}).get("data"), seed=int(cfg.seed), K=K, task=results.get("task"),
-        ckpt_path=cfg.ckpt_path, overrides=overrides() if job_overrides is None else list(job_overrides),
-        output_dir=str(cfg.paths.output_dir),
-    )
-    return _json_safe(row)
-
-
 def _write_outputs(cfg: Any, row: dict, module: Any, mask: dict, loggers: list) -> None:
     """``result.json``, ``predictions.jsonl`` (one process only: under DDP each rank holds part of the outputs),
     the W&B summary and the result line of the log."""
@@ -442,50 +462,15 @@ def _write_outputs(cfg: Any, row: dict, module: Any, mask: dict, loggers: list) 
     if outputs and cfg.eval.save_predictions and row["world_size"] == 1:
         with open(out_dir / "predictions.jsonl", "w") as handle:
             for record in sorted(outputs, key=lambda r: r.get("index", 0)):
-                handle.write(json.dumps(_json_safe(record)) + "\n")
-    _log_wandb(loggers, row, mask)
-    log.info("%s %s = %.4f (95%% CI %s), unmasked %s, above chance (unmasked): %s; wrote %s",
-             row.get("task"), row.get("metric"), float("nan") if row.get("score") is None else row["score"],
-             row.get("ci"), (row.get("baseline") or {}).get("score"), row.get("above_chance_unmasked"),
-             out_dir / "result.json")
-
-
-def table_row(row: dict) -> list:
-    mask = row.get("mask") or {}
-    base = row.get("baseline") or {}
-    ci = row.get("ci") or [None, None]
-    bci = base.get("ci") or [None, None]
-    chance = (row.get("metrics", {}).get(row.get("metric"), {}) or {}).get("chance")
-    return [row.get("task"), row.get("metric"), row.get("score"), ci[0], ci[1], row.get("mask_mode"),
-            str(row.get("networks")), row.get("seed"), row.get("K"), mask.get("n_masked"), mask.get("fraction"),
-            base.get("score"), bci[0], bci[1], chance, row.get("above_chance_unmasked"), row.get("n")]
-
-
-def _log_wandb(loggers: list, row: dict, mask: dict) -> None:
-
-    for logger in loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
-        scalars = {"result/score": row.get("score"), "mask/n_masked": mask.get("n_masked"),
-                   "mask/fraction": mask.get("fraction")}
-        if row.get("baseline"):
-            scalars["result/baseline"] = row["baseline"].get("score")
-        logger.log_metrics({k: float(v) for k, v in scalars.items() if isinstance(v, (int, float))})
-        logger.log_table(key="result", columns=TABLE_COLUMNS, data=[table_row(row)])
-        if mask.get("per_layer"):
-            logger.log_table(key="mask_per_layer", columns=["layer", "n_masked"],
-                             data=[[i, c] for i, c in enumerate(mask["per_layer"])])
-        logger.experiment.summary.update({"result": {k: row.get(k) for k in ("task", "metric", "score", "ci",
-                                                                              "above_chance_unmasked")}})
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return _json_safe(value.item())
-    return value
+                handle.write(json.dumps(json_safe(record)) + "\n")
+    log_wandb(loggers, row, mask)
+    log.info(
+        "%s %s = %.4f (95%% CI %s), unmasked %s, above chance (unmasked): %s; wrote %s",
+        row.get("task"),
+        row.get("metric"),
+        float("nan") if row.get("score") is None else row["score"],
+        row.get("ci"),
+        (row.get("baseline") or {}).get("score"),
+        row.get("above_chance_unmasked"),
+        out_dir / "result.json",
+    )

@@ -33,7 +33,8 @@ Spotting Key Neurons in Grammar Perception" (no code released), onto fnet's sign
    (:func:`fnet.pipelines._common.networks_for_config`).
 
 ``run_pos_analysis(cfg)`` runs everything from the Hydra config (``python analyze.py analysis=pos``) and writes
-``pos_report.md``, ``pos_key_neurons.safetensors``, CSVs and figures under ``cfg.paths.output_dir``.
+``pos_report.md``, ``pos_key_neurons.safetensors``, CSVs and figures under ``cfg.paths.output_dir``. The data step
+is :mod:`fnet.pipelines.pos_treebank`, the report :mod:`fnet.pipelines.pos_report`.
 """
 
 from __future__ import annotations
@@ -44,32 +45,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from fnet.attribution import (
     KeyNeuronCounter,
-    WordSamples,
-    align_sentences,
     attribute_samples,
-    cap_per_tag,
     compare_classifiers,
     key_neuron_set,
     lesion_effects,
     mean_signal,
     n_top,
     record_word_features,
-    word_samples,
 )
-from fnet.attribution.conllu import UPOS_TAGS, load_treebank
-from fnet.attribution.pos_data import check_lesion_tags, drop_shared_sentences
 from fnet.models import LoadedModel
 from fnet.networks import NetworkSet, iou
 from fnet.pipelines._common import networks_for_config
+from fnet.pipelines.pos_report import write_report
+from fnet.pipelines.pos_treebank import PosData, load_data
 from fnet.provenance import provenance
-from fnet.report import markdown_table, plot_counts_per_layer, plot_iou_matrix, plot_network_maps, provenance_header
+from fnet.report import plot_counts_per_layer, plot_iou_matrix, plot_network_maps
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +83,7 @@ def run_pos_analysis(cfg) -> dict:
     torch.manual_seed(int(cfg.seed))
     lm, max_length = _load_model(cfg)
     clock.lap("load model")
-    data = _load_data(cfg, lm.tokenizer, max_length)
+    data = load_data(cfg, lm.tokenizer, max_length)
     clock.lap("data + alignment")
     X_train, X_test = _classifier_features(cfg, lm, data)  # recorded first: the IG mean baseline is the train words'
     clock.lap("record classifier features")
@@ -104,13 +99,23 @@ def run_pos_analysis(cfg) -> dict:
     ica_rows, ica_note, ica_figures = _ica_step(cfg, lm, keys.netset, out)
     clock.lap("ICA overlap")
     results = {
-        "networks": keys.netset, "networks_path": keys.path, "tags": [data.tag_names[t] for t in keys.tags],
-        "data": data.rows(), "tag_rows": keys.tag_rows, "classifier": class_rows, "classifier_seeds": seed_rows,
-        "lesion": lesion_rows, "ica_overlap": ica_rows, "ica_note": ica_note, "timings": clock.total(),
-        "skipped_tags": keys.skipped_tags, "unaligned_words": data.n_unaligned,
-        "figures": keys.figures + ica_figures, "dropped_test_sentences": data.n_shared,
+        "networks": keys.netset,
+        "networks_path": keys.path,
+        "tags": [data.tag_names[t] for t in keys.tags],
+        "data": data.rows(),
+        "tag_rows": keys.tag_rows,
+        "classifier": class_rows,
+        "classifier_seeds": seed_rows,
+        "lesion": lesion_rows,
+        "ica_overlap": ica_rows,
+        "ica_note": ica_note,
+        "timings": clock.total(),
+        "skipped_tags": keys.skipped_tags,
+        "unaligned_words": data.n_unaligned,
+        "figures": keys.figures + ica_figures,
+        "dropped_test_sentences": data.n_shared,
     }
-    results["report"] = _write_report(out, cfg, keys.netset, results)
+    results["report"] = write_report(out, cfg, keys.netset, results)
     log.info("pos: report %s", results["report"])
     return results
 
@@ -133,7 +138,7 @@ class _Laps:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Model and data
+# Model (the data step: fnet.pipelines.pos_treebank)
 # --------------------------------------------------------------------------------------------------------------
 def _load_model(cfg) -> tuple[LoadedModel, int]:
     """The model (``cfg.model``, or a LoadedModel in its place) and the sentence length in tokens:
@@ -142,8 +147,12 @@ def _load_model(cfg) -> tuple[LoadedModel, int]:
     max_length = int(cfg.record.max_length)
     model_limit = _max_positions(lm)
     if model_limit is not None and model_limit < max_length:
-        log.info("pos: record.max_length=%d exceeds the model's %d positions; sentences are cut at %d tokens",
-                 max_length, model_limit, model_limit)
+        log.info(
+            "pos: record.max_length=%d exceeds the model's %d positions; sentences are cut at %d tokens",
+            max_length,
+            model_limit,
+            model_limit,
+        )
         max_length = model_limit
     return lm, max_length
 
@@ -158,87 +167,6 @@ def _max_positions(lm: LoadedModel) -> int | None:
     return None
 
 
-@dataclass
-class _Words:
-    """One set of sentences of a split, aligned to tokens, and its word samples."""
-
-    split: str
-    sentences: list
-    aligned: list
-    samples: WordSamples
-
-
-@dataclass
-class _PosData:
-    """The tags (UPOS, then any other tag the files use) and the four sets of the analysis."""
-
-    tag_names: list[str]
-    attribution: _Words
-    train: _Words
-    test: _Words
-    lesion: _Words
-    n_shared: int  # test sentences dropped because the train split has them verbatim
-
-    @property
-    def n_unaligned(self) -> int:
-        """Attribution words without a token of their own (left out)."""
-        return sum(sum(1 for f in s.first_token if f < 0) for s in self.attribution.aligned)
-
-    def rows(self) -> list[dict]:
-        sets = {"attribution": self.attribution, "classifier train": self.train, "classifier test": self.test,
-                "lesion": self.lesion}
-        return [{"set": name, "split": words.split, "sentences": len(words.sentences),
-                 "words": sum(len(s.words) for s in words.sentences), "samples": len(words.samples)}
-                for name, words in sets.items()]
-
-
-def _load_data(cfg, tokenizer: Any, max_length: int) -> _PosData:
-    """UD English-EWT's train and test splits (test without sentences the train split also has), and seeded subsets
-    of them for attribution (train), the classifier (train / test) and the lesion (test), aligned to tokens."""
-    a = cfg.analysis
-    seed = int(cfg.seed)
-    train_split, test_split = str(a.treebank.train_split), str(a.treebank.test_split)
-    train_all, test_all, n_shared = _treebank(cfg, train_split, test_split)
-    extra_tags = sorted({w.upos for s in train_all + test_all for w in s.words} - set(UPOS_TAGS))
-    tag_names = list(UPOS_TAGS) + extra_tags
-    check_lesion_tags(a.lesion.tags, tag_names)
-
-    def words(split: str, sentences: list, **options: Any) -> _Words:
-        aligned = align_sentences(tokenizer, sentences, max_length)
-        return _Words(split, sentences, aligned, word_samples(aligned, tag_names, **options))
-
-    before = str(a.classifier.position) == "before"  # the classifier reads the position predicting the word
-    attribution = words(train_split, _subset(train_all, a.attribution.max_sentences, seed))
-    attribution.samples = cap_per_tag(attribution.samples, a.attribution.max_samples_per_tag, seed)
-    return _PosData(
-        tag_names, attribution,
-        train=words(train_split, _subset(train_all, a.classifier.max_train_sentences, seed + 1), need_context=before),
-        test=words(test_split, _subset(test_all, a.classifier.max_test_sentences, seed + 2), need_context=before),
-        lesion=words(test_split, _subset(test_all, a.lesion.max_sentences, seed + 3)), n_shared=n_shared)
-
-
-def _treebank(cfg, train_split: str, test_split: str) -> tuple[list, list, int]:
-    """All sentences of both splits, and how many test sentences were dropped as verbatim train sentences."""
-    a = cfg.analysis
-    data_dir = a.treebank.dir or str(Path(cfg.paths.data_dir) / "ud_english_ewt")
-    tb = dict(pattern=str(a.treebank.pattern), source=str(a.treebank.source), hub_name=str(a.treebank.hub_name),
-              hub_config=str(a.treebank.hub_config))
-    train_all = load_treebank(train_split, data_dir, **tb)
-    test_all = load_treebank(test_split, data_dir, **tb)
-    n_shared = 0
-    if test_split != train_split:  # test on sentences the key neurons and classifier never saw
-        test_all, n_shared = drop_shared_sentences(test_all, train_all)
-    return train_all, test_all, n_shared
-
-
-def _subset(sentences: list, limit: int | None, seed: int) -> list:
-    """A seeded random subset of ``limit`` sentences, in file order (the files are ordered by genre)."""
-    if limit is None or limit >= len(sentences):
-        return list(sentences)
-    rng = np.random.default_rng(seed)
-    return [sentences[i] for i in np.sort(rng.choice(len(sentences), size=int(limit), replace=False))]
-
-
 def _sentence_batch(cfg) -> int:
     # sentences are short: batch more of them than record.batch_size (sized for 1024-token texts)
     return int(cfg.analysis.sentence_batch_size or cfg.record.batch_size)
@@ -247,15 +175,21 @@ def _sentence_batch(cfg) -> int:
 # --------------------------------------------------------------------------------------------------------------
 # Features, attribution and key neurons
 # --------------------------------------------------------------------------------------------------------------
-def _classifier_features(cfg, lm: LoadedModel, data: _PosData) -> tuple[Any, Any]:
+def _classifier_features(cfg, lm: LoadedModel, data: PosData) -> tuple[Any, Any]:
     """The activations the classifier reads for each train and test word (``analysis.classifier.position``)."""
-    rec = dict(signal=str(cfg.record.signal), batch_size=_sentence_batch(cfg),
-               position=str(cfg.analysis.classifier.position), progress=bool(cfg.analysis.progress))
-    return (record_word_features(lm, data.train.aligned, data.train.samples, **rec),
-            record_word_features(lm, data.test.aligned, data.test.samples, **rec))
+    rec = dict(
+        signal=str(cfg.record.signal),
+        batch_size=_sentence_batch(cfg),
+        position=str(cfg.analysis.classifier.position),
+        progress=bool(cfg.analysis.progress),
+    )
+    return (
+        record_word_features(lm, data.train.aligned, data.train.samples, **rec),
+        record_word_features(lm, data.test.aligned, data.test.samples, **rec),
+    )
 
 
-def _attribute(cfg, lm: LoadedModel, data: _PosData, X_train: Any) -> tuple[KeyNeuronCounter, Any]:
+def _attribute(cfg, lm: LoadedModel, data: PosData, X_train: Any) -> tuple[KeyNeuronCounter, Any]:
     """Attribute every attribution sample's word to the neurons and count each sample's top neurons per tag;
     returns the counter and the model's log-probability of each sample's word."""
     a = cfg.analysis
@@ -268,13 +202,22 @@ def _attribute(cfg, lm: LoadedModel, data: _PosData, X_train: Any) -> tuple[KeyN
         baseline = "zero"
     else:
         raise ValueError(f"unknown attribution.baseline {baseline_name!r}; valid: 'zero', 'mean'")
-    counter = KeyNeuronCounter(len(data.tag_names), n_layers * width, float(a.selection.top_fraction),
-                               str(a.selection.rank_by))
+    counter = KeyNeuronCounter(
+        len(data.tag_names), n_layers * width, float(a.selection.top_fraction), str(a.selection.rank_by)
+    )
     target_lp = attribute_samples(
-        lm, data.attribution.aligned, data.attribution.samples, counter, signal=signal,
-        method=str(a.attribution.method), steps=int(a.attribution.steps), baseline=baseline,
-        alpha_batch=a.attribution.alpha_batch, batch_size=int(a.attribution.batch_size),
-        positions=str(a.attribution.positions), progress=bool(a.progress),
+        lm,
+        data.attribution.aligned,
+        data.attribution.samples,
+        counter,
+        signal=signal,
+        method=str(a.attribution.method),
+        steps=int(a.attribution.steps),
+        baseline=baseline,
+        alpha_batch=a.attribution.alpha_batch,
+        batch_size=int(a.attribution.batch_size),
+        positions=str(a.attribution.positions),
+        progress=bool(a.progress),
     )
     return counter, target_lp
 
@@ -291,30 +234,47 @@ class _KeyNeurons:
     figures: list[Path]
 
 
-def _key_neurons(cfg, lm: LoadedModel, data: _PosData, counter: KeyNeuronCounter, target_lp: Any,
-                 out: Path) -> _KeyNeurons:
+def _key_neurons(
+    cfg, lm: LoadedModel, data: PosData, counter: KeyNeuronCounter, target_lp: Any, out: Path
+) -> _KeyNeurons:
     """Select each tag's key neurons; save them (NetworkSet, counts, CSVs) and plot them."""
     a = cfg.analysis
     signal = str(cfg.record.signal)
     n_layers, width = lm.n_layers, lm.width(signal)
     method, top_fraction = str(a.attribution.method), float(a.selection.top_fraction)
     prov = provenance(
-        model=lm.name, model_source=lm.source, signal=signal, seed=int(cfg.seed),
+        model=lm.name,
+        model_source=lm.source,
+        signal=signal,
+        seed=int(cfg.seed),
         data=f"UD English-EWT {data.attribution.split} ({len(data.attribution.sentences)} sentences, "
-             f"{len(data.attribution.samples)} words)",
-        method=method, steps=int(a.attribution.steps) if method == "ig" else 1, baseline=str(a.attribution.baseline),
-        positions=str(a.attribution.positions), n_layers=n_layers, width=width,
+        f"{len(data.attribution.samples)} words)",
+        method=method,
+        steps=int(a.attribution.steps) if method == "ig" else 1,
+        baseline=str(a.attribution.baseline),
+        positions=str(a.attribution.positions),
+        n_layers=n_layers,
+        width=width,
         per_sample_kept=n_top(n_layers * width, top_fraction),
     )
     top_k, rule = int(a.selection.top_k), str(a.selection.rule)
-    netset, net_tags = key_neuron_set(counter, top_k, n_layers, width, data.tag_names, rule=rule,
-                                      min_samples=int(a.selection.min_samples), provenance=prov)
+    netset, net_tags = key_neuron_set(
+        counter,
+        top_k,
+        n_layers,
+        width,
+        data.tag_names,
+        rule=rule,
+        min_samples=int(a.selection.min_samples),
+        provenance=prov,
+    )
     path = netset.save(out / "pos_key_neurons.safetensors")
     counter.save(out / "pos_selection_counts.safetensors", data.tag_names)  # re-select without attributing again
     _write_csv(_key_neuron_rows(counter, net_tags, data.tag_names, top_k, rule, width), out / "pos_key_neurons.csv")
     tag_rows = _tag_rows(counter, netset, net_tags, data, target_lp)
-    skipped_tags = [data.tag_names[t] for t in range(len(data.tag_names))
-                    if t not in net_tags and int(counter.n_samples[t]) > 0]
+    skipped_tags = [
+        data.tag_names[t] for t in range(len(data.tag_names)) if t not in net_tags and int(counter.n_samples[t]) > 0
+    ]
     _write_csv(tag_rows, out / "pos_tags.csv")
     figures = []
     if netset.n_networks:
@@ -324,55 +284,80 @@ def _key_neurons(cfg, lm: LoadedModel, data: _PosData, counter: KeyNeuronCounter
     return _KeyNeurons(netset, net_tags, path, tag_rows, skipped_tags, figures)
 
 
-def _key_neuron_rows(counter: KeyNeuronCounter, net_tags: list[int], tag_names: list[str], top_k: int, rule: str,
-                     width: int) -> list[dict]:
+def _key_neuron_rows(
+    counter: KeyNeuronCounter, net_tags: list[int], tag_names: list[str], top_k: int, rule: str, width: int
+) -> list[dict]:
     """One row per (tag, rank): the neuron's layer and unit, how often it was kept, its contrast and mean score."""
     frequency, mean_score = counter.frequency(), counter.mean_score()
     chosen_neurons, contrast = counter.key_neurons(top_k, rule), counter.contrast()
-    return [{"tag": tag_names[tag], "rank": rank, "layer": neuron // width, "unit": neuron % width,
-             "count": int(counter.counts[tag, neuron]), "frequency": float(frequency[tag, neuron]),
-             "contrast": float(contrast[tag, neuron]), "mean_score": float(mean_score[tag, neuron])}
-            for tag in net_tags for rank, neuron in enumerate(chosen_neurons[tag].tolist())]
+    return [
+        {
+            "tag": tag_names[tag],
+            "rank": rank,
+            "layer": neuron // width,
+            "unit": neuron % width,
+            "count": int(counter.counts[tag, neuron]),
+            "frequency": float(frequency[tag, neuron]),
+            "contrast": float(contrast[tag, neuron]),
+            "mean_score": float(mean_score[tag, neuron]),
+        }
+        for tag in net_tags
+        for rank, neuron in enumerate(chosen_neurons[tag].tolist())
+    ]
 
 
-def _tag_rows(counter: KeyNeuronCounter, netset: NetworkSet, net_tags: list[int], data: _PosData,
-              target_lp: Any) -> list[dict]:
+def _tag_rows(
+    counter: KeyNeuronCounter, netset: NetworkSet, net_tags: list[int], data: PosData, target_lp: Any
+) -> list[dict]:
     """One row per POS network: its tag, samples, size, mean keep-frequency, mean log-prob and top layers."""
     frequency = counter.frequency()
     counts_layer = netset.counts_per_layer()  # [K, layer]
     rows = []
     for k, tag in enumerate(net_tags):
-        rows.append({
-            "network": k, "tag": data.tag_names[tag], "samples": int(counter.n_samples[tag]),
-            "neurons": int(netset.sizes()[k]),
-            "mean_frequency": float(frequency[tag][netset.flat()[k]].mean()) if int(netset.sizes()[k]) else 0.0,
-            "mean_logprob": float(target_lp[data.attribution.samples.tag == tag].mean()),
-            "top_layers": ",".join(str(int(x)) for x in torch.argsort(counts_layer[k], descending=True)[:3]),
-        })
+        rows.append(
+            {
+                "network": k,
+                "tag": data.tag_names[tag],
+                "samples": int(counter.n_samples[tag]),
+                "neurons": int(netset.sizes()[k]),
+                "mean_frequency": float(frequency[tag][netset.flat()[k]].mean()) if int(netset.sizes()[k]) else 0.0,
+                "mean_logprob": float(target_lp[data.attribution.samples.tag == tag].mean()),
+                "top_layers": ",".join(str(int(x)) for x in torch.argsort(counts_layer[k], descending=True)[:3]),
+            }
+        )
     return rows
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Classifier, lesion, ICA overlap
 # --------------------------------------------------------------------------------------------------------------
-def _classifier(cfg, data: _PosData, X_train: Any, X_test: Any, netset: NetworkSet,
-                out: Path) -> tuple[list[dict], list[dict]]:
+def _classifier(
+    cfg, data: PosData, X_train: Any, X_test: Any, netset: NetworkSet, out: Path
+) -> tuple[list[dict], list[dict]]:
     """UPOS of held-out words from the union of the key neurons, against matched random neurons, all neurons and
     the majority class (:func:`fnet.attribution.compare_classifiers`)."""
     c = cfg.analysis.classifier
     if not (len(data.train.samples) and len(data.test.samples) and netset.n_networks):
         return [], []
     class_rows, seed_rows = compare_classifiers(
-        X_train, data.train.samples.tag, X_test, data.test.samples.tag, netset.union(),  # union: [layer, unit]
-        random_seeds=list(c.random_seeds), all_neurons=bool(c.all_neurons), C=float(c.C),
-        max_iter=int(c.max_iter), n_bootstrap=int(c.bootstrap), seed=int(cfg.seed),
+        X_train,
+        data.train.samples.tag,
+        X_test,
+        data.test.samples.tag,
+        netset.union(),  # union: [layer, unit]
+        random_seeds=list(c.random_seeds),
+        all_neurons=bool(c.all_neurons),
+        C=float(c.C),
+        max_iter=int(c.max_iter),
+        n_bootstrap=int(c.bootstrap),
+        seed=int(cfg.seed),
     )
     _write_csv(class_rows, out / "pos_classifier.csv")
     _write_csv(seed_rows, out / "pos_classifier_seeds.csv")
     return class_rows, seed_rows
 
 
-def _lesion(cfg, lm: LoadedModel, data: _PosData, keys: _KeyNeurons, out: Path) -> list[dict]:
+def _lesion(cfg, lm: LoadedModel, data: PosData, keys: _KeyNeurons, out: Path) -> list[dict]:
     """Zero each chosen tag's key neurons (``analysis.lesion.tags``, with at least ``min_words`` lesion words) and
     measure the change of its words' log-likelihood against other words and matched random masks."""
     a = cfg.analysis.lesion
@@ -386,8 +371,14 @@ def _lesion(cfg, lm: LoadedModel, data: _PosData, keys: _KeyNeurons, out: Path) 
     for k, tag in enumerate(net_tags):  # lesion_effects indexes masks by tag id
         masks_by_tag[tag] = netset.masks[k]
     lesion_rows, _ = lesion_effects(
-        lm, data.lesion.aligned, samples, masks_by_tag, [net_tags[k] for k in chosen],
-        signal=str(cfg.record.signal), random_seeds=list(a.random_seeds), batch_size=_sentence_batch(cfg),
+        lm,
+        data.lesion.aligned,
+        samples,
+        masks_by_tag,
+        [net_tags[k] for k in chosen],
+        signal=str(cfg.record.signal),
+        random_seeds=list(a.random_seeds),
+        batch_size=_sentence_batch(cfg),
         progress=bool(cfg.analysis.progress),
     )
     _write_csv(lesion_rows, out / "pos_lesion.csv")
@@ -415,8 +406,10 @@ def ica_overlap(cfg, lm: LoadedModel, netset: NetworkSet, fig_dir: Path) -> tupl
     else:
         ica = networks_for_config(cfg, lm)
     if (ica.n_layers, ica.width) != (netset.n_layers, netset.width):
-        note = (f"skipped: ICA networks are [{ica.n_layers}, {ica.width}] but POS networks are "
-                f"[{netset.n_layers}, {netset.width}] (different signal?)")
+        note = (
+            f"skipped: ICA networks are [{ica.n_layers}, {ica.width}] but POS networks are "
+            f"[{netset.n_layers}, {netset.width}] (different signal?)"
+        )
         return [], note, None
     matrix = iou(netset, ica)  # [K_pos, K_ica]
     union = iou(netset.union().reshape(1, -1), ica)[0]  # [K_ica]
@@ -425,16 +418,35 @@ def ica_overlap(cfg, lm: LoadedModel, netset: NetworkSet, fig_dir: Path) -> tupl
     tags = netset.provenance.get("tags", [str(k) for k in range(netset.n_networks)])
     for k, tag in enumerate(tags):
         best = int(torch.argmax(matrix[k])) if matrix.shape[1] else 0
-        rows.append({"tag": tag, "neurons": int(netset.sizes()[k]), "best_ica_network": int(ica_ids[best]),
-                     "ica_size": int(ica.sizes()[best]), "iou": float(matrix[k, best]) if matrix.shape[1] else 0.0,
-                     "mean_iou": float(matrix[k].mean()) if matrix.shape[1] else 0.0})
+        rows.append(
+            {
+                "tag": tag,
+                "neurons": int(netset.sizes()[k]),
+                "best_ica_network": int(ica_ids[best]),
+                "ica_size": int(ica.sizes()[best]),
+                "iou": float(matrix[k, best]) if matrix.shape[1] else 0.0,
+                "mean_iou": float(matrix[k].mean()) if matrix.shape[1] else 0.0,
+            }
+        )
     best = int(torch.argmax(union)) if union.numel() else 0
-    rows.append({"tag": "(union of all tags)", "neurons": int(netset.union().sum()), "best_ica_network":
-                 int(ica_ids[best]), "ica_size": int(ica.sizes()[best]), "iou": float(union[best]) if union.numel() else 0.0,
-                 "mean_iou": float(union.mean()) if union.numel() else 0.0})
+    rows.append(
+        {
+            "tag": "(union of all tags)",
+            "neurons": int(netset.union().sum()),
+            "best_ica_network": int(ica_ids[best]),
+            "ica_size": int(ica.sizes()[best]),
+            "iou": float(union[best]) if union.numel() else 0.0,
+            "mean_iou": float(union.mean()) if union.numel() else 0.0,
+        }
+    )
 
-    figure = plot_iou_matrix(matrix, fig_dir / "pos_vs_ica_iou.png", xlabel="ICA network", ylabel="POS tag network",
-                             title="IoU: POS key neurons vs ICA networks")
+    figure = plot_iou_matrix(
+        matrix,
+        fig_dir / "pos_vs_ica_iou.png",
+        xlabel="ICA network",
+        ylabel="POS tag network",
+        title="IoU: POS key neurons vs ICA networks",
+    )
     note = f"{ica.n_networks} ICA networks ({ica.provenance.get('data', 'config data')})"
     return rows, note, figure
 
@@ -443,52 +455,4 @@ def _write_csv(rows: list[dict], path: Path) -> Path:
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
-def _write_report(out: Path, cfg, netset: NetworkSet, results: dict) -> Path:
-    """``pos_report.md``: options, data, key neurons, classifier, lesion, ICA overlap and timings."""
-    a = cfg.analysis
-    lines = ["# POS key neurons", "", provenance_header(netset.provenance), ""]
-    lines += ["## Options", "", "```yaml", OmegaConf.to_yaml(a).rstrip(), "```", ""]
-    lines += ["## Data", "", markdown_table(results["data"]), "",
-              f"Words without a token of their own (left out): {results['unaligned_words']} in the attribution set.",
-              f"Test sentences dropped because they also occur verbatim in the train split: "
-              f"{results['dropped_test_sentences']}.", ""]
-    lines += ["## Key neurons per tag", "",
-              f"Network `k` of `{results['networks_path'].name}` is the tag in row `k`. `samples`: attributed words "
-              "of the tag; `mean_frequency`: mean fraction of the tag's samples that kept each key neuron; "
-              "`mean_logprob`: the model's mean log-probability of the tag's words; `top_layers`: layers with the "
-              "most key neurons.", "", markdown_table(results["tag_rows"]), ""]
-    if results["skipped_tags"]:
-        lines += [f"Tags with too few samples for a network (selection.min_samples): {results['skipped_tags']}", ""]
-    for figure in results["figures"]:
-        lines += [f"![{figure.stem}](figures/{figure.name})", ""]
-    lines += ["## Classifier (UPOS of held-out words)", ""]
-    if results["classifier"]:
-        lines += ["Logistic regression on standardized activations; 95 % CI: bootstrap over test words (random: "
-                  "mean and t-interval over seeds).", "",
-                  markdown_table(results["classifier"], ["features", "n_neurons", "accuracy", "accuracy_lo",
-                                                         "accuracy_hi", "macro_f1", "macro_f1_lo", "macro_f1_hi",
-                                                         "seconds"]), ""]
-        if results["classifier_seeds"]:
-            lines += ["Random seeds:", "", markdown_table(results["classifier_seeds"]), ""]
-    else:
-        lines += ["(not run)", ""]
-    lines += ["## Lesion (zero one tag's key neurons)", ""]
-    if results["lesion"]:
-        lines += ["Mean change of log p(word's first token) over the lesion words: `key_on_tag` on words of the "
-                  "tag (95 % t-interval over words), `key_off_tag` on other words, `random_*` the same for per-layer "
-                  "matched random masks (mean over seeds). `selective`: key on-tag < key off-tag and < random "
-                  "on-tag.", "", markdown_table(results["lesion"]), "",
-                  f"Selective for {sum(r['selective'] for r in results['lesion'])}/{len(results['lesion'])} tags.", ""]
-    else:
-        lines += ["(not run)", ""]
-    lines += ["## Overlap with ICA functional networks", "", f"{results['ica_note']}", ""]
-    if results["ica_overlap"]:
-        lines += [markdown_table(results["ica_overlap"]), ""]
-    lines += ["## Timings", "", markdown_table([{"stage": k, "seconds": v} for k, v in results["timings"].items()],
-                                               floatfmt=".1f"), ""]
-    path = out / "pos_report.md"
-    path.write_text("\n".join(lines))
     return path

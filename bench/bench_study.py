@@ -40,7 +40,7 @@ CHOSEN = {
     "cola": "more_cola_all_2ep",
     "mrpc": "more_mrpc_all_2ep",
     "qnli": "more_qnli_all_2ep",
-    "mnli": "more_mnli_4ep",
+    "mnli": "chosen_mnli_v2",
     "squad": "more_squad_1000",
 }
 

@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results_study.md"))
     args = parser.parse_args()
     runs_dir = Path(args.runs_dir)
+    from fnet.provenance import cpu_model  # bench-only helper
 
     preset = load_preset(args.preset)
     jobs = plan(preset)
@@ -106,8 +107,8 @@ def main() -> None:
         "# The v2 study's CPU hours: today's path vs the path before the feature cache",
         "",
         f"Written by `bench/bench_study.py` on {time.strftime('%Y-%m-%d %H:%M')} from measured runs (nothing is "
-        f"run by it). Machine of the measurements: {platform.processor() or platform.machine()}, {os.cpu_count()} "
-        "cores (the 2-core machine type of bench/results_finetune.md); model SmolLM2-135M-Instruct, GGUF Q4_1 "
+        f"run by it). Machine of the measurements: {cpu_model()}, {os.cpu_count()} cores, Linux "
+        f"{platform.release()} (bench/results_finetune.md's machine); model SmolLM2-135M-Instruct, GGUF Q4_1 "
         "dequantised to float32.",
         "",
         f"Plan: `python -m fnet.study {args.preset} --dry-run`: {len(jobs)} jobs.",
@@ -145,6 +146,10 @@ def main() -> None:
         "model over its rows under one mask, which no change here shortens on a CPU (mask-batched scoring saves "
         "the per-pass overhead only, 1.2x, bench/results_mask_batch.md). The 0.5x goal is therefore not met on "
         "this CPU; it would need an accelerator (bench/gpu.sh; no device was lent) or fewer evaluations.",
+        "",
+        "Not yet here: a measured training-run unit (train, networks, controls, lesions) of SST-2 and AG News. "
+        "Those units are the first of the v2 run; its `jobs.csv` gives every job's seconds, and the estimate "
+        "(which scales analyze, controls and evaluate from v1's jobs) can then be checked against them.",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

@@ -316,8 +316,8 @@ def report(info: dict, records: list[dict]) -> str:
         "# Fine-tuning recipes and the feature cache (CPU)",
         "",
         f"Written by `bench/bench_finetune.py` on {time.strftime('%Y-%m-%d %H:%M')}, {len(records)} runs of "
-        "`train.py experiment=finetune_<task>_v2 <recipe>` in subprocesses, one torch thread each (at most two side by "
-        "side).",
+        "`train.py experiment=finetune_<task>_v2 <recipe>` in subprocesses, one torch thread each (up to five side "
+        "by side in the last session, with other jobs: CPU time is the measure).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB RAM, {info['os']}; Python "
         f"{info['python']}, torch {info['torch']} (CUDA: {info['cuda']}).",

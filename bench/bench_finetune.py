@@ -127,6 +127,7 @@ def plan() -> list[dict]:
         ("more_squad_1000", "squad", ["datamodule.max_train_rows=1000"]),
         ("more_mnli_4ep", "mnli", ["trainer.max_epochs=4", "optimizer.lr=3.0e-4"]),
         ("more_qnli_all_2ep", "qnli", ["datamodule.max_train_rows=null", "trainer.max_epochs=2"]),
+        ("more_mrpc_all_3ep", "mrpc", ["datamodule.max_train_rows=null", "trainer.max_epochs=3"]),
     ):
         runs.append({"group": "more", "name": name, "task": task, "recipe": "v2", "seed": 0, "overrides": overrides})
     # the v2 recipe (top 8 blocks) with and without cached features, 500 rows: the per-step cost of each path, from

@@ -237,6 +237,22 @@ def test_chance_levels_and_metric_chance():
     assert scoring.metric_chance("f1", targets, 2) == pytest.approx(2 * 0.75 / 1.75)
 
 
+def test_metric_entry_wilson_for_accuracy_bootstrap_otherwise_and_failures_count_wrong():
+    preds, targets = np.array([1, 0, 1, 1, 1, 0, 1, 1, 0, 1]), np.array([1, 0, 0, 1, 1, 0, 1, 1, 1, 1])
+    acc = scoring.metric_entry("accuracy", preds, targets, 2)
+    assert acc["value"] == pytest.approx(0.8) and acc["ci_method"] == "wilson" and acc["chance"] == 0.7
+    assert (acc["ci_low"], acc["ci_high"]) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    mcc = scoring.metric_entry("mcc", preds, targets, 2, n_boot=200, seed=3)
+    assert mcc["ci_method"] == "bootstrap" and mcc["chance"] == 0.0
+    assert mcc["ci_low"] <= mcc["value"] <= mcc["ci_high"]
+    assert mcc == scoring.metric_entry("mcc", preds, targets, 2, n_boot=200, seed=3)  # seeded
+    given = scoring.metric_entry("f1", preds, targets, 2, value=0.5, n_boot=50)
+    assert given["value"] == 0.5  # a value the caller computed is kept
+    # parse failures (class n_classes) are wrong answers inside the bootstrap too: all-failures F1 CI is [0, 0]
+    failed = scoring.metric_entry("f1", np.full(10, 2), targets, 2, failure_class=True, n_boot=50)
+    assert (failed["value"], failed["ci_low"], failed["ci_high"]) == (0.0, 0.0, 0.0)
+
+
 def test_class_metrics_and_parse_failure_class():
     preds, targets = torch.tensor([1, 0, 1, 1]), torch.tensor([1, 0, 0, 1])
     assert scoring.class_metric("accuracy", preds, targets, 2) == 0.75

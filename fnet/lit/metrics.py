@@ -74,29 +74,10 @@ def classification_result(
     (the first) as ``score``/``ci``; ``above_chance`` = its CI lies above chance."""
     preds = np.asarray(preds, dtype=np.int64)
     targets = np.asarray(targets, dtype=np.int64)
-    metrics = {}
-    for name in metric_names:
-        value = scoring.class_metric(name, torch.from_numpy(preds), torch.from_numpy(targets), n_classes)
-        if name == "accuracy":
-            lo, hi = scoring.wilson_interval(float((preds == targets).sum()), len(targets))
-            method = "wilson"
-        else:
-            lo, hi = scoring.bootstrap_interval(
-                lambda p, t, _name=name: scoring.class_metric(
-                    _name, torch.from_numpy(p), torch.from_numpy(t), n_classes
-                ),
-                [preds, targets],
-                n_boot=bootstrap,
-                seed=seed,
-            )
-            method = "bootstrap"
-        metrics[name] = {
-            "value": value,
-            "ci_low": lo,
-            "ci_high": hi,
-            "ci_method": method,
-            "chance": scoring.metric_chance(name, targets, n_classes),
-        }
+    metrics = {
+        name: scoring.metric_entry(name, preds, targets, n_classes, n_boot=bootstrap, seed=seed)
+        for name in metric_names
+    }
     primary = metrics[metric_names[0]]
     return {
         "task": task_name,

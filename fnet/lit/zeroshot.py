@@ -376,29 +376,19 @@ class ZeroShotModule(pl.LightningModule):
         }  # torchmetrics states, synced
         levels = scoring.chance_levels(targets, n_classes)
         failure = task.scoring == "generate"
-        metrics = {}
-        for name in task.metric:
-            value = computed[name]
-            if name == "accuracy":
-                lo, hi = scoring.wilson_interval(float((preds == targets).sum()), len(targets))
-                method = "wilson"
-            else:
-                lo, hi = scoring.bootstrap_interval(
-                    lambda p, t, _name=name: scoring.class_metric(
-                        _name, torch.from_numpy(p), torch.from_numpy(t), n_classes, failure_class=failure
-                    ),
-                    [preds, targets],
-                    n_boot=self.bootstrap,
-                    seed=self.ci_seed,
-                )
-                method = "bootstrap"
-            metrics[name] = {
-                "value": value,
-                "ci_low": lo,
-                "ci_high": hi,
-                "ci_method": method,
-                "chance": scoring.metric_chance(name, targets, n_classes),
-            }
+        metrics = {
+            name: scoring.metric_entry(
+                name,
+                preds,
+                targets,
+                n_classes,
+                value=computed[name],
+                failure_class=failure,
+                n_boot=self.bootstrap,
+                seed=self.ci_seed,
+            )
+            for name in task.metric
+        }
         out = {
             "metrics": metrics,
             "chance": levels,

@@ -213,6 +213,62 @@ def metric_chance(name: str, targets: Sequence[int], n_classes: int) -> float:
     return levels["uniform"]
 
 
+def metric_entry(
+    name: str,
+    preds: np.ndarray,
+    targets: np.ndarray,
+    n_classes: int,
+    *,
+    value: float | None = None,
+    failure_class: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """One metric's result entry: its value, 95 % CI (Wilson for accuracy, percentile bootstrap otherwise) and
+    chance level (the best constant predictor, :func:`metric_chance`).
+
+    Parameters
+    ----------
+    name : str
+        ``"accuracy"``, ``"mcc"`` or ``"f1"``.
+    preds, targets : ndarray of int
+        Predicted and true classes ``[row]``.
+    n_classes : int
+        Number of classes.
+    value : float, optional
+        The metric's value when the caller already has it (e.g. from synced torchmetrics states); computed with
+        :func:`class_metric` otherwise.
+    failure_class : bool
+        ``preds`` may hold ``n_classes`` for a parse failure (see :func:`class_metric`).
+    n_boot, seed : int
+        Bootstrap resamples and their seed (metrics other than accuracy).
+
+    Returns
+    -------
+    dict
+        ``{"value", "ci_low", "ci_high", "ci_method", "chance"}``.
+    """
+    preds = np.asarray(preds, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+
+    def metric(p: np.ndarray, t: np.ndarray) -> float:
+        return class_metric(name, torch.from_numpy(p), torch.from_numpy(t), n_classes, failure_class=failure_class)
+
+    if value is None:
+        value = metric(preds, targets)
+    if name == "accuracy":
+        (lo, hi), method = wilson_interval(float((preds == targets).sum()), len(targets)), "wilson"
+    else:
+        (lo, hi), method = bootstrap_interval(metric, [preds, targets], n_boot=n_boot, seed=seed), "bootstrap"
+    return {
+        "value": value,
+        "ci_low": lo,
+        "ci_high": hi,
+        "ci_method": method,
+        "chance": metric_chance(name, targets, n_classes),
+    }
+
+
 # SQuAD v1.1 official normalisation (lowercase, strip punctuation, drop a/an/the, collapse whitespace)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 

@@ -548,3 +548,43 @@ def test_the_dry_run_estimate_scales_measured_jobs(tmp_path):
         "train/sst2": 120.0,
     }
     assert e["hours"] == pytest.approx(220 / 3600)
+
+
+def test_an_archived_study_restored_elsewhere_without_its_checkpoint_recomputes_nothing(fake):
+    """--archive leaves the checkpoint behind (its digest kept); restored into another folder, every job still
+    counts as finished under the same keys; a new job that needs the checkpoint fails before it starts, and says so."""
+    from fnet.study.archive import archive_units, restore
+
+    jobs = _jobs()
+    jobs[0].overrides.append("weights=" + "w" * 5000)  # a 'checkpoint' over the archive's limit below
+    first = _run(fake, jobs)
+    (fake / "study" / "runs.jsonl").write_text('{"machine": "a"}\n')
+    done = archive_units(jobs, first["jobs"], fake / "study", fake / "archive", max_mb=0.001)
+    assert done["units"] == ["a"] and done["jobs"] == 3
+    assert not list((fake / "archive").rglob("*.ckpt"))  # left behind, listed with its digest
+    (note,) = (fake / "archive" / "train").glob("*/archived.json")
+    assert list(json.loads(note.read_text())["files"]) == ["checkpoints/best-0-1.ckpt"]
+    assert archive_units(jobs, first["jobs"], fake / "study", fake / "archive", max_mb=0.001)["kept"] == 3
+
+    elsewhere = fake / "other machine" / "study"
+    assert restore(fake / "archive", elsewhere) == 3
+    assert (elsewhere / "runs.jsonl").read_text() == '{"machine": "a"}\n'  # the run log travels with the jobs
+    second = run_jobs(jobs, elsewhere, cwd=fake, log=lambda *_: None, env_key="env0")
+    assert _calls(fake) == ["train", "x", "y"]  # nothing ran again: same keys in another folder
+    assert second["counts"]["skipped"] == 3
+
+    more = jobs + [Job("evaluate/a/z", "evaluate", ["fake.py"], ["name=z", "ckpt={train/a}"], ["train/a"])]
+    third = run_jobs(more, elsewhere, cwd=fake, log=lambda *_: None, env_key="env0")
+    assert _calls(fake) == ["train", "x", "y"] and third["counts"]["failed"] == 1
+    (failed,) = [r for r in third["jobs"] if r["status"] == "failed"]
+    assert failed["name"] == "evaluate/a/z" and "archived without it" in failed["why"] and "archived.json" in failed["why"]
+
+
+def test_archive_takes_only_training_runs_whose_jobs_all_finished(fake):
+    from fnet.study.archive import archive_units
+
+    (fake / "fail_y").write_text("")
+    first = _run(fake, _jobs())
+    assert first["counts"]["failed"] == 1
+    done = archive_units(_jobs(), first["jobs"], fake / "study", fake / "archive")
+    assert done == {"units": [], "jobs": 0, "kept": 0, "bytes": 0} and not (fake / "archive").exists()

@@ -5,6 +5,8 @@
   the registry's masks and controls);
 * :mod:`fnet.study.scheduler` -- jobs in content-hashed folders, run as their dependencies finish (``--workers``),
   evaluate jobs of one model batched in one process; finished jobs are skipped, failures recorded;
+* :mod:`fnet.study.archive` -- finished training runs committed without their checkpoints, and restored on
+  another machine (``--archive``, ``--restore``);
 * :mod:`fnet.study.rekey` -- finished jobs moved to their new key when only the environment's key recipe changed;
 * :mod:`fnet.study.paired` -- paired differences of two evaluations of the same rows, with bootstrap CIs;
 * :mod:`fnet.study.summary` -- every job's ``result.json`` -> summary rows, beside the paper's number;

@@ -35,6 +35,7 @@ from typing import Sequence
 from filelock import Timeout
 
 from fnet.cache import lock
+from fnet.study.archive import archive_units, restore
 from fnet.study.compose import compose_report
 from fnet.study.dispatch import EXECUTORS, UNITS, Settings, dispatch, parse_options
 from fnet.study.estimate import estimate_lines
@@ -135,6 +136,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --compose: take sources of any code, also reports that record none (made before "
         "study reports recorded their code)",
+    )
+    parser.add_argument(
+        "--archive",
+        metavar="FOLDER",
+        help="copy every finished training run (all its jobs done) into FOLDER without files over "
+        "--archive-mb (the checkpoints), to commit; runs nothing (fnet.study.archive)",
+    )
+    parser.add_argument(
+        "--archive-mb", type=float, default=2.0, metavar="MB", help="--archive leaves out files over MB (default 2)"
+    )
+    parser.add_argument(
+        "--restore",
+        metavar="FOLDER",
+        help="first copy an archive's finished jobs into the study folder (never over finished ones), then go on",
     )
     _cluster_options(parser.add_argument_group("cluster (fnet.study.dispatch; submitit, the cluster extra)"))
     return parser
@@ -309,6 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     jobs = plan(preset)
     root.mkdir(parents=True, exist_ok=True)
+    if args.restore:
+        print(f"restored {restore(args.restore, root)} finished jobs from {args.restore} into {root}")
+    if args.archive:
+        done = archive_units(
+            jobs, run_jobs(jobs, root, dry_run=True)["jobs"], root, args.archive, max_mb=args.archive_mb
+        )
+        print(
+            f"archived {len(done['units'])} finished training runs into {args.archive}: {done['jobs']} job folders "
+            f"copied ({done['bytes'] / 2**20:.1f} MB), {done['kept']} there already"
+        )
+        return 0
     if args.report_only:  # statuses only (a dry run needs no lock), then the report
         result = run_jobs(jobs, root, dry_run=True)
     else:

@@ -6,6 +6,7 @@ keep each module near 500 lines: what a job is here, how jobs run there.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import os
@@ -16,6 +17,7 @@ from fnet.cache import content_key, file_digest
 from fnet.paths import PACKAGE_DIR, checkout_root, project_root
 
 __all__ = [
+    "ARCHIVED",
     "CODE_ROOT",
     "ENTRY_MODULES",
     "Job",
@@ -26,11 +28,16 @@ __all__ = [
     "done_record",
     "environment_key",
     "environment_parts",
+    "finished_output",
     "job_key",
     "machine",
+    "output_digest",
     "output_of",
     "slug",
 ]
+
+#: in a job folder committed without its big files (:mod:`fnet.study.archive`): each left-out file's size and digest
+ARCHIVED = "archived.json"
 
 
 #: where jobs run and ``outputs/`` go: the checkout, or the working folder of an installed fnet (fnet.paths)
@@ -189,12 +196,42 @@ def output_of(folder: Path, pattern: str) -> Path | None:
     return Path(found[0]) if len(found) == 1 else None
 
 
+def _archived_files(folder: Path) -> dict[str, dict]:
+    try:
+        return json.loads((folder / ARCHIVED).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def finished_output(folder: Path, pattern: str) -> Path | None:
+    """The job's output in ``folder`` (:func:`output_of`), or, in a folder archived without it, the path it had
+    (listed in ``archived.json``, its digest kept there); None when neither."""
+    found = output_of(folder, pattern)
+    if found is not None:
+        return found
+    left_out = [name for name in _archived_files(folder) if fnmatch.fnmatchcase(name, pattern)]
+    return folder / left_out[0] if len(left_out) == 1 else None
+
+
+def output_digest(path: Path) -> str:
+    """The digest of a job's output: of its bytes, or the one ``archived.json`` of its job folder kept for it."""
+    path = Path(path)
+    if path.exists():
+        return file_digest(path)
+    for folder in list(path.parents)[:4]:  # the job folder: an output lies at most a few folders deep in it
+        entry = _archived_files(folder).get(path.relative_to(folder).as_posix())
+        if entry is not None:
+            return entry["digest"]
+    raise FileNotFoundError(f"{path}: no such output, and no {ARCHIVED} of its job folder lists it")
+
+
 def done_record(folder: Path, key: str, pattern: str) -> dict | None:
-    """The job record of a finished job in ``folder`` with ``key``, or None."""
+    """The job record of a finished job in ``folder`` with ``key``, or None. A folder archived without its output
+    (:mod:`fnet.study.archive`) is finished too: its dependents keep their keys through the kept digest."""
     try:
         record = json.loads((folder / "job.json").read_text())
     except (OSError, ValueError):
         return None
-    if record.get("key") != key or record.get("status") != "done" or output_of(folder, pattern) is None:
+    if record.get("key") != key or record.get("status") != "done" or finished_output(folder, pattern) is None:
         return None
     return record

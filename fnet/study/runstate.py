@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Sequence
 
-from fnet.cache import atomic_write_text, file_digest
+from fnet.cache import atomic_write_text
 from fnet.owner import FolderOwned, own
-from fnet.study.jobs import Job, done_record, job_key, output_of, slug
+from fnet.study.jobs import ARCHIVED, Job, done_record, finished_output, job_key, output_digest, output_of, slug
 
 __all__ = ["Ready", "RunState", "prepare"]
 
@@ -45,8 +45,10 @@ class Ready:
 
 def prepare(job: Job, outputs: dict[str, Path], root: Path, env_key: str) -> Ready:
     """``job`` with its inputs' ``outputs`` resolved: its key, its folder under ``root`` and its record."""
-    digests = {d: file_digest(outputs[d]) for d in job.deps}
-    key = job_key(job, _resolve(job, outputs, Path("{out}")), digests, env_key)
+    digests = {d: output_digest(outputs[d]) for d in job.deps}
+    # the key reads the study folder as {root}: a study copied or restored elsewhere keeps its keys
+    keyed = [item.replace(str(root), "{root}") for item in _resolve(job, outputs, Path("{out}"))]
+    key = job_key(job, keyed, digests, env_key)
     folder = root / job.stage / f"{slug(job.name.split('/', 1)[-1])}-{key}"
     overrides = _resolve(job, outputs, folder)
     base = {
@@ -132,12 +134,23 @@ class RunState:
         job = item.job
         record = done_record(item.folder, item.key, job.output)
         if record is not None:
-            self.outputs[job.name] = output_of(item.folder, job.output)
+            self.outputs[job.name] = finished_output(item.folder, job.output)
             self.status[job.name] = "skipped"
             self.records[job.name] = dict(record, status="skipped", folder=str(item.folder))
         elif self.dry_run or not self.included(job):
             self.status[job.name] = "pending" if self.dry_run else "excluded"
             self.records[job.name] = dict(item.base, status=self.status[job.name])
+        elif missing := [d for d in job.deps if not self.outputs[d].exists()]:
+            self.status[job.name] = "failed"
+            folder = self.outputs[missing[0]].parent
+            while not (folder / ARCHIVED).exists() and folder != self.root:
+                folder = folder.parent
+            self.records[job.name] = dict(
+                item.base,
+                status="failed",
+                why=f"it needs the output of {missing[0]}, which was archived without it ({folder / ARCHIVED}): "
+                f"put the file back, or delete {folder} to redo {missing[0]} and every job that needs it",
+            )
         else:
             self.status[job.name] = "queued"
             self.queue.append(item)

@@ -278,10 +278,19 @@ def goal_met(task: str, res: dict) -> tuple[bool, str]:
     return ok, text
 
 
-def _cpu_split(r: dict) -> tuple[float, float]:
-    """(feature-cache CPU-min paid by this run, the rest of its CPU-min): the cache counts where it was built."""
+def cpu_parts(r: dict) -> dict[str, float]:
+    """CPU seconds of one run: the feature cache it built (it counts where it was built), fit (training and
+    validation), test, and the rest (loading, the result)."""
     res = r["result"]
-    cache = res.get("cpu_seconds", {}).get("features", 0.0) if res.get("feature_cache", {}).get("built") else 0.0
+    cpu = res.get("cpu_seconds", {})
+    cache = cpu.get("features", 0.0) if res.get("feature_cache", {}).get("built") else 0.0
+    fit, test = cpu.get("fit", 0.0), cpu.get("test", 0.0)
+    return {"cache": cache, "fit": fit, "test": test, "rest": r["cpu_s"] - cache - fit - test}
+
+
+def _cpu_split(r: dict) -> tuple[float, float]:
+    """(feature-cache CPU-min paid by this run, the rest of its CPU-min)."""
+    cache = cpu_parts(r)["cache"]
     return cache / 60, (r["cpu_s"] - cache) / 60
 
 

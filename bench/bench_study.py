@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_finetune import cpu_parts  # noqa: E402  (bench/, beside this script)
+
 from fnet.study.estimate import estimate  # noqa: E402
 from fnet.study.plan import plan  # noqa: E402
 from fnet.study.preset import load_preset  # noqa: E402
@@ -50,20 +52,6 @@ def _load(runs_dir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _split(record: dict) -> dict:
-    """CPU seconds of one run: the feature cache it built, fit (training + validation), test, and the rest."""
-    res = record["result"]
-    cpu = res["cpu_seconds"]
-    built = bool(res.get("feature_cache", {}).get("built"))
-    cache = cpu.get("features", 0.0) if built else 0.0
-    return {
-        "cache": cache,
-        "fit": cpu["fit"],
-        "test": cpu["test"],
-        "rest": record["cpu_s"] - cache - cpu["fit"] - cpu["test"],
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", default=str(REPO / "outputs" / "bench_finetune_v2"))
@@ -81,7 +69,7 @@ def main() -> None:
     uncached, cached = _load(runs_dir, "path_sst2_v2_uncached"), _load(runs_dir, "path_sst2_v2_cached")
     if uncached is None or cached is None:
         raise SystemExit(f"the 'path' pair is not in {runs_dir}: python bench/bench_finetune.py run --groups path")
-    u, c = _split(uncached), _split(cached)
+    u, c = cpu_parts(uncached), cpu_parts(cached)
     r_fit, r_test = u["fit"] / c["fit"], u["test"] / c["test"]
 
     rows, train_new, train_old = [], 0.0, 0.0
@@ -90,7 +78,7 @@ def main() -> None:
         if record is None:
             rows.append(f"| {task} | {n} | not measured | | | | |")
             continue
-        s = _split(record)
+        s = cpu_parts(record)
         run_new = s["fit"] + s["test"] + s["rest"]  # what each further seed pays
         cache = s["cache"] or record["result"]["cpu_seconds"].get("features", 0.0)  # reused in that run: its size
         run_old = s["fit"] * r_fit + s["test"] * r_test + s["rest"]

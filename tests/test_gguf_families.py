@@ -148,3 +148,18 @@ def test_analyze_then_lesion_evaluate_on_a_gpt2_gguf(gguf_files, tmp_path, share
     assert result["mask"]["n_masked"] == int(lesioned.sum()) > 0
     assert result["mask"]["per_layer"] == lesioned.sum(dim=1).tolist()
     assert result["baseline"]["score"] is not None
+
+
+def test_a_first_conversion_draws_nothing_from_the_global_rng(gguf_files, fnet_cache):
+    """A seeded run that converts the GGUF (a cold cache) must continue with the same random stream as one that
+    reads the converted folder: building the fresh model for the conversion initialises weights, and drew them
+    from the global RNG, so a fine-tuned head differed between a machine's first run and every later one."""
+    _, _, path = gguf_files["qwen2"]
+    torch.manual_seed(0)
+    load_model(str(path))  # converts
+    cold = torch.rand(4)
+    torch.manual_seed(0)
+    load_model(str(path))  # reads the converted folder
+    warm = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(cold, warm) and torch.equal(warm, torch.rand(4))

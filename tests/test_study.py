@@ -577,7 +577,9 @@ def test_an_archived_study_restored_elsewhere_without_its_checkpoint_recomputes_
     third = run_jobs(more, elsewhere, cwd=fake, log=lambda *_: None, env_key="env0")
     assert _calls(fake) == ["train", "x", "y"] and third["counts"]["failed"] == 1
     (failed,) = [r for r in third["jobs"] if r["status"] == "failed"]
-    assert failed["name"] == "evaluate/a/z" and "archived without it" in failed["why"] and "archived.json" in failed["why"]
+    assert (
+        failed["name"] == "evaluate/a/z" and "archived without it" in failed["why"] and "archived.json" in failed["why"]
+    )
 
 
 def test_archive_takes_only_training_runs_whose_jobs_all_finished(fake):

@@ -187,8 +187,11 @@ def _gguf_to_safetensors(gguf_file: Path, out_dir: Path, digest: str = "") -> Pa
 
     log.info("converting %s to a cached safetensors folder %s (once)", gguf_file, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    fresh = AutoModelForCausalLM.from_config(gguf_model.config)
+    # building the fresh model initialises weights: drawn outside the caller's random stream, so a seeded run that
+    # converts (a machine's first) goes on exactly as one that reads the folder (same head init, same batches)
+    with torch.random.fork_rng(devices=[]):
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        fresh = AutoModelForCausalLM.from_config(gguf_model.config)
     fresh.load_state_dict(gguf_model.state_dict(), strict=True)
     with atomic_path(out_dir) as tmp:
         fresh.save_pretrained(tmp)

@@ -346,3 +346,38 @@ def test_preservation_figures_give_every_task_a_readable_panel_and_the_papers_nu
         plot([r for r in _curve_rows(["sst2"], pooled=pooled) if r["condition"] != "preserve"], tmp_path / "empty.png")
         is None
     )
+
+
+def test_runs_csv_takes_machine_and_code_from_the_record_or_the_run_it_finished_in():
+    """runs.csv: a train record's own machine; else the study command's run (runs.jsonl) whose time window holds
+    the job's finish, with that run's code key; else 'not recorded' (never the machine writing the report)."""
+    from fnet.study.render_pooled import _runs
+
+    m1 = "vm1: Xeon (family 6 model 167 stepping 1, AVX512 kernels), 2 CPUs, no GPU"
+    log = [
+        {"started": "2026-12-07T05:00:00", "seconds": 3600, "machine": m1, "environment": {"code": "c1"}},
+        {"started": "2026-12-08T05:00:00", "seconds": 60, "machine": "vm2: EPYC (AVX2 kernels)", "environment": {}},
+    ]
+
+    def train(run, finished, **extra):
+        return {
+            "stage": "train",
+            "status": "skipped",
+            "meta": {"task": "sst2", "run": run},
+            "finished": finished,
+            **extra,
+        }
+
+    records = [
+        train(0, "2026-12-07T05:30:00"),
+        train(1, "2026-12-07T05:31:00", machine="vm3: Z (family 25 model 1 stepping 1, AVX2 kernels), 2 CPUs"),
+        train(2, "2026-12-09T00:00:00"),
+    ]
+    per_run = [{"task": "sst2", "run": 0, "condition": "unmasked", "score": 0.87, "metric": "accuracy"}]
+    rows = _runs(records, per_run, "now", log)
+    assert [(r["machine"], r["cpu"], r["code"]) for r in rows] == [
+        (m1, "family 6 model 167 stepping 1, AVX512 kernels", "c1"),
+        (records[1]["machine"], "family 25 model 1 stepping 1, AVX2 kernels", "c1"),
+        ("not recorded", "not recorded", "now"),
+    ]
+    assert rows[0]["unmasked"] == 0.87 and rows[2]["unmasked"] is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +29,7 @@ from fnet.study.pooled import (
 )
 from fnet.study.render import paper_for
 from fnet.study.report import FINISHED, load_results
-from fnet.study.runlog import machines_line, read_runs, runs_table
+from fnet.study.runlog import machines_line, read_runs, run_at, runs_table
 
 __all__ = ["write_pooled_report", "RUN_COLUMNS"]
 
@@ -52,8 +53,10 @@ def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None
         writer.writerows(rows)
 
 
-def _runs(records: Sequence[dict], per_run: Sequence[dict], code: str) -> list[dict]:
-    """One row per training run: its seed, machine and CPU, code version, training time and unmasked score."""
+def _runs(records: Sequence[dict], per_run: Sequence[dict], code: str, log: Sequence[dict] = ()) -> list[dict]:
+    """One row per training run: its seed, machine and CPU, code version, training time and unmasked score. A
+    train record without its machine (written before records kept it) takes the machine and code of the study
+    command's run it finished in (``runs.jsonl``, :func:`fnet.study.runlog.run_at`)."""
     unmasked = {(r["task"], r["run"]): r for r in per_run if r["condition"] == "unmasked"}
     rows = []
     for rec in records:
@@ -61,14 +64,17 @@ def _runs(records: Sequence[dict], per_run: Sequence[dict], code: str) -> list[d
         if rec.get("stage") != "train" or rec.get("status") not in FINISHED:
             continue
         score = unmasked.get((m.get("task"), m.get("run", 0))) or {}
+        during = run_at(log, rec.get("finished")) or {}
+        where = rec.get("machine") or during.get("machine") or "not recorded"
+        cpu = re.search(r"\(([^()]*kernels)\)", where)  # the CPU's signature and kernel level (jobs.machine)
         rows.append(
             {
                 "task": m.get("task"),
                 "run": m.get("run", 0),
                 "seed": m.get("run", 0),
-                "machine": rec.get("machine") or "not recorded",
-                "cpu": rec.get("cpu") or "not recorded",
-                "code": code,
+                "machine": where,
+                "cpu": rec.get("cpu") or (cpu.group(1) if cpu else "not recorded"),
+                "code": (during.get("environment") or {}).get("code") or code,
                 "train_seconds": rec.get("seconds"),
                 "finished": rec.get("finished"),
                 "unmasked": score.get("score"),
@@ -128,7 +134,7 @@ def write_pooled_report(
     verdicts = claims(pooled, summary)
     runs_log = read_runs(root)
     code = next((r.get("environment", {}).get("code") for r in reversed(runs_log) if r.get("environment")), None)
-    runs = _runs(records, per_run, code or "not recorded")
+    runs = _runs(records, per_run, code or "not recorded", runs_log)
     _write_csv(out / "summary.csv", summary, POOLED_COLUMNS)
     _write_csv(
         out / "effects.csv", [dict(e, run=e["run"]) for e in effects] + verdicts, POOLED_EFFECT_COLUMNS + ["verdict"]

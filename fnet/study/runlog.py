@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
 from fnet.report import markdown_table
 from fnet.study.scheduler import machine
 
-__all__ = ["append_run", "read_runs", "machines_line", "runs_table"]
+__all__ = ["append_run", "read_runs", "machines_line", "runs_table", "run_at"]
 
 
 def append_run(root: Path, run: dict) -> None:
@@ -27,6 +28,22 @@ def read_runs(root: Path) -> list[dict]:
         return []
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in runs if not r.get("dry_run")]
+
+
+def run_at(runs: Sequence[dict], finished: str | None) -> dict | None:
+    """The run of the study command during which a job finished (its ``finished`` time, local, within the run's
+    start and wall time): where a job's own record lacks its machine, that run's machine and code are its own."""
+    if not finished:
+        return None
+    when = datetime.fromisoformat(finished)
+    for run in runs:
+        try:
+            start = datetime.fromisoformat(run["started"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if start <= when <= start + timedelta(seconds=float(run.get("seconds") or 0) + 1):
+            return run
+    return None
 
 
 def machines_line(runs: Sequence[dict]) -> str:

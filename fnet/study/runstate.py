@@ -8,6 +8,7 @@ processes are started and stopped there.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -16,7 +17,17 @@ from typing import Collection, Sequence
 
 from fnet.cache import atomic_write_text
 from fnet.owner import FolderOwned, own
-from fnet.study.jobs import ARCHIVED, Job, done_record, finished_output, job_key, output_digest, output_of, slug
+from fnet.study.jobs import (
+    ARCHIVED,
+    Job,
+    done_record,
+    finished_output,
+    job_key,
+    machine,
+    output_digest,
+    output_of,
+    slug,
+)
 
 __all__ = ["Ready", "RunState", "prepare"]
 
@@ -62,6 +73,12 @@ def prepare(job: Job, outputs: dict[str, Path], root: Path, env_key: str) -> Rea
         "inputs": digests,
     }
     return Ready(job, key, folder, overrides, base)
+
+
+@functools.cache
+def _machine() -> str:
+    """This machine in words (:func:`fnet.study.jobs.machine`), read once: every finished job records it."""
+    return machine()
 
 
 def _batch_group(job: Job) -> tuple:
@@ -165,6 +182,7 @@ class RunState:
             marker = dict(
                 item.base,
                 status="done",
+                machine=_machine(),
                 seconds=seconds,
                 output=str(produced.relative_to(folder)),
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -8,15 +8,17 @@ per-row predictions, networks); what it does not is big (the fine-tuned checkpoi
     python -m fnet.study smollm2_v2 --restore results/paper_smollm2_v2/study --workers 2 --hours 3   # elsewhere
 
 :func:`archive_units` copies every unit whose jobs are all finished (and every unit it needs too), leaving out
-each file over ``max_mb``; a job folder that lost files lists each one's size and digest in ``archived.json``,
-so the job still counts as finished and its dependents keep their keys (a key covers its inputs' digests, and the
-study folder only as ``{root}``). A job that would have to run on an archived-away file fails before it starts and
-says so. :func:`restore` copies the archived folders back into a study folder, never over one already there, and
-both merge the run log (``runs.jsonl``) so the report lists every machine that worked on the study.
+each file over ``max_mb`` and the checkpoints, figures and explorer pages (:data:`LEAVE_OUT`); a job folder that
+lost files lists each one's size and digest in ``archived.json``, so the job still counts as finished and its
+dependents keep their keys (a key covers its inputs' digests, and the study folder only as ``{root}``). A job that
+would have to run on an archived-away file fails before it starts and says so. :func:`restore` copies the
+archived folders back into a study folder, never over a finished one, and both merge the run log
+(``runs.jsonl``) so the report lists every machine that worked on the study.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import time
@@ -30,6 +32,9 @@ from fnet.study.units import Unit, units_of
 __all__ = ["archive_units", "finished_units", "restore"]
 
 FINISHED = ("ran", "skipped")
+#: left out of an archive whatever their size (listed in ``archived.json`` all the same): checkpoints, and what a
+#: job drew for a reader (figures, its explorer page), which the study's report draws again from the results
+LEAVE_OUT = ("*.ckpt", "figures/*", "explorer.html")
 
 
 def finished_units(jobs: Sequence[Job], records: Sequence[dict]) -> list[Unit]:
@@ -54,14 +59,14 @@ def _copy_job(folder: Path, target: Path, max_bytes: int) -> int:
         if rel.endswith(".lock") or rel == "owner.json":
             continue  # a lock or the owner of a running job: nothing a finished job needs
         size = path.stat().st_size
-        if size > max_bytes and rel != "job.json":
+        if rel != "job.json" and (size > max_bytes or any(fnmatch.fnmatchcase(rel, p) for p in LEAVE_OUT)):
             left_out[rel] = {"bytes": size, "digest": file_digest(path, memo=False)}
             continue
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target / rel)
         copied += size
     if left_out:
-        note = {"files": left_out, "max_bytes": max_bytes, "why": "over the archive's size limit; not committed"}
+        note = {"files": left_out, "max_bytes": max_bytes, "left_out": list(LEAVE_OUT), "why": "not committed"}
         atomic_write_text(target / ARCHIVED, json.dumps(note, indent=1, sort_keys=True))
     return copied
 
@@ -92,7 +97,8 @@ def archive_units(
     root, dest : path
         The study folder, and the archive (a committed folder, its layout the study folder's).
     max_mb : float
-        Files over this many MB stay behind (default 2: the checkpoints; results and networks are smaller).
+        Files over this many MB stay behind (default 2: results and the report's networks, at K=10, are
+        smaller), and so do :data:`LEAVE_OUT`'s.
 
     Returns
     -------

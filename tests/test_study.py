@@ -562,13 +562,16 @@ def test_an_archived_study_restored_elsewhere_without_its_checkpoint_recomputes_
     figure = next((fake / "study" / "evaluate").glob("a_x-*")) / "figures" / "f.png"
     figure.parent.mkdir()
     figure.write_bytes(b"png")  # small, but a figure: the report draws its own
+    (figure.parent.parent / "networks").mkdir()
+    (figure.parent.parent / "networks" / "task_group.safetensors").write_bytes(b"n")  # not the job's output
     done = archive_units(jobs, first["jobs"], fake / "study", fake / "archive", max_mb=0.001)
     assert done["units"] == ["a"] and done["jobs"] == 3
     assert not list((fake / "archive").rglob("*.ckpt"))  # left behind, listed with its digest
     (note,) = (fake / "archive" / "train").glob("*/archived.json")
     assert list(json.loads(note.read_text())["files"]) == ["checkpoints/best-0-1.ckpt"]
     (drawn,) = (fake / "archive" / "evaluate").glob("a_x-*/archived.json")
-    assert list(json.loads(drawn.read_text())["files"]) == ["figures/f.png"]
+    assert sorted(json.loads(drawn.read_text())["files"]) == ["figures/f.png", "networks/task_group.safetensors"]
+    assert (drawn.parent / "result.json").exists()  # the job's output stays
     assert archive_units(jobs, first["jobs"], fake / "study", fake / "archive", max_mb=0.001)["kept"] == 3
 
     elsewhere = fake / "other machine" / "study"

@@ -8,7 +8,8 @@ per-row predictions, networks); what it does not is big (the fine-tuned checkpoi
     python -m fnet.study smollm2_v2 --restore results/paper_smollm2_v2/study --workers 2 --hours 3   # elsewhere
 
 :func:`archive_units` copies every unit whose jobs are all finished (and every unit it needs too), leaving out
-each file over ``max_mb`` and the checkpoints, figures and explorer pages (:data:`LEAVE_OUT`); a job folder that
+each file over ``max_mb``, the checkpoints, figures and explorer pages (:data:`LEAVE_OUT`) and network sets other
+than an analyze job's output (:data:`OTHER_OUTPUTS`); a job folder that
 lost files lists each one's size and digest in ``archived.json``, so the job still counts as finished and its
 dependents keep their keys (a key covers its inputs' digests, and the study folder only as ``{root}``). A job that
 would have to run on an archived-away file fails before it starts and says so. :func:`restore` copies the
@@ -35,6 +36,9 @@ FINISHED = ("ran", "skipped")
 #: left out of an archive whatever their size (listed in ``archived.json`` all the same): checkpoints, and what a
 #: job drew for a reader (figures, its explorer page), which the study's report draws again from the results
 LEAVE_OUT = ("*.ckpt", "figures/*", "explorer.html")
+#: left out unless it is the job's own output: an analyze job's other network sets (with one dataset, ``task``
+#: repeats ``all``, its output); the report and the explorer read the output only
+OTHER_OUTPUTS = ("networks/*.safetensors",)
 
 
 def finished_units(jobs: Sequence[Job], records: Sequence[dict]) -> list[Unit]:
@@ -51,15 +55,24 @@ def finished_units(jobs: Sequence[Job], records: Sequence[dict]) -> list[Unit]:
     return [u for u in units if whole(u)]
 
 
+def _left_out(rel: str, size: int, max_bytes: int, output: str | None) -> bool:
+    if rel == "job.json":
+        return False
+    if size > max_bytes or any(fnmatch.fnmatchcase(rel, p) for p in LEAVE_OUT):
+        return True
+    return rel != output and any(fnmatch.fnmatchcase(rel, p) for p in OTHER_OUTPUTS)
+
+
 def _copy_job(folder: Path, target: Path, max_bytes: int) -> int:
-    """Copy one job folder without its files over ``max_bytes`` (listed with their digests); bytes copied."""
+    """Copy one job folder without what :func:`_left_out` says (listed with their digests); bytes copied."""
+    output = json.loads((folder / "job.json").read_text()).get("output")
     left_out, copied = {}, 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
         rel = path.relative_to(folder).as_posix()
         if rel.endswith(".lock") or rel == "owner.json":
             continue  # a lock or the owner of a running job: nothing a finished job needs
         size = path.stat().st_size
-        if rel != "job.json" and (size > max_bytes or any(fnmatch.fnmatchcase(rel, p) for p in LEAVE_OUT)):
+        if _left_out(rel, size, max_bytes, output):
             left_out[rel] = {"bytes": size, "digest": file_digest(path, memo=False)}
             continue
         (target / rel).parent.mkdir(parents=True, exist_ok=True)

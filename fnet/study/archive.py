@@ -22,17 +22,16 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Sequence
 
 from fnet.cache import atomic_write_text, file_digest
-from fnet.study.jobs import ARCHIVED, Job
+from fnet.study.jobs import ARCHIVED, Job, set_aside
+from fnet.study.summary import FINISHED
 from fnet.study.units import Unit, units_of
 
 __all__ = ["archive_units", "finished_units", "restore"]
 
-FINISHED = ("ran", "skipped")
 #: left out of an archive whatever their size (listed in ``archived.json`` all the same): checkpoints, and what a
 #: job drew for a reader (figures, its explorer page), which the study's report draws again from the results
 LEAVE_OUT = ("*.ckpt", "figures/*", "explorer.html")
@@ -79,7 +78,12 @@ def _copy_job(folder: Path, target: Path, max_bytes: int) -> int:
         shutil.copy2(path, target / rel)
         copied += size
     if left_out:
-        note = {"files": left_out, "max_bytes": max_bytes, "left_out": list(LEAVE_OUT), "why": "not committed"}
+        note = {
+            "files": left_out,
+            "max_bytes": max_bytes,
+            "left_out": list(LEAVE_OUT + OTHER_OUTPUTS),
+            "why": "not committed",
+        }
         atomic_write_text(target / ARCHIVED, json.dumps(note, indent=1, sort_keys=True))
     return copied
 
@@ -153,7 +157,7 @@ def restore(dest: str | Path, root: str | Path) -> int:
                     continue  # finished here: keep it
             except (OSError, ValueError):
                 pass
-            target.rename(target.with_name(f"{target.name}.interrupted-{int(time.time())}"))  # as the runner does
+            set_aside(target)  # an unfinished attempt: set aside, as the runner does
         shutil.copytree(folder, target)
         copied += 1
     _merge_runs(dest, root)

@@ -140,8 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--archive",
         metavar="FOLDER",
-        help="copy every finished training run (all its jobs done) into FOLDER without files over "
-        "--archive-mb (the checkpoints), to commit; runs nothing (fnet.study.archive)",
+        help="copy every finished training run (all its jobs done) into FOLDER without its checkpoints, "
+        "figures and files over --archive-mb, to commit; runs nothing (fnet.study.archive)",
     )
     parser.add_argument(
         "--archive-mb", type=float, default=2.0, metavar="MB", help="--archive leaves out files over MB (default 2)"

@@ -10,6 +10,7 @@ import fnmatch
 import glob
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ __all__ = [
     "machine",
     "output_digest",
     "output_of",
+    "set_aside",
     "slug",
 ]
 
@@ -194,6 +196,16 @@ def output_of(folder: Path, pattern: str) -> Path | None:
     """The one file of ``folder`` that matches the job's output ``pattern``, or None (none, or several)."""
     found = sorted(glob.glob(str(folder / pattern)))
     return Path(found[0]) if len(found) == 1 else None
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename an unfinished job folder to ``<name>.interrupted-<time>`` (never over another), so its key's folder
+    can be made anew; the new path."""
+    aside = folder.with_name(f"{folder.name}.interrupted-{int(time.time())}")
+    while aside.exists():
+        aside = aside.with_name(aside.name + "_")
+    folder.rename(aside)
+    return aside
 
 
 def _archived_files(folder: Path) -> dict[str, dict]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fnet.cache import atomic_write_text
+from fnet.study.jobs import set_aside
 from fnet.study.scheduler import CODE_ROOT, REPO_ROOT, STAGES, Job, done_record, environment_key, output_of, prepare
 
 __all__ = ["adopt_jobs"]
@@ -77,7 +78,7 @@ def _adopt_one(
         counts["differ"].append(job.name)
         return
     if item.folder.exists():  # an unfinished attempt under the new key: set aside, like the runner does
-        item.folder.rename(item.folder.with_name(f"{item.folder.name}.interrupted-{int(time.time())}"))
+        set_aside(item.folder)
     folder.rename(item.folder)
     folder.symlink_to(item.folder.name if folder.parent == item.folder.parent else item.folder)
     adopted = {

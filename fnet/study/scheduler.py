@@ -42,6 +42,7 @@ from fnet.study.jobs import (
     job_key,
     machine,
     output_of,
+    set_aside,
 )
 from fnet.study.runstate import Ready, RunState, prepare
 
@@ -85,10 +86,7 @@ def _claim(item: Ready, log) -> bool:
         with own(folder, wait=OWNER_WAIT, log=lambda line: log(f"[study] {item.job.name}: {line}"), record=False):
             if done_record(folder, item.key, item.job.output) is not None:
                 return False
-            aside = folder.with_name(f"{folder.name}.interrupted-{int(time.time())}")
-            while aside.exists():
-                aside = aside.with_name(aside.name + "_")
-            folder.rename(aside)
+            set_aside(folder)
     folder.mkdir(parents=True)
     return True
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from fnet.study.stats import RunEffect, bootstrap_p, correct, mechanism_groups, pooled_effect
+from fnet.study.stats import RunEffect, bootstrap_p, correct, mechanism_groups, pooled_effect, run_p
 
 
 def _runs(diffs, spread=0.005, seed=0):
@@ -63,3 +63,68 @@ def test_bootstrap_p_is_two_sided():
 def test_mechanism_groups_join_networks_through_shared_units():
     groups = mechanism_groups({f"net{k}": ([507] if k < 13 else [k]) for k in range(20)})
     assert len(groups) == 8 and groups[0] == [f"net{k}" for k in range(13)]
+
+
+def test_every_run_on_its_own_shows_a_replicated_effect_the_mean_over_few_runs_cannot():
+    """SST-2's raw lesion in its first two v2 runs: +0.13 and +0.33, each run's interval far from 0. The t test of
+    the mean (df 1) cannot show it; the every-run test (twice the largest one-sided p) can, and only while every
+    run shows it: one run without the effect, or one the other way, leaves nothing to claim."""
+    runs = _runs([0.13, 0.33], spread=0.03)
+    e = pooled_effect(runs)
+    assert e["p"] > 0.05  # t with one degree of freedom
+    assert e["all_runs_side"] == 1 and e["p_all_runs"] == pytest.approx(2 * max(run_p(r, +1) for r in runs))
+    assert e["p_all_runs"] == pytest.approx(2 * sps.norm.sf(0.13 / 0.03), rel=0.05)  # the weaker run decides
+    assert e["p_all_runs"] < 1e-4
+    assert pooled_effect(_runs([0.13, 0.33, 0.0], spread=0.03))["p_all_runs"] > 0.5
+    assert pooled_effect(_runs([0.13, 0.33, -0.2], spread=0.03))["p_all_runs"] > 0.5
+    down = pooled_effect(_runs([-0.13, -0.33], spread=0.03))
+    assert down["all_runs_side"] == -1 and down["p_all_runs"] < 1e-4
+
+
+def test_run_p_has_no_bootstrap_floor_and_equivalence_in_every_run_needs_every_run_inside_the_margin():
+    """A run 10 SDs from 0 gets a p far below 1/(B+1), which a family of hundreds of tests needs; equivalence in
+    every run (intersection-union) fails as soon as one run leaves the margin."""
+    far = RunEffect("r", 0.1, 0.1 + np.random.default_rng(1).normal(0, 0.01, 2000))
+    assert run_p(far, +1) < 1e-15 < 1 / 2001 and run_p(far, -1) > 0.99
+    assert run_p(RunEffect("flat", 0.1, np.full(10, 0.1)), +1) == 0.0  # no spread: exactly what was measured
+    inside = pooled_effect(_runs([0.004, -0.003, 0.001], spread=0.002), margin=0.02)
+    assert inside["p_tost_all_runs"] < 1e-10
+    assert pooled_effect(_runs([0.004, -0.003, 0.03], spread=0.002), margin=0.02)["p_tost_all_runs"] > 0.99
+
+
+def test_claims_say_which_test_a_verdict_rests_on_and_correct_both_tests_as_one_family():
+    """Planted per-run effects through pool() and claims(): a consistent effect holds on its mean; one that
+    varies in size between runs but is there in each holds 'in each of the 2 runs'; a single run's effect is
+    named as not replicated; a null effect is not shown; a tight zero is kept. The family is both tests of every
+    comparison: each adjusted p is at least its raw p times nothing less than 1 (Holm over 2m)."""
+    from fnet.study.pooled import claims, pool
+
+    def effects(a, b, diffs, spread=0.01, seed=0):
+        rng = np.random.default_rng(seed)
+        return [
+            {"task": "sst2", "run": i, "variant": "raw", "target": "all", "K": 10, "a": a, "b": b,
+             "metric": "accuracy", "diff": d, "replicates": d + rng.normal(0, spread, 2000), "n": 200,
+             "n_a": 1, "n_b": 5}
+            for i, d in enumerate(diffs)
+        ]  # fmt: skip
+
+    rows = pool(
+        effects("count", "lesion", [0.300, 0.302, 0.301, 0.299, 0.300])
+        + effects("unmasked", "lesion", [0.13, 0.33], spread=0.02)
+        + effects("unmasked", "unit", [0.36])
+        + effects("magnitude", "lesion", [0.01, -0.01], spread=0.02)
+        + effects("unmasked", "preserve", [0.001, -0.001, 0.0], spread=0.002)
+    )
+    verdict = {(r["a"], r["b"]): v["verdict"] for r, v in zip(rows, claims(rows, []))}
+    assert verdict == {
+        ("count", "lesion"): "count > lesion",
+        ("unmasked", "lesion"): "unmasked > lesion in each of the 2 runs",
+        ("unmasked", "unit"): "unmasked > unit in its one run only (not replicated)",
+        ("magnitude", "lesion"): "not shown",
+        ("unmasked", "preserve"): "kept (equivalent within the margin)",
+    }
+    ps = sorted([r["p"] for r in rows] + [r["p_all_runs"] for r in rows])
+    adjusted = sorted([r["p_adjusted"] for r in rows] + [r["p_all_runs_adjusted"] for r in rows])
+    assert adjusted[0] == pytest.approx(min(1.0, 10 * ps[0]))  # Holm's first step: times 2 x 5 tests
+    at_chance = [{"task": "sst2", "run": "pooled", "condition": "unmasked", "unmasked_at_chance": True}]
+    assert {v["verdict"] for v in claims(rows, at_chance)} == {"no claim: task at chance"}

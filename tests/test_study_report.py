@@ -381,3 +381,18 @@ def test_runs_csv_takes_machine_and_code_from_the_record_or_the_run_it_finished_
         ("not recorded", "not recorded", "now"),
     ]
     assert rows[0]["unmasked"] == 0.87 and rows[2]["unmasked"] is None
+
+
+def test_what_holds_gives_the_papers_difference_where_it_reports_both_conditions():
+    """Liu et al.'s GPT-2 SST-2: unmasked 0.9163, all networks lesioned 0.5436, K=10 preserved 0.5195; it has no
+    count-matched control and no normalised networks, so those comparisons get no paper number."""
+    from fnet.study.render_pooled import _paper_difference
+    from fnet.study.summary import paper_tables
+
+    gpt2 = paper_tables()["models"]["gpt2"]
+    c = {"task": "sst2", "a": "unmasked", "b": "lesion", "target": "all", "K": 10, "variant": "raw"}
+    assert _paper_difference(gpt2, c) == 0.373
+    assert _paper_difference(gpt2, {**c, "b": "preserve"}) == 0.397
+    assert _paper_difference(gpt2, {**c, "a": "count"}) is None
+    assert _paper_difference(gpt2, {**c, "variant": "normalised"}) is None
+    assert _paper_difference(None, c) is None

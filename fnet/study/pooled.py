@@ -4,8 +4,10 @@ corrected p values, equivalence tests, and the claims they support.
 Every evaluation belongs to one training run (``meta["run"]``; a zero-shot part is one run of the pretrained
 model). Per run, each condition is summarised as in v1 (:func:`fnet.study.report.summarize`) and each comparison
 is a paired difference on that run's rows with its bootstrap replicates (:func:`fnet.study.paired.paired_difference`).
-Runs are then pooled by :func:`fnet.study.stats.pooled_effect` (a t interval over runs), and the whole family of
-pooled comparisons is corrected (Holm by default) before anything is claimed. "Kept" (preservation without loss)
+Runs are then pooled by :func:`fnet.study.stats.pooled_effect` (the mean over runs with a t interval; every run on
+its own, a partial conjunction), and both tests of every pooled comparison are corrected as one family (Holm by
+default) before anything is claimed; a verdict says which test it rests on, and a comparison measured in one run
+only says so. "Kept" (preservation without loss)
 is claimed only from the equivalence test against the preset's margin, corrected over its own family.
 
 Networks differ between training runs (each run has its own ICA), so a per-network lesion is never pooled by its
@@ -98,6 +100,10 @@ POOLED_EFFECT_COLUMNS = [
     "p_adjusted",
     "p_tost",
     "p_tost_adjusted",
+    "p_all_runs",
+    "p_all_runs_adjusted",
+    "p_tost_all_runs",
+    "p_tost_all_runs_adjusted",
     "n_runs",
     "runs_holding",
     "n_rows",
@@ -255,7 +261,21 @@ def pool(effects: Sequence[dict], *, correction: str = "holm", margin: float = 0
                 "a": a,
                 "b": b,
                 "metric": group[0]["metric"],
-                **{k: pooled[k] for k in ("diff", "ci_low", "ci_high", "p", "p_tost", "n_runs", "runs_holding")},
+                **{
+                    k: pooled[k]
+                    for k in (
+                        "diff",
+                        "ci_low",
+                        "ci_high",
+                        "p",
+                        "p_tost",
+                        "p_all_runs",
+                        "all_runs_side",
+                        "p_tost_all_runs",
+                        "n_runs",
+                        "runs_holding",
+                    )
+                },
                 "n_rows": int(np.mean([e["n"] for e in group])),
                 "n_a": group[0]["n_a"],
                 "n_b": group[0]["n_b"],
@@ -263,22 +283,36 @@ def pool(effects: Sequence[dict], *, correction: str = "holm", margin: float = 0
                 "_runs": runs,
             }
         )
-    m = len(rows)
-    for row, p in zip(rows, correct([r["p"] for r in rows], correction)):
-        row["p_adjusted"] = float(p)
+    # two tests of each comparison (the mean over runs; every run on its own), corrected as one family of 2m
+    m = 2 * len(rows)
+    adjusted = correct([r["p"] for r in rows] + [r["p_all_runs"] for r in rows], correction)
+    for row, p, p_all in zip(rows, adjusted[: len(rows)], adjusted[len(rows) :]):
+        row["p_adjusted"], row["p_all_runs_adjusted"] = float(p), float(p_all)
     kept = [r for r in rows if (r["a"], r["b"]) == KEPT]
-    for row, p in zip(kept, correct([r["p_tost"] for r in kept], correction)):
-        row["p_tost_adjusted"] = float(p)
+    adjusted = correct([r["p_tost"] for r in kept] + [r["p_tost_all_runs"] for r in kept], correction)
+    for row, p, p_all in zip(kept, adjusted[: len(kept)], adjusted[len(kept) :]):
+        row["p_tost_adjusted"], row["p_tost_all_runs_adjusted"] = float(p), float(p_all)
     for row in rows:
         lo_hi = pooled_effect(row.pop("_runs"), margin=margin, level=1 - 0.05 / max(1, m))
         row["ci_low_corrected"], row["ci_high_corrected"] = lo_hi["ci_low"], lo_hi["ci_high"]
         row.setdefault("p_tost_adjusted", None)
+        row.setdefault("p_tost_all_runs_adjusted", None)
     return rows
 
 
+def _below(p: float | None, alpha: float = 0.05) -> bool:
+    return p is not None and p < alpha
+
+
+def _runs_phrase(n: int) -> str:
+    return "in its one run only (not replicated)" if n == 1 else f"in each of the {n} runs"
+
+
 def claims(pooled: Sequence[dict], summary: Sequence[dict]) -> list[dict]:
-    """What each pooled comparison supports: ``holds`` (corrected p < 0.05, with its direction), ``kept``
-    (equivalence, corrected), or nothing; none on a task whose unmasked model is at chance."""
+    """What each pooled comparison supports, on its corrected p values: a direction ``a > b`` from the mean over
+    runs, else ``a > b in each of the n runs`` from every run on its own (:func:`fnet.study.stats.pooled_effect`),
+    ``kept`` from an equivalence test (of the mean, else of every run), or nothing; none on a task whose unmasked
+    model is at chance."""
     chance = {
         r["task"]
         for r in summary
@@ -288,10 +322,17 @@ def claims(pooled: Sequence[dict], summary: Sequence[dict]) -> list[dict]:
     for e in pooled:
         if e["task"] in chance:
             verdict = "no claim: task at chance"
+        elif e["n_runs"] == 1 and min(e["p_adjusted"], e["p_all_runs_adjusted"]) < 0.05:
+            verdict = f"{e['a']} {'>' if e['diff'] > 0 else '<'} {e['b']} {_runs_phrase(1)}"
         elif e["p_adjusted"] < 0.05:
             verdict = f"{e['a']} > {e['b']}" if e["diff"] > 0 else f"{e['a']} < {e['b']}"
-        elif (e["a"], e["b"]) == KEPT and e.get("p_tost_adjusted") is not None and e["p_tost_adjusted"] < 0.05:
-            verdict = "kept (equivalent within the margin)"
+        elif e["p_all_runs_adjusted"] < 0.05:
+            sign = ">" if e["all_runs_side"] > 0 else "<"
+            verdict = f"{e['a']} {sign} {e['b']} {_runs_phrase(e['n_runs'])}"
+        elif (e["a"], e["b"]) == KEPT and _below(e.get("p_tost_adjusted")):
+            verdict = "kept (equivalent within the margin)" + ("" if e["n_runs"] > 1 else f" {_runs_phrase(1)}")
+        elif (e["a"], e["b"]) == KEPT and _below(e.get("p_tost_all_runs_adjusted")):
+            verdict = f"kept {_runs_phrase(e['n_runs'])} (each within the margin)"
         else:
             verdict = "not shown"
         out.append({**e, "verdict": verdict})

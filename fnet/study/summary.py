@@ -27,6 +27,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "load_results",
     "paper_tables",
+    "paper_value",
     "summarize",
 ]
 
@@ -148,7 +149,7 @@ def summarize(rows: Sequence[dict], paper: dict | None = None) -> list[dict]:
                 "unmasked_ci_high": base.get("ci_high"),
                 "chance": chance,
                 "unmasked_at_chance": _at_chance(base, chance),
-                "paper": _paper_value(paper, task, cond, target, K, variant),
+                "paper": paper_value(paper, task, cond, target, K, variant),
                 "folders": [g["folder"] for g in group],
             }
         )
@@ -171,7 +172,9 @@ def _at_chance(base: dict, chance: Any) -> bool | None:
     return bool(base["ci_low"] <= chance)
 
 
-def _paper_value(paper: dict | None, task: str, cond: str, target: Any, K: Any, variant: str) -> float | None:
+def paper_value(paper: dict | None, task: str, cond: str, target: Any, K: Any, variant: str) -> float | None:
+    """The paper's score of a condition (``paper``: one model's tables, :func:`paper_tables`), or None where it
+    reports none: the unmasked model, all networks lesioned, one network lesioned, preservation at K."""
     if not paper or variant == "normalised":
         return None
     if cond == "unmasked":

@@ -396,3 +396,41 @@ def test_what_holds_gives_the_papers_difference_where_it_reports_both_conditions
     assert _paper_difference(gpt2, {**c, "a": "count"}) is None
     assert _paper_difference(gpt2, {**c, "variant": "normalised"}) is None
     assert _paper_difference(None, c) is None
+
+
+def test_raw_and_normalised_networks_are_placed_by_layer_over_every_training_run(tmp_path):
+    """Planted networks: raw ones in the last layer (run 0: 3 neurons in layer 3; run 1: 1 in layer 2, 3 in layer
+    3), normalised ones in layer 0. Every run counts, not only the first; the section gives the exact mean layers
+    and the pooled lesion verdict beside them."""
+    import torch
+
+    from fnet.networks import NetworkSet
+    from fnet.study.figures import layer_profiles
+    from fnet.study.render_pooled import _layer_lines
+
+    def netset(cells):
+        masks = torch.zeros(2, 4, 8, dtype=torch.bool)  # [networks, layers, width]
+        for k, layer, unit in cells:
+            masks[k, layer, unit] = True
+        return NetworkSet(masks, provenance={"signal": "mlp_out"}).save(
+            tmp_path / f"{len(list(tmp_path.iterdir()))}.st"
+        )
+
+    files = {
+        ("sst2", 0, "raw"): netset([(0, 3, 0), (0, 3, 1), (1, 3, 2)]),
+        ("sst2", 1, "raw"): netset([(0, 2, 0), (0, 3, 1), (1, 3, 2), (1, 3, 3)]),
+        ("sst2", 0, "normalised"): netset([(0, 0, 0), (1, 0, 1)]),
+    }
+    profiles = layer_profiles(files)
+    raw = profiles[("sst2", "raw")]
+    assert raw["runs"] == [0, 1] and raw["neurons"] == [3, 4]
+    assert raw["centres"] == pytest.approx([3.0, 2.75]) and raw["shares"][1].tolist() == [0, 0, 0.25, 0.75]
+    verdicts = [
+        {"task": "sst2", "variant": "raw", "target": "all", "a": "unmasked", "b": "lesion", "diff": 0.225,
+         "verdict": "unmasked > lesion in each of the 2 runs"},
+    ]  # fmt: skip
+    text = "\n".join(_layer_lines(profiles, verdicts))
+    assert re.search(r"\| sst2 \| normalised \|\s+1 \| 0\.0 \[0\.0, 0\.0\]\s+\| 0\.00\s+\|\s+2 \| n/a", text)
+    assert re.search(
+        r"\| sst2 \| raw\s+\|\s+2 \| 2\.9 \[2\.8, 3\.0\]\s+\| 1\.00\s+\|\s+4 \| \+0\.225\s+\| unmasked >", text
+    )

@@ -14,6 +14,8 @@ from fnet.networks import NetworkSet
 __all__ = [
     "plot_preservation",
     "plot_layers",
+    "plot_layer_profiles",
+    "layer_profiles",
     "plot_centres",
     "layer_centres",
     "plot_lesion_effects",
@@ -148,6 +150,52 @@ def layer_centres(network_files: dict[str, str]) -> dict[str, float]:
         per_layer = NetworkSet.load(file).masks.sum(dim=(0, 2)).double().numpy()
         out[label] = float((per_layer * np.arange(len(per_layer))).sum() / max(1.0, per_layer.sum()))
     return out
+
+
+def layer_profiles(network_files: dict[tuple[str, int, str], str]) -> dict[tuple[str, str], dict]:
+    """Per task and networks (raw / normalised), over training runs: each run's share of network neurons per layer
+    (``shares  # [runs, layers]``), its mean layer (``centres``) and its network neurons (``neurons``).
+
+    ``network_files`` maps ``(task, run, variant)`` to the run's network file at the preset's K.
+    """
+    out: dict[tuple[str, str], dict] = {}
+    for (task, run, variant), file in sorted(network_files.items()):
+        per_layer = NetworkSet.load(file).masks.sum(dim=(0, 2)).double().numpy()  # [layer]: neuron memberships
+        share = per_layer / max(1.0, per_layer.sum())
+        entry = out.setdefault((task, variant), {"runs": [], "shares": [], "centres": [], "neurons": []})
+        entry["runs"].append(run)
+        entry["shares"].append(share)
+        entry["centres"].append(float((share * np.arange(len(share))).sum()))
+        entry["neurons"].append(int(per_layer.sum()))
+    return out
+
+
+def plot_layer_profiles(profiles: dict[tuple[str, str], dict], path: Path) -> Path | None:
+    """Where raw and normalised networks sit, one panel per task: each variant's share of network neurons per
+    layer, the mean over training runs as a line and the runs' range as a band."""
+    tasks = sorted({task for task, _ in profiles})
+    if not tasks:
+        return None
+    cols = min(3, len(tasks))
+    fig = _figure(5.0 * cols, 3.4 * ((len(tasks) + cols - 1) // cols))
+    for ax, task in zip(_grid(fig, len(tasks), cols), tasks):
+        for variant, color in (("raw", "C1"), ("normalised", "C0")):
+            entry = profiles.get((task, variant))
+            if not entry:
+                continue
+            shares = np.stack(entry["shares"])  # [runs, layers]
+            layers = np.arange(shares.shape[1])
+            n = len(entry["runs"])
+            ax.plot(layers, shares.mean(0), marker="o", markersize=3, color=color, label=f"{variant} ({n} runs)")
+            if n > 1:
+                ax.fill_between(layers, shares.min(0), shares.max(0), color=color, alpha=0.2, linewidth=0)
+        ax.set_title(task)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("share of network neurons")
+        ax.legend(fontsize=7)
+    fig.suptitle("Where the networks sit (line: mean over runs; band: their range)", fontsize=9)
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def plot_centres(centres: dict[str, float], path: Path) -> Path | None:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from fnet.report import markdown_table
 from fnet.study.explorer import csv_table, write_study_explorer
-from fnet.study.figures import plot_layers, plot_lesion_effects, plot_preservation_panels
+from fnet.study.figures import layer_profiles, plot_layer_profiles, plot_lesion_effects, plot_preservation_panels
 from fnet.study.pooled import (
     POOLED_COLUMNS,
     POOLED_EFFECT_COLUMNS,
@@ -163,7 +163,8 @@ def write_pooled_report(
         paper_name=paper_model,
         same_model=paper_model == preset.get("model"),
     )
-    layers_png = plot_layers(_network_files(records, preset), out / "layers.png")
+    profiles = layer_profiles(_network_files(records, preset))
+    layers_png = plot_layer_profiles(profiles, out / "layers.png")
     description = _description(records, preset)
     lines = _head_lines(preset, description, runs_log, correction, margin, verdicts, paper)
     figures = [p.name for p in (lesion_png, pres_png, layers_png) if p]
@@ -174,6 +175,7 @@ def write_pooled_report(
         "`explorer.html`, one self-contained page; open it in a browser.",
         "",
     ]
+    lines += _layer_lines(profiles, verdicts)
     lines += _mechanism_lines(mechanisms(records, effects))
     lines += ["## Training runs", "", markdown_table(runs, RUN_COLUMNS) if runs else "- none finished yet", ""]
     lines += ["## Settings", "", f"Preset `conf/study/{preset['name']}.yaml`:", ""]
@@ -208,17 +210,58 @@ def write_pooled_report(
     }
 
 
-def _network_files(records: Sequence[dict], preset: dict) -> dict[str, str]:
-    """The first training run's networks at the preset's K, by ``"<scope> <variant>"`` (the layers figure)."""
+def _network_files(records: Sequence[dict], preset: dict) -> dict[tuple[str, int, str], str]:
+    """Every training run's raw and normalised networks at the preset's K, by ``(task, run, variant)``."""
     return {
-        f"{r['meta']['scope']} {r['meta']['variant']}": str(Path(r["folder"]) / r["output"])
+        (str(r["meta"]["scope"]).split("/")[0], int(r["meta"].get("run", 0)), r["meta"]["variant"]): str(
+            Path(r["folder"]) / r["output"]
+        )
         for r in records
         if r.get("stage") == "analyze"
         and r.get("status") in FINISHED
         and r.get("output")
         and r["meta"].get("K") == preset.get("n_networks")
-        and r["meta"].get("run", 0) == 0
+        and r["meta"].get("variant") in ("raw", "normalised")
     }
+
+
+def _layer_lines(profiles: dict, verdicts: Sequence[dict]) -> list[str]:
+    """The raw-vs-normalised section: per task and variant, where the networks sit (mean layer over runs and its
+    range), how many neurons they hold, and what lesioning them all costs (pooled, with its verdict)."""
+    if not profiles:
+        return []
+    lesion = {
+        (c["task"], c["variant"]): c
+        for c in verdicts
+        if (c["a"], c["b"]) == ("unmasked", "lesion") and c["target"] in (None, "all")
+    }
+    rows = []
+    for (task, variant), p in sorted(profiles.items()):
+        c = lesion.get((task, variant))
+        top = [float(s[-3:].sum()) for s in p["shares"]]
+        rows.append(
+            {
+                "task": task,
+                "networks": variant,
+                "runs": len(p["runs"]),
+                "mean layer [runs' range]": f"{sum(p['centres']) / len(p['centres']):.1f} "
+                f"[{min(p['centres']):.1f}, {max(p['centres']):.1f}]",
+                "share in the last 3 layers": f"{sum(top) / len(top):.2f}",
+                "neurons": round(sum(p["neurons"]) / len(p["neurons"])),
+                "unmasked − lesion (pooled)": "n/a" if c is None else f"{c['diff']:+.3f}",
+                "verdict": "n/a" if c is None else c["verdict"],
+            }
+        )
+    return [
+        "## Raw vs normalised networks: where they sit, what their lesions do",
+        "",
+        "Per task, the K networks of each training run (raw ICA, and ICA on variance-normalised neurons): their mean "
+        "layer (mean over runs, the runs' range in brackets), the share of their neurons in the last three layers, "
+        "their size, and the pooled effect of lesioning them all (`layers.png` draws the profiles).",
+        "",
+        markdown_table(rows),
+        "",
+    ]
 
 
 def _description(records: Sequence[dict], preset: dict) -> str:

@@ -434,3 +434,32 @@ def test_raw_and_normalised_networks_are_placed_by_layer_over_every_training_run
     assert re.search(
         r"\| sst2 \| raw\s+\|\s+2 \| 2\.9 \[2\.8, 3\.0\]\s+\| 1\.00\s+\|\s+4 \| \+0\.225\s+\| unmasked >", text
     )
+
+
+def test_what_holds_names_tasks_at_chance_and_says_where_the_paper_is_not_reproduced():
+    """A task at chance is named with its pooled score and makes no claim; a claim gives its paper number and
+    whether it agrees in direction; a paper effect this study does not show is listed as such, not dropped."""
+    from fnet.study.render_pooled import _claim_lines
+    from fnet.study.summary import paper_tables
+
+    gpt2 = paper_tables()["models"]["gpt2"]
+    base = {"variant": "raw", "target": "all", "K": 10, "ci_low_corrected": 0.1, "ci_high_corrected": 0.3}
+    verdicts = [
+        {**base, "task": "cola", "a": "unmasked", "b": "lesion", "diff": 0.01, "runs_holding": 0, "n_runs": 3,
+         "verdict": "no claim: task at chance"},
+        {**base, "task": "sst2", "a": "unmasked", "b": "lesion", "diff": -0.2, "runs_holding": 3, "n_runs": 3,
+         "verdict": "unmasked < lesion in each of the 3 runs"},
+        {**base, "task": "sst2", "a": "unmasked", "b": "preserve", "diff": 0.05, "runs_holding": 1, "n_runs": 3,
+         "ci_low_corrected": -0.3, "verdict": "not shown"},
+    ]  # fmt: skip
+    summary = [
+        {"task": "cola", "run": "pooled", "condition": "unmasked", "metric": "mcc", "score": 0.02, "ci_low": -0.05,
+         "ci_high": 0.09, "chance": 0.0},
+    ]  # fmt: skip
+    text = "\n".join(_claim_lines(verdicts, gpt2, summary))
+    assert "- **cola**: the unmasked model is at chance (mcc +0.020 pooled over runs" in text
+    assert (
+        "**unmasked < lesion in each of the 3 runs**; on its own in 3 of 3 runs; paper +0.373, **the opposite" in text
+    )
+    assert "Not shown here: sst2, raw K=10 networks, unmasked − preserve: the paper reports +0.397" in text
+    assert "- 1 of 3 comparisons show nothing after correction" in text

@@ -101,6 +101,51 @@ def _paper_difference(paper: dict | None, c: dict) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
+def _networks(c: dict) -> str:
+    return (
+        c["variant"] + ("" if c["target"] in (None, "all") else f" {c['target']}") + (f" K={c['K']}" if c["K"] else "")
+    )
+
+
+def _claim_lines(verdicts: Sequence[dict], paper: dict | None, summary: Sequence[dict]) -> list[str]:
+    """What holds, as statements: tasks at chance named first (no claim), then every comparison with a verdict
+    (its effect, corrected interval, runs holding on their own, and the paper's ``a - b`` with whether it agrees),
+    then every paper effect this study does not show, and how many comparisons show nothing."""
+    unmasked = {r["task"]: r for r in summary if r.get("run") == "pooled" and r.get("condition") == "unmasked"}
+    lines = []
+    for task in sorted({c["task"] for c in verdicts if c["verdict"] == "no claim: task at chance"}):
+        u = unmasked.get(task, {})
+        lines.append(
+            f"- **{task}**: the unmasked model is at chance ({u.get('metric', 'score')} {_fmt(u.get('score'))} "
+            f"pooled over runs, interval [{_fmt(u.get('ci_low'))}, {_fmt(u.get('ci_high'))}], chance "
+            f"{_fmt(u.get('chance'))}): it makes no claim."
+        )
+    shown = [c for c in verdicts if not c["verdict"].startswith(("not shown", "no claim"))]
+    for c in shown:
+        ref = _paper_difference(paper, c)
+        agrees = "" if ref is None else (
+            f"; paper {ref:+.3f}, "
+            + ("the same direction" if (ref > 0) == (c["diff"] > 0) and "kept" not in c["verdict"] else
+               "**the opposite direction**" if "kept" not in c["verdict"] else "which it reports as a loss")
+        )  # fmt: skip
+        lines.append(
+            f"- {c['task']}, {_networks(c)} networks: {c['a']} − {c['b']} = {c['diff']:+.3f} "
+            f"[{c['ci_low_corrected']:+.3f}, {c['ci_high_corrected']:+.3f}]: **{c['verdict']}**; on its own in "
+            f"{c['runs_holding']} of {c['n_runs']} runs{agrees}."
+        )
+    for c in verdicts:
+        ref = _paper_difference(paper, c)
+        if ref is not None and c["verdict"].startswith("not shown"):
+            lines.append(
+                f"- Not shown here: {c['task']}, {_networks(c)} networks, {c['a']} − {c['b']}: the paper reports "
+                f"{ref:+.3f}; pooled {c['diff']:+.3f} [{c['ci_low_corrected']:+.3f}, {c['ci_high_corrected']:+.3f}], "
+                f"on its own in {c['runs_holding']} of {c['n_runs']} runs."
+            )
+    quiet = sum(1 for c in verdicts if c["verdict"].startswith("not shown"))
+    lines.append(f"- {quiet} of {len(verdicts)} comparisons show nothing after correction (all in the table below).")
+    return lines
+
+
 def _holds_table(verdicts: Sequence[dict], paper: dict | None) -> list[str]:
     rows = []
     for c in verdicts:
@@ -109,9 +154,7 @@ def _holds_table(verdicts: Sequence[dict], paper: dict | None) -> list[str]:
         rows.append(
             {
                 "task": c["task"],
-                "networks": c["variant"]
-                + ("" if c["target"] in (None, "all") else f" {c['target']}")
-                + (f" K={c['K']}" if c["K"] else ""),
+                "networks": _networks(c),
                 "comparison": f"{c['a']} − {c['b']}",
                 "pooled effect [corrected CI]": f"{c['diff']:+.3f} [{c['ci_low_corrected']:+.3f}, "
                 f"{c['ci_high_corrected']:+.3f}]",
@@ -166,7 +209,7 @@ def write_pooled_report(
     profiles = layer_profiles(_network_files(records, preset))
     layers_png = plot_layer_profiles(profiles, out / "layers.png")
     description = _description(records, preset)
-    lines = _head_lines(preset, description, runs_log, correction, margin, verdicts, paper)
+    lines = _head_lines(preset, description, runs_log, correction, margin, verdicts, paper, summary)
     figures = [p.name for p in (lesion_png, pres_png, layers_png) if p]
     if figures:
         lines += ["Figures: " + ", ".join(f"`{f}`" for f in figures) + ".", ""]
@@ -289,8 +332,9 @@ def _head_lines(
     margin: float,
     verdicts: Sequence[dict],
     paper: dict | None,
+    summary: Sequence[dict] = (),
 ) -> list[str]:
-    """The title, the Machines line, how effects are pooled and corrected, and the What holds table."""
+    """The title, the Machines line, how effects are pooled and corrected, What holds and its table."""
     kept_family = sum(1 for c in verdicts if c.get("p_tost_adjusted") is not None)
     return (
         [
@@ -311,6 +355,8 @@ def _head_lines(
             "## What holds",
             "",
         ]
+        + _claim_lines(verdicts, paper, summary)
+        + ["", "### Every pooled comparison", ""]
         + _holds_table(verdicts, paper)
         + [""]
     )

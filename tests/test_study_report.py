@@ -463,3 +463,19 @@ def test_what_holds_names_tasks_at_chance_and_says_where_the_paper_is_not_reprod
     )
     assert "Not shown here: sst2, raw K=10 networks, unmasked − preserve: the paper reports +0.397" in text
     assert "- 1 of 3 comparisons show nothing after correction" in text
+
+
+def test_plan_and_cost_says_why_from_the_preset_and_sums_the_finished_jobs():
+    """The report quotes why the expensive parts run where they do (the preset's header, its usage lines left
+    out) and sums the finished jobs' seconds by stage; unfinished jobs count in the plan, not in the hours."""
+    from fnet.study.render_pooled import _plan_lines
+
+    records = [
+        {"stage": "train", "status": "done", "seconds": 1800},
+        {"stage": "evaluate", "status": "ran", "seconds": 5400},
+        {"stage": "evaluate", "status": "pending", "seconds": None},
+    ]
+    text = "\n".join(_plan_lines({"name": "smollm2_v2"}, records))
+    assert "single-network lesions and the preservation curve on SST-2 and AG News only" in text
+    assert "--workers 2 --hours" not in text
+    assert "Finished: 2 of 3 jobs, 2.0 CPU-hours (evaluate 1.5, train 0.5)" in text

@@ -218,6 +218,7 @@ def write_pooled_report(
         "`explorer.html`, one self-contained page; open it in a browser.",
         "",
     ]
+    lines += _plan_lines(preset, records)
     lines += _layer_lines(profiles, verdicts)
     lines += _mechanism_lines(mechanisms(records, effects))
     lines += ["## Training runs", "", markdown_table(runs, RUN_COLUMNS) if runs else "- none finished yet", ""]
@@ -360,6 +361,36 @@ def _head_lines(
         + _holds_table(verdicts, paper)
         + [""]
     )
+
+
+def _plan_lines(preset: dict, records: Sequence[dict]) -> list[str]:
+    """Plan and cost: why the expensive parts run where they do (the preset file's header, where it has one) and
+    the CPU hours its finished jobs took, by stage (a job's seconds; one job per core)."""
+    from fnet.study.preset import preset_dir
+
+    path = preset_dir() / f"{preset['name']}.yaml"
+    header = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            if not line[1:].strip().startswith("python "):  # its usage lines: the README gives the commands
+                header.append(line[1:].strip())
+    done = [r for r in records if r.get("status") in FINISHED and r.get("seconds") is not None]
+    by_stage: dict[str, float] = {}
+    for r in done:
+        by_stage[r["stage"]] = by_stage.get(r["stage"], 0.0) + float(r["seconds"])
+    lines = ["## Plan and cost", ""]
+    if header:
+        lines += [f"From `conf/study/{path.name}`:", "", "> " + " ".join(header), ""]
+    lines += [
+        f"Finished: {len(done)} of {len(records)} jobs, {sum(by_stage.values()) / 3600:.1f} CPU-hours ("
+        + ", ".join(f"{stage} {seconds / 3600:.1f}" for stage, seconds in sorted(by_stage.items()))
+        + f"); `python -m fnet.study {preset['name']} --dry-run` estimates the whole plan, "
+        "`bench/results_study.md` sets the finished training runs beside their estimate.",
+        "",
+    ]
+    return lines
 
 
 def _mechanism_lines(mech: Sequence[dict]) -> list[str]:

@@ -27,6 +27,7 @@ from fnet.study.pooled import (
     run_effects,
     run_summary,
 )
+from fnet.study.preset import preset_dir
 from fnet.study.render import paper_for
 from fnet.study.report import FINISHED, load_results
 from fnet.study.runlog import machines_line, read_runs, run_at, runs_table
@@ -366,8 +367,6 @@ def _head_lines(
 def _plan_lines(preset: dict, records: Sequence[dict]) -> list[str]:
     """Plan and cost: why the expensive parts run where they do (the preset file's header, where it has one) and
     the CPU hours its finished jobs took, by stage (a job's seconds; one job per core)."""
-    from fnet.study.preset import preset_dir
-
     path = preset_dir() / f"{preset['name']}.yaml"
     header = []
     if path.exists():

@@ -401,7 +401,8 @@ def _mechanism_lines(mech: Sequence[dict]) -> list[str]:
         ["## Mechanisms: single-network lesions by shared massive units", ""]
         + [
             f"- {m['task']} run {m['run']} ({m['variant']}): {len(m['networks'])} networks hurt more than their "
-            f"count-matched control, {len(m['groups'])} distinct mechanisms (groups sharing a massive unit): "
+            f"count-matched control, {len(m['groups'])} distinct "
+            f"{'mechanism' if len(m['groups']) == 1 else 'mechanisms'} (groups sharing a massive unit): "
             + "; ".join("[" + ", ".join(g) + "]" for g in m["groups"])
             for m in mech
         ]

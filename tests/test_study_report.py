@@ -479,3 +479,15 @@ def test_plan_and_cost_says_why_from_the_preset_and_sums_the_finished_jobs():
     assert "single-network lesions and the preservation curve on SST-2 and AG News only" in text
     assert "--workers 2 --hours" not in text
     assert "Finished: 2 of 3 jobs, 2.0 CPU-hours (evaluate 1.5, train 0.5)" in text
+
+
+def test_an_unfinished_plan_is_reported_as_interim_and_a_finished_one_is_not():
+    from fnet.study.render_pooled import _interim_lines
+
+    records = [
+        {"stage": "train", "status": "done"},
+        {"stage": "train", "status": "pending"},
+        {"stage": "evaluate", "status": "ran"},
+    ]
+    assert _interim_lines(records)[0].startswith("**Interim report**: 2 of 3 jobs finished (1 of 2 training runs)")
+    assert _interim_lines([dict(r, status="done") for r in records]) == []

@@ -210,7 +210,7 @@ def write_pooled_report(
     profiles = layer_profiles(_network_files(records, preset))
     layers_png = plot_layer_profiles(profiles, out / "layers.png")
     description = _description(records, preset)
-    lines = _head_lines(preset, description, runs_log, correction, margin, verdicts, paper, summary)
+    lines = _head_lines(preset, description, runs_log, correction, margin, verdicts, paper, summary, records)
     figures = [p.name for p in (lesion_png, pres_png, layers_png) if p]
     if figures:
         lines += ["Figures: " + ", ".join(f"`{f}`" for f in figures) + ".", ""]
@@ -335,8 +335,10 @@ def _head_lines(
     verdicts: Sequence[dict],
     paper: dict | None,
     summary: Sequence[dict] = (),
+    records: Sequence[dict] = (),
 ) -> list[str]:
-    """The title, the Machines line, how effects are pooled and corrected, What holds and its table."""
+    """The title, the Machines line, whether the plan is finished, how effects are pooled and corrected, What holds
+    and its table."""
     kept_family = sum(1 for c in verdicts if c.get("p_tost_adjusted") is not None)
     return (
         [
@@ -344,6 +346,9 @@ def _head_lines(
             "",
             f"Machines: {machines_line(runs_log)}.",
             "",
+        ]
+        + _interim_lines(records)
+        + [
             "Every effect is measured per training run (paired on that run's held-out rows, rows and control seeds "
             "resampled) and pooled over runs (mean of the runs' effects, t interval over runs): a claim holds only "
             "when a corrected p value is below 0.05, and the table says in how many runs it holds on its own (its "
@@ -362,6 +367,21 @@ def _head_lines(
         + _holds_table(verdicts, paper)
         + [""]
     )
+
+
+def _interim_lines(records: Sequence[dict]) -> list[str]:
+    """A banner while the plan is unfinished: how many jobs and training runs are done, and that claims may change."""
+    left = [r for r in records if r.get("status") not in FINISHED]
+    if not left:
+        return []
+    trains = [r for r in records if r.get("stage") == "train"]
+    done = sum(1 for r in trains if r.get("status") in FINISHED)
+    return [
+        f"**Interim report**: {len(records) - len(left)} of {len(records)} jobs finished ({done} of {len(trains)} "
+        "training runs); the plan's other runs and tasks are not in it yet, and its claims and their corrections "
+        "(the family grows with every comparison) may change.",
+        "",
+    ]
 
 
 def _plan_lines(preset: dict, records: Sequence[dict]) -> list[str]:

@@ -32,14 +32,9 @@ from fnet.study.preset import PRESET_KEYS
 from fnet.study.render import render_report
 from fnet.study.report import FINISHED, JOB_COLUMNS, RANDOM_CONDITIONS
 from fnet.study.scheduler import Job, code_key
+from fnet.study.summary import part_name
 
 __all__ = ["plan_parts", "read_source", "compose_report", "part_name"]
-
-
-def part_name(text: str) -> str:
-    """A part as the report names it: ``sst2``, or ``sst2 (zero-shot)`` (also written ``sst2-zeroshot``)."""
-    text = text.strip()
-    return f"{text[: -len('-zeroshot')]} (zero-shot)" if text.endswith("-zeroshot") else text
 
 
 def plan_parts(jobs: Sequence[Job]) -> dict[str, list[Job]]:

@@ -26,6 +26,7 @@ from fnet.paths import project_root
 from fnet.scoring.rows import load_task_rows
 from fnet.scoring.splits import fine_tuning_splits
 from fnet.study.scheduler import Job
+from fnet.study.summary import part_name
 
 __all__ = ["REFERENCE", "estimate", "estimate_lines"]
 
@@ -102,9 +103,7 @@ def estimate(jobs: Sequence[Job], preset: dict, reference: Path = REFERENCE) -> 
     for job in jobs:
         by_stage[job.stage] += out[job.name]
         scope = str(job.meta.get("scope", "?")).split("/")[0]
-        label = job.meta.get("task") or (
-            f"{scope.removesuffix('-zeroshot')} (zero-shot)" if scope.endswith("-zeroshot") else scope
-        )
+        label = job.meta.get("task") or part_name(scope)
         by_task[str(label)] += out[job.name]
     return {"jobs": out, "by_stage": dict(by_stage), "by_task": dict(by_task), "hours": sum(out.values()) / 3600}
 

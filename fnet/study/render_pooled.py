@@ -31,7 +31,7 @@ from fnet.study.preset import preset_dir
 from fnet.study.render import paper_for
 from fnet.study.report import FINISHED, load_results
 from fnet.study.runlog import machines_line, read_runs, run_at, runs_table
-from fnet.study.summary import paper_value
+from fnet.study.summary import paper_value, part_name
 
 __all__ = ["write_pooled_report", "RUN_COLUMNS"]
 
@@ -258,7 +258,7 @@ def write_pooled_report(
 def _network_files(records: Sequence[dict], preset: dict) -> dict[tuple[str, int, str], str]:
     """Every training run's raw and normalised networks at the preset's K, by ``(task, run, variant)``."""
     return {
-        (str(r["meta"]["scope"]).split("/")[0], int(r["meta"].get("run", 0)), r["meta"]["variant"]): str(
+        (part_name(str(r["meta"]["scope"]).split("/")[0]), int(r["meta"].get("run") or 0), r["meta"]["variant"]): str(
             Path(r["folder"]) / r["output"]
         )
         for r in records

@@ -28,6 +28,7 @@ __all__ = [
     "load_results",
     "paper_tables",
     "paper_value",
+    "part_name",
     "summarize",
 ]
 
@@ -66,6 +67,16 @@ CONDITION_ORDER = [
     "preserve_count",
     "preserve_magnitude",
 ]
+
+
+def part_name(text: str) -> str:
+    """A part as the report names it: ``sst2``, or ``sst2 (zero-shot)`` (also written ``sst2-zeroshot``).
+
+    >>> part_name("sst2-zeroshot"), part_name("sst2")
+    ('sst2 (zero-shot)', 'sst2')
+    """
+    text = text.strip()
+    return f"{text[: -len('-zeroshot')]} (zero-shot)" if text.endswith("-zeroshot") else text
 
 
 def paper_tables() -> dict:

@@ -7,8 +7,8 @@ is a paired difference on that run's rows with its bootstrap replicates (:func:`
 Runs are then pooled by :func:`fnet.study.stats.pooled_effect` (the mean over runs with a t interval; every run on
 its own, a partial conjunction), and both tests of every pooled comparison are corrected as one family (Holm by
 default) before anything is claimed; a verdict says which test it rests on, and a comparison measured in one run
-only says so. "Kept" (preservation without loss)
-is claimed only from the equivalence test against the preset's margin, corrected over its own family.
+only says so. "Kept" (preservation without loss) is claimed only from the equivalence test against the preset's
+margin, corrected over its own family.
 
 Networks differ between training runs (each run has its own ICA), so a per-network lesion is never pooled by its
 index: per-network results are tallied per run, grouped by shared massive units (:func:`fnet.study.stats.

@@ -219,7 +219,9 @@ def main() -> None:
         "seconds from its `job.json` (one job per core: `--workers 2` on 2 cores, so a job's seconds are its "
         "CPU seconds), beside the estimate of the same jobs and the old path (the unit's training times the "
         "task's old/today ratio above, the rest as measured). A unit is listed when all its planned jobs are "
-        "finished; run 0 of a task also holds its per-network lesions and preservation curve (more jobs).",
+        "finished; run 0 of a task also holds its per-network lesions and preservation curve (more jobs). A job's "
+        "seconds are wall time on its core, so a unit that shared the machine with other work reads high (SST-2 "
+        "run 1's evaluations ran beside run 0's; AG News run 0's beside a CI run for about half their time).",
         "",
         *unit_lines(units, est, plan_units, old_ratio),
         "",

@@ -82,6 +82,12 @@ def _one_sided(replicates: np.ndarray, margin: float) -> float:
     return float(max(low, high))
 
 
+def _bootstrap_sd(run: RunEffect) -> float:
+    """The SD of a run's bootstrap replicates (0 with fewer than two)."""
+    replicates = np.asarray(run.replicates, dtype=np.float64)
+    return float(np.std(replicates, ddof=1)) if replicates.size > 1 else 0.0
+
+
 def run_p(run: RunEffect, side: int) -> float:
     """One-sided p value of the run's effect being on ``side`` (+1: above 0, -1: below 0), from the normal
     approximation of its bootstrap (``diff / SD(replicates)``): small when the run shows it.
@@ -92,7 +98,7 @@ def run_p(run: RunEffect, side: int) -> float:
     >>> round(run_p(run, +1), 2), round(run_p(run, -1), 2)  # z = 2
     (0.02, 0.98)
     """
-    sd = float(np.std(np.asarray(run.replicates, dtype=np.float64), ddof=1)) if len(run.replicates) > 1 else 0.0
+    sd = _bootstrap_sd(run)
     if sd == 0:  # no spread: the effect is exactly what was measured
         return 0.0 if side * run.diff > 0 else 1.0
     return float(norm.sf(side * run.diff / sd))
@@ -100,7 +106,7 @@ def run_p(run: RunEffect, side: int) -> float:
 
 def _run_tost(run: RunEffect, margin: float) -> float:
     """TOST of one run from the same normal approximation: the larger of the two one-sided p values."""
-    sd = float(np.std(np.asarray(run.replicates, dtype=np.float64), ddof=1)) if len(run.replicates) > 1 else 0.0
+    sd = _bootstrap_sd(run)
     if sd == 0:
         return 0.0 if abs(run.diff) < margin else 1.0
     return float(max(norm.sf((run.diff + margin) / sd), norm.sf((margin - run.diff) / sd)))

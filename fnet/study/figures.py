@@ -125,6 +125,16 @@ def plot_preservation(
     return path
 
 
+def _per_layer(file: str | Path) -> np.ndarray:
+    """A network file's neuron memberships per layer (``[layers]``, float64), summed over its networks."""
+    return NetworkSet.load(file).masks.sum(dim=(0, 2)).double().numpy()
+
+
+def _centre(per_layer: np.ndarray) -> float:
+    """The mean layer of network neurons, from their count per layer."""
+    return float((per_layer * np.arange(len(per_layer))).sum() / max(1.0, per_layer.sum()))
+
+
 def plot_layers(network_files: dict[str, str], path: Path) -> Path | None:
     """Neurons of all networks per layer, one line per network file (e.g. raw vs normalised ICA)."""
     if not network_files:
@@ -132,8 +142,7 @@ def plot_layers(network_files: dict[str, str], path: Path) -> Path | None:
     fig = _figure(6.0, 3.5)
     ax = fig.add_subplot()
     for label, file in sorted(network_files.items()):
-        nets = NetworkSet.load(file)
-        per_layer = nets.masks.sum(dim=(0, 2)).numpy()  # [layer]: neuron memberships
+        per_layer = _per_layer(file)
         ax.plot(range(len(per_layer)), per_layer / max(1, per_layer.sum()), marker="o", label=label)
     ax.set_xlabel("layer")
     ax.set_ylabel("share of network neurons")
@@ -147,8 +156,7 @@ def layer_centres(network_files: dict[str, str]) -> dict[str, float]:
     """Mean layer of the network neurons of each network file."""
     out = {}
     for label, file in network_files.items():
-        per_layer = NetworkSet.load(file).masks.sum(dim=(0, 2)).double().numpy()
-        out[label] = float((per_layer * np.arange(len(per_layer))).sum() / max(1.0, per_layer.sum()))
+        out[label] = _centre(_per_layer(file))
     return out
 
 
@@ -160,12 +168,11 @@ def layer_profiles(network_files: dict[tuple[str, int, str], str]) -> dict[tuple
     """
     out: dict[tuple[str, str], dict] = {}
     for (task, run, variant), file in sorted(network_files.items()):
-        per_layer = NetworkSet.load(file).masks.sum(dim=(0, 2)).double().numpy()  # [layer]: neuron memberships
-        share = per_layer / max(1.0, per_layer.sum())
+        per_layer = _per_layer(file)
         entry = out.setdefault((task, variant), {"runs": [], "shares": [], "centres": [], "neurons": []})
         entry["runs"].append(run)
-        entry["shares"].append(share)
-        entry["centres"].append(float((share * np.arange(len(share))).sum()))
+        entry["shares"].append(per_layer / max(1.0, per_layer.sum()))
+        entry["centres"].append(_centre(per_layer))
         entry["neurons"].append(int(per_layer.sum()))
     return out
 

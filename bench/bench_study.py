@@ -55,6 +55,14 @@ def _load(runs_dir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def unit_of(meta: dict) -> tuple[str, int] | None:
+    """The training-run unit ``(task, run)`` a job belongs to, from its meta; None for a zero-shot job."""
+    scope = str(meta.get("scope", meta.get("task", "")))
+    if meta.get("run") is None or scope.endswith("-zeroshot"):
+        return None
+    return scope.split("/")[0], int(meta["run"])
+
+
 def measured_units(study: Path) -> dict[tuple[str, int], dict[str, dict]]:
     """Finished jobs of a study folder by training-run unit: ``{(task, run): {job name: job.json}}``.
 
@@ -66,10 +74,9 @@ def measured_units(study: Path) -> dict[tuple[str, int], dict[str, dict]]:
     units: dict[tuple[str, int], dict[str, dict]] = {}
     for path in sorted(study.glob("*/*/job.json")):
         job = json.loads(path.read_text())
-        run, scope = job["meta"].get("run"), str(job["meta"].get("scope", job["meta"].get("task", "")))
-        if job.get("status") not in FINISHED or run is None or scope.endswith("-zeroshot"):
-            continue
-        units.setdefault((scope.split("/")[0], int(run)), {})[job["name"]] = job
+        unit = unit_of(job["meta"])
+        if job.get("status") in FINISHED and unit is not None:
+            units.setdefault(unit, {})[job["name"]] = job
     return units
 
 
@@ -207,10 +214,9 @@ def main() -> None:
     ]
     plan_units: dict[tuple[str, int], int] = {}
     for job in jobs:
-        scope = str(job.meta.get("scope", job.meta.get("task", "")))
-        if job.meta.get("run") is not None and not scope.endswith("-zeroshot"):
-            key = (scope.split("/")[0], int(job.meta["run"]))
-            plan_units[key] = plan_units.get(key, 0) + 1
+        unit = unit_of(job.meta)
+        if unit is not None:
+            plan_units[unit] = plan_units.get(unit, 0) + 1
     units = measured_units(Path(args.study))
     lines += [
         "## Measured training-run units",

@@ -465,6 +465,52 @@ def test_what_holds_names_tasks_at_chance_and_says_where_the_paper_is_not_reprod
     assert "- 1 of 3 comparisons show nothing after correction" in text
 
 
+def test_what_holds_lists_each_claim_under_the_question_it_answers():
+    """Claims are grouped by the study's questions, in their order, each group's claims before the paper's effects
+    it does not show; a question with nothing to say has no heading."""
+    from fnet.study.render_pooled import QUESTIONS, _claim_lines
+    from fnet.study.summary import paper_tables
+
+    gpt2 = paper_tables()["models"]["gpt2"]
+    base = {
+        "variant": "raw",
+        "target": "all",
+        "K": 10,
+        "ci_low_corrected": 0.1,
+        "ci_high_corrected": 0.3,
+        "runs_holding": 3,
+        "n_runs": 3,
+        "task": "sst2",
+        "diff": 0.2,
+    }
+    verdicts = [
+        {**base, "task": "sst2 (zero-shot)", "a": "unmasked", "b": "lesion", "verdict": "unmasked > lesion"},
+        {**base, "a": "unmasked", "b": "preserve", "ci_low_corrected": -0.3, "verdict": "not shown"},
+        {**base, "a": "preserve_as_published", "b": "preserve", "verdict": "preserve_as_published > preserve"},
+        {**base, "a": "massive_included", "b": "lesion", "verdict": "massive_included > lesion"},
+        {**base, "target": "unit0", "a": "unmasked", "b": "unit", "verdict": "unmasked > unit"},
+        {**base, "a": "count", "b": "lesion", "verdict": "count > lesion"},
+        {**base, "variant": "normalised", "a": "count", "b": "lesion", "verdict": "not shown"},  # no paper value
+    ]  # fmt: skip
+    lines = _claim_lines(verdicts, gpt2, [])
+    heads = [line.strip("*") for line in lines if line.startswith("**")]
+    assert heads == [QUESTIONS[0], QUESTIONS[1], QUESTIONS[2], QUESTIONS[4]]  # nothing to say on normalised nets
+
+    def under(i):  # the claim lines after a question's heading, to the next blank line
+        rest = lines[lines.index(f"**{QUESTIONS[i]}**") + 2 :]
+        return rest[: rest.index("")]
+
+    assert under(0)[0].startswith("- sst2, raw K=10 networks: count − lesion")
+    assert [line[:40] for line in under(1)[:2]] == [
+        "- sst2, raw K=10 networks: massive_inclu",
+        "- sst2, raw unit0 K=10 networks: unmaske",
+    ]
+    assert under(2)[0].startswith("- sst2, raw K=10 networks: preserve_as_published − preserve")
+    assert under(2)[1].startswith("- Not shown here: sst2, raw K=10 networks, unmasked − preserve")
+    assert under(4)[0].startswith("- sst2 (zero-shot), raw K=10 networks: unmasked − lesion = +0.200")
+    assert lines[-1] == "- 2 of 7 comparisons show nothing after correction (all in the table below)."
+
+
 def test_plan_and_cost_says_why_from_the_preset_and_sums_the_finished_jobs():
     """The report quotes why the expensive parts run where they do (the preset's header, its usage lines left
     out) and sums the finished jobs' seconds by stage; unfinished jobs count in the plan, not in the hours."""

@@ -108,10 +108,53 @@ def _networks(c: dict) -> str:
     )
 
 
+# What holds is listed under the study's five questions (issue "Study v2, run"), in their order.
+QUESTIONS = (
+    "Networks against random neurons matched in count and in magnitude (Tables 4-5 analogues)",
+    "What the massive-activation units carry (spared, single-unit and massive-included lesions, mean ablation)",
+    "Keeping only the networks (Table 8 analogue)",
+    "Raw vs variance-normalised networks",
+    "Zero-shot (Tables 6-7 analogues)",
+)
+MATCHED = {("unmasked", "lesion"), ("count", "lesion"), ("magnitude", "lesion")}
+
+
+def _question(c: dict) -> int:
+    """The index in QUESTIONS a comparison answers: zero-shot and normalised networks first, by what they ran on."""
+    if "zero-shot" in c["task"]:
+        return 4
+    if c["variant"] == "normalised":
+        return 3
+    if "preserve" in c["a"] or "preserve" in c["b"]:
+        return 2
+    return 0 if (c["a"], c["b"]) in MATCHED and not str(c["target"]).startswith("unit") else 1
+
+
+def _claim_line(c: dict, paper: dict | None) -> str:
+    ref = _paper_difference(paper, c)
+    if c["verdict"].startswith("not shown"):  # listed only where the paper reports the effect
+        return (
+            f"- Not shown here: {c['task']}, {_networks(c)} networks, {c['a']} − {c['b']}: the paper reports "
+            f"{ref:+.3f}; pooled {c['diff']:+.3f} [{c['ci_low_corrected']:+.3f}, {c['ci_high_corrected']:+.3f}], "
+            f"on its own in {c['runs_holding']} of {c['n_runs']} runs."
+        )
+    agrees = "" if ref is None else (
+        f"; paper {ref:+.3f}, "
+        + ("the same direction" if (ref > 0) == (c["diff"] > 0) and "kept" not in c["verdict"] else
+           "**the opposite direction**" if "kept" not in c["verdict"] else "which it reports as a loss")
+    )  # fmt: skip
+    return (
+        f"- {c['task']}, {_networks(c)} networks: {c['a']} − {c['b']} = {c['diff']:+.3f} "
+        f"[{c['ci_low_corrected']:+.3f}, {c['ci_high_corrected']:+.3f}]: **{c['verdict']}**; on its own in "
+        f"{c['runs_holding']} of {c['n_runs']} runs{agrees}."
+    )
+
+
 def _claim_lines(verdicts: Sequence[dict], paper: dict | None, summary: Sequence[dict]) -> list[str]:
-    """What holds, as statements: tasks at chance named first (no claim), then every comparison with a verdict
-    (its effect, corrected interval, runs holding on their own, and the paper's ``a - b`` with whether it agrees),
-    then every paper effect this study does not show, and how many comparisons show nothing."""
+    """What holds, as statements: tasks at chance named first (no claim), then, under each of the issue's questions,
+    every comparison with a verdict (its effect, corrected interval, runs holding on their own, and the paper's
+    ``a - b`` with whether it agrees) and every paper effect this study does not show; last, how many comparisons
+    show nothing."""
     unmasked = {r["task"]: r for r in summary if r.get("run") == "pooled" and r.get("condition") == "unmasked"}
     lines = []
     for task in sorted({c["task"] for c in verdicts if c["verdict"] == "no claim: task at chance"}):
@@ -121,29 +164,18 @@ def _claim_lines(verdicts: Sequence[dict], paper: dict | None, summary: Sequence
             f"pooled over runs, interval [{_fmt(u.get('ci_low'))}, {_fmt(u.get('ci_high'))}], chance "
             f"{_fmt(u.get('chance'))}): it makes no claim."
         )
-    shown = [c for c in verdicts if not c["verdict"].startswith(("not shown", "no claim"))]
-    for c in shown:
-        ref = _paper_difference(paper, c)
-        agrees = "" if ref is None else (
-            f"; paper {ref:+.3f}, "
-            + ("the same direction" if (ref > 0) == (c["diff"] > 0) and "kept" not in c["verdict"] else
-               "**the opposite direction**" if "kept" not in c["verdict"] else "which it reports as a loss")
-        )  # fmt: skip
-        lines.append(
-            f"- {c['task']}, {_networks(c)} networks: {c['a']} − {c['b']} = {c['diff']:+.3f} "
-            f"[{c['ci_low_corrected']:+.3f}, {c['ci_high_corrected']:+.3f}]: **{c['verdict']}**; on its own in "
-            f"{c['runs_holding']} of {c['n_runs']} runs{agrees}."
-        )
-    for c in verdicts:
-        ref = _paper_difference(paper, c)
-        if ref is not None and c["verdict"].startswith("not shown"):
-            lines.append(
-                f"- Not shown here: {c['task']}, {_networks(c)} networks, {c['a']} − {c['b']}: the paper reports "
-                f"{ref:+.3f}; pooled {c['diff']:+.3f} [{c['ci_low_corrected']:+.3f}, {c['ci_high_corrected']:+.3f}], "
-                f"on its own in {c['runs_holding']} of {c['n_runs']} runs."
-            )
+    listed = [
+        c
+        for c in verdicts
+        if not c["verdict"].startswith(("not shown", "no claim"))
+        or (c["verdict"].startswith("not shown") and _paper_difference(paper, c) is not None)
+    ]
+    for q, question in enumerate(QUESTIONS):
+        group = sorted((c for c in listed if _question(c) == q), key=lambda c: c["verdict"].startswith("not shown"))
+        if group:  # its claims, then the paper's effects it does not show
+            lines += ([""] if lines else []) + [f"**{question}**", ""] + [_claim_line(c, paper) for c in group]
     quiet = sum(1 for c in verdicts if c["verdict"].startswith("not shown"))
-    lines.append(f"- {quiet} of {len(verdicts)} comparisons show nothing after correction (all in the table below).")
+    lines += ["", f"- {quiet} of {len(verdicts)} comparisons show nothing after correction (all in the table below)."]
     return lines
 
 

@@ -127,7 +127,7 @@ def _question(c: dict) -> int:
         return 3
     if "preserve" in c["a"] or "preserve" in c["b"]:
         return 2
-    return 0 if (c["a"], c["b"]) in MATCHED and not str(c["target"]).startswith("unit") else 1
+    return 0 if (c["a"], c["b"]) in MATCHED else 1
 
 
 def _claim_line(c: dict, paper: dict | None) -> str:

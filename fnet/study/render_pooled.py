@@ -130,8 +130,8 @@ def _question(c: dict) -> int:
     return 0 if (c["a"], c["b"]) in MATCHED else 1
 
 
-def _claim_line(c: dict, paper: dict | None) -> str:
-    ref = _paper_difference(paper, c)
+def _claim_line(c: dict, ref: float | None) -> str:
+    """One comparison as a statement, with the paper's ``a - b`` (``ref``) where it reports one."""
     if c["verdict"].startswith("not shown"):  # listed only where the paper reports the effect
         return (
             f"- Not shown here: {c['task']}, {_networks(c)} networks, {c['a']} − {c['b']}: the paper reports "
@@ -164,16 +164,14 @@ def _claim_lines(verdicts: Sequence[dict], paper: dict | None, summary: Sequence
             f"pooled over runs, interval [{_fmt(u.get('ci_low'))}, {_fmt(u.get('ci_high'))}], chance "
             f"{_fmt(u.get('chance'))}): it makes no claim."
         )
-    listed = [
-        c
-        for c in verdicts
-        if not c["verdict"].startswith(("not shown", "no claim"))
-        or (c["verdict"].startswith("not shown") and _paper_difference(paper, c) is not None)
-    ]
+    with_ref = [(c, _paper_difference(paper, c)) for c in verdicts if not c["verdict"].startswith("no claim")]
+    listed = [(c, ref) for c, ref in with_ref if ref is not None or not c["verdict"].startswith("not shown")]
     for q, question in enumerate(QUESTIONS):
-        group = sorted((c for c in listed if _question(c) == q), key=lambda c: c["verdict"].startswith("not shown"))
+        group = sorted(
+            (x for x in listed if _question(x[0]) == q), key=lambda x: x[0]["verdict"].startswith("not shown")
+        )
         if group:  # its claims, then the paper's effects it does not show
-            lines += ([""] if lines else []) + [f"**{question}**", ""] + [_claim_line(c, paper) for c in group]
+            lines += ([""] if lines else []) + [f"**{question}**", ""] + [_claim_line(c, ref) for c, ref in group]
     quiet = sum(1 for c in verdicts if c["verdict"].startswith("not shown"))
     lines += ["", f"- {quiet} of {len(verdicts)} comparisons show nothing after correction (all in the table below)."]
     return lines

@@ -537,3 +537,27 @@ def test_an_unfinished_plan_is_reported_as_interim_and_a_finished_one_is_not():
     ]
     assert _interim_lines(records)[0].startswith("**Interim report**: 2 of 3 jobs finished (1 of 2 training runs)")
     assert _interim_lines([dict(r, status="done") for r in records]) == []
+
+
+def test_what_holds_counts_one_run_in_the_singular():
+    """A comparison measured in one run (a zero-shot part, or a single-unit lesion on the first training run) reads
+    "in 1 of 1 run", in a claim and in a paper effect it does not show (the figure's legend uses the same words);
+    more runs stay plural."""
+    from fnet.study.figures import run_count
+    from fnet.study.render_pooled import _claim_lines
+    from fnet.study.summary import paper_tables
+
+    gpt2 = paper_tables()["models"]["gpt2"]
+    base = {"variant": "raw", "target": "all", "K": 10, "ci_low_corrected": 0.1, "ci_high_corrected": 0.3,
+            "task": "sst2", "diff": 0.2, "a": "unmasked"}  # fmt: skip
+    verdicts = [
+        {**base, "b": "lesion", "runs_holding": 1, "n_runs": 1, "verdict": "unmasked > lesion in its one run only"},
+        {**base, "b": "preserve", "runs_holding": 0, "n_runs": 1, "ci_low_corrected": -0.3, "verdict": "not shown"},
+        {**base, "b": "count", "runs_holding": 2, "n_runs": 3, "verdict": "unmasked > count"},
+    ]  # fmt: skip
+    text = "\n".join(_claim_lines(verdicts, gpt2, []))
+    assert "on its own in 1 of 1 run; paper +0.373" in text
+    assert "on its own in 0 of 1 run." in text
+    assert "on its own in 2 of 3 runs." in text
+    assert "1 of 1 runs" not in text and "0 of 1 runs" not in text
+    assert (run_count(1), run_count(5)) == ("1 run", "5 runs")

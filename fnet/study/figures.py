@@ -177,6 +177,11 @@ def layer_profiles(network_files: dict[tuple[str, int, str], str]) -> dict[tuple
     return out
 
 
+def run_count(n: int) -> str:
+    """``"1 run"``, ``"5 runs"``: a number of training runs in a label or a sentence."""
+    return f"{n} run{'' if n == 1 else 's'}"
+
+
 def plot_layer_profiles(profiles: dict[tuple[str, str], dict], path: Path) -> Path | None:
     """Where raw and normalised networks sit, one panel per task: each variant's share of network neurons per
     layer, the mean over training runs as a line and the runs' range as a band."""
@@ -193,7 +198,7 @@ def plot_layer_profiles(profiles: dict[tuple[str, str], dict], path: Path) -> Pa
             shares = np.stack(entry["shares"])  # [runs, layers]
             layers = np.arange(shares.shape[1])
             n = len(entry["runs"])
-            ax.plot(layers, shares.mean(0), marker="o", markersize=3, color=color, label=f"{variant} ({n} runs)")
+            ax.plot(layers, shares.mean(0), marker="o", markersize=3, color=color, label=f"{variant} ({run_count(n)})")
             if n > 1:
                 ax.fill_between(layers, shares.min(0), shares.max(0), color=color, alpha=0.2, linewidth=0)
         ax.set_title(task)

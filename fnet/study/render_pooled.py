@@ -16,7 +16,13 @@ from typing import Any, Sequence
 
 from fnet.report import markdown_table
 from fnet.study.explorer import csv_table, write_study_explorer
-from fnet.study.figures import layer_profiles, plot_layer_profiles, plot_lesion_effects, plot_preservation_panels
+from fnet.study.figures import (
+    layer_profiles,
+    plot_layer_profiles,
+    plot_lesion_effects,
+    plot_preservation_panels,
+    run_count,
+)
 from fnet.study.pooled import (
     POOLED_COLUMNS,
     POOLED_EFFECT_COLUMNS,
@@ -136,7 +142,7 @@ def _claim_line(c: dict, ref: float | None) -> str:
         return (
             f"- Not shown here: {c['task']}, {_networks(c)} networks, {c['a']} − {c['b']}: the paper reports "
             f"{ref:+.3f}; pooled {c['diff']:+.3f} [{c['ci_low_corrected']:+.3f}, {c['ci_high_corrected']:+.3f}], "
-            f"on its own in {c['runs_holding']} of {c['n_runs']} runs."
+            f"on its own in {c['runs_holding']} of {run_count(c['n_runs'])}."
         )
     agrees = "" if ref is None else (
         f"; paper {ref:+.3f}, "
@@ -146,7 +152,7 @@ def _claim_line(c: dict, ref: float | None) -> str:
     return (
         f"- {c['task']}, {_networks(c)} networks: {c['a']} − {c['b']} = {c['diff']:+.3f} "
         f"[{c['ci_low_corrected']:+.3f}, {c['ci_high_corrected']:+.3f}]: **{c['verdict']}**; on its own in "
-        f"{c['runs_holding']} of {c['n_runs']} runs{agrees}."
+        f"{c['runs_holding']} of {run_count(c['n_runs'])}{agrees}."
     )
 
 
